@@ -1,0 +1,189 @@
+"""Real data: one CSV file per party, each with a user-ID column; the active party's file also has the label column.
+
+This is what a deployed SuperNode reads, so :func:`load_csv_party` touches **only its own party's file**:
+
+- **Splits without talking.** A user's split comes from a keyed hash of its ID, ``u = sha256(f"{seed}:{id}")``
+  mapped to [0, 1): test if ``u < test_fraction``, validation if ``u < test_fraction + val_fraction``, else train.
+  Every party computes the same split for the same user, so a user never trains on one side and tests on another.
+  (``aligned_fraction``, ``nonaligned_shares``, ``active_only_test_fraction`` and ``max_train_users`` describe
+  simulated data and are ignored: which users are aligned is whatever the files' IDs overlap in.)
+- **Encoding** is fitted on the party's own training rows: numeric columns standardised, text columns one-hot
+  (categories unseen in training encode as all zeros). The column type is decided from the whole file.
+- **Labels** may be any values; classes are the sorted unique labels of the active file (numerically sorted when
+  every label is a number). An empty label cell means the active party does not know that user's label: ``y = -1``
+  there, like the non-aligned rows of a simulated party without labels. Training and evaluation code must skip
+  ``y == -1`` rows (also in val/test).
+- **No silent repair.** Missing files, missing columns, duplicate IDs, empty cells in feature columns, numbers mixed
+  with text, label columns on a passive party: each raises :class:`DataError` naming the file, the column and an
+  example, and no row is ever dropped or imputed.
+- Each party's rows are shuffled (seeded by ``cfg.seed`` and the party index): nothing may rely on the files being
+  in the same order.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from flwr_vproto.config import Config
+from flwr_vproto.data.partition import SHUFFLE, rng_for
+from flwr_vproto.data.tabular import TabularEncoder
+from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
+
+MAX_CATEGORIES = 1000  # more distinct strings than this cannot be a category column
+MAX_EXAMPLES = 5
+
+
+def _examples(values: list | np.ndarray | pd.Series) -> str:
+    shown = [repr(v) for v in list(values)[:MAX_EXAMPLES]]
+    return ", ".join(shown) + (", ..." if len(values) > MAX_EXAMPLES else "")
+
+
+def read_party_csv(path: str) -> pd.DataFrame:
+    """Read a party's file as strings (types are decided per column later), with clear errors for bad files."""
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"CSV file not found: {path}" if not file.exists() else f"not a file: {path}")
+    try:
+        frame = pd.read_csv(file, dtype=str, skipinitialspace=True)
+    except pd.errors.EmptyDataError:
+        raise DataError(f"{path}: the CSV file is empty (no header row)") from None
+    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
+        raise DataError(f"{path}: cannot be parsed as CSV: {err}") from None
+    frame.columns = [str(c).strip() for c in frame.columns]
+    if len(frame) == 0:
+        raise DataError(f"{path}: the CSV file has a header but no data rows")
+    for column in frame.columns:
+        frame[column] = frame[column].str.strip().replace("", np.nan)
+    return frame
+
+
+def _user_ids(frame: pd.DataFrame, path: str, id_column: str) -> np.ndarray:
+    if id_column not in frame.columns:
+        raise DataError(f"{path}: no ID column {id_column!r} (dataset.csv.id_column); columns: "
+                        f"{_examples(list(frame.columns))}")
+    ids = frame[id_column]
+    missing = int(ids.isna().sum())
+    if missing:
+        rows = (np.flatnonzero(ids.isna().to_numpy()) + 2).tolist()  # +2: header line, 1-based lines
+        raise DataError(f"{path}: {missing} row(s) have an empty ID in column {id_column!r} (lines {_examples(rows)})")
+    duplicated = ids[ids.duplicated(keep=False)].unique()
+    if len(duplicated):
+        raise DataError(f"{path}: {len(duplicated)} ID(s) appear more than once in column {id_column!r}, e.g. "
+                        f"{_examples(duplicated)}; each user must have exactly one row per party")
+    return ids.to_numpy(dtype=object)
+
+
+def _column_kind(values: pd.Series, path: str, column: str) -> str:
+    """'numeric' or 'categorical', or a DataError for a column that is neither (or has empty cells)."""
+    missing = int(values.isna().sum())
+    if missing:
+        raise DataError(f"{path}: column {column!r} has {missing} empty/NaN value(s) of {len(values)} rows; fill or "
+                        f"drop them before training (no silent imputation)")
+    numbers = pd.to_numeric(values, errors="coerce")
+    not_numbers = values[numbers.isna()]
+    if len(not_numbers) == 0:
+        infinite = values[~np.isfinite(numbers.to_numpy(dtype=np.float64))]
+        if len(infinite):
+            raise DataError(f"{path}: column {column!r} has {len(infinite)} infinite value(s), e.g. "
+                            f"{infinite.iloc[0]!r}")
+        return "numeric"
+    if len(not_numbers) < len(values) / 2:
+        raise DataError(f"{path}: column {column!r} looks numeric but {len(not_numbers)} value(s) are not numbers, "
+                        f"e.g. {not_numbers.iloc[0]!r}; fix them, or quote a category column consistently")
+    distinct = values.nunique()
+    if distinct > MAX_CATEGORIES or (distinct > 20 and distinct > len(values) / 2):
+        raise DataError(f"{path}: column {column!r} is neither numeric nor categorical: {distinct} distinct text "
+                        f"values in {len(values)} rows (free text or an identifier?), e.g. {values.iloc[0]!r}; "
+                        f"drop it or encode it as numbers")
+    return "categorical"
+
+
+def label_classes(labels: pd.Series, path: str, label_column: str) -> tuple[list[str], dict[str, int]]:
+    """Class names (sorted) and a map from each raw label string to its class index."""
+    present = labels.dropna().unique().tolist()
+    if not present:
+        raise DataError(f"{path}: label column {label_column!r} has no values")
+    numbers = pd.to_numeric(pd.Series(present), errors="coerce")
+    if not numbers.isna().any():  # every label is a number: order by value, "1" and "1.0" are one class
+        def canonical(v: float) -> str:
+            return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+        names = [canonical(v) for v in sorted(set(numbers.tolist()))]
+        index = {raw: names.index(canonical(v)) for raw, v in zip(present, numbers.tolist(), strict=True)}
+    else:
+        names = sorted(str(v) for v in present)
+        index = {raw: names.index(str(raw)) for raw in present}
+    if len(names) < 2:
+        raise DataError(f"{path}: label column {label_column!r} has a single class {names[0]!r}; need at least 2")
+    return names, index
+
+
+def split_of(ids: np.ndarray, seed: int, test_fraction: float, val_fraction: float) -> np.ndarray:
+    """Split name of each user, from a keyed hash of its ID: the same on every party, with no communication."""
+    u = np.array([int.from_bytes(hashlib.sha256(f"{seed}:{i}".encode()).digest()[:8], "big") / 2.0**64
+                  for i in ids], dtype=np.float64)
+    return np.where(u < test_fraction, "test", np.where(u < test_fraction + val_fraction, "val", "train"))
+
+
+def csv_classes(cfg: Config) -> tuple[int, list[str]]:
+    """Number of classes and class names, read from the active party's file (only it knows the labels)."""
+    c = cfg.dataset.csv
+    path = c.paths[0]
+    frame = read_party_csv(path)
+    if c.label_column not in frame.columns:
+        raise DataError(f"{path}: the active party's file has no label column {c.label_column!r} "
+                        f"(dataset.csv.label_column); columns: {_examples(list(frame.columns))}")
+    names, _ = label_classes(frame[c.label_column], path, c.label_column)
+    return len(names), names
+
+
+def load_csv_party(cfg: Config, party_index: int) -> PartySplits:
+    """Party ``party_index``'s data (0 = active) from its own CSV file only; see the module docstring."""
+    c = cfg.dataset.csv
+    path = c.paths[party_index]
+    active = party_index == 0
+    frame = read_party_csv(path)
+    ids = _user_ids(frame, path, c.id_column)
+
+    y_all: np.ndarray | None = None
+    if active:
+        if c.label_column not in frame.columns:
+            raise DataError(f"{path}: the active party's file has no label column {c.label_column!r} "
+                            f"(dataset.csv.label_column); columns: {_examples(list(frame.columns))}")
+        _, index = label_classes(frame[c.label_column], path, c.label_column)
+        y_all = np.array([-1 if pd.isna(v) else index[v] for v in frame[c.label_column]], dtype=np.int64)
+    elif c.label_column in frame.columns:
+        raise DataError(f"{path}: passive party {party_index} has the label column {c.label_column!r}; labels must "
+                        f"live on the active party only (rename the column if it is a feature)")
+
+    features = [col for col in frame.columns if col not in (c.id_column, c.label_column)]
+    if not features:
+        raise DataError(f"{path}: no feature columns besides the ID{' and label' if active else ''} column")
+    kinds = {col: _column_kind(frame[col], path, col) for col in features}
+    numeric = [col for col in features if kinds[col] == "numeric"]
+    categorical = [col for col in features if kinds[col] == "categorical"]
+    data = frame[features].astype({col: "float64" for col in numeric})
+
+    split = split_of(ids, cfg.seed, cfg.dataset.test_fraction, cfg.dataset.val_fraction)
+    rows = {}
+    for s, name in enumerate(SPLITS):
+        rows[name] = rng_for(cfg.seed, SHUFFLE, party_index, s).permutation(np.flatnonzero(split == name))
+    if len(rows["train"]) == 0:
+        raise DataError(f"{path}: none of its {len(ids)} users falls in the training split; the file needs more rows")
+    encoder = TabularEncoder(numeric, categorical).fit(data.iloc[rows["train"]])
+
+    def part(name: str) -> PartyData:
+        r = rows[name]
+        return PartyData(ids=ids[r].astype(object), x=encoder.transform(data.iloc[r]),
+                         y=None if y_all is None else y_all[r], y_true=None)
+
+    return PartySplits(
+        name="active" if active else f"passive{party_index}",
+        role="active" if active else "passive",
+        train=part("train"), val=part("val"), test=part("test"),
+        input_shape=encoder.input_shape, feature_names=list(encoder.feature_names),
+    )

@@ -1,0 +1,126 @@
+"""All parties trained in one process: the reference the Flower engine must match, the test bed and the baselines.
+
+``run_inprocess`` drives :class:`~flwr_vproto.parties.ActiveParty` and :class:`~flwr_vproto.parties.PassiveParty`
+exactly as the Flower strategy does (same order of calls, same pipelining), and adds the ``centralized`` upper bound,
+which needs every party's raw data in one place and so exists only here.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from flwr_vproto.alignment import align_dataset
+from flwr_vproto.config import Config
+from flwr_vproto.data import load_vertical_dataset
+from flwr_vproto.data.types import VerticalDataset
+from flwr_vproto.models import make_encoder, make_top_model, resolve_device
+from flwr_vproto.parties import ActiveParty, PassiveParty, _batches, _n_batches, _round_seed, _scores
+from flwr_vproto.results import build_results, round_record
+
+RoundCallback = Callable[[dict[str, float]], None]
+
+
+def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
+    """Splits scored after round ``rnd``: every ``eval_every`` rounds and always after the last round."""
+    return ("val", "test") if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds else ()
+
+
+def run_inprocess(
+    cfg: Config, dataset: VerticalDataset | None = None, on_round: RoundCallback | None = None
+) -> dict[str, Any]:
+    """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content."""
+    ds = dataset if dataset is not None else load_vertical_dataset(cfg)
+    if cfg.method.name == "centralized":
+        history = _run_centralized(cfg, ds, on_round)
+        return build_results(cfg, history)
+    alignment = align_dataset(ds, cfg.seed)
+    active = ActiveParty(ds.active, cfg, ds.num_classes, [cfg.model.embedding_dim] * len(ds.passives))
+    active.set_alignment(alignment[0])
+    passives: list[PassiveParty] = []
+    if active.joint:
+        for k, data in enumerate(ds.passives, start=1):
+            p = PassiveParty(data, cfg, k, ds.num_classes)
+            p.set_alignment(alignment[k])
+            passives.append(p)
+    grads: list[np.ndarray | None] = [None] * len(passives)
+    protos: list[np.ndarray | None] = [None] * len(passives)
+    mask: np.ndarray | None = None
+    history: list[dict[str, float]] = []
+    for rnd in range(1, cfg.num_rounds + 1):
+        t0 = time.perf_counter()
+        splits = eval_splits(cfg, rnd)
+        outs = [p.train_round(rnd, grads[k], protos[k], mask, splits) for k, p in enumerate(passives)]
+        res = active.train_round(rnd, [o.embeddings for o in outs])
+        grads, protos, mask = list(res.gradients), list(res.prototypes), res.prototype_mask
+        val = active.evaluate("val", [o.eval_embeddings["val"] for o in outs]) if splits else None
+        test = active.evaluate("test", [o.eval_embeddings["test"] for o in outs]) if splits else None
+        rec = round_record(rnd, res.metrics, [o.metrics for o in outs], val, test, time.perf_counter() - t0)
+        history.append(rec)
+        if on_round:
+            on_round(rec)
+    results = build_results(cfg, history)
+    results["state"] = {"active": active, "passives": passives}  # callers may save models; not JSON
+    return results
+
+
+class CentralizedModel(torch.nn.Module):
+    """The same encoders as the federated methods, one per party's feature block, and the same top model."""
+
+    def __init__(self, input_shapes: list[tuple[int, ...]], num_classes: int, cfg: Config) -> None:
+        super().__init__()
+        self.sizes = [int(np.prod(s)) for s in input_shapes]
+        self.encoders = torch.nn.ModuleList(make_encoder(s, cfg.model) for s in input_shapes)
+        self.top = make_top_model(cfg.model.embedding_dim * len(input_shapes), num_classes, cfg.model)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        parts = torch.split(x, self.sizes, dim=1)
+        return self.top(torch.cat([enc(p) for enc, p in zip(self.encoders, parts, strict=False)], dim=1))
+
+
+def _run_centralized(cfg: Config, ds: VerticalDataset, on_round: RoundCallback | None) -> list[dict[str, float]]:
+    """Upper bound: all features of all training users with all labels, one epoch per round."""
+    if ds.central is None:
+        raise ValueError("method 'centralized' needs a simulated dataset (every party's raw data in one place)")
+    c = ds.central
+    device = resolve_device(cfg.device)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(_round_seed(cfg.seed, 0, 0))
+        model = CentralizedModel(c.input_shapes, ds.num_classes, cfg).to(device)
+    opt = torch.optim.Adam(model.parameters(), lr=cfg.method.lr, weight_decay=cfg.method.weight_decay)
+    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in c.x.items()}
+    y = {s: torch.as_tensor(v, dtype=torch.long, device=device) for s, v in c.y.items()}
+    history = []
+    for rnd in range(1, cfg.num_rounds + 1):
+        t0 = time.perf_counter()
+        gen = torch.Generator().manual_seed(_round_seed(cfg.seed, 0, rnd))
+        n = x["train"].shape[0]
+        steps = _n_batches(n, cfg.method.batch_size)
+        model.train()
+        total = 0.0
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(_round_seed(cfg.seed, 0, rnd) + 1)
+            for b in _batches(n, cfg.method.batch_size, steps, gen):
+                loss = F.cross_entropy(model(x["train"][b]), y["train"][b])
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                opt.step()
+                total += float(loss.detach())
+        scores: dict[str, dict[str, float]] = {}
+        if eval_splits(cfg, rnd):
+            model.eval()
+            with torch.no_grad():
+                for s in ("val", "test"):
+                    probs = torch.softmax(model(x[s]), 1).cpu().numpy()
+                    scores[s] = _scores(probs, c.y[s], ds.num_classes)
+        rec = round_record(rnd, {"sup_loss": total / max(steps, 1), "steps": float(steps)}, [],
+                           scores.get("val"), scores.get("test"), time.perf_counter() - t0)
+        history.append(rec)
+        if on_round:
+            on_round(rec)
+    return history

@@ -1,0 +1,252 @@
+"""What travels between the ServerApp and the ClientApps: message types, record keys and the codecs behind them.
+
+Everything a party sends is built here, so one file says what can reach the server (design §2: never raw features,
+raw IDs or labels). Payloads are:
+
+* :class:`~flwr.app.ArrayRecord` for bulk numbers (embeddings, gradients, blinded PSI points, party state), because
+  Flower chunks arrays and ships them without copies through Python lists;
+* :class:`~flwr.app.ConfigRecord` for small settings and the second prototypes (float32 bytes, exact);
+* :class:`~flwr.app.MetricRecord` for per-round metrics.
+
+It also turns Flower's flat run-config (``[tool.flwr.app.config]``, ``flwr run --run-config``) into the one typed
+:class:`~flwr_vproto.config.Config`, so ``flwr run`` and Hydra validate the same way.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+
+from flwr_vproto.config import Config, ConfigError, config_from_dict
+
+# ------------------------------------------------------------------------------------------------ message types
+# Flower routes "<category>.<action>" to the ClientApp function registered for it.
+DISCOVER = "query.discover"  # every node: role, party index, data summary (sizes only)
+PSI_HUB = "query.psi_hub"  # active: blind own IDs, one point set per split
+PSI_PEER = "query.psi_peer"  # each passive: re-blind the hub's points, blind own IDs
+PSI_FINISH = "query.psi_finish"  # active: intersect, fix the shared order, build its party
+INIT = "query.init"  # each passive: own aligned rows from positions, build its party
+TRAIN = "train"  # one round for one party (passive or active)
+
+# ------------------------------------------------------------------------------------------------ record keys
+CONFIG = "config"  # ConfigRecord of a message
+ARRAYS = "arrays"  # ArrayRecord of a message
+METRICS = "metrics"  # MetricRecord of a reply
+STATE_KEY = "vproto"  # context.state: ConfigRecord of small facts and ArrayRecord of state bytes
+STATE_ARRAYS = "vproto.arrays"
+
+# ------------------------------------------------------------------------------------------------ app settings
+APP_PREFIX = "app."
+APP_DEFAULTS: dict[str, Any] = {
+    "app.output-dir": "",  # where the ServerApp writes results.json ("" = ./outputs/flwr-run-<run id>)
+    "app.timeout": 600.0,  # seconds to wait for any one reply before the run stops with an error
+    "app.wait-for-nodes": 120.0,  # seconds to wait for all SuperNodes to connect
+}
+
+
+class ProtocolError(RuntimeError):
+    """A party failed, did not answer in time, or answered something the protocol does not allow."""
+
+
+# ------------------------------------------------------------------------------------------------ arrays
+def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
+    """Named numpy arrays -> ArrayRecord (``np.save`` format inside, no pickle)."""
+    return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for k, v in arrays.items()})
+
+
+def arrays_of(record: ArrayRecord | None) -> dict[str, np.ndarray]:
+    """Inverse of :func:`array_record`."""
+    return {} if record is None else {k: v.numpy() for k, v in record.items()}
+
+
+def bytes_to_array(data: bytes) -> np.ndarray:
+    """Opaque bytes (blinded points, serialised state) as a uint8 array, so Flower can chunk it."""
+    return np.frombuffer(data, dtype=np.uint8)
+
+
+def array_to_bytes(arr: np.ndarray) -> bytes:
+    return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
+
+
+# ------------------------------------------------------------------------------------------------ metrics
+def metric_record(metrics: Mapping[str, float], prefix: str = "") -> MetricRecord:
+    """Float metrics -> MetricRecord, keys optionally prefixed (``val.accuracy``)."""
+    return MetricRecord({f"{prefix}{k}": float(v) for k, v in metrics.items()})
+
+
+def metrics_of(record: MetricRecord | Mapping[str, Any] | None, prefix: str = "") -> dict[str, float]:
+    """The metrics of ``record`` whose key starts with ``prefix``, prefix removed."""
+    if record is None:
+        return {}
+    return {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ prototypes
+def put_matrix(config: ConfigRecord, key: str, value: np.ndarray) -> None:
+    """A small float32 matrix (second prototypes) into a ConfigRecord as exact bytes plus its shape."""
+    value = np.ascontiguousarray(value, dtype=np.float32)
+    config[f"{key}.data"] = value.tobytes()
+    config[f"{key}.shape"] = [int(s) for s in value.shape]
+
+
+def get_matrix(config: Mapping[str, Any], key: str) -> np.ndarray | None:
+    """Inverse of :func:`put_matrix`; ``None`` when the key is absent."""
+    if f"{key}.data" not in config:
+        return None
+    shape = tuple(int(s) for s in config[f"{key}.shape"])  # type: ignore[union-attr]
+    return np.frombuffer(config[f"{key}.data"], dtype=np.float32).reshape(shape).copy()  # type: ignore[arg-type]
+
+
+# ------------------------------------------------------------------------------------------------ sizes
+def payload_bytes(content: RecordDict | None) -> int:
+    """Bytes of payload in a message (array data, bytes/str values, 8 per number): what a round costs on the wire."""
+    if content is None:
+        return 0
+    total = 0
+    for record in content.values():
+        if isinstance(record, ArrayRecord):
+            total += sum(len(a.data) for a in record.values())
+            continue
+        for value in record.values():
+            for v in value if isinstance(value, list) else [value]:
+                total += len(v) if isinstance(v, (bytes, str)) else 8
+    return total
+
+
+# ------------------------------------------------------------------------------------------------ run-config
+def _field_kind(annotation: str) -> str:
+    """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json``."""
+    a = annotation.replace(" ", "")
+    if a in ("str", "int", "float", "bool"):
+        return "plain"
+    if a == "str|None":
+        return "optional_str"
+    return "json"
+
+
+def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
+    """Dotted name -> (kind, nested dataclass) for every leaf field of ``cls``."""
+    out: dict[str, tuple[str, type | None]] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
+        if dataclasses.is_dataclass(default):
+            out.update(_fields(type(default), f"{name}."))
+        else:
+            out[name] = (_field_kind(str(f.type)), None)
+    return out
+
+
+CONFIG_FIELDS = _fields(Config)
+
+
+def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | float | str]:
+    """A :class:`Config` as Flower run-config: flat dotted keys; lists and ``null`` as JSON strings.
+
+    This is what ``[tool.flwr.app.config]`` in ``pyproject.toml`` holds (plus :data:`APP_DEFAULTS`); a test keeps
+    the two in sync.
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk((cfg or Config()).to_dict(), "")
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flat.items():
+        kind = CONFIG_FIELDS[key][0]
+        if kind == "optional_str":
+            out[key] = "" if value is None else value
+        elif kind == "json":
+            out[key] = json.dumps(value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class AppSettings:
+    """Run-config keys of the Flower apps themselves (``app.*``), not of the learning."""
+
+    output_dir: str = ""
+    timeout: float = 600.0
+    wait_for_nodes: float = 120.0
+
+
+def config_from_run_config(
+    run_config: Mapping[str, Any], *, party_index: int | None = None, data_path: str | None = None
+) -> tuple[Config, AppSettings]:
+    """Flower run-config (flat dotted keys) -> validated :class:`Config` and the ``app.*`` settings.
+
+    For ``dataset.name = "csv"`` in a deployment, every node knows only its own file: ``dataset.csv.paths`` may be
+    left empty (``"[]"``) and each party's path comes from its node-config (``data-path``), filled in here for
+    ``party_index``; the other entries get placeholders that nothing opens.
+    """
+    nested: dict[str, Any] = {}
+    app: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if key.startswith(APP_PREFIX):
+            app[key] = value
+            continue
+        if key not in CONFIG_FIELDS:
+            raise ConfigError(f"unknown run-config key {key!r}; known: {', '.join(sorted(CONFIG_FIELDS))}, "
+                              f"{', '.join(APP_DEFAULTS)}")
+        kind = CONFIG_FIELDS[key][0]
+        if isinstance(value, str) and kind == "json":
+            try:
+                value = json.loads(value) if value.strip() else None
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"run-config {key}={value!r}: expected JSON (e.g. [256] or null): {err}") from None
+        elif kind == "optional_str" and value == "":
+            value = None
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    data = nested.setdefault("dataset", {})
+    if data.get("name") == "csv":
+        k = int(data.get("num_passive", Config().dataset.num_passive))
+        csv = data.setdefault("csv", {})
+        paths = list(csv.get("paths") or [])
+        if not paths:
+            paths = [f"<data-path of party {i}>" for i in range(k + 1)]
+        if data_path is not None and party_index is not None and 0 <= party_index < len(paths):
+            paths[party_index] = data_path
+        csv["paths"] = paths
+    unknown = sorted(set(app) - set(APP_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}; known app keys: {', '.join(APP_DEFAULTS)}")
+    merged = {**APP_DEFAULTS, **app}
+    try:
+        settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
+                               wait_for_nodes=float(merged["app.wait-for-nodes"]))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid app.* run-config value: {err}") from None
+    if settings.timeout <= 0 or settings.wait_for_nodes <= 0:
+        raise ConfigError("app.timeout and app.wait-for-nodes must be > 0 seconds")
+    return config_from_dict(nested), settings
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """A short hash of everything parties must agree on (not the per-node data paths): catches mixed configs."""
+    d = cfg.to_dict()
+    d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])
+    d.pop("engine", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def split_keys(prefix: str, splits: Iterable[str]) -> list[str]:
+    """``["<prefix>.train", "<prefix>.val", ...]``: one record key per data split."""
+    return [f"{prefix}.{s}" for s in splits]

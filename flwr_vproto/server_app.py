@@ -1,0 +1,45 @@
+"""The ServerApp: runs :class:`~flwr_vproto.strategy.VerticalProtoStrategy` and writes ``results.json``.
+
+Under ``flwr run .`` (simulation or deployment) the config comes from the run-config (``[tool.flwr.app.config]``
+in ``pyproject.toml`` plus ``--run-config`` overrides, see :func:`flwr_vproto.messages.config_from_run_config`);
+``results.json`` goes to ``app.output-dir`` (default ``./outputs/flwr-run-<run id>`` under the ServerApp's working
+directory, i.e. where the SuperLink was started). ``run_simulation.py`` builds its own ServerApp around a strategy
+object it keeps, so it can read the results back.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from flwr_vproto.messages import config_from_run_config
+from flwr_vproto.results import write_results
+from flwr_vproto.strategy import VerticalProtoStrategy
+
+log = logging.getLogger("flwr")
+
+
+def make_server_app(strategy: VerticalProtoStrategy | None = None) -> ServerApp:
+    """A ServerApp driving ``strategy`` (simulation), or, when ``None``, one built from the run-config."""
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        if strategy is not None:
+            strategy.start(grid=grid)
+            return
+        cfg, settings = config_from_run_config(context.run_config)
+        run = VerticalProtoStrategy(cfg, timeout=settings.timeout, wait_for_nodes=settings.wait_for_nodes)
+        run.start(grid=grid)
+        out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
+        path = write_results(out / "results.json", run.results or {})
+        log.info("results written to %s", path.resolve())
+
+    return app
+
+
+app = make_server_app()
+"""The ServerApp of ``flwr run`` (``[tool.flwr.app.components]``)."""

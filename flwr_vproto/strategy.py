@@ -1,0 +1,326 @@
+"""``VerticalProtoStrategy``: the server side of vertical federated learning with prototypes (design §4).
+
+It subclasses Flower's message-API :class:`~flwr.serverapp.strategy.Strategy` and overrides :meth:`start`, so a
+user runs it like ``FedAvg``: ``strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=...)`` returns a
+:class:`~flwr.serverapp.strategy.Result`. Unlike horizontal FL there is no global model to aggregate: the server
+only relays payloads between parties, in the same order of calls as :func:`flwr_vproto.inprocess.run_inprocess`,
+so both engines produce the same per-round metrics.
+
+Setup (once): discovery (every node: role, party index, sizes) -> PSI per split through the server (active blinds,
+passives re-blind, active intersects; the server sees only blinded points) -> each party builds its learner.
+Rounds (pipelined, one message per party per round): passives get last round's gradients and the second
+prototypes and reply with this round's embeddings; then the active party gets all embeddings, trains, evaluates on
+evaluation rounds, and replies with each passive's next gradients and prototypes.
+
+Every wait has a deadline; an error reply or a missing reply stops the run with :class:`ProtocolError` naming the
+party, the phase and the round. Replies are matched by message ID, never by sender: a SuperLink answers for a dead
+node from its own node ID.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy import Result, Strategy
+
+from flwr_vproto import messages as M
+from flwr_vproto.config import Config, ConfigError
+from flwr_vproto.data.types import SPLITS
+from flwr_vproto.inprocess import eval_splits
+from flwr_vproto.messages import ProtocolError
+from flwr_vproto.results import build_results, format_round, round_record
+
+log = logging.getLogger("flwr")
+
+RoundCallback = Callable[[dict[str, float]], None]
+
+
+@dataclass
+class PartyNode:
+    """A node and the party it plays, as it answered discovery."""
+
+    node_id: int
+    role: str
+    index: int
+    info: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def name(self) -> str:
+        if self.role == "node":
+            return f"node {self.node_id}"
+        return "active" if self.role == "active" else f"passive{self.index}"
+
+
+@dataclass
+class Traffic:
+    """Messages and payload bytes of one phase, per party (``<party>/up`` = party to server)."""
+
+    messages: int = 0
+    bytes: dict[str, float] = field(default_factory=dict)
+
+    def add(self, party: str, down: RecordDict, up: RecordDict) -> None:
+        self.messages += 1
+        self.bytes[f"{party}/down"] = self.bytes.get(f"{party}/down", 0.0) + M.payload_bytes(down)
+        self.bytes[f"{party}/up"] = self.bytes.get(f"{party}/up", 0.0) + M.payload_bytes(up)
+
+
+class VerticalProtoStrategy(Strategy):
+    """Drive one vertical federated run (``vproto``, ``vanilla`` or ``local``) over Flower messages.
+
+    ``timeout``: seconds to wait for any one reply; ``wait_for_nodes``: seconds to wait for all ``K + 1``
+    SuperNodes to connect; ``on_round``: called with each round's record (e.g. to print progress).
+    After :meth:`start`, ``history`` holds the per-round records and ``results`` the content of ``results.json``.
+    """
+
+    def __init__(
+        self,
+        cfg: Config,
+        *,
+        timeout: float = 600.0,
+        wait_for_nodes: float = 120.0,
+        on_round: RoundCallback | None = None,
+        poll_interval: float = 0.005,
+    ) -> None:
+        if cfg.method.name == "centralized":
+            raise ConfigError("method 'centralized' needs every party's raw data in one place; it exists only "
+                              "in simulation: run it with engine=inprocess")
+        if timeout <= 0 or wait_for_nodes <= 0:
+            raise ConfigError("timeout and wait_for_nodes must be > 0 seconds")
+        self.cfg = cfg
+        self.timeout = float(timeout)
+        self.wait_for_nodes = float(wait_for_nodes)
+        self.on_round = on_round
+        self.poll_interval = poll_interval
+        self.history: list[dict[str, float]] = []
+        self.results: dict[str, Any] | None = None
+        self.parties: list[PartyNode] = []
+        self.setup_traffic = Traffic()
+
+    # ------------------------------------------------------------------ Flower's abstract API (not used by start)
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
+
+    def summary(self) -> None:
+        c = self.cfg
+        log.info("VerticalProtoStrategy: method=%s dataset=%s passives=%d aligned_fraction=%s rounds=%d",
+                 c.method.name, c.dataset.name, c.dataset.num_passive, c.dataset.aligned_fraction, c.num_rounds)
+
+    # ------------------------------------------------------------------ messaging
+    def _exchange(
+        self, grid: Grid, sends: list[tuple[PartyNode, str, RecordDict]], phase: str, rnd: int | None = None,
+        traffic: Traffic | None = None,
+    ) -> dict[str, Message]:
+        """Send one message to each party and wait for every reply; return replies by party name."""
+        where = f"{phase}" + (f" of round {rnd}" if rnd is not None else "")
+        msgs = [Message(content, p.node_id, mtype, group_id=str(rnd if rnd is not None else phase),
+                        ttl=self.timeout + 60.0) for p, mtype, content in sends]
+        ids = list(grid.push_messages(msgs))
+        if len(ids) != len(msgs) or not all(ids):
+            lost = [p.name for (p, _, _), i in zip(sends, ids + [None] * len(msgs)) if not i]
+            raise ProtocolError(f"could not deliver the {where} message to {', '.join(lost)}")
+        pending = {mid: (p, content) for mid, (p, _, content) in zip(ids, sends)}
+        replies: dict[str, Message] = {}
+        deadline = time.monotonic() + self.timeout
+        delay = self.poll_interval
+        while pending:
+            for reply in grid.pull_messages(list(pending)):
+                sent = pending.pop(reply.metadata.reply_to_message_id, None)
+                if sent is None:
+                    continue
+                party, content = sent
+                if reply.has_error():
+                    who = party.name if party.role == "node" else f"{party.name} (node {party.node_id})"
+                    raise ProtocolError(f"{who} failed during {where}: "
+                                        f"{reply.error.reason} (error code {reply.error.code})")
+                replies[party.name] = reply
+                if traffic is not None:
+                    traffic.add(party.name, content, reply.content)
+            if not pending:
+                break
+            if time.monotonic() > deadline:
+                missing = ", ".join(p.name if p.role == "node" else f"{p.name} (node {p.node_id})"
+                                    for p, _ in pending.values())
+                raise ProtocolError(f"no reply from {missing} during {where} within {self.timeout:g} s "
+                                    f"(raise the timeout if a party needs longer)")
+            time.sleep(delay)
+            delay = min(delay * 1.5, 0.1)
+        log.debug("%s: %d message(s) in %.2f s", where, len(sends), time.monotonic() - deadline + self.timeout)
+        return replies
+
+    def _nodes(self, grid: Grid) -> list[int]:
+        """All connected nodes, once at least K + 1 are there (deployments connect at their own pace)."""
+        need = self.cfg.dataset.num_passive + 1
+        deadline = time.monotonic() + self.wait_for_nodes
+        while True:
+            nodes = sorted(grid.get_node_ids())
+            if len(nodes) >= need:
+                return nodes
+            if time.monotonic() > deadline:
+                raise ProtocolError(f"only {len(nodes)} of {need} SuperNodes connected within "
+                                    f"{self.wait_for_nodes:g} s (one active party + dataset.num_passive="
+                                    f"{need - 1} passive parties)")
+            time.sleep(0.5)
+
+    # ------------------------------------------------------------------ setup
+    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode]]:
+        """Ask every node who it is; require exactly one active party and passives 1..K."""
+        nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
+        probe = RecordDict({M.CONFIG: ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})})
+        sends = [(n, M.DISCOVER, probe) for n in nodes]
+        replies = self._exchange(grid, sends, "discovery", traffic=self.setup_traffic)
+        parties = []
+        for n in nodes:
+            info = dict(replies[n.name].content[M.CONFIG])
+            parties.append(PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), info))  # type: ignore
+        actives = [p for p in parties if p.role == "active"]
+        if len(actives) != 1:
+            raise ProtocolError(f"exactly one active party is required (node-config role=\"active\"), found "
+                                f"{len(actives)}: nodes {[p.node_id for p in actives]}")
+        passives = sorted((p for p in parties if p.role == "passive"), key=lambda p: p.index)
+        want = list(range(1, self.cfg.dataset.num_passive + 1))
+        if [p.index for p in passives] != want:
+            raise ProtocolError(f"expected passive parties with party-index {want} (dataset.num_passive="
+                                f"{len(want)}), found {[p.index for p in passives]} on nodes "
+                                f"{[p.node_id for p in passives]}")
+        self.parties = [actives[0], *passives]
+        return actives[0], passives
+
+    def _psi(self, grid: Grid, active: PartyNode, passives: list[PartyNode]) -> None:
+        """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs."""
+        t = self.setup_traffic
+        hub = self._exchange(grid, [(active, M.PSI_HUB, RecordDict())], "PSI (hub)", traffic=t)["active"]
+        hub_points = hub.content[M.ARRAYS]
+        peer_replies = self._exchange(
+            grid, [(p, M.PSI_PEER, RecordDict({M.ARRAYS: hub_points})) for p in passives], "PSI (peers)", traffic=t)
+        relay = ArrayRecord()
+        for p in passives:
+            for key, arr in peer_replies[p.name].content[M.ARRAYS].items():
+                relay[f"{p.name}.{key}"] = arr
+        conf = ConfigRecord({"passives": [p.index for p in passives],
+                             "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})
+        fin = self._exchange(grid, [(active, M.PSI_FINISH, RecordDict({M.ARRAYS: relay, M.CONFIG: conf}))],
+                             "PSI (intersection)", traffic=t)["active"]
+        active.info.update(dict(fin.content[M.CONFIG]))
+        if not self._joint:  # "local": passives only helped align; they train nothing
+            return
+        positions = fin.content[M.ARRAYS]
+        sends = []
+        for p in passives:
+            mine = ArrayRecord({f"positions.{s}": positions[f"{p.name}.positions.{s}"] for s in SPLITS})
+            conf = ConfigRecord({"num-classes": int(active.info["num-classes"])})  # type: ignore[arg-type]
+            sends.append((p, M.INIT, RecordDict({M.ARRAYS: mine, M.CONFIG: conf})))
+        self._exchange(grid, sends, "PSI (passive alignment)", traffic=t)
+
+    @property
+    def _joint(self) -> bool:
+        return self.cfg.method.name in ("vproto", "vanilla")
+
+    # ------------------------------------------------------------------ the run
+    def start(  # type: ignore[override]
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord | None = None,
+        num_rounds: int | None = None,
+        timeout: float | None = None,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
+    ) -> Result:
+        """Set up (discovery, PSI) and train ``num_rounds`` rounds (default ``cfg.num_rounds``).
+
+        ``initial_arrays``, ``train_config``, ``evaluate_config`` and ``evaluate_fn`` exist for signature
+        compatibility with Flower's strategies: in vertical FL each party initialises and keeps its own model and
+        the server holds no model to evaluate, so they must be left unset.
+        """
+        if initial_arrays or train_config or evaluate_config or evaluate_fn is not None:
+            raise ValueError("VerticalProtoStrategy has no global model: leave initial_arrays, train_config, "
+                             "evaluate_config and evaluate_fn unset (configure the run through Config)")
+        if num_rounds is not None and num_rounds != self.cfg.num_rounds:
+            self.cfg = dataclasses.replace(self.cfg, num_rounds=int(num_rounds))
+        if timeout is not None:
+            self.timeout = float(timeout)
+        cfg = self.cfg
+        self.summary()
+        t_setup = time.perf_counter()
+        active, passives = self._discover(grid)
+        self._psi(grid, active, passives)
+        setup_seconds = time.perf_counter() - t_setup
+        log.info("setup done in %.1f s: %s", setup_seconds,
+                 ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
+
+        result = Result()
+        joint = passives if self._joint else []
+        grads: dict[str, Any] = {}  # passive name -> Array of its gradients (relayed as received)
+        protos = ConfigRecord()  # prototypes and mask, relayed as received
+        self.history = []
+        for rnd in range(1, cfg.num_rounds + 1):
+            t0 = time.perf_counter()
+            traffic = Traffic()
+            evaluate = bool(eval_splits(cfg, rnd))
+            final = rnd == cfg.num_rounds
+            flags = {"round": rnd, "eval": evaluate, "final": final}
+            sends = []
+            for p in joint:
+                conf = ConfigRecord(flags)
+                if f"{p.name}.prototypes.data" in protos:
+                    conf["prototypes.data"] = protos[f"{p.name}.prototypes.data"]
+                    conf["prototypes.shape"] = protos[f"{p.name}.prototypes.shape"]
+                    conf["prototype-mask"] = protos["prototype-mask"]
+                arrays = ArrayRecord({"gradients": grads[p.name]} if p.name in grads else {})
+                sends.append((p, M.TRAIN, RecordDict({M.CONFIG: conf, M.ARRAYS: arrays})))
+            outs = self._exchange(grid, sends, "training (passive parties)", rnd, traffic) if sends else {}
+            relay = ArrayRecord()
+            for p in joint:
+                for key, arr in outs[p.name].content[M.ARRAYS].items():
+                    relay[f"{p.name}.{key}"] = arr
+            content = RecordDict({M.CONFIG: ConfigRecord(flags), M.ARRAYS: relay})
+            res = self._exchange(grid, [(active, M.TRAIN, content)], "training (active party)", rnd,
+                                 traffic)["active"]
+            if not final:
+                grads = {p.name: res.content[M.ARRAYS][f"{p.name}.gradients"] for p in joint}
+                protos = res.content[M.CONFIG]  # type: ignore[assignment]
+            metrics = res.content[M.METRICS]
+            rec = round_record(
+                rnd, M.metrics_of(metrics, "train."), [M.metrics_of(outs[p.name].content[M.METRICS]) for p in joint],
+                M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None,
+                time.perf_counter() - t0,
+                extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
+            )
+            self.history.append(rec)
+            log.info(format_round(rec, cfg.num_rounds))
+            if self.on_round is not None:
+                self.on_round(rec)
+            train = {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))}
+            result.train_metrics_clientapp[rnd] = MetricRecord(train)
+            evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
+            if evals:
+                result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)
+
+        self.results = build_results(cfg, self.history, extra={"flower": {
+            "setup_seconds": setup_seconds,
+            "setup_messages": self.setup_traffic.messages,
+            "setup_bytes": self.setup_traffic.bytes,
+            "parties": [{"name": p.name, "node_id": p.node_id,
+                         **{k: v for k, v in p.info.items() if k.startswith(("rows.", "aligned."))}}
+                        for p in self.parties],
+        }})
+        return result
