@@ -54,7 +54,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
                          "run it with engine=inprocess")
     level = str(runner.get("flwr_log_level", "ERROR")).upper()
     logging.getLogger("flwr").setLevel(level)
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
     strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
                                      on_round=_print_round(cfg.num_rounds))
     model_dir = str(out / "models") if runner.get("save_models", True) else None

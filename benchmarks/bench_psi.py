@@ -19,6 +19,7 @@ setup and client request are independent, so they run concurrently here, which i
 from __future__ import annotations
 
 import argparse
+import glob
 import hashlib
 import json
 import multiprocessing as mp
@@ -26,6 +27,7 @@ import os
 import platform
 import resource
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any
@@ -46,14 +48,18 @@ def _raw_worker(n: int, barrier: Any, out: Any) -> None:
     pubs = [X25519PublicKey.from_public_bytes(hashlib.sha512(b"%d" % i).digest()[:32]) for i in range(n)]
     exchange = key.exchange
     barrier.wait()
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     for p in pubs:
         exchange(p)
-    out.put((n, time.perf_counter() - t0))
+    out.put((n, time.perf_counter() - t0, time.process_time() - c0))
 
 
-def raw_rate(workers: int, n: int) -> float:
-    """Exchanges per second summed over ``workers`` processes running at the same time."""
+def raw_rate(workers: int, n: int) -> tuple[float, float]:
+    """``(exchanges per wall second summed over workers processes at once, exchanges per CPU second)``.
+
+    The CPU-second rate is what one core does when it is not shared; the wall rate is what the machine gave us just
+    now, which is the fair yardstick for a wall-clock measurement taken right next to it.
+    """
     ctx = mp.get_context("spawn")
     barrier, out = ctx.Barrier(workers), ctx.Queue()
     procs = [ctx.Process(target=_raw_worker, args=(n, barrier, out)) for _ in range(workers)]
@@ -62,7 +68,7 @@ def raw_rate(workers: int, n: int) -> float:
     results = [out.get() for _ in procs]
     for p in procs:
         p.join()
-    return sum(k / dt for k, dt in results)
+    return sum(k / dt for k, dt, _ in results), sum(k for k, _, _ in results) / sum(c for _, _, c in results)
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -77,14 +83,66 @@ def make_ids(n: int, overlap: int, party: int, seed: int = 0) -> list[str]:
     return [f"user-{v:012d}" for v in values.tolist()]
 
 
-def _usage() -> dict[str, float]:
-    """Peak RSS (MiB) of this process and of its largest reaped child; CPU seconds of both."""
+def _rss_kib(pid: int | str) -> int:
+    """Current resident set of one process (0 if it is gone)."""
+    try:
+        with open(f"/proc/{pid}/status") as f:
+            for line in f:
+                if line.startswith("VmRSS:"):
+                    return int(line.split()[1])
+    except OSError:
+        pass
+    return 0
+
+
+class PeakMemory(threading.Thread):
+    """Peak RSS of this process plus its live children (the PSI workers), sampled every 50 ms from ``/proc``.
+
+    ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is useless here: Linux carries a child's RSS from just before ``exec`` into
+    its maximum, so every worker would "peak" at the size of the party process that started it.
+    """
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_total = self.peak_workers = self.peak_one_worker = 0
+        self._stop_event = threading.Event()
+        self._pid = str(os.getpid())
+
+    def _children(self) -> list[str]:
+        """Live children of this process, from every thread's ``children`` file (cheap: no scan of /proc)."""
+        kids: list[str] = []
+        for path in glob.glob(f"/proc/{self._pid}/task/*/children"):
+            try:
+                with open(path) as f:
+                    kids += f.read().split()
+            except OSError:
+                continue
+        return kids
+
+    def run(self) -> None:
+        while not self._stop_event.wait(0.05):
+            workers = [_rss_kib(k) for k in self._children()]
+            self.peak_workers = max(self.peak_workers, sum(workers))
+            self.peak_one_worker = max([self.peak_one_worker, *workers])
+            self.peak_total = max(self.peak_total, _rss_kib(self._pid) + sum(workers))
+
+    def stop(self) -> dict[str, float]:
+        self._stop_event.set()
+        self.join()
+        me = resource.getrusage(resource.RUSAGE_SELF)
+        kids = resource.getrusage(resource.RUSAGE_CHILDREN)
+        main = me.ru_maxrss
+        return {
+            "rss_mib": main / 1024,  # exact peak of the party's main process
+            "worker_rss_mib": self.peak_one_worker / 1024,  # sampled
+            "total_rss_mib": max(self.peak_total, main) / 1024,  # sampled: main + all workers at the same time
+            "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
+        }
+
+
+def _cpu_s() -> float:
     me, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
-    return {
-        "rss_mib": me.ru_maxrss / 1024,
-        "worker_rss_mib": kids.ru_maxrss / 1024,
-        "cpu_s": me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime,
-    }
+    return me.ru_utime + me.ru_stime + kids.ru_utime + kids.ru_stime
 
 
 def _digest(ids: list[str], rows: Any) -> str:
@@ -98,7 +156,9 @@ def ours_hub(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     ids = make_ids(n, overlap, 0)
     conn.send("ready")
     conn.recv()  # go
-    cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
+    mem = PeakMemory()
+    mem.start()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
     hub = PSIHub(ids, order_seed=0, workers=workers)
     conn.send_bytes(hub.blinded_ids())
     t_blind = time.perf_counter() - t0
@@ -108,7 +168,7 @@ def ours_hub(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     rows, positions = hub.finish()
     conn.send_bytes(positions["p"].tobytes())
     done = time.perf_counter()
-    use = _usage()
+    use = mem.stop()
     conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "blind_s": t_blind, "match_s": done - t1,
                "size": len(rows), "digest": _digest(ids, rows)})  # fmt: skip
 
@@ -119,7 +179,9 @@ def ours_peer(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     ids = make_ids(n, overlap, 1)
     conn.send("ready")
     conn.recv()  # go
-    cpu0 = _usage()["cpu_s"]
+    mem = PeakMemory()
+    mem.start()
+    cpu0 = _cpu_s()
     peer = PSIPeer(ids, workers=workers)
     hub_points = conn.recv_bytes()
     t0 = time.perf_counter()
@@ -128,7 +190,7 @@ def ours_peer(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     conn.send_bytes(reblinded)
     conn.send_bytes(own)
     rows = peer.rows_from_positions(np.frombuffer(conn.recv_bytes(), dtype=np.int64))
-    use = _usage()
+    use = mem.stop()
     conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "respond_s": t_resp, "size": len(rows),
                "digest": _digest(ids, rows)})  # fmt: skip
 
@@ -139,7 +201,9 @@ def om_server(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     ids = make_ids(n, overlap, 0)
     conn.send("ready")
     n_client = conn.recv()  # go, with the client's set size (public in this protocol)
-    cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
+    mem = PeakMemory()
+    mem.start()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
     server = psi.server.CreateWithNewKey(True)
     setup = server.CreateSetupMessage(0.0, n_client, ids, psi.DataStructure.RAW)
     conn.send_bytes(setup.SerializeToString())
@@ -149,7 +213,7 @@ def om_server(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     t1 = time.perf_counter()
     conn.send_bytes(server.ProcessRequest(request).SerializeToString())
     t_proc = time.perf_counter() - t1
-    use = _usage()
+    use = mem.stop()
     conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "setup_s": t_setup, "process_s": t_proc})
 
 
@@ -159,7 +223,9 @@ def om_client(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     ids = make_ids(n, overlap, 1)
     conn.send("ready")
     conn.recv()  # go
-    cpu0, t0 = _usage()["cpu_s"], time.perf_counter()
+    mem = PeakMemory()
+    mem.start()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
     client = psi.client.CreateWithNewKey(True)
     conn.send_bytes(client.CreateRequest(ids).SerializeToString())
     t_req = time.perf_counter() - t0
@@ -169,7 +235,7 @@ def om_client(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     t1 = time.perf_counter()
     rows = sorted(client.GetIntersection(setup, response))
     t_int = time.perf_counter() - t1
-    use = _usage()
+    use = mem.stop()
     conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "request_s": t_req, "intersect_s": t_int, "size": len(rows)})
 
 
@@ -216,7 +282,8 @@ def run_openmined(n: int, overlap: int) -> dict[str, Any]:
     sp.join()
     cp.join()
     assert c["size"] == overlap, c
-    return {"wall_s": wall, "mults": 4 * n, "hub": s, "peer": c, "wire_bytes": len(setup) + len(request) + len(response)}
+    wire = len(setup) + len(request) + len(response)
+    return {"wall_s": wall, "mults": 4 * n, "hub": s, "peer": c, "wire_bytes": wire}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -227,44 +294,44 @@ def _fmt_size(n: int) -> str:
     return f"{n // 1_000_000}M" if n % 1_000_000 == 0 else f"{n // 1000}k" if n % 1000 == 0 else str(n)
 
 
+def _loadavg() -> str:
+    return " ".join(f"{v:.2f}" for v in os.getloadavg())
+
+
 def render(res: dict[str, Any]) -> str:
-    raw1, rawall = res["raw_single"], res["raw_all"]
+    """Markdown: the command, the machine, then one row per (size, implementation)."""
     lines = [
         f"Command: `{res['command']}`",
         "",
-        f"Machine: {res['machine']}; workers = {res['workers']}; load average before/after: "
-        f"{res['load_before']} / {res['load_after']} (other jobs shared these cores).",
+        f"Machine: {res['machine']}; {res['workers']} worker processes per party. Load average (1/5/15 min) at start "
+        f"{res['load_before']}, at end {res['load_after']}.",
         "",
-        "Raw X25519 `exchange` (pre-built public keys, nothing else), start / end of run: "
-        + f"one core {raw1[0]:,.0f} / {raw1[1]:,.0f} per s; all {res['workers']} cores "
-        + f"{rawall[0]:,.0f} / {rawall[1]:,.0f} per s.",
+        "`raw` = bare X25519 `exchange` rate (cryptography, pre-built public-key objects, nothing else) on all cores "
+        "at once, measured right before and right after each row; `per CPU-s` = scalar multiplications per "
+        "CPU-second of all the row's processes against raw exchanges per CPU-second (insensitive to other load).",
         "",
-        "| IDs per party | implementation | wall s | mults/s | vs raw all-core | mults per CPU-s vs raw 1-core "
-        "| speed-up vs openmined | peak RSS hub / peer MiB (largest worker) |",
-        "|---|---|---|---|---|---|---|---|",
+        "| IDs per party | implementation | wall s | CPU s | mults/s | raw all-core /s | mults/s vs raw "
+        "| per CPU-s vs raw | openmined / ours: wall (CPU) | peak RSS MiB hub / peer: main (main + workers) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    raw_all = float(np.mean(rawall))
-    raw_one = float(np.mean(raw1))
     for row in res["rows"]:
-        n = row["n"]
-        for impl in ("ours", "openmined"):
-            r = row.get(impl)
-            if r is None:
-                continue
-            rate = r["mults"] / r["wall_s"]
-            cpu = r["hub"]["cpu_s"] + r["peer"]["cpu_s"]
-            speed = ""
-            if impl == "ours" and row.get("openmined"):
-                speed = f"{row['openmined']['wall_s'] / r['wall_s']:.1f}x"
-            mem = (
-                f"{r['hub']['rss_mib']:.0f} ({r['hub']['worker_rss_mib']:.0f}) / "
-                f"{r['peer']['rss_mib']:.0f} ({r['peer']['worker_rss_mib']:.0f})"
-            )
-            lines.append(
-                f"| {_fmt_size(n)} | {'flwr_vproto.psi' if impl == 'ours' else 'openmined-psi 2.0.6'} "
-                f"| {r['wall_s']:.2f} | {rate:,.0f} | {rate / raw_all:.0%} | {r['mults'] / cpu / raw_one:.0%} "
-                f"| {speed} | {mem} |"
-            )
+        r = row["result"]
+        rate = r["mults"] / r["wall_s"]
+        cpu = r["hub"]["cpu_s"] + r["peer"]["cpu_s"]
+        raw_wall = float(np.mean([x[0] for x in row["raw"]]))
+        raw_cpu = float(np.mean([x[1] for x in row["raw"]]))
+        other = [o for o in res["rows"] if o["n"] == row["n"] and o["impl"] == "openmined"]
+        speed = ""
+        if row["impl"] == "ours" and other:
+            o = other[0]["result"]
+            o_cpu = o["hub"]["cpu_s"] + o["peer"]["cpu_s"]
+            speed = f"{o['wall_s'] / r['wall_s']:.1f}x ({o_cpu / cpu:.1f}x)"
+        mem = " / ".join(f"{r[p]['rss_mib']:.0f} ({r[p]['total_rss_mib']:.0f})" for p in ("hub", "peer"))
+        name = "flwr_vproto.psi" if row["impl"] == "ours" else "openmined-psi 2.0.6"
+        lines.append(
+            f"| {_fmt_size(row['n'])} | {name} | {r['wall_s']:.2f} | {cpu:.1f} | {rate:,.0f} | {raw_wall:,.0f} "
+            f"| {rate / raw_wall:.0%} | {r['mults'] / cpu / raw_cpu:.0%} | {speed} | {mem} |"
+        )
     return "\n".join(lines) + "\n"
 
 
@@ -274,7 +341,7 @@ def main() -> None:
     ap.add_argument("--overlap", type=float, default=0.5, help="share of each party's IDs in the intersection")
     ap.add_argument("--workers", type=int, default=None, help="worker processes per party (default: all cores)")
     ap.add_argument("--skip-openmined", action="store_true")
-    ap.add_argument("--raw-n", type=int, default=100_000, help="exchanges per process for the raw rate")
+    ap.add_argument("--raw-n", type=int, default=50_000, help="exchanges per process for each raw-rate measurement")
     ap.add_argument("--out", type=Path, default=None, help="write the markdown table here")
     ap.add_argument("--json", type=Path, default=None, help="write raw numbers here")
     args = ap.parse_args()
@@ -287,23 +354,21 @@ def main() -> None:
         "machine": f"{platform.processor() or platform.machine()}, {cpu_count()} cores, Python "
         f"{platform.python_version()}",
         "workers": workers,
-        "load_before": "%.2f %.2f %.2f" % os.getloadavg(),
+        "load_before": _loadavg(),
         "rows": [],
     }
-    res["raw_single"] = [raw_rate(1, args.raw_n)]
-    res["raw_all"] = [raw_rate(workers, args.raw_n)]
-    print(f"raw: 1 core {res['raw_single'][0]:,.0f}/s, {workers} cores {res['raw_all'][0]:,.0f}/s", flush=True)
+    raw = raw_rate(workers, args.raw_n)
+    print(f"raw all-core {raw[0]:,.0f}/s, per CPU-s {raw[1]:,.0f}", flush=True)
     for n in args.sizes:
         overlap = int(round(n * args.overlap))
-        row: dict[str, Any] = {"n": n, "ours": run_ours(n, overlap, args.workers)}
-        print(f"{n}: ours {row['ours']['wall_s']:.2f}s", json.dumps(row["ours"]), flush=True)
-        if not args.skip_openmined:
-            row["openmined"] = run_openmined(n, overlap)
-            print(f"{n}: openmined {row['openmined']['wall_s']:.2f}s", json.dumps(row["openmined"]), flush=True)
-        res["rows"].append(row)
-    res["raw_single"].append(raw_rate(1, args.raw_n))
-    res["raw_all"].append(raw_rate(workers, args.raw_n))
-    res["load_after"] = "%.2f %.2f %.2f" % os.getloadavg()
+        impls = ["ours"] + ([] if args.skip_openmined else ["openmined"])
+        for impl in impls:
+            result = run_ours(n, overlap, args.workers) if impl == "ours" else run_openmined(n, overlap)
+            after = raw_rate(workers, args.raw_n)
+            res["rows"].append({"n": n, "impl": impl, "result": result, "raw": [raw, after]})
+            raw = after
+            print(f"{n} {impl}: {result['wall_s']:.2f}s raw after {after[0]:,.0f}/s", json.dumps(result), flush=True)
+    res["load_after"] = _loadavg()
     table = render(res)
     print(table)
     if args.json:

@@ -186,28 +186,24 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
     @app.query("discover")
     @handler
     def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Role, party index and sizes only: no IDs, no features."""
+        """Role, party index and sizes (no IDs, no features); the active party also starts PSI (step 1).
+
+        Starting PSI here saves a message round trip, which costs seconds in a deployment.
+        """
         want = msg.content[M.CONFIG].get("fingerprint")
         mine = M.config_fingerprint(c)
         _require(want in (None, mine), f"{me.name}: its config (fingerprint {mine}) differs from the server's "
                                        f"({want}); every party must run with the same config")
         data = party_data(c, me.index)
         info: dict[str, Any] = {
-            "role": me.role, "party-index": me.index, "name": me.name, "fingerprint": mine,
+            "role": me.role, "party-index": me.index, "fingerprint": mine,
             "input-shape": [int(s) for s in data.input_shape], "embedding-dim": int(c.model.embedding_dim),
             **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
         }
-        if me.role == "active":
-            info["num-classes"] = int(dataset_classes(c)[0])
-        _facts(context).update({"role": me.role, "party-index": me.index})
-        return _reply(msg, config=info)
-
-    @app.query("psi_hub")
-    @handler
-    def psi_hub(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Active party, PSI step 1: blind own IDs per split; keep the secrets for :func:`psi_finish`."""
-        _require(me.role == "active", f"{me.name}: psi_hub goes to the active party only")
-        data = party_data(c, 0)
+        context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
+        if me.role != "active":
+            _store(context, {})
+            return _reply(msg, config=info)
         points: dict[str, np.ndarray] = {}
         blobs: dict[str, np.ndarray] = {}
         for split in SPLITS:
@@ -216,7 +212,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             blobs[f"psi.secret.{split}"] = M.bytes_to_array(hub._secret)  # noqa: SLF001
             blobs[f"psi.blinded.{split}"] = points[f"hub.{split}"]
         _store(context, blobs)
-        return _reply(msg, arrays=points)
+        return _reply(msg, arrays=points, config=info)
 
     @app.query("psi_peer")
     @handler
@@ -246,7 +242,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         dims = [int(d) for d in conf["passive-dims"]]  # type: ignore[union-attr]
         arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
         blobs = _blobs(context)
-        _require("psi.secret.train" in blobs, f"{me.name}: psi_finish before psi_hub")
+        _require("psi.secret.train" in blobs, f"{me.name}: psi_finish before discovery")
         data = party_data(c, 0)
         aligned: dict[str, np.ndarray] = {}
         positions: dict[str, np.ndarray] = {}
@@ -268,13 +264,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         info = {"num-classes": num_classes, **{f"aligned.{s}": int(len(r)) for s, r in aligned.items()}}
         return _reply(msg, arrays=positions, config=info)
 
-    @app.query("init")
-    @handler
-    def init(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Passive party, PSI step 4: own aligned rows from the hub's positions; build the passive party."""
-        _require(me.role == "passive", f"{me.name}: init goes to passive parties only")
+    def init_passive(context: Context, c: Config, me: Identity, msg: Message) -> None:
+        """Passive party, PSI step 4 (with its first round): own aligned rows from the hub's positions."""
         blobs = _blobs(context)
-        _require("psi.perm.train" in blobs, f"{me.name}: init before psi_peer")
+        _require("psi.perm.train" in blobs, f"{me.name}: first round before PSI")
         data = party_data(c, me.index)
         arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
         aligned = {
@@ -286,13 +279,14 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         party.set_alignment(aligned)
         _save_party(context, party)
         _facts(context)["num-classes"] = num_classes
-        return _reply(msg, config={f"aligned.{s}": int(len(r)) for s, r in aligned.items()})
 
     @app.train()
     @handler
     def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
         """One round of this party (design §4): the one message it gets per round."""
         facts = _facts(context)
+        if me.role == "passive" and not facts.get("ready"):
+            init_passive(context, c, me, msg)
         _require(bool(facts.get("ready")), f"{me.name}: train before the setup finished")
         num_classes = int(facts["num-classes"])  # type: ignore[arg-type]
         data = party_data(c, me.index)
@@ -300,11 +294,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         rnd, final = int(conf["round"]), bool(conf["final"])  # type: ignore[arg-type]
         splits = ("val", "test") if bool(conf["eval"]) else ()
         state = state_from_bytes(M.array_to_bytes(_blobs(context)["party"]))
-        arrays = msg.content.get(M.ARRAYS)
+        got = M.arrays_of(msg.content.get(M.ARRAYS))  # type: ignore[arg-type]
         if me.role == "passive":
             party: ActiveParty | PassiveParty = PassiveParty(data, c, me.index, num_classes)
             party.load_state_dict(state)
-            got = M.arrays_of(arrays)  # type: ignore[arg-type]
             mask = conf.get("prototype-mask")
             out = party.train_round(rnd, got.get("gradients"), M.get_matrix(conf, "prototypes"),
                                     None if mask is None else np.asarray(mask, dtype=bool), splits)
@@ -315,7 +308,6 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             party.load_state_dict(state)
             # Parties that train jointly with this one (none for method "local", which still aligned with PSI).
             passives = [int(k) for k in facts["passives"]] if party.joint else []  # type: ignore[union-attr]
-            got = M.arrays_of(arrays)  # type: ignore[arg-type]
             res = party.train_round(rnd, [got[f"passive{k}.embeddings"] for k in passives])
             metrics = M.metric_record(res.metrics, "train.")
             for s in splits:

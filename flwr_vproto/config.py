@@ -94,6 +94,14 @@ class MethodConfig:
     # not trained through this path and ``g`` starting at zero), so the joint model starts where the active party
     # alone is and only moves away from it where the passive embeddings help.
     joint_residual: bool = False
+    # Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second
+    # prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no training
+    # rows beyond those that made the prototypes.
+    prototype_logits: bool = False
+    # Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns only from
+    # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
+    # over-fitting the aligned rows cannot degrade the active party's own representation.
+    joint_trains_active_encoder: bool = True
 
 
 @dataclass
@@ -244,6 +252,9 @@ def validate(cfg: Config) -> None:
     if t.joint_residual:
         _check(t.local_head, "method.joint_residual", t.joint_residual,
                "false when method.local_head is false (the residual is taken on the active-only head)")
+    _check(isinstance(t.joint_trains_active_encoder, bool), "method.joint_trains_active_encoder",
+           t.joint_trains_active_encoder, "true or false")
+    _check(isinstance(t.prototype_logits, bool), "method.prototype_logits", t.prototype_logits, "true or false")
     if t.combine_weight < 1:
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")

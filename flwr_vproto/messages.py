@@ -17,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -28,12 +28,11 @@ from flwr_vproto.config import Config, ConfigError, config_from_dict
 
 # ------------------------------------------------------------------------------------------------ message types
 # Flower routes "<category>.<action>" to the ClientApp function registered for it.
-DISCOVER = "query.discover"  # every node: role, party index, data summary (sizes only)
-PSI_HUB = "query.psi_hub"  # active: blind own IDs, one point set per split
-PSI_PEER = "query.psi_peer"  # each passive: re-blind the hub's points, blind own IDs
-PSI_FINISH = "query.psi_finish"  # active: intersect, fix the shared order, build its party
-INIT = "query.init"  # each passive: own aligned rows from positions, build its party
-TRAIN = "train"  # one round for one party (passive or active)
+# Setup costs three message round trips (each costs seconds in a deployment: a process per message).
+DISCOVER = "query.discover"  # every node: role, party index, sizes; the active party also blinds its IDs (PSI 1)
+PSI_PEER = "query.psi_peer"  # each passive: re-blind the hub's points, blind own IDs (PSI 2)
+PSI_FINISH = "query.psi_finish"  # active: intersect, fix the shared order, build its party (PSI 3)
+TRAIN = "train"  # one round of one party; a passive's first one also carries its PSI positions (PSI 4)
 
 # ------------------------------------------------------------------------------------------------ record keys
 CONFIG = "config"  # ConfigRecord of a message
@@ -239,14 +238,19 @@ def config_from_run_config(
     return config_from_dict(nested), settings
 
 
+def config_record(cfg: Config) -> ConfigRecord:
+    """A :class:`Config` as a ConfigRecord (the run-config form), e.g. to ship it inside a message."""
+    return ConfigRecord(run_config_from_config(cfg))
+
+
+def config_of(record: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`config_record`; validated."""
+    return config_from_run_config(record)[0]
+
+
 def config_fingerprint(cfg: Config) -> str:
     """A short hash of everything parties must agree on (not the per-node data paths): catches mixed configs."""
     d = cfg.to_dict()
     d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])
     d.pop("engine", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def split_keys(prefix: str, splits: Iterable[str]) -> list[str]:
-    """``["<prefix>.train", "<prefix>.val", ...]``: one record key per data split."""
-    return [f"{prefix}.{s}" for s in splits]

@@ -295,20 +295,42 @@ class ActiveParty(_Party):
         d = self.cfg.model.embedding_dim
         self.top = make_top_model(d + sum(self.passive_dims), self.num_classes, self.cfg.model).to(self.device)
         self.head = make_top_model(d, self.num_classes, self.cfg.model).to(self.device)
+        # One weight per passive for its prototype classifier's log-probabilities (prototype_logits).
+        self.proto_weight = _ParamHolder(torch.nn.Parameter(torch.ones(len(self.passive_dims), device=self.device)))
         if self.cfg.method.joint_residual:
             last = self.top[-1]
             torch.nn.init.zeros_(last.weight)
             torch.nn.init.zeros_(last.bias)
 
-    def _joint_logits(self, h: torch.Tensor, zs: list[torch.Tensor]) -> torch.Tensor:
-        """Top-model logits, as a correction of the active-only head when ``joint_residual`` is on."""
+    def _joint_logits(
+        self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+    ) -> torch.Tensor:
+        """Joint logits: top model, plus the active-only head (``joint_residual``) and each passive's prototype
+        classifier (``prototype_logits``, with the second prototypes ``protos``) when enabled."""
+        m = self.cfg.method
+        if not m.joint_trains_active_encoder and self.uses_local_head:
+            h = h.detach()
         logits = self.top(torch.cat([h, *zs], dim=1))
-        if self.cfg.method.joint_residual:
+        if m.joint_residual:
             logits = logits + self.head(h).detach()
+        if m.prototype_logits and protos is not None:
+            for k, (z, (pk, mask)) in enumerate(zip(zs, protos)):
+                if not bool(mask.any()):
+                    continue
+                t = -P.distances(P.maybe_normalize(z, m.normalize), pk, m.distance) / m.tau
+                # Classes without a prototype get the mean of the others: no vote rather than a veto.
+                fill = (t * mask).sum(1, keepdim=True) / mask.sum()
+                t = torch.where(mask.unsqueeze(0), t, fill)
+                logits = logits + self.proto_weight.param[k] * torch.log_softmax(t, dim=1)
         return logits
 
+    def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        if any(p is None for p in self.second):
+            return None
+        return list(zip(self.second, self.second_mask))  # type: ignore[arg-type]
+
     def _modules(self) -> list[torch.nn.Module]:
-        return [self.encoder, self.top, self.head]
+        return [self.encoder, self.top, self.head, self.proto_weight]
 
     # ---------------------------------------------------------------- training
     def train_round(self, rnd: int, passive_embeddings: list[np.ndarray]) -> ActiveRoundOutput:
@@ -335,6 +357,10 @@ class ActiveParty(_Party):
         use_proto = m.name == "vproto" and rnd > m.warmup_rounds and m.lambda_active > 0
         if self.joint:
             self._update_first_prototypes(al)
+            protos, mask = self._second_prototypes(zs, y_tr[al])
+        else:
+            protos, mask = [], np.zeros(self.num_classes, dtype=bool)
+        second = self._second_list()
         # Rows beyond the aligned ones: labelled rows for the active-only head, all of them for the first loss.
         if self.joint:
             non = torch.as_tensor(self.nonaligned_train_rows(), device=self.device)
@@ -363,7 +389,7 @@ class ActiveParty(_Party):
                 loss = torch.zeros((), device=self.device)
                 z_in = [z[b].clone().requires_grad_(True) for z in zs]
                 if self.joint:
-                    sup = F.cross_entropy(self._joint_logits(h, z_in), y_tr[rows], ignore_index=-1)
+                    sup = F.cross_entropy(self._joint_logits(h, z_in, second), y_tr[rows], ignore_index=-1)
                     loss = loss + sup
                     sums["sup_loss"] += float(sup.detach())
                 local_rows_h = [(h, y_tr[rows])] if self.uses_local_head else []
@@ -403,7 +429,6 @@ class ActiveParty(_Party):
                         grad_sum[k].index_add_(0, b, zi.grad)
                 visits.index_add_(0, b, torch.ones(len(b), device=self.device))
         grads = [(gs / visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32) for gs in grad_sum]
-        protos, mask = self._second_prototypes(zs, y_tr[al])
         metrics = {k: v / steps for k, v in sums.items() if steps and v != 0.0}
         metrics["steps"] = float(steps)
         if pseudo_seen:
@@ -444,7 +469,7 @@ class ActiveParty(_Party):
                 out["local"] = torch.softmax(self.head(h), 1).cpu().numpy()
             if self.joint:
                 zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
-                out["joint"] = torch.softmax(self._joint_logits(h, zs), 1).cpu().numpy()
+                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list()), 1).cpu().numpy()
         if self.joint and self.uses_local_head:
             w = self.cfg.method.combine_weight
             out["combined"] = w * out["joint"] + (1 - w) * out["local"]
@@ -483,6 +508,14 @@ class ActiveParty(_Party):
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
+
+
+class _ParamHolder(torch.nn.Module):
+    """Wraps loose parameters so that state dicts, train/eval and the optimizer treat them like a module."""
+
+    def __init__(self, param: torch.nn.Parameter) -> None:
+        super().__init__()
+        self.param = param
 
 
 def _scores(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:

@@ -71,6 +71,30 @@ class Traffic:
         self.bytes[f"{party}/up"] = self.bytes.get(f"{party}/up", 0.0) + M.payload_bytes(up)
 
 
+@dataclass
+class Relayed:
+    """What the server holds between messages: payloads in transit, kept as received (never decoded)."""
+
+    positions: ArrayRecord  # each passive's PSI positions, for its first round
+    num_classes: int
+    gradients: dict[str, Any] = field(default_factory=dict)  # passive name -> Array of its embedding gradients
+    prototypes: ConfigRecord = field(default_factory=ConfigRecord)  # second prototypes of every passive + mask
+
+    def to_passive(self, name: str, rnd: int, flags: dict[str, Any]) -> RecordDict:
+        """Passive ``name``'s round message: last round's gradients and its second prototypes, plus the flags."""
+        conf = ConfigRecord(flags)
+        if f"{name}.prototypes.data" in self.prototypes:
+            conf["prototypes.data"] = self.prototypes[f"{name}.prototypes.data"]
+            conf["prototypes.shape"] = self.prototypes[f"{name}.prototypes.shape"]
+            conf["prototype-mask"] = self.prototypes["prototype-mask"]
+        arrays = ArrayRecord({"gradients": self.gradients[name]} if name in self.gradients else {})
+        if rnd == 1:  # PSI step 4 rides along with the first round: the passive's positions, and the classes
+            for s in SPLITS:
+                arrays[f"positions.{s}"] = self.positions[f"{name}.positions.{s}"]
+            conf["num-classes"] = self.num_classes
+        return RecordDict({M.CONFIG: conf, M.ARRAYS: arrays})
+
+
 class VerticalProtoStrategy(Strategy):
     """Drive one vertical federated run (``vproto``, ``vanilla`` or ``local``) over Flower messages.
 
@@ -135,9 +159,10 @@ class VerticalProtoStrategy(Strategy):
                         ttl=self.timeout + 60.0) for p, mtype, content in sends]
         ids = list(grid.push_messages(msgs))
         if len(ids) != len(msgs) or not all(ids):
-            lost = [p.name for (p, _, _), i in zip(sends, ids + [None] * len(msgs)) if not i]
+            lost = ([p.name for (p, _, _), i in zip(sends, ids, strict=True) if not i] if len(ids) == len(msgs)
+                    else [p.name for p, _, _ in sends])
             raise ProtocolError(f"could not deliver the {where} message to {', '.join(lost)}")
-        pending = {mid: (p, content) for mid, (p, _, content) in zip(ids, sends)}
+        pending = {mid: (p, content) for mid, (p, _, content) in zip(ids, sends, strict=True)}
         replies: dict[str, Message] = {}
         deadline = time.monotonic() + self.timeout
         delay = self.poll_interval
@@ -181,16 +206,20 @@ class VerticalProtoStrategy(Strategy):
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ setup
-    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode]]:
-        """Ask every node who it is; require exactly one active party and passives 1..K."""
+    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode], Message]:
+        """Ask every node who it is; require exactly one active party and passives 1..K.
+
+        Returns the active party's reply too: it already carries its blinded IDs (PSI step 1).
+        """
         nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
         probe = RecordDict({M.CONFIG: ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})})
         sends = [(n, M.DISCOVER, probe) for n in nodes]
-        replies = self._exchange(grid, sends, "discovery", traffic=self.setup_traffic)
+        replies = self._exchange(grid, sends, "discovery")
         parties = []
         for n in nodes:
             info = dict(replies[n.name].content[M.CONFIG])
             parties.append(PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), info))  # type: ignore
+            self.setup_traffic.add(parties[-1].name, probe, replies[n.name].content)
         actives = [p for p in parties if p.role == "active"]
         if len(actives) != 1:
             raise ProtocolError(f"exactly one active party is required (node-config role=\"active\"), found "
@@ -202,37 +231,57 @@ class VerticalProtoStrategy(Strategy):
                                 f"{len(want)}), found {[p.index for p in passives]} on nodes "
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
-        return actives[0], passives
+        return actives[0], passives, replies[f"node {actives[0].node_id}"]
 
-    def _psi(self, grid: Grid, active: PartyNode, passives: list[PartyNode]) -> None:
-        """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs."""
+    def _psi(self, active: PartyNode, passives: list[PartyNode], hub: Message, grid: Grid) -> ArrayRecord:
+        """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs.
+
+        Returns each passive's positions into its own sent order, which go out with its first round.
+        """
         t = self.setup_traffic
-        hub = self._exchange(grid, [(active, M.PSI_HUB, RecordDict())], "PSI (hub)", traffic=t)["active"]
-        hub_points = hub.content[M.ARRAYS]
-        peer_replies = self._exchange(
-            grid, [(p, M.PSI_PEER, RecordDict({M.ARRAYS: hub_points})) for p in passives], "PSI (peers)", traffic=t)
+        peer_replies = self._exchange(grid, [(p, M.PSI_PEER, RecordDict({M.ARRAYS: hub.content[M.ARRAYS]}))
+                                             for p in passives], "PSI (peers)", traffic=t)
         relay = ArrayRecord()
         for p in passives:
             for key, arr in peer_replies[p.name].content[M.ARRAYS].items():
                 relay[f"{p.name}.{key}"] = arr
         conf = ConfigRecord({"passives": [p.index for p in passives],
-                             "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})
+                             "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})  # type: ignore
         fin = self._exchange(grid, [(active, M.PSI_FINISH, RecordDict({M.ARRAYS: relay, M.CONFIG: conf}))],
                              "PSI (intersection)", traffic=t)["active"]
         active.info.update(dict(fin.content[M.CONFIG]))
-        if not self._joint:  # "local": passives only helped align; they train nothing
-            return
-        positions = fin.content[M.ARRAYS]
-        sends = []
-        for p in passives:
-            mine = ArrayRecord({f"positions.{s}": positions[f"{p.name}.positions.{s}"] for s in SPLITS})
-            conf = ConfigRecord({"num-classes": int(active.info["num-classes"])})  # type: ignore[arg-type]
-            sends.append((p, M.INIT, RecordDict({M.ARRAYS: mine, M.CONFIG: conf})))
-        self._exchange(grid, sends, "PSI (passive alignment)", traffic=t)
+        return fin.content[M.ARRAYS]  # type: ignore[return-value]
 
     @property
     def _joint(self) -> bool:
         return self.cfg.method.name in ("vproto", "vanilla")
+
+    # ------------------------------------------------------------------ one round
+    def _round(self, grid: Grid, rnd: int, active: PartyNode, joint: list[PartyNode], relayed: Relayed
+               ) -> dict[str, float]:
+        """One pipelined round, exactly as ``run_inprocess``: passives first, then the active party."""
+        cfg = self.cfg
+        t0 = time.perf_counter()
+        traffic = Traffic()
+        final = rnd == cfg.num_rounds
+        flags = {"round": rnd, "eval": bool(eval_splits(cfg, rnd)), "final": final}
+        sends = [(p, M.TRAIN, relayed.to_passive(p.name, rnd, flags)) for p in joint]
+        outs = self._exchange(grid, sends, "training (passive parties)", rnd, traffic) if sends else {}
+        embeddings = ArrayRecord()
+        for p in joint:
+            for key, arr in outs[p.name].content[M.ARRAYS].items():
+                embeddings[f"{p.name}.{key}"] = arr
+        content = RecordDict({M.CONFIG: ConfigRecord(flags), M.ARRAYS: embeddings})
+        res = self._exchange(grid, [(active, M.TRAIN, content)], "training (active party)", rnd, traffic)["active"]
+        if not final:
+            relayed.gradients = {p.name: res.content[M.ARRAYS][f"{p.name}.gradients"] for p in joint}
+            relayed.prototypes = res.content[M.CONFIG]  # type: ignore[assignment]
+        metrics = res.content[M.METRICS]
+        return round_record(
+            rnd, M.metrics_of(metrics, "train."), [M.metrics_of(outs[p.name].content[M.METRICS]) for p in joint],
+            M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None, time.perf_counter() - t0,
+            extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
+        )
 
     # ------------------------------------------------------------------ the run
     def start(  # type: ignore[override]
@@ -261,56 +310,24 @@ class VerticalProtoStrategy(Strategy):
         cfg = self.cfg
         self.summary()
         t_setup = time.perf_counter()
-        active, passives = self._discover(grid)
-        self._psi(grid, active, passives)
+        active, passives, hub = self._discover(grid)
+        positions = self._psi(active, passives, hub, grid)
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
 
         result = Result()
         joint = passives if self._joint else []
-        grads: dict[str, Any] = {}  # passive name -> Array of its gradients (relayed as received)
-        protos = ConfigRecord()  # prototypes and mask, relayed as received
+        relayed = Relayed(positions=positions, num_classes=int(active.info["num-classes"]))  # type: ignore[arg-type]
         self.history = []
         for rnd in range(1, cfg.num_rounds + 1):
-            t0 = time.perf_counter()
-            traffic = Traffic()
-            evaluate = bool(eval_splits(cfg, rnd))
-            final = rnd == cfg.num_rounds
-            flags = {"round": rnd, "eval": evaluate, "final": final}
-            sends = []
-            for p in joint:
-                conf = ConfigRecord(flags)
-                if f"{p.name}.prototypes.data" in protos:
-                    conf["prototypes.data"] = protos[f"{p.name}.prototypes.data"]
-                    conf["prototypes.shape"] = protos[f"{p.name}.prototypes.shape"]
-                    conf["prototype-mask"] = protos["prototype-mask"]
-                arrays = ArrayRecord({"gradients": grads[p.name]} if p.name in grads else {})
-                sends.append((p, M.TRAIN, RecordDict({M.CONFIG: conf, M.ARRAYS: arrays})))
-            outs = self._exchange(grid, sends, "training (passive parties)", rnd, traffic) if sends else {}
-            relay = ArrayRecord()
-            for p in joint:
-                for key, arr in outs[p.name].content[M.ARRAYS].items():
-                    relay[f"{p.name}.{key}"] = arr
-            content = RecordDict({M.CONFIG: ConfigRecord(flags), M.ARRAYS: relay})
-            res = self._exchange(grid, [(active, M.TRAIN, content)], "training (active party)", rnd,
-                                 traffic)["active"]
-            if not final:
-                grads = {p.name: res.content[M.ARRAYS][f"{p.name}.gradients"] for p in joint}
-                protos = res.content[M.CONFIG]  # type: ignore[assignment]
-            metrics = res.content[M.METRICS]
-            rec = round_record(
-                rnd, M.metrics_of(metrics, "train."), [M.metrics_of(outs[p.name].content[M.METRICS]) for p in joint],
-                M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None,
-                time.perf_counter() - t0,
-                extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
-            )
+            rec = self._round(grid, rnd, active, joint, relayed)
             self.history.append(rec)
             log.info(format_round(rec, cfg.num_rounds))
             if self.on_round is not None:
                 self.on_round(rec)
-            train = {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))}
-            result.train_metrics_clientapp[rnd] = MetricRecord(train)
+            result.train_metrics_clientapp[rnd] = MetricRecord(
+                {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))})
             evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
             if evals:
                 result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)

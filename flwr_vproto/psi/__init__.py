@@ -109,6 +109,8 @@ def canonical_ids(ids: Iterable[Any]) -> list[str]:
             out.append(str(int(value)))
         else:
             s = normalize("NFC", value.strip())
+            if type(s) is not str:  # np.str_ and other subclasses: plain str pickles and hashes fastest
+                s = str(s)
             if not s:
                 raise PSIError(f"ID at position {pos} is an empty string ({_show(value)})")
             out.append(s)

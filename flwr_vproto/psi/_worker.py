@@ -133,7 +133,8 @@ def run_jobs(jobs: list[Job], workers: int) -> list[bytes]:
     One pool serves all jobs of a call (a peer's two batches share it) and is closed before returning.
     """
     total = sum(j.n for j in jobs)
-    if workers <= 1 or total < MIN_PARALLEL_POINTS:
+    # Frozen or embedded interpreters have no ``python`` to start workers with: stay in-process there.
+    if workers <= 1 or total < MIN_PARALLEL_POINTS or not sys.executable or getattr(sys, "frozen", False):
         return [j.run() for j in jobs]
     size = max(1024, math.ceil(total / (workers * CHUNKS_PER_WORKER)))
     tasks = [t for j in jobs for t in j.chunks(size)]
@@ -184,8 +185,8 @@ class WorkerPool:
     def __enter__(self) -> WorkerPool:
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.close()
+    def __exit__(self, exc_type: object, *exc: object) -> None:
+        self.close(kill=exc_type is not None)
 
     def map(self, tasks: list[tuple[str, bytes, Any, int, str]]) -> list[bytes]:
         """Results in task order; tasks are handed out one at a time to whichever worker is free."""
@@ -204,7 +205,7 @@ class WorkerPool:
                 try:
                     _write(proc.stdin, tasks[i])
                     ok, value = _read(proc.stdout)
-                except (EOFError, OSError) as exc:
+                except (EOFError, OSError, ValueError) as exc:  # ValueError: pipe closed under us by close()
                     errors.append(RuntimeError(f"PSI worker {proc.pid} died (exit code {proc.poll()}): {exc!r}"))
                     return
                 if ok:
@@ -222,8 +223,15 @@ class WorkerPool:
             raise errors[0]
         return results  # type: ignore[return-value]
 
-    def close(self) -> None:
-        """EOF tells each worker to exit; one that does not within a few seconds is killed. Always reaps."""
+    def close(self, kill: bool = False) -> None:
+        """EOF tells each worker to exit; one that does not within a few seconds is killed. Always reaps.
+
+        ``kill=True`` (the caller is unwinding an error or Ctrl-C) kills at once: results are no longer wanted, and a
+        worker blocked writing a result nobody reads would otherwise hold the caller for the grace period.
+        """
+        for p in self._procs:
+            if kill and p.poll() is None:
+                p.kill()
         for p in self._procs:
             try:
                 if p.stdin is not None:

@@ -1,0 +1,123 @@
+"""Accuracy of vproto next to the baselines (design §6): datasets x aligned fractions x seeds x methods.
+
+Every run uses the in-process engine (the Flower engine gives the same numbers, see tests/test_flower_sim.py) and
+reports test metrics at its own best validation round. Results are appended as JSON lines to ``--out`` (runs already
+there are skipped, so an interrupted sweep resumes), then summarised as a markdown table with mean ± std and the
+share of the gap closed, ``(vproto - max(vanilla, local)) / (centralized - max(vanilla, local))``.
+
+    python benchmarks/bench_methods.py --datasets digits adult fashion_mnist --fractions 0.01 0.02 0.05 0.1 0.2 \
+        --seeds 0 1 2 --rounds 30 --out benchmarks/methods.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+METHODS = {
+    "vproto": {"name": "vproto"},
+    "vanilla": {"name": "vanilla", "local_head": False, "combine_weight": 1.0, "joint_residual": False,
+                "prototype_logits": False},
+    "local": {"name": "local"},
+    "centralized": {"name": "centralized"},
+}
+
+
+def run_one(job: dict) -> dict:
+    """One training run in a worker process (one torch thread: the workers share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from flwr_vproto.config import config_from_dict
+    from flwr_vproto.inprocess import run_inprocess
+
+    method = {**METHODS[job["method"]], **job.get("method_overrides", {})}
+    cfg = config_from_dict({
+        "engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
+        "dataset": {"name": job["dataset"], "aligned_fraction": job["fraction"], **job.get("dataset_overrides", {})},
+        "method": method,
+    })
+    t0 = time.perf_counter()
+    final = run_inprocess(cfg)["final"]
+    return {**job, "final": final, "seconds": round(time.perf_counter() - t0, 1)}
+
+
+def _key(job: dict) -> str:
+    return json.dumps({k: job[k] for k in ("tag", "dataset", "fraction", "seed")}, sort_keys=True)
+
+
+def summarise(rows: list[dict]) -> str:
+    """Markdown: one row per (dataset, fraction), mean ± std of accuracy per method, share of the gap closed."""
+    groups: dict[tuple, dict[str, list[float]]] = {}
+    for r in rows:
+        groups.setdefault((r["dataset"], r["fraction"]), {}).setdefault(r["tag"], []).append(r["final"]["accuracy"])
+    tags = [t for t in METHODS if any(t in g for g in groups.values())]
+    tags += sorted({t for g in groups.values() for t in g} - set(tags))
+    head = "| dataset | aligned | " + " | ".join(tags) + " | gap closed |"
+    lines = [head, "|" + "---|" * (len(tags) + 3)]
+
+    def fmt(v: list[float]) -> str:
+        sd = statistics.stdev(v) if len(v) > 1 else 0.0
+        return f"{statistics.mean(v):.4f} ± {sd:.4f} (n={len(v)})"
+
+    for (ds, frac), g in sorted(groups.items()):
+        cells = [fmt(g[t]) if t in g else "—" for t in tags]
+        gap = "—"
+        if all(t in g for t in ("vproto", "vanilla", "local", "centralized")):
+            base = max(statistics.mean(g["vanilla"]), statistics.mean(g["local"]))
+            top = statistics.mean(g["centralized"])
+            if top > base:
+                gap = f"{(statistics.mean(g['vproto']) - base) / (top - base):+.2f}"
+        lines.append(f"| {ds} | {frac:.0%} | " + " | ".join(cells) + f" | {gap} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--datasets", nargs="+", default=["digits"])
+    ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
+    ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    ap.add_argument("--methods", nargs="+", default=list(METHODS))
+    ap.add_argument("--rounds", type=int, default=30)
+    ap.add_argument("--max-train-users", type=int, default=None)
+    ap.add_argument("--variant", action="append", default=[],
+                    help="extra vproto variant: TAG=JSON of method overrides (ablations)")
+    ap.add_argument("--workers", type=int, default=os.cpu_count())
+    ap.add_argument("--out", default="benchmarks/methods.jsonl")
+    args = ap.parse_args()
+
+    out = Path(args.out)
+    done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
+    variants = {m: {} for m in args.methods}
+    for v in args.variant:
+        tag, _, js = v.partition("=")
+        variants[tag] = json.loads(js)
+    jobs = []
+    for ds in args.datasets:
+        for frac in args.fractions:
+            for seed in args.seeds:
+                for tag, over in variants.items():
+                    job = {"tag": tag, "method": tag if tag in METHODS else "vproto", "method_overrides": over,
+                           "dataset": ds, "fraction": frac, "seed": seed, "rounds": args.rounds,
+                           "dataset_overrides": {"max_train_users": args.max_train_users} if args.max_train_users
+                           else {}}
+                    if _key(job) not in done:
+                        jobs.append(job)
+    print(f"{len(jobs)} runs to do ({len(done)} already in {out})", flush=True)
+    with ProcessPoolExecutor(args.workers) as pool, out.open("a") as fh:
+        for r in pool.map(run_one, jobs):
+            fh.write(json.dumps(r) + "\n")
+            fh.flush()
+            print(f"{r['tag']:>12} {r['dataset']:>13} {r['fraction']:.2f} seed {r['seed']}: "
+                  f"acc {r['final']['accuracy']:.4f} ({r['seconds']}s)", flush=True)
+    rows = [json.loads(line) for line in out.read_text().splitlines()]
+    print(summarise(rows))
+
+
+if __name__ == "__main__":
+    main()

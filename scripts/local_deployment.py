@@ -1,0 +1,248 @@
+"""A real Flower deployment on loopback: one SuperLink, one SuperNode per party, ``flwr run``, then stop it all.
+
+Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py``, and runnable by hand::
+
+    python scripts/local_deployment.py --passives 1 --rounds 2        # digits split into per-party CSV files
+
+Every process gets its own ``FLWR_HOME``; telemetry, update checks and runtime dependency installation are off
+(``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation`` on the
+SuperLink; SuperNodes install nothing unless given ``--allow-runtime-dependency-installation``), so the app runs
+in this Python environment. Processes are stopped by the PIDs this script started, never by name.
+
+Each SuperNode's ``--node-config`` says who it is (see ``flwr_vproto/client_app.py``)::
+
+    role="active" party-index=0 data-path="/data/bank.csv" model-dir="/models"
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+QUIET_ENV = {
+    "FLWR_TELEMETRY_ENABLED": "0",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
+    "PYTHONWARNINGS": "ignore",
+}
+
+
+def free_port() -> int:
+    """A TCP port nobody listens on right now (loopback)."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _bin(name: str) -> str:
+    """A Flower executable next to this Python (the same environment), else on PATH."""
+    here = Path(sys.executable).parent / name
+    return str(here) if here.exists() else (shutil.which(name) or name)
+
+
+def write_party_csvs(folder: Path, num_passive: int = 1, seed: int = 0, max_train_users: int | None = None,
+                     dataset: str = "digits") -> list[str]:
+    """Each party's rows of a simulated dataset as its own CSV (ID column, features; label on the active party).
+
+    This is the format a real user brings (``dataset.name=csv``); train/val/test rows go into one file, since the
+    CSV loader splits users by a keyed hash of their ID.
+    """
+    import pandas as pd
+
+    from flwr_vproto.config import config_from_dict
+    from flwr_vproto.data import load_vertical_dataset
+
+    cfg = config_from_dict({"seed": seed, "dataset": {"name": dataset, "num_passive": num_passive,
+                                                      "max_train_users": max_train_users}})
+    ds = load_vertical_dataset(cfg)
+    folder.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for party in ds.parties:
+        parts = [party.split(s) for s in ("train", "val", "test")]
+        frame = pd.DataFrame(np.concatenate([p.x for p in parts]),
+                             columns=[f"{party.name}_f{j}" for j in range(parts[0].x.shape[1])])
+        frame.insert(0, "id", np.concatenate([p.ids for p in parts]))
+        if party.role == "active":
+            labels = np.concatenate([p.y for p in parts]).astype(object)
+            labels[labels < 0] = ""  # unknown label: empty cell
+            frame["label"] = labels
+        path = folder / f"{party.name}.csv"
+        frame.to_csv(path, index=False)
+        paths.append(str(path))
+    return paths
+
+
+@dataclass
+class LocalDeployment:
+    """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything)."""
+
+    workdir: Path
+    node_configs: list[str]
+    started: list[subprocess.Popen] = field(default_factory=list)
+    port: int = 0
+
+    def _env(self, home: str) -> dict[str, str]:
+        env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(self.workdir / home)}
+        (self.workdir / home).mkdir(parents=True, exist_ok=True)
+        return env
+
+    def _spawn(self, args: list[str], home: str, log: str) -> subprocess.Popen:
+        out = open(self.workdir / log, "wb")  # noqa: SIM115 - closed with the process in stop()
+        proc = subprocess.Popen(args, env=self._env(home), stdout=out, stderr=subprocess.STDOUT, cwd=self.workdir,
+                                start_new_session=True)
+        self.started.append(proc)
+        return proc
+
+    def start(self, timeout: float = 60.0) -> LocalDeployment:
+        """Start the SuperLink, wait until it answers, then start the SuperNodes."""
+        import httpx
+
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        self._spawn([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
+                     "--disable-runtime-dependency-installation"],
+                    "superlink", "superlink.log")
+        deadline = time.monotonic() + timeout
+        while True:
+            self._check_alive()
+            try:
+                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).is_success:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"SuperLink did not start within {timeout:g} s; see {self.workdir}/superlink.log")
+            time.sleep(0.2)
+        for i, node_config in enumerate(self.node_configs):
+            self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                         "--port", str(free_port()), "--node-config", node_config],
+                        f"supernode{i}", f"supernode{i}.log")
+        cli = self.workdir / "cli"
+        cli.mkdir(exist_ok=True)
+        (cli / "config.toml").write_text(
+            f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
+            f"insecure = true\n")
+        return self
+
+    def _check_alive(self) -> None:
+        for proc in self.started:
+            if proc.poll() is not None:
+                raise RuntimeError(f"{' '.join(proc.args[:1])} exited with code {proc.returncode}; logs in "
+                                   f"{self.workdir}")
+
+    def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
+        """Run the ``flwr`` CLI against this SuperLink (connection ``loopback``)."""
+        return subprocess.run([_bin("flwr"), *args], env=self._env("cli"), capture_output=True, text=True,
+                              timeout=timeout, cwd=REPO)
+
+    def run_app(self, run_config: dict[str, Any], results_dir: Path, timeout: float = 300.0,
+                app: Path = REPO) -> dict[str, Any]:
+        """``flwr run`` an app (default: this repository) with ``run_config`` overrides; return its ``results.json``.
+
+        The app must write ``results.json`` into the run-config's ``app.output-dir``.
+        """
+        overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in
+                             {**run_config, "app.output-dir": str(results_dir)}.items())
+        res = self.flwr("run", str(app), "loopback", "--run-config", overrides, "--format", "json")
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
+        run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+        target = results_dir / "results.json"
+        deadline = time.monotonic() + timeout
+        while not target.exists():
+            self._check_alive()
+            status = self.run_status(run_id)
+            if status.startswith("finished") and not target.exists():
+                time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
+                if not target.exists():
+                    raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
+                                       f"{self.flwr('log', str(run_id), 'loopback', '--show').stdout[-4000:]}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status})")
+            time.sleep(0.5)
+        return json.loads(target.read_text())
+
+    def run_status(self, run_id: int) -> str:
+        res = self.flwr("ls", "loopback", "--run-id", str(run_id), "--format", "json")
+        try:
+            runs = json.loads(res.stdout[res.stdout.index("{"):]).get("runs", [])
+            return str(runs[0].get("status", "")) if runs else ""
+        except (ValueError, KeyError):
+            return ""
+
+    def stop(self) -> None:
+        """Stop every process this deployment started, by PID (process group), gently then firmly."""
+        for proc in reversed(self.started):
+            if proc.poll() is None:
+                try:
+                    os.killpg(proc.pid, signal.SIGTERM)
+                except ProcessLookupError:
+                    pass
+        deadline = time.monotonic() + 10.0
+        for proc in reversed(self.started):
+            try:
+                proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+            except subprocess.TimeoutExpired:
+                try:
+                    os.killpg(proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
+                proc.wait(timeout=5)
+        self.started.clear()
+
+    def __enter__(self) -> LocalDeployment:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def node_configs(paths: list[str], model_dir: Path | None = None) -> list[str]:
+    """``--node-config`` strings: party 0 active, the others passive, each with its own CSV."""
+    out = []
+    for i, path in enumerate(paths):
+        role = "active" if i == 0 else "passive"
+        extra = f' model-dir="{model_dir}"' if model_dir else ""
+        out.append(f'role="{role}" party-index={i} data-path="{path}"{extra}')
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--passives", type=int, default=1)
+    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--method", default="vproto")
+    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed after")
+    args = parser.parse_args()
+    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="vproto-deploy-"))
+    paths = write_party_csvs(tmp / "data", args.passives)
+    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models")) as dep:
+        t0 = time.perf_counter()
+        results = dep.run_app({"dataset.name": "csv", "dataset.num_passive": args.passives,
+                               "num_rounds": args.rounds, "method.name": args.method}, tmp / "results")
+    for rec in results["rounds"]:
+        from flwr_vproto.results import format_round
+
+        print(format_round(rec, args.rounds))
+    print(f"finished in {time.perf_counter() - t0:.1f} s; results and models in {tmp}")
+    if args.workdir is None:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    main()

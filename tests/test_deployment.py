@@ -1,0 +1,76 @@
+"""A real deployment on loopback: ``flower-superlink``, one ``flower-supernode`` per party, ``flwr run``.
+
+Each SuperNode has its own ``--node-config`` (role, party index, its own CSV file, where to save its model) and its
+own ``FLWR_HOME``; nothing is installed at run time. The run's ``results.json`` must match the in-process engine on
+the same files, and every process is stopped by PID afterwards (see ``scripts/local_deployment.py``).
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+import shutil
+import sys
+from concurrent.futures import Future, ThreadPoolExecutor, wait
+from pathlib import Path
+
+import pytest
+
+from flwr_vproto.config import config_from_dict
+from flwr_vproto.inprocess import run_inprocess
+
+REPO = Path(__file__).resolve().parents[1]
+_spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
+deploy = importlib.util.module_from_spec(_spec)
+sys.modules["local_deployment"] = deploy  # dataclasses look their module up there
+_spec.loader.exec_module(deploy)  # type: ignore[union-attr]
+
+pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None and not
+                                (Path(sys.executable).parent / "flower-superlink").exists(),
+                                reason="Flower's deployment executables are not installed")
+
+
+def _deploy(workdir: Path, num_passive: int) -> dict:
+    """One deployment (1 active + ``num_passive`` passives) running one 2-round ``flwr run``; all stopped after."""
+    paths = deploy.write_party_csvs(workdir / "data", num_passive, max_train_users=600)
+    run_config = {"dataset.name": "csv", "dataset.num_passive": num_passive, "num_rounds": 2,
+                  "dataset.aligned_fraction": 0.2, "method.batch_size": 64}
+    dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, workdir / "models"))
+    try:
+        dep.start()
+        results = dep.run_app(run_config, workdir / "results", timeout=300)
+    finally:
+        dep.stop()
+    return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep}
+
+
+@pytest.fixture(scope="module")
+def deployments(tmp_path_factory) -> dict[int, Future]:
+    """Both deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
+        wait(list(futures.values()))
+    return futures
+
+
+@pytest.mark.parametrize("num_passive", [1, 2])
+def test_flwr_run_on_a_loopback_deployment(deployments, num_passive):
+    out = deployments[num_passive].result()
+    results, paths, models, dep = out["results"], out["paths"], out["models"], out["deployment"]
+    assert all(proc.poll() is not None for proc in dep.started) and not dep.started
+
+    assert [int(r["round"]) for r in results["rounds"]] == [1, 2]
+    assert all(math.isfinite(v) for r in results["rounds"] for v in r.values())
+    names = ["active"] + [f"passive{k}" for k in range(1, num_passive + 1)]
+    assert [p["name"] for p in results["flower"]["parties"]] == names
+    assert sorted(p.name for p in models.iterdir()) == [f"{n}.pt" for n in names]  # each party keeps its model
+
+    # the same files through the in-process engine: the same numbers (up to float reduction order)
+    cfg = config_from_dict({"num_rounds": 2, "engine": "inprocess", "method": {"batch_size": 64},
+                            "dataset": {"name": "csv", "num_passive": num_passive, "aligned_fraction": 0.2,
+                                        "csv": {"paths": paths}}})
+    reference = run_inprocess(cfg)["rounds"]
+    for got, want in zip(results["rounds"], reference, strict=True):
+        for key, value in want.items():
+            if key != "seconds":
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key

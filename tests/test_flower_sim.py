@@ -1,0 +1,341 @@
+"""The Flower layer: config plumbing, the message protocol, failure handling, and engine equivalence.
+
+Most protocol tests drive the real strategy and the real ClientApp through :class:`InlineGrid`, a Flower ``Grid``
+that runs the ClientApp in this process (no Ray, milliseconds per message), so failures can be injected. One test
+runs the real Flower simulation (Ray) and checks it against the in-process engine.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import tomllib
+import uuid
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+import numpy as np
+import pytest
+from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from flwr.common.config import flatten_dict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_vproto import messages as M
+from flwr_vproto.client_app import identity, make_client_app
+from flwr_vproto.config import ConfigError, config_from_dict
+from flwr_vproto.inprocess import run_inprocess
+from flwr_vproto.messages import ProtocolError
+from flwr_vproto.results import select_final
+from flwr_vproto.strategy import VerticalProtoStrategy
+
+REPO = Path(__file__).resolve().parents[1]
+SUPERLINK_NODE_ID = 1
+
+
+class InlineGrid(Grid):
+    """A Grid whose nodes run a ClientApp right here; each node keeps its own Context like a SuperNode does.
+
+    ``fault(msg, party_index) -> None | "drop" | "error" | "superlink-error"`` injects failures: a lost reply, an
+    error reply from the node, or the error reply a SuperLink sends for a dead node (from its own node ID).
+    """
+
+    def __init__(self, app, node_configs: list[dict], run_config: dict | None = None,
+                 fault: Callable[[Message, int], str | None] | None = None) -> None:
+        self.app, self.fault = app, fault
+        # What Flower's runtimes set before a ServerApp runs (the Message constructor reads it).
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, SUPERLINK_NODE_ID
+        self.contexts = {100 + i: Context(run_id=7, node_id=100 + i, node_config=nc, state=RecordDict(),
+                                          run_config=run_config or {}) for i, nc in enumerate(node_configs)}
+        self.index = {nid: i for i, nid in enumerate(self.contexts)}
+        self.replies: dict[str, Message] = {}
+        self.sent: list[Message] = []
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used by the strategy
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent.append(msg)
+            nid = msg.metadata.dst_node_id
+            what = self.fault(msg, self.index[nid]) if self.fault else None
+            if what == "drop":
+                pass
+            elif what in ("error", "superlink-error"):
+                reply = Message(Error(code=0, reason="injected failure"), reply_to=msg)
+                if what == "superlink-error":
+                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                self.replies[mid] = reply
+            else:
+                try:
+                    self.replies[mid] = self.app(msg, self.contexts[nid])
+                except Exception as exc:  # what a SuperNode does: report the exception as an error reply
+                    self.replies[mid] = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the strategy never uses it
+        raise NotImplementedError
+
+
+def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, **extra):
+    methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,
+                                                        "combine_weight": 1.0}, "local": {"name": "local"}}
+    data = {"name": "digits", "aligned_fraction": 0.2, "num_passive": num_passive, "max_train_users": 500}
+    return config_from_dict({"num_rounds": rounds, "eval_every": 2, "dataset": data,
+                             "method": {"batch_size": 64, **methods[method]}, **extra})
+
+
+def sim_nodes(cfg) -> list[dict]:
+    return [{"partition-id": i, "num-partitions": cfg.dataset.num_passive + 1}
+            for i in range(cfg.dataset.num_passive + 1)]
+
+
+def run_inline(cfg, fault=None, nodes=None, timeout=30.0, **kwargs):
+    strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, **kwargs)
+    grid = InlineGrid(make_client_app(cfg), nodes or sim_nodes(cfg), fault=fault)
+    result = strategy.start(grid=grid)
+    return strategy, result, grid
+
+
+def assert_same_history(flower: list[dict], reference: list[dict], rel: float = 0.0, abs_: float = 0.0) -> None:
+    """Every metric the in-process engine reports, round by round (the Flower engine adds traffic keys)."""
+    assert len(flower) == len(reference)
+    for got, want in zip(flower, reference, strict=True):
+        keys = set(want) - {"seconds"}
+        assert keys <= set(got), f"missing in flower: {sorted(keys - set(got))}"
+        for k in sorted(keys):
+            assert got[k] == pytest.approx(want[k], rel=rel, abs=abs_), (k, got["round"])
+
+
+# ------------------------------------------------------------------------------------------------ config plumbing
+def test_pyproject_run_config_lists_every_config_field_with_its_default():
+    pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
+    assert pyproject["project"]["name"] == "flwr-vproto"  # a valid Flower app name (letters, digits, hyphens)
+    run_config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
+    want = {**M.run_config_from_config(), **M.APP_DEFAULTS}
+    fix = "\n".join(f"{k} = {json.dumps(v)}" for k, v in want.items() if run_config.get(k) != v)
+    assert run_config == want, f"update [tool.flwr.app.config] in pyproject.toml (Config changed):\n{fix}"
+    cfg, settings = M.config_from_run_config(run_config)
+    assert cfg == config_from_dict({}) and settings == M.AppSettings()
+    assert pyproject["tool"]["flwr"]["app"]["components"] == {
+        "serverapp": "flwr_vproto.server_app:app", "clientapp": "flwr_vproto.client_app:app"}
+
+
+def test_run_config_parses_lists_nulls_and_validates():
+    rc = {**M.run_config_from_config(), "model.hidden": "[128, 32]", "dataset.max_train_users": "300",
+          "dataset.root": "/data/fm", "method.name": "vanilla", "method.local_head": False,
+          "method.combine_weight": 1.0, "app.timeout": 5}
+    cfg, settings = M.config_from_run_config(rc)
+    assert cfg.model.hidden == [128, 32] and cfg.dataset.max_train_users == 300 and cfg.dataset.root == "/data/fm"
+    assert settings.timeout == 5.0
+    with pytest.raises(ConfigError, match="unknown run-config key 'model.hiden'"):
+        M.config_from_run_config({"model.hiden": "[1]"})
+    with pytest.raises(ConfigError, match="expected JSON"):
+        M.config_from_run_config({"model.hidden": "[1,"})
+    with pytest.raises(ConfigError, match="method.lr"):
+        M.config_from_run_config({"method.lr": -1.0})
+    with pytest.raises(ConfigError, match="app.timeout"):
+        M.config_from_run_config({"app.timeout": 0})
+
+
+def test_codecs_round_trip_exactly():
+    arrays = {"z": np.random.default_rng(0).random((5, 3)).astype(np.float32), "rows": np.arange(4)}
+    back = M.arrays_of(M.array_record(arrays))
+    assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
+    blob = b"\x00\x01secret-ish bytes"
+    assert M.array_to_bytes(M.bytes_to_array(blob)) == blob
+    conf = ConfigRecord()
+    M.put_matrix(conf, "p", arrays["z"])
+    assert np.array_equal(M.get_matrix(conf, "p"), arrays["z"]) and M.get_matrix(conf, "q") is None
+    rec = M.metric_record({"accuracy": 0.5}, "val.")
+    assert M.metrics_of(rec, "val.") == {"accuracy": 0.5} and M.metrics_of(rec, "test.") == {}
+    cfg = small_cfg("vanilla")
+    assert M.config_of(M.config_record(cfg)) == cfg
+    assert M.payload_bytes(RecordDict({"a": M.array_record(arrays)})) == sum(
+        len(a.data) for a in M.array_record(arrays).values())
+
+
+def test_csv_paths_come_from_each_nodes_data_path():
+    rc = {"dataset.name": "csv", "dataset.num_passive": 2, "dataset.csv.paths": "[]"}
+    server, _ = M.config_from_run_config(rc)  # the server opens no file: placeholders
+    assert len(server.dataset.csv.paths) == 3
+    node, _ = M.config_from_run_config(rc, party_index=2, data_path="/data/shop.csv")
+    assert node.dataset.csv.paths[2] == "/data/shop.csv"
+    assert M.config_fingerprint(server) == M.config_fingerprint(node)  # paths are per node, not shared config
+
+
+def test_identity_from_node_config():
+    assert identity({"partition-id": 0, "num-partitions": 3}, 2).role == "active"
+    me = identity({"partition-id": 2, "num-partitions": 3}, 2)
+    assert (me.role, me.index, me.name) == ("passive", 2, "passive2")
+    me = identity({"role": "passive", "party-index": 1, "data-path": "/d/shop.csv", "model-dir": "/m"}, 1)
+    assert (me.name, me.data_path, me.model_dir) == ("passive1", "/d/shop.csv", "/m")
+    for bad, match in [({"role": "boss", "party-index": 0}, "expected 'active' or 'passive'"),
+                       ({"role": "active", "party-index": 1}, "party-index 0"),
+                       ({"role": "passive", "party-index": 3}, r"outside 1\.\.2"),
+                       ({"role": "passive"}, "no party-index"), ({}, "must set role and party-index")]:
+        with pytest.raises(ValueError, match=match):
+            identity(bad, 2)
+
+
+def test_hydra_configs_compose_to_valid_configs():
+    from hydra import compose, initialize_config_dir
+
+    sys.path.insert(0, str(REPO))
+    from run_simulation import _config
+
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        cfg, runner = _config(compose("config"))
+        assert cfg == config_from_dict({}) and runner["timeout"] > 0  # the yaml defaults are Config's defaults
+        for group, section in (("dataset", "dataset"), ("model", "model"), ("method", "method")):
+            for option in (REPO / "conf" / group).glob("*.yaml"):  # every field listed, so every field overridable
+                listed = set(compose("config", [f"{group}={option.stem}"])[section])
+                assert listed == set(getattr(cfg, section).__dataclass_fields__), (option, listed)
+        for method in ("vproto", "vanilla", "local", "centralized"):
+            for dataset in ("digits", "adult", "fashion_mnist"):
+                cfg, _ = _config(compose("config", [f"method={method}", f"dataset={dataset}"]))
+                assert (cfg.method.name, cfg.dataset.name) == (method, dataset)
+        assert _config(compose("config", ["method=vanilla"]))[0].method.local_head is False
+        cfg, _ = _config(compose("config", ["dataset=csv", "dataset.csv.paths=[a.csv,b.csv]", "model=cnn",
+                                            "dataset=digits"]))
+        assert cfg.model.encoder == "cnn"
+        with pytest.raises(SystemExit, match="config error: invalid dataset.csv.paths"):
+            _config(compose("config", ["dataset=csv"]))
+
+
+# ------------------------------------------------------------------------------------------------ the protocol
+@pytest.mark.parametrize("method,num_passive", [("vproto", 2), ("vanilla", 1), ("local", 1)])
+def test_message_protocol_matches_inprocess_exactly(method, num_passive):
+    cfg = small_cfg(method, rounds=3, num_passive=num_passive)
+    strategy, result, grid = run_inline(cfg)
+    reference = run_inprocess(cfg)
+    assert_same_history(strategy.history, reference["rounds"])
+    assert strategy.results["final"] == pytest.approx(select_final(reference["rounds"]))
+    # Flower's Result: per-round train metrics, evaluation metrics on evaluation rounds (2 and the last, 3)
+    assert sorted(result.train_metrics_clientapp) == [1, 2, 3]
+    assert sorted(result.evaluate_metrics_clientapp) == [2, 3]
+    # at most one message per party per round; setup = discovery + PSI (peers, then intersection)
+    types = [m.metadata.message_type for m in grid.sent]
+    joint = method != "local"
+    assert types.count(M.TRAIN) == 3 * ((num_passive if joint else 0) + 1)
+    assert types.count(M.DISCOVER) == num_passive + 1 and types.count(M.PSI_FINISH) == 1
+    for rec in strategy.history:
+        assert rec["messages"] == (num_passive if joint else 0) + 1
+        if joint:
+            assert rec["bytes/passive1/up"] > 0 and rec["bytes/active/down"] >= rec["bytes/passive1/up"]
+
+
+def test_parties_save_their_final_models(tmp_path):
+    from flwr_vproto.parties import state_from_bytes
+
+    cfg = small_cfg(rounds=2)
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    strategy.start(grid=InlineGrid(make_client_app(cfg, str(tmp_path)), sim_nodes(cfg)))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["active.pt", "passive1.pt"]
+    assert "modules" in state_from_bytes((tmp_path / "active.pt").read_bytes())
+
+
+def test_a_failing_party_stops_the_run_naming_party_and_round():
+    def fault(msg, party):
+        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        return "error" if (party == 1 and rnd == 2) else None
+
+    with pytest.raises(ProtocolError, match=r"passive1 \(node 101\) failed during training .*round 2.*injected"):
+        run_inline(small_cfg(rounds=3), fault=fault)
+
+
+def test_a_dead_node_reported_by_the_superlink_is_named_by_its_message():
+    def fault(msg, party):  # the SuperLink answers for the dead active party, from its own node ID
+        return "superlink-error" if party == 0 and msg.metadata.message_type == M.PSI_FINISH else None
+
+    with pytest.raises(ProtocolError, match=r"active \(node 100\) failed during PSI \(intersection\)"):
+        run_inline(small_cfg(), fault=fault)
+
+
+def test_a_missing_reply_times_out_naming_party_and_round():
+    def fault(msg, party):
+        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        return "drop" if (party == 0 and rnd == 1) else None
+
+    with pytest.raises(ProtocolError, match=r"no reply from active \(node 100\) during training \(active party\) "
+                                            r"of round 1 within 0.5 s"):
+        run_inline(small_cfg(), fault=fault, timeout=0.5)
+
+
+def test_client_exceptions_come_back_as_clear_errors():
+    cfg = small_cfg()
+    bad = [{"partition-id": 0}, {"role": "passive", "party-index": 5}]
+    with pytest.raises(ProtocolError, match=r"node 101 failed during discovery: .*passive party-index 5 outside"):
+        run_inline(cfg, nodes=bad)
+
+
+@pytest.mark.parametrize("nodes,match", [
+    ([{"role": "active", "party-index": 0}, {"role": "active", "party-index": 0}],
+     "exactly one active party is required.*found 2"),
+    ([{"role": "passive", "party-index": 1}, {"role": "passive", "party-index": 1}],
+     "exactly one active party is required.*found 0"),
+    ([{"role": "active", "party-index": 0}, {"role": "passive", "party-index": 1},
+      {"role": "passive", "party-index": 1}], r"expected passive parties with party-index \[1\].*found \[1, 1\]"),
+])
+def test_roles_are_checked(nodes, match):
+    with pytest.raises(ProtocolError, match=match):
+        run_inline(small_cfg(), nodes=nodes)
+
+
+def test_too_few_nodes_and_mixed_configs_are_refused():
+    cfg = small_cfg(num_passive=2)
+    with pytest.raises(ProtocolError, match="only 2 of 3 SuperNodes connected"):
+        run_inline(cfg, nodes=[{"partition-id": 0}, {"partition-id": 1}])
+    other = small_cfg(seed=1)
+    strategy = VerticalProtoStrategy(small_cfg(), timeout=30, wait_for_nodes=1)
+    with pytest.raises(ProtocolError, match="differs from the server's"):
+        strategy.start(grid=InlineGrid(make_client_app(other), sim_nodes(other)))
+
+
+def test_centralized_is_inprocess_only_and_global_models_are_refused():
+    with pytest.raises(ConfigError, match="engine=inprocess"):
+        VerticalProtoStrategy(config_from_dict({"method": {"name": "centralized", "local_head": False,
+                                                            "combine_weight": 1.0}}))
+    from flwr.app import ArrayRecord
+
+    strategy = VerticalProtoStrategy(small_cfg())
+    with pytest.raises(ValueError, match="no global model"):
+        strategy.start(grid=InlineGrid(None, []), initial_arrays=ArrayRecord({"w": M.array_record(
+            {"w": np.zeros(2)})["w"]}))
+
+
+# ------------------------------------------------------------------------------------------------ real simulation
+def test_flower_simulation_matches_inprocess(tmp_path):
+    """The real thing: Ray-backed Flower simulation, K=2 passives, against the in-process engine."""
+    sys.path.insert(0, str(REPO))
+    from run_simulation import run_flower, run_local
+
+    cfg = small_cfg("vproto", rounds=3, num_passive=2)
+    runner = {"timeout": 120, "client_num_cpus": 1}
+    flower = run_flower(cfg, runner, tmp_path / "flower")
+    reference = run_local(cfg, runner, tmp_path / "inprocess")
+    # Ray actors run torch with one thread, this process with more: float reductions may differ in the last bits
+    assert_same_history(flower["rounds"], reference["rounds"], rel=1e-4, abs_=1e-5)
+    assert all(math.isfinite(v) for rec in flower["rounds"] for v in rec.values())
+    for engine in ("flower", "inprocess"):
+        assert sorted(p.name for p in (tmp_path / engine / "models").iterdir()) == [
+            "active.pt", "passive1.pt", "passive2.pt"]
+    json.dumps(flower, allow_nan=False)  # results.json content
