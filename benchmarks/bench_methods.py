@@ -21,8 +21,7 @@ from pathlib import Path
 
 METHODS = {
     "vproto": {"name": "vproto"},
-    "vanilla": {"name": "vanilla", "local_head": False, "combine_weight": 1.0, "joint_residual": False,
-                "prototype_logits": False},
+    "vanilla": {"name": "vanilla"},
     "local": {"name": "local"},
     "centralized": {"name": "centralized"},
 }

@@ -109,14 +109,25 @@ class PeakMemory(threading.Thread):
         self._pid = str(os.getpid())
 
     def _children(self) -> list[str]:
-        """Live children of this process, from every thread's ``children`` file (cheap: no scan of /proc)."""
+        """Live PSI workers of this process, from every thread's ``children`` file (cheap: no scan of /proc).
+
+        Only children that already run the worker (``--psi-worker`` in their command line) count: between ``vfork``
+        and ``exec`` a child shares, and /proc reports, the memory of the party process itself.
+        """
         kids: list[str] = []
         for path in glob.glob(f"/proc/{self._pid}/task/*/children"):
             try:
                 with open(path) as f:
-                    kids += f.read().split()
+                    pids = f.read().split()
             except OSError:
                 continue
+            for pid in pids:
+                try:
+                    with open(f"/proc/{pid}/cmdline", "rb") as c:
+                        if b"--psi-worker" in c.read():
+                            kids.append(pid)
+                except OSError:
+                    continue
         return kids
 
     def run(self) -> None:

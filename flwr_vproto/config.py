@@ -89,19 +89,20 @@ class MethodConfig:
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
-    combine_weight: float = 0.5
+    # "auto" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss).
+    combine_weight: float | str = "auto"
     # The top model learns a correction on top of the active-only head's logits (``g(...) + h(f_A)``, with ``h``
     # not trained through this path and ``g`` starting at zero), so the joint model starts where the active party
     # alone is and only moves away from it where the passive embeddings help.
-    joint_residual: bool = False
+    joint_residual: bool = True
     # Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second
     # prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no training
     # rows beyond those that made the prototypes.
-    prototype_logits: bool = False
+    prototype_logits: bool = True
     # Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns only from
     # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
     # over-fitting the aligned rows cannot degrade the active party's own representation.
-    joint_trains_active_encoder: bool = True
+    joint_trains_active_encoder: bool = False
 
 
 @dataclass
@@ -246,15 +247,15 @@ def validate(cfg: Config) -> None:
     _check(_is_int(t.warmup_rounds) and t.warmup_rounds >= 0, "method.warmup_rounds", t.warmup_rounds,
            "an integer >= 0")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
-    _check(_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1, "method.combine_weight", t.combine_weight,
-           "a number in [0, 1]")
+    _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
+           "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")
     _check(isinstance(t.joint_residual, bool), "method.joint_residual", t.joint_residual, "true or false")
-    if t.joint_residual:
+    if t.joint_residual and t.name == "vproto":
         _check(t.local_head, "method.joint_residual", t.joint_residual,
                "false when method.local_head is false (the residual is taken on the active-only head)")
     _check(isinstance(t.joint_trains_active_encoder, bool), "method.joint_trains_active_encoder",
            t.joint_trains_active_encoder, "true or false")
     _check(isinstance(t.prototype_logits, bool), "method.prototype_logits", t.prototype_logits, "true or false")
-    if t.combine_weight < 1:
+    if t.combine_weight != 1 and t.name == "vproto":
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")

@@ -123,7 +123,7 @@ def payload_bytes(content: RecordDict | None) -> int:
 def _field_kind(annotation: str) -> str:
     """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json``."""
     a = annotation.replace(" ", "")
-    if a in ("str", "int", "float", "bool"):
+    if a in ("str", "int", "float", "bool", "float|str"):  # TOML carries these natively
         return "plain"
     if a == "str|None":
         return "optional_str"

@@ -153,7 +153,7 @@ class _Party:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        for m, s in zip(self._modules(), state["modules"], strict=False):
+        for m, s in zip(self._modules(), state["modules"], strict=True):
             m.load_state_dict(s)
         self.optimizer.load_state_dict(state["optimizer"])
         self.aligned = {s: np.asarray(r.cpu().numpy(), dtype=np.int64) for s, r in state["aligned"].items()}
@@ -277,6 +277,7 @@ class ActiveParty(_Party):
         if bad:
             raise ValueError(f"party {data.name}: label {bad[0][1]} in split {bad[0][0]!r} is outside the "
                              f"{num_classes} classes 0..{num_classes - 1}")
+        self._auto_weight = 0.5  # combine_weight=auto before the first validation
         self.protos: torch.Tensor | None = None  # first prototypes (own space), EMA state
         self.proto_mask: torch.Tensor | None = None
         self.second: list[torch.Tensor | None] = [None] * len(self.passive_dims)  # EMA state per passive
@@ -289,7 +290,17 @@ class ActiveParty(_Party):
 
     @property
     def uses_local_head(self) -> bool:
-        return self.cfg.method.local_head or not self.joint
+        """``local`` trains only this head; ``vproto`` adds it when ``local_head`` is on; ``vanilla`` never has one."""
+        return not self.joint or (self.vproto and self.cfg.method.local_head)
+
+    @property
+    def vproto(self) -> bool:
+        """The vproto-only knobs (prototype losses, residual head, prototype logits) apply to this run."""
+        return self.cfg.method.name == "vproto"
+
+    @property
+    def residual(self) -> bool:
+        return self.uses_local_head and self.joint and self.cfg.method.joint_residual
 
     def _build_extra(self) -> None:
         d = self.cfg.model.embedding_dim
@@ -297,7 +308,7 @@ class ActiveParty(_Party):
         self.head = make_top_model(d, self.num_classes, self.cfg.model).to(self.device)
         # One weight per passive for its prototype classifier's log-probabilities (prototype_logits).
         self.proto_weight = _ParamHolder(torch.nn.Parameter(torch.ones(len(self.passive_dims), device=self.device)))
-        if self.cfg.method.joint_residual:
+        if self.residual:
             last = self.top[-1]
             torch.nn.init.zeros_(last.weight)
             torch.nn.init.zeros_(last.bias)
@@ -311,10 +322,10 @@ class ActiveParty(_Party):
         if not m.joint_trains_active_encoder and self.uses_local_head:
             h = h.detach()
         logits = self.top(torch.cat([h, *zs], dim=1))
-        if m.joint_residual:
+        if self.residual:
             logits = logits + self.head(h).detach()
-        if m.prototype_logits and protos is not None:
-            for k, (z, (pk, mask)) in enumerate(zip(zs, protos)):
+        if self.vproto and m.prototype_logits and protos is not None:
+            for k, (z, (pk, mask)) in enumerate(zip(zs, protos, strict=True)):
                 if not bool(mask.any()):
                     continue
                 t = -P.distances(P.maybe_normalize(z, m.normalize), pk, m.distance) / m.tau
@@ -327,7 +338,7 @@ class ActiveParty(_Party):
     def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if any(p is None for p in self.second):
             return None
-        return list(zip(self.second, self.second_mask))  # type: ignore[arg-type]
+        return list(zip(self.second, self.second_mask, strict=True))  # type: ignore[arg-type]
 
     def _modules(self) -> list[torch.nn.Module]:
         return [self.encoder, self.top, self.head, self.proto_weight]
@@ -345,7 +356,7 @@ class ActiveParty(_Party):
             raise ValueError(f"round {rnd}: got embeddings from {len(passive_embeddings)} passive parties, "
                              f"expected {len(self.passive_dims)}")
         zs = []
-        for k, (e, d) in enumerate(zip(passive_embeddings, self.passive_dims, strict=False)):
+        for k, (e, d) in enumerate(zip(passive_embeddings, self.passive_dims, strict=True)):
             if e.shape != (len(al), d):
                 raise ValueError(f"round {rnd}: embeddings of passive{k + 1} have shape {e.shape}, expected "
                                  f"{(len(al), d)}")
@@ -471,11 +482,35 @@ class ActiveParty(_Party):
                 zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
                 out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list()), 1).cpu().numpy()
         if self.joint and self.uses_local_head:
-            w = self.cfg.method.combine_weight
+            w = self.combine_weight
             out["combined"] = w * out["joint"] + (1 - w) * out["local"]
         else:
             out["combined"] = out["joint"] if self.joint else out["local"]
         return out
+
+    @property
+    def combine_weight(self) -> float:
+        """Weight of the joint model in the shipped prediction: configured, or last fitted on validation rows."""
+        w = self.cfg.method.combine_weight
+        return self._auto_weight if w == "auto" else float(w)
+
+    def _fit_combine_weight(self, probs: dict[str, np.ndarray], y: np.ndarray) -> None:
+        """``combine_weight=auto``: the weight on a 0.1 grid with the best validation accuracy (then log-loss).
+
+        Validation rows are how every method picks its round already; picking this one number on them too lets the
+        active-only head win where the aligned rows are too few for the joint model, and the joint model elsewhere.
+        """
+        keep = y >= 0
+        if not keep.any():
+            return
+        yk = y[keep]
+        best = (np.inf, np.inf, 1.0)
+        for w in np.linspace(0.0, 1.0, 11):
+            p = w * probs["joint"][keep] + (1 - w) * probs["local"][keep]
+            nll = float(-np.log(np.clip(p[np.arange(yk.size), yk], 1e-12, None)).mean())
+            err = float((p.argmax(1) != yk).mean())
+            best = min(best, (err, nll, float(w)))
+        self._auto_weight = best[2]
 
     def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
         """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
@@ -485,8 +520,12 @@ class ActiveParty(_Party):
         party holds.
         """
         y = self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
+        if split == "val" and self.cfg.method.combine_weight == "auto" and self.joint and self.uses_local_head:
+            self._fit_combine_weight(self.predict_proba(split, passive_embeddings), y)
         probs = self.predict_proba(split, passive_embeddings)
         metrics = _scores(probs["combined"], y, self.num_classes)
+        if "joint" in probs and "local" in probs:
+            metrics["combine_weight"] = self.combine_weight
         for name in ("joint", "local"):
             if name in probs and len(probs) > 2:
                 metrics[f"{name}_accuracy"] = _scores(probs[name], y, self.num_classes)["accuracy"]
@@ -503,11 +542,12 @@ class ActiveParty(_Party):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
-                "second_mask": self.second_mask}
+                "second_mask": self.second_mask, "auto_weight": self._auto_weight}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
+        self._auto_weight = float(state["auto_weight"])
 
 
 class _ParamHolder(torch.nn.Module):

@@ -6,8 +6,10 @@ user runs it like ``FedAvg``: ``strategy.start(grid=grid, initial_arrays=ArrayRe
 only relays payloads between parties, in the same order of calls as :func:`flwr_vproto.inprocess.run_inprocess`,
 so both engines produce the same per-round metrics.
 
-Setup (once): discovery (every node: role, party index, sizes) -> PSI per split through the server (active blinds,
-passives re-blind, active intersects; the server sees only blinded points) -> each party builds its learner.
+Setup (once, three message round trips): discovery (every node: role, party index, sizes; the active party's
+blinded IDs ride along) -> the passives re-blind them and blind their own -> the active party intersects per split
+and builds its learner; each passive's positions in the shared order ride along with its first round. The server
+relays only blinded points, never IDs.
 Rounds (pipelined, one message per party per round): passives get last round's gradients and the second
 prototypes and reply with this round's embeddings; then the active party gets all embeddings, trains, evaluates on
 evaluation rounds, and replies with each passive's next gradients and prototypes.

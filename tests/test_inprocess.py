@@ -11,7 +11,7 @@ from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 
-VANILLA = {"name": "vanilla", "local_head": False, "combine_weight": 1.0}
+VANILLA = {"name": "vanilla"}
 
 
 def cfg_for(method=None, rounds=3, **dataset):
@@ -99,7 +99,7 @@ def test_class_missing_from_aligned_rows_is_skipped_not_nan():
     ds = load_vertical_dataset(cfg)
     aligned = set(ds.active.train.ids) & set(ds.passives[0].train.ids)
     tr = ds.passives[0].train
-    drop = np.array([i in aligned and t == 3 for i, t in zip(tr.ids, tr.y_true)])
+    drop = np.array([i in aligned and t == 3 for i, t in zip(tr.ids, tr.y_true, strict=True)])
     assert drop.any()
     tr.ids, tr.x, tr.y_true = tr.ids[~drop], tr.x[~drop], tr.y_true[~drop]
     res = run_inprocess(cfg, ds)

@@ -249,6 +249,18 @@ def test_worker_pool_path(monkeypatch: pytest.MonkeyPatch) -> None:
         hub.add_peer("p", PSIPeer(b, workers=1).respond(sent)[0], hub.blinded_ids() + bytes(32))
 
 
+def test_small_inputs_stay_in_process(monkeypatch: pytest.MonkeyPatch) -> None:
+    from flwr_vproto.psi import _worker
+
+    def no_popen(*args, **kwargs):
+        raise AssertionError("a worker process was started for a small input")
+
+    monkeypatch.setattr(_worker.subprocess, "Popen", no_popen)
+    ids = [f"u{i}" for i in range(1000)]
+    rows, peers = run_local(ids, {"p": ids[::-1]}, order_seed=0, workers=2)
+    assert len(rows) == 1000
+
+
 def test_bad_workers() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(PSIError, match="workers"):

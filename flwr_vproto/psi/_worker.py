@@ -40,6 +40,9 @@ one core needs for 6k multiplications, so a pool only pays off well above that."
 CHUNKS_PER_WORKER = 4
 """Several chunks per worker keep cores busy when one is shared with another process, at negligible dispatch cost."""
 
+MAX_CHUNK = 50_000
+"""Chunk size cap: bounds a worker's memory (~25 MiB) whatever the input size; a chunk still takes ~1.5 s of work."""
+
 
 class KernelError(ValueError):
     """A point could not be multiplied (low-order or all-zero); the message names the message and position."""
@@ -136,7 +139,7 @@ def run_jobs(jobs: list[Job], workers: int) -> list[bytes]:
     # Frozen or embedded interpreters have no ``python`` to start workers with: stay in-process there.
     if workers <= 1 or total < MIN_PARALLEL_POINTS or not sys.executable or getattr(sys, "frozen", False):
         return [j.run() for j in jobs]
-    size = max(1024, math.ceil(total / (workers * CHUNKS_PER_WORKER)))
+    size = min(MAX_CHUNK, max(1024, math.ceil(total / (workers * CHUNKS_PER_WORKER))))
     tasks = [t for j in jobs for t in j.chunks(size)]
     with WorkerPool(min(workers, len(tasks))) as pool:
         results = pool.map(tasks)
