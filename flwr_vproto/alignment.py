@@ -12,6 +12,11 @@ from flwr_vproto.data.types import SPLITS, VerticalDataset
 from flwr_vproto.psi import PSIHub, PSIPeer
 
 
+def min_intersection(cfg_min_aligned: int, split: str) -> int:
+    """Smallest acceptable intersection: ``dataset.min_aligned`` for training users, one for val and test."""
+    return cfg_min_aligned if split == "train" else 1
+
+
 def split_order_seed(seed: int, split: str) -> int:
     """The seed of the shared order of one split's intersection (same on both engines)."""
     return seed * 10 + SPLITS.index(split)
@@ -32,11 +37,12 @@ def psi_align(id_lists: list[np.ndarray], order_seed: int, min_intersection: int
     return rows
 
 
-def align_dataset(ds: VerticalDataset, seed: int) -> list[dict[str, np.ndarray]]:
-    """Per party, per split: the aligned row indices in the shared order."""
+def align_dataset(ds: VerticalDataset, seed: int, min_aligned: int = 2) -> list[dict[str, np.ndarray]]:
+    """Per party, per split: the aligned row indices in the shared order (PSIError below ``min_aligned``)."""
     out: list[dict[str, np.ndarray]] = [{} for _ in ds.parties]
     for split in SPLITS:
-        rows = psi_align([p.split(split).ids for p in ds.parties], split_order_seed(seed, split))
+        rows = psi_align([p.split(split).ids for p in ds.parties], split_order_seed(seed, split),
+                         min_intersection(min_aligned, split))
         for party, r in zip(out, rows, strict=False):
             party[split] = r
     return out

@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
 from flwr_vproto import messages as M
-from flwr_vproto.alignment import split_order_seed
+from flwr_vproto.alignment import min_intersection, split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
@@ -138,12 +138,14 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | ArrayRecord | None = No
 
 
 # ------------------------------------------------------------------------------------------------ PSI state
-def _restore_hub(ids: np.ndarray, seed: int, split: str, secret: np.ndarray, blinded: np.ndarray) -> PSIHub:
+def _restore_hub(
+    ids: np.ndarray, seed: int, split: str, secret: np.ndarray, blinded: np.ndarray, min_aligned: int
+) -> PSIHub:
     """The hub of an earlier message (fresh process in a deployment): same IDs, same secret, same sent points.
 
     psi.py keeps the secret private; restoring it is the one place outside psi.py that touches it.
     """
-    hub = PSIHub(ids, order_seed=split_order_seed(seed, split))
+    hub = PSIHub(ids, order_seed=split_order_seed(seed, split), min_intersection=min_intersection(min_aligned, split))
     hub._secret = M.array_to_bytes(secret)  # noqa: SLF001
     hub._blinded = M.array_to_bytes(blinded)  # noqa: SLF001
     return hub
@@ -248,7 +250,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         positions: dict[str, np.ndarray] = {}
         for split in SPLITS:
             hub = _restore_hub(data.split(split).ids, c.seed, split, blobs[f"psi.secret.{split}"],
-                               blobs[f"psi.blinded.{split}"])
+                               blobs[f"psi.blinded.{split}"], c.dataset.min_aligned)
             for k in passives:
                 hub.add_peer(f"passive{k}", M.array_to_bytes(arrays[f"passive{k}.reblinded.{split}"]),
                              M.array_to_bytes(arrays[f"passive{k}.own.{split}"]))

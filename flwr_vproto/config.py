@@ -53,6 +53,7 @@ class DatasetConfig:
     test_fraction: float = 0.2  # digits and csv only: share of all users held out for testing
     active_only_test_fraction: float = 0.3  # share of the test users that only the active party holds
     max_train_users: int | None = None  # subsample the training pool (quick runs, tests)
+    min_aligned: int = 2  # PSI must find at least this many aligned training users, or no training starts
     root: str | None = None  # fashion_mnist: directory of the IDX files (default: the Debian package's)
     csv: CsvConfig = field(default_factory=CsvConfig)
 
@@ -202,6 +203,7 @@ def validate(cfg: Config) -> None:
     if d.max_train_users is not None:
         _check(_is_int(d.max_train_users) and d.max_train_users >= 10, "dataset.max_train_users",
                d.max_train_users, "null or an integer >= 10")
+    _check(_is_int(d.min_aligned) and d.min_aligned >= 1, "dataset.min_aligned", d.min_aligned, "an integer >= 1")
     _check(d.root is None or isinstance(d.root, str), "dataset.root", d.root, "null or a directory path")
     if d.name == "csv":
         _check(isinstance(d.csv.paths, list) and len(d.csv.paths) == d.num_passive + 1

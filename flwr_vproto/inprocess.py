@@ -39,7 +39,7 @@ def run_inprocess(
     if cfg.method.name == "centralized":
         history = _run_centralized(cfg, ds, on_round)
         return build_results(cfg, history)
-    alignment = align_dataset(ds, cfg.seed)
+    alignment = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)
     active = ActiveParty(ds.active, cfg, ds.num_classes, [cfg.model.embedding_dim] * len(ds.passives))
     active.set_alignment(alignment[0])
     passives: list[PassiveParty] = []

@@ -113,3 +113,12 @@ def test_wrong_gradient_shape_is_a_clear_error():
     _, passive = _parties(cfg, ds)
     with pytest.raises(ValueError, match="passive1, round 2: gradients of shape"):
         passive.train_round(2, np.zeros((3, 3), dtype=np.float32))
+
+
+def test_intersection_below_the_configured_minimum_stops_before_training():
+    from flwr_vproto.psi import PSIError
+
+    cfg = config_from_dict({"engine": "inprocess", "num_rounds": 1,
+                            "dataset": {"name": "digits", "aligned_fraction": 0.2, "min_aligned": 100000}})
+    with pytest.raises(PSIError, match="100000"):
+        run_inprocess(cfg)
