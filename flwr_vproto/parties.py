@@ -520,9 +520,11 @@ class ActiveParty(_Party):
         party holds.
         """
         y = self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
-        if split == "val" and self.cfg.method.combine_weight == "auto" and self.joint and self.uses_local_head:
-            self._fit_combine_weight(self.predict_proba(split, passive_embeddings), y)
         probs = self.predict_proba(split, passive_embeddings)
+        if split == "val" and self.cfg.method.combine_weight == "auto" and "joint" in probs and "local" in probs:
+            self._fit_combine_weight(probs, y)
+            w = self.combine_weight
+            probs["combined"] = w * probs["joint"] + (1 - w) * probs["local"]
         metrics = _scores(probs["combined"], y, self.num_classes)
         if "joint" in probs and "local" in probs:
             metrics["combine_weight"] = self.combine_weight
