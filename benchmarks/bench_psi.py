@@ -3,7 +3,7 @@
 Each party runs in its own (spawned) process and talks to the parent, which plays the relaying server, over pipes,
 so wall time includes message passing and peak RSS is per party. Reported:
 
-* raw X25519 ``exchange`` rate (pre-built public-key objects, nothing else), on one core and on all cores at once,
+* raw X25519 rate (the faster of OpenSSL via cryptography and libsodium via PyNaCl, nothing else), on all cores at once,
   measured at the start and at the end of the run (other jobs on a shared machine move it);
 * for each size (IDs per party, ``--overlap`` of them shared): wall time, scalar multiplications per second against
   the raw all-core rate, the same per CPU-second against the raw one-core rate (robust to other load on the machine),
@@ -12,6 +12,8 @@ so wall time includes message passing and peak RSS is per party. Reported:
 openmined-psi is a benchmark-only dependency (``pip install openmined-psi==2.0.6``): its protocol is one-directional
 (the client learns the intersection; the server learns nothing) with P-256 and a RAW (exact) server set; its server
 setup and client request are independent, so they run concurrently here, which is the best case for it.
+flwr_vproto.psi runs as in a deployment: both parties blind their own IDs at once (step 1), then the peer re-blinds
+the hub's points while the hub blinds the peer's (step 2), then the hub matches.
 
     python benchmarks/bench_psi.py --sizes 10000 100000 --out benchmarks/psi_results.md
 """
@@ -41,17 +43,27 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 
 def _raw_worker(n: int, barrier: Any, out: Any) -> None:
-    """Time ``n`` bare ``exchange`` calls on pre-built public keys, after every process is ready."""
+    """Time ``n`` bare scalar multiplications with each X25519 implementation at hand, after every process is ready,
+    and report the faster: cryptography's ``exchange`` on pre-built public-key objects (OpenSSL) and libsodium's
+    ``crypto_scalarmult`` on raw bytes (PyNaCl, what flwr_vproto.psi uses). Nothing else is timed."""
     from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey, X25519PublicKey
+    from nacl.bindings import crypto_scalarmult
 
     key = X25519PrivateKey.generate()
-    pubs = [X25519PublicKey.from_public_bytes(hashlib.sha512(b"%d" % i).digest()[:32]) for i in range(n)]
+    secret = key.private_bytes_raw()
+    points = [hashlib.sha512(b"%d" % i).digest()[:32] for i in range(n)]
+    pubs = [X25519PublicKey.from_public_bytes(p) for p in points]
     exchange = key.exchange
     barrier.wait()
     t0, c0 = time.perf_counter(), time.process_time()
     for p in pubs:
         exchange(p)
-    out.put((n, time.perf_counter() - t0, time.process_time() - c0))
+    openssl = (time.perf_counter() - t0, time.process_time() - c0)
+    t0, c0 = time.perf_counter(), time.process_time()
+    for p in points:
+        crypto_scalarmult(secret, p)
+    sodium = (time.perf_counter() - t0, time.process_time() - c0)
+    out.put((n, *min(openssl, sodium)))
 
 
 def raw_rate(workers: int, n: int) -> tuple[float, float]:
@@ -96,7 +108,7 @@ def _rss_kib(pid: int | str) -> int:
 
 
 class PeakMemory(threading.Thread):
-    """Peak RSS of this process plus its live children (the PSI workers), sampled every 50 ms from ``/proc``.
+    """Peak RSS of this process plus its live children (the PSI workers), sampled every 200 ms from ``/proc``.
 
     ``getrusage(RUSAGE_CHILDREN).ru_maxrss`` is useless here: Linux carries a child's RSS from just before ``exec`` into
     its maximum, so every worker would "peak" at the size of the party process that started it.
@@ -131,7 +143,7 @@ class PeakMemory(threading.Thread):
         return kids
 
     def run(self) -> None:
-        while not self._stop_event.wait(0.05):
+        while not self._stop_event.wait(0.2):
             workers = [_rss_kib(k) for k in self._children()]
             self.peak_workers = max(self.peak_workers, sum(workers))
             self.peak_one_worker = max([self.peak_one_worker, *workers])
@@ -171,17 +183,21 @@ def ours_hub(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     mem.start()
     cpu0, t0 = _cpu_s(), time.perf_counter()
     hub = PSIHub(ids, order_seed=0, workers=workers)
-    conn.send_bytes(hub.blinded_ids())
+    conn.send_bytes(hub.blinded_ids())  # step 1, while the peer blinds its own IDs
     t_blind = time.perf_counter() - t0
-    reblinded, theirs = conn.recv_bytes(), conn.recv_bytes()
+    theirs = conn.recv_bytes()
     t1 = time.perf_counter()
-    hub.add_peer("p", reblinded, theirs)
+    hub.blind_peer("p", theirs)  # step 2, while the peer re-blinds this party's points
+    t_step2 = time.perf_counter() - t1
+    reblinded = conn.recv_bytes()
+    t2 = time.perf_counter()
+    hub.add_peer("p", reblinded)
     rows, positions = hub.finish()
     conn.send_bytes(positions["p"].tobytes())
     done = time.perf_counter()
     use = mem.stop()
-    conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "blind_s": t_blind, "match_s": done - t1,
-               "size": len(rows), "digest": _digest(ids, rows)})  # fmt: skip
+    conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "blind_s": t_blind, "blind_peer_s": t_step2,
+               "match_s": done - t2, "size": len(rows), "digest": _digest(ids, rows)})  # fmt: skip
 
 
 def ours_peer(conn: Any, n: int, overlap: int, workers: int | None) -> None:
@@ -192,17 +208,17 @@ def ours_peer(conn: Any, n: int, overlap: int, workers: int | None) -> None:
     conn.recv()  # go
     mem = PeakMemory()
     mem.start()
-    cpu0 = _cpu_s()
+    cpu0, t0 = _cpu_s(), time.perf_counter()
     peer = PSIPeer(ids, workers=workers)
+    conn.send_bytes(peer.blinded_ids())  # step 1, while the hub blinds its IDs
+    t_blind = time.perf_counter() - t0
     hub_points = conn.recv_bytes()
-    t0 = time.perf_counter()
-    reblinded, own = peer.respond(hub_points)
-    t_resp = time.perf_counter() - t0
-    conn.send_bytes(reblinded)
-    conn.send_bytes(own)
+    t1 = time.perf_counter()
+    conn.send_bytes(peer.reblind(hub_points))  # step 2, while the hub blinds this party's points
+    t_resp = time.perf_counter() - t1
     rows = peer.rows_from_positions(np.frombuffer(conn.recv_bytes(), dtype=np.int64))
     use = mem.stop()
-    conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "respond_s": t_resp, "size": len(rows),
+    conn.send({**use, "cpu_s": use["cpu_s"] - cpu0, "blind_s": t_blind, "reblind_s": t_resp, "size": len(rows),
                "digest": _digest(ids, rows)})  # fmt: skip
 
 
@@ -264,11 +280,10 @@ def run_ours(n: int, overlap: int, workers: int | None) -> dict[str, Any]:
     t0 = time.perf_counter()
     hub.send("go")
     peer.send("go")
-    msg = hub.recv_bytes()
-    peer.send_bytes(msg)
-    reblinded, own = peer.recv_bytes(), peer.recv_bytes()
-    hub.send_bytes(reblinded)
-    hub.send_bytes(own)
+    hub_points, peer_points = hub.recv_bytes(), peer.recv_bytes()  # step 1 on both parties at once
+    peer.send_bytes(hub_points)
+    hub.send_bytes(peer_points)  # step 2 on both parties at once
+    hub.send_bytes(peer.recv_bytes())
     peer.send_bytes(hub.recv_bytes())
     h, p = hub.recv(), peer.recv()
     wall = time.perf_counter() - t0
@@ -317,13 +332,15 @@ def render(res: dict[str, Any]) -> str:
         f"Machine: {res['machine']}; {res['workers']} worker processes per party. Load average (1/5/15 min) at start "
         f"{res['load_before']}, at end {res['load_after']}.",
         "",
-        "`raw` = bare X25519 `exchange` rate (cryptography, pre-built public-key objects, nothing else) on all cores "
-        "at once, measured right before and right after each row; `per CPU-s` = scalar multiplications per "
+        "`raw` = bare X25519 rate (the faster of cryptography's `exchange` on pre-built public-key objects and "
+        "libsodium's `crypto_scalarmult` on bytes, nothing else) on all cores at once, "
+        "measured right before and right after each row; `per CPU-s` = scalar multiplications per "
         "CPU-second of all the row's processes against raw exchanges per CPU-second (insensitive to other load).",
         "",
         "| IDs per party | implementation | wall s | CPU s | mults/s | raw all-core /s | mults/s vs raw "
-        "| per CPU-s vs raw | openmined / ours: wall (CPU) | peak RSS MiB hub / peer: main (main + workers) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| per CPU-s vs raw | openmined / ours: wall (CPU) | openmined single-threaded / ours "
+        "| peak RSS MiB hub / peer: main (main + workers) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for row in res["rows"]:
         r = row["result"]
@@ -332,16 +349,20 @@ def render(res: dict[str, Any]) -> str:
         raw_wall = float(np.mean([x[0] for x in row["raw"]]))
         raw_cpu = float(np.mean([x[1] for x in row["raw"]]))
         other = [o for o in res["rows"] if o["n"] == row["n"] and o["impl"] == "openmined"]
-        speed = ""
+        speed = single = ""
         if row["impl"] == "ours" and other:
             o = other[0]["result"]
             o_cpu = o["hub"]["cpu_s"] + o["peer"]["cpu_s"]
-            speed = f"{o['wall_s'] / r['wall_s']:.1f}x ({o_cpu / cpu:.1f}x)"
+            speed = f"{o['wall_s'] / r['wall_s']:.2f}x ({o_cpu / cpu:.2f}x)"
+            # openmined's four steps one after another on one thread, each step's own measured time: the set-up the
+            # issue's reference figures describe ("single-threaded").
+            steps = o["hub"]["setup_s"] + o["peer"]["request_s"] + o["hub"]["process_s"] + o["peer"]["intersect_s"]
+            single = f"{steps:.1f} s = {steps / r['wall_s']:.2f}x"
         mem = " / ".join(f"{r[p]['rss_mib']:.0f} ({r[p]['total_rss_mib']:.0f})" for p in ("hub", "peer"))
         name = "flwr_vproto.psi" if row["impl"] == "ours" else "openmined-psi 2.0.6"
         lines.append(
             f"| {_fmt_size(row['n'])} | {name} | {r['wall_s']:.2f} | {cpu:.1f} | {rate:,.0f} | {raw_wall:,.0f} "
-            f"| {rate / raw_wall:.0%} | {r['mults'] / cpu / raw_cpu:.0%} | {speed} | {mem} |"
+            f"| {rate / raw_wall:.0%} | {r['mults'] / cpu / raw_cpu:.0%} | {speed} | {single} | {mem} |"
         )
     return "\n".join(lines) + "\n"
 

@@ -138,24 +138,26 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | ArrayRecord | None = No
 
 
 # ------------------------------------------------------------------------------------------------ PSI state
-def _restore_hub(
-    ids: np.ndarray, seed: int, split: str, secret: np.ndarray, blinded: np.ndarray, min_aligned: int
-) -> PSIHub:
-    """The hub of an earlier message (fresh process in a deployment): same IDs, same secret, same sent points.
-
-    psi.py keeps the secret private; restoring it is the one place outside psi.py that touches it.
-    """
-    hub = PSIHub(ids, order_seed=split_order_seed(seed, split), min_intersection=min_intersection(min_aligned, split))
-    hub._secret = M.array_to_bytes(secret)  # noqa: SLF001
-    hub._blinded = M.array_to_bytes(blinded)  # noqa: SLF001
-    return hub
+def _psi_blobs(prefix: str, state: dict[str, bytes]) -> dict[str, np.ndarray]:
+    """One split's PSI state (secret, private order, sent points) as arrays for ``context.state``."""
+    return {f"{prefix}.{k}": M.bytes_to_array(v) for k, v in state.items()}
 
 
-def _restore_peer(ids: np.ndarray, perm: np.ndarray) -> PSIPeer:
-    """The peer of an earlier message: only its private row order is needed to map positions back to rows."""
-    peer = PSIPeer(ids)
-    peer._perm = np.asarray(perm, dtype=np.int64)  # noqa: SLF001
-    return peer
+def _psi_state(prefix: str, blobs: dict[str, np.ndarray]) -> dict[str, bytes]:
+    """Inverse of :func:`_psi_blobs`."""
+    return {k[len(prefix) + 1:]: M.array_to_bytes(v) for k, v in blobs.items() if k.startswith(prefix + ".")}
+
+
+def _hub(data: PartySplits, c: Config, split: str, blobs: dict[str, np.ndarray]) -> PSIHub:
+    """The active party's PSI hub of an earlier message (a deployment runs each message in a fresh process)."""
+    return PSIHub.from_state(data.split(split).ids, _psi_state(f"psi.{split}", blobs),
+                             order_seed=split_order_seed(c.seed, split),
+                             min_intersection=min_intersection(c.dataset.min_aligned, split))
+
+
+def _peer(data: PartySplits, split: str, blobs: dict[str, np.ndarray]) -> PSIPeer:
+    """A passive party's PSI peer of an earlier message."""
+    return PSIPeer.from_state(data.split(split).ids, _psi_state(f"psi.{split}", blobs))
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -188,7 +190,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
     @app.query("discover")
     @handler
     def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Role, party index and sizes (no IDs, no features); the active party also starts PSI (step 1).
+        """Role, party index and sizes (no IDs, no features); every party also does PSI step 1.
 
         Starting PSI here saves a message round trip, which costs seconds in a deployment.
         """
@@ -203,36 +205,50 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
         }
         context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
-        if me.role != "active":
-            _store(context, {})
-            return _reply(msg, config=info)
+        # PSI step 1, the same on every party: blind own IDs (the active party in its row order, a passive in a
+        # private random order), so that step 2 can run on all parties at once.
         points: dict[str, np.ndarray] = {}
         blobs: dict[str, np.ndarray] = {}
         for split in SPLITS:
-            hub = PSIHub(data.split(split).ids, order_seed=split_order_seed(c.seed, split))
-            points[f"hub.{split}"] = M.bytes_to_array(hub.blinded_ids())
-            blobs[f"psi.secret.{split}"] = M.bytes_to_array(hub._secret)  # noqa: SLF001
-            blobs[f"psi.blinded.{split}"] = points[f"hub.{split}"]
+            ids = data.split(split).ids
+            side = (PSIHub(ids, order_seed=split_order_seed(c.seed, split)) if me.role == "active"
+                    else PSIPeer(ids))
+            points[f"{'hub' if me.role == 'active' else 'own'}.{split}"] = M.bytes_to_array(side.blinded_ids())
+            blobs.update(_psi_blobs(f"psi.{split}", side.export_state()))
         _store(context, blobs)
         return _reply(msg, arrays=points, config=info)
 
     @app.query("psi_peer")
     @handler
     def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Passive party, PSI step 2: re-blind the hub's points, blind own IDs in a private order (kept here)."""
+        """Passive party, PSI step 2: re-blind the hub's points (its own went out with discovery)."""
         _require(me.role == "passive", f"{me.name}: psi_peer goes to passive parties only")
+        blobs = _blobs(context)
+        _require("psi.train.secret" in blobs, f"{me.name}: psi_peer before discovery")
         data = party_data(c, me.index)
         hub_points = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        out: dict[str, np.ndarray] = {}
-        blobs: dict[str, np.ndarray] = {}
-        for split in SPLITS:
-            peer = PSIPeer(data.split(split).ids)
-            reblinded, own = peer.respond(M.array_to_bytes(hub_points[f"hub.{split}"]))
-            out[f"reblinded.{split}"] = M.bytes_to_array(reblinded)
-            out[f"own.{split}"] = M.bytes_to_array(own)
-            blobs[f"psi.perm.{split}"] = peer._perm  # noqa: SLF001
-        _store(context, blobs)
+        out = {}
+        for s in SPLITS:
+            reblinded = _peer(data, s, blobs).reblind(M.array_to_bytes(hub_points[f"hub.{s}"]))
+            out[f"reblinded.{s}"] = M.bytes_to_array(reblinded)
         return _reply(msg, arrays=out)
+
+    @app.query("psi_blind")
+    @handler
+    def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+        """Active party, PSI step 2 (while the passives re-blind its points): blind every passive's points."""
+        _require(me.role == "active", f"{me.name}: psi_blind goes to the active party only")
+        blobs = _blobs(context)
+        _require("psi.train.secret" in blobs, f"{me.name}: psi_blind before discovery")
+        data = party_data(c, 0)
+        arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
+        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
+        for split in SPLITS:
+            hub = _hub(data, c, split, blobs)
+            hub.blind_peers({f"passive{k}": M.array_to_bytes(arrays[f"passive{k}.own.{split}"]) for k in passives})
+            blobs.update(_psi_blobs(f"psi.{split}", hub.export_state()))
+        _store(context, blobs)
+        return _reply(msg, config={"blinded": len(passives)})
 
     @app.query("psi_finish")
     @handler
@@ -244,16 +260,14 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         dims = [int(d) for d in conf["passive-dims"]]  # type: ignore[union-attr]
         arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
         blobs = _blobs(context)
-        _require("psi.secret.train" in blobs, f"{me.name}: psi_finish before discovery")
+        _require(any(k.startswith("psi.train.double.") for k in blobs), f"{me.name}: psi_finish before psi_blind")
         data = party_data(c, 0)
         aligned: dict[str, np.ndarray] = {}
         positions: dict[str, np.ndarray] = {}
         for split in SPLITS:
-            hub = _restore_hub(data.split(split).ids, c.seed, split, blobs[f"psi.secret.{split}"],
-                               blobs[f"psi.blinded.{split}"], c.dataset.min_aligned)
+            hub = _hub(data, c, split, blobs)
             for k in passives:
-                hub.add_peer(f"passive{k}", M.array_to_bytes(arrays[f"passive{k}.reblinded.{split}"]),
-                             M.array_to_bytes(arrays[f"passive{k}.own.{split}"]))
+                hub.add_peer(f"passive{k}", M.array_to_bytes(arrays[f"passive{k}.reblinded.{split}"]))
             rows, pos = hub.finish()
             aligned[split] = np.asarray(rows, dtype=np.int64)
             for k in passives:
@@ -269,13 +283,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
     def init_passive(context: Context, c: Config, me: Identity, msg: Message) -> None:
         """Passive party, PSI step 4 (with its first round): own aligned rows from the hub's positions."""
         blobs = _blobs(context)
-        _require("psi.perm.train" in blobs, f"{me.name}: first round before PSI")
+        _require("psi.train.perm" in blobs, f"{me.name}: first round before PSI")
         data = party_data(c, me.index)
         arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        aligned = {
-            s: _restore_peer(data.split(s).ids, blobs[f"psi.perm.{s}"]).rows_from_positions(arrays[f"positions.{s}"])
-            for s in SPLITS
-        }
+        aligned = {s: _peer(data, s, blobs).rows_from_positions(arrays[f"positions.{s}"]) for s in SPLITS}
         num_classes = int(msg.content[M.CONFIG]["num-classes"])  # type: ignore[arg-type]
         party = PassiveParty(data, c, me.index, num_classes)
         party.set_alignment(aligned)

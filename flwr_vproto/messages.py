@@ -29,8 +29,9 @@ from flwr_vproto.config import Config, ConfigError, config_from_dict
 # ------------------------------------------------------------------------------------------------ message types
 # Flower routes "<category>.<action>" to the ClientApp function registered for it.
 # Setup costs three message round trips (each costs seconds in a deployment: a process per message).
-DISCOVER = "query.discover"  # every node: role, party index, sizes; the active party also blinds its IDs (PSI 1)
-PSI_PEER = "query.psi_peer"  # each passive: re-blind the hub's points, blind own IDs (PSI 2)
+DISCOVER = "query.discover"  # every node: role, party index, sizes; every party also blinds its own IDs (PSI 1)
+PSI_PEER = "query.psi_peer"  # each passive: re-blind the hub's points (PSI 2, at the same time as PSI_BLIND)
+PSI_BLIND = "query.psi_blind"  # active: blind every passive's points (PSI 2, at the same time as PSI_PEER)
 PSI_FINISH = "query.psi_finish"  # active: intersect, fix the shared order, build its party (PSI 3)
 TRAIN = "train"  # one round of one party; a passive's first one also carries its PSI positions (PSI 4)
 

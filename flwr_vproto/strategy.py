@@ -208,10 +208,10 @@ class VerticalProtoStrategy(Strategy):
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ setup
-    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode], Message]:
+    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode], dict[str, Message]]:
         """Ask every node who it is; require exactly one active party and passives 1..K.
 
-        Returns the active party's reply too: it already carries its blinded IDs (PSI step 1).
+        Returns the replies by party name too: they already carry each party's blinded IDs (PSI step 1).
         """
         nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
         probe = RecordDict({M.CONFIG: ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})})
@@ -233,19 +233,34 @@ class VerticalProtoStrategy(Strategy):
                                 f"{len(want)}), found {[p.index for p in passives]} on nodes "
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
-        return actives[0], passives, replies[f"node {actives[0].node_id}"]
+        by_name = {p.name: replies[f"node {p.node_id}"] for p in self.parties}
+        return actives[0], passives, by_name
 
-    def _psi(self, active: PartyNode, passives: list[PartyNode], hub: Message, grid: Grid) -> ArrayRecord:
+    def _psi(self, active: PartyNode, passives: list[PartyNode], replies: dict[str, Message], grid: Grid
+             ) -> ArrayRecord:
         """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs.
 
-        Returns each passive's positions into its own sent order, which go out with its first round.
+        Every party blinded its own IDs during discovery (step 1). Step 2 runs on all parties at once: each passive
+        re-blinds the active party's points while the active party blinds every passive's points; step 3 (matching,
+        the shared order) is the active party's alone. Returns each passive's positions into its own sent order,
+        which go out with its first round.
         """
         t = self.setup_traffic
-        peer_replies = self._exchange(grid, [(p, M.PSI_PEER, RecordDict({M.ARRAYS: hub.content[M.ARRAYS]}))
-                                             for p in passives], "PSI (peers)", traffic=t)
+        hub = replies[active.name].content[M.ARRAYS]
+        own = ArrayRecord()
+        for p in passives:
+            for key, arr in replies[p.name].content[M.ARRAYS].items():
+                own[f"{p.name}.{key}"] = arr
+        conf = ConfigRecord({"passives": [p.index for p in passives]})
+        step2 = self._exchange(
+            grid,
+            [(p, M.PSI_PEER, RecordDict({M.ARRAYS: hub})) for p in passives]
+            + [(active, M.PSI_BLIND, RecordDict({M.ARRAYS: own, M.CONFIG: conf}))],
+            "PSI (blinding)", traffic=t,
+        )
         relay = ArrayRecord()
         for p in passives:
-            for key, arr in peer_replies[p.name].content[M.ARRAYS].items():
+            for key, arr in step2[p.name].content[M.ARRAYS].items():
                 relay[f"{p.name}.{key}"] = arr
         conf = ConfigRecord({"passives": [p.index for p in passives],
                              "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})  # type: ignore
@@ -312,8 +327,8 @@ class VerticalProtoStrategy(Strategy):
         cfg = self.cfg
         self.summary()
         t_setup = time.perf_counter()
-        active, passives, hub = self._discover(grid)
-        positions = self._psi(active, passives, hub, grid)
+        active, passives, replies = self._discover(grid)
+        positions = self._psi(active, passives, replies, grid)
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))

@@ -103,6 +103,22 @@ def test_x25519_blinding_commutes() -> None:
     assert psi.hash_to_point("x") == hashlib.sha512(DOMAIN + b"x").digest()[:32]
 
 
+def test_kernels_match_cryptography_x25519() -> None:
+    """The worker kernels (libsodium via PyNaCl) give exactly cryptography's (OpenSSL's) RFC 7748 X25519 bytes, so
+    parties may run either and a kernel swap cannot silently empty an intersection."""
+    from flwr_vproto.psi._worker import blind, hash_blind
+
+    key = X25519PrivateKey.generate()
+    secret = key.private_bytes_raw()
+    ids = [f"user-{i}" for i in range(50)]
+    expected = b"".join(key.exchange(X25519PublicKey.from_public_bytes(psi.hash_to_point(s))) for s in ids)
+    assert hash_blind(secret, ids, 0, "t") == expected
+    rnd = np.random.default_rng(0).integers(0, 256, size=(50, 32), dtype=np.uint8)
+    pts = b"".join(bytes(r) for r in rnd)
+    want = b"".join(key.exchange(X25519PublicKey.from_public_bytes(bytes(r))) for r in rnd)
+    assert blind(secret, pts, 0, "t") == want
+
+
 def test_canonical_form() -> None:
     assert canonical_ids([5, np.int64(-7), np.uint8(3)]) == ["5", "-7", "3"]
     assert canonical_ids(np.array([1, 2], dtype=np.int32)) == ["1", "2"]
@@ -265,3 +281,52 @@ def test_bad_workers() -> None:
     for bad in (0, -1, 1.5, True):
         with pytest.raises(PSIError, match="workers"):
             PSIPeer(["a"], workers=bad)  # type: ignore[arg-type]
+
+
+def test_two_step_protocol_through_saved_state_matches_one_call_protocol() -> None:
+    """The deployment flow: every party blinds its own IDs first, then step 2 runs on all parties at once, and each
+    message is handled by a fresh object rebuilt from the party's exported state (a fresh process per message)."""
+    rng = np.random.default_rng(11)
+    parties, truth = _random_parties(rng, [200, 150, 180], 40)
+    hub_ids, peers = parties[0], {"p1": parties[1], "p2": parties[2]}
+    hub = PSIHub(hub_ids, order_seed=3)
+    sent_hub = hub.blinded_ids()
+    peer_objs = {name: PSIPeer(ids) for name, ids in peers.items()}
+    sent_own = {name: p.blinded_ids() for name, p in peer_objs.items()}
+    hub_state, peer_states = hub.export_state(), {n: p.export_state() for n, p in peer_objs.items()}
+    # step 2, on both sides, each from saved state
+    reblinded = {n: PSIPeer.from_state(peers[n], st).reblind(sent_hub) for n, st in peer_states.items()}
+    hub2 = PSIHub.from_state(hub_ids, hub_state, order_seed=3)
+    hub2.blind_peers(sent_own)
+    # step 3, in yet another process
+    hub3 = PSIHub.from_state(hub_ids, hub2.export_state(), order_seed=3)
+    for n, r in reblinded.items():
+        hub3.add_peer(n, r)
+    rows, positions = hub3.finish()
+    assert {hub_ids[i] for i in rows} == truth
+    for n, st in peer_states.items():
+        own_rows = PSIPeer.from_state(peers[n], st).rows_from_positions(positions[n])
+        assert [peers[n][i] for i in own_rows] == [hub_ids[i] for i in rows]
+    # same shared order as the one-call protocol with fresh secrets
+    one_call, _, _ = _protocol(hub_ids, peers, order_seed=3)
+    assert np.array_equal(one_call, rows)
+
+
+def test_two_step_protocol_errors() -> None:
+    hub = PSIHub(["a", "b", "c"], order_seed=0)
+    peer = PSIPeer(["b", "c", "d"])
+    sent = hub.blinded_ids()
+    with pytest.raises(PSIError, match="before its own points were blinded"):
+        hub.add_peer("p", peer.reblind(sent))
+    hub.blind_peer("p", peer.blinded_ids())
+    with pytest.raises(PSIError, match="already blinded"):
+        hub.blind_peer("p", peer.blinded_ids())
+    hub.blind_peer("q", PSIPeer(["a"]).blinded_ids())
+    hub.add_peer("p", peer.reblind(sent))
+    with pytest.raises(PSIError, match=r"before add_peer\(\) for \['q'\]"):
+        hub.finish()
+    with pytest.raises(PSIError, match="not a permutation"):
+        PSIPeer.from_state(["x", "y"], {**peer.export_state()})  # state of a 3-row party for a 2-row one
+    with pytest.raises(PSIError, match="secret"):
+        PSIHub.from_state(["a"], {}, order_seed=0)
+    assert PSIPeer.from_state(["b", "c", "d"], peer.export_state()).blinded_ids() == peer.blinded_ids()

@@ -2,23 +2,30 @@
 
 Protocol (semi-honest parties; the server relays every message and sees only blinded points):
 
-1. The hub (active party) hashes each of its IDs to an X25519 u-coordinate ``H(x)`` and blinds it with its secret
-   ``a``: ``[a]H(x)``, sent in its own row order (:meth:`PSIHub.blinded_ids`).
-2. Each peer (passive party) re-blinds the hub's points with its secret ``b`` -> ``[b][a]H(x)``, same order, and
-   blinds its own IDs ``[b]H(y)`` in a fresh random order that only it knows (:meth:`PSIPeer.respond`).
-3. The hub blinds the peer's points -> ``[a][b]H(y)`` (:meth:`PSIHub.add_peer`). X25519 scalar multiplication
-   commutes, so ``x == y`` exactly when the doubly blinded values match.
-4. :meth:`PSIHub.finish` intersects over all peers and fixes one shared order of the intersection that depends only
-   on the set of IDs and ``order_seed`` (the hub's sorted canonical ID strings, then a seeded permutation), so runs
-   with fresh secrets agree. It returns, per peer, positions into the order the peer *sent*; only the peer can map
-   them back to its rows (:meth:`PSIPeer.rows_from_positions`).
+1. Every party hashes each of its IDs to an X25519 u-coordinate ``H(x)`` and blinds it with its own secret, at the
+   same time and independently: the hub (active party, secret ``a``) sends ``[a]H(x)`` in its own row order
+   (:meth:`PSIHub.blinded_ids`); each peer (passive party, secret ``b``) sends ``[b]H(y)`` in a fresh random order
+   that only it knows (:meth:`PSIPeer.blinded_ids`).
+2. Again at the same time: each peer re-blinds the hub's points -> ``[b][a]H(x)``, same order
+   (:meth:`PSIPeer.reblind`), and the hub blinds each peer's points -> ``[a][b]H(y)`` (:meth:`PSIHub.blind_peer`).
+   X25519 scalar multiplication commutes, so ``x == y`` exactly when the doubly blinded values match.
+3. The hub matches (:meth:`PSIHub.add_peer`), intersects over all peers and fixes one shared order of the
+   intersection that depends only on the set of IDs and ``order_seed`` (the hub's sorted canonical ID strings, then a
+   seeded permutation), so runs with fresh secrets agree (:meth:`PSIHub.finish`). It returns, per peer, positions into
+   the order the peer *sent*; only the peer can map them back to its rows (:meth:`PSIPeer.rows_from_positions`).
+
+Every party does half of its multiplications in step 1 and half in step 2, and no step waits for another party's
+multiplications of the same step: on separate machines the protocol takes two rounds of ``n`` multiplications per
+party instead of three sequential ones. :meth:`PSIPeer.respond` does steps 1 and 2 of a peer in one call.
+Between messages (a deployment runs every message in a fresh process) each party keeps its side with
+:meth:`PSIHub.export_state` / :meth:`PSIHub.from_state` and the same on :class:`PSIPeer`.
 
 What each side learns: the hub learns the size of each peer's set and of its pairwise intersection with each peer
 (it matches per peer); a peer learns the hub's set size and which of its rows are in the final intersection; the
 server learns set sizes and the intersection size. Nobody sees another party's row order.
 
-Speed: a scalar multiplication costs ~35 us in OpenSSL and the per-point Python overhead ~1-2 us, so large batches
-are cut into chunks for worker processes, one per core (cryptography holds the GIL: threads do not help); each worker
+Speed: a scalar multiplication costs ~31 us in libsodium and the per-point Python overhead ~1 us, so large batches
+are cut into chunks for worker processes, one per core (the binding holds the GIL: threads do not help); each worker
 builds its key once per chunk (see :mod:`flwr_vproto.psi._worker` for why workers are plain subprocesses, not
 ``fork``). Small batches stay in-process. Points travel and are stored as one ``bytes`` / ``(n, 32) uint8`` array,
 never a list of objects, and matching is a vectorised sort/search on a 64-bit prefix with a full 32-byte check.
@@ -191,35 +198,37 @@ def _to_array(buf: bytes) -> np.ndarray:
     return np.frombuffer(buf, dtype=np.uint8).reshape(-1, POINT_BYTES)
 
 
-def _match(queries: np.ndarray, table: np.ndarray, what: str) -> np.ndarray:
-    """For each query row, the index of the equal row of ``table``, or -1.
+def _check_distinct(table: np.ndarray, what: str) -> None:
+    """Refuse a message with two identical points: distinct IDs always blind to distinct points."""
+    key = np.ascontiguousarray(table).view(np.uint64)[:, 0]
+    order = np.argsort(key, kind="stable")
+    same = np.flatnonzero(key[order][1:] == key[order][:-1])
+    for i in same:  # equal 64-bit prefixes (~n^2/2^65 by chance): compare the whole points
+        a, b = order[i], order[i + 1]
+        if np.array_equal(table[a], table[b]):
+            raise PSIError(f"{what}: points {min(a, b)} and {max(a, b)} are identical (duplicate points in the "
+                           "message)")
+
+
+def _match(queries: np.ndarray, table: np.ndarray) -> np.ndarray:
+    """For each query row, the index of the equal row of ``table`` (distinct rows), or -1.
 
     Vectorised: sort the table by its first 8 bytes, binary-search the queries, then compare all 32 bytes of each
     candidate. Blinded points are uniformly random, so equal prefixes within the table (probability ~n^2/2^65) are
-    handled by an exact dict fallback rather than risk a missed match. Duplicate table points are a malformed message.
+    handled by an exact dict fallback rather than risk a missed match.
     """
     tkey = np.ascontiguousarray(table).view(np.uint64)[:, 0]
     qkey = np.ascontiguousarray(queries).view(np.uint64)[:, 0]
     order = np.argsort(tkey, kind="stable")
     sorted_keys = tkey[order]
     if np.any(sorted_keys[1:] == sorted_keys[:-1]):
-        return _match_exact(queries, table, what)
+        index = {row.tobytes(): j for j, row in enumerate(table)}
+        return np.fromiter((index.get(q.tobytes(), -1) for q in queries), dtype=np.int64, count=len(queries))
     idx = np.minimum(np.searchsorted(sorted_keys, qkey), len(sorted_keys) - 1)
     cand = order[idx]
     hit = sorted_keys[idx] == qkey
     hit[hit] = np.all(queries[hit] == table[cand[hit]], axis=1)
     return np.where(hit, cand, -1).astype(np.int64)
-
-
-def _match_exact(queries: np.ndarray, table: np.ndarray, what: str) -> np.ndarray:
-    """Exact matching with a dict of 32-byte keys (rare fallback; ~100 bytes of memory per point)."""
-    index: dict[bytes, int] = {}
-    for j, row in enumerate(table):
-        key = row.tobytes()
-        if key in index:
-            raise PSIError(f"{what}: points {index[key]} and {j} are identical (duplicate points in the message)")
-        index[key] = j
-    return np.fromiter((index.get(q.tobytes(), -1) for q in queries), dtype=np.int64, count=len(queries))
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -238,6 +247,7 @@ class PSIHub:
         self._workers = _resolve_workers(workers)
         self._secret = _new_secret()
         self._blinded: bytes | None = None
+        self._double: dict[str, bytes] = {}  # peer -> [a][b]H(y), in the peer's sent order
         self._matches: dict[str, np.ndarray] = {}  # peer -> for each hub row, position in the peer's sent order or -1
         self._peer_sizes: dict[str, int] = {}
         self._result: tuple[np.ndarray, dict[str, np.ndarray]] | None = None
@@ -251,20 +261,46 @@ class PSIHub:
             (self._blinded,) = _run([Job("hash_blind", self._secret, self._ids, "hub: own IDs")], self._workers)
         return self._blinded
 
-    def add_peer(self, peer: str, reblinded_hub: bytes, peer_blinded: bytes) -> None:
-        """Take one peer's reply to :meth:`blinded_ids` and match it against the hub's rows."""
+    def blind_peers(self, peers: dict[str, bytes]) -> None:
+        """Blind each peer's own points ``[b]H(y)`` -> ``[a][b]H(y)`` (step 2), all peers in one batch of work.
+
+        Needs nothing from the peers' step 2, so it runs while they re-blind this party's points.
+        """
+        if self._result is not None:
+            raise PSIError("hub: blind_peers() after finish()")
+        checked = {}
+        for peer, points in peers.items():
+            if peer in self._double:
+                raise PSIError(f"hub: peer {peer!r}'s points were already blinded")
+            checked[peer] = _as_points(points, f"peer {peer!r}: blinded peer points")
+        jobs = [Job("blind", self._secret, pts, f"peer {peer!r}: blinded peer points") for peer, pts in checked.items()]
+        for peer, double in zip(checked, _run(jobs, self._workers), strict=True):
+            table = _to_array(double)
+            _check_distinct(table, f"peer {peer!r}: blinded peer points")
+            self._double[peer] = double
+            self._peer_sizes[peer] = len(table)
+
+    def blind_peer(self, peer: str, peer_blinded: bytes) -> None:
+        """:meth:`blind_peers` for one peer."""
+        self.blind_peers({peer: peer_blinded})
+
+    def add_peer(self, peer: str, reblinded_hub: bytes, peer_blinded: bytes | None = None) -> None:
+        """Match one peer's re-blinded hub points (step 2) against its blinded points.
+
+        ``peer_blinded``: the peer's own points, when they were not given to :meth:`blind_peer` already.
+        """
         if self._result is not None:
             raise PSIError(f"hub: add_peer({peer!r}) after finish()")
         if peer in self._matches:
             raise PSIError(f"hub: peer {peer!r} was already added")
         if self._blinded is None:
             raise PSIError(f"hub: add_peer({peer!r}) before blinded_ids() was sent")
-        n = len(self._ids)
-        reblinded = _as_points(reblinded_hub, f"peer {peer!r}: re-blinded hub points", expected=n)
-        theirs = _as_points(peer_blinded, f"peer {peer!r}: blinded peer points")
-        (double,) = _run([Job("blind", self._secret, theirs, f"peer {peer!r}: blinded peer points")], self._workers)
-        self._matches[peer] = _match(_to_array(reblinded), _to_array(double), f"peer {peer!r}: blinded peer points")
-        self._peer_sizes[peer] = len(theirs) // POINT_BYTES
+        reblinded = _as_points(reblinded_hub, f"peer {peer!r}: re-blinded hub points", expected=len(self._ids))
+        if peer_blinded is not None:
+            self.blind_peer(peer, peer_blinded)
+        if peer not in self._double:
+            raise PSIError(f"hub: add_peer({peer!r}) before its own points were blinded (blind_peer)")
+        self._matches[peer] = _match(_to_array(reblinded), _to_array(self._double[peer]))
 
     def finish(self) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """The intersection over all peers in the shared order.
@@ -278,6 +314,9 @@ class PSIHub:
             return self._result
         if not self._matches:
             raise PSIError("hub: finish() before any add_peer()")
+        missing = sorted(set(self._double) - set(self._matches))
+        if missing:
+            raise PSIError(f"hub: finish() before add_peer() for {missing}")
         in_all = np.ones(len(self._ids), dtype=bool)
         for pos in self._matches.values():
             in_all &= pos >= 0
@@ -295,9 +334,38 @@ class PSIHub:
         self._result = (shared, {p: m[shared] for p, m in self._matches.items()})
         return self._result
 
+    def export_state(self) -> dict[str, bytes]:
+        """What a later message's process needs to continue (secret, sent points, blinded peer points): keep it with
+        this party only (e.g. Flower's ``context.state``), never send it."""
+        state = {"secret": self._secret}
+        if self._blinded is not None:
+            state["blinded"] = self._blinded
+        state.update({f"double.{p}": d for p, d in self._double.items()})
+        return state
+
+    @classmethod
+    def from_state(
+        cls, ids: Iterable[Any], state: dict[str, bytes], *, order_seed: int, min_intersection: int = 1,
+        workers: int | None = None,
+    ) -> PSIHub:
+        """The hub of an earlier process, from the same IDs and its :meth:`export_state`."""
+        hub = cls(ids, order_seed=order_seed, min_intersection=min_intersection, workers=workers)
+        if len(state.get("secret", b"")) != POINT_BYTES:
+            raise PSIError("hub state: no 32-byte secret")
+        hub._secret = bytes(state["secret"])
+        if "blinded" in state:
+            hub._blinded = _as_points(state["blinded"], "hub state: sent points", expected=len(hub._ids))
+        for key, double in state.items():
+            if key.startswith("double."):
+                peer = key[len("double."):]
+                hub._double[peer] = _as_points(double, f"hub state: blinded points of {peer!r}")
+                hub._peer_sizes[peer] = len(hub._double[peer]) // POINT_BYTES
+        return hub
+
 
 class PSIPeer:
-    """A passive party: re-blinds the hub's points and sends its own, shuffled so the hub never sees its row order."""
+    """A passive party: blinds its own IDs in a private order (so the hub never sees its row order) and re-blinds the
+    hub's points."""
 
     def __init__(self, ids: Iterable[Any], *, workers: int | None = None):
         self._ids = _prepare(ids, "peer")
@@ -310,20 +378,35 @@ class PSIPeer:
     def __len__(self) -> int:
         return len(self._ids)
 
-    def respond(self, hub_blinded: bytes) -> tuple[bytes, bytes]:
-        """Reply to the hub: ``([b][a]H(x)`` in the order received, ``[b]H(y)`` in this party's secret order).
+    def _own_job(self) -> Job:
+        shuffled = [self._ids[i] for i in self._perm.tolist()]
+        return Job("hash_blind", self._secret, shuffled, "peer: own IDs")
 
-        Idempotent: a retried message gets the same own points and order, so positions stay valid.
-        """
+    def blinded_ids(self) -> bytes:
+        """``[b]H(y)`` in this party's secret order (step 1; computed once, so a retried message gets the same points
+        and order and positions stay valid)."""
+        if self._own_blinded is None:
+            (self._own_blinded,) = _run([self._own_job()], self._workers)
+        return self._own_blinded
+
+    def reblind(self, hub_blinded: bytes) -> bytes:
+        """``[b][a]H(x)`` for the hub's points, in the order received (step 2)."""
         hub = _as_points(hub_blinded, "hub's blinded points")
-        jobs = [Job("blind", self._secret, hub, "hub's blinded points")]
-        if self._own_blinded is None:
-            shuffled = [self._ids[i] for i in self._perm.tolist()]
-            jobs.append(Job("hash_blind", self._secret, shuffled, "peer: own IDs"))
-        out = _run(jobs, self._workers)
-        if self._own_blinded is None:
-            self._own_blinded = out[1]
-        return out[0], self._own_blinded
+        (out,) = _run([Job("blind", self._secret, hub, "hub's blinded points")], self._workers)
+        return out
+
+    def respond(self, hub_blinded: bytes) -> tuple[bytes, bytes]:
+        """Steps 1 and 2 in one call: ``([b][a]H(x)`` in the order received, ``[b]H(y)`` in the secret order).
+
+        Both batches share one pool of workers when the own points are not computed yet.
+        """
+        if self._own_blinded is not None:
+            return self.reblind(hub_blinded), self._own_blinded
+        hub = _as_points(hub_blinded, "hub's blinded points")
+        reblinded, self._own_blinded = _run(
+            [Job("blind", self._secret, hub, "hub's blinded points"), self._own_job()], self._workers
+        )
+        return reblinded, self._own_blinded
 
     def rows_from_positions(self, positions: np.ndarray) -> np.ndarray:
         """Positions into the order this party sent (from the hub's :meth:`PSIHub.finish`) -> own row indices."""
@@ -336,6 +419,27 @@ class PSIPeer:
         if len(np.unique(pos)) != len(pos):
             raise PSIError("positions contain duplicates")
         return self._perm[pos]
+
+    def export_state(self) -> dict[str, bytes]:
+        """Secret, private order and sent points, for a later message's process; never sent anywhere."""
+        state = {"secret": self._secret, "perm": self._perm.astype(np.int64).tobytes()}
+        if self._own_blinded is not None:
+            state["blinded"] = self._own_blinded
+        return state
+
+    @classmethod
+    def from_state(cls, ids: Iterable[Any], state: dict[str, bytes], *, workers: int | None = None) -> PSIPeer:
+        """The peer of an earlier process, from the same IDs and its :meth:`export_state`."""
+        peer = cls(ids, workers=workers)
+        if len(state.get("secret", b"")) != POINT_BYTES:
+            raise PSIError("peer state: no 32-byte secret")
+        perm = np.frombuffer(bytes(state.get("perm", b"")), dtype=np.int64)
+        if len(perm) != len(peer._ids) or not np.array_equal(np.sort(perm), np.arange(len(perm))):
+            raise PSIError(f"peer state: the saved order is not a permutation of this party's {len(peer._ids)} rows")
+        peer._secret, peer._perm = bytes(state["secret"]), perm.copy()
+        if "blinded" in state:
+            peer._own_blinded = _as_points(state["blinded"], "peer state: sent points", expected=len(peer._ids))
+        return peer
 
 
 def run_local(
