@@ -28,14 +28,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
-from flwr_vproto.inprocess import eval_splits
+from flwr_vproto.inprocess import eval_splits, server_checkpoint
 from flwr_vproto.messages import ProtocolError
 from flwr_vproto.results import build_results, format_round, round_record
 
@@ -128,6 +130,7 @@ class VerticalProtoStrategy(Strategy):
         self.results: dict[str, Any] | None = None
         self.parties: list[PartyNode] = []
         self.setup_traffic = Traffic()
+        self.last_checkpoint = 0  # round of the last complete checkpoint (0: none)
 
     # ------------------------------------------------------------------ Flower's abstract API (not used by start)
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -208,13 +211,17 @@ class VerticalProtoStrategy(Strategy):
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ setup
-    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode], Message]:
+    def _discover(self, grid: Grid, resume_round: int | None = None) -> tuple[PartyNode, list[PartyNode], Message]:
         """Ask every node who it is; require exactly one active party and passives 1..K.
 
-        Returns the active party's reply too: it already carries its blinded IDs (PSI step 1).
+        Returns the active party's reply too: it already carries its blinded IDs (PSI step 1). With
+        ``resume_round`` every party instead restores itself from its own checkpoint of that round.
         """
         nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
-        probe = RecordDict({M.CONFIG: ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})})
+        probe_conf = ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})
+        if resume_round is not None:
+            probe_conf["resume-round"] = resume_round
+        probe = RecordDict({M.CONFIG: probe_conf})
         sends = [(n, M.DISCOVER, probe) for n in nodes]
         replies = self._exchange(grid, sends, "discovery")
         parties = []
@@ -285,6 +292,32 @@ class VerticalProtoStrategy(Strategy):
             extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
         )
 
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_to_resume(self) -> tuple[int, dict[str, Any] | None]:
+        """``(round, server state)`` of the last complete checkpoint when resuming, else ``(0, None)``."""
+        self.last_checkpoint = 0
+        if self.cfg.checkpoint.every and self.cfg.checkpoint.dir is None:
+            raise ConfigError("checkpoint.every > 0 needs checkpoint.dir (the server's files go to <dir>/server)")
+        if not self.cfg.resume:
+            return 0, None
+        rnd = ck.latest_server_round(self.cfg)
+        saved = ck.load(ck.server_dir(self.cfg), rnd, "server")
+        ck.check_same_run(saved["config"], self.cfg, "server", ck.server_dir(self.cfg))
+        self.last_checkpoint = rnd
+        return rnd, saved
+
+    def _save_checkpoint(self, rnd: int, relayed: Relayed) -> None:
+        """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
+        names = [p.name for p in self.parties if p.role == "passive"]
+        protos = {n: M.get_matrix(relayed.prototypes, f"{n}.prototypes") for n in names}
+        mask = relayed.prototypes.get("prototype-mask")
+        info = {p.name: {k: v for k, v in p.info.items() if k.startswith("aligned.") or k == "num-classes"}
+                for p in self.parties}
+        ck.save(ck.server_dir(self.cfg), rnd, server_checkpoint(
+            self.cfg, rnd, self.history, {n: g.numpy() for n, g in relayed.gradients.items()}, protos,
+            None if mask is None else np.asarray(mask, dtype=bool), **{"party-info": info}))
+        self.last_checkpoint = rnd
+
     # ------------------------------------------------------------------ the run
     def start(  # type: ignore[override]
         self,
@@ -312,8 +345,14 @@ class VerticalProtoStrategy(Strategy):
         cfg = self.cfg
         self.summary()
         t_setup = time.perf_counter()
-        active, passives, hub = self._discover(grid)
-        positions = self._psi(active, passives, hub, grid)
+        start, saved = self._checkpoint_to_resume()
+        active, passives, hub = self._discover(grid, start or None)
+        if saved is None:
+            positions = self._psi(active, passives, hub, grid)
+        else:  # every party restored itself in discovery; PSI's outcome is part of their state
+            positions = ArrayRecord()
+            for p in self.parties:
+                p.info.update(saved["party-info"].get(p.name, {}))
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
@@ -322,12 +361,30 @@ class VerticalProtoStrategy(Strategy):
         joint = passives if self._joint else []
         relayed = Relayed(positions=positions, num_classes=int(active.info["num-classes"]))  # type: ignore[arg-type]
         self.history = []
-        for rnd in range(1, cfg.num_rounds + 1):
-            rec = self._round(grid, rnd, active, joint, relayed)
+        if saved is not None:
+            self.history = list(saved["history"])
+            relayed.gradients = {k: Array.from_numpy_ndarray(ck.array(v)) for k, v in saved["gradients"].items()}
+            for name, proto in saved["prototypes"].items():
+                M.put_matrix(relayed.prototypes, f"{name}.prototypes", ck.array(proto))
+            if saved["prototype-mask"] is not None:
+                relayed.prototypes["prototype-mask"] = [bool(b) for b in ck.array(saved["prototype-mask"])]
+            log.info("resumed from the checkpoint of round %d in %s", start, cfg.checkpoint.dir)
+        for rnd in range(start + 1, cfg.num_rounds + 1):
+            try:
+                rec = self._round(grid, rnd, active, joint, relayed)
+            except ProtocolError as err:
+                if self.last_checkpoint:
+                    raise ProtocolError(f"{err}. The last complete checkpoint is round {self.last_checkpoint} in "
+                                        f"{cfg.checkpoint.dir}: rerun with resume=true to continue from it") from None
+                raise
             self.history.append(rec)
+            if ck.due(cfg, rnd):  # every party wrote its file before it replied: this one completes the checkpoint
+                self._save_checkpoint(rnd, relayed)
             log.info(format_round(rec, cfg.num_rounds))
             if self.on_round is not None:
                 self.on_round(rec)
+        for rec in self.history:
+            rnd = int(rec["round"])
             result.train_metrics_clientapp[rnd] = MetricRecord(
                 {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))})
             evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
@@ -336,6 +393,7 @@ class VerticalProtoStrategy(Strategy):
 
         self.results = build_results(cfg, self.history, extra={"flower": {
             "setup_seconds": setup_seconds,
+            **({"resumed_from_round": start} if start else {}),
             "setup_messages": self.setup_traffic.messages,
             "setup_bytes": self.setup_traffic.bytes,
             "parties": [{"name": p.name, "node_id": p.node_id,

@@ -94,3 +94,40 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
 def test_checkpoint_options_are_validated(override, needle):
     with pytest.raises(ConfigError, match=needle):
         config_from_dict(override)
+
+
+def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_the_same_metrics(tmp_path):
+    """Message protocol (real strategy, real ClientApp, in-process Grid): the active party dies in round 3."""
+    from test_flower_sim import InlineGrid, sim_nodes, small_cfg
+
+    from flwr_vproto import messages as M
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.messages import ProtocolError
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    ckconf = {"dir": str(tmp_path), "every": 1}
+    cfg = small_cfg(rounds=4, checkpoint=ckconf)
+
+    def fault(msg, party):  # the passive trains round 3 and writes its file; the active fails
+        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        return "error" if (party == 0 and rnd == 3) else None
+
+    with pytest.raises(ProtocolError, match=r"active \(node 100\) failed during training \(active party\) of round 3"
+                                            r".*last complete checkpoint is round 2 in .*resume=true"):
+        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
+            grid=InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=fault))
+    assert ck.rounds_in(tmp_path / "server") == [1, 2] and ck.rounds_in(tmp_path / "passive1") == [2, 3]
+
+    resumed_cfg = small_cfg(rounds=4, checkpoint=ckconf, resume=True)
+    strategy = VerticalProtoStrategy(resumed_cfg, timeout=30, wait_for_nodes=1)
+    grid = InlineGrid(make_client_app(resumed_cfg), sim_nodes(resumed_cfg))  # new nodes: empty context.state
+    result = strategy.start(grid=grid)
+    types = [m.metadata.message_type for m in grid.sent]
+    assert M.PSI_PEER not in types and M.PSI_FINISH not in types and types.count(M.TRAIN) == 2 * 2
+    reference = run_inprocess(small_cfg(rounds=4))
+    flower = [{k: v for k, v in r.items() if k in ref} for r, ref in zip(strategy.history, reference["rounds"],
+                                                                       strict=True)]
+    assert _strip(flower) == _strip(reference["rounds"])
+    assert strategy.results["final"] == reference["final"] and sorted(result.train_metrics_clientapp) == [1, 2, 3, 4]
+    assert strategy.results["flower"]["resumed_from_round"] == 2
+    assert [p["aligned.train"] for p in strategy.results["flower"]["parties"] if p["name"] == "active"]
