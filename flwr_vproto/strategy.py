@@ -226,6 +226,8 @@ class VerticalProtoStrategy(Strategy):
         replies = self._exchange(grid, sends, "discovery")
         parties = []
         for n in nodes:
+            M.check_config(replies[n.name].content.get(M.CONFIG), {"role": str, "party-index": int,
+                                                                  "embedding-dim": int}, n.name, "discovery")
             info = dict(replies[n.name].content[M.CONFIG])
             parties.append(PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), info))  # type: ignore
             self.setup_traffic.add(parties[-1].name, probe, replies[n.name].content)
@@ -240,7 +242,11 @@ class VerticalProtoStrategy(Strategy):
                                 f"{len(want)}), found {[p.index for p in passives]} on nodes "
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
-        return actives[0], passives, replies[f"node {actives[0].node_id}"]
+        hub = replies[f"node {actives[0].node_id}"]
+        if resume_round is None:
+            M.check_arrays(hub.content.get(M.ARRAYS), {f"hub.{s}": ("uint8", (-1,)) for s in SPLITS}, "active",
+                           "discovery")
+        return actives[0], passives, hub
 
     def _psi(self, active: PartyNode, passives: list[PartyNode], hub: Message, grid: Grid) -> ArrayRecord:
         """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs.
@@ -252,12 +258,19 @@ class VerticalProtoStrategy(Strategy):
                                              for p in passives], "PSI (peers)", traffic=t)
         relay = ArrayRecord()
         for p in passives:
+            M.check_arrays(peer_replies[p.name].content.get(M.ARRAYS), {f"{k}.{s}": ("uint8", (-1,)) for s in SPLITS
+                                                                         for k in ("reblinded", "own")},
+                           p.name, "PSI (peers)")
             for key, arr in peer_replies[p.name].content[M.ARRAYS].items():
                 relay[f"{p.name}.{key}"] = arr
         conf = ConfigRecord({"passives": [p.index for p in passives],
                              "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})  # type: ignore
         fin = self._exchange(grid, [(active, M.PSI_FINISH, RecordDict({M.ARRAYS: relay, M.CONFIG: conf}))],
                              "PSI (intersection)", traffic=t)["active"]
+        M.check_config(fin.content.get(M.CONFIG), {"num-classes": int, **{f"aligned.{s}": int for s in SPLITS}},
+                       "active", "PSI (intersection)")
+        M.check_arrays(fin.content.get(M.ARRAYS), {f"{p.name}.positions.{s}": ("int64", (-1,)) for p in passives
+                                                   for s in SPLITS}, "active", "PSI (intersection)")
         active.info.update(dict(fin.content[M.CONFIG]))
         return fin.content[M.ARRAYS]  # type: ignore[return-value]
 
@@ -276,12 +289,21 @@ class VerticalProtoStrategy(Strategy):
         flags = {"round": rnd, "eval": bool(eval_splits(cfg, rnd)), "final": final}
         sends = [(p, M.TRAIN, relayed.to_passive(p.name, rnd, flags)) for p in joint]
         outs = self._exchange(grid, sends, "training (passive parties)", rnd, traffic) if sends else {}
+        splits = eval_splits(cfg, rnd)
+        n = {s: int(active.info[f"aligned.{s}"]) for s in SPLITS}
+        where = f"training of round {rnd}"
+        for p in joint:
+            d = int(p.info["embedding-dim"])
+            M.check_arrays(outs[p.name].content.get(M.ARRAYS), {"embeddings": ("float32", (n["train"], d)), **{
+                f"embeddings.{s}": ("float32", (n[s], d)) for s in splits}}, p.name, where)
+            self._check_metrics(outs[p.name], p.name, where)
         embeddings = ArrayRecord()
         for p in joint:
             for key, arr in outs[p.name].content[M.ARRAYS].items():
                 embeddings[f"{p.name}.{key}"] = arr
         content = RecordDict({M.CONFIG: ConfigRecord(flags), M.ARRAYS: embeddings})
         res = self._exchange(grid, [(active, M.TRAIN, content)], "training (active party)", rnd, traffic)["active"]
+        self._check_active_reply(res, joint, n["train"], final, where)
         if not final:
             relayed.gradients = {p.name: res.content[M.ARRAYS][f"{p.name}.gradients"] for p in joint}
             relayed.prototypes = res.content[M.CONFIG]  # type: ignore[assignment]
@@ -291,6 +313,27 @@ class VerticalProtoStrategy(Strategy):
             M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None, time.perf_counter() - t0,
             extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
         )
+
+    @staticmethod
+    def _check_metrics(reply: Message, who: str, where: str) -> None:
+        if not isinstance(reply.content.get(M.METRICS), MetricRecord):
+            raise ProtocolError(f"{who} sent a bad reply during {where}: no '{M.METRICS}' metric record")
+
+    def _check_active_reply(self, res: Message, joint: list[PartyNode], n_train: int, final: bool, where: str) -> None:
+        """Gradients and second prototypes of the right size for every passive, all finite (none after the last)."""
+        self._check_metrics(res, "active", where)
+        expected = {} if final else {f"{p.name}.gradients": ("float32", (n_train, int(p.info["embedding-dim"])))
+                                     for p in joint}
+        M.check_arrays(res.content.get(M.ARRAYS), expected, "active", where)
+        if final or not joint:
+            return
+        classes = int(self.parties[0].info["num-classes"])
+        conf = res.content.get(M.CONFIG)
+        for p in joint:
+            M.check_matrix(conf, f"{p.name}.prototypes", (classes, int(p.info["embedding-dim"])), "active", where)
+        mask = conf.get("prototype-mask")  # type: ignore[union-attr]
+        if not isinstance(mask, list) or len(mask) != classes or not all(isinstance(b, bool) for b in mask):
+            raise ProtocolError(f"active sent a bad reply during {where}: 'prototype-mask' is not {classes} booleans")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_to_resume(self) -> tuple[int, dict[str, Any] | None]:
