@@ -156,9 +156,14 @@ class VerticalProtoStrategy(Strategy):
     # ------------------------------------------------------------------ messaging
     def _exchange(
         self, grid: Grid, sends: list[tuple[PartyNode, str, RecordDict]], phase: str, rnd: int | None = None,
-        traffic: Traffic | None = None,
+        traffic: Traffic | None = None, tolerate_gone: bool = False,
     ) -> dict[str, Message]:
-        """Send one message to each party and wait for every reply; return replies by party name."""
+        """Send one message to each party and wait for every reply; return replies by party name.
+
+        ``tolerate_gone``: a node the SuperLink reports unavailable, or that stays silent until the deadline, is
+        left out of the replies instead of stopping the run (discovery: a killed SuperNode stays listed as online
+        until its heartbeats expire, up to a minute, next to the one restarted in its place).
+        """
         where = f"{phase}" + (f" of round {rnd}" if rnd is not None else "")
         msgs = [Message(content, p.node_id, mtype, group_id=str(rnd if rnd is not None else phase),
                         ttl=self.timeout + 60.0) for p, mtype, content in sends]
@@ -177,6 +182,10 @@ class VerticalProtoStrategy(Strategy):
                 if sent is None:
                     continue
                 party, content = sent
+                if reply.has_error() and tolerate_gone and reply.metadata.src_node_id != party.node_id:
+                    log.warning("%s: the SuperLink reports node %d unavailable (%s); leaving it out", where,
+                                party.node_id, reply.error.reason)
+                    continue
                 if reply.has_error():
                     who = party.name if party.role == "node" else f"{party.name} (node {party.node_id})"
                     raise ProtocolError(f"{who} failed during {where}: "
@@ -185,6 +194,10 @@ class VerticalProtoStrategy(Strategy):
                 if traffic is not None:
                     traffic.add(party.name, content, reply.content)
             if not pending:
+                break
+            if time.monotonic() > deadline and tolerate_gone:
+                log.warning("%s: no reply from node(s) %s within %g s; leaving them out", where,
+                            [p.node_id for p, _ in pending.values()], self.timeout)
                 break
             if time.monotonic() > deadline:
                 missing = ", ".join(p.name if p.role == "node" else f"{p.name} (node {p.node_id})"
@@ -223,7 +236,13 @@ class VerticalProtoStrategy(Strategy):
             probe_conf["resume-round"] = resume_round
         probe = RecordDict({M.CONFIG: probe_conf})
         sends = [(n, M.DISCOVER, probe) for n in nodes]
-        replies = self._exchange(grid, sends, "discovery")
+        replies = self._exchange(grid, sends, "discovery", tolerate_gone=True)
+        need = self.cfg.dataset.num_passive + 1
+        if len(replies) < need:
+            gone = [n.node_id for n in nodes if n.name not in replies]
+            raise ProtocolError(f"only {len(replies)} of {need} SuperNodes answered discovery within "
+                                f"{self.timeout:g} s; nodes {gone} are unavailable or silent")
+        nodes = [n for n in nodes if n.name in replies]
         parties = []
         for n in nodes:
             M.check_config(replies[n.name].content.get(M.CONFIG), {"role": str, "party-index": int,

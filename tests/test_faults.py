@@ -128,3 +128,25 @@ def test_corrupt_setup_replies_are_refused():
 
     with pytest.raises(ProtocolError, match=r"active sent a bad reply during PSI \(intersection\): 'num-classes'"):
         _run(no_classes)
+
+
+@pytest.mark.parametrize("how", ["superlink-error", "drop"])
+def test_discovery_leaves_out_a_dead_node_still_listed_next_to_its_replacement(how):
+    """A killed SuperNode stays listed until its heartbeats expire; the restarted one answers in its place."""
+    cfg = small_cfg(rounds=2)
+    nodes = [*sim_nodes(cfg), {"partition-id": 1}]  # node 102: the dead passive1, still listed
+
+    def fault(msg, party):
+        return how if party == 2 else None
+
+    strategy = VerticalProtoStrategy(cfg, timeout=1.0 if how == "drop" else 30, wait_for_nodes=1)
+    strategy.start(grid=InlineGrid(make_client_app(cfg), nodes, fault=fault))
+    assert [(p.name, p.node_id) for p in strategy.parties] == [("active", 100), ("passive1", 101)]
+    assert len(strategy.history) == 2
+
+    def all_gone(msg, party):
+        return "superlink-error" if party >= 1 else None
+
+    with pytest.raises(ProtocolError, match=r"only 1 of 2 SuperNodes answered discovery .* nodes \[101, 102\]"):
+        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
+            grid=InlineGrid(make_client_app(cfg), nodes, fault=all_gone))
