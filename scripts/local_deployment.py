@@ -94,6 +94,7 @@ class LocalDeployment:
     workdir: Path
     node_configs: list[str]
     started: list[subprocess.Popen] = field(default_factory=list)
+    supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
     def _env(self, home: str) -> dict[str, str]:
@@ -128,16 +129,32 @@ class LocalDeployment:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SuperLink did not start within {timeout:g} s; see {self.workdir}/superlink.log")
             time.sleep(0.2)
-        for i, node_config in enumerate(self.node_configs):
-            self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                         "--port", str(free_port()), "--node-config", node_config],
-                        f"supernode{i}", f"supernode{i}.log")
+        for i in range(len(self.node_configs)):
+            self.start_supernode(i)
         cli = self.workdir / "cli"
         cli.mkdir(exist_ok=True)
         (cli / "config.toml").write_text(
             f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
             f"insecure = true\n")
         return self
+
+    def start_supernode(self, i: int) -> subprocess.Popen:
+        """Start (or restart, after :meth:`kill_supernode`) the SuperNode of ``node_configs[i]``."""
+        proc = self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
+                            "--port", str(free_port()), "--node-config", self.node_configs[i]],
+                           f"supernode{i}", f"supernode{i}.log")
+        self.supernodes[i] = proc
+        return proc
+
+    def kill_supernode(self, i: int) -> None:
+        """``SIGKILL`` SuperNode ``i`` and the ClientApp processes it started (its process group): a crash."""
+        proc = self.supernodes.pop(i)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        self.started.remove(proc)
 
     def _check_alive(self) -> None:
         for proc in self.started:
@@ -156,26 +173,40 @@ class LocalDeployment:
 
         The app must write ``results.json`` into the run-config's ``app.output-dir``.
         """
+        run_id = self.submit(run_config, results_dir, app)
+        target = results_dir / "results.json"
+        status = self.wait(run_id, timeout, until=target.exists)
+        if not target.exists():
+            time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
+            if not target.exists():
+                raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
+                                   f"{self.log(run_id)[-4000:]}")
+        return json.loads(target.read_text())
+
+    def submit(self, run_config: dict[str, Any], results_dir: Path, app: Path = REPO) -> int:
+        """Start ``flwr run`` with ``run_config`` overrides (``app.output-dir`` = ``results_dir``); its run ID."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in
                              {**run_config, "app.output-dir": str(results_dir)}.items())
         res = self.flwr("run", str(app), "loopback", "--run-config", overrides, "--format", "json")
         if res.returncode != 0:
             raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
-        target = results_dir / "results.json"
+        return int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+
+    def wait(self, run_id: int, timeout: float, until: Any = None) -> str:
+        """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...)."""
         deadline = time.monotonic() + timeout
-        while not target.exists():
+        while True:
             self._check_alive()
             status = self.run_status(run_id)
-            if status.startswith("finished") and not target.exists():
-                time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
-                if not target.exists():
-                    raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
-                                       f"{self.flwr('log', str(run_id), 'loopback', '--show').stdout[-4000:]}")
+            if status.startswith("finished") or (until is not None and until()):
+                return status
             if time.monotonic() > deadline:
                 raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status})")
             time.sleep(0.5)
-        return json.loads(target.read_text())
+
+    def log(self, run_id: int) -> str:
+        """The run's logs (ServerApp output, errors included)."""
+        return self.flwr("log", str(run_id), "loopback", "--show").stdout
 
     def run_status(self, run_id: int) -> str:
         res = self.flwr("ls", "loopback", "--run-id", str(run_id), "--format", "json")
@@ -212,12 +243,17 @@ class LocalDeployment:
         self.stop()
 
 
-def node_configs(paths: list[str], model_dir: Path | None = None) -> list[str]:
-    """``--node-config`` strings: party 0 active, the others passive, each with its own CSV."""
+def node_configs(paths: list[str], model_dir: Path | None = None, checkpoint_root: Path | None = None) -> list[str]:
+    """``--node-config`` strings: party 0 active, the others passive, each with its own CSV.
+
+    ``checkpoint_root``: each party keeps its checkpoints in its own ``<root>/party<i>`` (node-config
+    ``checkpoint-dir``), as separate organisations would.
+    """
     out = []
     for i, path in enumerate(paths):
         role = "active" if i == 0 else "passive"
         extra = f' model-dir="{model_dir}"' if model_dir else ""
+        extra += f' checkpoint-dir="{checkpoint_root / f"party{i}"}"' if checkpoint_root else ""
         out.append(f'role="{role}" party-index={i} data-path="{path}"{extra}')
     return out
 

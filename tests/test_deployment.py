@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import shutil
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
 
+from flwr_vproto import checkpoint as ck
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 
@@ -44,11 +47,50 @@ def _deploy(workdir: Path, num_passive: int) -> dict:
     return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep}
 
 
+KILL_TIMEOUT = 45.0  # app.timeout of the killed run: the longest a normal reply may take on a busy CI machine
+
+
+def _kill_and_resume(workdir: Path) -> dict:
+    """``SIGKILL`` the passive SuperNode (and its ClientApp) after the round-1 checkpoint, restart it, resume.
+
+    Each party keeps its checkpoints in its own folder (node-config ``checkpoint-dir``), the server in
+    ``checkpoint.dir``. Returns what the test checks.
+    """
+    paths = deploy.write_party_csvs(workdir / "data", 1, max_train_users=600)
+    ckdir = workdir / "server-checkpoints"
+    run_config = {"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 3, "dataset.aligned_fraction": 0.2,
+                  "method.batch_size": 64, "checkpoint.dir": str(ckdir), "checkpoint.every": 1,
+                  "app.timeout": KILL_TIMEOUT}
+    dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, None, workdir / "parties"))
+    out: dict = {"paths": paths, "ckdir": ckdir, "parties": workdir / "parties"}
+    try:
+        dep.start()
+        run_id = dep.submit(run_config, workdir / "killed")
+        deadline = time.monotonic() + 300
+        while 1 not in ck.rounds_in(ckdir / "server"):
+            assert not dep.run_status(run_id).startswith("finished"), dep.log(run_id)[-3000:]
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.2)
+        killed_at = time.monotonic()
+        dep.kill_supernode(1)
+        out["status"] = dep.wait(run_id, timeout=KILL_TIMEOUT + 60)
+        out["noticed"] = time.monotonic() - killed_at
+        out["log"] = dep.log(run_id)
+        out["last"] = ck.rounds_in(ckdir / "server")[-1]
+        dep.start_supernode(1)  # the operator restarts it; the dead node may stay listed for up to a minute
+        out["results"] = dep.run_app({**run_config, "resume": True}, workdir / "resumed", timeout=300)
+    finally:
+        dep.stop()
+    return out
+
+
 @pytest.fixture(scope="module")
-def deployments(tmp_path_factory) -> dict[int, Future]:
-    """Both deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
+def deployments(tmp_path_factory) -> dict[int | str, Future]:
+    """All deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        futures: dict[int | str, Future] = {
+            k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
+        futures["killed"] = pool.submit(_kill_and_resume, tmp_path_factory.mktemp("killed"))
         wait(list(futures.values()))
     return futures
 
@@ -71,6 +113,29 @@ def test_flwr_run_on_a_loopback_deployment(deployments, num_passive):
                                         "csv": {"paths": paths}}})
     reference = run_inprocess(cfg)["rounds"]
     for got, want in zip(results["rounds"], reference, strict=True):
+        for key, value in want.items():
+            if key != "seconds":
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+
+def test_a_killed_passive_supernode_stops_the_run_naming_it_and_a_resumed_run_finishes_it(deployments):
+    """The run fails within ``app.timeout`` naming passive1, the round and the last complete checkpoint; a restarted
+    SuperNode and ``resume=true`` finish it with the uninterrupted run's numbers."""
+    out = deployments["killed"].result()
+    log, last, ckdir = out["log"], out["last"], out["ckdir"]
+    assert out["status"] == "finished:failed", (out["status"], log[-3000:])
+    assert out["noticed"] < KILL_TIMEOUT + 30, out["noticed"]  # the timeout plus polling and exit: never a hang
+    assert re.search(rf"passive1 \(node \d+\).* during training \(passive parties\) of round {last + 1}", log), log
+    assert f"last complete checkpoint is round {last} in {ckdir}" in log and "resume=true" in log
+    assert ck.rounds_in(out["parties"] / "party1")[-1] >= last  # the passive's own folder
+
+    results = out["results"]
+    assert results["flower"]["resumed_from_round"] == last and [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    cfg = config_from_dict({"num_rounds": 3, "engine": "inprocess", "method": {"batch_size": 64},
+                            "dataset": {"name": "csv", "num_passive": 1, "aligned_fraction": 0.2,
+                                        "csv": {"paths": out["paths"]}}})
+    for got, want in zip(results["rounds"], run_inprocess(cfg)["rounds"], strict=True):
         for key, value in want.items():
             if key != "seconds":
                 assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
