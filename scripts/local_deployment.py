@@ -3,6 +3,7 @@
 Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py``, and runnable by hand::
 
     python scripts/local_deployment.py --passives 1 --rounds 2        # digits split into per-party CSV files
+    python scripts/local_deployment.py --tls                          # TLS + SuperNode authentication
 
 Every process gets its own ``FLWR_HOME``; telemetry, update checks and runtime dependency installation are off
 (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation`` on the
@@ -89,10 +90,18 @@ def write_party_csvs(folder: Path, num_passive: int = 1, seed: int = 0, max_trai
 
 @dataclass
 class LocalDeployment:
-    """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything)."""
+    """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything).
+
+    ``tls``: a folder made by ``scripts/make_certs.py``. The SuperLink then serves TLS only
+    (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) with SuperNode authentication (``--enable-supernode-auth``);
+    SuperNode ``i`` authenticates with ``node_keys[i]`` (its ``.pub`` next to it is registered with
+    ``flwr supernode register`` before it starts) and trusts ``ca.pem``, as does the CLI.
+    """
 
     workdir: Path
     node_configs: list[str]
+    tls: Path | None = None
+    node_keys: list[Path] | None = None
     started: list[subprocess.Popen] = field(default_factory=list)
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
@@ -109,42 +118,84 @@ class LocalDeployment:
         self.started.append(proc)
         return proc
 
+    def _superlink_security(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls / "ca.pem"), "--ssl-certfile", str(self.tls / "superlink.pem"),
+                "--ssl-keyfile", str(self.tls / "superlink.key"), "--enable-supernode-auth"]
+
+    def supernode_args(self, node_config: str, key: Path | None = None, insecure: bool | None = None) -> list[str]:
+        """A ``flower-supernode`` command for this SuperLink: TLS and ``key`` when ``tls`` is set (or forced)."""
+        plain = self.tls is None if insecure is None else insecure
+        security = ["--insecure"] if plain else ["--root-certificates", str(self.tls / "ca.pem")]  # type: ignore
+        if key is not None:
+            security += ["--auth-supernode-private-key", str(key)]
+        return [_bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(free_port()), "--node-config", node_config]
+
     def start(self, timeout: float = 60.0) -> LocalDeployment:
-        """Start the SuperLink, wait until it answers, then start the SuperNodes."""
+        """Start the SuperLink, wait until it answers, register the SuperNodes' keys (TLS), start the SuperNodes."""
         import httpx
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self._spawn([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--disable-runtime-dependency-installation"],
+        self._spawn([_bin("flower-superlink"), *self._superlink_security(), "--host", "127.0.0.1",
+                     "--port", str(self.port), "--disable-runtime-dependency-installation"],
                     "superlink", "superlink.log")
+        scheme, verify = ("http", True) if self.tls is None else ("https", str(self.tls / "ca.pem"))
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).is_success:
+                if httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", timeout=1.0, verify=verify).is_success:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SuperLink did not start within {timeout:g} s; see {self.workdir}/superlink.log")
             time.sleep(0.2)
-        for i in range(len(self.node_configs)):
-            self.start_supernode(i)
         cli = self.workdir / "cli"
         cli.mkdir(exist_ok=True)
+        security = "insecure = true" if self.tls is None else f'root-certificates = "{self.tls / "ca.pem"}"'
         (cli / "config.toml").write_text(
             f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
-            f"insecure = true\n")
+            f"{security}\n")
+        for key in self.node_keys or []:
+            self.register(key.with_suffix(".pub"))
+        for i in range(len(self.node_configs)):
+            self.start_supernode(i)
         return self
+
+    def register(self, public_key: Path) -> int:
+        """``flwr supernode register``: allow the SuperNode holding ``public_key``'s private key; its node ID."""
+        res = self.flwr("supernode", "register", str(public_key), "loopback", "--format", "json")
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {public_key} failed:\n{res.stdout}\n{res.stderr}")
+        return int(json.loads(res.stdout[res.stdout.index("{"):])["node-id"])
 
     def start_supernode(self, i: int) -> subprocess.Popen:
         """Start (or restart, after :meth:`kill_supernode`) the SuperNode of ``node_configs[i]``."""
-        proc = self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                            "--port", str(free_port()), "--node-config", self.node_configs[i]],
-                           f"supernode{i}", f"supernode{i}.log")
+        key = self.node_keys[i] if self.node_keys else None
+        proc = self._spawn(self.supernode_args(self.node_configs[i], key), f"supernode{i}", f"supernode{i}.log")
         self.supernodes[i] = proc
         return proc
+
+    def try_supernode(self, name: str, args: list[str], timeout: float = 60.0) -> tuple[int, str]:
+        """Run a SuperNode expected to be refused (give it ``--max-wait-time``): its exit code and log.
+
+        Not counted among the deployment's processes; killed by its PID if it outlives ``timeout``.
+        """
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, env=self._env(name), stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir, start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+                code = proc.returncode
+        return code, log.read_text(errors="replace")
 
     def kill_supernode(self, i: int) -> None:
         """``SIGKILL`` SuperNode ``i`` and the ClientApp processes it started (its process group): a crash."""
@@ -264,10 +315,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="vproto")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed after")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS and SuperNode authentication (certificates and keys from scripts/make_certs.py)")
     args = parser.parse_args()
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="vproto-deploy-"))
     paths = write_party_csvs(tmp / "data", args.passives)
-    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models")) as dep:
+    tls, keys = None, None
+    if args.tls:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from make_certs import make_certs
+
+        made = make_certs(tmp / "certs", supernodes=[f"party{i}" for i in range(len(paths))], force=True)
+        tls, keys = tmp / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
+    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models"), tls, keys) as dep:
         t0 = time.perf_counter()
         results = dep.run_app({"dataset.name": "csv", "dataset.num_passive": args.passives,
                                "num_rounds": args.rounds, "method.name": args.method}, tmp / "results")

@@ -27,6 +27,9 @@ _spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scrip
 deploy = importlib.util.module_from_spec(_spec)
 sys.modules["local_deployment"] = deploy  # dataclasses look their module up there
 _spec.loader.exec_module(deploy)  # type: ignore[union-attr]
+_spec = importlib.util.spec_from_file_location("make_certs", REPO / "scripts" / "make_certs.py")
+certs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(certs)  # type: ignore[union-attr]
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None and not
                                 (Path(sys.executable).parent / "flower-superlink").exists(),
@@ -84,13 +87,41 @@ def _kill_and_resume(workdir: Path) -> dict:
     return out
 
 
+def _tls_deployment(workdir: Path) -> dict:
+    """TLS with SuperNode authentication: two registered SuperNodes train one round; an unregistered SuperNode
+    (valid TLS, unknown key), a plain-text SuperNode and a plain-HTTP client are turned away meanwhile."""
+    import httpx
+
+    made = certs.make_certs(workdir / "certs", supernodes=["party0", "party1", "intruder"])
+    paths = deploy.write_party_csvs(workdir / "data", 1, max_train_users=600)
+    nodes = deploy.node_configs(paths)
+    dep = deploy.LocalDeployment(workdir / "flwr", nodes, tls=workdir / "certs",
+                                 node_keys=[made["party0-key"], made["party1-key"]])
+    out: dict = {}
+    try:
+        dep.start()
+        give_up = ["--max-wait-time", "10"]
+        out["intruder"] = dep.try_supernode("intruder", dep.supernode_args(nodes[1], made["intruder-key"]) + give_up)
+        out["plaintext"] = dep.try_supernode("plaintext", dep.supernode_args(nodes[1], insecure=True) + give_up)
+        try:
+            out["plain-http"] = httpx.get(f"http://127.0.0.1:{dep.port}/health", timeout=5.0).status_code
+        except httpx.HTTPError as err:
+            out["plain-http"] = type(err).__name__
+        out["results"] = dep.run_app({"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 1,
+                                      "dataset.aligned_fraction": 0.2, "method.batch_size": 64}, workdir / "results")
+    finally:
+        dep.stop()
+    return out
+
+
 @pytest.fixture(scope="module")
 def deployments(tmp_path_factory) -> dict[int | str, Future]:
     """All deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
-    with ThreadPoolExecutor(max_workers=3) as pool:
+    with ThreadPoolExecutor(max_workers=4) as pool:
         futures: dict[int | str, Future] = {
             k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
         futures["killed"] = pool.submit(_kill_and_resume, tmp_path_factory.mktemp("killed"))
+        futures["tls"] = pool.submit(_tls_deployment, tmp_path_factory.mktemp("tls"))
         wait(list(futures.values()))
     return futures
 
@@ -139,3 +170,15 @@ def test_a_killed_passive_supernode_stops_the_run_naming_it_and_a_resumed_run_fi
         for key, value in want.items():
             if key != "seconds":
                 assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_tls_with_supernode_authentication(deployments):
+    out = deployments["tls"].result()
+    code, log = out["intruder"]
+    assert code != 0 and "Failed to activate SuperNode" in log, log[-2000:]  # TLS fine, key not registered
+    code, log = out["plaintext"]
+    assert code != 0 and "Failed to initialize the connection" in log, log[-2000:]  # no TLS: no connection
+    assert out["plain-http"] in ("RemoteProtocolError", "ReadError", "ConnectError"), out["plain-http"]
+    rounds = out["results"]["rounds"]  # the two registered SuperNodes trained
+    assert [r["round"] for r in rounds] == [1] and all(math.isfinite(v) for v in rounds[0].values())
+    assert [p["name"] for p in out["results"]["flower"]["parties"]] == ["active", "passive1"]
