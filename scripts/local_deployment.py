@@ -23,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -142,7 +143,8 @@ class LocalDeployment:
         self._spawn([_bin("flower-superlink"), *self._superlink_security(), "--host", "127.0.0.1",
                      "--port", str(self.port), "--disable-runtime-dependency-installation"],
                     "superlink", "superlink.log")
-        scheme, verify = ("http", True) if self.tls is None else ("https", str(self.tls / "ca.pem"))
+        scheme, verify = ("http", True) if self.tls is None else (
+            "https", ssl.create_default_context(cafile=str(self.tls / "ca.pem")))
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
