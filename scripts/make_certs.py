@@ -11,7 +11,7 @@ writes into ``certs/``:
   ``localhost``, ``127.0.0.1`` and every ``--hosts`` name or IP (``flower-superlink --ssl-ca-certfile ca.pem
   --ssl-certfile superlink.pem --ssl-keyfile superlink.key``).
 * ``<name>.key``, ``<name>.pub`` per SuperNode: the EC P-384 key pair Flower 1.42 authenticates SuperNodes with,
-  in OpenSSH format. Each organisation should rather make its own pair (``--supernodes`` here, or
+  in OpenSSH format. Each organisation should rather make its own pair (``--keys-only --supernodes bank``, or
   ``ssh-keygen -t ecdsa -b 384 -N "" -f bank``) and send only the ``.pub`` to the federation's operator, who
   registers it with ``flwr supernode register bank.pub <connection>``; the SuperNode starts with
   ``--auth-supernode-private-key bank.key``.
@@ -126,9 +126,17 @@ def main() -> None:
                         help="DNS names / IPs the SuperLink is reached at (localhost and 127.0.0.1 always)")
     parser.add_argument("--supernodes", nargs="*", default=[], help="names of SuperNode key pairs to make")
     parser.add_argument("--days", type=int, default=365, help="validity of the certificates")
+    parser.add_argument("--keys-only", action="store_true",
+                        help="only the --supernodes key pairs (an organisation making its own), no CA or certificate")
     parser.add_argument("--force", action="store_true", help="replace existing files")
     args = parser.parse_args()
-    for name, path in make_certs(args.folder, args.hosts, args.supernodes, args.days, args.force).items():
+    if args.keys_only:
+        args.folder.mkdir(parents=True, exist_ok=True)
+        made = {f"{n}-{kind}": p for n in args.supernodes
+                for kind, p in zip(("key", "pub"), make_supernode_keys(args.folder, n, args.force), strict=True)}
+    else:
+        made = make_certs(args.folder, args.hosts, args.supernodes, args.days, args.force)
+    for name, path in made.items():
         print(f"{name:>16}: {path}")
 
 
