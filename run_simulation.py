@@ -12,6 +12,7 @@ print one line per round and report the same per-round metrics.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import os
 import sys
@@ -74,10 +75,14 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
 
 def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     """All parties in this process (the reference engine; also ``centralized``)."""
+    from flwr_vproto.checkpoint import CheckpointError
     from flwr_vproto.inprocess import run_inprocess
     from flwr_vproto.parties import state_to_bytes
 
-    results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds))
+    try:
+        results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds))
+    except CheckpointError as err:
+        raise SystemExit(f"checkpoint error: {err}") from None
     state = results.pop("state", None)
     if state and runner.get("save_models", True):
         (out / "models").mkdir(parents=True, exist_ok=True)
@@ -90,6 +95,8 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
 def main(dcfg: DictConfig) -> None:
     cfg, runner = _config(dcfg)
     out = Path(HydraConfig.get().runtime.output_dir)
+    if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
+        cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
     print(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
           f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}) -> {out}", flush=True)
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)

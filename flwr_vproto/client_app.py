@@ -9,6 +9,8 @@ Who am I (node-config):
   - ``data-path`` = this party's CSV file (required for ``dataset.name = "csv"``, ignored otherwise);
   - ``model-dir`` = folder where this party saves its final model as ``<party>.pt`` (optional; nothing is saved
     without it). The model never leaves the party.
+  - ``checkpoint-dir`` = folder of this party's checkpoints (optional; default ``<checkpoint.dir>/<party>``, see
+    ``flwr_vproto/checkpoint.py``). Checkpoints never leave the party either.
 
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
@@ -35,10 +37,12 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto.alignment import min_intersection, split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
+from flwr_vproto.inprocess import party_checkpoint
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.psi import PSIHub, PSIPeer
 
@@ -53,6 +57,7 @@ class Identity:
     index: int
     data_path: str | None = None
     model_dir: str | None = None
+    checkpoint_dir: str | None = None
 
     @property
     def name(self) -> str:
@@ -84,7 +89,8 @@ def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | Non
         raise ValueError(f"node-config: the active party has party-index 0, got {index}")
     if role == "passive" and not 1 <= index <= num_passive:
         raise ValueError(f"node-config: passive party-index {index} outside 1..{num_passive} (dataset.num_passive)")
-    return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir)
+    return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir,
+                    str(node_config.get("checkpoint-dir", "")) or None)
 
 
 @functools.lru_cache(maxsize=4)
@@ -205,6 +211,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
         }
         context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
+        if "resume-round" in msg.content[M.CONFIG]:
+            rnd = int(msg.content[M.CONFIG]["resume-round"])  # type: ignore[arg-type]
+            resume_party(context, c, me, rnd)
+            return _reply(msg, config={**info, "resumed-round": rnd})
         # PSI step 1, the same on every party: blind own IDs (the active party in its row order, a passive in a
         # private random order), so that step 2 can run on all parties at once.
         points: dict[str, np.ndarray] = {}
@@ -280,6 +290,17 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         info = {"num-classes": num_classes, **{f"aligned.{s}": int(len(r)) for s, r in aligned.items()}}
         return _reply(msg, arrays=positions, config=info)
 
+    def resume_party(context: Context, c: Config, me: Identity, rnd: int) -> None:
+        """Restore this party from its own round-``rnd`` checkpoint (a resumed run: no PSI, no fresh models)."""
+        folder = ck.party_dir(c, me.name, me.checkpoint_dir)
+        saved = ck.load(folder, rnd, me.name)
+        ck.check_same_run(saved["config"], c, me.name, folder)
+        facts = dict(saved["facts"])
+        _require((facts.get("role"), facts.get("party-index")) == (me.role, me.index),
+                 f"{me.name}: the checkpoint in {folder} belongs to {facts.get('role')} party "
+                 f"{facts.get('party-index')}")
+        _store(context, {"party": M.bytes_to_array(state_to_bytes(saved["party"]))}, ready=True, **facts)
+
     def init_passive(context: Context, c: Config, me: Identity, msg: Message) -> None:
         """Passive party, PSI step 4 (with its first round): own aligned rows from the hub's positions."""
         blobs = _blobs(context)
@@ -335,6 +356,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
                 out_conf["prototype-mask"] = [bool(b) for b in res.prototype_mask]
             reply = _reply(msg, arrays=out_arrays, config=out_conf, metrics=metrics)
         _save_party(context, party)
+        if ck.due(c, rnd):  # before replying: the server's file for this round then means every party has one
+            keep = ("num-classes", "passives", "passive-dims")
+            ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd,
+                    party_checkpoint(c, party, rnd, {k: facts[k] for k in keep if k in facts}))
         if final and me.model_dir:
             path = Path(me.model_dir) / f"{me.name}.pt"
             path.parent.mkdir(parents=True, exist_ok=True)

@@ -107,6 +107,14 @@ class MethodConfig:
 
 
 @dataclass
+class CheckpointConfig:
+    """Where and how often every party and the server save their state (``flwr_vproto/checkpoint.py``)."""
+
+    dir: str | None = None  # folder of this run's checkpoints (run_simulation.py: null = <run dir>/checkpoints)
+    every: int = 0  # save every N rounds (0 = never)
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -118,6 +126,8 @@ class Config:
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    resume: bool = False  # continue from the last complete checkpoint in checkpoint.dir
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
@@ -140,7 +150,8 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
         )
     kwargs = {}
     for name, value in data.items():
-        sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig}.get(name)
+        sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
+               "checkpoint": CheckpointConfig}.get(name)
         if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
@@ -214,6 +225,15 @@ def validate(cfg: Config) -> None:
         _check(isinstance(d.csv.label_column, str) and d.csv.label_column != "", "dataset.csv.label_column",
                d.csv.label_column, "a column name")
 
+    ck = cfg.checkpoint
+    _check(ck.dir is None or (isinstance(ck.dir, str) and ck.dir != ""), "checkpoint.dir", ck.dir,
+           "null or a directory path")
+    _check(_is_int(ck.every) and ck.every >= 0, "checkpoint.every", ck.every, "an integer >= 0 (0 = no checkpoints)")
+    _check(isinstance(cfg.resume, bool), "resume", cfg.resume, "true or false")
+    if cfg.resume:
+        _check(ck.dir is not None, "checkpoint.dir", ck.dir,
+               "the checkpoint folder of the run to continue when resume=true")
+
     m = cfg.model
     _check(m.encoder in ENCODERS, "model.encoder", m.encoder, f"one of {ENCODERS}")
     if m.encoder == "cnn":
@@ -232,6 +252,8 @@ def validate(cfg: Config) -> None:
     if t.name == "centralized":
         _check(d.name != "csv", "method.name", t.name,
                "a federated method: 'centralized' needs every party's raw data in one place (simulation only)")
+    _check(t.name != "centralized" or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
+           "0 and resume=false for method centralized (the upper bound is not checkpointed)")
     _check(_is_num(t.lr) and t.lr > 0, "method.lr", t.lr, "a number > 0")
     _check(_is_num(t.weight_decay) and t.weight_decay >= 0, "method.weight_decay", t.weight_decay, "a number >= 0")
     _check(_is_int(t.batch_size) and t.batch_size >= 1, "method.batch_size", t.batch_size, "an integer >= 1")

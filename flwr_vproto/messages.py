@@ -75,6 +75,64 @@ def array_to_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
+# ------------------------------------------------------------------------------------------------ checking replies
+Expected = Mapping[str, tuple[str, tuple[int, ...]]]
+"""Array name -> (dtype, shape); ``-1`` in a shape matches any length."""
+
+
+def check_arrays(record: Any, expected: Expected, who: str, where: str, *, finite: bool = True) -> None:
+    """Refuse a reply whose arrays are missing, extra, undecodable, mis-shaped, of another dtype or not finite.
+
+    The server relays what parties send; checking here stops a corrupt or malicious payload at the party that sent
+    it, with an error naming it and the round, instead of a shape error deep inside another party.
+    """
+    def bad(problem: str) -> ProtocolError:
+        return ProtocolError(f"{who} sent a bad reply during {where}: {problem}")
+
+    if not isinstance(record, ArrayRecord):
+        raise bad(f"no '{ARRAYS}' array record")
+    missing, extra = sorted(set(expected) - set(record)), sorted(set(record) - set(expected))
+    if missing or extra:
+        raise bad(f"arrays {missing} missing" if missing else f"unexpected arrays {extra}")
+    for key, (dtype, shape) in expected.items():
+        try:
+            arr = record[key].numpy()
+        except Exception as err:  # noqa: BLE001 - garbage bytes fail in many ways inside np.load
+            raise bad(f"array '{key}' does not decode ({type(err).__name__}: {err})") from None
+        if arr.dtype != np.dtype(dtype):
+            raise bad(f"array '{key}' has dtype {arr.dtype}, expected {dtype}")
+        if arr.ndim != len(shape) or any(w not in (-1, g) for g, w in zip(arr.shape, shape, strict=True)):
+            raise bad(f"array '{key}' has shape {tuple(arr.shape)}, expected {tuple(shape)} (-1: any)")
+        if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
+            raise bad(f"array '{key}' holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+
+
+def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where: str) -> None:
+    """Refuse a :func:`put_matrix` entry that is missing, mis-sized or not finite."""
+    def bad(problem: str) -> ProtocolError:
+        return ProtocolError(f"{who} sent a bad reply during {where}: {problem}")
+
+    if not isinstance(config, ConfigRecord) or f"{key}.data" not in config or f"{key}.shape" not in config:
+        raise bad(f"'{key}' missing")
+    data, got = config[f"{key}.data"], config[f"{key}.shape"]
+    if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:  # type: ignore
+        raise bad(f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, expected "
+                  f"{list(shape)} float32")
+    if not np.isfinite(np.frombuffer(data, dtype=np.float32)).all():
+        raise bad(f"'{key}' holds NaN/inf values")
+
+
+def check_config(config: Any, keys: Mapping[str, type | tuple[type, ...]], who: str, where: str) -> None:
+    """Refuse a reply whose config record lacks one of ``keys`` or holds a value of another type."""
+    if not isinstance(config, ConfigRecord):
+        raise ProtocolError(f"{who} sent a bad reply during {where}: no '{CONFIG}' config record")
+    for key, types in keys.items():
+        value = config.get(key)
+        if value is None or isinstance(value, bool) != (types is bool) or not isinstance(value, types):
+            raise ProtocolError(f"{who} sent a bad reply during {where}: '{key}' is {value!r}, expected "
+                                f"{getattr(types, '__name__', types)}")
+
+
 # ------------------------------------------------------------------------------------------------ metrics
 def metric_record(metrics: Mapping[str, float], prefix: str = "") -> MetricRecord:
     """Float metrics -> MetricRecord, keys optionally prefixed (``val.accuracy``)."""

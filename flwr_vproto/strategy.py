@@ -28,14 +28,16 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+import numpy as np
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
-from flwr_vproto.inprocess import eval_splits
+from flwr_vproto.inprocess import eval_splits, server_checkpoint
 from flwr_vproto.messages import ProtocolError
 from flwr_vproto.results import build_results, format_round, round_record
 
@@ -128,6 +130,7 @@ class VerticalProtoStrategy(Strategy):
         self.results: dict[str, Any] | None = None
         self.parties: list[PartyNode] = []
         self.setup_traffic = Traffic()
+        self.last_checkpoint = 0  # round of the last complete checkpoint (0: none)
 
     # ------------------------------------------------------------------ Flower's abstract API (not used by start)
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -153,9 +156,14 @@ class VerticalProtoStrategy(Strategy):
     # ------------------------------------------------------------------ messaging
     def _exchange(
         self, grid: Grid, sends: list[tuple[PartyNode, str, RecordDict]], phase: str, rnd: int | None = None,
-        traffic: Traffic | None = None,
+        traffic: Traffic | None = None, tolerate_gone: bool = False,
     ) -> dict[str, Message]:
-        """Send one message to each party and wait for every reply; return replies by party name."""
+        """Send one message to each party and wait for every reply; return replies by party name.
+
+        ``tolerate_gone``: a node the SuperLink reports unavailable, or that stays silent until the deadline, is
+        left out of the replies instead of stopping the run (discovery: a killed SuperNode stays listed as online
+        until its heartbeats expire, up to a minute, next to the one restarted in its place).
+        """
         where = f"{phase}" + (f" of round {rnd}" if rnd is not None else "")
         msgs = [Message(content, p.node_id, mtype, group_id=str(rnd if rnd is not None else phase),
                         ttl=self.timeout + 60.0) for p, mtype, content in sends]
@@ -174,6 +182,10 @@ class VerticalProtoStrategy(Strategy):
                 if sent is None:
                     continue
                 party, content = sent
+                if reply.has_error() and tolerate_gone and reply.metadata.src_node_id != party.node_id:
+                    log.warning("%s: the SuperLink reports node %d unavailable (%s); leaving it out", where,
+                                party.node_id, reply.error.reason)
+                    continue
                 if reply.has_error():
                     who = party.name if party.role == "node" else f"{party.name} (node {party.node_id})"
                     raise ProtocolError(f"{who} failed during {where}: "
@@ -182,6 +194,10 @@ class VerticalProtoStrategy(Strategy):
                 if traffic is not None:
                     traffic.add(party.name, content, reply.content)
             if not pending:
+                break
+            if time.monotonic() > deadline and tolerate_gone:
+                log.warning("%s: no reply from node(s) %s within %g s; leaving them out", where,
+                            [p.node_id for p, _ in pending.values()], self.timeout)
                 break
             if time.monotonic() > deadline:
                 missing = ", ".join(p.name if p.role == "node" else f"{p.name} (node {p.node_id})"
@@ -208,17 +224,30 @@ class VerticalProtoStrategy(Strategy):
             time.sleep(0.5)
 
     # ------------------------------------------------------------------ setup
-    def _discover(self, grid: Grid) -> tuple[PartyNode, list[PartyNode], dict[str, Message]]:
+    def _discover(self, grid: Grid, resume_round: int | None = None
+                  ) -> tuple[PartyNode, list[PartyNode], dict[str, Message]]:
         """Ask every node who it is; require exactly one active party and passives 1..K.
 
-        Returns the replies by party name too: they already carry each party's blinded IDs (PSI step 1).
+        Returns the replies by party name too: they already carry each party's blinded IDs (PSI step 1). With
+        ``resume_round`` every party instead restores itself from its own checkpoint of that round.
         """
         nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
-        probe = RecordDict({M.CONFIG: ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})})
+        probe_conf = ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})
+        if resume_round is not None:
+            probe_conf["resume-round"] = resume_round
+        probe = RecordDict({M.CONFIG: probe_conf})
         sends = [(n, M.DISCOVER, probe) for n in nodes]
-        replies = self._exchange(grid, sends, "discovery")
+        replies = self._exchange(grid, sends, "discovery", tolerate_gone=True)
+        need = self.cfg.dataset.num_passive + 1
+        if len(replies) < need:
+            gone = [n.node_id for n in nodes if n.name not in replies]
+            raise ProtocolError(f"only {len(replies)} of {need} SuperNodes answered discovery within "
+                                f"{self.timeout:g} s; nodes {gone} are unavailable or silent")
+        nodes = [n for n in nodes if n.name in replies]
         parties = []
         for n in nodes:
+            M.check_config(replies[n.name].content.get(M.CONFIG), {"role": str, "party-index": int,
+                                                                  "embedding-dim": int}, n.name, "discovery")
             info = dict(replies[n.name].content[M.CONFIG])
             parties.append(PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), info))  # type: ignore
             self.setup_traffic.add(parties[-1].name, probe, replies[n.name].content)
@@ -234,6 +263,12 @@ class VerticalProtoStrategy(Strategy):
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
         by_name = {p.name: replies[f"node {p.node_id}"] for p in self.parties}
+        if resume_round is None:
+            M.check_arrays(by_name["active"].content.get(M.ARRAYS), {f"hub.{s}": ("uint8", (-1,)) for s in SPLITS},
+                           "active", "discovery")
+            for p in passives:
+                M.check_arrays(by_name[p.name].content.get(M.ARRAYS), {f"own.{s}": ("uint8", (-1,)) for s in SPLITS},
+                               p.name, "discovery")
         return actives[0], passives, by_name
 
     def _psi(self, active: PartyNode, passives: list[PartyNode], replies: dict[str, Message], grid: Grid
@@ -260,12 +295,18 @@ class VerticalProtoStrategy(Strategy):
         )
         relay = ArrayRecord()
         for p in passives:
+            M.check_arrays(step2[p.name].content.get(M.ARRAYS), {f"reblinded.{s}": ("uint8", (-1,)) for s in SPLITS},
+                           p.name, "PSI (blinding)")
             for key, arr in step2[p.name].content[M.ARRAYS].items():
                 relay[f"{p.name}.{key}"] = arr
         conf = ConfigRecord({"passives": [p.index for p in passives],
                              "passive-dims": [int(p.info["embedding-dim"]) for p in passives]})  # type: ignore
         fin = self._exchange(grid, [(active, M.PSI_FINISH, RecordDict({M.ARRAYS: relay, M.CONFIG: conf}))],
                              "PSI (intersection)", traffic=t)["active"]
+        M.check_config(fin.content.get(M.CONFIG), {"num-classes": int, **{f"aligned.{s}": int for s in SPLITS}},
+                       "active", "PSI (intersection)")
+        M.check_arrays(fin.content.get(M.ARRAYS), {f"{p.name}.positions.{s}": ("int64", (-1,)) for p in passives
+                                                   for s in SPLITS}, "active", "PSI (intersection)")
         active.info.update(dict(fin.content[M.CONFIG]))
         return fin.content[M.ARRAYS]  # type: ignore[return-value]
 
@@ -284,12 +325,21 @@ class VerticalProtoStrategy(Strategy):
         flags = {"round": rnd, "eval": bool(eval_splits(cfg, rnd)), "final": final}
         sends = [(p, M.TRAIN, relayed.to_passive(p.name, rnd, flags)) for p in joint]
         outs = self._exchange(grid, sends, "training (passive parties)", rnd, traffic) if sends else {}
+        splits = eval_splits(cfg, rnd)
+        n = {s: int(active.info[f"aligned.{s}"]) for s in SPLITS}
+        where = f"training of round {rnd}"
+        for p in joint:
+            d = int(p.info["embedding-dim"])
+            M.check_arrays(outs[p.name].content.get(M.ARRAYS), {"embeddings": ("float32", (n["train"], d)), **{
+                f"embeddings.{s}": ("float32", (n[s], d)) for s in splits}}, p.name, where)
+            self._check_metrics(outs[p.name], p.name, where)
         embeddings = ArrayRecord()
         for p in joint:
             for key, arr in outs[p.name].content[M.ARRAYS].items():
                 embeddings[f"{p.name}.{key}"] = arr
         content = RecordDict({M.CONFIG: ConfigRecord(flags), M.ARRAYS: embeddings})
         res = self._exchange(grid, [(active, M.TRAIN, content)], "training (active party)", rnd, traffic)["active"]
+        self._check_active_reply(res, joint, n["train"], final, where)
         if not final:
             relayed.gradients = {p.name: res.content[M.ARRAYS][f"{p.name}.gradients"] for p in joint}
             relayed.prototypes = res.content[M.CONFIG]  # type: ignore[assignment]
@@ -299,6 +349,53 @@ class VerticalProtoStrategy(Strategy):
             M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None, time.perf_counter() - t0,
             extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
         )
+
+    @staticmethod
+    def _check_metrics(reply: Message, who: str, where: str) -> None:
+        if not isinstance(reply.content.get(M.METRICS), MetricRecord):
+            raise ProtocolError(f"{who} sent a bad reply during {where}: no '{M.METRICS}' metric record")
+
+    def _check_active_reply(self, res: Message, joint: list[PartyNode], n_train: int, final: bool, where: str) -> None:
+        """Gradients and second prototypes of the right size for every passive, all finite (none after the last)."""
+        self._check_metrics(res, "active", where)
+        expected = {} if final else {f"{p.name}.gradients": ("float32", (n_train, int(p.info["embedding-dim"])))
+                                     for p in joint}
+        M.check_arrays(res.content.get(M.ARRAYS), expected, "active", where)
+        if final or not joint:
+            return
+        classes = int(self.parties[0].info["num-classes"])
+        conf = res.content.get(M.CONFIG)
+        for p in joint:
+            M.check_matrix(conf, f"{p.name}.prototypes", (classes, int(p.info["embedding-dim"])), "active", where)
+        mask = conf.get("prototype-mask")  # type: ignore[union-attr]
+        if not isinstance(mask, list) or len(mask) != classes or not all(isinstance(b, bool) for b in mask):
+            raise ProtocolError(f"active sent a bad reply during {where}: 'prototype-mask' is not {classes} booleans")
+
+    # ------------------------------------------------------------------ checkpoints
+    def _checkpoint_to_resume(self) -> tuple[int, dict[str, Any] | None]:
+        """``(round, server state)`` of the last complete checkpoint when resuming, else ``(0, None)``."""
+        self.last_checkpoint = 0
+        if self.cfg.checkpoint.every and self.cfg.checkpoint.dir is None:
+            raise ConfigError("checkpoint.every > 0 needs checkpoint.dir (the server's files go to <dir>/server)")
+        if not self.cfg.resume:
+            return 0, None
+        rnd = ck.latest_server_round(self.cfg)
+        saved = ck.load(ck.server_dir(self.cfg), rnd, "server")
+        ck.check_same_run(saved["config"], self.cfg, "server", ck.server_dir(self.cfg))
+        self.last_checkpoint = rnd
+        return rnd, saved
+
+    def _save_checkpoint(self, rnd: int, relayed: Relayed) -> None:
+        """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
+        names = [p.name for p in self.parties if p.role == "passive"]
+        protos = {n: M.get_matrix(relayed.prototypes, f"{n}.prototypes") for n in names}
+        mask = relayed.prototypes.get("prototype-mask")
+        info = {p.name: {k: v for k, v in p.info.items() if k.startswith("aligned.") or k == "num-classes"}
+                for p in self.parties}
+        ck.save(ck.server_dir(self.cfg), rnd, server_checkpoint(
+            self.cfg, rnd, self.history, {n: g.numpy() for n, g in relayed.gradients.items()}, protos,
+            None if mask is None else np.asarray(mask, dtype=bool), **{"party-info": info}))
+        self.last_checkpoint = rnd
 
     # ------------------------------------------------------------------ the run
     def start(  # type: ignore[override]
@@ -327,8 +424,14 @@ class VerticalProtoStrategy(Strategy):
         cfg = self.cfg
         self.summary()
         t_setup = time.perf_counter()
-        active, passives, replies = self._discover(grid)
-        positions = self._psi(active, passives, replies, grid)
+        start, saved = self._checkpoint_to_resume()
+        active, passives, replies = self._discover(grid, start or None)
+        if saved is None:
+            positions = self._psi(active, passives, replies, grid)
+        else:  # every party restored itself in discovery; PSI's outcome is part of their state
+            positions = ArrayRecord()
+            for p in self.parties:
+                p.info.update(saved["party-info"].get(p.name, {}))
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
@@ -337,12 +440,30 @@ class VerticalProtoStrategy(Strategy):
         joint = passives if self._joint else []
         relayed = Relayed(positions=positions, num_classes=int(active.info["num-classes"]))  # type: ignore[arg-type]
         self.history = []
-        for rnd in range(1, cfg.num_rounds + 1):
-            rec = self._round(grid, rnd, active, joint, relayed)
+        if saved is not None:
+            self.history = list(saved["history"])
+            relayed.gradients = {k: Array.from_numpy_ndarray(ck.array(v)) for k, v in saved["gradients"].items()}
+            for name, proto in saved["prototypes"].items():
+                M.put_matrix(relayed.prototypes, f"{name}.prototypes", ck.array(proto))
+            if saved["prototype-mask"] is not None:
+                relayed.prototypes["prototype-mask"] = [bool(b) for b in ck.array(saved["prototype-mask"])]
+            log.info("resumed from the checkpoint of round %d in %s", start, cfg.checkpoint.dir)
+        for rnd in range(start + 1, cfg.num_rounds + 1):
+            try:
+                rec = self._round(grid, rnd, active, joint, relayed)
+            except ProtocolError as err:
+                if self.last_checkpoint:
+                    raise ProtocolError(f"{err}. The last complete checkpoint is round {self.last_checkpoint} in "
+                                        f"{cfg.checkpoint.dir}: rerun with resume=true to continue from it") from None
+                raise
             self.history.append(rec)
+            if ck.due(cfg, rnd):  # every party wrote its file before it replied: this one completes the checkpoint
+                self._save_checkpoint(rnd, relayed)
             log.info(format_round(rec, cfg.num_rounds))
             if self.on_round is not None:
                 self.on_round(rec)
+        for rec in self.history:
+            rnd = int(rec["round"])
             result.train_metrics_clientapp[rnd] = MetricRecord(
                 {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))})
             evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
@@ -351,6 +472,7 @@ class VerticalProtoStrategy(Strategy):
 
         self.results = build_results(cfg, self.history, extra={"flower": {
             "setup_seconds": setup_seconds,
+            **({"resumed_from_round": start} if start else {}),
             "setup_messages": self.setup_traffic.messages,
             "setup_bytes": self.setup_traffic.bytes,
             "parties": [{"name": p.name, "node_id": p.node_id,

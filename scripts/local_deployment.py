@@ -3,6 +3,7 @@
 Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py``, and runnable by hand::
 
     python scripts/local_deployment.py --passives 1 --rounds 2        # digits split into per-party CSV files
+    python scripts/local_deployment.py --tls                          # TLS + SuperNode authentication
 
 Every process gets its own ``FLWR_HOME``; telemetry, update checks and runtime dependency installation are off
 (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation`` on the
@@ -22,6 +23,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import sys
 import tempfile
@@ -89,11 +91,20 @@ def write_party_csvs(folder: Path, num_passive: int = 1, seed: int = 0, max_trai
 
 @dataclass
 class LocalDeployment:
-    """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything)."""
+    """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything).
+
+    ``tls``: a folder made by ``scripts/make_certs.py``. The SuperLink then serves TLS only
+    (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) with SuperNode authentication (``--enable-supernode-auth``);
+    SuperNode ``i`` authenticates with ``node_keys[i]`` (its ``.pub`` next to it is registered with
+    ``flwr supernode register`` before it starts) and trusts ``ca.pem``, as does the CLI.
+    """
 
     workdir: Path
     node_configs: list[str]
+    tls: Path | None = None
+    node_keys: list[Path] | None = None
     started: list[subprocess.Popen] = field(default_factory=list)
+    supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
     def _env(self, home: str) -> dict[str, str]:
@@ -108,36 +119,95 @@ class LocalDeployment:
         self.started.append(proc)
         return proc
 
+    def _superlink_security(self) -> list[str]:
+        if self.tls is None:
+            return ["--insecure"]
+        return ["--ssl-ca-certfile", str(self.tls / "ca.pem"), "--ssl-certfile", str(self.tls / "superlink.pem"),
+                "--ssl-keyfile", str(self.tls / "superlink.key"), "--enable-supernode-auth"]
+
+    def supernode_args(self, node_config: str, key: Path | None = None, insecure: bool | None = None) -> list[str]:
+        """A ``flower-supernode`` command for this SuperLink: TLS and ``key`` when ``tls`` is set (or forced)."""
+        plain = self.tls is None if insecure is None else insecure
+        security = ["--insecure"] if plain else ["--root-certificates", str(self.tls / "ca.pem")]  # type: ignore
+        if key is not None:
+            security += ["--auth-supernode-private-key", str(key)]
+        return [_bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+                "--port", str(free_port()), "--node-config", node_config]
+
     def start(self, timeout: float = 60.0) -> LocalDeployment:
-        """Start the SuperLink, wait until it answers, then start the SuperNodes."""
+        """Start the SuperLink, wait until it answers, register the SuperNodes' keys (TLS), start the SuperNodes."""
         import httpx
 
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
-        self._spawn([_bin("flower-superlink"), "--insecure", "--host", "127.0.0.1", "--port", str(self.port),
-                     "--disable-runtime-dependency-installation"],
+        self._spawn([_bin("flower-superlink"), *self._superlink_security(), "--host", "127.0.0.1",
+                     "--port", str(self.port), "--disable-runtime-dependency-installation"],
                     "superlink", "superlink.log")
+        scheme, verify = ("http", True) if self.tls is None else (
+            "https", ssl.create_default_context(cafile=str(self.tls / "ca.pem")))
         deadline = time.monotonic() + timeout
         while True:
             self._check_alive()
             try:
-                if httpx.get(f"http://127.0.0.1:{self.port}/health", timeout=1.0).is_success:
+                if httpx.get(f"{scheme}://127.0.0.1:{self.port}/health", timeout=1.0, verify=verify).is_success:
                     break
             except httpx.HTTPError:
                 pass
             if time.monotonic() > deadline:
                 raise RuntimeError(f"SuperLink did not start within {timeout:g} s; see {self.workdir}/superlink.log")
             time.sleep(0.2)
-        for i, node_config in enumerate(self.node_configs):
-            self._spawn([_bin("flower-supernode"), "--insecure", "--superlink", f"127.0.0.1:{self.port}",
-                         "--port", str(free_port()), "--node-config", node_config],
-                        f"supernode{i}", f"supernode{i}.log")
         cli = self.workdir / "cli"
         cli.mkdir(exist_ok=True)
+        security = "insecure = true" if self.tls is None else f'root-certificates = "{self.tls / "ca.pem"}"'
         (cli / "config.toml").write_text(
             f'[superlink]\ndefault = "loopback"\n\n[superlink.loopback]\naddress = "127.0.0.1:{self.port}"\n'
-            f"insecure = true\n")
+            f"{security}\n")
+        for key in self.node_keys or []:
+            self.register(key.with_suffix(".pub"))
+        for i in range(len(self.node_configs)):
+            self.start_supernode(i)
         return self
+
+    def register(self, public_key: Path) -> int:
+        """``flwr supernode register``: allow the SuperNode holding ``public_key``'s private key; its node ID."""
+        res = self.flwr("supernode", "register", str(public_key), "loopback", "--format", "json")
+        if res.returncode != 0:
+            raise RuntimeError(f"flwr supernode register {public_key} failed:\n{res.stdout}\n{res.stderr}")
+        return int(json.loads(res.stdout[res.stdout.index("{"):])["node-id"])
+
+    def start_supernode(self, i: int) -> subprocess.Popen:
+        """Start (or restart, after :meth:`kill_supernode`) the SuperNode of ``node_configs[i]``."""
+        key = self.node_keys[i] if self.node_keys else None
+        proc = self._spawn(self.supernode_args(self.node_configs[i], key), f"supernode{i}", f"supernode{i}.log")
+        self.supernodes[i] = proc
+        return proc
+
+    def try_supernode(self, name: str, args: list[str], timeout: float = 60.0) -> tuple[int, str]:
+        """Run a SuperNode expected to be refused (give it ``--max-wait-time``): its exit code and log.
+
+        Not counted among the deployment's processes; killed by its PID if it outlives ``timeout``.
+        """
+        log = self.workdir / f"{name}.log"
+        with open(log, "wb") as out:
+            proc = subprocess.Popen(args, env=self._env(name), stdout=out, stderr=subprocess.STDOUT,
+                                    cwd=self.workdir, start_new_session=True)
+            try:
+                code = proc.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, signal.SIGKILL)
+                proc.wait(timeout=10)
+                code = proc.returncode
+        return code, log.read_text(errors="replace")
+
+    def kill_supernode(self, i: int) -> None:
+        """``SIGKILL`` SuperNode ``i`` and the ClientApp processes it started (its process group): a crash."""
+        proc = self.supernodes.pop(i)
+        try:
+            os.killpg(proc.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        proc.wait(timeout=10)
+        self.started.remove(proc)
 
     def _check_alive(self) -> None:
         for proc in self.started:
@@ -156,26 +226,40 @@ class LocalDeployment:
 
         The app must write ``results.json`` into the run-config's ``app.output-dir``.
         """
+        run_id = self.submit(run_config, results_dir, app)
+        target = results_dir / "results.json"
+        status = self.wait(run_id, timeout, until=target.exists)
+        if not target.exists():
+            time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
+            if not target.exists():
+                raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
+                                   f"{self.log(run_id)[-4000:]}")
+        return json.loads(target.read_text())
+
+    def submit(self, run_config: dict[str, Any], results_dir: Path, app: Path = REPO) -> int:
+        """Start ``flwr run`` with ``run_config`` overrides (``app.output-dir`` = ``results_dir``); its run ID."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in
                              {**run_config, "app.output-dir": str(results_dir)}.items())
         res = self.flwr("run", str(app), "loopback", "--run-config", overrides, "--format", "json")
         if res.returncode != 0:
             raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
-        target = results_dir / "results.json"
+        return int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+
+    def wait(self, run_id: int, timeout: float, until: Any = None) -> str:
+        """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...)."""
         deadline = time.monotonic() + timeout
-        while not target.exists():
+        while True:
             self._check_alive()
             status = self.run_status(run_id)
-            if status.startswith("finished") and not target.exists():
-                time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
-                if not target.exists():
-                    raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
-                                       f"{self.flwr('log', str(run_id), 'loopback', '--show').stdout[-4000:]}")
+            if status.startswith("finished") or (until is not None and until()):
+                return status
             if time.monotonic() > deadline:
                 raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status})")
             time.sleep(0.5)
-        return json.loads(target.read_text())
+
+    def log(self, run_id: int) -> str:
+        """The run's logs (ServerApp output, errors included)."""
+        return self.flwr("log", str(run_id), "loopback", "--show").stdout
 
     def run_status(self, run_id: int) -> str:
         res = self.flwr("ls", "loopback", "--run-id", str(run_id), "--format", "json")
@@ -212,12 +296,17 @@ class LocalDeployment:
         self.stop()
 
 
-def node_configs(paths: list[str], model_dir: Path | None = None) -> list[str]:
-    """``--node-config`` strings: party 0 active, the others passive, each with its own CSV."""
+def node_configs(paths: list[str], model_dir: Path | None = None, checkpoint_root: Path | None = None) -> list[str]:
+    """``--node-config`` strings: party 0 active, the others passive, each with its own CSV.
+
+    ``checkpoint_root``: each party keeps its checkpoints in its own ``<root>/party<i>`` (node-config
+    ``checkpoint-dir``), as separate organisations would.
+    """
     out = []
     for i, path in enumerate(paths):
         role = "active" if i == 0 else "passive"
         extra = f' model-dir="{model_dir}"' if model_dir else ""
+        extra += f' checkpoint-dir="{checkpoint_root / f"party{i}"}"' if checkpoint_root else ""
         out.append(f'role="{role}" party-index={i} data-path="{path}"{extra}')
     return out
 
@@ -228,10 +317,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="vproto")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed after")
+    parser.add_argument("--tls", action="store_true",
+                        help="TLS and SuperNode authentication (certificates and keys from scripts/make_certs.py)")
     args = parser.parse_args()
     tmp = args.workdir or Path(tempfile.mkdtemp(prefix="vproto-deploy-"))
     paths = write_party_csvs(tmp / "data", args.passives)
-    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models")) as dep:
+    tls, keys = None, None
+    if args.tls:
+        sys.path.insert(0, str(Path(__file__).parent))
+        from make_certs import make_certs
+
+        made = make_certs(tmp / "certs", supernodes=[f"party{i}" for i in range(len(paths))], force=True)
+        tls, keys = tmp / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
+    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models"), tls, keys) as dep:
         t0 = time.perf_counter()
         results = dep.run_app({"dataset.name": "csv", "dataset.num_passive": args.passives,
                                "num_rounds": args.rounds, "method.name": args.method}, tmp / "results")

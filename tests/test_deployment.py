@@ -9,13 +9,16 @@ from __future__ import annotations
 
 import importlib.util
 import math
+import re
 import shutil
 import sys
+import time
 from concurrent.futures import Future, ThreadPoolExecutor, wait
 from pathlib import Path
 
 import pytest
 
+from flwr_vproto import checkpoint as ck
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 
@@ -24,6 +27,9 @@ _spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scrip
 deploy = importlib.util.module_from_spec(_spec)
 sys.modules["local_deployment"] = deploy  # dataclasses look their module up there
 _spec.loader.exec_module(deploy)  # type: ignore[union-attr]
+_spec = importlib.util.spec_from_file_location("make_certs", REPO / "scripts" / "make_certs.py")
+certs = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(certs)  # type: ignore[union-attr]
 
 pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None and not
                                 (Path(sys.executable).parent / "flower-superlink").exists(),
@@ -44,11 +50,81 @@ def _deploy(workdir: Path, num_passive: int) -> dict:
     return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep}
 
 
+# app.timeout of the killed run: far above a normal reply on a busy CI machine (up to ~50 s seen with four
+# deployments at once on 2 cores). The SuperLink itself reports a killed node unavailable once its heartbeats
+# expire (within about a minute), which usually ends the run first.
+KILL_TIMEOUT = 120.0
+
+
+def _kill_and_resume(workdir: Path) -> dict:
+    """``SIGKILL`` the passive SuperNode (and its ClientApp) after the round-1 checkpoint, restart it, resume.
+
+    Each party keeps its checkpoints in its own folder (node-config ``checkpoint-dir``), the server in
+    ``checkpoint.dir``. Returns what the test checks.
+    """
+    paths = deploy.write_party_csvs(workdir / "data", 1, max_train_users=600)
+    ckdir = workdir / "server-checkpoints"
+    run_config = {"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 3, "dataset.aligned_fraction": 0.2,
+                  "method.batch_size": 64, "checkpoint.dir": str(ckdir), "checkpoint.every": 1,
+                  "app.timeout": KILL_TIMEOUT}
+    dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, None, workdir / "parties"))
+    out: dict = {"paths": paths, "ckdir": ckdir, "parties": workdir / "parties"}
+    try:
+        dep.start()
+        run_id = dep.submit(run_config, workdir / "killed")
+        deadline = time.monotonic() + 300
+        while 1 not in ck.rounds_in(ckdir / "server"):
+            assert not dep.run_status(run_id).startswith("finished"), dep.log(run_id)[-3000:]
+            assert time.monotonic() < deadline, "round 1 never finished"
+            time.sleep(0.2)
+        killed_at = time.monotonic()
+        dep.kill_supernode(1)
+        dep.start_supernode(1)  # the operator restarts it at once: a new node, which the running run ignores
+        out["status"] = dep.wait(run_id, timeout=KILL_TIMEOUT + 60)
+        out["noticed"] = time.monotonic() - killed_at
+        out["log"] = dep.log(run_id)
+        out["last"] = ck.rounds_in(ckdir / "server")[-1]
+        out["results"] = dep.run_app({**run_config, "resume": True}, workdir / "resumed", timeout=300)
+    finally:
+        dep.stop()
+    return out
+
+
+def _tls_deployment(workdir: Path) -> dict:
+    """TLS with SuperNode authentication: two registered SuperNodes train one round; an unregistered SuperNode
+    (valid TLS, unknown key), a plain-text SuperNode and a plain-HTTP client are turned away meanwhile."""
+    import httpx
+
+    made = certs.make_certs(workdir / "certs", supernodes=["party0", "party1", "intruder"])
+    paths = deploy.write_party_csvs(workdir / "data", 1, max_train_users=600)
+    nodes = deploy.node_configs(paths)
+    dep = deploy.LocalDeployment(workdir / "flwr", nodes, tls=workdir / "certs",
+                                 node_keys=[made["party0-key"], made["party1-key"]])
+    out: dict = {}
+    try:
+        dep.start()
+        give_up = ["--max-wait-time", "10"]
+        out["intruder"] = dep.try_supernode("intruder", dep.supernode_args(nodes[1], made["intruder-key"]) + give_up)
+        out["plaintext"] = dep.try_supernode("plaintext", dep.supernode_args(nodes[1], insecure=True) + give_up)
+        try:
+            out["plain-http"] = httpx.get(f"http://127.0.0.1:{dep.port}/health", timeout=5.0).status_code
+        except httpx.HTTPError as err:
+            out["plain-http"] = type(err).__name__
+        out["results"] = dep.run_app({"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 1,
+                                      "dataset.aligned_fraction": 0.2, "method.batch_size": 64}, workdir / "results")
+    finally:
+        dep.stop()
+    return out
+
+
 @pytest.fixture(scope="module")
-def deployments(tmp_path_factory) -> dict[int, Future]:
-    """Both deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
+def deployments(tmp_path_factory) -> dict[int | str, Future]:
+    """All deployments side by side: most of a deployment's time is processes starting and polling, not CPU."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures: dict[int | str, Future] = {
+            k: pool.submit(_deploy, tmp_path_factory.mktemp(f"deploy{k}"), k) for k in (1, 2)}
+        futures["killed"] = pool.submit(_kill_and_resume, tmp_path_factory.mktemp("killed"))
+        futures["tls"] = pool.submit(_tls_deployment, tmp_path_factory.mktemp("tls"))
         wait(list(futures.values()))
     return futures
 
@@ -74,3 +150,38 @@ def test_flwr_run_on_a_loopback_deployment(deployments, num_passive):
         for key, value in want.items():
             if key != "seconds":
                 assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+
+def test_a_killed_passive_supernode_stops_the_run_naming_it_and_a_resumed_run_finishes_it(deployments):
+    """The run fails within ``app.timeout`` naming passive1, the round and the last complete checkpoint; a restarted
+    SuperNode and ``resume=true`` finish it with the uninterrupted run's numbers."""
+    out = deployments["killed"].result()
+    log, last, ckdir = out["log"], out["last"], out["ckdir"]
+    assert out["status"] == "finished:failed", (out["status"], log[-3000:])
+    assert out["noticed"] < KILL_TIMEOUT + 30, out["noticed"]  # the timeout plus polling and exit: never a hang
+    assert re.search(rf"passive1 \(node \d+\).* during training \(passive parties\) of round {last + 1}", log), log
+    assert f"last complete checkpoint is round {last} in {ckdir}" in log and "resume=true" in log
+    assert ck.rounds_in(out["parties"] / "party1")[-1] >= last  # the passive's own folder
+
+    results = out["results"]
+    assert results["flower"]["resumed_from_round"] == last and [r["round"] for r in results["rounds"]] == [1, 2, 3]
+    cfg = config_from_dict({"num_rounds": 3, "engine": "inprocess", "method": {"batch_size": 64},
+                            "dataset": {"name": "csv", "num_passive": 1, "aligned_fraction": 0.2,
+                                        "csv": {"paths": out["paths"]}}})
+    for got, want in zip(results["rounds"], run_inprocess(cfg)["rounds"], strict=True):
+        for key, value in want.items():
+            if key != "seconds":
+                assert got[key] == pytest.approx(value, rel=1e-4, abs=1e-5), key
+
+
+def test_tls_with_supernode_authentication(deployments):
+    out = deployments["tls"].result()
+    code, log = out["intruder"]
+    assert code != 0 and "Failed to activate SuperNode" in log, log[-2000:]  # TLS fine, key not registered
+    code, log = out["plaintext"]
+    assert code != 0 and "Failed to initialize the connection" in log, log[-2000:]  # no TLS: no connection
+    assert out["plain-http"] in ("RemoteProtocolError", "ReadError", "ConnectError"), out["plain-http"]
+    rounds = out["results"]["rounds"]  # the two registered SuperNodes trained
+    assert [r["round"] for r in rounds] == [1] and all(math.isfinite(v) for v in rounds[0].values())
+    assert [p["name"] for p in out["results"]["flower"]["parties"]] == ["active", "passive1"]

@@ -1,0 +1,141 @@
+"""Checkpoints: each party and the server save their own state every ``checkpoint.every`` rounds; ``resume`` continues.
+
+Layout under ``checkpoint.dir`` (one folder per writer, so in a deployment every organisation keeps its own)::
+
+    <dir>/server/round-<r>.pt     the strategy: round, history, relayed gradients and second prototypes
+    <dir>/<party>/round-<r>.pt    each party: its models, optimizer, alignment and facts (never sent anywhere)
+
+A party's folder may be elsewhere (a SuperNode's node-config ``checkpoint-dir``): its state never leaves its
+machine. Every file is written to ``<name>.tmp`` and renamed, so a file that exists is whole. The server writes its
+round-``r`` file only after every party replied for round ``r``, and a party replies only after writing its file,
+so the server's latest file names the last *complete* checkpoint. Each writer keeps its two latest files: a party
+may have written round ``r`` while the server, killed before writing it, still needs round ``r - every``.
+
+Files are :func:`torch.save` dicts of tensors and plain values, loaded with ``weights_only`` (no pickled code).
+Learning code only: no Flower here.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flwr_vproto.config import Config
+from flwr_vproto.parties import state_from_bytes, state_to_bytes
+
+SERVER = "server"
+_NAME = re.compile(r"^round-(\d+)\.pt$")
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint is missing, incomplete or belongs to another configuration; the message names it."""
+
+
+def due(cfg: Config, rnd: int) -> bool:
+    """Is round ``rnd`` a checkpoint round?"""
+    return cfg.checkpoint.every > 0 and rnd % cfg.checkpoint.every == 0
+
+
+def resume_fingerprint(cfg: Config) -> dict[str, Any]:
+    """What a resumed run must share with the run that wrote the checkpoint: everything but how it is run."""
+    d = cfg.to_dict()
+    for key in ("engine", "resume", "checkpoint"):
+        d.pop(key, None)
+    d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])  # per-node paths may move
+    return d
+
+
+def party_dir(cfg: Config, name: str, override: str | None = None) -> Path:
+    """A party's checkpoint folder: its own ``override`` (node-config ``checkpoint-dir``) or ``<dir>/<name>``."""
+    if override:
+        return Path(override)
+    if cfg.checkpoint.dir is None:
+        raise CheckpointError(f"{name}: checkpoints are on (checkpoint.every={cfg.checkpoint.every}) or resume=true "
+                              f"but neither checkpoint.dir nor this node's node-config checkpoint-dir says where "
+                              f"they go")
+    return Path(cfg.checkpoint.dir) / name
+
+
+def _path(folder: Path, rnd: int) -> Path:
+    return folder / f"round-{rnd}.pt"
+
+
+def rounds_in(folder: Path) -> list[int]:
+    """Rounds with a whole checkpoint file in ``folder``, ascending."""
+    if not folder.is_dir():
+        return []
+    return sorted(int(m.group(1)) for p in folder.iterdir() if (m := _NAME.match(p.name)))
+
+
+def save(folder: Path, rnd: int, state: dict[str, Any], keep: int = 2) -> Path:
+    """Write ``state`` as round ``rnd``'s file atomically (temp file, fsync, rename); keep the ``keep`` latest."""
+    folder.mkdir(parents=True, exist_ok=True)
+    target = _path(folder, rnd)
+    tmp = target.with_name(target.name + ".tmp")
+    with open(tmp, "wb") as fh:
+        fh.write(state_to_bytes(state))
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, target)
+    for old in rounds_in(folder)[:-keep]:
+        _path(folder, old).unlink(missing_ok=True)
+    return target
+
+
+def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
+    """Round ``rnd``'s file of ``who`` (a party or the server); a clear error when it is not there."""
+    path = _path(folder, rnd)
+    if not path.exists():
+        have = rounds_in(folder)
+        raise CheckpointError(f"{who}: no checkpoint of round {rnd} in {folder} (it has rounds {have or 'none'}); "
+                              f"was it written by this run?")
+    try:
+        return state_from_bytes(path.read_bytes())
+    except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
+        raise CheckpointError(f"{who}: checkpoint {path} is unreadable: {err}") from None
+
+
+def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
+    """Refuse to resume from a checkpoint of another configuration (other data, method, seed, ...)."""
+    want, have = resume_fingerprint(cfg), saved
+
+    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+        if isinstance(a, dict) and isinstance(b, dict):
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+        return [] if a == b else [f"{prefix[:-1]} (checkpoint {b!r}, now {a!r})"]
+
+    changed = diff(want, have)
+    if changed:
+        raise CheckpointError(f"{who}: the checkpoint in {path} was written with another config: "
+                              f"{'; '.join(changed[:5])}; resume needs the same config")
+
+
+def latest_server_round(cfg: Config) -> int:
+    """The last complete checkpoint's round (the server's latest file); an error naming the folder if none."""
+    folder = server_dir(cfg)
+    rounds = rounds_in(folder)
+    if not rounds:
+        raise CheckpointError(f"resume=true but {folder} holds no checkpoint (set checkpoint.dir to the folder of "
+                              f"the run to continue)")
+    return rounds[-1]
+
+
+def server_dir(cfg: Config) -> Path:
+    if cfg.checkpoint.dir is None:
+        raise CheckpointError("checkpoints are on or resume=true but checkpoint.dir is not set")
+    return Path(cfg.checkpoint.dir) / SERVER
+
+
+# ------------------------------------------------------------------------------------------------ what goes in
+def tensor(a: np.ndarray) -> torch.Tensor:
+    """A numpy array as a tensor (``weights_only`` loads tensors, not numpy objects); exact for every dtype used."""
+    return torch.from_numpy(np.ascontiguousarray(a).copy())
+
+
+def array(t: torch.Tensor) -> np.ndarray:
+    return t.numpy().copy()

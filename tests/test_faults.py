@@ -1,0 +1,160 @@
+"""Faults: a corrupt or mis-shaped payload from a party is refused naming the party and the round.
+
+The real strategy and the real ClientApp talk through :class:`test_flower_sim.InlineGrid`; ``TamperGrid`` alters
+one party's reply on its way back, as a buggy or malicious party (or a corrupted transfer) would send it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import numpy as np
+import pytest
+from flwr.app import Array, ConfigRecord, Message
+from test_flower_sim import InlineGrid, sim_nodes, small_cfg
+
+from flwr_vproto import messages as M
+from flwr_vproto.client_app import make_client_app
+from flwr_vproto.messages import ProtocolError
+from flwr_vproto.strategy import VerticalProtoStrategy
+
+
+class TamperGrid(InlineGrid):
+    """``tamper(reply, party_index, request)`` may change a reply in place before the strategy pulls it."""
+
+    def __init__(self, app, node_configs, tamper: Callable[[Message, int, Message], None]) -> None:
+        super().__init__(app, node_configs)
+        self.tamper = tamper
+
+    def push_messages(self, messages):
+        messages = list(messages)
+        ids = super().push_messages(messages)
+        for mid, msg in zip(ids, messages, strict=True):
+            reply = self.replies.get(mid)
+            if reply is not None and not reply.has_error():
+                self.tamper(reply, self.index[msg.metadata.dst_node_id], msg)
+        return ids
+
+
+def _round(msg: Message) -> int | None:
+    return msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+
+
+def _run(tamper, **cfg_extra):
+    cfg = small_cfg(rounds=3, **cfg_extra)
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    return strategy.start(grid=TamperGrid(make_client_app(cfg), sim_nodes(cfg), tamper))
+
+
+def _set(key: str, value) -> Callable[[Message], None]:
+    def change(reply: Message) -> None:
+        arrays = reply.content[M.ARRAYS]
+        if value is None:
+            del arrays[key]
+        else:
+            arrays[key] = value if isinstance(value, Array) else Array.from_numpy_ndarray(value(arrays[key].numpy()))
+    return change
+
+
+GARBAGE = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"\x00garbage bytes")
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (_set("embeddings", lambda z: z[:-1]), r"array 'embeddings' has shape \(\d+, 64\), expected \(\d+, 64\)"),
+    (_set("embeddings", lambda z: z.astype(np.float64)), "array 'embeddings' has dtype float64, expected float32"),
+    (_set("embeddings", lambda z: np.where(np.arange(z.shape[1]) == 3, np.nan, z).astype(np.float32)),
+     r"array 'embeddings' holds \d+ NaN/inf"),
+    (_set("embeddings", None), r"arrays \['embeddings'\] missing"),
+    (_set("embeddings", GARBAGE), "array 'embeddings' does not decode"),
+    (lambda r: r.content[M.ARRAYS].__setitem__("raw-features", Array.from_numpy_ndarray(np.zeros(3, np.float32))),
+     r"unexpected arrays \['raw-features'\]"),
+])
+def test_a_corrupt_passive_payload_is_refused_naming_party_and_round(change, match):
+    def tamper(reply, party, request):
+        if party == 1 and _round(request) == 2:
+            change(reply)
+
+    with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during training of round 2: " + match):
+        _run(tamper)
+
+
+def _bad_prototypes(reply):
+    conf = reply.content[M.CONFIG]
+    conf["passive1.prototypes.data"] = conf["passive1.prototypes.data"][:-4]
+
+
+def _nan_gradients(reply):
+    arrays = reply.content[M.ARRAYS]
+    g = arrays["passive1.gradients"].numpy()
+    g[0, 0] = np.inf
+    arrays["passive1.gradients"] = Array.from_numpy_ndarray(g)
+
+
+@pytest.mark.parametrize(("change", "match"), [
+    (_bad_prototypes, r"'passive1.prototypes' has shape \[10, 64\] and 2556 bytes, expected \[10, 64\] float32"),
+    (_nan_gradients, r"array 'passive1.gradients' holds 1 NaN/inf"),
+    (lambda r: r.content[M.CONFIG].__setitem__("prototype-mask", [True]), "'prototype-mask' is not 10 booleans"),
+    (lambda r: r.content.__delitem__(M.METRICS), "no 'metrics' metric record"),
+])
+def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
+    def tamper(reply, party, request):
+        if party == 0 and _round(request) == 1:
+            change(reply)
+
+    with pytest.raises(ProtocolError, match=r"active sent a bad reply during training of round 1: " + match):
+        _run(tamper)
+
+
+def test_corrupt_setup_replies_are_refused():
+    def no_role(reply, party, request):
+        if party == 1 and request.metadata.message_type == M.DISCOVER:
+            del reply.content[M.CONFIG]["role"]
+
+    with pytest.raises(ProtocolError, match=r"node 101 sent a bad reply during discovery: 'role' is None"):
+        _run(no_role)
+
+    def bad_own(reply, party, request):
+        if party == 1 and request.metadata.message_type == M.DISCOVER:
+            reply.content[M.ARRAYS]["own.train"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
+
+    with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during discovery: array 'own.train' has "
+                                            r"dtype float32, expected uint8"):
+        _run(bad_own)
+
+    def bad_psi(reply, party, request):
+        if party == 1 and request.metadata.message_type == M.PSI_PEER:
+            reply.content[M.ARRAYS]["reblinded.val"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
+
+    with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during PSI \(blinding\): array "
+                                            r"'reblinded.val' has dtype float32, expected uint8"):
+        _run(bad_psi)
+
+    def no_classes(reply, party, request):
+        if party == 0 and request.metadata.message_type == M.PSI_FINISH:
+            reply.content[M.CONFIG] = ConfigRecord({k: v for k, v in reply.content[M.CONFIG].items()
+                                                    if k != "num-classes"})
+
+    with pytest.raises(ProtocolError, match=r"active sent a bad reply during PSI \(intersection\): 'num-classes'"):
+        _run(no_classes)
+
+
+@pytest.mark.parametrize("how", ["superlink-error", "drop"])
+def test_discovery_leaves_out_a_dead_node_still_listed_next_to_its_replacement(how):
+    """A killed SuperNode stays listed until its heartbeats expire; the restarted one answers in its place."""
+    cfg = small_cfg(rounds=2)
+    nodes = [*sim_nodes(cfg), {"partition-id": 1}]  # node 102: the dead passive1, still listed
+
+    def fault(msg, party):
+        return how if party == 2 else None
+
+    strategy = VerticalProtoStrategy(cfg, timeout=1.0 if how == "drop" else 30, wait_for_nodes=1)
+    strategy.start(grid=InlineGrid(make_client_app(cfg), nodes, fault=fault))
+    assert [(p.name, p.node_id) for p in strategy.parties] == [("active", 100), ("passive1", 101)]
+    assert len(strategy.history) == 2
+
+    def all_gone(msg, party):
+        return "superlink-error" if party >= 1 else None
+
+    with pytest.raises(ProtocolError, match=r"only 1 of 2 SuperNodes answered discovery .* nodes \[101, 102\]"):
+        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
+            grid=InlineGrid(make_client_app(cfg), nodes, fault=all_gone))
