@@ -112,6 +112,9 @@ class CheckpointConfig:
 
     dir: str | None = None  # folder of this run's checkpoints (run_simulation.py: null = <run dir>/checkpoints)
     every: int = 0  # save every N rounds (0 = never)
+    # Flower engine: when a round fails (a party errs, dies or stays silent), re-discover the nodes and continue from
+    # the last complete checkpoint, at most this many times per run (0 = stop with an error naming the checkpoint).
+    retries: int = 0
 
 
 @dataclass
@@ -229,6 +232,10 @@ def validate(cfg: Config) -> None:
     _check(ck.dir is None or (isinstance(ck.dir, str) and ck.dir != ""), "checkpoint.dir", ck.dir,
            "null or a directory path")
     _check(_is_int(ck.every) and ck.every >= 0, "checkpoint.every", ck.every, "an integer >= 0 (0 = no checkpoints)")
+    _check(_is_int(ck.retries) and ck.retries >= 0, "checkpoint.retries", ck.retries, "an integer >= 0")
+    if ck.retries:
+        _check(ck.every > 0, "checkpoint.retries", ck.retries,
+               "0 unless checkpoint.every > 0 (a retry continues from the last checkpoint)")
     _check(isinstance(cfg.resume, bool), "resume", cfg.resume, "true or false")
     if cfg.resume:
         _check(ck.dir is not None, "checkpoint.dir", ck.dir,

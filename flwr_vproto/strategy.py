@@ -385,6 +385,17 @@ class VerticalProtoStrategy(Strategy):
         self.last_checkpoint = rnd
         return rnd, saved
 
+    def _restore(self, saved: dict[str, Any], relayed: Relayed) -> None:
+        """History, party facts and the payloads in transit from the server's checkpoint file."""
+        for p in self.parties:
+            p.info.update(saved["party-info"].get(p.name, {}))
+        self.history = list(saved["history"])
+        relayed.gradients = {k: Array.from_numpy_ndarray(ck.array(v)) for k, v in saved["gradients"].items()}
+        for name, proto in saved["prototypes"].items():
+            M.put_matrix(relayed.prototypes, f"{name}.prototypes", ck.array(proto))
+        if saved["prototype-mask"] is not None:
+            relayed.prototypes["prototype-mask"] = [bool(b) for b in ck.array(saved["prototype-mask"])]
+
     def _save_checkpoint(self, rnd: int, relayed: Relayed) -> None:
         """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
         names = [p.name for p in self.parties if p.role == "passive"]
@@ -431,7 +442,7 @@ class VerticalProtoStrategy(Strategy):
         else:  # every party restored itself in discovery; PSI's outcome is part of their state
             positions = ArrayRecord()
             for p in self.parties:
-                p.info.update(saved["party-info"].get(p.name, {}))
+                p.info.update(saved["party-info"].get(p.name, {}))  # num-classes, before Relayed needs it
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
@@ -441,17 +452,28 @@ class VerticalProtoStrategy(Strategy):
         relayed = Relayed(positions=positions, num_classes=int(active.info["num-classes"]))  # type: ignore[arg-type]
         self.history = []
         if saved is not None:
-            self.history = list(saved["history"])
-            relayed.gradients = {k: Array.from_numpy_ndarray(ck.array(v)) for k, v in saved["gradients"].items()}
-            for name, proto in saved["prototypes"].items():
-                M.put_matrix(relayed.prototypes, f"{name}.prototypes", ck.array(proto))
-            if saved["prototype-mask"] is not None:
-                relayed.prototypes["prototype-mask"] = [bool(b) for b in ck.array(saved["prototype-mask"])]
+            self._restore(saved, relayed)
             log.info("resumed from the checkpoint of round %d in %s", start, cfg.checkpoint.dir)
-        for rnd in range(start + 1, cfg.num_rounds + 1):
+        retries, recover, rnd = cfg.checkpoint.retries, False, start + 1
+        while rnd <= cfg.num_rounds:
             try:
+                if recover:  # re-discover the nodes (a restarted SuperNode is a new node) and restore everyone
+                    recover, rnd = False, self.last_checkpoint + 1
+                    saved = ck.load(ck.server_dir(cfg), self.last_checkpoint, "server")
+                    active, passives, _ = self._discover(grid, self.last_checkpoint)
+                    joint = passives if self._joint else []
+                    relayed = Relayed(positions=ArrayRecord(), num_classes=relayed.num_classes)
+                    self._restore(saved, relayed)
+                    continue
                 rec = self._round(grid, rnd, active, joint, relayed)
             except ProtocolError as err:
+                if self.last_checkpoint and retries > 0:
+                    retries -= 1
+                    recover = True
+                    log.warning("%s; continuing from the checkpoint of round %d (%d retr%s left)", err,
+                                self.last_checkpoint, retries, "y" if retries == 1 else "ies")
+                    time.sleep(min(5.0, self.wait_for_nodes))  # give a restarted SuperNode a moment to connect
+                    continue
                 if self.last_checkpoint:
                     raise ProtocolError(f"{err}. The last complete checkpoint is round {self.last_checkpoint} in "
                                         f"{cfg.checkpoint.dir}: rerun with resume=true to continue from it") from None
@@ -462,6 +484,7 @@ class VerticalProtoStrategy(Strategy):
             log.info(format_round(rec, cfg.num_rounds))
             if self.on_round is not None:
                 self.on_round(rec)
+            rnd += 1
         for rec in self.history:
             rnd = int(rec["round"])
             result.train_metrics_clientapp[rnd] = MetricRecord(

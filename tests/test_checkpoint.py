@@ -90,6 +90,8 @@ def test_resume_refuses_a_missing_or_foreign_checkpoint(tmp_path):
     ({"checkpoint": {"every": -1}}, "checkpoint.every"),
     ({"checkpoint": {"dir": ""}}, "checkpoint.dir"),
     ({"resume": "yes"}, "resume"),
+    ({"checkpoint": {"retries": 2}}, "checkpoint.retries"),
+    ({"checkpoint": {"retries": -1, "every": 1}}, "checkpoint.retries"),
 ])
 def test_checkpoint_options_are_validated(override, needle):
     with pytest.raises(ConfigError, match=needle):

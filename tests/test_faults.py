@@ -158,3 +158,39 @@ def test_discovery_leaves_out_a_dead_node_still_listed_next_to_its_replacement(h
     with pytest.raises(ProtocolError, match=r"only 1 of 2 SuperNodes answered discovery .* nodes \[101, 102\]"):
         VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
             grid=InlineGrid(make_client_app(cfg), nodes, fault=all_gone))
+
+
+def test_a_failed_round_is_retried_from_the_last_checkpoint_when_configured(tmp_path):
+    """``checkpoint.retries``: the run re-discovers the nodes, every party restores its round-2 file, and the run
+    ends with the numbers of an uninterrupted one; once the retries are spent it stops naming the checkpoint."""
+    from flwr_vproto.inprocess import run_inprocess
+
+    failures = []
+
+    def fault(msg, party):  # the active party fails its round 3 once (the passive already trained round 3)
+        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        if party == 0 and rnd == 3 and not failures:
+            failures.append(rnd)
+            return "error"
+        return None
+
+    cfg = small_cfg(rounds=4, checkpoint={"dir": str(tmp_path / "a"), "every": 1, "retries": 1})
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    grid = InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=fault)
+    strategy.start(grid=grid)
+    assert failures == [3]
+    assert [m.metadata.message_type for m in grid.sent].count(M.DISCOVER) == 2 * 2  # setup + the retry
+    reference = run_inprocess(small_cfg(rounds=4))["rounds"]
+    got = [{k: v for k, v in r.items() if k in ref and k != "seconds"} for r, ref in
+           zip(strategy.history, reference, strict=True)]
+    assert got == [{k: v for k, v in r.items() if k != "seconds"} for r in reference]
+
+    def always(msg, party):
+        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        return "error" if party == 0 and rnd == 3 else None
+
+    cfg = small_cfg(rounds=4, checkpoint={"dir": str(tmp_path / "b"), "every": 1, "retries": 1})
+    with pytest.raises(ProtocolError, match=r"active \(node 100\) failed during training \(active party\) of round 3"
+                                            r".*last complete checkpoint is round 2"):
+        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
+            grid=InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=always))
