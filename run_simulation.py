@@ -75,14 +75,14 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
 def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     """All parties in this process (the reference engine; also ``centralized``)."""
     from flwr_vproto.inprocess import run_inprocess
-    from flwr_vproto.parties import state_to_bytes
+    from flwr_vproto.predict import save_party_model
 
     results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds))
     state = results.pop("state", None)
     if state and runner.get("save_models", True):
         (out / "models").mkdir(parents=True, exist_ok=True)
         for party in [state["active"], *state["passives"]]:
-            (out / "models" / f"{party.data.name}.pt").write_bytes(state_to_bytes(party.state_dict()))
+            save_party_model(party, out / "models" / f"{party.data.name}.pt")
     return results
 
 

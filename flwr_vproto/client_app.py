@@ -40,6 +40,7 @@ from flwr_vproto.alignment import min_intersection, split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
+from flwr_vproto.predict import save_party_model
 from flwr_vproto.psi import PSIHub, PSIPeer
 
 ROLES = ("active", "passive")
@@ -325,9 +326,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             reply = _reply(msg, arrays=out_arrays, config=out_conf, metrics=metrics)
         _save_party(context, party)
         if final and me.model_dir:
-            path = Path(me.model_dir) / f"{me.name}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(state_to_bytes(party.state_dict()))
+            save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
         return reply
 
     return app
