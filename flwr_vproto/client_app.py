@@ -42,6 +42,7 @@ from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.predict import save_party_model
 from flwr_vproto.psi import PSIHub, PSIPeer
+from flwr_vproto.query import register as register_prediction
 
 ROLES = ("active", "passive")
 
@@ -329,6 +330,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
         return reply
 
+    register_prediction(app, handler)  # the prediction query round (flwr_vproto.query)
     return app
 
 
