@@ -217,6 +217,11 @@ def _pyplot() -> Any:
     return plt
 
 
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
 def _per_round(runs: list[Run], pick: Any) -> tuple[list[int], list[float], list[float]]:
     """Mean and std over runs of ``pick(record)`` at each round where at least one run has it."""
     at: dict[int, list[float]] = {}
@@ -261,7 +266,7 @@ def plot_accuracy_per_round(runs: list[Run], out: Path) -> list[Path]:
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
-        axes[0][-1].legend(fontsize="small")
+        _legend(axes[0][-1])
         fig.tight_layout()
         path = out / f"accuracy_per_round_{ds}.png"
         fig.savefig(path, dpi=100)
@@ -289,7 +294,7 @@ def plot_accuracy_vs_aligned(runs: list[Run], out: Path) -> Path:
         ax.set_xlabel("aligned users (% of training users)")
         ax.set_ylabel("test accuracy (best val round)")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize="small")
+        _legend(ax)
     fig.tight_layout()
     path = out / "accuracy_vs_aligned.png"
     fig.savefig(path, dpi=100)
@@ -319,7 +324,7 @@ def plot_pseudo_labels(runs: list[Run], out: Path) -> list[Path]:
             ax.set_xlabel("round")
             ax.set_ylabel(name)
             ax.grid(alpha=0.3)
-        axes[1].legend(fontsize="small")
+        _legend(axes[1])
         fig.tight_layout()
         path = out / f"pseudo_labels_{ds}.png"
         fig.savefig(path, dpi=100)
