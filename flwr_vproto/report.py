@@ -288,8 +288,11 @@ def plot_accuracy_vs_aligned(runs: list[Run], out: Path) -> Path:
                      for f in fracs]
             ax.errorbar([f * 100 for f in fracs], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
                         capsize=3, label=tag)
-        if len({r.fraction for r in mine}) > 1:
+        ticks = sorted({r.fraction for r in mine})
+        if len(ticks) > 1:
             ax.set_xscale("log")
+        ax.set_xticks([f * 100 for f in ticks], [f"{f:.0%}" for f in ticks])
+        ax.minorticks_off()
         ax.set_title(ds)
         ax.set_xlabel("aligned users (% of training users)")
         ax.set_ylabel("test accuracy (best val round)")

@@ -19,9 +19,10 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 sys.path.insert(0, str(REPO / "tests"))
 
-from run_simulation import run_local  # noqa: E402
 from test_data import write_csvs  # noqa: E402
 from test_flower_sim import InlineGrid, sim_nodes, small_cfg  # noqa: E402
+
+from run_simulation import run_local  # noqa: E402
 
 RUNNER = {"save_models": True}
 
@@ -164,3 +165,38 @@ def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
     assert out["accuracy"] == pytest.approx(acc, abs=1e-6)
     assert out["active_only_accuracy"] == pytest.approx(only, abs=1e-6)
     assert len(pd.read_csv(tmp_path / "predictions.csv")) == out["users"]
+
+
+def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
+    """What `flwr run` does: config from the run-config, roles and model-dir from node-config; `app.predict`
+    turns the same ServerApp into the prediction query round, and the CSV stays on the active party's node."""
+    from flwr.app import Context, RecordDict
+
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.messages import run_config_from_config
+    from flwr_vproto.server_app import make_server_app
+
+    cfg = small_cfg(rounds=2)
+    nodes = [{"role": "active", "party-index": 0, "model-dir": str(tmp_path / "bank")},
+             {"role": "passive", "party-index": 1, "model-dir": str(tmp_path / "shop")}]
+    run_config = {**run_config_from_config(cfg), "app.output-dir": str(tmp_path / "server")}
+    grid = InlineGrid(make_client_app(), nodes, run_config=run_config)
+    make_server_app()(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    results = __import__("json").loads((tmp_path / "server" / "results.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["active.pt"]
+    predict_config = {**run_config, "app.predict": "held-out"}
+    for ctx in grid.contexts.values():
+        ctx.run_config = predict_config
+    make_server_app()(grid, Context(run_id=8, node_id=1, node_config={}, state=RecordDict(),
+                                    run_config=predict_config))
+    summary = __import__("json").loads((tmp_path / "server" / "prediction.json").read_text())["metrics"]
+    acc, only = reported(results)
+    assert summary["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert summary["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
+    assert (tmp_path / "bank" / "predictions.csv").exists() and not (tmp_path / "shop" / "predictions.csv").exists()
+    assert not (tmp_path / "server" / "predictions.csv").exists()
+    from flwr_vproto.config import ConfigError
+    from flwr_vproto.messages import config_from_run_config
+
+    with pytest.raises(ConfigError, match="invalid app.predict='tomorrow'"):
+        config_from_run_config({**run_config, "app.predict": "tomorrow"})
