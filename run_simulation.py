@@ -16,15 +16,17 @@ import dataclasses
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto.config import Config, ConfigError, config_from_dict
-from flwr_vproto.results import format_round, write_results
+from flwr_vproto.results import format_elapsed, format_round, write_results
 
 
 def _config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
@@ -38,8 +40,42 @@ def _config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
         raise SystemExit(f"config error: {err}") from None
 
 
+def _sweep_size() -> int | None:
+    """Number of jobs in this ``-m`` sweep, from the command line as Hydra's basic sweeper expands it."""
+    try:
+        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+        from hydra.core.override_parser.overrides_parser import OverridesParser
+
+        args = [a for a in sys.argv[1:] if not a.startswith("-")]
+        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
+        return sum(len(b) for b in batches)
+    except Exception:  # noqa: BLE001 - another sweeper or launcher: show the job number alone
+        return None
+
+
+def _job_label() -> str:
+    """``job 3/8`` inside a ``-m`` sweep (Hydra numbers jobs from 0), empty for a single run."""
+    hc = HydraConfig.get()
+    if hc.mode != RunMode.MULTIRUN:
+        return ""
+    total = _sweep_size()
+    return f"job {hc.job.num + 1}/{total}" if total else f"job {hc.job.num + 1}"
+
+
+_SWEEP_START = time.perf_counter()  # a -m sweep runs its jobs in this process, one after the other
+_START = _SWEEP_START
+_LABEL = ""
+
+
+def _say(text: str) -> None:
+    """Print a progress line; inside a sweep prefixed with ``[job k/n, sweep <elapsed>]``."""
+    prefix = f"[{_LABEL}, sweep {format_elapsed(time.perf_counter() - _SWEEP_START)}] " if _LABEL else ""
+    print(prefix + text, flush=True)
+
+
 def _print_round(num_rounds: int) -> Any:
-    return lambda rec: print(format_round(rec, num_rounds), flush=True)
+    """Progress: one line per round, with the wall time since this job started (setup included)."""
+    return lambda rec: _say(format_round(rec, num_rounds, elapsed=time.perf_counter() - _START))
 
 
 def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
@@ -65,6 +101,8 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
         "init_args": {"logging_level": str(runner.get("ray_log_level", "ERROR")).upper(), "log_to_driver": False,
                       "include_dashboard": False},
     }
+    _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
+         f"PSI, then {cfg.num_rounds} rounds")
     run_simulation(server_app=make_server_app(strategy), client_app=make_client_app(cfg, model_dir),
                    num_supernodes=cfg.dataset.num_passive + 1, backend_config=backend,
                    verbose_logging=level == "DEBUG")
@@ -77,7 +115,7 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     """All parties in this process (the reference engine; also ``centralized``)."""
     from flwr_vproto.checkpoint import CheckpointError
     from flwr_vproto.inprocess import run_inprocess
-    from flwr_vproto.parties import state_to_bytes
+    from flwr_vproto.predict import save_party_model
 
     try:
         results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds))
@@ -87,24 +125,27 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     if state and runner.get("save_models", True):
         (out / "models").mkdir(parents=True, exist_ok=True)
         for party in [state["active"], *state["passives"]]:
-            (out / "models" / f"{party.data.name}.pt").write_bytes(state_to_bytes(party.state_dict()))
+            save_party_model(party, out / "models" / f"{party.data.name}.pt")
     return results
 
 
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(dcfg: DictConfig) -> None:
+    global _START, _LABEL
+    _START, _LABEL = time.perf_counter(), _job_label()
     cfg, runner = _config(dcfg)
     out = Path(HydraConfig.get().runtime.output_dir)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
-    print(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
-          f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}) -> {out}", flush=True)
+    _say(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
+         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}) -> {out}")
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
     path = write_results(out / "results.json", results)
     final = results.get("final", {})
     if final:
-        print(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
-              f"(best val accuracy {final['val_accuracy']:.4f}) -> {path}", flush=True)
+        _say(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
+             f"(best val accuracy {final['val_accuracy']:.4f}), {format_elapsed(time.perf_counter() - _START)} "
+             f"-> {path}")
 
 
 if __name__ == "__main__":

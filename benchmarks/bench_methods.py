@@ -3,7 +3,9 @@
 Every run uses the in-process engine (the Flower engine gives the same numbers, see tests/test_flower_sim.py) and
 reports test metrics at its own best validation round. Results are appended as JSON lines to ``--out`` (runs already
 there are skipped, so an interrupted sweep resumes), then summarised as a markdown table with mean ± std and the
-share of the gap closed, ``(vproto - max(vanilla, local)) / (centralized - max(vanilla, local))``.
+share of the gap closed, ``(vproto - max(vanilla, local)) / (centralized - max(vanilla, local))``
+(:mod:`flwr_vproto.report`, which also draws the plots: ``python -m flwr_vproto.report benchmarks/methods.jsonl``).
+Each record keeps the run's per-round accuracies and pseudo-label metrics (``history``) for those plots.
 
     python benchmarks/bench_methods.py --datasets digits adult fashion_mnist --fractions 0.01 0.02 0.05 0.1 0.2 \
         --seeds 0 1 2 --rounds 30 --out benchmarks/methods.jsonl
@@ -14,10 +16,11 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import time
 from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from flwr_vproto.report import Run, markdown_table, slim_history
 
 METHODS = {
     "vproto": {"name": "vproto"},
@@ -42,8 +45,9 @@ def run_one(job: dict) -> dict:
         "method": method,
     })
     t0 = time.perf_counter()
-    final = run_inprocess(cfg)["final"]
-    return {**job, "final": final, "seconds": round(time.perf_counter() - t0, 1)}
+    results = run_inprocess(cfg)
+    return {**job, "final": results["final"], "seconds": round(time.perf_counter() - t0, 1),
+            "history": slim_history(results["rounds"])}
 
 
 def _key(job: dict) -> str:
@@ -52,28 +56,11 @@ def _key(job: dict) -> str:
 
 def summarise(rows: list[dict]) -> str:
     """Markdown: one row per (dataset, fraction), mean ± std of accuracy per method, share of the gap closed."""
-    groups: dict[tuple, dict[str, list[float]]] = {}
-    for r in rows:
-        groups.setdefault((r["dataset"], r["fraction"]), {}).setdefault(r["tag"], []).append(r["final"]["accuracy"])
-    tags = [t for t in METHODS if any(t in g for g in groups.values())]
-    tags += sorted({t for g in groups.values() for t in g} - set(tags))
-    head = "| dataset | aligned | " + " | ".join(tags) + " | gap closed |"
-    lines = [head, "|" + "---|" * (len(tags) + 3)]
+    return markdown_table(_from_jsonl_rows(rows))
 
-    def fmt(v: list[float]) -> str:
-        sd = statistics.stdev(v) if len(v) > 1 else 0.0
-        return f"{statistics.mean(v):.4f} ± {sd:.4f} (n={len(v)})"
 
-    for (ds, frac), g in sorted(groups.items()):
-        cells = [fmt(g[t]) if t in g else "—" for t in tags]
-        gap = "—"
-        if all(t in g for t in ("vproto", "vanilla", "local", "centralized")):
-            base = max(statistics.mean(g["vanilla"]), statistics.mean(g["local"]))
-            top = statistics.mean(g["centralized"])
-            if top > base:
-                gap = f"{(statistics.mean(g['vproto']) - base) / (top - base):+.2f}"
-        lines.append(f"| {ds} | {frac:.0%} | " + " | ".join(cells) + f" | {gap} |")
-    return "\n".join(lines)
+def _from_jsonl_rows(rows: list[dict]) -> list:
+    return [Run(r["tag"], r["dataset"], r["fraction"], r["seed"], r["final"], r.get("history") or []) for r in rows]
 
 
 def main() -> None:

@@ -44,7 +44,9 @@ from flwr_vproto.config import Config
 from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
 from flwr_vproto.inprocess import party_checkpoint
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
+from flwr_vproto.predict import save_party_model
 from flwr_vproto.psi import PSIHub, PSIPeer
+from flwr_vproto.query import register as register_prediction
 
 ROLES = ("active", "passive")
 
@@ -361,11 +363,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd,
                     party_checkpoint(c, party, rnd, {k: facts[k] for k in keep if k in facts}))
         if final and me.model_dir:
-            path = Path(me.model_dir) / f"{me.name}.pt"
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_bytes(state_to_bytes(party.state_dict()))
+            save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
         return reply
 
+    register_prediction(app, handler)  # the prediction query round (flwr_vproto.query)
     return app
 
 

@@ -48,6 +48,7 @@ APP_DEFAULTS: dict[str, Any] = {
     "app.output-dir": "",  # where the ServerApp writes results.json ("" = ./outputs/flwr-run-<run id>)
     "app.timeout": 600.0,  # seconds to wait for any one reply before the run stops with an error
     "app.wait-for-nodes": 120.0,  # seconds to wait for all SuperNodes to connect
+    "app.predict": "",  # "" = train; "held-out" or "file" = the prediction query round instead (flwr_vproto.query)
 }
 
 
@@ -240,6 +241,7 @@ class AppSettings:
     output_dir: str = ""
     timeout: float = 600.0
     wait_for_nodes: float = 120.0
+    predict: str = ""  # "": train; "held-out" | "file": score new users with the saved models instead
 
 
 def config_from_run_config(
@@ -289,11 +291,14 @@ def config_from_run_config(
     merged = {**APP_DEFAULTS, **app}
     try:
         settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
-                               wait_for_nodes=float(merged["app.wait-for-nodes"]))
+                               wait_for_nodes=float(merged["app.wait-for-nodes"]),
+                               predict=str(merged["app.predict"]))
     except (TypeError, ValueError) as err:
         raise ConfigError(f"invalid app.* run-config value: {err}") from None
     if settings.timeout <= 0 or settings.wait_for_nodes <= 0:
         raise ConfigError("app.timeout and app.wait-for-nodes must be > 0 seconds")
+    if settings.predict not in ("", "held-out", "file"):
+        raise ConfigError(f"invalid app.predict={settings.predict!r}: expected \"\" (train), \"held-out\" or \"file\"")
     return config_from_dict(nested), settings
 
 

@@ -52,8 +52,18 @@ def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     return final
 
 
-def format_round(rec: Mapping[str, float], num_rounds: int) -> str:
-    """One readable progress line: round, main losses, accuracies, seconds."""
+def format_elapsed(seconds: float) -> str:
+    """``42s``, ``3m05s`` or ``1h02m``: wall time for progress lines."""
+    s = int(round(seconds))
+    if s < 60:
+        return f"{s}s"
+    if s < 3600:
+        return f"{s // 60}m{s % 60:02d}s"
+    return f"{s // 3600}h{s % 3600 // 60:02d}m"
+
+
+def format_round(rec: Mapping[str, float], num_rounds: int, elapsed: float | None = None) -> str:
+    """One readable progress line: round k/n, main losses, accuracies, seconds (and wall time since the start)."""
     parts = [f"round {int(rec['round']):>3}/{num_rounds}"]
     for key, label in (("active/sup_loss", "sup"), ("active/local_loss", "local"), ("active/first_loss", "first")):
         if key in rec:
@@ -68,6 +78,8 @@ def format_round(rec: Mapping[str, float], num_rounds: int) -> str:
         if key in rec:
             parts.append(f"{label} {rec[key]:.4f}")
     parts.append(f"{rec['seconds']:.1f}s")
+    if elapsed is not None:
+        parts.append(f"elapsed {format_elapsed(elapsed)}")
     return " | ".join(parts)
 
 

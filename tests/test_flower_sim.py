@@ -250,7 +250,8 @@ def test_parties_save_their_final_models(tmp_path):
     strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
     strategy.start(grid=InlineGrid(make_client_app(cfg, str(tmp_path)), sim_nodes(cfg)))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["active.pt", "passive1.pt"]
-    assert "modules" in state_from_bytes((tmp_path / "active.pt").read_bytes())
+    saved = state_from_bytes((tmp_path / "active.pt").read_bytes())
+    assert "modules" in saved["state"] and saved["config"] == cfg.to_dict()  # with what prediction needs
 
 
 def test_a_failing_party_stops_the_run_naming_party_and_round():

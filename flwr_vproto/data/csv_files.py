@@ -150,11 +150,12 @@ def load_csv_party(cfg: Config, party_index: int) -> PartySplits:
     ids = _user_ids(frame, path, c.id_column)
 
     y_all: np.ndarray | None = None
+    class_names: list[str] | None = None
     if active:
         if c.label_column not in frame.columns:
             raise DataError(f"{path}: the active party's file has no label column {c.label_column!r} "
                             f"(dataset.csv.label_column); columns: {_examples(list(frame.columns))}")
-        _, index = label_classes(frame[c.label_column], path, c.label_column)
+        class_names, index = label_classes(frame[c.label_column], path, c.label_column)
         y_all = np.array([-1 if pd.isna(v) else index[v] for v in frame[c.label_column]], dtype=np.int64)
     elif c.label_column in frame.columns:
         raise DataError(f"{path}: passive party {party_index} has the label column {c.label_column!r}; labels must "
@@ -186,4 +187,7 @@ def load_csv_party(cfg: Config, party_index: int) -> PartySplits:
         role="active" if active else "passive",
         train=part("train"), val=part("val"), test=part("test"),
         input_shape=encoder.input_shape, feature_names=list(encoder.feature_names),
+        preprocessing={"kind": "csv", "id_column": c.id_column, "label_column": c.label_column,
+                       "encoder": encoder.state(),
+                       "class_names": class_names},
     )

@@ -50,6 +50,37 @@ class TabularEncoder:
             return np.zeros((len(frame), 0), dtype=np.float32)
         return np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
 
+    def state(self) -> dict:
+        """The fitted encoder as plain lists (JSON- and ``torch.load(weights_only=True)``-safe)."""
+        return {
+            "numeric": list(self.numeric), "categorical": list(self.categorical),
+            "mean": [] if self._scaler is None else [float(v) for v in self._scaler.mean_],
+            "scale": [] if self._scaler is None else [float(v) for v in self._scaler.scale_],
+            "categories": [] if self._onehot is None else [[str(c) for c in cats] for cats in self._onehot.categories_],
+        }
+
+    @classmethod
+    def from_state(cls, state: dict) -> TabularEncoder:
+        """The encoder :meth:`state` describes, ready to :meth:`transform` new rows as in training."""
+        enc = cls(state["numeric"], state["categorical"])
+        names: list[str] = []
+        if enc.numeric:
+            enc._scaler = StandardScaler()
+            enc._scaler.mean_ = np.asarray(state["mean"], dtype=np.float64)
+            enc._scaler.scale_ = np.asarray(state["scale"], dtype=np.float64)
+            enc._scaler.var_ = enc._scaler.scale_ ** 2
+            enc._scaler.n_features_in_ = len(enc.numeric)
+            names += enc.numeric
+        if enc.categorical:
+            cats = [np.asarray(c, dtype=object) for c in state["categories"]]
+            enc._onehot = OneHotEncoder(categories=cats, handle_unknown="ignore", sparse_output=False,
+                                        dtype=np.float32)
+            enc._onehot.fit(pd.DataFrame({c: list(v[:1]) for c, v in zip(enc.categorical, cats, strict=True)}))
+            for column, c in zip(enc.categorical, cats, strict=True):
+                names += [f"{column}={v}" for v in c]
+        enc.feature_names = names
+        return enc
+
     @property
     def input_shape(self) -> tuple[int, ...]:
         return (len(self.feature_names),)

@@ -46,6 +46,9 @@ class PartySplits:
     test: PartyData
     input_shape: tuple[int, ...]  # per-row shape for encoders: (d,) tabular, (C, H, W) image strips
     feature_names: list[str] = field(default_factory=list)
+    # How this party turns its raw rows into ``x`` (fitted on its training rows; csv data only, ``None`` for the
+    # built-in datasets): saved with its model so that new rows are encoded exactly as in training.
+    preprocessing: dict | None = None
 
     def split(self, name: str) -> PartyData:
         """The split called ``name`` (train, val or test)."""

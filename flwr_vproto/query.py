@@ -1,0 +1,245 @@
+"""Prediction as a Flower query round: each party scores new users from its own saved model, on its own node.
+
+The same steps as :func:`flwr_vproto.predict.predict`, but every party runs on its own SuperNode and only blinded
+PSI points and embeddings travel (through the server, which sees nothing else):
+
+1. ``query.predict_start`` (every node): load its saved model (``<model-dir>/<party>.pt``) and its new rows; the
+   active party blinds its new users' IDs (PSI step 1).
+2. ``query.predict_psi_peer`` (passives): re-blind the active party's points, blind their own (PSI step 2).
+3. ``query.predict_psi_finish`` (active): intersect; returns each passive's positions in the shared order.
+4. ``query.predict_embed`` (passives): embed their aligned new rows, in the shared order.
+5. ``query.predict_score`` (active): joint prediction for aligned users, active-only head for the others; writes the
+   predictions CSV **on the active party's node** (node-config ``prediction-path``, default
+   ``<model-dir>/predictions.csv``) and replies only with counts and, where its rows have labels, accuracy.
+
+Where the new rows come from, per node: ``source="held-out"`` (the held-out test users of the built-in dataset the
+model was trained on) or ``source="file"`` (node-config ``predict-path``: a CSV in the party's training format).
+State between messages lives in ``context.state`` (a deployment starts a process per message).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid
+
+from flwr_vproto import messages as M
+from flwr_vproto.alignment import split_order_seed
+from flwr_vproto.config import Config
+from flwr_vproto.predict import SPLIT, SavedParty, load_party_model, new_rows, predictor, score, set_rows
+from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
+
+START = "query.predict_start"
+PSI_PEER = "query.predict_psi_peer"
+PSI_FINISH = "query.predict_psi_finish"
+EMBED = "query.predict_embed"
+SCORE = "query.predict_score"
+STATE = "vproto.predict"  # context.state key of this query's arrays (the training state is left alone)
+SOURCES = ("held-out", "file")
+
+Handler = Callable[[Message, Context, Config, Any], Message]
+
+
+def _saved(me: Any) -> SavedParty:
+    if not me.model_dir:
+        raise ValueError(f"{me.name}: no model-dir in this node's node-config: nowhere to load its model from")
+    return load_party_model(Path(me.model_dir) / f"{me.name}.pt")
+
+
+def _rows(msg: Message, context: Context, saved: SavedParty, me: Any) -> Any:
+    source = str(msg.content[M.CONFIG]["source"])
+    if source not in SOURCES:
+        raise ValueError(f"prediction source {source!r}: expected one of {SOURCES}")
+    path = None
+    if source == "file":
+        path = context.node_config.get("predict-path")
+        if not path:
+            raise ValueError(f"{me.name}: source='file' but this node's node-config has no predict-path")
+    return new_rows(saved, None if path is None else str(path))
+
+
+def _arrays(context: Context) -> dict[str, np.ndarray]:
+    return M.arrays_of(context.state.get(STATE))  # type: ignore[arg-type]
+
+
+def _keep(context: Context, **arrays: np.ndarray) -> None:
+    context.state[STATE] = M.array_record({**_arrays(context), **arrays})
+
+
+def _keep_psi(context: Context, state: dict[str, bytes]) -> None:
+    """This party's side of the prediction PSI (secret, order, sent points), kept for its next message only."""
+    _keep(context, **{f"psi.{k}": M.bytes_to_array(v) for k, v in state.items()})
+
+
+def _psi_state(kept: dict[str, np.ndarray]) -> dict[str, bytes]:
+    return {k[len("psi."):]: M.array_to_bytes(v) for k, v in kept.items() if k.startswith("psi.")}
+
+
+def _reply(msg: Message, arrays: dict[str, np.ndarray] | None = None, config: dict[str, Any] | None = None,
+           metrics: dict[str, float] | None = None) -> Message:
+    content = RecordDict()
+    if arrays is not None:
+        content[M.ARRAYS] = M.array_record(arrays)
+    if config is not None:
+        content[M.CONFIG] = ConfigRecord(config)
+    if metrics is not None:
+        content[M.METRICS] = M.metric_record(metrics)
+    return Message(content, reply_to=msg)
+
+
+def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Context], Message]]) -> None:
+    """Add the prediction query handlers to ``app``; ``handler`` resolves (config, identity) like training's."""
+
+    @app.query("predict_start")
+    @handler
+    def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
+        context.state[STATE] = ArrayRecord()
+        if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
+            # e.g. method "local", where passives never train; the server decides whether that is an error
+            return _reply(msg, config={"role": me.role, "party-index": me.index, "model": False})
+        saved = _saved(me)
+        rows = _rows(msg, context, saved, me)
+        info = {"role": me.role, "party-index": me.index, "rows": len(rows), "method": saved.cfg.method.name,
+                "model": True}
+        if me.role != "active":
+            return _reply(msg, config=info)
+        hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+        points = hub.blinded_ids()
+        _keep_psi(context, hub.export_state())
+        return _reply(msg, arrays={"hub": M.bytes_to_array(points)}, config=info)
+
+    @app.query("predict_psi_peer")
+    @handler
+    def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
+        rows = _rows(msg, context, _saved(me), me)
+        peer = PSIPeer(rows.ids)
+        reblinded, own = peer.respond(M.array_to_bytes(M.arrays_of(msg.content[M.ARRAYS])["hub"]))  # type: ignore
+        _keep_psi(context, peer.export_state())
+        return _reply(msg, arrays={"reblinded": M.bytes_to_array(reblinded), "own": M.bytes_to_array(own)})
+
+    @app.query("predict_psi_finish")
+    @handler
+    def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
+        saved = _saved(me)
+        rows = _rows(msg, context, saved, me)
+        kept = _arrays(context)
+        if "psi.secret" not in kept:
+            raise M.ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
+        hub = PSIHub.from_state(rows.ids, _psi_state(kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+        got = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
+        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
+        for k in passives:
+            hub.add_peer(f"passive{k}", M.array_to_bytes(got[f"passive{k}.reblinded"]),
+                         M.array_to_bytes(got[f"passive{k}.own"]))
+        try:
+            if not passives:  # method "local": the active party scores every user alone
+                raise PSIError("intersection is empty (no passive party)")
+            aligned, pos = hub.finish()
+        except PSIError as err:  # no user in common: all are scored by the active party alone
+            if "empty" not in str(err):
+                raise
+            aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in passives}
+        _keep(context, aligned=np.asarray(aligned, dtype=np.int64))
+        return _reply(msg, arrays={f"passive{k}.positions": np.asarray(pos[f"passive{k}"], dtype=np.int64)
+                                   for k in passives}, config={"aligned": int(len(aligned))})
+
+    @app.query("predict_embed")
+    @handler
+    def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
+        saved = _saved(me)
+        rows = _rows(msg, context, saved, me)
+        kept = _arrays(context)
+        if "psi.perm" not in kept:
+            raise M.ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
+        peer = PSIPeer.from_state(rows.ids, _psi_state(kept))
+        positions = M.arrays_of(msg.content[M.ARRAYS])["positions"]  # type: ignore[arg-type]
+        party = predictor(saved, rows)
+        set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
+        return _reply(msg, arrays={"embeddings": party.embed(SPLIT)})
+
+    @app.query("predict_score")
+    @handler
+    def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
+        saved = _saved(me)
+        rows = _rows(msg, context, saved, me)
+        kept = _arrays(context)
+        party = predictor(saved, rows)
+        set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
+        got = M.arrays_of(msg.content.get(M.ARRAYS))  # type: ignore[arg-type]
+        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
+        result = score(party, [got[f"passive{k}.embeddings"] for k in passives],  # type: ignore[arg-type]
+                       saved.class_names or [])
+        out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        result.frame.to_csv(out, index=False)
+        context.state[STATE] = ArrayRecord()
+        return _reply(msg, metrics=result.metrics)
+
+
+def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", timeout: float = 600.0,
+                      wait_for_nodes: float = 120.0) -> dict[str, float]:
+    """Server side: run the prediction query over ``grid``'s parties; return the active party's counts/accuracy.
+
+    ``cfg`` needs only to say how many passive parties there are and the method (the parties use their saved
+    models' own configs). The predictions themselves stay on the active party's node.
+    """
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    if source not in SOURCES:
+        raise ValueError(f"source={source!r}: expected one of {SOURCES}")
+    run = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=wait_for_nodes)
+    conf = {"source": source}
+    nodes = [_node(n) for n in run._nodes(grid)]  # noqa: SLF001 - the strategy's own helpers
+    replies = run._exchange(grid, [(n, START, RecordDict({M.CONFIG: ConfigRecord(conf)})) for n in nodes],  # noqa: SLF001
+                            "prediction (start)")
+    active, passives = None, []
+    for n in nodes:
+        info = replies[n.name].content[M.CONFIG]
+        n.role, n.index = str(info["role"]), int(info["party-index"])  # type: ignore[arg-type]
+        if n.role == "active":
+            active = n
+        else:
+            passives.append(n)
+    if active is None:
+        raise M.ProtocolError("prediction: no node answered as the active party")
+    hub = replies[f"node {active.node_id}"].content[M.ARRAYS]
+    joint = str(replies[f"node {active.node_id}"].content[M.CONFIG]["method"]) in ("vproto", "vanilla")
+    passives = sorted(passives, key=lambda p: p.index) if joint else []
+    lacking = [p.name for p in passives if not replies[f"node {p.node_id}"].content[M.CONFIG]["model"]]
+    if lacking:
+        raise M.ProtocolError(f"prediction: {', '.join(lacking)} has no saved model (<model-dir>/<party>.pt); "
+                              f"train with a model-dir first")
+    listed = ConfigRecord({**conf, "passives": [p.index for p in passives]})
+    relay = ArrayRecord()
+    if passives:
+        peer = run._exchange(grid, [(p, PSI_PEER, RecordDict({M.CONFIG: ConfigRecord(conf),  # noqa: SLF001
+                                                               M.ARRAYS: hub})) for p in passives],
+                             "prediction (PSI peers)")
+        for p in passives:
+            for key, arr in peer[p.name].content[M.ARRAYS].items():
+                relay[f"{p.name}.{key}"] = arr
+    fin = run._exchange(grid, [(active, PSI_FINISH, RecordDict({M.CONFIG: listed, M.ARRAYS: relay}))],  # noqa: SLF001
+                        "prediction (PSI intersection)")["active"]
+    embeddings = ArrayRecord()
+    if passives:
+        sends = [(p, EMBED, RecordDict({M.CONFIG: ConfigRecord(conf), M.ARRAYS: ArrayRecord(
+            {"positions": fin.content[M.ARRAYS][f"{p.name}.positions"]})})) for p in passives]
+        embedded = run._exchange(grid, sends, "prediction (embeddings)")  # noqa: SLF001
+        for p in passives:
+            embeddings[f"{p.name}.embeddings"] = embedded[p.name].content[M.ARRAYS]["embeddings"]
+    res = run._exchange(grid, [(active, SCORE, RecordDict({M.CONFIG: listed, M.ARRAYS: embeddings}))],  # noqa: SLF001
+                        "prediction (scoring)")["active"]
+    metrics = res.content[M.METRICS]
+    assert isinstance(metrics, MetricRecord)
+    return M.metrics_of(metrics)
+
+
+def _node(node_id: int) -> Any:
+    from flwr_vproto.strategy import PartyNode
+
+    return PartyNode(node_id, "node", node_id)

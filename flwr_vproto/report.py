@@ -1,0 +1,379 @@
+"""Tables and plots from finished runs: ``python -m flwr_vproto.report <run dirs, sweep dirs or .jsonl files>``.
+
+Reads every ``results.json`` under the given directories (one ``run_simulation.py`` run, or a Hydra ``-m`` sweep)
+and every line of the given ``.jsonl`` files (the records of ``benchmarks/bench_methods.py``), and writes into
+``--out``:
+
+* ``summary.md`` and ``summary.csv``: mean ± std of the test accuracy (and AUC for binary tasks) per dataset,
+  aligned fraction and method, with the share of the gap closed (design §6),
+  ``(vproto - max(vanilla, local)) / (centralized - max(vanilla, local))`` on the means;
+* ``accuracy_per_round_<dataset>.png``: test accuracy per round for each method, one panel per aligned fraction;
+* ``accuracy_vs_aligned.png``: final test accuracy against the aligned fraction, error bars = std over seeds;
+* ``pseudo_labels_<dataset>.png``: the passive parties' pseudo-label coverage and accuracy per round.
+
+A run's *final* accuracy is the one ``results.json`` reports (test accuracy at the best validation round), so the
+table repeats the runs' own numbers. Runs of one method that differ in other options (a sweep over ``method.tau``,
+say) are told apart by a tag such as ``vproto[method.tau=0.2]``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import statistics
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+GAP_METHODS = ("vproto", "vanilla", "local", "centralized")
+# Options that never make two runs different methods: what the table groups by, or how a run was executed.
+_NOT_A_VARIANT = {"seed", "dataset.name", "dataset.aligned_fraction", "method.name", "engine", "device"}
+# Per-round keys kept by :func:`slim_history` (the benchmark's JSON lines stay small).
+_HISTORY_PREFIXES = ("val/accuracy", "val/auc", "test/accuracy", "test/auc", "test/active_only_accuracy")
+_HISTORY_SUFFIXES = ("/pseudo_coverage", "/pseudo_accuracy", "/active_pseudo_coverage")
+
+
+class ReportError(ValueError):
+    """No runs found, or a file that is not a run record; the message names the path."""
+
+
+@dataclass
+class Run:
+    """One finished training run, whatever file it came from."""
+
+    tag: str  # the method as shown in tables: method name, plus options that set this run apart
+    dataset: str
+    fraction: float
+    seed: int
+    final: dict[str, float]
+    history: list[dict[str, float]] = field(default_factory=list)
+    source: str = ""
+
+
+def slim_history(rounds: Iterable[Mapping[str, float]]) -> list[dict[str, float]]:
+    """The per-round metrics the report plots: accuracies, AUC and pseudo-label coverage/accuracy."""
+    out = []
+    for rec in rounds:
+        keep = {k: float(v) for k, v in rec.items()
+                if k == "round" or k.startswith(_HISTORY_PREFIXES) or k.endswith(_HISTORY_SUFFIXES)}
+        out.append(keep)
+    return out
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = json.dumps(v) if isinstance(v, list) else v
+    return out
+
+
+def _from_results(files: list[Path]) -> list[Run]:
+    """Runs from ``results.json`` files; options that vary between runs of one method become part of its tag."""
+    loaded = []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+            cfg = data["config"]
+        except (json.JSONDecodeError, KeyError, TypeError) as err:
+            raise ReportError(f"{f}: not a results.json of run_simulation.py ({err})") from None
+        loaded.append((f, data, _flatten(cfg)))
+    by_method: dict[tuple[str, str], list[dict[str, Any]]] = {}
+    for _, _, flat in loaded:
+        by_method.setdefault((flat["dataset.name"], flat["method.name"]), []).append(flat)
+    varying: dict[tuple[str, str], list[str]] = {}
+    for key, flats in by_method.items():
+        names = sorted({k for fl in flats for k in fl} - _NOT_A_VARIANT)
+        varying[key] = [k for k in names if len({json.dumps(fl.get(k)) for fl in flats}) > 1]
+    runs = []
+    for f, data, flat in loaded:
+        keys = varying[(flat["dataset.name"], flat["method.name"])]
+        tag = flat["method.name"]
+        if keys:
+            tag += "[" + ",".join(f"{k}={flat.get(k)}" for k in keys) + "]"
+        runs.append(Run(tag, flat["dataset.name"], float(flat["dataset.aligned_fraction"]), int(flat["seed"]),
+                        dict(data.get("final") or {}), slim_history(data.get("rounds") or []), str(f)))
+    return runs
+
+
+def _from_jsonl(path: Path) -> list[Run]:
+    """Runs from the JSON lines of ``benchmarks/bench_methods.py``."""
+    runs = []
+    for n, line in enumerate(path.read_text().splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            r = json.loads(line)
+            runs.append(Run(str(r["tag"]), str(r["dataset"]), float(r["fraction"]), int(r["seed"]),
+                            dict(r["final"]), list(r.get("history") or []), f"{path}:{n}"))
+        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as err:
+            raise ReportError(f"{path}, line {n}: not a bench_methods.py record ({err})") from None
+    return runs
+
+
+def load_runs(paths: Iterable[str | Path]) -> list[Run]:
+    """Every run under ``paths``: directories are searched for ``results.json``; ``.jsonl`` files are records."""
+    runs: list[Run] = []
+    results: list[Path] = []
+    for p in map(Path, paths):
+        if p.is_dir():
+            results += sorted(p.rglob("results.json"))
+        elif p.is_file() and p.suffix == ".jsonl":
+            runs += _from_jsonl(p)
+        elif p.is_file() and p.suffix == ".json":
+            results.append(p)
+        else:
+            raise ReportError(f"{p}: not a run directory, results.json or .jsonl file" if p.exists()
+                              else f"{p}: no such file or directory")
+    runs += _from_results(results)
+    runs = [r for r in runs if "accuracy" in r.final]
+    if not runs:
+        raise ReportError(f"no finished runs (results.json with final metrics) under {', '.join(map(str, paths))}")
+    return runs
+
+
+# ---------------------------------------------------------------------------------------------------- tables
+def _mean_std(values: list[float]) -> tuple[float, float]:
+    return statistics.mean(values), statistics.stdev(values) if len(values) > 1 else 0.0
+
+
+def ordered_tags(runs: Iterable[Run]) -> list[str]:
+    """The four methods of design §6 first, in their order, then any other tag alphabetically."""
+    present = {r.tag for r in runs}
+    return [t for t in GAP_METHODS if t in present] + sorted(present - set(GAP_METHODS))
+
+
+def groups(runs: Iterable[Run]) -> dict[tuple[str, float], dict[str, list[Run]]]:
+    """``(dataset, aligned fraction) -> tag -> runs``."""
+    out: dict[tuple[str, float], dict[str, list[Run]]] = {}
+    for r in runs:
+        out.setdefault((r.dataset, r.fraction), {}).setdefault(r.tag, []).append(r)
+    return dict(sorted(out.items()))
+
+
+def gap_closed(mean_accuracy: Mapping[str, float]) -> float | None:
+    """Share of the gap closed (design §6) from mean accuracies per method; ``None`` if a method is missing or the
+    upper bound does not beat the best baseline."""
+    if not all(t in mean_accuracy for t in GAP_METHODS):
+        return None
+    base = max(mean_accuracy["vanilla"], mean_accuracy["local"])
+    top = mean_accuracy["centralized"]
+    if top <= base:
+        return None
+    return (mean_accuracy["vproto"] - base) / (top - base)
+
+
+def summary_rows(runs: list[Run]) -> list[dict[str, Any]]:
+    """One row per dataset, aligned fraction and method: n, mean and std of accuracy and AUC, gap closed."""
+    rows = []
+    for (ds, frac), by_tag in groups(runs).items():
+        means = {t: _mean_std([r.final["accuracy"] for r in rs])[0] for t, rs in by_tag.items()}
+        gap = gap_closed(means)
+        for tag in ordered_tags(r for rs in by_tag.values() for r in rs):
+            rs = by_tag[tag]
+            acc_m, acc_s = _mean_std([r.final["accuracy"] for r in rs])
+            aucs = [r.final["auc"] for r in rs if "auc" in r.final]
+            auc_m, auc_s = _mean_std(aucs) if aucs else (math.nan, math.nan)
+            rows.append({"dataset": ds, "aligned_fraction": frac, "method": tag, "n": len(rs),
+                         "seeds": " ".join(str(r.seed) for r in sorted(rs, key=lambda r: r.seed)),
+                         "accuracy_mean": acc_m, "accuracy_std": acc_s, "auc_mean": auc_m, "auc_std": auc_s,
+                         "gap_closed": math.nan if gap is None else gap})
+    return rows
+
+
+def markdown_table(runs: list[Run], metric: str = "accuracy") -> str:
+    """Wide markdown table: one row per (dataset, fraction), ``mean ± std (n=)`` per method, gap closed."""
+    tags = ordered_tags(runs)
+    head = "| dataset | aligned | " + " | ".join(tags) + (" | gap closed |" if metric == "accuracy" else " |")
+    lines = [head, "|" + "---|" * (len(tags) + 2 + (metric == "accuracy"))]
+    for (ds, frac), by_tag in groups(runs).items():
+        cells = []
+        for t in tags:
+            vals = [r.final[metric] for r in by_tag.get(t, []) if metric in r.final]
+            if vals:
+                m, s = _mean_std(vals)
+                cells.append(f"{m:.4f} ± {s:.4f} (n={len(vals)})")
+            else:
+                cells.append("—")
+        line = f"| {ds} | {frac:.0%} | " + " | ".join(cells)
+        if metric == "accuracy":
+            gap = gap_closed({t: _mean_std([r.final["accuracy"] for r in rs])[0] for t, rs in by_tag.items()})
+            line += f" | {'—' if gap is None else f'{gap:+.2f}'}"
+        lines.append(line + " |")
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------------- plots
+def _pyplot() -> Any:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _legend(ax: Any) -> None:
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(fontsize="small")
+
+
+def _per_round(runs: list[Run], pick: Any) -> tuple[list[int], list[float], list[float]]:
+    """Mean and std over runs of ``pick(record)`` at each round where at least one run has it."""
+    at: dict[int, list[float]] = {}
+    for r in runs:
+        for rec in r.history:
+            v = pick(rec)
+            if v is not None and math.isfinite(v):
+                at.setdefault(int(rec["round"]), []).append(v)
+    xs = sorted(at)
+    stats = [_mean_std(at[x]) for x in xs]
+    return xs, [m for m, _ in stats], [s for _, s in stats]
+
+
+def _passive_mean(suffix: str) -> Any:
+    def pick(rec: Mapping[str, float]) -> float | None:
+        vals = [v for k, v in rec.items() if k.startswith("passive") and k.endswith(suffix)]
+        return sum(vals) / len(vals) if vals else None
+
+    return pick
+
+
+def plot_accuracy_per_round(runs: list[Run], out: Path) -> list[Path]:
+    """Per dataset, one panel per aligned fraction: mean test accuracy per round of each method (band: ± std)."""
+    plt = _pyplot()
+    written = []
+    for ds in sorted({r.dataset for r in runs}):
+        mine = [r for r in runs if r.dataset == ds and any("test/accuracy" in h for h in r.history)]
+        if not mine:
+            continue
+        fracs = sorted({r.fraction for r in mine})
+        tags = ordered_tags(mine)
+        fig, axes = plt.subplots(1, len(fracs), figsize=(3.6 * len(fracs), 3.2), squeeze=False, sharey=True)
+        for ax, frac in zip(axes[0], fracs, strict=True):
+            for tag in tags:
+                xs, m, s = _per_round([r for r in mine if r.fraction == frac and r.tag == tag],
+                                      lambda rec: rec.get("test/accuracy"))
+                if xs:
+                    line, = ax.plot(xs, m, label=tag)
+                    ax.fill_between(xs, [a - b for a, b in zip(m, s, strict=True)],
+                                    [a + b for a, b in zip(m, s, strict=True)], color=line.get_color(), alpha=0.15)
+            ax.set_title(f"{ds}, {frac:.0%} aligned")
+            ax.set_xlabel("round")
+            ax.grid(alpha=0.3)
+        axes[0][0].set_ylabel("test accuracy")
+        _legend(axes[0][-1])
+        fig.tight_layout()
+        path = out / f"accuracy_per_round_{ds}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+def plot_accuracy_vs_aligned(runs: list[Run], out: Path) -> Path:
+    """One panel per dataset: final test accuracy against the aligned fraction, error bars = std over seeds."""
+    plt = _pyplot()
+    datasets = sorted({r.dataset for r in runs})
+    fig, axes = plt.subplots(1, len(datasets), figsize=(4.2 * len(datasets), 3.4), squeeze=False)
+    for ax, ds in zip(axes[0], datasets, strict=True):
+        mine = [r for r in runs if r.dataset == ds]
+        for tag in ordered_tags(mine):
+            fracs = sorted({r.fraction for r in mine if r.tag == tag})
+            stats = [_mean_std([r.final["accuracy"] for r in mine if r.tag == tag and r.fraction == f])
+                     for f in fracs]
+            ax.errorbar([f * 100 for f in fracs], [m for m, _ in stats], yerr=[s for _, s in stats], marker="o",
+                        capsize=3, label=tag)
+        ticks = sorted({r.fraction for r in mine})
+        if len(ticks) > 1:
+            ax.set_xscale("log")
+        ax.set_xticks([f * 100 for f in ticks], [f"{f:.0%}" for f in ticks])
+        ax.minorticks_off()
+        ax.set_title(ds)
+        ax.set_xlabel("aligned users (% of training users)")
+        ax.set_ylabel("test accuracy (best val round)")
+        ax.grid(alpha=0.3)
+        _legend(ax)
+    fig.tight_layout()
+    path = out / "accuracy_vs_aligned.png"
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def plot_pseudo_labels(runs: list[Run], out: Path) -> list[Path]:
+    """Per dataset: passive parties' pseudo-label coverage and accuracy per round, one line per method and fraction."""
+    plt = _pyplot()
+    written = []
+    for ds in sorted({r.dataset for r in runs}):
+        mine = [r for r in runs if r.dataset == ds
+                and any(k.endswith("/pseudo_coverage") and k.startswith("passive") for h in r.history for k in h)]
+        if not mine:
+            continue
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.4))
+        for tag in ordered_tags(mine):
+            for frac in sorted({r.fraction for r in mine if r.tag == tag}):
+                sel = [r for r in mine if r.tag == tag and r.fraction == frac]
+                for ax, suffix in zip(axes, ("/pseudo_coverage", "/pseudo_accuracy"), strict=True):
+                    xs, m, _ = _per_round(sel, _passive_mean(suffix))
+                    if xs:
+                        ax.plot(xs, m, label=f"{tag}, {frac:.0%}")
+        for ax, name in zip(axes, ("coverage (share kept)", "accuracy of kept labels"), strict=True):
+            ax.set_title(f"{ds}: passive pseudo-label {name.split(' ')[0]}")
+            ax.set_xlabel("round")
+            ax.set_ylabel(name)
+            ax.grid(alpha=0.3)
+        _legend(axes[1])
+        fig.tight_layout()
+        path = out / f"pseudo_labels_{ds}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        written.append(path)
+    return written
+
+
+# ---------------------------------------------------------------------------------------------------- entry
+def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]:
+    """Read the runs under ``paths``; write ``summary.md``, ``summary.csv`` and the PNG plots into ``out``."""
+    import pandas as pd
+
+    paths = list(paths)
+    runs = load_runs(paths)
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    rows = summary_rows(runs)
+    pd.DataFrame(rows).to_csv(out / "summary.csv", index=False, float_format="%.6g")
+    md = [f"# Report: {len(runs)} runs from {', '.join(map(str, paths))}", "",
+          "Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
+          "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.", "",
+          markdown_table(runs)]
+    if any("auc" in r.final for r in runs):
+        md += ["", "Test AUC (binary tasks):", "", markdown_table([r for r in runs if "auc" in r.final], "auc")]
+    plots = [*plot_accuracy_per_round(runs, out), plot_accuracy_vs_aligned(runs, out), *plot_pseudo_labels(runs, out)]
+    md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    (out / "summary.md").write_text("\n".join(md) + "\n")
+    return {"runs": len(runs), "rows": rows, "files": [out / "summary.md", out / "summary.csv", *plots]}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m flwr_vproto.report", description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("paths", nargs="+", help="run or multirun directories, results.json or bench .jsonl files")
+    ap.add_argument("--out", default=None, help="output folder (default: <first path>/report, or ./report)")
+    args = ap.parse_args(argv)
+    first = Path(args.paths[0])
+    out = Path(args.out) if args.out else (first / "report" if first.is_dir() else Path("report"))
+    try:
+        rep = write_report(args.paths, out)
+    except ReportError as err:
+        raise SystemExit(f"report: {err}") from None
+    print(f"{rep['runs']} runs -> " + ", ".join(str(f) for f in rep["files"]))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,202 @@
+"""Prediction from saved models: in process and as a Flower query round, on held-out users, against the accuracy
+the training run reported for the round whose models were saved (the last one)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from flwr_vproto.config import config_from_dict
+from flwr_vproto.data.csv_files import split_of
+from flwr_vproto.data.types import DataError
+from flwr_vproto.predict import load_party_model, predict
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+sys.path.insert(0, str(REPO / "tests"))
+
+from test_data import write_csvs  # noqa: E402
+from test_flower_sim import InlineGrid, sim_nodes, small_cfg  # noqa: E402
+
+from run_simulation import run_local  # noqa: E402
+
+RUNNER = {"save_models": True}
+
+
+def reported(results: dict) -> tuple[float, float | None]:
+    """Test accuracy on users every party holds, and of the active-only head, at the last (saved) round."""
+    last = results["rounds"][-1]
+    assert results["final"]["last_round_accuracy"] == last["test/accuracy"]
+    return last["test/accuracy"], last.get("test/active_only_accuracy")
+
+
+@pytest.mark.parametrize("method,num_passive", [("vproto", 2), ("vanilla", 1), ("local", 1)])
+def test_inprocess_prediction_matches_the_reported_test_accuracy(tmp_path, method, num_passive):
+    cfg = small_cfg(method, rounds=3, num_passive=num_passive)
+    results = run_local(cfg, RUNNER, tmp_path)
+    pred = predict(tmp_path / "models", out=tmp_path / "pred.csv")
+    acc, only = reported(results)
+    m = pred.metrics
+    frame = pd.read_csv(tmp_path / "pred.csv", dtype={"predicted_class": str})
+    probs = frame[[f"prob_{c}" for c in range(10)]].to_numpy()
+    assert np.allclose(probs.sum(1), 1, atol=1e-5)
+    assert (frame["predicted_class"].astype(int) == probs.argmax(1)).all()
+    if method == "local":  # no passive model: every user is scored by the active party alone
+        assert m["joint_users"] == 0 and set(frame["scored_by"]) == {"active_only"}
+        return
+    assert m["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert m["joint_users"] == (frame["scored_by"] == "joint").sum() > 0
+    if method == "vproto":  # users only the active party holds: its active-only head
+        assert m["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
+        assert m["active_only_users"] > 0 and m["unscored_users"] == 0
+    else:  # vanilla has no active-only head: those users are not scored
+        assert m["unscored_users"] > 0 and len(frame) == m["joint_users"]
+
+
+def test_csv_prediction_encodes_new_raw_rows_as_in_training(tmp_path):
+    paths = write_csvs(tmp_path, n=400)
+    cfg = config_from_dict({"num_rounds": 3, "engine": "inprocess", "dataset": {"name": "csv", "csv": {"paths": paths}},
+                            "method": {"batch_size": 32}})
+    results = run_local(cfg, RUNNER, tmp_path / "run")
+    saved = load_party_model(tmp_path / "run" / "models" / "active.pt")
+    assert saved.class_names == ["maybe", "no", "yes"]
+    assert saved.preprocessing["encoder"]["categorical"] == ["city"]
+    # New users' raw rows: the held-out test users, in a new order, in new files (passive without its ID order)
+    new = []
+    for k, p in enumerate(paths):
+        frame = pd.read_csv(p, dtype=str)
+        test = frame[split_of(frame["id"].to_numpy(), cfg.seed, 0.2, 0.1) == "test"].sample(frac=1, random_state=k)
+        new.append(str(tmp_path / f"new{k}.csv"))
+        test.to_csv(new[-1], index=False)
+    pred = predict(tmp_path / "run" / "models", new, tmp_path / "pred.csv")
+    acc, only = reported(results)
+    assert pred.metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert pred.metrics["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
+    out = pd.read_csv(tmp_path / "pred.csv")
+    assert list(out.columns) == ["id", "predicted_class", "scored_by", "prob_maybe", "prob_no", "prob_yes"]
+    assert set(out["id"]) == set(pd.read_csv(new[0])["id"])  # the active party's users, nobody else's
+    # without labels the same predictions come out, and no accuracy
+    pd.read_csv(new[0]).drop(columns="label").to_csv(tmp_path / "nolabel.csv", index=False)
+    bare = predict(tmp_path / "run" / "models", [str(tmp_path / "nolabel.csv"), new[1]])
+    assert "accuracy" not in bare.metrics
+    assert bare.frame.sort_values("id").reset_index(drop=True).equals(
+        pred.frame.sort_values("id").reset_index(drop=True))
+    # bad input names the file and the column
+    pd.read_csv(new[1]).drop(columns="spend").to_csv(tmp_path / "bad.csv", index=False)
+    with pytest.raises(DataError, match=r"bad.csv: passive1 was trained with column\(s\) 'spend'"):
+        predict(tmp_path / "run" / "models", [new[0], str(tmp_path / "bad.csv")])
+    with pytest.raises(DataError, match="1 data file"):
+        predict(tmp_path / "run" / "models", [new[0]])
+
+
+def test_builtin_models_refuse_csv_input_and_missing_models(tmp_path):
+    run_local(small_cfg(rounds=1), RUNNER, tmp_path)
+    with pytest.raises(DataError, match="built-in dataset 'digits'"):
+        predict(tmp_path / "models", [str(tmp_path / "a.csv"), str(tmp_path / "b.csv")])
+    with pytest.raises(DataError, match="model file not found"):
+        predict(tmp_path / "nowhere")
+
+
+@pytest.mark.parametrize("method", ["vproto", "local"])
+def test_query_round_over_flower_messages_matches_inprocess(tmp_path, method):
+    """The Flower query round through the real ClientApp (in-process grid): same CSV as in-process prediction."""
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.query import predict_over_grid
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    cfg = small_cfg(method, rounds=3)
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    grid = InlineGrid(make_client_app(cfg, str(tmp_path)), sim_nodes(cfg))
+    strategy.start(grid=grid)
+    grid.sent.clear()
+    metrics = predict_over_grid(grid, cfg, timeout=30, wait_for_nodes=1)
+    inproc = predict(tmp_path, out=tmp_path / "inprocess.csv")
+    assert metrics == pytest.approx(inproc.metrics)
+    if method == "vproto":
+        acc, only = reported(strategy.results)
+        assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
+        assert metrics["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
+    got = pd.read_csv(tmp_path / "predictions.csv").sort_values("id").reset_index(drop=True)
+    want = pd.read_csv(tmp_path / "inprocess.csv").sort_values("id").reset_index(drop=True)
+    pd.testing.assert_frame_equal(got, want)
+    # what travelled: blinded points, positions, embeddings and counts; never an ID or a feature row
+    ids = set(pd.read_csv(tmp_path / "predictions.csv")["id"].astype(str))
+    for msg in grid.sent:
+        for rec in msg.content.array_records.values():
+            for arr in rec.values():
+                a = arr.numpy()
+                assert a.dtype != object and not (a.dtype.kind in "US" and set(a.ravel().tolist()) & ids)
+        for rec in msg.content.config_records.values():
+            assert not {str(v) for v in rec.values()} & ids
+    types = [m.metadata.message_type for m in grid.sent]
+    assert types.count("query.predict_score") == 1 and types.count("query.predict_embed") == (method == "vproto")
+
+
+def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
+    """Flower's own simulation runtime (Ray): train, then the prediction query round, in one ServerApp."""
+    from flwr.app import Context
+    from flwr.serverapp import Grid, ServerApp
+    from flwr.simulation import run_simulation
+
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.query import predict_over_grid
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # as run_simulation.py: silences a warning
+    cfg = small_cfg("vproto", rounds=2)
+    strategy = VerticalProtoStrategy(cfg, timeout=120)
+    out: dict = {}
+    app = ServerApp()
+
+    @app.main()
+    def main(grid: Grid, context: Context) -> None:
+        strategy.start(grid=grid)
+        out.update(predict_over_grid(grid, cfg, timeout=120))
+
+    backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+               "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}}
+    run_simulation(server_app=app, client_app=make_client_app(cfg, str(tmp_path)), num_supernodes=2,
+                   backend_config=backend)
+    acc, only = reported(strategy.results)
+    assert out["accuracy"] == pytest.approx(acc, abs=1e-6)
+    assert out["active_only_accuracy"] == pytest.approx(only, abs=1e-6)
+    assert len(pd.read_csv(tmp_path / "predictions.csv")) == out["users"]
+
+
+def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
+    """What `flwr run` does: config from the run-config, roles and model-dir from node-config; `app.predict`
+    turns the same ServerApp into the prediction query round, and the CSV stays on the active party's node."""
+    from flwr.app import Context, RecordDict
+
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.messages import run_config_from_config
+    from flwr_vproto.server_app import make_server_app
+
+    cfg = small_cfg(rounds=2)
+    nodes = [{"role": "active", "party-index": 0, "model-dir": str(tmp_path / "bank")},
+             {"role": "passive", "party-index": 1, "model-dir": str(tmp_path / "shop")}]
+    run_config = {**run_config_from_config(cfg), "app.output-dir": str(tmp_path / "server")}
+    grid = InlineGrid(make_client_app(), nodes, run_config=run_config)
+    make_server_app()(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
+    results = __import__("json").loads((tmp_path / "server" / "results.json").read_text())
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["active.pt"]
+    predict_config = {**run_config, "app.predict": "held-out"}
+    for ctx in grid.contexts.values():
+        ctx.run_config = predict_config
+    make_server_app()(grid, Context(run_id=8, node_id=1, node_config={}, state=RecordDict(),
+                                    run_config=predict_config))
+    summary = __import__("json").loads((tmp_path / "server" / "prediction.json").read_text())["metrics"]
+    acc, only = reported(results)
+    assert summary["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert summary["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
+    assert (tmp_path / "bank" / "predictions.csv").exists() and not (tmp_path / "shop" / "predictions.csv").exists()
+    assert not (tmp_path / "server" / "predictions.csv").exists()
+    from flwr_vproto.config import ConfigError
+    from flwr_vproto.messages import config_from_run_config
+
+    with pytest.raises(ConfigError, match="invalid app.predict='tomorrow'"):
+        config_from_run_config({**run_config, "app.predict": "tomorrow"})

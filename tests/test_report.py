@@ -1,0 +1,127 @@
+"""The report (tables and plots from finished runs) and the progress lines of a sweep."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from flwr_vproto.report import ReportError, gap_closed, load_runs, main, markdown_table, write_report
+
+REPO = Path(__file__).resolve().parents[1]
+METHODS = ("vproto", "vanilla", "local", "centralized")
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory) -> tuple[Path, str]:
+    """A real Hydra sweep: 4 methods x 2 seeds, tiny digits, in-process engine (one subprocess)."""
+    out = tmp_path_factory.mktemp("sweep") / "multirun"
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "run_simulation.py"), "-m", "engine=inprocess", f"method={','.join(METHODS)}",
+         "seed=0,1", "num_rounds=3", "dataset.max_train_users=200", "dataset.aligned_fraction=0.2",
+         "runner.save_models=false", f"hydra.sweep.dir={out}"],
+        cwd=out.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_sweep_shows_job_round_elapsed_and_metrics(sweep):
+    _, stdout = sweep
+    lines = stdout.splitlines()
+    for job in range(1, 9):
+        mine = [ln for ln in lines if ln.startswith(f"[job {job}/8, sweep ")]
+        rounds = [ln for ln in mine if "| elapsed " in ln]
+        assert [ln.split("] ", 1)[1].split(" |")[0] for ln in rounds] == [f"round   {k}/3" for k in (1, 2, 3)]
+        assert all("test acc" in ln for ln in rounds[-1:]) and any(ln.startswith(f"[job {job}/8") and "final:"
+                                                                   in ln for ln in mine)
+    assert not any("INFO" in ln or "ray" in ln.lower() for ln in lines)
+
+
+def test_report_of_a_sweep_matches_the_runs(sweep, tmp_path):
+    multirun, _ = sweep
+    assert main([str(multirun), "--out", str(tmp_path)]) == 0
+    for name in ("summary.md", "summary.csv", "accuracy_per_round_digits.png", "accuracy_vs_aligned.png",
+                 "pseudo_labels_digits.png"):
+        assert (tmp_path / name).stat().st_size > 1000 or name.endswith((".md", ".csv")), name
+        assert (tmp_path / name).read_bytes().startswith(b"\x89PNG") or not name.endswith(".png")
+    finals: dict[str, list[float]] = {}
+    for f in sorted(multirun.rglob("results.json")):
+        r = json.loads(f.read_text())
+        finals.setdefault(r["config"]["method"]["name"], []).append(r["final"]["accuracy"])
+    assert sorted(finals) == sorted(METHODS) and all(len(v) == 2 for v in finals.values())
+    table = pd.read_csv(tmp_path / "summary.csv")
+    assert list(table["method"]) == list(METHODS)  # the design's order
+    means = {}
+    for row in table.itertuples():
+        assert row.dataset == "digits" and row.aligned_fraction == 0.2 and row.n == 2
+        assert row.accuracy_mean == pytest.approx(statistics.mean(finals[row.method]), abs=1e-6)
+        assert row.accuracy_std == pytest.approx(statistics.stdev(finals[row.method]), abs=1e-6)
+        means[row.method] = statistics.mean(finals[row.method])
+    base = max(means["vanilla"], means["local"])
+    if means["centralized"] > base:
+        want = (means["vproto"] - base) / (means["centralized"] - base)
+        assert table["gap_closed"].iloc[0] == pytest.approx(want, abs=1e-5)
+        assert f"{want:+.2f} |" in (tmp_path / "summary.md").read_text()
+    md = (tmp_path / "summary.md").read_text()
+    m, s = statistics.mean(finals["vproto"]), statistics.stdev(finals["vproto"])
+    assert f"| digits | 20% | {m:.4f} ± {s:.4f} (n=2) |" in md
+    assert "![accuracy_vs_aligned](accuracy_vs_aligned.png)" in md
+
+
+def _results(path: Path, method: str, seed: int, acc: float, tau: float = 0.1) -> None:
+    path.mkdir(parents=True)
+    cfg = {"seed": seed, "engine": "inprocess", "dataset": {"name": "adult", "aligned_fraction": 0.05},
+           "method": {"name": method, "tau": tau}}
+    rounds = [{"round": 1.0, "test/accuracy": acc - 0.1, "passive1/pseudo_coverage": 0.5, "active/sup_loss": 1.0},
+              {"round": 2.0, "test/accuracy": acc, "val/accuracy": acc}]
+    (path / "results.json").write_text(json.dumps({"config": cfg, "rounds": rounds,
+                                                   "final": {"accuracy": acc, "auc": acc}}))
+
+
+def test_runs_differing_in_an_option_get_their_own_tag_and_jsonl_is_read(tmp_path):
+    _results(tmp_path / "a", "vproto", 0, 0.8)
+    _results(tmp_path / "b", "vproto", 0, 0.7, tau=0.5)
+    _results(tmp_path / "c", "local", 0, 0.6)
+    runs = load_runs([tmp_path])
+    assert sorted(r.tag for r in runs) == ["local", "vproto[method.tau=0.1]", "vproto[method.tau=0.5]"]
+    assert runs[0].history[0] == {"round": 1.0, "test/accuracy": pytest.approx(0.7),
+                                  "passive1/pseudo_coverage": 0.5}  # losses are not kept
+    rec = {"tag": "vproto", "dataset": "digits", "fraction": 0.01, "seed": 3, "final": {"accuracy": 0.5}}
+    (tmp_path / "b.jsonl").write_text(json.dumps(rec) + "\n")
+    (r,) = load_runs([tmp_path / "b.jsonl"])
+    assert (r.tag, r.dataset, r.fraction, r.seed, r.final) == ("vproto", "digits", 0.01, 3, {"accuracy": 0.5})
+    rep = write_report([tmp_path], tmp_path / "out")
+    assert "Test AUC" in (tmp_path / "out" / "summary.md").read_text()
+    assert {p.name for p in rep["files"]} >= {"pseudo_labels_adult.png", "accuracy_per_round_adult.png"}
+
+
+def test_gap_closed_and_table_format():
+    assert gap_closed({"vproto": 0.9, "vanilla": 0.8, "local": 0.7, "centralized": 1.0}) == pytest.approx(0.5)
+    assert gap_closed({"vproto": 0.9, "vanilla": 0.8, "local": 0.7}) is None
+    assert gap_closed({"vproto": 0.9, "vanilla": 0.8, "local": 0.7, "centralized": 0.8}) is None
+
+
+def test_shipped_benchmark_table_is_the_one_in_benchmarks_md():
+    runs = load_runs([REPO / "benchmarks" / "methods.jsonl"])
+    text = (REPO / "BENCHMARKS.md").read_text()
+    for line in markdown_table(runs).splitlines()[2:]:
+        assert line in text
+
+
+def test_bad_inputs_are_named(tmp_path):
+    with pytest.raises(ReportError, match="no such file"):
+        load_runs([tmp_path / "missing"])
+    with pytest.raises(ReportError, match="no finished runs"):
+        load_runs([tmp_path])
+    (tmp_path / "x.jsonl").write_text("{}\n")
+    with pytest.raises(ReportError, match=r"x.jsonl, line 1: not a bench_methods.py record"):
+        load_runs([tmp_path / "x.jsonl"])
+    with pytest.raises(SystemExit, match="report: .*no such file"):
+        main([str(tmp_path / "missing")])
