@@ -37,6 +37,7 @@ from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.inprocess import eval_splits
 from flwr_vproto.messages import ProtocolError
+from flwr_vproto.privacy import privacy_summary
 from flwr_vproto.results import build_results, format_round, round_record
 
 log = logging.getLogger("flwr")
@@ -282,7 +283,8 @@ class VerticalProtoStrategy(Strategy):
         return round_record(
             rnd, M.metrics_of(metrics, "train."), [M.metrics_of(outs[p.name].content[M.METRICS]) for p in joint],
             M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None, time.perf_counter() - t0,
-            extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
+            extra={**{f"privacy/{k}": v for k, v in M.metrics_of(metrics, "privacy.").items()},
+                   "messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
         )
 
     # ------------------------------------------------------------------ the run
@@ -334,7 +336,7 @@ class VerticalProtoStrategy(Strategy):
             if evals:
                 result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)
 
-        self.results = build_results(cfg, self.history, extra={"flower": {
+        self.results = build_results(cfg, self.history, extra={**privacy_summary(cfg, self.history), "flower": {
             "setup_seconds": setup_seconds,
             "setup_messages": self.setup_traffic.messages,
             "setup_bytes": self.setup_traffic.bytes,
