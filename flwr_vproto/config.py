@@ -333,7 +333,8 @@ def _validate_feature_split(d: DatasetConfig) -> None:
         return
     if d.name != "adult":
         how = "each CSV file holds its party's columns" if d.name == "csv" else "images are cut into equal strips"
-        _check(False, "dataset.feature_split", fs, f"null for dataset {d.name!r} ({how}; it applies to adult only)")
+        _check(False, "dataset.feature_split", fs,
+               f"null for dataset {d.name!r} ({how}; it applies to the adult dataset only)")
     parties = d.num_passive + 1
     _check(isinstance(fs, list) and len(fs) == parties and all(isinstance(p, list) and p for p in fs),
            "dataset.feature_split", fs,
@@ -344,9 +345,11 @@ def _validate_feature_split(d: DatasetConfig) -> None:
     for party, columns in enumerate(fs):
         for col in columns:
             _check(isinstance(col, str) and col in COLUMNS, "dataset.feature_split", fs,
-                   f"Adult column names; {col!r} (party {party}) is not one of {', '.join(COLUMNS)}")
+                   f"Adult column names, but it has the unknown Adult column {col!r} (party {party}); known "
+                   f"columns: {', '.join(COLUMNS)}")
             _check(col not in seen, "dataset.feature_split", fs,
-                   f"each column given to one party; {col!r} is given to party {seen.get(col)} and party {party}")
+                   f"each column given to one party, but column {col!r} is given to party {seen.get(col)} and to "
+                   f"party {party}")
             seen[col] = party
     missing = [c for c in COLUMNS if c not in seen]
     _check(not missing, "dataset.feature_split", fs, f"every Adult column given to a party; missing: {missing}")

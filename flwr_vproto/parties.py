@@ -271,6 +271,13 @@ class ActiveParty(_Party):
     def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int]) -> None:
         if data.train.y is None:
             raise ValueError(f"party {data.name}: the active party needs labels")
+        if len(passive_dims) != cfg.dataset.num_passive:
+            raise ValueError(f"the active party expects dataset.num_passive={cfg.dataset.num_passive} passive "
+                             f"parties, got embedding dimensions for {len(passive_dims)}")
+        for k, dim in enumerate(passive_dims, start=1):
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim != cfg.model.embedding_dim:
+                raise ValueError(f"passive{k}: embedding dimension {dim!r} differs from model.embedding_dim="
+                                 f"{cfg.model.embedding_dim}; every party must run with the same model config")
         self.num_classes = num_classes
         self.passive_dims = list(passive_dims) if cfg.method.name in ("vproto", "vanilla") else []
         super().__init__(data, cfg, 0)

@@ -29,6 +29,7 @@ Opacus is imported only when privacy is on (it pulls in much of its training sta
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Any
 
 import torch
@@ -36,6 +37,9 @@ import torch
 from flwr_vproto.config import Config, ConfigError
 
 COUNT_THRESHOLD_SIGMAS = 2.0  # a class is released when its noisy count exceeds this many count-noise std devs
+# RDP orders: Opacus's defaults (up to 63) plus larger ones, which the first few full-batch releases at a large
+# sigma need for a tight bound (the optimal order grows like sigma * sqrt(2 log(1/delta) / steps)).
+ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 128, 160, 192, 256, 384, 512, 768, 1024]
 
 
 def enabled(cfg: Config) -> bool:
@@ -68,8 +72,10 @@ def _calibrate(target_epsilon: float, delta: float, steps: int) -> float:
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
-        return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
-                                          steps=steps, accountant="rdp", epsilon_tolerance=0.01))
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
+                                              steps=steps, accountant="rdp", epsilon_tolerance=0.01, alphas=ALPHAS))
     except ValueError as err:
         raise ConfigError(f"privacy.target_epsilon={target_epsilon}: cannot be reached with delta={delta} over "
                           f"{steps} prototype releases ({err})") from None
@@ -128,8 +134,16 @@ class Accountant:
         return sum(int(n) for _, _, n in self._rdp.history)
 
     def epsilon(self) -> float:
-        """Epsilon spent so far at ``delta`` (0 before the first release)."""
-        return float(self._rdp.get_epsilon(delta=self.delta)) if self._rdp.history else 0.0
+        """Epsilon spent so far at ``delta`` (0 before the first release).
+
+        When the best order is the largest one tried, the bound is looser than it could be but still valid, so
+        Opacus's warning about it is silenced.
+        """
+        if not self._rdp.history:
+            return 0.0
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="Optimal order is the largest alpha")
+            return float(self._rdp.get_epsilon(delta=self.delta, alphas=ALPHAS))
 
     def state_dict(self) -> dict[str, Any]:
         """Plain lists and floats (loadable with ``torch.load(weights_only=True)``)."""

@@ -234,6 +234,12 @@ class VerticalProtoStrategy(Strategy):
                                 f"{len(want)}), found {[p.index for p in passives]} on nodes "
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
+        want_dim = self.cfg.model.embedding_dim
+        for p in self.parties:
+            dim = p.info.get("embedding-dim")
+            if dim != want_dim:
+                raise ProtocolError(f"{p.name} (node {p.node_id}) reports embedding dimension {dim!r}, but "
+                                    f"model.embedding_dim={want_dim}; every party must run with the same model config")
         return actives[0], passives, replies[f"node {actives[0].node_id}"]
 
     def _psi(self, active: PartyNode, passives: list[PartyNode], hub: Message, grid: Grid) -> ArrayRecord:
