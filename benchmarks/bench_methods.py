@@ -50,6 +50,10 @@ def run_one(job: dict) -> dict:
     out = {**job, "final": res["final"], "seconds": round(time.perf_counter() - t0, 1)}
     if "privacy" in res:
         out["privacy"] = res["privacy"]
+    # How well each passive's nearest-second-prototype classifier labels its own rows in the last round: the
+    # label information the prototypes hand to that party (simulation only: it needs the true labels).
+    last = res["rounds"][-1] if res.get("rounds") else {}
+    out["last_round"] = {k: v for k, v in last.items() if k.endswith(("/pseudo_accuracy", "/pseudo_coverage"))}
     return out
 
 

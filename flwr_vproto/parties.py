@@ -493,7 +493,7 @@ class ActiveParty(_Party):
             zn = P.maybe_normalize(z, m.normalize)
             if acc is not None:
                 sums = privacy.noisy_class_sums(zn, y_al, self.num_classes, self.cfg.privacy.clip_norm, acc.sigma, gen)
-                new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma)
+                new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma, self.cfg.privacy.clip_norm)
             else:
                 new, mask = P.class_means(zn, y_al, self.num_classes)
             self.second[k], self.second_mask[k] = P.ema_update(self.second[k], self.second_mask[k], new, mask,

@@ -107,11 +107,18 @@ def noisy_counts(labels: torch.Tensor, num_classes: int, sigma: float, gen: torc
     return counts + torch.randn(num_classes, generator=gen) * sigma
 
 
-def prototypes_from_noisy(sums: torch.Tensor, counts: torch.Tensor, sigma: float) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(means, mask)`` from noisy sums and counts: classes whose noisy count exceeds ``2 sigma`` (and 0)."""
+def prototypes_from_noisy(
+    sums: torch.Tensor, counts: torch.Tensor, sigma: float, clip_norm: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(means, mask)`` from noisy sums and counts: classes whose noisy count exceeds ``2 sigma`` (and 0).
+
+    Each mean is projected back onto the ball of radius ``clip_norm``, where the true mean of clipped rows lies:
+    projecting onto a convex set that holds the true value never moves an estimate further from it, and it keeps a
+    class with a small noisy count from getting a prototype far off the embeddings' scale (post-processing).
+    """
     counts = counts.to(sums.device)
     mask = counts > max(COUNT_THRESHOLD_SIGMAS * sigma, 0.0)
-    means = sums / counts.clamp(min=1.0).unsqueeze(1)
+    means = clip_rows(sums / counts.clamp(min=1.0).unsqueeze(1), clip_norm)
     return torch.where(mask.unsqueeze(1), means, torch.zeros_like(means)), mask
 
 

@@ -81,7 +81,7 @@ def test_without_noise_the_mechanism_gives_the_class_means():
     y = torch.randint(0, 5, (120,), generator=gen)
     y[y == 4] = 3  # class 4 absent
     sums = privacy.noisy_class_sums(z, y, 5, 1.0, 0.0, gen)
-    means, mask = privacy.prototypes_from_noisy(sums, privacy.noisy_counts(y, 5, 0.0, gen), 0.0)
+    means, mask = privacy.prototypes_from_noisy(sums, privacy.noisy_counts(y, 5, 0.0, gen), 0.0, 1.0)
     want, want_mask = P.class_means(z, y, 5)
     assert torch.equal(mask, want_mask) and not bool(mask[4])
     assert torch.allclose(means, want, atol=1e-6)
@@ -89,9 +89,24 @@ def test_without_noise_the_mechanism_gives_the_class_means():
 
 def test_classes_with_a_small_noisy_count_get_no_prototype():
     counts = torch.tensor([100.0, 5.0, -3.0, 20.5])
-    means, mask = privacy.prototypes_from_noisy(torch.ones(4, 2), counts, sigma=10.0)
+    means, mask = privacy.prototypes_from_noisy(torch.ones(4, 2), counts, sigma=10.0, clip_norm=1.0)
     assert mask.tolist() == [True, False, False, True]  # threshold 2 sigma = 20
     assert torch.equal(means[~mask], torch.zeros(2, 2))
+
+
+def test_noisy_means_are_projected_onto_the_clip_ball_which_only_brings_them_closer():
+    gen = torch.Generator().manual_seed(6)
+    z = privacy.clip_rows(torch.randn(40, 16, generator=gen) * 3, 0.5)
+    y = torch.arange(40) % 4  # 10 rows per class: small counts, heavy noise
+    true, _ = P.class_means(z, y, 4)
+    for _ in range(20):
+        sums = privacy.noisy_class_sums(z, y, 4, 0.5, 3.0, gen)
+        counts = privacy.noisy_counts(y, 4, 3.0, gen)
+        means, mask = privacy.prototypes_from_noisy(sums, counts, 3.0, 0.5)
+        raw = sums / counts.clamp(min=1.0).unsqueeze(1)
+        assert float(means.norm(dim=1).max()) <= 0.5 * (1 + 1e-5)
+        err, raw_err = (means - true).norm(dim=1), (raw - true).norm(dim=1)
+        assert bool((err[mask] <= raw_err[mask] + 1e-5).all())
 
 
 # ------------------------------------------------------------------------------------------------ accounting
