@@ -223,7 +223,7 @@ def validate(cfg: Config) -> None:
     for name in ("val_fraction", "test_fraction"):
         v = getattr(d, name)
         _check(_is_num(v) and 0 < v < 1, f"dataset.{name}", v, "a number in (0, 1)")
-    if d.name in ("digits", "csv"):  # the only datasets whose test users are cut from the same pool
+    if d.name == "csv":  # both are shares of all users there (simulated data: val_fraction is of the training pool)
         _check(d.val_fraction + d.test_fraction < 1, "dataset.val_fraction", d.val_fraction,
                f"a number with val_fraction + test_fraction < 1 (with test_fraction={d.test_fraction} no user "
                f"would be left for training)")
