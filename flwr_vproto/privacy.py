@@ -12,9 +12,11 @@ to adding or removing one aligned user (Opacus's neighbouring relation):
 * **counts**: the per-class counts (sensitivity 1) get ``N(0, sigma^2)`` once per round and are shared by every
   passive's prototypes. The prototype is ``noisy sum / noisy count``: the true count is private (it is the label
   histogram of the aligned users) and no public count exists, so the denominator is a noisy one. A class gets a
-  prototype only when its noisy count exceeds ``2 sigma`` (an absent class passes with probability 2.3 %), which also
-  keeps tiny denominators from blowing a prototype up. The counts themselves never leave the active party; the
-  released class mask is computed from them (post-processing).
+  prototype only when its noisy count ``n`` exceeds both ``2 sigma`` (an absent class passes with probability
+  2.3 %) and ``sigma sqrt(d)``: below that the noise in its mean (expected norm about ``sigma C sqrt(d) / n``) is
+  larger than any mean of clipped rows (norm at most ``C``), and such a prototype misleads more than it helps. The
+  counts themselves never leave the active party; the released class mask is computed from them
+  (post-processing).
 
 Every passive's sums and the shared counts are separate Gaussian releases over the same users, so a round that
 sends prototypes to ``K`` passives is ``K + 1`` steps of the Gaussian mechanism with noise multiplier ``sigma`` and
@@ -29,6 +31,7 @@ Opacus is imported only when privacy is on (it pulls in much of its training sta
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from typing import Any
 
@@ -110,14 +113,15 @@ def noisy_counts(labels: torch.Tensor, num_classes: int, sigma: float, gen: torc
 def prototypes_from_noisy(
     sums: torch.Tensor, counts: torch.Tensor, sigma: float, clip_norm: float
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(means, mask)`` from noisy sums and counts: classes whose noisy count exceeds ``2 sigma`` (and 0).
+    """``(means, mask)`` from noisy sums ``(C, d)`` and counts: classes whose noisy count exceeds ``2 sigma`` and
+    ``sigma sqrt(d)`` (and 0), see the module docstring.
 
     Each mean is projected back onto the ball of radius ``clip_norm``, where the true mean of clipped rows lies:
     projecting onto a convex set that holds the true value never moves an estimate further from it, and it keeps a
     class with a small noisy count from getting a prototype far off the embeddings' scale (post-processing).
     """
     counts = counts.to(sums.device)
-    mask = counts > max(COUNT_THRESHOLD_SIGMAS * sigma, 0.0)
+    mask = counts > max(COUNT_THRESHOLD_SIGMAS * sigma, sigma * math.sqrt(sums.shape[1]), 0.0)
     means = clip_rows(sums / counts.clamp(min=1.0).unsqueeze(1), clip_norm)
     return torch.where(mask.unsqueeze(1), means, torch.zeros_like(means)), mask
 

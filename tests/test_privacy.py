@@ -90,8 +90,10 @@ def test_without_noise_the_mechanism_gives_the_class_means():
 def test_classes_with_a_small_noisy_count_get_no_prototype():
     counts = torch.tensor([100.0, 5.0, -3.0, 20.5])
     means, mask = privacy.prototypes_from_noisy(torch.ones(4, 2), counts, sigma=10.0, clip_norm=1.0)
-    assert mask.tolist() == [True, False, False, True]  # threshold 2 sigma = 20
+    assert mask.tolist() == [True, False, False, True]  # threshold max(2 sigma, sigma sqrt(2)) = 20
     assert torch.equal(means[~mask], torch.zeros(2, 2))
+    _, mask = privacy.prototypes_from_noisy(torch.ones(4, 64), counts, sigma=10.0, clip_norm=1.0)
+    assert mask.tolist() == [True, False, False, False]  # d = 64: sigma sqrt(d) = 80
 
 
 def test_noisy_means_are_projected_onto_the_clip_ball_which_only_brings_them_closer():
@@ -100,9 +102,9 @@ def test_noisy_means_are_projected_onto_the_clip_ball_which_only_brings_them_clo
     y = torch.arange(40) % 4  # 10 rows per class: small counts, heavy noise
     true, _ = P.class_means(z, y, 4)
     for _ in range(20):
-        sums = privacy.noisy_class_sums(z, y, 4, 0.5, 3.0, gen)
-        counts = privacy.noisy_counts(y, 4, 3.0, gen)
-        means, mask = privacy.prototypes_from_noisy(sums, counts, 3.0, 0.5)
+        sums = privacy.noisy_class_sums(z, y, 4, 0.5, 1.0, gen)
+        counts = privacy.noisy_counts(y, 4, 1.0, gen)
+        means, mask = privacy.prototypes_from_noisy(sums, counts, 1.0, 0.5)
         raw = sums / counts.clamp(min=1.0).unsqueeze(1)
         assert float(means.norm(dim=1).max()) <= 0.5 * (1 + 1e-5)
         err, raw_err = (means - true).norm(dim=1), (raw - true).norm(dim=1)
