@@ -21,7 +21,7 @@ from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.data.types import VerticalDataset
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device
 from flwr_vproto.parties import ActiveParty, PassiveParty, _batches, _n_batches, _round_seed, _scores
-from flwr_vproto.privacy import privacy_summary
+from flwr_vproto.privacy import noise_multiplier, privacy_summary
 from flwr_vproto.results import build_results, round_record
 
 RoundCallback = Callable[[dict[str, float]], None]
@@ -36,6 +36,7 @@ def run_inprocess(
     cfg: Config, dataset: VerticalDataset | None = None, on_round: RoundCallback | None = None
 ) -> dict[str, Any]:
     """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content."""
+    noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)
     if cfg.method.name == "centralized":
         history = _run_centralized(cfg, ds, on_round)

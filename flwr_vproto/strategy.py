@@ -33,6 +33,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
 from flwr_vproto import messages as M
+from flwr_vproto import privacy
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.inprocess import eval_splits
@@ -120,6 +121,7 @@ class VerticalProtoStrategy(Strategy):
                               "in simulation: run it with engine=inprocess")
         if timeout <= 0 or wait_for_nodes <= 0:
             raise ConfigError("timeout and wait_for_nodes must be > 0 seconds")
+        privacy.noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any message
         self.cfg = cfg
         self.timeout = float(timeout)
         self.wait_for_nodes = float(wait_for_nodes)

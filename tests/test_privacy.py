@@ -210,6 +210,13 @@ def test_bad_privacy_values_are_rejected(priv, needle):
         config_from_dict({"privacy": priv})
 
 
-def test_an_unreachable_target_epsilon_is_a_config_error():
+def test_an_unreachable_target_epsilon_is_a_config_error_before_anything_runs():
+    cfg = cfg_for(rounds=20, target_epsilon=1e-6)
     with pytest.raises(ConfigError, match=r"privacy\.target_epsilon=1e-06: cannot be reached"):
-        privacy.noise_multiplier(cfg_for(rounds=20, target_epsilon=1e-6))
+        privacy.noise_multiplier(cfg)
+    with pytest.raises(ConfigError, match=r"privacy\.target_epsilon=1e-06: cannot be reached"):
+        run_inprocess(cfg, dataset=object())  # fails before the dataset is touched
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    with pytest.raises(ConfigError, match=r"privacy\.target_epsilon=1e-06: cannot be reached"):
+        VerticalProtoStrategy(cfg)
