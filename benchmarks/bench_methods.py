@@ -9,6 +9,9 @@ Each record keeps the run's per-round accuracies and pseudo-label metrics (``his
 
     python benchmarks/bench_methods.py --datasets digits adult fashion_mnist --fractions 0.01 0.02 0.05 0.1 0.2 \
         --seeds 0 1 2 --rounds 30 --out benchmarks/methods.jsonl
+
+``--variant TAG=JSON`` adds a vproto run with method overrides; ``--config-variant TAG=JSON`` one with overrides of
+any config section (e.g. ``eps1='{"privacy": {"target_epsilon": 1}}'``; ``method.name`` picks the method).
 """
 
 from __future__ import annotations
@@ -39,15 +42,31 @@ def run_one(job: dict) -> dict:
     from flwr_vproto.inprocess import run_inprocess
 
     method = {**METHODS[job["method"]], **job.get("method_overrides", {})}
-    cfg = config_from_dict({
+    base = {
         "engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
         "dataset": {"name": job["dataset"], "aligned_fraction": job["fraction"], **job.get("dataset_overrides", {})},
         "method": method,
-    })
+    }
+    cfg = config_from_dict(_merge(base, job.get("config_overrides", {})))
     t0 = time.perf_counter()
-    results = run_inprocess(cfg)
-    return {**job, "final": results["final"], "seconds": round(time.perf_counter() - t0, 1),
-            "history": slim_history(results["rounds"])}
+    res = run_inprocess(cfg)
+    out = {**job, "final": res["final"], "seconds": round(time.perf_counter() - t0, 1),
+           "history": slim_history(res["rounds"])}
+    if "privacy" in res:
+        out["privacy"] = res["privacy"]
+    # How well each passive's nearest-second-prototype classifier labels its own rows in the last round: the
+    # label information the prototypes hand to that party (simulation only: it needs the true labels).
+    last = res["rounds"][-1] if res.get("rounds") else {}
+    out["last_round"] = {k: v for k, v in last.items() if k.endswith(("/pseudo_accuracy", "/pseudo_coverage"))}
+    return out
+
+
+def _merge(base: dict, over: dict) -> dict:
+    """``base`` with ``over`` merged in, nested dicts key by key."""
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
 
 
 def _key(job: dict) -> str:
@@ -73,25 +92,34 @@ def main() -> None:
     ap.add_argument("--max-train-users", type=int, default=None)
     ap.add_argument("--variant", action="append", default=[],
                     help="extra vproto variant: TAG=JSON of method overrides (ablations)")
+    ap.add_argument("--config-variant", action="append", default=[],
+                    help="extra run: TAG=JSON of nested config overrides (method vproto unless method.name is set)")
     ap.add_argument("--workers", type=int, default=os.cpu_count())
     ap.add_argument("--out", default="benchmarks/methods.jsonl")
     args = ap.parse_args()
 
     out = Path(args.out)
     done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
-    variants = {m: {} for m in args.methods}
+    variants = {m: ({}, {}) for m in args.methods}
     for v in args.variant:
         tag, _, js = v.partition("=")
-        variants[tag] = json.loads(js)
+        variants[tag] = (json.loads(js), {})
+    for v in args.config_variant:
+        tag, _, js = v.partition("=")
+        over = json.loads(js)
+        variants[tag] = ({}, over)
     jobs = []
     for ds in args.datasets:
         for frac in args.fractions:
             for seed in args.seeds:
-                for tag, over in variants.items():
-                    job = {"tag": tag, "method": tag if tag in METHODS else "vproto", "method_overrides": over,
+                for tag, (over, conf) in variants.items():
+                    name = conf.get("method", {}).get("name", tag if tag in METHODS else "vproto")
+                    job = {"tag": tag, "method": name, "method_overrides": over,
                            "dataset": ds, "fraction": frac, "seed": seed, "rounds": args.rounds,
                            "dataset_overrides": {"max_train_users": args.max_train_users} if args.max_train_users
                            else {}}
+                    if conf:
+                        job["config_overrides"] = conf
                     if _key(job) not in done:
                         jobs.append(job)
     print(f"{len(jobs)} runs to do ({len(done)} already in {out})", flush=True)

@@ -344,8 +344,9 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             party.load_state_dict(state)
             # Parties that train jointly with this one (none for method "local", which still aligned with PSI).
             passives = [int(k) for k in facts["passives"]] if party.joint else []  # type: ignore[union-attr]
-            res = party.train_round(rnd, [got[f"passive{k}.embeddings"] for k in passives])
+            res = party.train_round(rnd, [got[f"passive{k}.embeddings"] for k in passives], release=not final)
             metrics = M.metric_record(res.metrics, "train.")
+            metrics.update(M.metric_record(res.privacy, "privacy."))
             for s in splits:
                 metrics.update(M.metric_record(party.evaluate(s, [got[f"passive{k}.embeddings.{s}"] for k in passives]),
                                                f"{s}."))

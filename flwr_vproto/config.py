@@ -20,6 +20,7 @@ DISTANCES = ("sqeuclidean", "cosine")
 LOSS_FORMS = ("pull", "contrastive")
 ENCODERS = ("mlp", "cnn")
 DEVICES = ("auto", "cpu", "cuda")
+IMAGE_WIDTHS = {"digits": 8, "fashion_mnist": 28}  # pixels cut into one vertical strip per party
 
 
 class ConfigError(ValueError):
@@ -33,6 +34,9 @@ class CsvConfig:
     paths: list[str] = field(default_factory=list)  # active party first, then passives 1..K
     id_column: str = "id"
     label_column: str = "label"
+    # The class set, in class-index order; a label outside it is an error naming file, column and value.
+    # None = the sorted distinct labels of the active party's file.
+    classes: list[str] | None = None
 
 
 @dataclass
@@ -118,6 +122,22 @@ class CheckpointConfig:
 
 
 @dataclass
+class PrivacyConfig:
+    """Differential privacy of the second prototypes, the one label-dependent thing a passive party receives.
+
+    Each embedding is clipped to norm ``clip_norm``; the per-class sums and counts get Gaussian noise of standard
+    deviation ``noise_multiplier * clip_norm`` and ``noise_multiplier`` (see :mod:`flwr_vproto.privacy`). Opacus's
+    RDP accountant tracks the spent epsilon at ``delta``. ``target_epsilon`` set: the noise multiplier is calibrated
+    so that the whole run spends at most that epsilon (then ``noise_multiplier`` must stay 0).
+    """
+
+    noise_multiplier: float = 0.0  # 0 = off (prototypes exact, nothing clipped)
+    clip_norm: float = 1.0  # L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)
+    delta: float = 1e-5
+    target_epsilon: float | None = None
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -131,6 +151,7 @@ class Config:
     method: MethodConfig = field(default_factory=MethodConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: bool = False  # continue from the last complete checkpoint in checkpoint.dir
+    privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
@@ -154,7 +175,7 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
-               "checkpoint": CheckpointConfig}.get(name)
+               "checkpoint": CheckpointConfig, "privacy": PrivacyConfig}.get(name)
         if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
@@ -196,37 +217,58 @@ def validate(cfg: Config) -> None:
            d.aligned_fraction, "a number in (0, 1]")
     _check(_is_int(d.num_passive) and d.num_passive >= 1, "dataset.num_passive", d.num_passive,
            "an integer >= 1 (at least one passive party)")
-    if d.feature_split is not None:
-        _check(isinstance(d.feature_split, list) and len(d.feature_split) == d.num_passive + 1
-               and all(isinstance(p, list) and p for p in d.feature_split),
-               "dataset.feature_split", d.feature_split,
-               f"null or {d.num_passive + 1} non-empty lists of columns (active first, then each passive)")
+    parties = d.num_passive + 1
+    if d.name in IMAGE_WIDTHS:
+        _check(parties <= IMAGE_WIDTHS[d.name], "dataset.num_passive", d.num_passive,
+               f"at most {IMAGE_WIDTHS[d.name] - 1}: {d.name} images are {IMAGE_WIDTHS[d.name]} pixels wide, cut "
+               f"into one strip per party")
+    _validate_feature_split(d)
     if d.nonaligned_shares is not None:
-        ok = (isinstance(d.nonaligned_shares, list) and len(d.nonaligned_shares) == d.num_passive + 1
-              and all(_is_num(s) and s >= 0 for s in d.nonaligned_shares)
-              and abs(sum(d.nonaligned_shares) - 1.0) < 1e-6)
-        _check(ok, "dataset.nonaligned_shares", d.nonaligned_shares,
-               f"null or {d.num_passive + 1} non-negative numbers summing to 1 (active first)")
+        v = d.nonaligned_shares
+        _check(isinstance(v, list) and len(v) == parties, "dataset.nonaligned_shares", v,
+               f"null or a list of {parties} shares (active party first, then each passive)")
+        _check(all(_is_num(x) and x >= 0 for x in v), "dataset.nonaligned_shares", v,
+               "non-negative numbers (one share per party)")
+        _check(abs(sum(v) - 1.0) < 1e-6, "dataset.nonaligned_shares", v,
+               f"shares summing to 1 (they sum to {sum(v):g})")
     _check(isinstance(d.active_labels_nonaligned, bool), "dataset.active_labels_nonaligned",
            d.active_labels_nonaligned, "true or false")
     for name in ("val_fraction", "test_fraction"):
         v = getattr(d, name)
         _check(_is_num(v) and 0 < v < 1, f"dataset.{name}", v, "a number in (0, 1)")
+    if d.name == "csv":  # both are shares of all users there (simulated data: val_fraction is of the training pool)
+        _check(d.val_fraction + d.test_fraction < 1, "dataset.val_fraction", d.val_fraction,
+               f"a number with val_fraction + test_fraction < 1 (with test_fraction={d.test_fraction} no user "
+               f"would be left for training)")
     _check(_is_num(d.active_only_test_fraction) and 0 <= d.active_only_test_fraction < 1,
            "dataset.active_only_test_fraction", d.active_only_test_fraction, "a number in [0, 1)")
     if d.max_train_users is not None:
         _check(_is_int(d.max_train_users) and d.max_train_users >= 10, "dataset.max_train_users",
                d.max_train_users, "null or an integer >= 10")
     _check(_is_int(d.min_aligned) and d.min_aligned >= 1, "dataset.min_aligned", d.min_aligned, "an integer >= 1")
-    _check(d.root is None or isinstance(d.root, str), "dataset.root", d.root, "null or a directory path")
+    _check(d.root is None or (isinstance(d.root, str) and d.root != ""), "dataset.root", d.root,
+           "null or a directory path")
+    c = d.csv
+    _check(isinstance(c.paths, list) and all(isinstance(p, str) and p for p in c.paths), "dataset.csv.paths",
+           c.paths, "a list of file paths")
     if d.name == "csv":
-        _check(isinstance(d.csv.paths, list) and len(d.csv.paths) == d.num_passive + 1
-               and all(isinstance(p, str) and p for p in d.csv.paths), "dataset.csv.paths", d.csv.paths,
-               f"{d.num_passive + 1} file paths (active party first, then each passive)")
-        _check(isinstance(d.csv.id_column, str) and d.csv.id_column != "", "dataset.csv.id_column",
-               d.csv.id_column, "a column name")
-        _check(isinstance(d.csv.label_column, str) and d.csv.label_column != "", "dataset.csv.label_column",
-               d.csv.label_column, "a column name")
+        _check(len(c.paths) == parties, "dataset.csv.paths", c.paths,
+               f"{parties} file paths (active party first, then each of the dataset.num_passive={d.num_passive} "
+               f"passives), got {len(c.paths)}")
+        dup = sorted({p for p in c.paths if c.paths.count(p) > 1})
+        _check(not dup, "dataset.csv.paths", c.paths, f"one file per party; {dup} is given to several parties")
+    _check(isinstance(c.id_column, str) and c.id_column != "", "dataset.csv.id_column", c.id_column, "a column name")
+    _check(isinstance(c.label_column, str) and c.label_column != "", "dataset.csv.label_column", c.label_column,
+           "a column name")
+    _check(c.label_column != c.id_column, "dataset.csv.label_column", c.label_column,
+           "a column other than dataset.csv.id_column")
+    if c.classes is not None:
+        ok = isinstance(c.classes, list) and all((isinstance(x, str) and x.strip()) or _is_int(x) for x in c.classes)
+        _check(ok, "dataset.csv.classes", c.classes, "null or a list of class labels (strings or integers)")
+        names = [str(x).strip() for x in c.classes]
+        _check(len(names) >= 2, "dataset.csv.classes", c.classes, "at least 2 classes")
+        dup = sorted({x for x in names if names.count(x) > 1})
+        _check(not dup, "dataset.csv.classes", c.classes, f"distinct classes ({dup} listed more than once)")
 
     ck = cfg.checkpoint
     _check(ck.dir is None or (isinstance(ck.dir, str) and ck.dir != ""), "checkpoint.dir", ck.dir,
@@ -248,8 +290,9 @@ def validate(cfg: Config) -> None:
                "'mlp' for tabular data (cnn needs an image dataset)")
     for name in ("hidden", "top_hidden"):
         v = getattr(m, name)
-        _check(isinstance(v, list) and all(_is_int(h) and h >= 1 for h in v), f"model.{name}", v,
-               "a list of positive layer widths")
+        _check(isinstance(v, list), f"model.{name}", v, "a list of layer widths, e.g. [256] ([] = no hidden layer)")
+        bad = [h for h in v if not (_is_int(h) and h >= 1)]
+        _check(not bad, f"model.{name}", v, f"positive integer layer widths ({bad[0]!r} is not)" if bad else "")
     _check(_is_int(m.embedding_dim) and m.embedding_dim >= 1, "model.embedding_dim", m.embedding_dim,
            "an integer >= 1")
     _check(_is_num(m.dropout) and 0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
@@ -290,3 +333,51 @@ def validate(cfg: Config) -> None:
     if t.combine_weight != 1 and t.name == "vproto":
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")
+
+    p = cfg.privacy
+    _check(_is_num(p.noise_multiplier) and p.noise_multiplier >= 0, "privacy.noise_multiplier", p.noise_multiplier,
+           "a number >= 0 (0 = no noise)")
+    _check(_is_num(p.clip_norm) and p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "a number > 0")
+    _check(_is_num(p.delta) and 0 < p.delta < 1, "privacy.delta", p.delta,
+           "a number in (0, 1), well below 1 / number of aligned users (e.g. 1e-5)")
+    if p.target_epsilon is not None:
+        _check(_is_num(p.target_epsilon) and p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
+               "null or a number > 0")
+        _check(p.noise_multiplier == 0, "privacy.noise_multiplier", p.noise_multiplier,
+               f"0 when privacy.target_epsilon is set (the noise is calibrated from target_epsilon="
+               f"{p.target_epsilon}); set one of the two")
+
+
+def _validate_feature_split(d: DatasetConfig) -> None:
+    """``dataset.feature_split``: adult only, one non-empty list of known column names per party, each column once."""
+    fs = d.feature_split
+    if fs is None:
+        if d.name == "adult":
+            from flwr_vproto.data.adult import PASSIVE_COLUMNS
+
+            _check(d.num_passive <= len(PASSIVE_COLUMNS), "dataset.num_passive", d.num_passive,
+                   f"at most {len(PASSIVE_COLUMNS)} with the built-in Adult split (one passive column each); set "
+                   f"dataset.feature_split for more parties")
+        return
+    if d.name != "adult":
+        how = "each CSV file holds its party's columns" if d.name == "csv" else "images are cut into equal strips"
+        _check(False, "dataset.feature_split", fs,
+               f"null for dataset {d.name!r} ({how}; it applies to the adult dataset only)")
+    parties = d.num_passive + 1
+    _check(isinstance(fs, list) and len(fs) == parties and all(isinstance(p, list) and p for p in fs),
+           "dataset.feature_split", fs,
+           f"null or {parties} non-empty lists of columns (active first, then each passive)")
+    from flwr_vproto.data.adult import COLUMNS
+
+    seen: dict[str, int] = {}
+    for party, columns in enumerate(fs):
+        for col in columns:
+            _check(isinstance(col, str) and col in COLUMNS, "dataset.feature_split", fs,
+                   f"Adult column names, but it has the unknown Adult column {col!r} (party {party}); known "
+                   f"columns: {', '.join(COLUMNS)}")
+            _check(col not in seen, "dataset.feature_split", fs,
+                   f"each column given to one party, but column {col!r} is given to party {seen.get(col)} and to "
+                   f"party {party}")
+            seen[col] = party
+    missing = [c for c in COLUMNS if c not in seen]
+    _check(not missing, "dataset.feature_split", fs, f"every Adult column given to a party; missing: {missing}")

@@ -22,6 +22,7 @@ from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.data.types import VerticalDataset
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device
 from flwr_vproto.parties import ActiveParty, PassiveParty, _batches, _n_batches, _round_seed, _scores
+from flwr_vproto.privacy import noise_multiplier, privacy_summary
 from flwr_vproto.results import build_results, round_record
 
 RoundCallback = Callable[[dict[str, float]], None]
@@ -36,6 +37,7 @@ def run_inprocess(
     cfg: Config, dataset: VerticalDataset | None = None, on_round: RoundCallback | None = None
 ) -> dict[str, Any]:
     """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content."""
+    noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)
     if cfg.method.name == "centralized":
         history = _run_centralized(cfg, ds, on_round)
@@ -70,11 +72,12 @@ def run_inprocess(
         t0 = time.perf_counter()
         splits = eval_splits(cfg, rnd)
         outs = [p.train_round(rnd, grads[k], protos[k], mask, splits) for k, p in enumerate(passives)]
-        res = active.train_round(rnd, [o.embeddings for o in outs])
+        res = active.train_round(rnd, [o.embeddings for o in outs], release=rnd < cfg.num_rounds)
         grads, protos, mask = list(res.gradients), list(res.prototypes), res.prototype_mask
         val = active.evaluate("val", [o.eval_embeddings["val"] for o in outs]) if splits else None
         test = active.evaluate("test", [o.eval_embeddings["test"] for o in outs]) if splits else None
-        rec = round_record(rnd, res.metrics, [o.metrics for o in outs], val, test, time.perf_counter() - t0)
+        rec = round_record(rnd, res.metrics, [o.metrics for o in outs], val, test, time.perf_counter() - t0,
+                           extra={f"privacy/{k}": v for k, v in res.privacy.items()})
         history.append(rec)
         if ck.due(cfg, rnd):  # parties first, the server last: its file marks the checkpoint complete
             for p in [*passives, active]:
@@ -84,7 +87,7 @@ def run_inprocess(
                 {f"passive{k}": q for k, q in enumerate(protos, start=1)}, mask))
         if on_round:
             on_round(rec)
-    results = build_results(cfg, history)
+    results = build_results(cfg, history, extra=privacy_summary(cfg, history))
     results["state"] = {"active": active, "passives": passives}  # callers may save models; not JSON
     return results
 

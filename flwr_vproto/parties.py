@@ -25,6 +25,7 @@ import torch
 import torch.nn.functional as F
 from sklearn.metrics import roc_auc_score
 
+from flwr_vproto import privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
@@ -39,6 +40,7 @@ class ActiveRoundOutput:
     prototypes: list[np.ndarray]  # (C, d_k) float32: second prototypes in passive k's space
     prototype_mask: np.ndarray  # (C,) bool: classes with a prototype
     metrics: dict[str, float] = field(default_factory=dict)
+    privacy: dict[str, float] = field(default_factory=dict)  # epsilon spent so far (privacy on only)
 
 
 @dataclass
@@ -269,6 +271,13 @@ class ActiveParty(_Party):
     def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int]) -> None:
         if data.train.y is None:
             raise ValueError(f"party {data.name}: the active party needs labels")
+        if len(passive_dims) != cfg.dataset.num_passive:
+            raise ValueError(f"the active party expects dataset.num_passive={cfg.dataset.num_passive} passive "
+                             f"parties, got embedding dimensions for {len(passive_dims)}")
+        for k, dim in enumerate(passive_dims, start=1):
+            if isinstance(dim, bool) or not isinstance(dim, (int, np.integer)) or dim != cfg.model.embedding_dim:
+                raise ValueError(f"passive{k}: embedding dimension {dim!r} differs from model.embedding_dim="
+                                 f"{cfg.model.embedding_dim}; every party must run with the same model config")
         self.num_classes = num_classes
         self.passive_dims = list(passive_dims) if cfg.method.name in ("vproto", "vanilla") else []
         super().__init__(data, cfg, 0)
@@ -282,6 +291,10 @@ class ActiveParty(_Party):
         self.proto_mask: torch.Tensor | None = None
         self.second: list[torch.Tensor | None] = [None] * len(self.passive_dims)  # EMA state per passive
         self.second_mask: list[torch.Tensor | None] = [None] * len(self.passive_dims)
+        # Differential privacy of the second prototypes (privacy.py); the accountant is party state, so a saved
+        # party carries the budget it has spent.
+        self.accountant = (privacy.Accountant(privacy.noise_multiplier(cfg), cfg.privacy.delta)
+                           if privacy.enabled(cfg) else None)
 
     @property
     def joint(self) -> bool:
@@ -344,11 +357,13 @@ class ActiveParty(_Party):
         return [self.encoder, self.top, self.head, self.proto_weight]
 
     # ---------------------------------------------------------------- training
-    def train_round(self, rnd: int, passive_embeddings: list[np.ndarray]) -> ActiveRoundOutput:
+    def train_round(self, rnd: int, passive_embeddings: list[np.ndarray], release: bool = True) -> ActiveRoundOutput:
         """One round of supervised split learning on the aligned rows plus the first loss on non-aligned rows.
 
         ``passive_embeddings[k]`` are passive ``k``'s embeddings of the aligned training rows (shared order) from
         this round. Returns each passive's gradients and second prototypes, used by that passive next round.
+        ``release``: whether this round's prototypes will be sent (false in the last round); with privacy on, only
+        released prototypes are charged to the privacy budget.
         """
         m = self.cfg.method
         al = torch.as_tensor(self.aligned["train"], device=self.device)
@@ -368,7 +383,7 @@ class ActiveParty(_Party):
         use_proto = m.name == "vproto" and rnd > m.warmup_rounds and m.lambda_active > 0
         if self.joint:
             self._update_first_prototypes(al)
-            protos, mask = self._second_prototypes(zs, y_tr[al])
+            protos, mask = self._second_prototypes(zs, y_tr[al], rnd, release)
         else:
             protos, mask = [], np.zeros(self.num_classes, dtype=bool)
         second = self._second_list()
@@ -446,7 +461,8 @@ class ActiveParty(_Party):
             metrics["active_pseudo_coverage"] = pseudo_kept / pseudo_seen
         if self.joint:
             metrics["prototype_classes"] = float(mask.sum())
-        return ActiveRoundOutput(grads, protos, mask, metrics)
+        spent = {"epsilon": self.accountant.epsilon()} if self.accountant is not None else {}
+        return ActiveRoundOutput(grads, protos, mask, metrics, spent)
 
     def _update_first_prototypes(self, al: torch.Tensor) -> None:
         """First prototypes: class means of ``f_A`` over the labelled aligned rows, optionally EMA-smoothed."""
@@ -455,13 +471,31 @@ class ActiveParty(_Party):
         new, mask = P.class_means(h, self._y["train"][al], self.num_classes)
         self.protos, self.proto_mask = P.ema_update(self.protos, self.proto_mask, new, mask, m.ema_momentum)
 
-    def _second_prototypes(self, zs: list[torch.Tensor], y_al: torch.Tensor) -> tuple[list[np.ndarray], np.ndarray]:
-        """Second prototypes: per passive, class means of its received embeddings, in its own space."""
+    def _second_prototypes(
+        self, zs: list[torch.Tensor], y_al: torch.Tensor, rnd: int, release: bool
+    ) -> tuple[list[np.ndarray], np.ndarray]:
+        """Second prototypes: per passive, class means of its received embeddings, in its own space.
+
+        With privacy on, the means come from clipped, noised class sums and noised counts (privacy.py), and a
+        round whose prototypes are released is charged ``K + 1`` Gaussian steps. The EMA and everything downstream
+        (the passives' third loss, this party's prototype classifier) see only the noisy values.
+        """
         m = self.cfg.method
         out: list[np.ndarray] = []
         masks = []
+        acc = self.accountant
+        if acc is not None:
+            gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, 0, rnd) + 2)
+            counts = privacy.noisy_counts(y_al, self.num_classes, acc.sigma, gen)
+            if release and zs:
+                acc.step(len(zs) + 1)
         for k, z in enumerate(zs):
-            new, mask = P.class_means(P.maybe_normalize(z, m.normalize), y_al, self.num_classes)
+            zn = P.maybe_normalize(z, m.normalize)
+            if acc is not None:
+                sums = privacy.noisy_class_sums(zn, y_al, self.num_classes, self.cfg.privacy.clip_norm, acc.sigma, gen)
+                new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma, self.cfg.privacy.clip_norm)
+            else:
+                new, mask = P.class_means(zn, y_al, self.num_classes)
             self.second[k], self.second_mask[k] = P.ema_update(self.second[k], self.second_mask[k], new, mask,
                                                                m.ema_momentum)
             out.append(self.second[k].cpu().numpy().astype(np.float32))
@@ -544,12 +578,15 @@ class ActiveParty(_Party):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
-                "second_mask": self.second_mask, "auto_weight": self._auto_weight}
+                "second_mask": self.second_mask, "auto_weight": self._auto_weight,
+                "privacy": None if self.accountant is None else self.accountant.state_dict()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
         self._auto_weight = float(state["auto_weight"])
+        if self.accountant is not None and state.get("privacy") is not None:
+            self.accountant.load_state_dict(state["privacy"])
 
 
 class _ParamHolder(torch.nn.Module):

@@ -35,10 +35,12 @@ from flwr.serverapp.strategy import Result, Strategy
 
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
+from flwr_vproto import privacy
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.inprocess import eval_splits, server_checkpoint
 from flwr_vproto.messages import ProtocolError
+from flwr_vproto.privacy import privacy_summary
 from flwr_vproto.results import build_results, format_round, round_record
 
 log = logging.getLogger("flwr")
@@ -121,6 +123,7 @@ class VerticalProtoStrategy(Strategy):
                               "in simulation: run it with engine=inprocess")
         if timeout <= 0 or wait_for_nodes <= 0:
             raise ConfigError("timeout and wait_for_nodes must be > 0 seconds")
+        privacy.noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any message
         self.cfg = cfg
         self.timeout = float(timeout)
         self.wait_for_nodes = float(wait_for_nodes)
@@ -262,6 +265,12 @@ class VerticalProtoStrategy(Strategy):
                                 f"{len(want)}), found {[p.index for p in passives]} on nodes "
                                 f"{[p.node_id for p in passives]}")
         self.parties = [actives[0], *passives]
+        want_dim = self.cfg.model.embedding_dim
+        for p in self.parties:
+            dim = p.info.get("embedding-dim")
+            if dim != want_dim:
+                raise ProtocolError(f"{p.name} (node {p.node_id}) reports embedding dimension {dim!r}, but "
+                                    f"model.embedding_dim={want_dim}; every party must run with the same model config")
         by_name = {p.name: replies[f"node {p.node_id}"] for p in self.parties}
         if resume_round is None:
             M.check_arrays(by_name["active"].content.get(M.ARRAYS), {f"hub.{s}": ("uint8", (-1,)) for s in SPLITS},
@@ -347,7 +356,8 @@ class VerticalProtoStrategy(Strategy):
         return round_record(
             rnd, M.metrics_of(metrics, "train."), [M.metrics_of(outs[p.name].content[M.METRICS]) for p in joint],
             M.metrics_of(metrics, "val.") or None, M.metrics_of(metrics, "test.") or None, time.perf_counter() - t0,
-            extra={"messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
+            extra={**{f"privacy/{k}": v for k, v in M.metrics_of(metrics, "privacy.").items()},
+                   "messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}},
         )
 
     @staticmethod
@@ -493,7 +503,7 @@ class VerticalProtoStrategy(Strategy):
             if evals:
                 result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)
 
-        self.results = build_results(cfg, self.history, extra={"flower": {
+        self.results = build_results(cfg, self.history, extra={**privacy_summary(cfg, self.history), "flower": {
             "setup_seconds": setup_seconds,
             **({"resumed_from_round": start} if start else {}),
             "setup_messages": self.setup_traffic.messages,

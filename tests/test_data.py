@@ -9,7 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flwr_vproto.config import config_from_dict
+from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.data import DataError, clear_cache, dataset_classes, load_party, load_vertical_dataset
 from flwr_vproto.data import adult as adult_module
 from flwr_vproto.data.types import VerticalDataset
@@ -216,18 +216,18 @@ def test_adult_feature_split_override_and_round_robin():
     ("split", "match"),
     [
         ([["age", "salary"], ["sex"]], "unknown Adult column 'salary'"),
-        ([["age", "sex"], ["sex"]], "column 'sex' given to party 0 and to party 1"),
+        ([["age", "sex"], ["sex"]], "column 'sex' is given to party 0 and to party 1"),
         ([["age"], ["sex"]], "missing"),
     ],
 )
 def test_adult_bad_feature_split(split, match):
-    with pytest.raises(DataError, match=match):
-        load_vertical_dataset(cfg(name="adult", feature_split=split))
+    with pytest.raises(ConfigError, match=match):  # checked up front, before any data is read
+        cfg(name="adult", feature_split=split)
 
 
 def test_feature_split_rejected_for_images():
-    with pytest.raises(DataError, match="adult dataset only"):
-        load_party(cfg(name="digits", feature_split=[["a"], ["b"]]), 0)
+    with pytest.raises(ConfigError, match="adult dataset only"):
+        cfg(name="digits", feature_split=[["a"], ["b"]])
 
 
 @pytest.mark.skipif(not FASHION_ROOT.is_dir(), reason="Debian package dataset-fashion-mnist not installed")
@@ -353,6 +353,36 @@ def test_csv_numeric_labels_ids_as_strings_and_unknown_labels(tmp_path):
     assert ds.active.train.ids[0].startswith("0") and len(ds.active.train.ids[0]) == 5  # leading zeros kept
     every = np.concatenate([ds.active.split(s).y for s in ("train", "val", "test")])
     assert (every == -1).sum() == n // 4  # empty label cells: unlabelled rows
+
+
+def test_csv_declared_classes_fix_the_order_and_refuse_other_labels(tmp_path):
+    a = tmp_path / "a.csv"
+    b = tmp_path / "b.csv"
+    n = 60
+    pd.DataFrame({"id": range(n), "f": np.arange(n) * 1.5,
+                  "y": [["yes", "no", ""][k % 3] for k in range(n)]}).to_csv(a, index=False)
+    pd.DataFrame({"id": range(n), "g": np.arange(n) % 7}).to_csv(b, index=False)
+    # declared order wins over sorting, and a declared class absent from the file still exists
+    ds = load_vertical_dataset(csv_cfg([str(a), str(b)], label_column="y", classes=["yes", "no", "maybe"]))
+    assert ds.class_names == ["yes", "no", "maybe"] and ds.num_classes == 3
+    assert dataset_classes(csv_cfg([str(a), str(b)], label_column="y", classes=["yes", "no", "maybe"]))[0] == 3
+    y = np.concatenate([ds.active.split(s).y for s in ("train", "val", "test")])
+    assert set(y.tolist()) == {-1, 0, 1}
+    with pytest.raises(DataError, match=rf"{a}: column 'y' has the label 'no', which is not one of the classes "
+                                        r"\['yes', 'maybe'\] \(dataset.csv.classes\)"):
+        load_vertical_dataset(csv_cfg([str(a), str(b)], label_column="y", classes=["yes", "maybe"]))
+    with pytest.raises(DataError, match="label 'no'"):  # the active party alone (what a deployed SuperNode reads)
+        load_party(csv_cfg([str(a), str(b)], label_column="y", classes=["yes", "maybe"]), 0)
+    # numeric classes match numeric labels by value ("1.0" is class 1)
+    pd.DataFrame({"id": range(n), "f": range(n), "y": [["1.0", "0", "2"][k % 3] for k in range(n)]}).to_csv(
+        a, index=False)
+    ds = load_vertical_dataset(csv_cfg([str(a), str(b)], label_column="y", classes=[2, 1, 0]))
+    assert ds.class_names == ["2", "1", "0"]
+    raw = pd.read_csv(a, dtype=str).set_index("id")["y"]
+    want = {"1.0": 1, "0": 2, "2": 0}
+    assert [int(v) for v in ds.active.train.y] == [want[raw[str(i)]] for i in ds.active.train.ids]
+    with pytest.raises(DataError, match="label '2'"):
+        load_vertical_dataset(csv_cfg([str(a), str(b)], label_column="y", classes=[0, 1]))
 
 
 def test_csv_tiny_files_with_empty_splits(tmp_path):

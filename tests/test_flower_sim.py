@@ -243,6 +243,40 @@ def test_message_protocol_matches_inprocess_exactly(method, num_passive):
             assert rec["bytes/passive1/up"] > 0 and rec["bytes/active/down"] >= rec["bytes/passive1/up"]
 
 
+def test_private_prototypes_give_the_same_numbers_and_epsilon_in_both_engines():
+    cfg = small_cfg("vproto", rounds=3, num_passive=2, privacy={"target_epsilon": 3.0})
+    strategy, _, _ = run_inline(cfg)
+    reference = run_inprocess(cfg)
+    assert_same_history(strategy.history, reference["rounds"])
+    eps = [r["privacy/epsilon"] for r in strategy.history]
+    assert 0 < eps[0] < eps[1] == eps[2] <= 3.0  # rounds 1-2 release (3 steps each), the last round does not
+    assert strategy.results["privacy"] == reference["privacy"]
+
+
+def test_an_embedding_dimension_other_than_the_config_is_refused_naming_the_party():
+    cfg = small_cfg(num_passive=2)
+    real = make_client_app(cfg)
+
+    def app(msg, context):  # passive 2 claims another embedding size at discovery
+        reply = real(msg, context)
+        if msg.metadata.message_type == M.DISCOVER and context.node_config["partition-id"] == 2:
+            reply.content[M.CONFIG]["embedding-dim"] = 32
+        return reply
+
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    with pytest.raises(ProtocolError, match=r"passive2 \(node 102\) reports embedding dimension 32, but "
+                                            r"model.embedding_dim=64"):
+        strategy.start(grid=InlineGrid(app, sim_nodes(cfg)))
+    from flwr_vproto.data import load_party
+    from flwr_vproto.parties import ActiveParty
+
+    with pytest.raises(ValueError, match=r"passive2: embedding dimension 32 differs from model.embedding_dim=64"):
+        ActiveParty(load_party(cfg, 0), cfg, 10, [64, 32])
+    with pytest.raises(ValueError, match=r"expects dataset.num_passive=2 passive parties, got embedding dimensions "
+                                         r"for 1"):
+        ActiveParty(load_party(cfg, 0), cfg, 10, [64])
+
+
 def test_parties_save_their_final_models(tmp_path):
     from flwr_vproto.parties import state_from_bytes
 

@@ -9,10 +9,10 @@ This is what a deployed SuperNode reads, so :func:`load_csv_party` touches **onl
   simulated data and are ignored: which users are aligned is whatever the files' IDs overlap in.)
 - **Encoding** is fitted on the party's own training rows: numeric columns standardised, text columns one-hot
   (categories unseen in training encode as all zeros). The column type is decided from the whole file.
-- **Labels** may be any values; classes are the sorted unique labels of the active file (numerically sorted when
-  every label is a number). An empty label cell means the active party does not know that user's label: ``y = -1``
-  there, like the non-aligned rows of a simulated party without labels. Training and evaluation code must skip
-  ``y == -1`` rows (also in val/test).
+- **Labels** may be any values; classes are ``dataset.csv.classes`` when set (a label outside them is an error),
+  else the sorted unique labels of the active file (numerically sorted when every label is a number). An empty
+  label cell means the active party does not know that user's label: ``y = -1`` there, like the non-aligned rows
+  of a simulated party without labels. Training and evaluation code must skip ``y == -1`` rows (also in val/test).
 - **No silent repair.** Missing files, missing columns, duplicate IDs, empty cells in feature columns, numbers mixed
   with text, label columns on a passive party: each raises :class:`DataError` naming the file, the column and an
   example, and no row is ever dropped or imputed.
@@ -102,18 +102,43 @@ def _column_kind(values: pd.Series, path: str, column: str) -> str:
     return "categorical"
 
 
-def label_classes(labels: pd.Series, path: str, label_column: str) -> tuple[list[str], dict[str, int]]:
-    """Class names (sorted) and a map from each raw label string to its class index."""
+def _canonical_number(v: float) -> str:
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
+def label_classes(
+    labels: pd.Series, path: str, label_column: str, classes: list[str] | None = None
+) -> tuple[list[str], dict[str, int]]:
+    """Class names and a map from each raw label string to its class index.
+
+    ``classes`` (``dataset.csv.classes``) fixes the class set and its order; a label outside it is an error naming
+    the file, the column and the value. Without it the classes are the sorted distinct labels (numerically sorted
+    when every label is a number: ``"1"`` and ``"1.0"`` are one class).
+    """
     present = labels.dropna().unique().tolist()
     if not present:
         raise DataError(f"{path}: label column {label_column!r} has no values")
+    if classes is not None:
+        names = [str(c).strip() for c in classes]
+        numeric_names = pd.to_numeric(pd.Series(names), errors="coerce")
+        by_number = ({_canonical_number(v): i for i, v in enumerate(numeric_names.tolist())}
+                     if not numeric_names.isna().any() else {})
+        index: dict[str, int] = {}
+        for raw in present:
+            if str(raw) in names:
+                index[raw] = names.index(str(raw))
+                continue
+            number = pd.to_numeric(pd.Series([raw]), errors="coerce").iloc[0]
+            key = None if pd.isna(number) else _canonical_number(number)
+            if key is None or key not in by_number:
+                raise DataError(f"{path}: column {label_column!r} has the label {raw!r}, which is not one of the "
+                                f"classes {names} (dataset.csv.classes)")
+            index[raw] = by_number[key]
+        return names, index
     numbers = pd.to_numeric(pd.Series(present), errors="coerce")
     if not numbers.isna().any():  # every label is a number: order by value, "1" and "1.0" are one class
-        def canonical(v: float) -> str:
-            return str(int(v)) if float(v).is_integer() else repr(float(v))
-
-        names = [canonical(v) for v in sorted(set(numbers.tolist()))]
-        index = {raw: names.index(canonical(v)) for raw, v in zip(present, numbers.tolist(), strict=True)}
+        names = [_canonical_number(v) for v in sorted(set(numbers.tolist()))]
+        index = {raw: names.index(_canonical_number(v)) for raw, v in zip(present, numbers.tolist(), strict=True)}
     else:
         names = sorted(str(v) for v in present)
         index = {raw: names.index(str(raw)) for raw in present}
@@ -137,7 +162,7 @@ def csv_classes(cfg: Config) -> tuple[int, list[str]]:
     if c.label_column not in frame.columns:
         raise DataError(f"{path}: the active party's file has no label column {c.label_column!r} "
                         f"(dataset.csv.label_column); columns: {_examples(list(frame.columns))}")
-    names, _ = label_classes(frame[c.label_column], path, c.label_column)
+    names, _ = label_classes(frame[c.label_column], path, c.label_column, c.classes)
     return len(names), names
 
 
@@ -155,7 +180,7 @@ def load_csv_party(cfg: Config, party_index: int) -> PartySplits:
         if c.label_column not in frame.columns:
             raise DataError(f"{path}: the active party's file has no label column {c.label_column!r} "
                             f"(dataset.csv.label_column); columns: {_examples(list(frame.columns))}")
-        class_names, index = label_classes(frame[c.label_column], path, c.label_column)
+        class_names, index = label_classes(frame[c.label_column], path, c.label_column, c.classes)
         y_all = np.array([-1 if pd.isna(v) else index[v] for v in frame[c.label_column]], dtype=np.int64)
     elif c.label_column in frame.columns:
         raise DataError(f"{path}: passive party {party_index} has the label column {c.label_column!r}; labels must "
