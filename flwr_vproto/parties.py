@@ -271,7 +271,8 @@ class ActiveParty(_Party):
     def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int]) -> None:
         if data.train.y is None:
             raise ValueError(f"party {data.name}: the active party needs labels")
-        if len(passive_dims) != cfg.dataset.num_passive:
+        joint = cfg.method.name in ("vproto", "vanilla")  # "local" never uses the passives' embeddings
+        if joint and len(passive_dims) != cfg.dataset.num_passive:
             raise ValueError(f"the active party expects dataset.num_passive={cfg.dataset.num_passive} passive "
                              f"parties, got embedding dimensions for {len(passive_dims)}")
         for k, dim in enumerate(passive_dims, start=1):

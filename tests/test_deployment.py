@@ -8,6 +8,7 @@ the same files, and every process is stopped by PID afterwards (see ``scripts/lo
 from __future__ import annotations
 
 import importlib.util
+import json
 import math
 import re
 import shutil
@@ -42,12 +43,21 @@ def _deploy(workdir: Path, num_passive: int) -> dict:
     run_config = {"dataset.name": "csv", "dataset.num_passive": num_passive, "num_rounds": 2,
                   "dataset.aligned_fraction": 0.2, "method.batch_size": 64}
     dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, workdir / "models"))
+    prediction = None
     try:
         dep.start()
         results = dep.run_app(run_config, workdir / "results", timeout=300)
+        if num_passive == 1:  # then score the held-out users with the saved models: a Flower query round
+            target = workdir / "prediction" / "prediction.json"
+            run_id = dep.submit({**run_config, "app.predict": "held-out"}, target.parent)
+            dep.wait(run_id, 300, until=target.exists)
+            time.sleep(0.5)
+            assert target.exists(), dep.log(run_id)[-3000:]
+            prediction = json.loads(target.read_text())
     finally:
         dep.stop()
-    return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep}
+    return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep,
+            "prediction": prediction}
 
 
 # app.timeout of the killed run: far above a normal reply on a busy CI machine (up to ~50 s seen with four
@@ -139,7 +149,15 @@ def test_flwr_run_on_a_loopback_deployment(deployments, num_passive):
     assert all(math.isfinite(v) for r in results["rounds"] for v in r.values())
     names = ["active"] + [f"passive{k}" for k in range(1, num_passive + 1)]
     assert [p["name"] for p in results["flower"]["parties"]] == names
-    assert sorted(p.name for p in models.iterdir()) == [f"{n}.pt" for n in names]  # each party keeps its model
+    assert sorted(p.name for p in models.iterdir() if p.suffix == ".pt") == [f"{n}.pt" for n in names]
+    if num_passive == 1:
+        # the prediction query round on the same deployment: the saved (last-round) models score the held-out test
+        # users as the run reported; the predictions CSV stays on the active party's node, the server gets counts
+        metrics = out["prediction"]["metrics"]
+        last = results["rounds"][-1]
+        assert metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
+        assert metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-6)
+        assert (models / "predictions.csv").exists()
 
     # the same files through the in-process engine: the same numbers (up to float reduction order)
     cfg = config_from_dict({"num_rounds": 2, "engine": "inprocess", "method": {"batch_size": 64},
