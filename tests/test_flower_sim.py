@@ -243,6 +243,24 @@ def test_message_protocol_matches_inprocess_exactly(method, num_passive):
             assert rec["bytes/passive1/up"] > 0 and rec["bytes/active/down"] >= rec["bytes/passive1/up"]
 
 
+def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree():
+    """method.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it."""
+    cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "method": {"batch_size": 64, "pseudo_gate": 0.8},
+                            "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 500}})
+    strategy, _, grid = run_inline(cfg)
+    reference = run_inprocess(cfg)["rounds"]
+    assert_same_history(strategy.history, reference)
+    # Before the first evaluation (round 2) there is no evidence: keep nothing. Then the gate fitted at round 2
+    # (no evaluation at round 3) is the threshold of rounds 3 and 4, never below confidence_threshold.
+    assert reference[1]["passive1/pseudo_threshold"] == 1.0 and reference[1]["passive1/pseudo_coverage"] == 0.0
+    gate = reference[1]["val/pseudo_gate1"]
+    assert 0.5 < gate < 1.0  # a real cut: some validation rows are kept, some are not
+    assert reference[2]["passive1/pseudo_threshold"] == reference[3]["passive1/pseudo_threshold"] == gate
+    sent = {int(m.content[M.CONFIG]["round"]): m.content[M.CONFIG].get("pseudo-threshold") for m in grid.sent
+            if m.metadata.message_type == M.TRAIN and "pseudo-threshold" in m.content[M.CONFIG]}
+    assert sent == {2: 1.0, 3: gate, 4: gate}  # a single float per round: the labels stay with the active party
+
+
 def test_parties_save_their_final_models(tmp_path):
     from flwr_vproto.parties import state_from_bytes
 
