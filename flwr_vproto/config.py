@@ -92,6 +92,9 @@ class MethodConfig:
     # active party scores each passive's nearest-second-prototype classifier on the validation rows and sends that
     # passive the lowest confidence threshold whose kept rows reach the target (never below confidence_threshold).
     pseudo_gate: float | str = "off"
+    # Pseudo-label the passives' non-aligned rows once per round with the round-start encoder (the one the gate
+    # scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' confidence mid-round.
+    pseudo_label_once: bool = False
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -284,6 +287,7 @@ def validate(cfg: Config) -> None:
            "an integer >= 0")
     _check(t.pseudo_gate in ("off", "majority") or (_is_num(t.pseudo_gate) and 0 < t.pseudo_gate <= 1),
            "method.pseudo_gate", t.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
+    _check(isinstance(t.pseudo_label_once, bool), "method.pseudo_label_once", t.pseudo_label_once, "true or false")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")

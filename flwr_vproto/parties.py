@@ -234,6 +234,10 @@ class PassiveParty(_Party):
         non_batches = _batches(len(non_t), m.batch_size, steps, gen) if len(non_t) else []
         seen = kept = correct = known = 0
         third_sum = 0.0
+        fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        if m.pseudo_label_once and len(non_t):  # label every non-aligned row once, with the round-start encoder
+            z0 = P.maybe_normalize(self._embed(x_tr[non_t]), m.normalize)
+            fixed = P.pseudo_labels(z0, protos, pmask, m.distance, m.tau, threshold)
         self._set_train(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_round_seed(self.cfg.seed, self.index, rnd) + 1)
@@ -245,8 +249,11 @@ class PassiveParty(_Party):
                 if len(non_batches):
                     rows = non_t[non_batches[i]]
                     z = P.maybe_normalize(self.encoder(x_tr[rows]), m.normalize)
-                    with torch.no_grad():
-                        lab, keep = P.pseudo_labels(z, protos, pmask, m.distance, m.tau, threshold)
+                    if fixed is not None:
+                        lab, keep = fixed[0][non_batches[i]], fixed[1][non_batches[i]]
+                    else:
+                        with torch.no_grad():
+                            lab, keep = P.pseudo_labels(z, protos, pmask, m.distance, m.tau, threshold)
                     lab = torch.where(keep, lab, torch.full_like(lab, -1))
                     third = P.prototype_loss(z, lab, protos, pmask, kind=m.distance, form=m.loss_form, tau=m.tau)
                     loss = loss + m.lambda_passive * third

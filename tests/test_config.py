@@ -25,6 +25,7 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"method": {"pseudo_gate": "on"}}, "method.pseudo_gate"),
         ({"method": {"pseudo_gate": 0.0}}, "method.pseudo_gate"),
         ({"method": {"pseudo_gate": 1.5}}, "method.pseudo_gate"),
+        ({"method": {"pseudo_label_once": "yes"}}, "method.pseudo_label_once"),
         ({"method": {"local_head": False, "joint_residual": True, "combine_weight": 1.0}}, "method.joint_residual"),
         ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),
         ({"model": {"encoder": "cnn"}, "dataset": {"name": "adult"}}, "model.encoder"),

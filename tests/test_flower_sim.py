@@ -7,6 +7,7 @@ runs the real Flower simulation (Ray) and checks it against the in-process engin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -243,10 +244,13 @@ def test_message_protocol_matches_inprocess_exactly(method, num_passive):
             assert rec["bytes/passive1/up"] > 0 and rec["bytes/active/down"] >= rec["bytes/passive1/up"]
 
 
-def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree():
-    """method.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it."""
-    cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "method": {"batch_size": 64, "pseudo_gate": 0.8},
-                            "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 500}})
+@pytest.mark.parametrize("once", [False, True])
+def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(once):
+    """method.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it
+    (``pseudo_label_once``: labelling its non-aligned rows once per round, with the round-start encoder)."""
+    cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
+                                                                          "max_train_users": 500},
+                            "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once}})
     strategy, _, grid = run_inline(cfg)
     reference = run_inprocess(cfg)["rounds"]
     assert_same_history(strategy.history, reference)
@@ -259,6 +263,10 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree():
     sent = {int(m.content[M.CONFIG]["round"]): m.content[M.CONFIG].get("pseudo-threshold") for m in grid.sent
             if m.metadata.message_type == M.TRAIN and "pseudo-threshold" in m.content[M.CONFIG]}
     assert sent == {2: 1.0, 3: gate, 4: gate}  # a single float per round: the labels stay with the active party
+    if once:  # labels fixed at the round start: coverage and accuracy differ from relabelling every batch
+        per_batch = run_inprocess(dataclasses.replace(cfg, method=dataclasses.replace(
+            cfg.method, pseudo_label_once=False)))["rounds"]
+        assert reference[2]["passive1/pseudo_coverage"] != per_batch[2]["passive1/pseudo_coverage"]
 
 
 def test_parties_save_their_final_models(tmp_path):
