@@ -335,8 +335,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             party: ActiveParty | PassiveParty = PassiveParty(data, c, me.index, num_classes)
             party.load_state_dict(state)
             mask = conf.get("prototype-mask")
+            gate = conf.get("pseudo-threshold")  # method.pseudo_gate: the active party's threshold for this passive
             out = party.train_round(rnd, got.get("gradients"), M.get_matrix(conf, "prototypes"),
-                                    None if mask is None else np.asarray(mask, dtype=bool), splits)
+                                    None if mask is None else np.asarray(mask, dtype=bool), splits,
+                                    None if gate is None else float(gate))  # type: ignore[arg-type]
             sent = {"embeddings": out.embeddings, **{f"embeddings.{s}": e for s, e in out.eval_embeddings.items()}}
             reply = _reply(msg, arrays=sent, metrics=M.metric_record(out.metrics))
         else:
@@ -357,6 +359,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
                     out_arrays[f"passive{k}.gradients"] = res.gradients[j]
                     M.put_matrix(out_conf, f"passive{k}.prototypes", res.prototypes[j])
                 out_conf["prototype-mask"] = [bool(b) for b in res.prototype_mask]
+                gates = party.pseudo_gates()
+                if gates is not None:  # one scalar per passive; the labels it was fitted on stay here
+                    for j, k in enumerate(passives):
+                        out_conf[f"passive{k}.pseudo-threshold"] = float(gates[j])
             reply = _reply(msg, arrays=out_arrays, config=out_conf, metrics=metrics)
         _save_party(context, party)
         if ck.due(c, rnd):  # before replying: the server's file for this round then means every party has one

@@ -91,6 +91,14 @@ class MethodConfig:
     confidence_threshold: float = 0.5  # keep a passive pseudo-label only above this confidence
     ema_momentum: float = 0.0  # 0 = prototypes from this round only
     warmup_rounds: int = 1  # rounds of plain split learning before prototype losses start
+    # Active-party gating of the passives' pseudo-labels: "off", or a precision target ("majority" = the share of the
+    # most frequent class among the labelled aligned training rows, or a number in (0, 1]). At every evaluation the
+    # active party scores each passive's nearest-second-prototype classifier on the validation rows and sends that
+    # passive the lowest confidence threshold whose kept rows reach the target (never below confidence_threshold).
+    pseudo_gate: float | str = "off"
+    # Pseudo-label the passives' non-aligned rows once per round with the round-start encoder (the one the gate
+    # scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' confidence mid-round.
+    pseudo_label_once: bool = False
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -320,6 +328,9 @@ def validate(cfg: Config) -> None:
            "a number in [0, 1)")
     _check(_is_int(t.warmup_rounds) and t.warmup_rounds >= 0, "method.warmup_rounds", t.warmup_rounds,
            "an integer >= 0")
+    _check(t.pseudo_gate in ("off", "majority") or (_is_num(t.pseudo_gate) and 0 < t.pseudo_gate <= 1),
+           "method.pseudo_gate", t.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
+    _check(isinstance(t.pseudo_label_once, bool), "method.pseudo_label_once", t.pseudo_label_once, "true or false")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")

@@ -51,6 +51,7 @@ def run_inprocess(
     grads: list[np.ndarray | None] = [None] * len(passives)
     protos: list[np.ndarray | None] = [None] * len(passives)
     mask: np.ndarray | None = None
+    gates: list[float] | None = None  # method.pseudo_gate: the thresholds the active party sends each passive
     history: list[dict[str, float]] = []
     if alignment is not None:
         for k, p in enumerate([active, *passives]):
@@ -66,16 +67,19 @@ def run_inprocess(
         protos = [ck.array(server["prototypes"][f"passive{k}"]) if f"passive{k}" in server["prototypes"] else None
                   for k in range(1, len(passives) + 1)]
         mask = None if server["prototype-mask"] is None else ck.array(server["prototype-mask"])
+        gates = server.get("pseudo-gates")
     facts = {"num-classes": ds.num_classes, "passives": list(range(1, len(ds.passives) + 1)),
              "passive-dims": [cfg.model.embedding_dim] * len(ds.passives)}
     for rnd in range(start + 1, cfg.num_rounds + 1):
         t0 = time.perf_counter()
         splits = eval_splits(cfg, rnd)
-        outs = [p.train_round(rnd, grads[k], protos[k], mask, splits) for k, p in enumerate(passives)]
+        outs = [p.train_round(rnd, grads[k], protos[k], mask, splits, None if gates is None else gates[k])
+                for k, p in enumerate(passives)]
         res = active.train_round(rnd, [o.embeddings for o in outs], release=rnd < cfg.num_rounds)
         grads, protos, mask = list(res.gradients), list(res.prototypes), res.prototype_mask
         val = active.evaluate("val", [o.eval_embeddings["val"] for o in outs]) if splits else None
         test = active.evaluate("test", [o.eval_embeddings["test"] for o in outs]) if splits else None
+        gates = active.pseudo_gates()
         rec = round_record(rnd, res.metrics, [o.metrics for o in outs], val, test, time.perf_counter() - t0,
                            extra={f"privacy/{k}": v for k, v in res.privacy.items()})
         history.append(rec)
@@ -84,7 +88,8 @@ def run_inprocess(
                 ck.save(ck.party_dir(cfg, p.data.name), rnd, party_checkpoint(cfg, p, rnd, facts))
             ck.save(ck.server_dir(cfg), rnd, server_checkpoint(
                 cfg, rnd, history, {f"passive{k}": g for k, g in enumerate(grads, start=1)},
-                {f"passive{k}": q for k, q in enumerate(protos, start=1)}, mask))
+                {f"passive{k}": q for k, q in enumerate(protos, start=1)}, mask,
+                **({"pseudo-gates": gates} if gates is not None else {})))
         if on_round:
             on_round(rec)
     results = build_results(cfg, history, extra=privacy_summary(cfg, history))

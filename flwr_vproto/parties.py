@@ -184,12 +184,14 @@ class PassiveParty(_Party):
         prototypes: np.ndarray | None = None,
         prototype_mask: np.ndarray | None = None,
         embed_splits: tuple[str, ...] = (),
+        pseudo_threshold: float | None = None,
     ) -> PassiveRoundOutput:
         """One round: apply last round's embedding gradients plus the third loss, then embed the aligned rows.
 
         ``gradients`` are the active party's dLoss/dz for the embeddings this party sent last round (``None`` in the
         first round). ``prototypes`` are the second prototypes in this party's space; the third loss uses them from
-        round ``warmup_rounds + 1`` on.
+        round ``warmup_rounds + 1`` on. ``pseudo_threshold`` is the confidence threshold the active party's gate
+        sent (``method.pseudo_gate``); ``None`` means ``method.confidence_threshold``.
         """
         m = self.cfg.method
         al = self.aligned["train"]
@@ -206,13 +208,17 @@ class PassiveParty(_Party):
         steps = max(_n_batches(len(al), m.batch_size) if gradients is not None else 0,
                     _n_batches(len(non), m.batch_size))
         if steps:
-            self._train_steps(rnd, steps, gen, gradients, prototypes, prototype_mask, non, metrics)
+            threshold = m.confidence_threshold if pseudo_threshold is None else float(pseudo_threshold)
+            self._train_steps(rnd, steps, gen, gradients, prototypes, prototype_mask, non, metrics, threshold)
+            if pseudo_threshold is not None and "pseudo_coverage" in metrics:
+                metrics["pseudo_threshold"] = threshold
         out = PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
         return out
 
     def _train_steps(
         self, rnd: int, steps: int, gen: torch.Generator, gradients: np.ndarray | None,
         prototypes: np.ndarray | None, prototype_mask: np.ndarray | None, non: np.ndarray, metrics: dict[str, float],
+        threshold: float,
     ) -> None:
         m = self.cfg.method
         x_tr = self._x["train"]
@@ -230,6 +236,10 @@ class PassiveParty(_Party):
         non_batches = _batches(len(non_t), m.batch_size, steps, gen) if len(non_t) else []
         seen = kept = correct = known = 0
         third_sum = 0.0
+        fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        if m.pseudo_label_once and len(non_t):  # label every non-aligned row once, with the round-start encoder
+            z0 = P.maybe_normalize(self._embed(x_tr[non_t]), m.normalize)
+            fixed = P.pseudo_labels(z0, protos, pmask, m.distance, m.tau, threshold)
         self._set_train(True)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_round_seed(self.cfg.seed, self.index, rnd) + 1)
@@ -241,8 +251,11 @@ class PassiveParty(_Party):
                 if len(non_batches):
                     rows = non_t[non_batches[i]]
                     z = P.maybe_normalize(self.encoder(x_tr[rows]), m.normalize)
-                    with torch.no_grad():
-                        lab, keep = P.pseudo_labels(z, protos, pmask, m.distance, m.tau, m.confidence_threshold)
+                    if fixed is not None:
+                        lab, keep = fixed[0][non_batches[i]], fixed[1][non_batches[i]]
+                    else:
+                        with torch.no_grad():
+                            lab, keep = P.pseudo_labels(z, protos, pmask, m.distance, m.tau, threshold)
                     lab = torch.where(keep, lab, torch.full_like(lab, -1))
                     third = P.prototype_loss(z, lab, protos, pmask, kind=m.distance, form=m.loss_form, tau=m.tau)
                     loss = loss + m.lambda_passive * third
@@ -296,6 +309,8 @@ class ActiveParty(_Party):
         # party carries the budget it has spent.
         self.accountant = (privacy.Accountant(privacy.noise_multiplier(cfg), cfg.privacy.delta)
                            if privacy.enabled(cfg) else None)
+        # method.pseudo_gate: each passive's confidence threshold, set at every validation; keep nothing until then.
+        self.gates: list[float] = [1.0] * len(self.passive_dims)
 
     @property
     def joint(self) -> bool:
@@ -348,6 +363,42 @@ class ActiveParty(_Party):
                 t = torch.where(mask.unsqueeze(0), t, fill)
                 logits = logits + self.proto_weight.param[k] * torch.log_softmax(t, dim=1)
         return logits
+
+    @property
+    def gated(self) -> bool:
+        """Whether this run gates the passives' pseudo-labels (``method.pseudo_gate`` not ``off``)."""
+        return self.vproto and self.joint and self.cfg.method.pseudo_gate != "off"
+
+    def pseudo_gates(self) -> list[float] | None:
+        """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
+        return list(self.gates) if self.gated else None
+
+    def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
+        """``method.pseudo_gate``: per passive, the lowest confidence threshold at which its nearest-second-prototype
+        pseudo-labels reach the precision target on these labelled (validation) rows; 1.0 (keep nothing) if none.
+
+        Scored on validation rows, not the aligned training rows whose gradients shaped the passive encoder, so the
+        estimate is not inflated by that fit. The configured ``confidence_threshold`` stays a floor.
+        """
+        m = self.cfg.method
+        if any(p is None for p in self.second):
+            return
+        masks = [mk for mk in self.second_mask if mk is not None]
+        mask = masks[0].clone()
+        for mk in masks[1:]:
+            mask &= mk
+        target = self._majority_share() if m.pseudo_gate == "majority" else float(m.pseudo_gate)
+        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        for k, e in enumerate(passive_embeddings):
+            z = P.maybe_normalize(torch.as_tensor(e, dtype=torch.float32, device=self.device), m.normalize)
+            t = P.gate_threshold(z, yt, self.second[k], mask, kind=m.distance, tau=m.tau, target=target)
+            self.gates[k] = max(float(m.confidence_threshold), t)
+
+    def _majority_share(self) -> float:
+        """Share of the most frequent class among the labelled aligned training rows (the trivial classifier)."""
+        y = self._y["train"][torch.as_tensor(self.aligned["train"], device=self.device)]
+        y = y[y >= 0]
+        return float(torch.bincount(y, minlength=self.num_classes).max()) / max(len(y), 1)
 
     def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if any(p is None for p in self.second):
@@ -560,9 +611,13 @@ class ActiveParty(_Party):
             self._fit_combine_weight(probs, y)
             w = self.combine_weight
             probs["combined"] = w * probs["joint"] + (1 - w) * probs["local"]
+        if split == "val" and self.gated:
+            self._fit_gates(passive_embeddings, y)
         metrics = _scores(probs["combined"], y, self.num_classes)
         if "joint" in probs and "local" in probs:
             metrics["combine_weight"] = self.combine_weight
+        if split == "val" and self.gated:
+            metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
         for name in ("joint", "local"):
             if name in probs and len(probs) > 2:
                 metrics[f"{name}_accuracy"] = _scores(probs[name], y, self.num_classes)["accuracy"]
@@ -579,7 +634,7 @@ class ActiveParty(_Party):
 
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
-                "second_mask": self.second_mask, "auto_weight": self._auto_weight,
+                "second_mask": self.second_mask, "auto_weight": self._auto_weight, "gates": list(self.gates),
                 "privacy": None if self.accountant is None else self.accountant.state_dict()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -588,6 +643,7 @@ class ActiveParty(_Party):
         self._auto_weight = float(state["auto_weight"])
         if self.accountant is not None and state.get("privacy") is not None:
             self.accountant.load_state_dict(state["privacy"])
+        self.gates = [float(g) for g in state.get("gates", self.gates)]
 
 
 class _ParamHolder(torch.nn.Module):

@@ -98,3 +98,37 @@ def prototype_loss(
     if form == "contrastive":
         return F.cross_entropy(_masked_logits(z, protos, mask, kind, tau), labels)
     raise ValueError(f"unknown loss form {form!r}; expected 'pull' or 'contrastive'")
+
+
+def gate_threshold(
+    z: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor, mask: torch.Tensor, *, kind: str, tau: float,
+    target: float, min_kept: int = 10,
+) -> float:
+    """Confidence threshold at which the nearest-prototype pseudo-labels reach precision ``target`` on labelled rows.
+
+    The active party scores each passive's nearest-second-prototype classifier on rows whose labels it knows
+    (``z``: that passive's embeddings of them, ``labels`` their classes, ``-1`` ignored), ranks the rows by
+    confidence, and returns the lowest threshold whose kept rows (confidence strictly above it, at least
+    ``min_kept`` of them) are right at least ``target`` of the time: the most coverage the precision bar allows.
+    Returns ``1.0`` (keep nothing: softmax confidence never exceeds 1) when no threshold reaches the bar, and ``0.0``
+    when every row may be kept. Only this one number leaves the active party; the labels stay with it.
+    """
+    keep = labels >= 0
+    z, labels = z[keep], labels[keep]
+    n = z.shape[0]
+    if n == 0 or not bool(mask.any()):
+        return 1.0
+    probs = torch.softmax(_masked_logits(z, protos, mask, kind, tau), dim=1)
+    conf, pred = probs.max(dim=1)
+    conf, order = torch.sort(conf, descending=True)
+    correct = (pred[order] == labels[order]).to(torch.float64)
+    kept = torch.arange(1, n + 1, dtype=torch.float64, device=z.device)
+    precision = correct.cumsum(0) / kept
+    # A cut after the k-th row is realisable by a threshold only where the next row's confidence is strictly lower.
+    distinct = torch.ones(n, dtype=torch.bool, device=z.device)
+    distinct[:-1] = conf[:-1] > conf[1:]
+    ok = distinct & (precision >= target) & (kept >= min(min_kept, n))
+    if not bool(ok.any()):
+        return 1.0
+    k = int(torch.nonzero(ok).flatten().max())  # index of the last kept row
+    return 0.0 if k == n - 1 else float(conf[k + 1])

@@ -32,7 +32,7 @@ GAP_METHODS = ("vproto", "vanilla", "local", "centralized")
 _NOT_A_VARIANT = {"seed", "dataset.name", "dataset.aligned_fraction", "method.name", "engine", "device"}
 # Per-round keys kept by :func:`slim_history` (the benchmark's JSON lines stay small).
 _HISTORY_PREFIXES = ("val/accuracy", "val/auc", "test/accuracy", "test/auc", "test/active_only_accuracy")
-_HISTORY_SUFFIXES = ("/pseudo_coverage", "/pseudo_accuracy", "/active_pseudo_coverage")
+_HISTORY_SUFFIXES = ("/pseudo_coverage", "/pseudo_accuracy", "/active_pseudo_coverage", "/pseudo_threshold")
 
 
 class ReportError(ValueError):

@@ -93,6 +93,8 @@ class Relayed:
             conf["prototypes.data"] = self.prototypes[f"{name}.prototypes.data"]
             conf["prototypes.shape"] = self.prototypes[f"{name}.prototypes.shape"]
             conf["prototype-mask"] = self.prototypes["prototype-mask"]
+        if f"{name}.pseudo-threshold" in self.prototypes:  # method.pseudo_gate
+            conf["pseudo-threshold"] = self.prototypes[f"{name}.pseudo-threshold"]
         arrays = ArrayRecord({"gradients": self.gradients[name]} if name in self.gradients else {})
         if rnd == 1:  # PSI step 4 rides along with the first round: the passive's positions, and the classes
             for s in SPLITS:
@@ -380,6 +382,11 @@ class VerticalProtoStrategy(Strategy):
         mask = conf.get("prototype-mask")  # type: ignore[union-attr]
         if not isinstance(mask, list) or len(mask) != classes or not all(isinstance(b, bool) for b in mask):
             raise ProtocolError(f"active sent a bad reply during {where}: 'prototype-mask' is not {classes} booleans")
+        for p in joint:
+            gate = conf.get(f"{p.name}.pseudo-threshold")  # type: ignore[union-attr]
+            if gate is not None and (not isinstance(gate, float) or not 0.0 <= gate <= 1.0):
+                raise ProtocolError(f"active sent a bad reply during {where}: '{p.name}.pseudo-threshold' is not a "
+                                    f"number in [0, 1]")
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_to_resume(self) -> tuple[int, dict[str, Any] | None]:
@@ -405,17 +412,21 @@ class VerticalProtoStrategy(Strategy):
             M.put_matrix(relayed.prototypes, f"{name}.prototypes", ck.array(proto))
         if saved["prototype-mask"] is not None:
             relayed.prototypes["prototype-mask"] = [bool(b) for b in ck.array(saved["prototype-mask"])]
+        for k, gate in enumerate(saved.get("pseudo-gates") or [], start=1):
+            relayed.prototypes[f"passive{k}.pseudo-threshold"] = float(gate)
 
     def _save_checkpoint(self, rnd: int, relayed: Relayed) -> None:
         """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
         names = [p.name for p in self.parties if p.role == "passive"]
         protos = {n: M.get_matrix(relayed.prototypes, f"{n}.prototypes") for n in names}
         mask = relayed.prototypes.get("prototype-mask")
+        gates = [relayed.prototypes.get(f"{n}.pseudo-threshold") for n in names]
+        extra = {"pseudo-gates": [float(g) for g in gates]} if gates and all(g is not None for g in gates) else {}
         info = {p.name: {k: v for k, v in p.info.items() if k.startswith("aligned.") or k == "num-classes"}
                 for p in self.parties}
         ck.save(ck.server_dir(self.cfg), rnd, server_checkpoint(
             self.cfg, rnd, self.history, {n: g.numpy() for n, g in relayed.gradients.items()}, protos,
-            None if mask is None else np.asarray(mask, dtype=bool), **{"party-info": info}))
+            None if mask is None else np.asarray(mask, dtype=bool), **{"party-info": info}, **extra))
         self.last_checkpoint = rnd
 
     # ------------------------------------------------------------------ the run

@@ -133,3 +133,33 @@ def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_
     assert strategy.results["final"] == reference["final"] and sorted(result.train_metrics_clientapp) == [1, 2, 3, 4]
     assert strategy.results["flower"]["resumed_from_round"] == 2
     assert [p["aligned.train"] for p in strategy.results["flower"]["parties"] if p["name"] == "active"]
+
+
+def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
+    """method.pseudo_gate: the thresholds in transit are part of the server's checkpoint, like the prototypes."""
+    from test_flower_sim import InlineGrid, sim_nodes
+
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    def cfg(folder: str = "inprocess", **extra):
+        return _cfg(method={"batch_size": 64, "pseudo_gate": 0.8},
+                    checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
+
+    def flower(c):
+        strategy = VerticalProtoStrategy(c, timeout=30, wait_for_nodes=1)
+        strategy.start(grid=InlineGrid(make_client_app(c), sim_nodes(c)))  # fresh nodes: empty context.state
+        return [{k: v for k, v in r.items() if k in ref} for r, ref in zip(strategy.history, full["rounds"],
+                                                                          strict=True)]
+
+    full = run_inprocess(cfg())
+    assert any("passive1/pseudo_threshold" in r and r["passive1/pseudo_threshold"] < 1.0 for r in full["rounds"][2:])
+    for engine in ("inprocess", "flower"):
+        if engine == "flower":
+            assert _strip(flower(cfg(engine))) == _strip(full["rounds"])
+        saved = ck.load(tmp_path / engine / "server", 2, "server")
+        assert saved["pseudo-gates"] == [full["rounds"][1]["val/pseudo_gate1"]]
+        (tmp_path / engine / "server" / "round-4.pt").unlink()  # the latest complete checkpoint is now round 2
+        resumed = run_inprocess(cfg(engine, resume=True))["rounds"] if engine == "inprocess" else flower(
+            cfg(engine, resume=True))
+        assert _strip(resumed) == _strip(full["rounds"]), engine

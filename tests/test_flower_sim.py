@@ -7,6 +7,7 @@ runs the real Flower simulation (Ray) and checks it against the in-process engin
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import sys
@@ -275,6 +276,31 @@ def test_an_embedding_dimension_other_than_the_config_is_refused_naming_the_part
     with pytest.raises(ValueError, match=r"expects dataset.num_passive=2 passive parties, got embedding dimensions "
                                          r"for 1"):
         ActiveParty(load_party(cfg, 0), cfg, 10, [64])
+
+
+@pytest.mark.parametrize("once", [False, True])
+def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(once):
+    """method.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it
+    (``pseudo_label_once``: labelling its non-aligned rows once per round, with the round-start encoder)."""
+    cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
+                                                                          "max_train_users": 500},
+                            "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once}})
+    strategy, _, grid = run_inline(cfg)
+    reference = run_inprocess(cfg)["rounds"]
+    assert_same_history(strategy.history, reference)
+    # Before the first evaluation (round 2) there is no evidence: keep nothing. Then the gate fitted at round 2
+    # (no evaluation at round 3) is the threshold of rounds 3 and 4, never below confidence_threshold.
+    assert reference[1]["passive1/pseudo_threshold"] == 1.0 and reference[1]["passive1/pseudo_coverage"] == 0.0
+    gate = reference[1]["val/pseudo_gate1"]
+    assert 0.5 < gate < 1.0  # a real cut: some validation rows are kept, some are not
+    assert reference[2]["passive1/pseudo_threshold"] == reference[3]["passive1/pseudo_threshold"] == gate
+    sent = {int(m.content[M.CONFIG]["round"]): m.content[M.CONFIG].get("pseudo-threshold") for m in grid.sent
+            if m.metadata.message_type == M.TRAIN and "pseudo-threshold" in m.content[M.CONFIG]}
+    assert sent == {2: 1.0, 3: gate, 4: gate}  # a single float per round: the labels stay with the active party
+    if once:  # labels fixed at the round start: coverage and accuracy differ from relabelling every batch
+        per_batch = run_inprocess(dataclasses.replace(cfg, method=dataclasses.replace(
+            cfg.method, pseudo_label_once=False)))["rounds"]
+        assert reference[2]["passive1/pseudo_coverage"] != per_batch[2]["passive1/pseudo_coverage"]
 
 
 def test_parties_save_their_final_models(tmp_path):

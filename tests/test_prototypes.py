@@ -55,6 +55,46 @@ def test_pseudo_labels_threshold_temperature_and_missing_prototypes():
     assert not none.any()
 
 
+def _gate_rows(confidences: list[float]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Rows on the segment between two prototypes whose nearest-prototype confidence (tau=1, sqeuclidean, C=2)
+    is each given value: the logit gap at position x is x^2 - (x - 1)^2 = 2x - 1, so x = (logit(c) + 1) / 2."""
+    c = torch.tensor(confidences, dtype=torch.float64)
+    x = (torch.log(c / (1 - c)) + 1) / 2
+    return torch.stack([x, torch.zeros_like(x)], 1).float(), torch.tensor([[0.0, 0.0], [1.0, 0.0]]), torch.ones(
+        2, dtype=torch.bool)
+
+
+def test_gate_threshold_keeps_the_most_rows_whose_precision_reaches_the_target():
+    conf = [0.99, 0.97, 0.95, 0.9, 0.8, 0.7, 0.6, 0.55]
+    z, protos, mask = _gate_rows(conf)
+    labels, _ = P.pseudo_labels(z, protos, mask, "sqeuclidean", 1.0, 0.0)
+    assert labels.tolist() == [1] * 8
+    truth = torch.tensor([1, 1, 1, 0, 1, 0, 0, 0])  # precision of the top k: 1, 1, 1, .75, .8, .67, .57, .5
+    gate = lambda target, **kw: P.gate_threshold(z, truth, protos, mask, kind="sqeuclidean", tau=1.0,  # noqa: E731
+                                                 target=target, min_kept=kw.get("min_kept", 1))
+    assert gate(0.8) == pytest.approx(0.7, abs=1e-5)  # keep the top 5 (precision .8): threshold = 6th confidence
+    assert gate(0.9) == pytest.approx(0.9, abs=1e-5)  # only the top 3 are right often enough
+    assert gate(0.5) == 0.0  # every row may be kept
+    assert gate(0.9, min_kept=4) == 1.0  # no cut with >= 4 rows reaches 0.9: keep nothing
+    # Applying the threshold keeps exactly the rows the gate counted.
+    _, keep = P.pseudo_labels(z, protos, mask, "sqeuclidean", 1.0, gate(0.8))
+    assert keep.tolist() == [True] * 5 + [False] * 3
+    # Unlabelled rows are ignored; no labelled rows or no prototypes: keep nothing.
+    assert P.gate_threshold(z, torch.tensor([1, 1, 1, -1, 1, -1, -1, -1]), protos, mask, kind="sqeuclidean",
+                            tau=1.0, target=1.0, min_kept=1) == 0.0
+    assert P.gate_threshold(z, torch.full((8,), -1), protos, mask, kind="sqeuclidean", tau=1.0, target=0.5) == 1.0
+    assert P.gate_threshold(z, truth, protos, torch.zeros(2, dtype=torch.bool), kind="sqeuclidean", tau=1.0,
+                            target=0.5) == 1.0
+
+
+def test_gate_threshold_never_cuts_between_rows_of_equal_confidence():
+    z, protos, mask = _gate_rows([0.9, 0.9, 0.9, 0.6])
+    truth = torch.tensor([1, 1, 0, 0])  # the three tied rows together are 2/3 right, all four 1/2
+    assert P.gate_threshold(z, truth, protos, mask, kind="sqeuclidean", tau=1.0, target=0.9, min_kept=1) == 1.0
+    assert P.gate_threshold(z, truth, protos, mask, kind="sqeuclidean", tau=1.0, target=0.6,
+                            min_kept=1) == pytest.approx(0.6, abs=1e-5)
+
+
 @pytest.mark.parametrize("form", ["pull", "contrastive"])
 @pytest.mark.parametrize("kind", ["sqeuclidean", "cosine"])
 def test_losses_skip_absent_classes_and_never_nan(form, kind):
