@@ -146,26 +146,16 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | ArrayRecord | None = No
 
 
 # ------------------------------------------------------------------------------------------------ PSI state
-def _psi_blobs(prefix: str, state: dict[str, bytes]) -> dict[str, np.ndarray]:
-    """One split's PSI state (secret, private order, sent points) as arrays for ``context.state``."""
-    return {f"{prefix}.{k}": M.bytes_to_array(v) for k, v in state.items()}
-
-
-def _psi_state(prefix: str, blobs: dict[str, np.ndarray]) -> dict[str, bytes]:
-    """Inverse of :func:`_psi_blobs`."""
-    return {k[len(prefix) + 1:]: M.array_to_bytes(v) for k, v in blobs.items() if k.startswith(prefix + ".")}
-
-
 def _hub(data: PartySplits, c: Config, split: str, blobs: dict[str, np.ndarray]) -> PSIHub:
     """The active party's PSI hub of an earlier message (a deployment runs each message in a fresh process)."""
-    return PSIHub.from_state(data.split(split).ids, _psi_state(f"psi.{split}", blobs),
+    return PSIHub.from_state(data.split(split).ids, M.bytes_of(f"psi.{split}", blobs),
                              order_seed=split_order_seed(c.seed, split),
                              min_intersection=min_intersection(c.dataset.min_aligned, split))
 
 
 def _peer(data: PartySplits, split: str, blobs: dict[str, np.ndarray]) -> PSIPeer:
     """A passive party's PSI peer of an earlier message."""
-    return PSIPeer.from_state(data.split(split).ids, _psi_state(f"psi.{split}", blobs))
+    return PSIPeer.from_state(data.split(split).ids, M.bytes_of(f"psi.{split}", blobs))
 
 
 # ------------------------------------------------------------------------------------------------ the app
@@ -226,7 +216,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             side = (PSIHub(ids, order_seed=split_order_seed(c.seed, split)) if me.role == "active"
                     else PSIPeer(ids))
             points[f"{'hub' if me.role == 'active' else 'own'}.{split}"] = M.bytes_to_array(side.blinded_ids())
-            blobs.update(_psi_blobs(f"psi.{split}", side.export_state()))
+            blobs.update(M.blobs_of(f"psi.{split}", side.export_state()))
         _store(context, blobs)
         return _reply(msg, arrays=points, config=info)
 
@@ -258,7 +248,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
         for split in SPLITS:
             hub = _hub(data, c, split, blobs)
             hub.blind_peers({f"passive{k}": M.array_to_bytes(arrays[f"passive{k}.own.{split}"]) for k in passives})
-            blobs.update(_psi_blobs(f"psi.{split}", hub.export_state()))
+            blobs.update(M.blobs_of(f"psi.{split}", hub.export_state()))
         _store(context, blobs)
         return _reply(msg, config={"blinded": len(passives)})
 

@@ -76,6 +76,17 @@ def array_to_bytes(arr: np.ndarray) -> bytes:
     return np.ascontiguousarray(arr, dtype=np.uint8).tobytes()
 
 
+def blobs_of(prefix: str, state: Mapping[str, bytes]) -> dict[str, np.ndarray]:
+    """A dict of named bytes (e.g. a PSI side's ``export_state()``) as ``<prefix>.<name>`` arrays for
+    ``context.state``."""
+    return {f"{prefix}.{k}": bytes_to_array(v) for k, v in state.items()}
+
+
+def bytes_of(prefix: str, blobs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
+    """Inverse of :func:`blobs_of`: the entries under ``<prefix>.``, as bytes, without the prefix."""
+    return {k[len(prefix) + 1:]: array_to_bytes(v) for k, v in blobs.items() if k.startswith(prefix + ".")}
+
+
 # ------------------------------------------------------------------------------------------------ checking replies
 Expected = Mapping[str, tuple[str, tuple[int, ...]]]
 """Array name -> (dtype, shape); ``-1`` in a shape matches any length."""

@@ -71,15 +71,6 @@ def _keep(context: Context, **arrays: np.ndarray) -> None:
     context.state[STATE] = M.array_record({**_arrays(context), **arrays})
 
 
-def _keep_psi(context: Context, state: dict[str, bytes]) -> None:
-    """This party's side of the prediction PSI (secret, order, sent points), kept for its next message only."""
-    _keep(context, **{f"psi.{k}": M.bytes_to_array(v) for k, v in state.items()})
-
-
-def _psi_state(kept: dict[str, np.ndarray]) -> dict[str, bytes]:
-    return {k[len("psi."):]: M.array_to_bytes(v) for k, v in kept.items() if k.startswith("psi.")}
-
-
 def _reply(msg: Message, arrays: dict[str, np.ndarray] | None = None, config: dict[str, Any] | None = None,
            metrics: dict[str, float] | None = None) -> Message:
     content = RecordDict()
@@ -110,7 +101,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
             return _reply(msg, config=info)
         hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         points = hub.blinded_ids()
-        _keep_psi(context, hub.export_state())
+        _keep(context, **M.blobs_of("psi", hub.export_state()))
         return _reply(msg, arrays={"hub": M.bytes_to_array(points)}, config=info)
 
     @app.query("predict_psi_peer")
@@ -119,7 +110,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         rows = _rows(msg, context, _saved(me), me)
         peer = PSIPeer(rows.ids)
         reblinded, own = peer.respond(M.array_to_bytes(M.arrays_of(msg.content[M.ARRAYS])["hub"]))  # type: ignore
-        _keep_psi(context, peer.export_state())
+        _keep(context, **M.blobs_of("psi", peer.export_state()))
         return _reply(msg, arrays={"reblinded": M.bytes_to_array(reblinded), "own": M.bytes_to_array(own)})
 
     @app.query("predict_psi_finish")
@@ -130,7 +121,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         kept = _arrays(context)
         if "psi.secret" not in kept:
             raise M.ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
-        hub = PSIHub.from_state(rows.ids, _psi_state(kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+        hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         got = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
         passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
         for k in passives:
@@ -156,7 +147,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         kept = _arrays(context)
         if "psi.perm" not in kept:
             raise M.ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
-        peer = PSIPeer.from_state(rows.ids, _psi_state(kept))
+        peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
         positions = M.arrays_of(msg.content[M.ARRAYS])["positions"]  # type: ignore[arg-type]
         party = predictor(saved, rows)
         set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))

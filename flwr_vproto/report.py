@@ -243,6 +243,12 @@ def _passive_mean(suffix: str) -> Any:
     return pick
 
 
+def _save(plt: Any, fig: Any, path: Path) -> None:
+    """Write one figure and free it (a sweep draws many)."""
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+
+
 def plot_accuracy_per_round(runs: list[Run], out: Path) -> list[Path]:
     """Per dataset, one panel per aligned fraction: mean test accuracy per round of each method (band: ± std)."""
     plt = _pyplot()
@@ -269,8 +275,7 @@ def plot_accuracy_per_round(runs: list[Run], out: Path) -> list[Path]:
         _legend(axes[0][-1])
         fig.tight_layout()
         path = out / f"accuracy_per_round_{ds}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _save(plt, fig, path)
         written.append(path)
     return written
 
@@ -300,8 +305,7 @@ def plot_accuracy_vs_aligned(runs: list[Run], out: Path) -> Path:
         _legend(ax)
     fig.tight_layout()
     path = out / "accuracy_vs_aligned.png"
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    _save(plt, fig, path)
     return path
 
 
@@ -330,8 +334,7 @@ def plot_pseudo_labels(runs: list[Run], out: Path) -> list[Path]:
         _legend(axes[1])
         fig.tight_layout()
         path = out / f"pseudo_labels_{ds}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
+        _save(plt, fig, path)
         written.append(path)
     return written
 
