@@ -93,7 +93,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
     strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
-                                     on_round=_print_round(cfg.num_rounds))
+                                     on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01)
     model_dir = str(out / "models") if runner.get("save_models", True) else None
     backend = {
         "client_resources": {"num_cpus": float(runner.get("client_num_cpus", 1)),

@@ -347,8 +347,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             if not final:  # the last round's gradients and prototypes would never be used
                 for j, k in enumerate(passives):
                     out_arrays[f"passive{k}.gradients"] = res.gradients[j]
-                    M.put_matrix(out_conf, f"passive{k}.prototypes", res.prototypes[j])
-                out_conf["prototype-mask"] = [bool(b) for b in res.prototype_mask]
+                    if c.method.shares_prototypes:  # else no passive uses them: they stay here
+                        M.put_matrix(out_conf, f"passive{k}.prototypes", res.prototypes[j])
+                if c.method.shares_prototypes and passives:
+                    out_conf["prototype-mask"] = [bool(b) for b in res.prototype_mask]
                 gates = party.pseudo_gates()
                 if gates is not None:  # one scalar per passive; the labels it was fitted on stay here
                     for j, k in enumerate(passives):

@@ -86,7 +86,9 @@ class MethodConfig:
     loss_form: str = "contrastive"
     normalize: bool = True  # L2-normalise embeddings before prototype math
     lambda_active: float = 1.0  # weight of the first loss (active party, non-aligned rows)
-    lambda_passive: float = 1.0  # weight of the third loss (passive parties, non-aligned rows)
+    # Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers accuracy on
+    # every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor to learn from.
+    lambda_passive: float = 0.0
     tau: float = 0.1  # temperature of the softmax over negative distances
     confidence_threshold: float = 0.5  # keep a passive pseudo-label only above this confidence
     ema_momentum: float = 0.0  # 0 = prototypes from this round only
@@ -99,6 +101,16 @@ class MethodConfig:
     # Pseudo-label the passives' non-aligned rows once per round with the round-start encoder (the one the gate
     # scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' confidence mid-round.
     pseudo_label_once: bool = False
+    # Passes over the aligned rows per round for the supervised (joint) loss. null: cycle the aligned batches
+    # alongside every batch of non-aligned rows (many passes when few users are aligned: the top model over-fits);
+    # an integer k: k passes, the remaining steps of the round train only on non-aligned rows.
+    aligned_passes: int | None = 1
+    # The joint model gets its own active encoder, trained end-to-end by the supervised loss on the aligned rows (as
+    # in vanilla split learning), while the shared encoder keeps serving the active-only head and the prototypes.
+    joint_encoder: bool = True
+    # Weight of the active-only head's logits in the residual joint model: "fixed" (1) or "learned" (a scalar
+    # trained with the top model, starting at 1).
+    residual_weight: str = "learned"
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -116,6 +128,12 @@ class MethodConfig:
     # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
     # over-fitting the aligned rows cannot degrade the active party's own representation.
     joint_trains_active_encoder: bool = False
+
+    @property
+    def shares_prototypes(self) -> bool:
+        """Whether the active party sends the passives their second prototypes: only their third loss (and its
+        pseudo-label gate) uses them, so with ``lambda_passive=0`` (or for ``vanilla``) they never leave it."""
+        return self.name == "vproto" and self.lambda_passive > 0
 
 
 @dataclass
@@ -331,6 +349,14 @@ def validate(cfg: Config) -> None:
     _check(t.pseudo_gate in ("off", "majority") or (_is_num(t.pseudo_gate) and 0 < t.pseudo_gate <= 1),
            "method.pseudo_gate", t.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
     _check(isinstance(t.pseudo_label_once, bool), "method.pseudo_label_once", t.pseudo_label_once, "true or false")
+    if t.name == "vproto" and t.pseudo_gate != "off":
+        _check(_is_num(t.lambda_passive) and t.lambda_passive > 0, "method.pseudo_gate", t.pseudo_gate,
+               "'off' when method.lambda_passive is 0 (the gate filters the passives' third loss)")
+    _check(t.aligned_passes is None or (_is_int(t.aligned_passes) and t.aligned_passes >= 1), "method.aligned_passes",
+           t.aligned_passes, "null or an integer >= 1")
+    _check(isinstance(t.joint_encoder, bool), "method.joint_encoder", t.joint_encoder, "true or false")
+    _check(t.residual_weight in ("fixed", "learned"), "method.residual_weight", t.residual_weight,
+           "'fixed' or 'learned'")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")
@@ -357,6 +383,13 @@ def validate(cfg: Config) -> None:
         _check(p.noise_multiplier == 0, "privacy.noise_multiplier", p.noise_multiplier,
                f"0 when privacy.target_epsilon is set (the noise is calibrated from target_epsilon="
                f"{p.target_epsilon}); set one of the two")
+    if not t.shares_prototypes:  # noise on prototypes that never leave the active party would only cost accuracy
+        for key, value, off in (("target_epsilon", p.target_epsilon, None),
+                                ("noise_multiplier", p.noise_multiplier, 0)):
+            _check(value == off, f"privacy.{key}", value,
+                   f"{'null' if off is None else 0}: privacy.* protects the second prototypes sent to the passive "
+                   f"parties, and method {t.name!r} with lambda_passive={t.lambda_passive} sends none (they are "
+                   f"sent only for the third loss: method=vproto with method.lambda_passive > 0)")
 
 
 def _validate_feature_split(d: DatasetConfig) -> None:

@@ -76,7 +76,9 @@ def run_inprocess(
         outs = [p.train_round(rnd, grads[k], protos[k], mask, splits, None if gates is None else gates[k])
                 for k, p in enumerate(passives)]
         res = active.train_round(rnd, [o.embeddings for o in outs], release=rnd < cfg.num_rounds)
-        grads, protos, mask = list(res.gradients), list(res.prototypes), res.prototype_mask
+        grads = list(res.gradients)
+        if cfg.method.shares_prototypes:  # as in a deployment: prototypes reach the passives only if they use them
+            protos, mask = list(res.prototypes), res.prototype_mask
         val = active.evaluate("val", [o.eval_embeddings["val"] for o in outs]) if splits else None
         test = active.evaluate("test", [o.eval_embeddings["test"] for o in outs]) if splits else None
         gates = active.pseudo_gates()

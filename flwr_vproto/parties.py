@@ -132,12 +132,13 @@ class _Party:
         for m in self._modules():
             m.train(mode)
 
-    def _embed(self, x: torch.Tensor) -> torch.Tensor:
+    def _embed(self, x: torch.Tensor, encoder: torch.nn.Module | None = None) -> torch.Tensor:
         """Encoder output in batches (no grad), for evaluation and for the embeddings a passive sends."""
         self._set_train(False)
+        enc = self.encoder if encoder is None else encoder
         with torch.no_grad():
             bs = max(self.cfg.method.batch_size, 1024)
-            out = [self.encoder(x[i : i + bs]) for i in range(0, x.shape[0], bs)]
+            out = [enc(x[i : i + bs]) for i in range(0, x.shape[0], bs)]
         return torch.cat(out) if out else torch.zeros(0, self.cfg.model.embedding_dim, device=self.device)
 
     def embed(self, split: str) -> np.ndarray:
@@ -337,22 +338,34 @@ class ActiveParty(_Party):
         self.head = make_top_model(d, self.num_classes, self.cfg.model).to(self.device)
         # One weight per passive for its prototype classifier's log-probabilities (prototype_logits).
         self.proto_weight = _ParamHolder(torch.nn.Parameter(torch.ones(len(self.passive_dims), device=self.device)))
+        # method.joint_encoder: the joint model's own active encoder (trained end-to-end on the aligned rows).
+        self.joint_enc = (make_encoder(self.data.input_shape, self.cfg.model).to(self.device)
+                          if self.vproto and self.joint and self.cfg.method.joint_encoder else None)
+        # method.residual_weight=learned: the joint model learns how much of the active-only head's logits to keep
+        # (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
+        self.residual_weight = (_ParamHolder(torch.nn.Parameter(torch.ones(1, device=self.device)))
+                                if self.residual and self.cfg.method.residual_weight == "learned" else None)
         if self.residual:
             last = self.top[-1]
             torch.nn.init.zeros_(last.weight)
             torch.nn.init.zeros_(last.bias)
 
     def _joint_logits(
-        self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None
+        self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
+        hj: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Joint logits: top model, plus the active-only head (``joint_residual``) and each passive's prototype
-        classifier (``prototype_logits``, with the second prototypes ``protos``) when enabled."""
+        classifier (``prototype_logits``, with the second prototypes ``protos``) when enabled.
+
+        ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``), which then
+        feeds the top model in place of ``h``."""
         m = self.cfg.method
         if not m.joint_trains_active_encoder and self.uses_local_head:
             h = h.detach()
-        logits = self.top(torch.cat([h, *zs], dim=1))
+        logits = self.top(torch.cat([h if hj is None else hj, *zs], dim=1))
         if self.residual:
-            logits = logits + self.head(h).detach()
+            w = self.residual_weight.param if self.residual_weight is not None else 1.0
+            logits = logits + w * self.head(h).detach()
         if self.vproto and m.prototype_logits and protos is not None:
             for k, (z, (pk, mask)) in enumerate(zip(zs, protos, strict=True)):
                 if not bool(mask.any()):
@@ -367,7 +380,7 @@ class ActiveParty(_Party):
     @property
     def gated(self) -> bool:
         """Whether this run gates the passives' pseudo-labels (``method.pseudo_gate`` not ``off``)."""
-        return self.vproto and self.joint and self.cfg.method.pseudo_gate != "off"
+        return self.vproto and self.joint and self.cfg.method.pseudo_gate != "off" and self.cfg.method.shares_prototypes
 
     def pseudo_gates(self) -> list[float] | None:
         """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
@@ -406,7 +419,9 @@ class ActiveParty(_Party):
         return list(zip(self.second, self.second_mask, strict=True))  # type: ignore[arg-type]
 
     def _modules(self) -> list[torch.nn.Module]:
-        return [self.encoder, self.top, self.head, self.proto_weight]
+        return [self.encoder, self.top, self.head, self.proto_weight,
+                *([self.joint_enc] if self.joint_enc is not None else []),
+                *([self.residual_weight] if self.residual_weight is not None else [])]
 
     # ---------------------------------------------------------------- training
     def train_round(self, rnd: int, passive_embeddings: list[np.ndarray], release: bool = True) -> ActiveRoundOutput:
@@ -414,10 +429,11 @@ class ActiveParty(_Party):
 
         ``passive_embeddings[k]`` are passive ``k``'s embeddings of the aligned training rows (shared order) from
         this round. Returns each passive's gradients and second prototypes, used by that passive next round.
-        ``release``: whether this round's prototypes will be sent (false in the last round); with privacy on, only
-        released prototypes are charged to the privacy budget.
+        ``release``: whether this round's prototypes will be sent (false in the last round; never unless
+        ``method.shares_prototypes``); with privacy on, only released prototypes are charged to the privacy budget.
         """
         m = self.cfg.method
+        release = release and m.shares_prototypes
         al = torch.as_tensor(self.aligned["train"], device=self.device)
         if len(passive_embeddings) != len(self.passive_dims):
             raise ValueError(f"round {rnd}: got embeddings from {len(passive_embeddings)} passive parties, "
@@ -451,6 +467,9 @@ class ActiveParty(_Party):
             extra = main[:0]
         steps = max(_n_batches(len(main), m.batch_size), _n_batches(len(extra), m.batch_size))
         main_b = _batches(len(main), m.batch_size, steps, gen)
+        # method.aligned_passes: the supervised loss sees the aligned rows only this many times per round.
+        sup_steps = steps if (m.aligned_passes is None or not self.joint) else min(
+            steps, m.aligned_passes * _n_batches(len(main), m.batch_size))
         extra_b = _batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
         grad_sum = [torch.zeros_like(z) for z in zs]
         visits = torch.zeros(len(main), device=self.device)
@@ -466,11 +485,12 @@ class ActiveParty(_Party):
                 h = self.encoder(x_tr[rows])
                 loss = torch.zeros((), device=self.device)
                 z_in = [z[b].clone().requires_grad_(True) for z in zs]
-                if self.joint:
-                    sup = F.cross_entropy(self._joint_logits(h, z_in, second), y_tr[rows], ignore_index=-1)
+                if self.joint and i < sup_steps:
+                    hj = self.joint_enc(x_tr[rows]) if self.joint_enc is not None else None
+                    sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj), y_tr[rows], ignore_index=-1)
                     loss = loss + sup
                     sums["sup_loss"] += float(sup.detach())
-                local_rows_h = [(h, y_tr[rows])] if self.uses_local_head else []
+                local_rows_h = [(h, y_tr[rows])] if self.uses_local_head and i < sup_steps else []
                 if len(extra_b):
                     erows = extra[extra_b[i]]
                     he = self.encoder(x_tr[erows])
@@ -502,13 +522,16 @@ class ActiveParty(_Party):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                for k, zi in enumerate(z_in):
-                    if zi.grad is not None:
-                        grad_sum[k].index_add_(0, b, zi.grad)
-                visits.index_add_(0, b, torch.ones(len(b), device=self.device))
+                if i < sup_steps:
+                    for k, zi in enumerate(z_in):
+                        if zi.grad is not None:
+                            grad_sum[k].index_add_(0, b, zi.grad)
+                    visits.index_add_(0, b, torch.ones(len(b), device=self.device))
         grads = [(gs / visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32) for gs in grad_sum]
         metrics = {k: v / steps for k, v in sums.items() if steps and v != 0.0}
         metrics["steps"] = float(steps)
+        if self.joint:
+            metrics["sup_steps"] = float(sup_steps)
         if pseudo_seen:
             metrics["active_pseudo_coverage"] = pseudo_kept / pseudo_seen
         if self.joint:
@@ -566,7 +589,8 @@ class ActiveParty(_Party):
                 out["local"] = torch.softmax(self.head(h), 1).cpu().numpy()
             if self.joint:
                 zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
-                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list()), 1).cpu().numpy()
+                hj = self._embed(self._x[split][rows], self.joint_enc) if self.joint_enc is not None else None
+                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list(), hj), 1).cpu().numpy()
         if self.joint and self.uses_local_head:
             w = self.combine_weight
             out["combined"] = w * out["joint"] + (1 - w) * out["local"]

@@ -51,8 +51,9 @@ def enabled(cfg: Config) -> bool:
 
 
 def releases_per_round(cfg: Config) -> int:
-    """Gaussian-mechanism steps per round that sends prototypes: one per passive's sums plus one for the counts."""
-    return cfg.dataset.num_passive + 1 if cfg.method.name in ("vproto", "vanilla") else 0
+    """Gaussian-mechanism steps per round that sends prototypes: one per passive's sums plus one for the counts
+    (none when the passives are not sent prototypes: ``MethodConfig.shares_prototypes``)."""
+    return cfg.dataset.num_passive + 1 if cfg.method.shares_prototypes else 0
 
 
 def planned_steps(cfg: Config) -> int:

@@ -143,7 +143,7 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
     from flwr_vproto.strategy import VerticalProtoStrategy
 
     def cfg(folder: str = "inprocess", **extra):
-        return _cfg(method={"batch_size": 64, "pseudo_gate": 0.8},
+        return _cfg(method={"batch_size": 64, "pseudo_gate": 0.8, "lambda_passive": 1.0},
                     checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
 
     def flower(c):

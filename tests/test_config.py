@@ -26,6 +26,11 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"method": {"pseudo_gate": 0.0}}, "method.pseudo_gate"),
         ({"method": {"pseudo_gate": 1.5}}, "method.pseudo_gate"),
         ({"method": {"pseudo_label_once": "yes"}}, "method.pseudo_label_once"),
+        ({"method": {"aligned_passes": 0}}, "method.aligned_passes"),
+        ({"method": {"pseudo_gate": 0.9, "lambda_passive": 0.0}}, "method.pseudo_gate"),
+        ({"method": {"residual_weight": "free"}}, "method.residual_weight"),
+        ({"method": {"joint_encoder": "yes"}}, "method.joint_encoder"),
+        ({"method": {"aligned_passes": 1.5}}, "method.aligned_passes"),
         ({"method": {"local_head": False, "joint_residual": True, "combine_weight": 1.0}}, "method.joint_residual"),
         ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),
         ({"model": {"encoder": "cnn"}, "dataset": {"name": "adult"}}, "model.encoder"),
@@ -68,6 +73,8 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"method": {"warmup_rounds": -1}}, "method.warmup_rounds"),
         ({"model": {"dropout": 1.0}}, "model.dropout"),
         ({"privacy": {"delta": 2}}, "privacy.delta"),
+        ({"privacy": {"target_epsilon": 4.0}}, r"privacy\.target_epsilon=4\.0: expected null: .* sends none"),
+        ({"method": {"name": "vanilla"}, "privacy": {"noise_multiplier": 1.0}}, "privacy.noise_multiplier"),
     ],
 )
 def test_bad_values_name_the_option(override, needle):
@@ -91,6 +98,6 @@ def test_round_trip_through_dict():
 def test_good_values_pass():
     config_from_dict({"dataset": {"name": "adult", "num_passive": 2, "nonaligned_shares": [0.5, 0.25, 0.25]},
                       "model": {"hidden": [], "top_hidden": [32, 16]},
-                      "privacy": {"target_epsilon": 4.0, "delta": 1e-6}})
+                      "method": {"lambda_passive": 0.5}, "privacy": {"target_epsilon": 4.0, "delta": 1e-6}})
     config_from_dict({"dataset": {"name": "csv", "csv": {"paths": ["a.csv", "b.csv"], "classes": [0, 1]}}})
     config_from_dict({"dataset": {"name": "fashion_mnist", "num_passive": 27}})

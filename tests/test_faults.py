@@ -40,8 +40,8 @@ def _round(msg: Message) -> int | None:
     return msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
 
 
-def _run(tamper, **cfg_extra):
-    cfg = small_cfg(rounds=3, **cfg_extra)
+def _run(tamper, method_extra=None, **cfg_extra):
+    cfg = small_cfg(rounds=3, method_extra=method_extra, **cfg_extra)
     strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
     return strategy.start(grid=TamperGrid(make_client_app(cfg), sim_nodes(cfg), tamper))
 
@@ -102,7 +102,7 @@ def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
             change(reply)
 
     with pytest.raises(ProtocolError, match=r"active sent a bad reply during training of round 1: " + match):
-        _run(tamper)
+        _run(tamper, method_extra={"lambda_passive": 1.0})  # the passives' third loss: prototypes travel
 
 
 def test_corrupt_setup_replies_are_refused():

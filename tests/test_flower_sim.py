@@ -96,12 +96,13 @@ class InlineGrid(Grid):
         raise NotImplementedError
 
 
-def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, **extra):
+def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, method_extra: dict | None = None,
+              **extra):
     methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,
                                                         "combine_weight": 1.0}, "local": {"name": "local"}}
     data = {"name": "digits", "aligned_fraction": 0.2, "num_passive": num_passive, "max_train_users": 500}
     return config_from_dict({"num_rounds": rounds, "eval_every": 2, "dataset": data,
-                             "method": {"batch_size": 64, **methods[method]}, **extra})
+                             "method": {"batch_size": 64, **methods[method], **(method_extra or {})}, **extra})
 
 
 def sim_nodes(cfg) -> list[dict]:
@@ -245,7 +246,8 @@ def test_message_protocol_matches_inprocess_exactly(method, num_passive):
 
 
 def test_private_prototypes_give_the_same_numbers_and_epsilon_in_both_engines():
-    cfg = small_cfg("vproto", rounds=3, num_passive=2, privacy={"target_epsilon": 3.0})
+    cfg = small_cfg("vproto", rounds=3, num_passive=2, privacy={"target_epsilon": 3.0},
+                    method_extra={"lambda_passive": 1.0})  # the third loss: prototypes are released
     strategy, _, _ = run_inline(cfg)
     reference = run_inprocess(cfg)
     assert_same_history(strategy.history, reference["rounds"])
@@ -284,7 +286,8 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
     (``pseudo_label_once``: labelling its non-aligned rows once per round, with the round-start encoder)."""
     cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
                                                                           "max_train_users": 500},
-                            "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once}})
+                            "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once,
+                                       "lambda_passive": 1.0}})
     strategy, _, grid = run_inline(cfg)
     reference = run_inprocess(cfg)["rounds"]
     assert_same_history(strategy.history, reference)
@@ -400,3 +403,20 @@ def test_flower_simulation_matches_inprocess(tmp_path):
         assert sorted(p.name for p in (tmp_path / engine / "models").iterdir()) == [
             "active.pt", "passive1.pt", "passive2.pt"]
     json.dumps(flower, allow_nan=False)  # results.json content
+
+
+@pytest.mark.parametrize(("method", "lambda_passive", "shared"),
+                         [("vproto", 0.0, False), ("vproto", 1.0, True), ("vanilla", 1.0, False)])
+def test_second_prototypes_leave_the_active_party_only_for_the_third_loss(method, lambda_passive, shared):
+    """Only the passives' third loss uses their second prototypes: otherwise they are never sent (and privacy.*,
+    which protects them, is refused rather than adding noise for nothing)."""
+    cfg = small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive})
+    strategy, _, grid = run_inline(cfg)
+    to_passives = [m for m in grid.sent if m.metadata.message_type == M.TRAIN and "prototypes.data" in
+                   m.content[M.CONFIG]]
+    assert len(to_passives) == (2 if shared else 0)  # rounds 2 and 3 carry round 1's and 2's prototypes
+    assert_same_history(strategy.history, run_inprocess(cfg)["rounds"])
+    if not shared:
+        with pytest.raises(ConfigError, match="privacy.noise_multiplier"):
+            small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive},
+                      privacy={"noise_multiplier": 1.0})

@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import torch
 
 from flwr_vproto.alignment import align_dataset
 from flwr_vproto.config import config_from_dict
@@ -12,6 +13,9 @@ from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 
 VANILLA = {"name": "vanilla"}
+
+
+THIRD = {"name": "vproto", "lambda_passive": 1.0}  # the passive third loss is off by default
 
 
 def cfg_for(method=None, rounds=3, **dataset):
@@ -35,7 +39,7 @@ def test_every_method_trains_and_reports(method):
 
 
 def test_vproto_reports_prototype_metrics_and_pseudo_label_accuracy():
-    res = run_inprocess(cfg_for(rounds=4))
+    res = run_inprocess(cfg_for(THIRD, rounds=4))
     last = res["rounds"][-1]
     for key in ("active/sup_loss", "active/first_loss", "passive1/third_loss", "passive1/pseudo_coverage",
                 "passive1/pseudo_accuracy", "test/active_only_accuracy", "test/joint_accuracy"):
@@ -55,7 +59,7 @@ def test_same_seed_same_numbers_other_seed_other_numbers():
 
 
 def test_two_passive_parties():
-    res = run_inprocess(cfg_for(rounds=3, num_passive=2))
+    res = run_inprocess(cfg_for(THIRD, rounds=3, num_passive=2))
     assert "passive2/third_loss" in res["rounds"][-1] and finite(res["rounds"])
 
 
@@ -122,3 +126,25 @@ def test_intersection_below_the_configured_minimum_stops_before_training():
                             "dataset": {"name": "digits", "aligned_fraction": 0.2, "min_aligned": 100000}})
     with pytest.raises(PSIError, match="100000"):
         run_inprocess(cfg)
+
+
+def test_joint_encoder_and_learned_residual_weight():
+    """vproto's joint model has its own active encoder and learns how much of the active-only head to keep."""
+    on = run_inprocess(cfg_for(rounds=3))["state"]["active"]
+    assert on.joint_enc is not None and on.residual_weight is not None
+    assert float(on.residual_weight.param.detach()) != 1.0  # trained, from its start at 1
+    assert any(not torch.equal(p, q) for p, q in zip(on.joint_enc.parameters(), on.encoder.parameters(), strict=True))
+    off = run_inprocess(cfg_for({"name": "vproto", "joint_encoder": False, "residual_weight": "fixed"}, rounds=2))
+    assert off["state"]["active"].joint_enc is None and off["state"]["active"].residual_weight is None
+
+
+@pytest.mark.parametrize("passes", [None, 1, 2])
+def test_aligned_passes_bounds_the_supervised_steps(passes):
+    """method.aligned_passes: the joint loss sees the aligned rows k times a round; null cycles them all round."""
+    res = run_inprocess(cfg_for({"name": "vproto", "aligned_passes": passes}, rounds=2, aligned_fraction=0.05))
+    active = res["state"]["active"]
+    n_batches = math.ceil(len(active.aligned["train"]) / 64)
+    last = res["rounds"][-1]
+    assert last["active/steps"] > 2 * n_batches  # many more non-aligned than aligned batches
+    expected = last["active/steps"] if passes is None else passes * n_batches
+    assert last["active/sup_steps"] == expected

@@ -18,7 +18,7 @@ from flwr_vproto.parties import state_from_bytes, state_to_bytes
 def cfg_for(rounds=3, method="vproto", **priv):
     return config_from_dict({"engine": "inprocess", "num_rounds": rounds,
                              "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 600},
-                             "method": {"name": method, "batch_size": 64}, "privacy": priv})
+                             "method": {"name": method, "batch_size": 64, "lambda_passive": 1.0}, "privacy": priv})
 
 
 def strip(history):
@@ -145,7 +145,9 @@ def test_target_epsilon_calibration_and_planned_steps():
     assert 4.0 - 0.05 <= acc.epsilon() <= 4.0
     assert privacy.noise_multiplier(cfg_for(rounds=20, target_epsilon=1.0)) > sigma  # smaller budget, more noise
     assert privacy.noise_multiplier(cfg_for(rounds=1, target_epsilon=1.0)) == 0.0  # nothing is ever released
-    assert privacy.planned_steps(cfg_for(rounds=5, method="local", target_epsilon=1.0)) == 0
+    assert privacy.planned_steps(cfg_for(rounds=5, method="local")) == 0
+    with pytest.raises(ConfigError, match="privacy.target_epsilon"):  # no prototypes leave: nothing to protect
+        cfg_for(rounds=5, method="local", target_epsilon=1.0)
 
 
 # ------------------------------------------------------------------------------------------------ end to end

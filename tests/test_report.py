@@ -26,7 +26,8 @@ def sweep(tmp_path_factory) -> tuple[Path, str]:
     proc = subprocess.run(
         [sys.executable, str(REPO / "run_simulation.py"), "-m", "engine=inprocess", f"method={','.join(METHODS)}",
          "seed=0,1", "num_rounds=3", "dataset.max_train_users=200", "dataset.aligned_fraction=0.2",
-         "runner.save_models=false", f"hydra.sweep.dir={out}"],
+         "runner.save_models=false", "method.lambda_passive=1.0",  # the passive third loss: pseudo-labels to plot
+         f"hydra.sweep.dir={out}"],
         cwd=out.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]
     return out, proc.stdout
