@@ -111,6 +111,12 @@ class MethodConfig:
     # Weight of the active-only head's logits in the residual joint model: "fixed" (1) or "learned" (a scalar
     # trained with the top model, starting at 1).
     residual_weight: str = "learned"
+    # At the start of round warmup_rounds + 1 the joint encoder takes the weights of the shared active encoder,
+    # which has by then learned from all the active party's labelled rows (a warm start on its own rows).
+    joint_warm_start: bool = True
+    # Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows (aligned
+    # and non-aligned; no labels needed) before its first round; 0 = none.
+    passive_pretrain_epochs: int = 5
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -357,6 +363,9 @@ def validate(cfg: Config) -> None:
     _check(isinstance(t.joint_encoder, bool), "method.joint_encoder", t.joint_encoder, "true or false")
     _check(t.residual_weight in ("fixed", "learned"), "method.residual_weight", t.residual_weight,
            "'fixed' or 'learned'")
+    _check(isinstance(t.joint_warm_start, bool), "method.joint_warm_start", t.joint_warm_start, "true or false")
+    _check(_is_int(t.passive_pretrain_epochs) and t.passive_pretrain_epochs >= 0, "method.passive_pretrain_epochs",
+           t.passive_pretrain_epochs, "an integer >= 0")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")

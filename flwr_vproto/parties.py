@@ -29,7 +29,7 @@ from flwr_vproto import privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
-from flwr_vproto.models import make_encoder, make_top_model, resolve_device
+from flwr_vproto.models import make_encoder, make_top_model, mlp, resolve_device
 
 
 @dataclass
@@ -205,6 +205,8 @@ class PassiveParty(_Party):
         if gradients is not None and gradients.shape != (len(al), self.cfg.model.embedding_dim):
             raise ValueError(f"party {self.data.name}, round {rnd}: gradients of shape {gradients.shape}, expected "
                              f"{(len(al), self.cfg.model.embedding_dim)}")
+        if rnd == 1 and m.name == "vproto" and m.passive_pretrain_epochs > 0:
+            metrics["pretrain_loss"] = self._pretrain(m.passive_pretrain_epochs)
         non = self.nonaligned_train_rows() if use_proto else np.zeros(0, dtype=np.int64)
         steps = max(_n_batches(len(al), m.batch_size) if gradients is not None else 0,
                     _n_batches(len(non), m.batch_size))
@@ -215,6 +217,34 @@ class PassiveParty(_Party):
                 metrics["pseudo_threshold"] = threshold
         out = PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
         return out
+
+    def _pretrain(self, epochs: int) -> float:
+        """``method.passive_pretrain_epochs``: train the encoder as a denoising autoencoder on all this party's
+        training rows (they need no labels), so the few aligned rows fine-tune features instead of learning them.
+
+        The decoder and its optimizer live only here; returns the last epoch's mean reconstruction loss.
+        """
+        m = self.cfg.method
+        x = self._x["train"].flatten(1)
+        seed = _round_seed(self.cfg.seed, self.index, 0) + 3
+        gen = torch.Generator().manual_seed(seed)
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            decoder = mlp([self.cfg.model.embedding_dim, *reversed(self.cfg.model.hidden), x.shape[1]]).to(self.device)
+            opt = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=m.lr)
+            self._set_train(True)
+            last = 0.0
+            for _ in range(epochs):
+                total, batches = 0.0, _batches(len(x), m.batch_size, _n_batches(len(x), m.batch_size), gen)
+                for b in batches:
+                    keep = (torch.rand(len(b), x.shape[1], generator=gen) > 0.2).to(self.device)
+                    loss = F.mse_loss(decoder(self.encoder(x[b] * keep)), x[b])
+                    opt.zero_grad(set_to_none=True)
+                    loss.backward()
+                    opt.step()
+                    total += float(loss.detach())
+                last = total / max(len(batches), 1)
+        return last
 
     def _train_steps(
         self, rnd: int, steps: int, gen: torch.Generator, gradients: np.ndarray | None,
@@ -446,6 +476,8 @@ class ActiveParty(_Party):
             if not np.isfinite(e).all():
                 raise ValueError(f"round {rnd}: embeddings of passive{k + 1} contain NaN or inf")
             zs.append(torch.as_tensor(e, dtype=torch.float32, device=self.device))
+        if self.joint_enc is not None and m.joint_warm_start and rnd == m.warmup_rounds + 1:
+            self.joint_enc.load_state_dict(self.encoder.state_dict())  # warm start from the active party's own rows
         gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, 0, rnd))
         y_tr = self._y["train"]
         use_proto = m.name == "vproto" and rnd > m.warmup_rounds and m.lambda_active > 0

@@ -30,6 +30,8 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"method": {"pseudo_gate": 0.9, "lambda_passive": 0.0}}, "method.pseudo_gate"),
         ({"method": {"residual_weight": "free"}}, "method.residual_weight"),
         ({"method": {"joint_encoder": "yes"}}, "method.joint_encoder"),
+        ({"method": {"joint_warm_start": 1}}, "method.joint_warm_start"),
+        ({"method": {"passive_pretrain_epochs": -1}}, "method.passive_pretrain_epochs"),
         ({"method": {"aligned_passes": 1.5}}, "method.aligned_passes"),
         ({"method": {"local_head": False, "joint_residual": True, "combine_weight": 1.0}}, "method.joint_residual"),
         ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),

@@ -287,7 +287,7 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
     cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
                                                                           "max_train_users": 500},
                             "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once,
-                                       "lambda_passive": 1.0}})
+                                       "lambda_passive": 1.0, "passive_pretrain_epochs": 0}})
     strategy, _, grid = run_inline(cfg)
     reference = run_inprocess(cfg)["rounds"]
     assert_same_history(strategy.history, reference)

@@ -148,3 +148,31 @@ def test_aligned_passes_bounds_the_supervised_steps(passes):
     assert last["active/steps"] > 2 * n_batches  # many more non-aligned than aligned batches
     expected = last["active/steps"] if passes is None else passes * n_batches
     assert last["active/sup_steps"] == expected
+
+
+def test_joint_warm_start_copies_the_shared_encoder_after_the_warm_up():
+    """method.joint_warm_start: at the start of round warmup_rounds + 1 the joint encoder becomes the shared one."""
+    cfg = cfg_for({"name": "vproto", "joint_warm_start": True, "warmup_rounds": 1}, rounds=2)
+    with_copy = run_inprocess(cfg)
+    without = run_inprocess(cfg_for({"name": "vproto", "joint_warm_start": False, "warmup_rounds": 1}, rounds=2))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in with_copy["rounds"]]
+    assert strip[0] == {k: v for k, v in without["rounds"][0].items() if k != "seconds"}  # round 1: no copy yet
+    assert strip[1]["active/sup_loss"] != without["rounds"][1]["active/sup_loss"]
+    # round 2 started from the shared encoder: with one aligned pass, the joint encoder moved only a few steps
+    def distance(party):
+        return max(float((p - q).detach().abs().max())
+                   for p, q in zip(party.joint_enc.parameters(), party.encoder.parameters(), strict=True))
+
+    gap, far = distance(with_copy["state"]["active"]), distance(without["state"]["active"])
+    assert gap < far
+
+
+def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
+    """method.passive_pretrain_epochs: a denoising autoencoder on the passive's own rows before round 1."""
+    short = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 1}, rounds=1))
+    longer = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 4}, rounds=1))
+    assert longer["rounds"][0]["passive1/pretrain_loss"] < short["rounds"][0]["passive1/pretrain_loss"]
+    plain = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 0}, rounds=1))
+    assert "passive1/pretrain_loss" not in plain["rounds"][0]
+    assert "passive1/pretrain_loss" in run_inprocess(cfg_for(rounds=1))["rounds"][0]  # on by default (5 epochs)
+    assert plain["rounds"][0]["test/joint_accuracy"] != short["rounds"][0]["test/joint_accuracy"]
