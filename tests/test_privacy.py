@@ -18,7 +18,9 @@ from flwr_vproto.parties import state_from_bytes, state_to_bytes
 def cfg_for(rounds=3, method="vproto", **priv):
     return config_from_dict({"engine": "inprocess", "num_rounds": rounds,
                              "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 600},
-                             "method": {"name": method, "batch_size": 64, "lambda_passive": 1.0}, "privacy": priv})
+                             # the passives' third loss, which the prototypes feed, on freshly initialised encoders
+                             "method": {"name": method, "batch_size": 64, "lambda_passive": 1.0,
+                                        "passive_pretrain_epochs": 0}, "privacy": priv})
 
 
 def strip(history):
