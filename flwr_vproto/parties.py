@@ -512,17 +512,21 @@ class ActiveParty(_Party):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(_round_seed(self.cfg.seed, 0, rnd) + 1)
             for i in range(steps):
-                b = main_b[i]
-                rows = main[b]
-                h = self.encoder(x_tr[rows])
+                aligned_step = i < sup_steps  # later steps train on non-aligned rows only
                 loss = torch.zeros((), device=self.device)
-                z_in = [z[b].clone().requires_grad_(True) for z in zs]
-                if self.joint and i < sup_steps:
-                    hj = self.joint_enc(x_tr[rows]) if self.joint_enc is not None else None
-                    sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj), y_tr[rows], ignore_index=-1)
-                    loss = loss + sup
-                    sums["sup_loss"] += float(sup.detach())
-                local_rows_h = [(h, y_tr[rows])] if self.uses_local_head and i < sup_steps else []
+                local_rows_h: list[tuple[torch.Tensor, torch.Tensor]] = []
+                if aligned_step:
+                    b = main_b[i]
+                    rows = main[b]
+                    h = self.encoder(x_tr[rows])
+                    z_in = [z[b].clone().requires_grad_(True) for z in zs]
+                    if self.joint:
+                        hj = self.joint_enc(x_tr[rows]) if self.joint_enc is not None else None
+                        sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj), y_tr[rows], ignore_index=-1)
+                        loss = loss + sup
+                        sums["sup_loss"] += float(sup.detach())
+                    if self.uses_local_head:
+                        local_rows_h.append((h, y_tr[rows]))
                 if len(extra_b):
                     erows = extra[extra_b[i]]
                     he = self.encoder(x_tr[erows])
@@ -554,7 +558,7 @@ class ActiveParty(_Party):
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                if i < sup_steps:
+                if aligned_step:
                     for k, zi in enumerate(z_in):
                         if zi.grad is not None:
                             grad_sum[k].index_add_(0, b, zi.grad)
@@ -562,11 +566,10 @@ class ActiveParty(_Party):
         grads = [(gs / visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32) for gs in grad_sum]
         metrics = {k: v / steps for k, v in sums.items() if steps and v != 0.0}
         metrics["steps"] = float(steps)
-        if self.joint:
-            metrics["sup_steps"] = float(sup_steps)
         if pseudo_seen:
             metrics["active_pseudo_coverage"] = pseudo_kept / pseudo_seen
         if self.joint:
+            metrics["sup_steps"] = float(sup_steps)
             metrics["prototype_classes"] = float(mask.sum())
         spent = {"epsilon": self.accountant.epsilon()} if self.accountant is not None else {}
         return ActiveRoundOutput(grads, protos, mask, metrics, spent)
