@@ -111,6 +111,11 @@ class MethodConfig:
     # Weight of the active-only head's logits in the residual joint model: "fixed" (1) or "learned" (a scalar
     # trained with the top model, starting at 1).
     residual_weight: str = "learned"
+    # Which active-only model the residual joint model builds on: "live" (the head as it trains, every round) or
+    # "best_val" (a frozen copy of the shared encoder and head from the evaluation with the lowest validation loss
+    # so far; the live head until the first evaluation). A base that keeps moving, or keeps over-fitting, shifts the
+    # joint logits under the correction the top model learned for it.
+    residual_base: str = "best_val"
     # At the start of round warmup_rounds + 1 the joint encoder takes the weights of the shared active encoder,
     # which has by then learned from all the active party's labelled rows (a warm start on its own rows).
     joint_warm_start: bool = True
@@ -363,6 +368,7 @@ def validate(cfg: Config) -> None:
     _check(isinstance(t.joint_encoder, bool), "method.joint_encoder", t.joint_encoder, "true or false")
     _check(t.residual_weight in ("fixed", "learned"), "method.residual_weight", t.residual_weight,
            "'fixed' or 'learned'")
+    _check(t.residual_base in ("live", "best_val"), "method.residual_base", t.residual_base, "'live' or 'best_val'")
     _check(isinstance(t.joint_warm_start, bool), "method.joint_warm_start", t.joint_warm_start, "true or false")
     _check(_is_int(t.passive_pretrain_epochs) and t.passive_pretrain_epochs >= 0, "method.passive_pretrain_epochs",
            t.passive_pretrain_epochs, "an integer >= 0")

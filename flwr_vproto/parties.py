@@ -15,6 +15,7 @@ same result whether it runs in this process or in a fresh Flower ClientApp proce
 
 from __future__ import annotations
 
+import copy
 import io
 import math
 from dataclasses import dataclass, field
@@ -342,6 +343,9 @@ class ActiveParty(_Party):
                            if privacy.enabled(cfg) else None)
         # method.pseudo_gate: each passive's confidence threshold, set at every validation; keep nothing until then.
         self.gates: list[float] = [1.0] * len(self.passive_dims)
+        # method.residual_base=best_val: the lowest validation loss of the active-only head so far, whether ``base``
+        # holds a model yet, and whether the last validation set a new best (copied at the next round's start).
+        self._base_loss, self._base_ready, self._base_pending = math.inf, False, False
 
     @property
     def joint(self) -> bool:
@@ -375,6 +379,10 @@ class ActiveParty(_Party):
         # (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
         self.residual_weight = (_ParamHolder(torch.nn.Parameter(torch.ones(1, device=self.device)))
                                 if self.residual and self.cfg.method.residual_weight == "learned" else None)
+        # method.residual_base=best_val: frozen copies of the shared encoder and the head, taken when the head's
+        # validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
+        self.base = (copy.deepcopy(torch.nn.ModuleList([self.encoder, self.head])).eval().requires_grad_(False)
+                     if self.residual and self.cfg.method.residual_base == "best_val" else None)
         if self.residual:
             last = self.top[-1]
             torch.nn.init.zeros_(last.weight)
@@ -382,20 +390,22 @@ class ActiveParty(_Party):
 
     def _joint_logits(
         self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        hj: torch.Tensor | None = None,
+        hj: torch.Tensor | None = None, hb: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Joint logits: top model, plus the active-only head (``joint_residual``) and each passive's prototype
         classifier (``prototype_logits``, with the second prototypes ``protos``) when enabled.
 
         ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``), which then
-        feeds the top model in place of ``h``."""
+        feeds the top model in place of ``h``; ``hb`` the frozen base encoder's (``method.residual_base=best_val``),
+        whose head then gives the residual's logits in place of the live head's."""
         m = self.cfg.method
         if not m.joint_trains_active_encoder and self.uses_local_head:
             h = h.detach()
         logits = self.top(torch.cat([h if hj is None else hj, *zs], dim=1))
         if self.residual:
             w = self.residual_weight.param if self.residual_weight is not None else 1.0
-            logits = logits + w * self.head(h).detach()
+            base = self.head(h) if hb is None else self.base[1](hb)
+            logits = logits + w * base.detach()
         if self.vproto and m.prototype_logits and protos is not None:
             for k, (z, (pk, mask)) in enumerate(zip(zs, protos, strict=True)):
                 if not bool(mask.any()):
@@ -478,6 +488,10 @@ class ActiveParty(_Party):
             zs.append(torch.as_tensor(e, dtype=torch.float32, device=self.device))
         if self.joint_enc is not None and m.joint_warm_start and rnd == m.warmup_rounds + 1:
             self.joint_enc.load_state_dict(self.encoder.state_dict())  # warm start from the active party's own rows
+        if self.base is not None and self._base_pending:  # the model the last validation scored best, unchanged since
+            self.base[0].load_state_dict(self.encoder.state_dict())
+            self.base[1].load_state_dict(self.head.state_dict())
+            self._base_ready, self._base_pending = True, False
         gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, 0, rnd))
         y_tr = self._y["train"]
         use_proto = m.name == "vproto" and rnd > m.warmup_rounds and m.lambda_active > 0
@@ -503,6 +517,8 @@ class ActiveParty(_Party):
         sup_steps = steps if (m.aligned_passes is None or not self.joint) else min(
             steps, m.aligned_passes * _n_batches(len(main), m.batch_size))
         extra_b = _batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
+        # The residual's base is frozen all round: one forward pass over the rows of the joint loss.
+        hb_main = self._base_features(self._x["train"][main]) if self.joint else None
         grad_sum = [torch.zeros_like(z) for z in zs]
         visits = torch.zeros(len(main), device=self.device)
         sums = {"sup_loss": 0.0, "local_loss": 0.0, "first_loss": 0.0}
@@ -522,7 +538,8 @@ class ActiveParty(_Party):
                     z_in = [z[b].clone().requires_grad_(True) for z in zs]
                     if self.joint:
                         hj = self.joint_enc(x_tr[rows]) if self.joint_enc is not None else None
-                        sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj), y_tr[rows], ignore_index=-1)
+                        hb = None if hb_main is None else hb_main[b]
+                        sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj, hb), y_tr[rows], ignore_index=-1)
                         loss = loss + sup
                         sums["sup_loss"] += float(sup.detach())
                     if self.uses_local_head:
@@ -625,13 +642,34 @@ class ActiveParty(_Party):
             if self.joint:
                 zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
                 hj = self._embed(self._x[split][rows], self.joint_enc) if self.joint_enc is not None else None
-                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list(), hj), 1).cpu().numpy()
+                hb = self._base_features(self._x[split][rows])
+                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list(), hj, hb), 1).cpu().numpy()
         if self.joint and self.uses_local_head:
             w = self.combine_weight
             out["combined"] = w * out["joint"] + (1 - w) * out["local"]
         else:
             out["combined"] = out["joint"] if self.joint else out["local"]
         return out
+
+    def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
+        residual uses the live head (that option off, or no validation yet)."""
+        if self.base is None or not self._base_ready:
+            return None
+        return self._embed(x, self.base[0])
+
+    def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
+        """``method.residual_base=best_val``: after a validation, mark the active-only model for copying into the
+        base if its validation loss is the lowest so far; returns 1.0 if so, else 0.0.
+
+        The copy happens at the start of the next round, so every score of this round, val and test alike, comes
+        from the model that was trained.
+        """
+        loss = _scores(local_probs, y, self.num_classes).get("loss", math.inf)
+        if loss < self._base_loss:
+            self._base_loss, self._base_pending = loss, True
+            return 1.0
+        return 0.0
 
     @property
     def combine_weight(self) -> float:
@@ -673,6 +711,8 @@ class ActiveParty(_Party):
         if split == "val" and self.gated:
             self._fit_gates(passive_embeddings, y)
         metrics = _scores(probs["combined"], y, self.num_classes)
+        if split == "val" and self.base is not None:
+            metrics["residual_base_update"] = self._track_base(probs["local"], y)
         if "joint" in probs and "local" in probs:
             metrics["combine_weight"] = self.combine_weight
         if split == "val" and self.gated:
@@ -694,6 +734,8 @@ class ActiveParty(_Party):
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
                 "second_mask": self.second_mask, "auto_weight": self._auto_weight, "gates": list(self.gates),
+                "base": None if self.base is None else self.base.state_dict(),
+                "base_tracking": [self._base_loss, self._base_ready, self._base_pending],
                 "privacy": None if self.accountant is None else self.accountant.state_dict()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -703,6 +745,10 @@ class ActiveParty(_Party):
         if self.accountant is not None and state.get("privacy") is not None:
             self.accountant.load_state_dict(state["privacy"])
         self.gates = [float(g) for g in state.get("gates", self.gates)]
+        if self.base is not None and state.get("base") is not None:
+            self.base.load_state_dict(state["base"])
+            loss, ready, pending = state["base_tracking"]
+            self._base_loss, self._base_ready, self._base_pending = float(loss), bool(ready), bool(pending)
 
 
 class _ParamHolder(torch.nn.Module):

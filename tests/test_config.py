@@ -29,6 +29,7 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"method": {"aligned_passes": 0}}, "method.aligned_passes"),
         ({"method": {"pseudo_gate": 0.9, "lambda_passive": 0.0}}, "method.pseudo_gate"),
         ({"method": {"residual_weight": "free"}}, "method.residual_weight"),
+        ({"method": {"residual_base": "best"}}, "method.residual_base"),
         ({"method": {"joint_encoder": "yes"}}, "method.joint_encoder"),
         ({"method": {"joint_warm_start": 1}}, "method.joint_warm_start"),
         ({"method": {"passive_pretrain_epochs": -1}}, "method.passive_pretrain_epochs"),

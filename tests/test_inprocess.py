@@ -176,3 +176,45 @@ def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
     assert "passive1/pretrain_loss" not in plain["rounds"][0]
     assert "passive1/pretrain_loss" in run_inprocess(cfg_for(rounds=1))["rounds"][0]  # on by default (5 epochs)
     assert plain["rounds"][0]["test/joint_accuracy"] != short["rounds"][0]["test/joint_accuracy"]
+
+
+def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monkeypatch):
+    """method.residual_base=best_val: the joint model's residual builds on a frozen copy of the shared encoder and
+    head, taken (at the next round's start) whenever their validation loss reaches a new low."""
+    seen: list[tuple[float, float, dict]] = []
+    track = ActiveParty._track_base
+
+    def recording(self, local_probs, y):
+        loss = -np.log(np.clip(local_probs[np.arange(len(y)), y], 1e-12, None)).mean()
+        updated = track(self, local_probs, y)
+        seen.append((float(loss), updated, {k: v.clone() for k, v in self.encoder.state_dict().items()}))
+        return updated
+
+    monkeypatch.setattr(ActiveParty, "_track_base", recording)
+    res = run_inprocess(cfg_for({"name": "vproto", "residual_base": "best_val"}, rounds=6))
+    assert [r["val/residual_base_update"] for r in res["rounds"]] == [u for _, u, _ in seen]
+    best = np.inf
+    for loss, updated, _ in seen:  # an update exactly at each new lowest validation loss
+        assert updated == float(loss < best)
+        best = min(best, loss)
+    active = res["state"]["active"]
+    assert active.base is not None and not any(p.requires_grad for p in active.base.parameters())
+    trained = {id(p) for g in active.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in trained for p in active.base.parameters())
+    applied = [sd for _, u, sd in seen[:-1] if u]  # the last round's update would apply at a round never run
+    assert all(torch.equal(active.base[0].state_dict()[k], v) for k, v in applied[-1].items())
+
+
+def test_residual_base_is_the_live_head_until_the_first_validation():
+    """Before any validation best_val has no base and trains exactly as the live head; with one, it differs."""
+    def strip(res):
+        return [{k: v for k, v in r.items() if k != "seconds" and "residual_base" not in k} for r in res["rounds"]]
+
+    def run(base, rounds=3, eval_every=1):
+        cfg = cfg_for({"name": "vproto", "residual_base": base}, rounds=rounds)
+        return run_inprocess(config_from_dict({**cfg.to_dict(), "eval_every": eval_every}))
+
+    assert strip(run("live", eval_every=3)) == strip(run("best_val", eval_every=3))  # validated after round 3 only
+    every, plain = run("best_val", rounds=2), run("live", rounds=2)
+    assert strip(every)[0] == strip(plain)[0]  # round 1: no validation yet
+    assert every["rounds"][1]["active/sup_loss"] != plain["rounds"][1]["active/sup_loss"]
