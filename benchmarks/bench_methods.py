@@ -20,8 +20,9 @@ import argparse
 import json
 import os
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
+
+from jsonl_runs import run_pending
 
 from flwr_vproto.report import Run, markdown_table, slim_history
 
@@ -69,10 +70,6 @@ def _merge(base: dict, over: dict) -> dict:
     return out
 
 
-def _key(job: dict) -> str:
-    return json.dumps({k: job[k] for k in ("tag", "dataset", "fraction", "seed")}, sort_keys=True)
-
-
 def summarise(rows: list[dict]) -> str:
     """Markdown: one row per (dataset, fraction), mean ± std of accuracy per method, share of the gap closed."""
     return markdown_table(_from_jsonl_rows(rows))
@@ -99,7 +96,6 @@ def main() -> None:
     args = ap.parse_args()
 
     out = Path(args.out)
-    done = {_key(json.loads(line)) for line in out.read_text().splitlines()} if out.exists() else set()
     variants = {m: ({}, {}) for m in args.methods}
     for v in args.variant:
         tag, _, js = v.partition("=")
@@ -120,16 +116,8 @@ def main() -> None:
                            else {}}
                     if conf:
                         job["config_overrides"] = conf
-                    if _key(job) not in done:
-                        jobs.append(job)
-    print(f"{len(jobs)} runs to do ({len(done)} already in {out})", flush=True)
-    with ProcessPoolExecutor(args.workers) as pool, out.open("a") as fh:
-        for r in pool.map(run_one, jobs):
-            fh.write(json.dumps(r) + "\n")
-            fh.flush()
-            print(f"{r['tag']:>12} {r['dataset']:>13} {r['fraction']:.2f} seed {r['seed']}: "
-                  f"acc {r['final']['accuracy']:.4f} ({r['seconds']}s)", flush=True)
-    rows = [json.loads(line) for line in out.read_text().splitlines()]
+                    jobs.append(job)
+    rows = run_pending(out, jobs, run_one, args.workers)
     print(summarise(rows))
 
 
