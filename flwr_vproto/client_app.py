@@ -37,6 +37,7 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.clientapp import ClientApp
 
+from flwr_vproto import __version__
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto.alignment import min_intersection, split_order_seed
@@ -192,13 +193,16 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
 
         Starting PSI here saves a message round trip, which costs seconds in a deployment.
         """
+        version = msg.content[M.CONFIG].get("version")
+        _require(version in (None, __version__), f"{me.name} runs flwr_vproto {__version__}, the ServerApp "
+                                                 f"{version}: install the same flwr_vproto version on every host")
         want = msg.content[M.CONFIG].get("fingerprint")
         mine = M.config_fingerprint(c)
         _require(want in (None, mine), f"{me.name}: its config (fingerprint {mine}) differs from the server's "
                                        f"({want}); every party must run with the same config")
         data = party_data(c, me.index)
         info: dict[str, Any] = {
-            "role": me.role, "party-index": me.index, "fingerprint": mine,
+            "role": me.role, "party-index": me.index, "fingerprint": mine, "version": __version__,
             "input-shape": [int(s) for s in data.input_shape], "embedding-dim": int(c.model.embedding_dim),
             **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
         }

@@ -24,7 +24,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.metrics import roc_auc_score
 
 from flwr_vproto import privacy
 from flwr_vproto import prototypes as P
@@ -770,5 +769,7 @@ def _scores(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, flo
         "loss": float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-12, None)).mean()),
     }
     if num_classes == 2 and np.unique(y).size == 2:
+        from sklearn.metrics import roc_auc_score  # here, not at import: a ClientApp process starts per message
+
         out["auc"] = float(roc_auc_score(y, probs[:, 1]))
     return out

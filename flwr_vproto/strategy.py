@@ -33,9 +33,9 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, Re
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
+from flwr_vproto import __version__, privacy
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
-from flwr_vproto import privacy
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.inprocess import eval_splits, server_checkpoint
@@ -244,7 +244,7 @@ class VerticalProtoStrategy(Strategy):
         ``resume_round`` every party instead restores itself from its own checkpoint of that round.
         """
         nodes = [PartyNode(n, "node", n) for n in self._nodes(grid)]  # named by node ID until they answer
-        probe_conf = ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg)})
+        probe_conf = ConfigRecord({"fingerprint": M.config_fingerprint(self.cfg), "version": __version__})
         if resume_round is not None:
             probe_conf["resume-round"] = resume_round
         probe = RecordDict({M.CONFIG: probe_conf})

@@ -42,6 +42,7 @@ QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "PYTHONWARNINGS": "ignore",
 }
+STATUS_EVERY = 5.0  # seconds between two `flwr ls` calls while waiting for a run (see LocalDeployment.wait)
 
 
 def free_port() -> int:
@@ -103,12 +104,13 @@ class LocalDeployment:
     node_configs: list[str]
     tls: Path | None = None
     node_keys: list[Path] | None = None
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every process, e.g. OMP_NUM_THREADS
     started: list[subprocess.Popen] = field(default_factory=list)
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
 
     def _env(self, home: str) -> dict[str, str]:
-        env = {**os.environ, **QUIET_ENV, "FLWR_HOME": str(self.workdir / home)}
+        env = {**os.environ, **QUIET_ENV, **self.env, "FLWR_HOME": str(self.workdir / home)}
         (self.workdir / home).mkdir(parents=True, exist_ok=True)
         return env
 
@@ -245,16 +247,27 @@ class LocalDeployment:
             raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         return int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
 
-    def wait(self, run_id: int, timeout: float, until: Any = None) -> str:
-        """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...)."""
+    def wait(self, run_id: int, timeout: float, until: Any = None, status_every: float = STATUS_EVERY) -> str:
+        """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...).
+
+        ``until`` (a cheap check, e.g. a file's existence) is polled every 0.5 s; the run's status only every
+        ``status_every`` seconds, since each ``flwr ls`` starts the ``flwr`` CLI, over a second of CPU: polled
+        every 0.5 s by several deployments at once, that alone kept two cores busy and slowed the runs it waited for.
+        """
         deadline = time.monotonic() + timeout
+        next_status = time.monotonic()
         while True:
             self._check_alive()
-            status = self.run_status(run_id)
-            if status.startswith("finished") or (until is not None and until()):
-                return status
+            if until is not None and until():
+                return self.run_status(run_id)
+            if time.monotonic() >= next_status:
+                status = self.run_status(run_id)
+                if status.startswith("finished"):
+                    return status
+                next_status = time.monotonic() + status_every
             if time.monotonic() > deadline:
-                raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status})")
+                raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status}); logs in "
+                                   f"{self.workdir}; ServerApp log:\n{self.log(run_id)[-3000:]}")
             time.sleep(0.5)
 
     def log(self, run_id: int) -> str:

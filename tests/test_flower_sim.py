@@ -141,6 +141,21 @@ def test_pyproject_run_config_lists_every_config_field_with_its_default():
         "serverapp": "flwr_vproto.server_app:app", "clientapp": "flwr_vproto.client_app:app"}
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # pathspec's, inside Flower's FAB builder
+def test_the_fab_carries_no_code_so_every_host_runs_its_installed_package_with_its_data():
+    """``flwr run`` ships a FAB that Flower puts first on the apps' ``sys.path``: a copy of ``flwr_vproto`` in it
+    would shadow the installed package without its bundled Adult files (a FAB takes no ``.gz``), and would ship
+    ``benchmarks/`` to every node."""
+    import io
+    import zipfile
+
+    from flwr.cli.build import build_fab_from_disk
+
+    with zipfile.ZipFile(io.BytesIO(build_fab_from_disk(REPO))) as fab:
+        names = sorted(fab.namelist())
+    assert names == [".info/CONTENT", "README.md", "pyproject.toml"], names
+
+
 def test_run_config_parses_lists_nulls_and_validates():
     rc = {**M.run_config_from_config(), "model.hidden": "[128, 32]", "dataset.max_train_users": "300",
           "dataset.root": "/data/fm", "method.name": "vanilla", "method.local_head": False,
@@ -372,6 +387,16 @@ def test_too_few_nodes_and_mixed_configs_are_refused():
     strategy = VerticalProtoStrategy(small_cfg(), timeout=30, wait_for_nodes=1)
     with pytest.raises(ProtocolError, match="differs from the server's"):
         strategy.start(grid=InlineGrid(make_client_app(other), sim_nodes(other)))
+
+
+def test_a_node_with_another_flwr_vproto_version_is_refused(monkeypatch):
+    import flwr_vproto.client_app as client_module
+
+    monkeypatch.setattr(client_module, "__version__", "0.0.1")
+    cfg = small_cfg()
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
+    with pytest.raises(ProtocolError, match=r"runs flwr_vproto 0\.0\.1, the ServerApp 0\.1\.0: install the same"):
+        strategy.start(grid=InlineGrid(make_client_app(cfg), sim_nodes(cfg)))
 
 
 def test_centralized_is_inprocess_only_and_global_models_are_refused():
