@@ -202,7 +202,7 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
                                        f"({want}); every party must run with the same config")
         data = party_data(c, me.index)
         info: dict[str, Any] = {
-            "role": me.role, "party-index": me.index, "fingerprint": mine, "version": __version__,
+            "role": me.role, "party-index": me.index, "fingerprint": mine,
             "input-shape": [int(s) for s in data.input_shape], "embedding-dim": int(c.model.embedding_dim),
             **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
         }
