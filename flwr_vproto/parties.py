@@ -694,6 +694,10 @@ class ActiveParty(_Party):
             best = min(best, (err, nll, float(w)))
         self._auto_weight = best[2]
 
+    def calibrate(self, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
+        """Placeholder until calibration moves out of ``evaluate("val")`` (which still fits everything)."""
+        return {}
+
     def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
         """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
 
