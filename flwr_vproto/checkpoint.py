@@ -139,3 +139,49 @@ def tensor(a: np.ndarray) -> torch.Tensor:
 
 def array(t: torch.Tensor) -> np.ndarray:
     return t.numpy().copy()
+
+
+def party_checkpoint(cfg: Config, party: Any, rnd: int, facts: dict[str, Any]) -> dict[str, Any]:
+    """A party's checkpoint (same format for both engines): its state, what it knows of the run, the config."""
+    role = "active" if party.index == 0 else "passive"
+    return {"round": rnd, "party": party.state_dict(), "config": resume_fingerprint(cfg),
+            "facts": {"role": role, "party-index": party.index, **facts}}
+
+
+def server_checkpoint(cfg: Config, rnd: int, history: list[dict[str, float]], transit: dict[str, Any],
+                      **extra: Any) -> dict[str, Any]:
+    """The server's checkpoint (same format for both engines): history and what the next round relays.
+
+    ``transit`` is :meth:`flwr_vproto.protocol.InTransit.state`: gradients and second prototypes by passive name,
+    the prototype mask and, with ``method.pseudo_gate``, the thresholds.
+    """
+    mask = transit["prototype-mask"]
+    return {"round": rnd, "history": history, "config": resume_fingerprint(cfg),
+            "gradients": {k: tensor(v) for k, v in transit["gradients"].items()},
+            "prototypes": {k: tensor(v) for k, v in transit["prototypes"].items()},
+            "prototype-mask": None if mask is None else tensor(mask),
+            **{k: v for k, v in transit.items() if k == "pseudo-gates"}, **extra}
+
+
+def transit_of(saved: dict[str, Any]) -> dict[str, Any]:
+    """Inverse of the ``transit`` part of :func:`server_checkpoint`, as numpy arrays."""
+    mask = saved["prototype-mask"]
+    return {"gradients": {k: array(v) for k, v in saved["gradients"].items()},
+            "prototypes": {k: array(v) for k, v in saved["prototypes"].items()},
+            "prototype-mask": None if mask is None else array(mask).astype(bool),
+            **({"pseudo-gates": saved["pseudo-gates"]} if saved.get("pseudo-gates") is not None else {})}
+
+
+def load_party_state(cfg: Config, name: str, rnd: int, override: str | None = None) -> dict[str, Any]:
+    """The whole round-``rnd`` checkpoint of party ``name`` (state and facts), refused if of another config."""
+    folder = party_dir(cfg, name, override)
+    saved = load(folder, rnd, name)
+    check_same_run(saved["config"], cfg, name, folder)
+    return saved
+
+
+def load_server_state(cfg: Config, rnd: int) -> dict[str, Any]:
+    """The server's round-``rnd`` checkpoint, refused if of another config."""
+    saved = load(server_dir(cfg), rnd, SERVER)
+    check_same_run(saved["config"], cfg, SERVER, server_dir(cfg))
+    return saved

@@ -1,4 +1,5 @@
-"""One ClientApp for every party: it finds out who it is, loads only its own data and routes messages to a party.
+"""One ClientApp for every party: it finds out who it is, loads only its own data, and runs each message as
+decode -> :mod:`flwr_vproto.protocol` step -> encode.
 
 Who am I (node-config):
 
@@ -16,12 +17,12 @@ Who am I (node-config):
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
 
 The learning config comes from a closure in simulation (:func:`make_client_app` with a :class:`Config`) and from
-the run-config under ``flwr run`` (:func:`flwr_vproto.messages.config_from_run_config`).
+the run-config under ``flwr run`` (:func:`flwr_vproto.run_config.config_from_run_config`).
 
-All party state (models, optimizer, alignment, PSI secrets between the two PSI messages) lives in
-``context.state``: in a deployment each message runs in a fresh process, so nothing else survives. A per-process
-cache of the party's *data* is kept, since re-reading it is the only repeated cost a warm simulation process can
-skip.
+All party state (models, optimizer, alignment, PSI secrets between messages) lives in ``context.state``
+(:class:`PartyStore`): in a deployment each message runs in a fresh process, so nothing else survives. A
+per-process cache of the party's *data* is kept, since re-reading it is the only repeated cost a warm simulation
+process can skip.
 """
 
 from __future__ import annotations
@@ -33,23 +34,20 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from flwr_vproto import __version__
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
-from flwr_vproto.alignment import min_intersection, split_order_seed
+from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config
 from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
-from flwr_vproto.inprocess import party_checkpoint
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.predict import save_party_model
-from flwr_vproto.psi import PSIHub, PSIPeer
+from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, ProtocolError
 from flwr_vproto.query import register as register_prediction
-
-ROLES = ("active", "passive")
+from flwr_vproto.run_config import config_fingerprint, config_from_run_config
 
 
 @dataclass(frozen=True)
@@ -64,36 +62,38 @@ class Identity:
 
     @property
     def name(self) -> str:
-        return "active" if self.role == "active" else f"passive{self.index}"
+        return proto.party_name(self.role, self.index)
 
 
 def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | None = None) -> Identity:
     """Read role and party index from the node-config (deployment keys first, then simulation's partition-id)."""
     if "role" in node_config:
-        role = str(node_config["role"]).strip().lower()
-        if role not in ROLES:
-            raise ValueError(f"node-config role={node_config['role']!r}: expected 'active' or 'passive'")
-        if "party-index" not in node_config:
-            raise ValueError(f"node-config has role={role!r} but no party-index (0 for the active party, 1..K for "
-                             f"passives)")
-        index = node_config["party-index"]
-        data_path = node_config.get("data-path")
-        model_dir = str(node_config.get("model-dir", "")) or model_dir
+        role, index, data_path, model_dir = _deployment_identity(node_config, model_dir)
     elif "partition-id" in node_config:
         index = node_config["partition-id"]
-        role = "active" if index == 0 else "passive"
-        data_path = None
+        role, data_path = (ACTIVE if index == 0 else PASSIVE), None
     else:
         raise ValueError("node-config must set role and party-index, e.g. --node-config 'role=\"passive\" "
                          "party-index=1 data-path=\"/data/party1.csv\"'")
     if isinstance(index, bool) or not isinstance(index, int):
         raise ValueError(f"node-config party-index={index!r}: expected an integer")
-    if role == "active" and index != 0:
+    if role == ACTIVE and index != 0:
         raise ValueError(f"node-config: the active party has party-index 0, got {index}")
-    if role == "passive" and not 1 <= index <= num_passive:
+    if role == PASSIVE and not 1 <= index <= num_passive:
         raise ValueError(f"node-config: passive party-index {index} outside 1..{num_passive} (dataset.num_passive)")
     return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir,
                     str(node_config.get("checkpoint-dir", "")) or None)
+
+
+def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
+    role = str(node_config["role"]).strip().lower()
+    if role not in ROLES:
+        raise ValueError(f"node-config role={node_config['role']!r}: expected 'active' or 'passive'")
+    if "party-index" not in node_config:
+        raise ValueError(f"node-config has role={role!r} but no party-index (0 for the active party, 1..K for "
+                         f"passives)")
+    return role, node_config["party-index"], node_config.get("data-path"), str(node_config.get("model-dir", "")) or \
+        model_dir
 
 
 @functools.lru_cache(maxsize=4)
@@ -108,267 +108,201 @@ def party_data(cfg: Config, index: int) -> PartySplits:
     return _cached_data(json.dumps(cfg.to_dict(), sort_keys=True), index)
 
 
-# ------------------------------------------------------------------------------------------------ context.state
-def _facts(context: Context) -> ConfigRecord:
-    if M.STATE_KEY not in context.state:
-        context.state[M.STATE_KEY] = ConfigRecord()
-    return context.state[M.STATE_KEY]  # type: ignore[return-value]
-
-
-def _blobs(context: Context) -> dict[str, np.ndarray]:
-    return M.arrays_of(context.state.get(M.STATE_ARRAYS))  # type: ignore[arg-type]
-
-
-def _store(context: Context, blobs: dict[str, np.ndarray], **facts: Any) -> None:
-    """Replace this party's stored arrays (state bytes, PSI secrets) and update its facts."""
-    context.state[M.STATE_ARRAYS] = M.array_record(blobs)
-    _facts(context).update(facts)
-
-
-def _save_party(context: Context, party: ActiveParty | PassiveParty) -> None:
-    _store(context, {"party": M.bytes_to_array(state_to_bytes(party.state_dict()))}, ready=True)
-
-
 def _require(cond: bool, what: str) -> None:
     if not cond:
-        raise M.ProtocolError(what)
+        raise ProtocolError(what)
 
 
-def _reply(msg: Message, arrays: dict[str, np.ndarray] | ArrayRecord | None = None,
-           config: dict[str, Any] | ConfigRecord | None = None, metrics: Any = None) -> Message:
-    content = RecordDict()
-    if arrays is not None:
-        content[M.ARRAYS] = arrays if isinstance(arrays, ArrayRecord) else M.array_record(arrays)
-    if config is not None:
-        content[M.CONFIG] = config if isinstance(config, ConfigRecord) else ConfigRecord(config)
-    if metrics is not None:
-        content[M.METRICS] = metrics
+# ------------------------------------------------------------------------------------------------ context.state
+class PartyStore:
+    """This party's state in ``context.state``: small facts, its PSI secrets and its serialised learner."""
+
+    PSI = "psi"  # blob prefix of the PSI secrets
+    PARTY = "party"  # blob of the learner's state dict
+
+    def __init__(self, context: Context) -> None:
+        self.context = context
+
+    @property
+    def facts(self) -> ConfigRecord:
+        if M.STATE_KEY not in self.context.state:
+            self.context.state[M.STATE_KEY] = ConfigRecord()
+        return self.context.state[M.STATE_KEY]  # type: ignore[return-value]
+
+    def reset(self, me: Identity) -> None:
+        self.context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
+        self.context.state[M.STATE_ARRAYS] = ArrayRecord()
+
+    def _blobs(self) -> dict[str, Any]:
+        return M.arrays_of(self.context.state.get(M.STATE_ARRAYS))  # type: ignore[arg-type]
+
+    def secrets(self) -> dict[str, bytes]:
+        return M.bytes_of(self.PSI, self._blobs())
+
+    def keep_secrets(self, secrets: dict[str, bytes]) -> None:
+        self.context.state[M.STATE_ARRAYS] = M.array_record(M.blobs_of(self.PSI, secrets))
+
+    def save_party(self, party: ActiveParty | PassiveParty | None, state: dict[str, Any] | None = None,
+                   **facts: Any) -> None:
+        """Replace the stored arrays (PSI secrets are done with) by the learner's state (``party``'s, or a saved
+        ``state``); update the facts."""
+        blob = state_to_bytes(party.state_dict() if party is not None else state)
+        self.context.state[M.STATE_ARRAYS] = M.array_record({self.PARTY: M.bytes_to_array(blob)})
+        self.facts.update({"ready": True, **facts})
+
+    def load_party(self, c: Config, me: Identity) -> ActiveParty | PassiveParty:
+        """The learner as the last message left it (a deployment runs each message in a fresh process)."""
+        facts = self.facts
+        _require(bool(facts.get("ready")), f"{me.name}: train before the setup finished")
+        data, num_classes = party_data(c, me.index), int(facts["num-classes"])  # type: ignore[arg-type]
+        party: ActiveParty | PassiveParty = (
+            ActiveParty(data, c, num_classes, [int(d) for d in facts["passive-dims"]])  # type: ignore[union-attr]
+            if me.role == ACTIVE else PassiveParty(data, c, me.index, num_classes))
+        party.load_state_dict(state_from_bytes(M.array_to_bytes(self._blobs()[self.PARTY])))
+        return party
+
+
+# ------------------------------------------------------------------------------------------------ handlers
+def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+    """Role, party index and sizes (no IDs, no features); PSI step 1, or restoring a checkpoint to resume."""
+    probe = M.decode_probe(msg.content)
+    _require(probe.version in ("", __version__), f"{me.name} runs flwr_vproto {__version__}, the ServerApp "
+                                                 f"{probe.version}: install the same flwr_vproto version on every host")
+    mine = config_fingerprint(c)
+    _require(probe.fingerprint in ("", mine), f"{me.name}: its config (fingerprint {mine}) differs from the "
+                                              f"server's ({probe.fingerprint}); every party must run with the same "
+                                              f"config")
+    store = PartyStore(context)
+    store.reset(me)
+    if probe.resume_round is not None:
+        info = _resume(store, c, me, probe.resume_round)
+        return Message(M.encode_discovered(info), reply_to=msg)
+    info, secrets = proto.discover(c, party_data(c, me.index), me.role, me.index, mine)
+    store.keep_secrets(secrets)
+    return Message(M.encode_discovered(info), reply_to=msg)
+
+
+def _resume(store: PartyStore, c: Config, me: Identity, rnd: int) -> proto.Discovered:
+    """Restore this party from its own round-``rnd`` checkpoint (a resumed run: no PSI, no fresh models)."""
+    saved = ck.load_party_state(c, me.name, rnd, me.checkpoint_dir)
+    facts = dict(saved["facts"])
+    _require((facts.get("role"), facts.get("party-index")) == (me.role, me.index),
+             f"{me.name}: the checkpoint in {ck.party_dir(c, me.name, me.checkpoint_dir)} belongs to "
+             f"{facts.get('role')} party {facts.get('party-index')}")
+    store.save_party(None, saved["party"], **facts)
+    data = party_data(c, me.index)
+    return proto.Discovered(me.role, me.index, config_fingerprint(c), [int(s) for s in data.input_shape],
+                            int(c.model.embedding_dim), {s: len(data.split(s)) for s in SPLITS},
+                            resumed_round=rnd)
+
+
+def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+    """Passive party, PSI step 2: re-blind the active party's points (its own went out with discovery)."""
+    _require(me.role == PASSIVE, f"{me.name}: psi_peer goes to passive parties only")
+    secrets = PartyStore(context).secrets()
+    _require("train.secret" in secrets, f"{me.name}: psi_peer before discovery")
+    points = proto.psi_reblind(party_data(c, me.index), secrets, M.decode_hub_points(msg.content))
+    return Message(M.encode_reblinded(points), reply_to=msg)
+
+
+def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+    """Active party, PSI step 2 (while the passives re-blind its points): blind every passive's points."""
+    _require(me.role == ACTIVE, f"{me.name}: psi_blind goes to the active party only")
+    store = PartyStore(context)
+    secrets = store.secrets()
+    _require("train.secret" in secrets, f"{me.name}: psi_blind before discovery")
+    own = M.decode_blind_request(msg.content)
+    store.keep_secrets(proto.psi_blind_peers(c, party_data(c, 0), secrets, own))
+    return Message(M.encode_blinded(len(own)), reply_to=msg)
+
+
+def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+    """Active party, PSI step 3: intersect per split, fix the shared order, build the active party."""
+    _require(me.role == ACTIVE, f"{me.name}: psi_finish goes to the active party only")
+    store = PartyStore(context)
+    secrets = store.secrets()
+    _require(any(k.startswith("train.double.") for k in secrets), f"{me.name}: psi_finish before psi_blind")
+    reblinded, dims = M.decode_finish_request(msg.content)
+    num_classes = int(dataset_classes(c)[0])
+    party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims)
+    store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
+    return Message(M.encode_intersection(result), reply_to=msg)
+
+
+def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
+    """One round of this party (design §4): the one message it gets per round."""
+    store = PartyStore(context)
+    if me.role == PASSIVE:
+        request = M.decode_to_passive(msg.content)
+        if request.setup is not None and not store.facts.get("ready"):  # PSI step 4, with the first round
+            _require("train.perm" in store.secrets(), f"{me.name}: first round before PSI")
+            joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
+            store.save_party(joined, **{"num-classes": request.setup.num_classes})
+        party = store.load_party(c, me)
+        content = M.encode_from_passive(proto.passive_step(party, request))  # type: ignore[arg-type]
+        rnd, final = request.round, request.final
+    else:
+        party = store.load_party(c, me)
+        passives = [int(k) for k in store.facts["passives"]] if party.joint else []  # type: ignore[union-attr]
+        request = M.decode_to_active(msg.content, passives)
+        content = M.encode_from_active(proto.active_step(party, request))  # type: ignore[arg-type]
+        rnd, final = request.round, request.final
+    store.save_party(party)
+    _after_round(store, party, c, me, rnd, final)
     return Message(content, reply_to=msg)
 
 
-# ------------------------------------------------------------------------------------------------ PSI state
-def _hub(data: PartySplits, c: Config, split: str, blobs: dict[str, np.ndarray]) -> PSIHub:
-    """The active party's PSI hub of an earlier message (a deployment runs each message in a fresh process)."""
-    return PSIHub.from_state(data.split(split).ids, M.bytes_of(f"psi.{split}", blobs),
-                             order_seed=split_order_seed(c.seed, split),
-                             min_intersection=min_intersection(c.dataset.min_aligned, split))
-
-
-def _peer(data: PartySplits, split: str, blobs: dict[str, np.ndarray]) -> PSIPeer:
-    """A passive party's PSI peer of an earlier message."""
-    return PSIPeer.from_state(data.split(split).ids, M.bytes_of(f"psi.{split}", blobs))
+def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config, me: Identity, rnd: int,
+                 final: bool) -> None:
+    """The party's own files: its checkpoint (before it replies, so the server's file means every party has one)
+    and, after the last round, its model."""
+    if ck.due(c, rnd):
+        facts = {k: store.facts[k] for k in ("num-classes", "passives", "passive-dims") if k in store.facts}
+        ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd, ck.party_checkpoint(c, party, rnd, facts))
+    if final and me.model_dir:
+        save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
 
 
 # ------------------------------------------------------------------------------------------------ the app
+Handler = Callable[[Message, Context, Config, Identity], Message]
+
+
+def _resolver(cfg: Config | None, model_dir: str | None) -> Callable[[Context], tuple[Config, Identity]]:
+    """How a message learns its config and identity: the closure's config (simulation) or the run-config."""
+
+    def resolve(context: Context) -> tuple[Config, Identity]:
+        if cfg is not None:
+            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir)
+        base, _ = config_from_run_config(context.run_config)
+        me = identity(context.node_config, base.dataset.num_passive, model_dir)
+        if base.dataset.name == "csv":
+            if me.data_path is None:
+                raise ValueError(f"{me.name}: dataset.name is 'csv' but this node's node-config has no data-path")
+            base, _ = config_from_run_config(context.run_config, party_index=me.index, data_path=me.data_path)
+        return base, me
+
+    return resolve
+
+
 def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> ClientApp:
     """The ClientApp. ``cfg`` given: simulation (config from this closure); ``None``: config from the run-config.
 
     ``model_dir``: where parties save their final model in simulation (deployment: node-config ``model-dir``).
     """
     app = ClientApp()
+    resolve = _resolver(cfg, model_dir)
 
-    def setup(context: Context) -> tuple[Config, Identity]:
-        if cfg is not None:
-            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir)
-        base, _ = M.config_from_run_config(context.run_config)
-        me = identity(context.node_config, base.dataset.num_passive, model_dir)
-        if base.dataset.name == "csv":
-            if me.data_path is None:
-                raise ValueError(f"{me.name}: dataset.name is 'csv' but this node's node-config has no data-path")
-            base, _ = M.config_from_run_config(context.run_config, party_index=me.index, data_path=me.data_path)
-        return base, me
-
-    def handler(fn: Callable[[Message, Context, Config, Identity], Message]) -> Callable[[Message, Context], Message]:
+    def handler(fn: Handler) -> Callable[[Message, Context], Message]:
         @functools.wraps(fn)
         def run(msg: Message, context: Context) -> Message:
-            c, me = setup(context)
-            return fn(msg, context, c, me)
+            return fn(msg, context, *resolve(context))
 
         return run
 
-    @app.query("discover")
-    @handler
-    def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Role, party index and sizes (no IDs, no features); every party also does PSI step 1.
-
-        Starting PSI here saves a message round trip, which costs seconds in a deployment.
-        """
-        version = msg.content[M.CONFIG].get("version")
-        _require(version in (None, __version__), f"{me.name} runs flwr_vproto {__version__}, the ServerApp "
-                                                 f"{version}: install the same flwr_vproto version on every host")
-        want = msg.content[M.CONFIG].get("fingerprint")
-        mine = M.config_fingerprint(c)
-        _require(want in (None, mine), f"{me.name}: its config (fingerprint {mine}) differs from the server's "
-                                       f"({want}); every party must run with the same config")
-        data = party_data(c, me.index)
-        info: dict[str, Any] = {
-            "role": me.role, "party-index": me.index, "fingerprint": mine,
-            "input-shape": [int(s) for s in data.input_shape], "embedding-dim": int(c.model.embedding_dim),
-            **{f"rows.{s}": len(data.split(s)) for s in SPLITS},
-        }
-        context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
-        if "resume-round" in msg.content[M.CONFIG]:
-            rnd = int(msg.content[M.CONFIG]["resume-round"])  # type: ignore[arg-type]
-            resume_party(context, c, me, rnd)
-            return _reply(msg, config={**info, "resumed-round": rnd})
-        # PSI step 1, the same on every party: blind own IDs (the active party in its row order, a passive in a
-        # private random order), so that step 2 can run on all parties at once.
-        points: dict[str, np.ndarray] = {}
-        blobs: dict[str, np.ndarray] = {}
-        for split in SPLITS:
-            ids = data.split(split).ids
-            side = (PSIHub(ids, order_seed=split_order_seed(c.seed, split)) if me.role == "active"
-                    else PSIPeer(ids))
-            points[f"{'hub' if me.role == 'active' else 'own'}.{split}"] = M.bytes_to_array(side.blinded_ids())
-            blobs.update(M.blobs_of(f"psi.{split}", side.export_state()))
-        _store(context, blobs)
-        return _reply(msg, arrays=points, config=info)
-
-    @app.query("psi_peer")
-    @handler
-    def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Passive party, PSI step 2: re-blind the hub's points (its own went out with discovery)."""
-        _require(me.role == "passive", f"{me.name}: psi_peer goes to passive parties only")
-        blobs = _blobs(context)
-        _require("psi.train.secret" in blobs, f"{me.name}: psi_peer before discovery")
-        data = party_data(c, me.index)
-        hub_points = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        out = {}
-        for s in SPLITS:
-            reblinded = _peer(data, s, blobs).reblind(M.array_to_bytes(hub_points[f"hub.{s}"]))
-            out[f"reblinded.{s}"] = M.bytes_to_array(reblinded)
-        return _reply(msg, arrays=out)
-
-    @app.query("psi_blind")
-    @handler
-    def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Active party, PSI step 2 (while the passives re-blind its points): blind every passive's points."""
-        _require(me.role == "active", f"{me.name}: psi_blind goes to the active party only")
-        blobs = _blobs(context)
-        _require("psi.train.secret" in blobs, f"{me.name}: psi_blind before discovery")
-        data = party_data(c, 0)
-        arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
-        for split in SPLITS:
-            hub = _hub(data, c, split, blobs)
-            hub.blind_peers({f"passive{k}": M.array_to_bytes(arrays[f"passive{k}.own.{split}"]) for k in passives})
-            blobs.update(M.blobs_of(f"psi.{split}", hub.export_state()))
-        _store(context, blobs)
-        return _reply(msg, config={"blinded": len(passives)})
-
-    @app.query("psi_finish")
-    @handler
-    def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """Active party, PSI step 3: intersect per split, fix the shared order, build the active party."""
-        _require(me.role == "active", f"{me.name}: psi_finish goes to the active party only")
-        conf = msg.content[M.CONFIG]
-        passives = [int(k) for k in conf["passives"]]  # type: ignore[union-attr]
-        dims = [int(d) for d in conf["passive-dims"]]  # type: ignore[union-attr]
-        arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        blobs = _blobs(context)
-        _require(any(k.startswith("psi.train.double.") for k in blobs), f"{me.name}: psi_finish before psi_blind")
-        data = party_data(c, 0)
-        aligned: dict[str, np.ndarray] = {}
-        positions: dict[str, np.ndarray] = {}
-        for split in SPLITS:
-            hub = _hub(data, c, split, blobs)
-            for k in passives:
-                hub.add_peer(f"passive{k}", M.array_to_bytes(arrays[f"passive{k}.reblinded.{split}"]))
-            rows, pos = hub.finish()
-            aligned[split] = np.asarray(rows, dtype=np.int64)
-            for k in passives:
-                positions[f"passive{k}.positions.{split}"] = np.asarray(pos[f"passive{k}"], dtype=np.int64)
-        num_classes = int(dataset_classes(c)[0])
-        party = ActiveParty(data, c, num_classes, dims)
-        party.set_alignment(aligned)
-        _save_party(context, party)
-        _facts(context).update({"num-classes": num_classes, "passives": passives, "passive-dims": dims})
-        info = {"num-classes": num_classes, **{f"aligned.{s}": int(len(r)) for s, r in aligned.items()}}
-        return _reply(msg, arrays=positions, config=info)
-
-    def resume_party(context: Context, c: Config, me: Identity, rnd: int) -> None:
-        """Restore this party from its own round-``rnd`` checkpoint (a resumed run: no PSI, no fresh models)."""
-        folder = ck.party_dir(c, me.name, me.checkpoint_dir)
-        saved = ck.load(folder, rnd, me.name)
-        ck.check_same_run(saved["config"], c, me.name, folder)
-        facts = dict(saved["facts"])
-        _require((facts.get("role"), facts.get("party-index")) == (me.role, me.index),
-                 f"{me.name}: the checkpoint in {folder} belongs to {facts.get('role')} party "
-                 f"{facts.get('party-index')}")
-        _store(context, {"party": M.bytes_to_array(state_to_bytes(saved["party"]))}, ready=True, **facts)
-
-    def init_passive(context: Context, c: Config, me: Identity, msg: Message) -> None:
-        """Passive party, PSI step 4 (with its first round): own aligned rows from the hub's positions."""
-        blobs = _blobs(context)
-        _require("psi.train.perm" in blobs, f"{me.name}: first round before PSI")
-        data = party_data(c, me.index)
-        arrays = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        aligned = {s: _peer(data, s, blobs).rows_from_positions(arrays[f"positions.{s}"]) for s in SPLITS}
-        num_classes = int(msg.content[M.CONFIG]["num-classes"])  # type: ignore[arg-type]
-        party = PassiveParty(data, c, me.index, num_classes)
-        party.set_alignment(aligned)
-        _save_party(context, party)
-        _facts(context)["num-classes"] = num_classes
-
-    @app.train()
-    @handler
-    def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-        """One round of this party (design §4): the one message it gets per round."""
-        facts = _facts(context)
-        if me.role == "passive" and not facts.get("ready"):
-            init_passive(context, c, me, msg)
-        _require(bool(facts.get("ready")), f"{me.name}: train before the setup finished")
-        num_classes = int(facts["num-classes"])  # type: ignore[arg-type]
-        data = party_data(c, me.index)
-        conf = msg.content[M.CONFIG]
-        rnd, final = int(conf["round"]), bool(conf["final"])  # type: ignore[arg-type]
-        splits = ("val", "test") if bool(conf["eval"]) else ()
-        state = state_from_bytes(M.array_to_bytes(_blobs(context)["party"]))
-        got = M.arrays_of(msg.content.get(M.ARRAYS))  # type: ignore[arg-type]
-        if me.role == "passive":
-            party: ActiveParty | PassiveParty = PassiveParty(data, c, me.index, num_classes)
-            party.load_state_dict(state)
-            mask = conf.get("prototype-mask")
-            gate = conf.get("pseudo-threshold")  # method.pseudo_gate: the active party's threshold for this passive
-            out = party.train_round(rnd, got.get("gradients"), M.get_matrix(conf, "prototypes"),
-                                    None if mask is None else np.asarray(mask, dtype=bool), splits,
-                                    None if gate is None else float(gate))  # type: ignore[arg-type]
-            sent = {"embeddings": out.embeddings, **{f"embeddings.{s}": e for s, e in out.eval_embeddings.items()}}
-            reply = _reply(msg, arrays=sent, metrics=M.metric_record(out.metrics))
-        else:
-            party = ActiveParty(data, c, num_classes, [int(d) for d in facts["passive-dims"]])  # type: ignore[union-attr]
-            party.load_state_dict(state)
-            # Parties that train jointly with this one (none for method "local", which still aligned with PSI).
-            passives = [int(k) for k in facts["passives"]] if party.joint else []  # type: ignore[union-attr]
-            res = party.train_round(rnd, [got[f"passive{k}.embeddings"] for k in passives], release=not final)
-            metrics = M.metric_record(res.metrics, "train.")
-            metrics.update(M.metric_record(res.privacy, "privacy."))
-            for s in splits:
-                metrics.update(M.metric_record(party.evaluate(s, [got[f"passive{k}.embeddings.{s}"] for k in passives]),
-                                               f"{s}."))
-            out_conf = ConfigRecord()
-            out_arrays: dict[str, np.ndarray] = {}
-            if not final:  # the last round's gradients and prototypes would never be used
-                for j, k in enumerate(passives):
-                    out_arrays[f"passive{k}.gradients"] = res.gradients[j]
-                    if c.method.shares_prototypes:  # else no passive uses them: they stay here
-                        M.put_matrix(out_conf, f"passive{k}.prototypes", res.prototypes[j])
-                if c.method.shares_prototypes and passives:
-                    out_conf["prototype-mask"] = [bool(b) for b in res.prototype_mask]
-                gates = party.pseudo_gates()
-                if gates is not None:  # one scalar per passive; the labels it was fitted on stay here
-                    for j, k in enumerate(passives):
-                        out_conf[f"passive{k}.pseudo-threshold"] = float(gates[j])
-            reply = _reply(msg, arrays=out_arrays, config=out_conf, metrics=metrics)
-        _save_party(context, party)
-        if ck.due(c, rnd):  # before replying: the server's file for this round then means every party has one
-            keep = ("num-classes", "passives", "passive-dims")
-            ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd,
-                    party_checkpoint(c, party, rnd, {k: facts[k] for k in keep if k in facts}))
-        if final and me.model_dir:
-            save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
-        return reply
-
+    for name, fn in (("discover", discover), ("psi_peer", psi_peer), ("psi_blind", psi_blind),
+                     ("psi_finish", psi_finish)):
+        app.query(name)(handler(fn))
+    app.train()(handler(train))
     register_prediction(app, handler)  # the prediction query round (flwr_vproto.query)
     return app
 

@@ -1,30 +1,40 @@
-"""What travels between the ServerApp and the ClientApps: message types, record keys and the codecs behind them.
+"""What travels between the ServerApp and the ClientApps: message types, record keys, and one encode / decode per
+payload of :mod:`flwr_vproto.protocol`.
 
-Everything a party sends is built here, so one file says what can reach the server (design §2: never raw features,
-raw IDs or labels). Payloads are:
+Every record key is spelled here and nowhere else, so this one file says what can reach the server (design §2:
+never raw features, raw IDs or labels). Decoders of replies check them: a missing, extra, mis-shaped, mistyped or
+non-finite entry stops the run with a :class:`ProtocolError` naming the party and the phase, instead of a shape
+error deep inside another party. Payloads are:
 
 * :class:`~flwr.app.ArrayRecord` for bulk numbers (embeddings, gradients, blinded PSI points, party state), because
   Flower chunks arrays and ships them without copies through Python lists;
 * :class:`~flwr.app.ConfigRecord` for small settings and the second prototypes (float32 bytes, exact);
 * :class:`~flwr.app.MetricRecord` for per-round metrics.
-
-It also turns Flower's flat run-config (``[tool.flwr.app.config]``, ``flwr run --run-config``) into the one typed
-:class:`~flwr_vproto.config.Config`, so ``flwr run`` and Hydra validate the same way.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import hashlib
-import json
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
-from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.data.types import SPLITS
+from flwr_vproto.protocol import (
+    Discovered,
+    FromActive,
+    FromPassive,
+    Intersection,
+    PassiveSetup,
+    Probe,
+    ProtocolError,
+    ToActive,
+    ToPassive,
+    party_name,
+)
+
+__all__ = ["ProtocolError"]  # re-exported: callers catch it from here or from flwr_vproto.protocol
 
 # ------------------------------------------------------------------------------------------------ message types
 # Flower routes "<category>.<action>" to the ClientApp function registered for it.
@@ -42,18 +52,25 @@ METRICS = "metrics"  # MetricRecord of a reply
 STATE_KEY = "vproto"  # context.state: ConfigRecord of small facts and ArrayRecord of state bytes
 STATE_ARRAYS = "vproto.arrays"
 
-# ------------------------------------------------------------------------------------------------ app settings
-APP_PREFIX = "app."
-APP_DEFAULTS: dict[str, Any] = {
-    "app.output-dir": "",  # where the ServerApp writes results.json ("" = ./outputs/flwr-run-<run id>)
-    "app.timeout": 600.0,  # seconds to wait for any one reply before the run stops with an error
-    "app.wait-for-nodes": 120.0,  # seconds to wait for all SuperNodes to connect
-    "app.predict": "",  # "" = train; "held-out" or "file" = the prediction query round instead (flwr_vproto.query)
-}
+# Entries of the records (ConfigRecord keys unless noted).
+ROUND, EVAL, FINAL = "round", "eval", "final"
+FINGERPRINT, VERSION, RESUME_ROUND, RESUMED_ROUND = "fingerprint", "version", "resume-round", "resumed-round"
+ROLE, PARTY_INDEX, INPUT_SHAPE, EMBEDDING_DIM, ROWS = "role", "party-index", "input-shape", "embedding-dim", "rows"
+NUM_CLASSES, ALIGNED, PASSIVES, PASSIVE_DIMS, BLINDED = "num-classes", "aligned", "passives", "passive-dims", "blinded"
+PROTOTYPES, PROTOTYPE_MASK, PSEUDO_THRESHOLD = "prototypes", "prototype-mask", "pseudo-threshold"
+HUB, OWN, REBLINDED, POSITIONS = "hub", "own", "reblinded", "positions"  # ArrayRecord keys, one per split
+GRADIENTS, EMBEDDINGS = "gradients", "embeddings"  # ArrayRecord keys
+TRAIN_METRICS, PRIVACY_METRICS, VAL_METRICS, TEST_METRICS = "train.", "privacy.", "val.", "test."  # prefixes
 
 
-class ProtocolError(RuntimeError):
-    """A party failed, did not answer in time, or answered something the protocol does not allow."""
+def split_key(base: str, split: str) -> str:
+    """``embeddings.val``: an entry per data split."""
+    return f"{base}.{split}"
+
+
+def passive_key(k: int, key: str) -> str:
+    """``passive1.gradients``: an entry per passive party in a message that carries several."""
+    return f"{party_name('passive', k)}.{key}"
 
 
 # ------------------------------------------------------------------------------------------------ arrays
@@ -87,62 +104,83 @@ def bytes_of(prefix: str, blobs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     return {k[len(prefix) + 1:]: array_to_bytes(v) for k, v in blobs.items() if k.startswith(prefix + ".")}
 
 
+def records(arrays: Mapping[str, np.ndarray] | None = None, config: Mapping[str, Any] | None = None,
+            metrics: Mapping[str, float] | MetricRecord | None = None) -> RecordDict:
+    """A message's content from its parts (each record only when given)."""
+    content = RecordDict()
+    if arrays is not None:
+        content[ARRAYS] = array_record(arrays)
+    if config is not None:
+        content[CONFIG] = ConfigRecord(dict(config))
+    if metrics is not None:
+        content[METRICS] = metrics if isinstance(metrics, MetricRecord) else metric_record(metrics)
+    return content
+
+
 # ------------------------------------------------------------------------------------------------ checking replies
 Expected = Mapping[str, tuple[str, tuple[int, ...]]]
 """Array name -> (dtype, shape); ``-1`` in a shape matches any length."""
 
 
-def check_arrays(record: Any, expected: Expected, who: str, where: str, *, finite: bool = True) -> None:
-    """Refuse a reply whose arrays are missing, extra, undecodable, mis-shaped, of another dtype or not finite.
+def _bad(who: str, where: str, problem: str) -> ProtocolError:
+    return ProtocolError(f"{who} sent a bad reply during {where}: {problem}")
 
-    The server relays what parties send; checking here stops a corrupt or malicious payload at the party that sent
-    it, with an error naming it and the round, instead of a shape error deep inside another party.
-    """
-    def bad(problem: str) -> ProtocolError:
-        return ProtocolError(f"{who} sent a bad reply during {where}: {problem}")
 
+def check_arrays(record: Any, expected: Expected, who: str, where: str, *, finite: bool = True
+                 ) -> dict[str, np.ndarray]:
+    """Refuse a reply whose arrays are missing, extra, undecodable, mis-shaped, of another dtype or not finite;
+    return them decoded."""
     if not isinstance(record, ArrayRecord):
-        raise bad(f"no '{ARRAYS}' array record")
+        raise _bad(who, where, f"no '{ARRAYS}' array record")
     missing, extra = sorted(set(expected) - set(record)), sorted(set(record) - set(expected))
     if missing or extra:
-        raise bad(f"arrays {missing} missing" if missing else f"unexpected arrays {extra}")
+        raise _bad(who, where, f"arrays {missing} missing" if missing else f"unexpected arrays {extra}")
+    out = {}
     for key, (dtype, shape) in expected.items():
         try:
             arr = record[key].numpy()
         except Exception as err:  # noqa: BLE001 - garbage bytes fail in many ways inside np.load
-            raise bad(f"array '{key}' does not decode ({type(err).__name__}: {err})") from None
+            raise _bad(who, where, f"array '{key}' does not decode ({type(err).__name__}: {err})") from None
         if arr.dtype != np.dtype(dtype):
-            raise bad(f"array '{key}' has dtype {arr.dtype}, expected {dtype}")
+            raise _bad(who, where, f"array '{key}' has dtype {arr.dtype}, expected {dtype}")
         if arr.ndim != len(shape) or any(w not in (-1, g) for g, w in zip(arr.shape, shape, strict=True)):
-            raise bad(f"array '{key}' has shape {tuple(arr.shape)}, expected {tuple(shape)} (-1: any)")
+            raise _bad(who, where, f"array '{key}' has shape {tuple(arr.shape)}, expected {tuple(shape)} (-1: any)")
         if finite and arr.dtype.kind == "f" and not np.isfinite(arr).all():
-            raise bad(f"array '{key}' holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+            raise _bad(who, where, f"array '{key}' holds {int((~np.isfinite(arr)).sum())} NaN/inf value(s)")
+        out[key] = arr
+    return out
 
 
-def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where: str) -> None:
-    """Refuse a :func:`put_matrix` entry that is missing, mis-sized or not finite."""
-    def bad(problem: str) -> ProtocolError:
-        return ProtocolError(f"{who} sent a bad reply during {where}: {problem}")
-
+def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where: str) -> np.ndarray:
+    """Refuse a :func:`put_matrix` entry that is missing, mis-sized or not finite; return it."""
     if not isinstance(config, ConfigRecord) or f"{key}.data" not in config or f"{key}.shape" not in config:
-        raise bad(f"'{key}' missing")
+        raise _bad(who, where, f"'{key}' missing")
     data, got = config[f"{key}.data"], config[f"{key}.shape"]
     if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:  # type: ignore
-        raise bad(f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, expected "
-                  f"{list(shape)} float32")
-    if not np.isfinite(np.frombuffer(data, dtype=np.float32)).all():
-        raise bad(f"'{key}' holds NaN/inf values")
+        raise _bad(who, where, f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
+                               f"expected {list(shape)} float32")
+    matrix = np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
+    if not np.isfinite(matrix).all():
+        raise _bad(who, where, f"'{key}' holds NaN/inf values")
+    return matrix
 
 
-def check_config(config: Any, keys: Mapping[str, type | tuple[type, ...]], who: str, where: str) -> None:
+def check_config(config: Any, keys: Mapping[str, type | tuple[type, ...]], who: str, where: str) -> ConfigRecord:
     """Refuse a reply whose config record lacks one of ``keys`` or holds a value of another type."""
     if not isinstance(config, ConfigRecord):
-        raise ProtocolError(f"{who} sent a bad reply during {where}: no '{CONFIG}' config record")
+        raise _bad(who, where, f"no '{CONFIG}' config record")
     for key, types in keys.items():
         value = config.get(key)
         if value is None or isinstance(value, bool) != (types is bool) or not isinstance(value, types):
-            raise ProtocolError(f"{who} sent a bad reply during {where}: '{key}' is {value!r}, expected "
-                                f"{getattr(types, '__name__', types)}")
+            raise _bad(who, where, f"'{key}' is {value!r}, expected {getattr(types, '__name__', types)}")
+    return config
+
+
+def check_metrics(content: RecordDict, who: str, where: str) -> MetricRecord:
+    record = content.get(METRICS)
+    if not isinstance(record, MetricRecord):
+        raise _bad(who, where, f"no '{METRICS}' metric record")
+    return record
 
 
 # ------------------------------------------------------------------------------------------------ metrics
@@ -158,8 +196,8 @@ def metrics_of(record: MetricRecord | Mapping[str, Any] | None, prefix: str = ""
     return {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}  # type: ignore[arg-type]
 
 
-# ------------------------------------------------------------------------------------------------ prototypes
-def put_matrix(config: ConfigRecord, key: str, value: np.ndarray) -> None:
+# ------------------------------------------------------------------------------------------------ matrices
+def put_matrix(config: ConfigRecord | dict[str, Any], key: str, value: np.ndarray) -> None:
     """A small float32 matrix (second prototypes) into a ConfigRecord as exact bytes plus its shape."""
     value = np.ascontiguousarray(value, dtype=np.float32)
     config[f"{key}.data"] = value.tobytes()
@@ -170,8 +208,8 @@ def get_matrix(config: Mapping[str, Any], key: str) -> np.ndarray | None:
     """Inverse of :func:`put_matrix`; ``None`` when the key is absent."""
     if f"{key}.data" not in config:
         return None
-    shape = tuple(int(s) for s in config[f"{key}.shape"])  # type: ignore[union-attr]
-    return np.frombuffer(config[f"{key}.data"], dtype=np.float32).reshape(shape).copy()  # type: ignore[arg-type]
+    shape = tuple(int(s) for s in config[f"{key}.shape"])
+    return np.frombuffer(config[f"{key}.data"], dtype=np.float32).reshape(shape).copy()
 
 
 # ------------------------------------------------------------------------------------------------ sizes
@@ -190,142 +228,244 @@ def payload_bytes(content: RecordDict | None) -> int:
     return total
 
 
-# ------------------------------------------------------------------------------------------------ run-config
-def _field_kind(annotation: str) -> str:
-    """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json``."""
-    a = annotation.replace(" ", "")
-    if a in ("str", "int", "float", "bool", "float|str"):  # TOML carries these natively
-        return "plain"
-    if a == "str|None":
-        return "optional_str"
-    return "json"
+# ================================================================================================ setup codecs
+def encode_probe(probe: Probe) -> RecordDict:
+    conf: dict[str, Any] = {FINGERPRINT: probe.fingerprint, VERSION: probe.version}
+    if probe.resume_round is not None:
+        conf[RESUME_ROUND] = probe.resume_round
+    return records(config=conf)
 
 
-def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
-    """Dotted name -> (kind, nested dataclass) for every leaf field of ``cls``."""
-    out: dict[str, tuple[str, type | None]] = {}
-    for f in dataclasses.fields(cls):
-        name = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
-        if dataclasses.is_dataclass(default):
-            out.update(_fields(type(default), f"{name}."))
-        else:
-            out[name] = (_field_kind(str(f.type)), None)
-    return out
+def decode_probe(content: RecordDict) -> Probe:
+    conf = content[CONFIG]
+    resume = conf.get(RESUME_ROUND)
+    return Probe(str(conf.get(FINGERPRINT, "")), str(conf.get(VERSION, "")),
+                 None if resume is None else int(resume))  # type: ignore[arg-type]
 
 
-CONFIG_FIELDS = _fields(Config)
+def _split_points(base: str, points: Mapping[str, bytes]) -> dict[str, np.ndarray]:
+    return {split_key(base, s): bytes_to_array(b) for s, b in points.items()}
 
 
-def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | float | str]:
-    """A :class:`Config` as Flower run-config: flat dotted keys; lists and ``null`` as JSON strings.
-
-    This is what ``[tool.flwr.app.config]`` in ``pyproject.toml`` holds (plus :data:`APP_DEFAULTS`); a test keeps
-    the two in sync.
-    """
-    flat: dict[str, Any] = {}
-
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping):
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
-
-    walk((cfg or Config()).to_dict(), "")
-    out: dict[str, bool | int | float | str] = {}
-    for key, value in flat.items():
-        kind = CONFIG_FIELDS[key][0]
-        if kind == "optional_str":
-            out[key] = "" if value is None else value
-        elif kind == "json":
-            out[key] = json.dumps(value)
-        else:
-            out[key] = value
-    return out
+def _points_of(arrays: Mapping[str, np.ndarray], base: str) -> dict[str, bytes]:
+    return {s: array_to_bytes(arrays[split_key(base, s)]) for s in SPLITS}
 
 
-@dataclass
-class AppSettings:
-    """Run-config keys of the Flower apps themselves (``app.*``), not of the learning."""
-
-    output_dir: str = ""
-    timeout: float = 600.0
-    wait_for_nodes: float = 120.0
-    predict: str = ""  # "": train; "held-out" | "file": score new users with the saved models instead
+def _points_base(role: str) -> str:
+    """The active party's blinded IDs are the hub's; a passive's are its own."""
+    return HUB if role == "active" else OWN
 
 
-def config_from_run_config(
-    run_config: Mapping[str, Any], *, party_index: int | None = None, data_path: str | None = None
-) -> tuple[Config, AppSettings]:
-    """Flower run-config (flat dotted keys) -> validated :class:`Config` and the ``app.*`` settings.
-
-    For ``dataset.name = "csv"`` in a deployment, every node knows only its own file: ``dataset.csv.paths`` may be
-    left empty (``"[]"``) and each party's path comes from its node-config (``data-path``), filled in here for
-    ``party_index``; the other entries get placeholders that nothing opens.
-    """
-    nested: dict[str, Any] = {}
-    app: dict[str, Any] = {}
-    for key, value in run_config.items():
-        if key.startswith(APP_PREFIX):
-            app[key] = value
-            continue
-        if key not in CONFIG_FIELDS:
-            raise ConfigError(f"unknown run-config key {key!r}; known: {', '.join(sorted(CONFIG_FIELDS))}, "
-                              f"{', '.join(APP_DEFAULTS)}")
-        kind = CONFIG_FIELDS[key][0]
-        if isinstance(value, str) and kind == "json":
-            try:
-                value = json.loads(value) if value.strip() else None
-            except json.JSONDecodeError as err:
-                raise ConfigError(f"run-config {key}={value!r}: expected JSON (e.g. [256] or null): {err}") from None
-        elif kind == "optional_str" and value == "":
-            value = None
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
-    data = nested.setdefault("dataset", {})
-    if data.get("name") == "csv":
-        k = int(data.get("num_passive", Config().dataset.num_passive))
-        csv = data.setdefault("csv", {})
-        paths = list(csv.get("paths") or [])
-        if not paths:
-            paths = [f"<data-path of party {i}>" for i in range(k + 1)]
-        if data_path is not None and party_index is not None and 0 <= party_index < len(paths):
-            paths[party_index] = data_path
-        csv["paths"] = paths
-    unknown = sorted(set(app) - set(APP_DEFAULTS))
-    if unknown:
-        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}; known app keys: {', '.join(APP_DEFAULTS)}")
-    merged = {**APP_DEFAULTS, **app}
-    try:
-        settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
-                               wait_for_nodes=float(merged["app.wait-for-nodes"]),
-                               predict=str(merged["app.predict"]))
-    except (TypeError, ValueError) as err:
-        raise ConfigError(f"invalid app.* run-config value: {err}") from None
-    if settings.timeout <= 0 or settings.wait_for_nodes <= 0:
-        raise ConfigError("app.timeout and app.wait-for-nodes must be > 0 seconds")
-    if settings.predict not in ("", "held-out", "file"):
-        raise ConfigError(f"invalid app.predict={settings.predict!r}: expected \"\" (train), \"held-out\" or \"file\"")
-    return config_from_dict(nested), settings
+def encode_discovered(info: Discovered) -> RecordDict:
+    conf: dict[str, Any] = {ROLE: info.role, PARTY_INDEX: info.index, FINGERPRINT: info.fingerprint,
+                            INPUT_SHAPE: info.input_shape, EMBEDDING_DIM: info.embedding_dim,
+                            **{split_key(ROWS, s): n for s, n in info.rows.items()}}
+    if info.resumed_round is not None:
+        conf[RESUMED_ROUND] = info.resumed_round
+    arrays = _split_points(_points_base(info.role), info.points) if info.points else None
+    return records(arrays=arrays, config=conf)
 
 
-def config_record(cfg: Config) -> ConfigRecord:
-    """A :class:`Config` as a ConfigRecord (the run-config form), e.g. to ship it inside a message."""
-    return ConfigRecord(run_config_from_config(cfg))
+def decode_discovered(content: RecordDict, who: str) -> Discovered:
+    """A node's discovery reply, without its blinded points (see :func:`discovered_points`)."""
+    conf = check_config(content.get(CONFIG), {ROLE: str, PARTY_INDEX: int, EMBEDDING_DIM: int}, who, "discovery")
+    resumed = conf.get(RESUMED_ROUND)
+    return Discovered(str(conf[ROLE]), int(conf[PARTY_INDEX]), str(conf.get(FINGERPRINT, "")),  # type: ignore
+                      [int(s) for s in conf.get(INPUT_SHAPE, [])],  # type: ignore[union-attr]
+                      int(conf[EMBEDDING_DIM]),  # type: ignore[arg-type]
+                      {s: int(conf.get(split_key(ROWS, s), 0)) for s in SPLITS},  # type: ignore[arg-type]
+                      resumed_round=None if resumed is None else int(resumed))  # type: ignore[arg-type]
 
 
-def config_of(record: Mapping[str, Any]) -> Config:
-    """Inverse of :func:`config_record`; validated."""
-    return config_from_run_config(record)[0]
+def discovered_points(content: RecordDict, info: Discovered) -> dict[str, bytes]:
+    """The blinded IDs (PSI step 1) of an identified party's discovery reply, checked."""
+    base = _points_base(info.role)
+    arrays = check_arrays(content.get(ARRAYS), {split_key(base, s): ("uint8", (-1,)) for s in SPLITS}, info.name,
+                          "discovery")
+    return _points_of(arrays, base)
 
 
-def config_fingerprint(cfg: Config) -> str:
-    """A short hash of everything parties must agree on (not the per-node data paths): catches mixed configs."""
-    d = cfg.to_dict()
-    d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])
-    d.pop("engine", None)
-    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
+def encode_hub_points(points: Mapping[str, bytes]) -> RecordDict:
+    """PSI step 2, to each passive: the active party's blinded IDs."""
+    return records(arrays=_split_points(HUB, points))
+
+
+def decode_hub_points(content: RecordDict) -> dict[str, bytes]:
+    return _points_of(arrays_of(content.get(ARRAYS)), HUB)  # type: ignore[arg-type]
+
+
+def encode_reblinded(points: Mapping[str, bytes]) -> RecordDict:
+    return records(arrays=_split_points(REBLINDED, points))
+
+
+def decode_reblinded(content: RecordDict, who: str) -> dict[str, bytes]:
+    arrays = check_arrays(content.get(ARRAYS), {split_key(REBLINDED, s): ("uint8", (-1,)) for s in SPLITS}, who,
+                          "PSI (blinding)")
+    return _points_of(arrays, REBLINDED)
+
+
+def _encode_per_passive(base: str, points: Mapping[int, Mapping[str, bytes]], conf: dict[str, Any]) -> RecordDict:
+    arrays = {passive_key(k, split_key(base, s)): bytes_to_array(b) for k, ps in points.items() for s, b in ps.items()}
+    return records(arrays=arrays, config={PASSIVES: list(points), **conf})
+
+
+def _decode_per_passive(content: RecordDict, base: str) -> dict[int, dict[str, bytes]]:
+    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    return {int(k): {s: array_to_bytes(arrays[passive_key(int(k), split_key(base, s))]) for s in SPLITS}
+            for k in content[CONFIG][PASSIVES]}  # type: ignore[union-attr]
+
+
+def encode_blind_request(own: Mapping[int, Mapping[str, bytes]]) -> RecordDict:
+    """PSI step 2, to the active party: every passive's own blinded IDs."""
+    return _encode_per_passive(OWN, own, {})
+
+
+def decode_blind_request(content: RecordDict) -> dict[int, dict[str, bytes]]:
+    return _decode_per_passive(content, OWN)
+
+
+def encode_blinded(count: int) -> RecordDict:
+    return records(config={BLINDED: count})
+
+
+def encode_finish_request(reblinded: Mapping[int, Mapping[str, bytes]], passive_dims: list[int]) -> RecordDict:
+    """PSI step 3, to the active party: each passive's re-blinding of its points, and the passives' dimensions."""
+    return _encode_per_passive(REBLINDED, reblinded, {PASSIVE_DIMS: [int(d) for d in passive_dims]})
+
+
+def decode_finish_request(content: RecordDict) -> tuple[dict[int, dict[str, bytes]], list[int]]:
+    dims = [int(d) for d in content[CONFIG][PASSIVE_DIMS]]  # type: ignore[union-attr]
+    return _decode_per_passive(content, REBLINDED), dims
+
+
+def encode_intersection(result: Intersection) -> RecordDict:
+    arrays = {passive_key(k, split_key(POSITIONS, s)): p for k, ps in result.positions.items() for s, p in ps.items()}
+    return records(arrays=arrays, config={NUM_CLASSES: result.num_classes,
+                                          **{split_key(ALIGNED, s): n for s, n in result.aligned.items()}})
+
+
+def decode_intersection(content: RecordDict, passives: list[int]) -> Intersection:
+    where = "PSI (intersection)"
+    conf = check_config(content.get(CONFIG), {NUM_CLASSES: int, **{split_key(ALIGNED, s): int for s in SPLITS}},
+                        "active", where)
+    arrays = check_arrays(content.get(ARRAYS), {passive_key(k, split_key(POSITIONS, s)): ("int64", (-1,))
+                                                for k in passives for s in SPLITS}, "active", where)
+    return Intersection(int(conf[NUM_CLASSES]), {s: int(conf[split_key(ALIGNED, s)]) for s in SPLITS},  # type: ignore
+                        {k: {s: arrays[passive_key(k, split_key(POSITIONS, s))] for s in SPLITS} for k in passives})
+
+
+# ================================================================================================ round codecs
+def _flags(rnd: int, eval_: bool, final: bool) -> dict[str, Any]:
+    return {ROUND: rnd, EVAL: eval_, FINAL: final}
+
+
+def round_of(content: RecordDict) -> int | None:
+    """The round a training message belongs to (``None`` for setup messages)."""
+    conf = content.get(CONFIG) if CONFIG in content else None
+    return None if conf is None or ROUND not in conf else int(conf[ROUND])  # type: ignore[arg-type]
+
+
+def encode_to_passive(msg: ToPassive) -> RecordDict:
+    conf = _flags(msg.round, msg.eval, msg.final)
+    arrays: dict[str, np.ndarray] = {}
+    if msg.gradients is not None:
+        arrays[GRADIENTS] = msg.gradients
+    if msg.prototypes is not None:
+        put_matrix(conf, PROTOTYPES, msg.prototypes)
+        conf[PROTOTYPE_MASK] = [bool(b) for b in msg.prototype_mask]  # type: ignore[union-attr]
+    if msg.pseudo_threshold is not None:
+        conf[PSEUDO_THRESHOLD] = float(msg.pseudo_threshold)
+    if msg.setup is not None:
+        arrays.update({split_key(POSITIONS, s): p for s, p in msg.setup.positions.items()})
+        conf[NUM_CLASSES] = msg.setup.num_classes
+    return records(arrays=arrays, config=conf)
+
+
+def decode_to_passive(content: RecordDict) -> ToPassive:
+    conf = content[CONFIG]
+    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    mask = conf.get(PROTOTYPE_MASK)
+    gate = conf.get(PSEUDO_THRESHOLD)
+    setup = None
+    if NUM_CLASSES in conf:
+        setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))  # type: ignore
+    return ToPassive(int(conf[ROUND]), bool(conf[EVAL]), bool(conf[FINAL]), arrays.get(GRADIENTS),  # type: ignore
+                     get_matrix(conf, PROTOTYPES), None if mask is None else np.asarray(mask, dtype=bool),
+                     None if gate is None else float(gate), setup)  # type: ignore[arg-type]
+
+
+def encode_from_passive(reply: FromPassive) -> RecordDict:
+    arrays = {EMBEDDINGS: reply.embeddings, **{split_key(EMBEDDINGS, s): e for s, e in reply.eval_embeddings.items()}}
+    return records(arrays=arrays, metrics=reply.metrics)
+
+
+def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping[str, int], dim: int,
+                        splits: tuple[str, ...]) -> FromPassive:
+    """A passive's round reply, checked against the aligned row counts and its embedding dimension."""
+    expected = {EMBEDDINGS: ("float32", (rows["train"], dim)),
+                **{split_key(EMBEDDINGS, s): ("float32", (rows[s], dim)) for s in splits}}
+    arrays = check_arrays(content.get(ARRAYS), expected, who, where)
+    metrics = metrics_of(check_metrics(content, who, where))
+    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits}, metrics)
+
+
+def encode_to_active(msg: ToActive) -> RecordDict:
+    arrays: dict[str, np.ndarray] = {}
+    for k, (emb, evals) in enumerate(zip(msg.embeddings, msg.eval_embeddings, strict=True), start=1):
+        arrays[passive_key(k, EMBEDDINGS)] = emb
+        arrays.update({passive_key(k, split_key(EMBEDDINGS, s)): e for s, e in evals.items()})
+    return records(arrays=arrays, config=_flags(msg.round, msg.eval, msg.final))
+
+
+def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
+    conf = content[CONFIG]
+    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    splits = ("val", "test") if bool(conf[EVAL]) else ()
+    return ToActive(int(conf[ROUND]), bool(conf[EVAL]), bool(conf[FINAL]),  # type: ignore[arg-type]
+                    [arrays[passive_key(k, EMBEDDINGS)] for k in passives],
+                    [{s: arrays[passive_key(k, split_key(EMBEDDINGS, s))] for s in splits} for k in passives])
+
+
+def encode_from_active(reply: FromActive) -> RecordDict:
+    metrics = metric_record(reply.train, TRAIN_METRICS)
+    for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test)):
+        metrics.update(metric_record(part or {}, prefix))
+    conf: dict[str, Any] = {}
+    for k, proto in enumerate(reply.prototypes, start=1):
+        put_matrix(conf, passive_key(k, PROTOTYPES), proto)
+    if reply.prototype_mask is not None and reply.prototypes:
+        conf[PROTOTYPE_MASK] = [bool(b) for b in reply.prototype_mask]
+    for k, gate in enumerate(reply.pseudo_thresholds or [], start=1):  # one scalar per passive; its labels stay
+        conf[passive_key(k, PSEUDO_THRESHOLD)] = float(gate)
+    arrays = {passive_key(k, GRADIENTS): g for k, g in enumerate(reply.gradients, start=1)}
+    return records(arrays=arrays, config=conf, metrics=metrics)
+
+
+def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train: int, final: bool,
+                       num_classes: int, shares_prototypes: bool) -> FromActive:
+    """The active party's round reply: metrics, and (not after the last round) every joint passive's gradients of
+    the right size and, when they travel, its second prototypes, the class mask and gates, all finite."""
+    who = "active"
+    metrics = check_metrics(content, who, where)
+    passives = dict(enumerate(dims, start=1))  # passive index -> embedding dimension
+    expected = {} if final else {passive_key(k, GRADIENTS): ("float32", (n_train, d)) for k, d in passives.items()}
+    arrays = check_arrays(content.get(ARRAYS), expected, who, where)
+    reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
+                       metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
+                       [arrays[key] for key in expected])
+    if final or not dims or not shares_prototypes:
+        return reply
+    conf = content.get(CONFIG)
+    reply.prototypes = [check_matrix(conf, passive_key(k, PROTOTYPES), (num_classes, d), who, where)
+                        for k, d in passives.items()]
+    mask = conf.get(PROTOTYPE_MASK)  # type: ignore[union-attr]
+    if not isinstance(mask, list) or len(mask) != num_classes or not all(isinstance(b, bool) for b in mask):
+        raise _bad(who, where, f"'{PROTOTYPE_MASK}' is not {num_classes} booleans")
+    reply.prototype_mask = np.asarray(mask, dtype=bool)
+    gates = [conf.get(passive_key(k, PSEUDO_THRESHOLD)) for k in passives]  # type: ignore[union-attr]
+    for k, gate in zip(passives, gates, strict=True):
+        if gate is not None and (not isinstance(gate, float) or not 0.0 <= gate <= 1.0):
+            raise _bad(who, where, f"'{passive_key(k, PSEUDO_THRESHOLD)}' is not a number in [0, 1]")
+    if all(g is not None for g in gates):
+        reply.pseudo_thresholds = [float(g) for g in gates]  # type: ignore[arg-type]
+    return reply

@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
@@ -32,7 +32,9 @@ from flwr_vproto import messages as M
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.predict import SPLIT, SavedParty, load_party_model, new_rows, predictor, score, set_rows
+from flwr_vproto.protocol import JOINT_METHODS, ProtocolError
 from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
+from flwr_vproto.relay import PartyNode, Relay
 
 START = "query.predict_start"
 PSI_PEER = "query.predict_psi_peer"
@@ -73,14 +75,7 @@ def _keep(context: Context, **arrays: np.ndarray) -> None:
 
 def _reply(msg: Message, arrays: dict[str, np.ndarray] | None = None, config: dict[str, Any] | None = None,
            metrics: dict[str, float] | None = None) -> Message:
-    content = RecordDict()
-    if arrays is not None:
-        content[M.ARRAYS] = M.array_record(arrays)
-    if config is not None:
-        content[M.CONFIG] = ConfigRecord(config)
-    if metrics is not None:
-        content[M.METRICS] = M.metric_record(metrics)
-    return Message(content, reply_to=msg)
+    return Message(M.records(arrays, config, metrics), reply_to=msg)
 
 
 def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Context], Message]]) -> None:
@@ -120,7 +115,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         rows = _rows(msg, context, saved, me)
         kept = _arrays(context)
         if "psi.secret" not in kept:
-            raise M.ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
+            raise ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
         hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         got = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
         passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
@@ -146,7 +141,7 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         rows = _rows(msg, context, saved, me)
         kept = _arrays(context)
         if "psi.perm" not in kept:
-            raise M.ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
+            raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
         peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
         positions = M.arrays_of(msg.content[M.ARRAYS])["positions"]  # type: ignore[arg-type]
         party = predictor(saved, rows)
@@ -179,58 +174,51 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     ``cfg`` needs only to say how many passive parties there are and the method (the parties use their saved
     models' own configs). The predictions themselves stay on the active party's node.
     """
-    from flwr_vproto.strategy import VerticalProtoStrategy
-
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: expected one of {SOURCES}")
-    run = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=wait_for_nodes)
+    relay = Relay(grid, timeout=timeout, wait_for_nodes=wait_for_nodes)
     conf = {"source": source}
-    nodes = [_node(n) for n in run._nodes(grid)]  # noqa: SLF001 - the strategy's own helpers
-    replies = run._exchange(grid, [(n, START, RecordDict({M.CONFIG: ConfigRecord(conf)})) for n in nodes],  # noqa: SLF001
-                            "prediction (start)")
+    nodes = relay.nodes(cfg.dataset.num_passive + 1, "prediction: one active party + dataset.num_passive passives")
+    replies = relay.exchange([(n, START, M.records(config=conf)) for n in nodes], "prediction (start)")
+    active, passives, hub = _roles(nodes, replies)
+    listed = {**conf, M.PASSIVES: [p.index for p in passives]}
+    relay_points: dict[str, np.ndarray] = {}
+    if passives:
+        peer = relay.exchange([(p, PSI_PEER, M.records(arrays={"hub": hub}, config=conf)) for p in passives],
+                              "prediction (PSI peers)")
+        for p in passives:
+            relay_points.update({f"{p.name}.{k}": v for k, v in M.arrays_of(peer[p.name].content[M.ARRAYS]).items()})
+    fin = relay.exchange([(active, PSI_FINISH, M.records(arrays=relay_points, config=listed))],
+                         "prediction (PSI intersection)")[active.name]
+    positions = M.arrays_of(fin.content[M.ARRAYS])  # type: ignore[arg-type]
+    embeddings: dict[str, np.ndarray] = {}
+    if passives:
+        sends = [(p, EMBED, M.records(arrays={"positions": positions[f"{p.name}.positions"]}, config=conf))
+                 for p in passives]
+        embedded = relay.exchange(sends, "prediction (embeddings)")
+        embeddings = {f"{p.name}.embeddings": M.arrays_of(embedded[p.name].content[M.ARRAYS])["embeddings"]
+                      for p in passives}  # type: ignore[arg-type]
+    res = relay.exchange([(active, SCORE, M.records(arrays=embeddings, config=listed))],
+                         "prediction (scoring)")[active.name]
+    return M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
+
+
+def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], np.ndarray]:
+    """Who is who from the start replies: the active party, the passives that score jointly, the hub's points."""
     active, passives = None, []
     for n in nodes:
         info = replies[n.name].content[M.CONFIG]
-        n.role, n.index = str(info["role"]), int(info["party-index"])  # type: ignore[arg-type]
-        if n.role == "active":
-            active = n
+        party = PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), dict(info))  # type: ignore
+        if party.role == "active":
+            active, hub = party, M.arrays_of(replies[n.name].content[M.ARRAYS])["hub"]  # type: ignore[arg-type]
         else:
-            passives.append(n)
+            passives.append(party)
     if active is None:
-        raise M.ProtocolError("prediction: no node answered as the active party")
-    hub = replies[f"node {active.node_id}"].content[M.ARRAYS]
-    joint = str(replies[f"node {active.node_id}"].content[M.CONFIG]["method"]) in ("vproto", "vanilla")
+        raise ProtocolError("prediction: no node answered as the active party")
+    joint = str(active.info["method"]) in JOINT_METHODS
     passives = sorted(passives, key=lambda p: p.index) if joint else []
-    lacking = [p.name for p in passives if not replies[f"node {p.node_id}"].content[M.CONFIG]["model"]]
+    lacking = [p.name for p in passives if not p.info["model"]]
     if lacking:
-        raise M.ProtocolError(f"prediction: {', '.join(lacking)} has no saved model (<model-dir>/<party>.pt); "
-                              f"train with a model-dir first")
-    listed = ConfigRecord({**conf, "passives": [p.index for p in passives]})
-    relay = ArrayRecord()
-    if passives:
-        peer = run._exchange(grid, [(p, PSI_PEER, RecordDict({M.CONFIG: ConfigRecord(conf),  # noqa: SLF001
-                                                               M.ARRAYS: hub})) for p in passives],
-                             "prediction (PSI peers)")
-        for p in passives:
-            for key, arr in peer[p.name].content[M.ARRAYS].items():
-                relay[f"{p.name}.{key}"] = arr
-    fin = run._exchange(grid, [(active, PSI_FINISH, RecordDict({M.CONFIG: listed, M.ARRAYS: relay}))],  # noqa: SLF001
-                        "prediction (PSI intersection)")["active"]
-    embeddings = ArrayRecord()
-    if passives:
-        sends = [(p, EMBED, RecordDict({M.CONFIG: ConfigRecord(conf), M.ARRAYS: ArrayRecord(
-            {"positions": fin.content[M.ARRAYS][f"{p.name}.positions"]})})) for p in passives]
-        embedded = run._exchange(grid, sends, "prediction (embeddings)")  # noqa: SLF001
-        for p in passives:
-            embeddings[f"{p.name}.embeddings"] = embedded[p.name].content[M.ARRAYS]["embeddings"]
-    res = run._exchange(grid, [(active, SCORE, RecordDict({M.CONFIG: listed, M.ARRAYS: embeddings}))],  # noqa: SLF001
-                        "prediction (scoring)")["active"]
-    metrics = res.content[M.METRICS]
-    assert isinstance(metrics, MetricRecord)
-    return M.metrics_of(metrics)
-
-
-def _node(node_id: int) -> Any:
-    from flwr_vproto.strategy import PartyNode
-
-    return PartyNode(node_id, "node", node_id)
+        raise ProtocolError(f"prediction: {', '.join(lacking)} has no saved model (<model-dir>/<party>.pt); "
+                            f"train with a model-dir first")
+    return active, passives, hub

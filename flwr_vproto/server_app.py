@@ -1,7 +1,7 @@
 """The ServerApp: runs :class:`~flwr_vproto.strategy.VerticalProtoStrategy` and writes ``results.json``.
 
 Under ``flwr run .`` (simulation or deployment) the config comes from the run-config (``[tool.flwr.app.config]``
-in ``pyproject.toml`` plus ``--run-config`` overrides, see :func:`flwr_vproto.messages.config_from_run_config`);
+in ``pyproject.toml`` plus ``--run-config`` overrides, see :func:`flwr_vproto.run_config.config_from_run_config`);
 ``results.json`` goes to ``app.output-dir`` (default ``./outputs/flwr-run-<run id>`` under the ServerApp's working
 directory, i.e. where the SuperLink was started). With ``app.predict`` set (``"held-out"`` or ``"file"``) it runs the
 prediction query round instead of training and writes only ``prediction.json`` (counts and accuracy): the
@@ -17,9 +17,9 @@ from pathlib import Path
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from flwr_vproto.messages import config_from_run_config
 from flwr_vproto.query import predict_over_grid
 from flwr_vproto.results import write_results
+from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.strategy import VerticalProtoStrategy
 
 log = logging.getLogger("flwr")

@@ -24,6 +24,7 @@ from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
 from flwr_vproto import messages as M
+from flwr_vproto import run_config as RC
 from flwr_vproto.client_app import identity, make_client_app
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
@@ -132,11 +133,11 @@ def test_pyproject_run_config_lists_every_config_field_with_its_default():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
     assert pyproject["project"]["name"] == "flwr-vproto"  # a valid Flower app name (letters, digits, hyphens)
     run_config = flatten_dict(pyproject["tool"]["flwr"]["app"]["config"])
-    want = {**M.run_config_from_config(), **M.APP_DEFAULTS}
+    want = {**RC.run_config_from_config(), **RC.APP_DEFAULTS}
     fix = "\n".join(f"{k} = {json.dumps(v)}" for k, v in want.items() if run_config.get(k) != v)
     assert run_config == want, f"update [tool.flwr.app.config] in pyproject.toml (Config changed):\n{fix}"
-    cfg, settings = M.config_from_run_config(run_config)
-    assert cfg == config_from_dict({}) and settings == M.AppSettings()
+    cfg, settings = RC.config_from_run_config(run_config)
+    assert cfg == config_from_dict({}) and settings == RC.AppSettings()
     assert pyproject["tool"]["flwr"]["app"]["components"] == {
         "serverapp": "flwr_vproto.server_app:app", "clientapp": "flwr_vproto.client_app:app"}
 
@@ -157,20 +158,20 @@ def test_the_fab_carries_no_code_so_every_host_runs_its_installed_package_with_i
 
 
 def test_run_config_parses_lists_nulls_and_validates():
-    rc = {**M.run_config_from_config(), "model.hidden": "[128, 32]", "dataset.max_train_users": "300",
+    rc = {**RC.run_config_from_config(), "model.hidden": "[128, 32]", "dataset.max_train_users": "300",
           "dataset.root": "/data/fm", "method.name": "vanilla", "method.local_head": False,
           "method.combine_weight": 1.0, "app.timeout": 5}
-    cfg, settings = M.config_from_run_config(rc)
+    cfg, settings = RC.config_from_run_config(rc)
     assert cfg.model.hidden == [128, 32] and cfg.dataset.max_train_users == 300 and cfg.dataset.root == "/data/fm"
     assert settings.timeout == 5.0
     with pytest.raises(ConfigError, match="unknown run-config key 'model.hiden'"):
-        M.config_from_run_config({"model.hiden": "[1]"})
+        RC.config_from_run_config({"model.hiden": "[1]"})
     with pytest.raises(ConfigError, match="expected JSON"):
-        M.config_from_run_config({"model.hidden": "[1,"})
+        RC.config_from_run_config({"model.hidden": "[1,"})
     with pytest.raises(ConfigError, match="method.lr"):
-        M.config_from_run_config({"method.lr": -1.0})
+        RC.config_from_run_config({"method.lr": -1.0})
     with pytest.raises(ConfigError, match="app.timeout"):
-        M.config_from_run_config({"app.timeout": 0})
+        RC.config_from_run_config({"app.timeout": 0})
 
 
 def test_codecs_round_trip_exactly():
@@ -185,18 +186,18 @@ def test_codecs_round_trip_exactly():
     rec = M.metric_record({"accuracy": 0.5}, "val.")
     assert M.metrics_of(rec, "val.") == {"accuracy": 0.5} and M.metrics_of(rec, "test.") == {}
     cfg = small_cfg("vanilla")
-    assert M.config_of(M.config_record(cfg)) == cfg
+    assert RC.config_of(RC.config_record(cfg)) == cfg
     assert M.payload_bytes(RecordDict({"a": M.array_record(arrays)})) == sum(
         len(a.data) for a in M.array_record(arrays).values())
 
 
 def test_csv_paths_come_from_each_nodes_data_path():
     rc = {"dataset.name": "csv", "dataset.num_passive": 2, "dataset.csv.paths": "[]"}
-    server, _ = M.config_from_run_config(rc)  # the server opens no file: placeholders
+    server, _ = RC.config_from_run_config(rc)  # the server opens no file: placeholders
     assert len(server.dataset.csv.paths) == 3
-    node, _ = M.config_from_run_config(rc, party_index=2, data_path="/data/shop.csv")
+    node, _ = RC.config_from_run_config(rc, party_index=2, data_path="/data/shop.csv")
     assert node.dataset.csv.paths[2] == "/data/shop.csv"
-    assert M.config_fingerprint(server) == M.config_fingerprint(node)  # paths are per node, not shared config
+    assert RC.config_fingerprint(server) == RC.config_fingerprint(node)  # paths are per node, not shared config
 
 
 def test_identity_from_node_config():

@@ -173,7 +173,7 @@ def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
     from flwr.app import Context, RecordDict
 
     from flwr_vproto.client_app import make_client_app
-    from flwr_vproto.messages import run_config_from_config
+    from flwr_vproto.run_config import run_config_from_config
     from flwr_vproto.server_app import make_server_app
 
     cfg = small_cfg(rounds=2)
@@ -196,7 +196,7 @@ def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
     assert (tmp_path / "bank" / "predictions.csv").exists() and not (tmp_path / "shop" / "predictions.csv").exists()
     assert not (tmp_path / "server" / "predictions.csv").exists()
     from flwr_vproto.config import ConfigError
-    from flwr_vproto.messages import config_from_run_config
+    from flwr_vproto.run_config import config_from_run_config
 
     with pytest.raises(ConfigError, match="invalid app.predict='tomorrow'"):
         config_from_run_config({**run_config, "app.predict": "tomorrow"})

@@ -1,0 +1,334 @@
+"""The vproto protocol, written once: what travels between parties (typed payloads) and what each party does with it
+(step functions). No Flower here.
+
+Both engines call only these steps, in this order, so they give the same numbers by construction:
+
+* :func:`flwr_vproto.inprocess.run_inprocess` hands the payloads from one step to the next in one process;
+* the Flower engine encodes each payload into a message (:mod:`flwr_vproto.messages`), the strategy relays it
+  (:mod:`flwr_vproto.relay`), and each ClientApp handler is decode -> step -> encode (:mod:`flwr_vproto.client_app`).
+
+Setup (design §4). Every party: :func:`discover` (its sizes, and PSI step 1: its own IDs blinded). Then, at the same
+time, each passive :func:`psi_reblind` s the active party's points and the active party :func:`psi_blind_peers` the
+passives' points (PSI step 2); the active party :func:`psi_finish` es (PSI step 3: intersect, fix the shared order,
+build its learner). Each passive learns its aligned rows from its positions in :func:`passive_join` (PSI step 4,
+with its first round). Only blinded points and positions travel.
+
+A round (pipelined, one message per party): every joint passive gets a :class:`ToPassive` (last round's gradients,
+and the second prototypes and pseudo-label threshold when its third loss uses them) and answers with
+:class:`FromPassive` (this round's embeddings); the active party gets all of them in a :class:`ToActive` and answers
+with :class:`FromActive` (metrics, and each passive's next gradients). :class:`InTransit` carries the active party's
+reply to the next round's passive messages; what it releases is decided in :func:`active_step` alone:
+
+* nothing after the last round (it would never be used);
+* second prototypes (and the gates) only when a passive uses them (``method.shares_prototypes``);
+* on evaluation rounds, calibration on the validation rows (:meth:`ActiveParty.calibrate`) comes before scoring
+  validation and test rows, and before the pseudo-label thresholds are read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+
+from flwr_vproto import __version__
+from flwr_vproto.alignment import min_intersection, split_order_seed
+from flwr_vproto.config import Config
+from flwr_vproto.data.types import SPLITS, PartySplits
+from flwr_vproto.parties import ActiveParty, PassiveParty
+from flwr_vproto.psi import PSIHub, PSIPeer
+from flwr_vproto.results import round_record
+
+ACTIVE, PASSIVE = "active", "passive"
+ROLES = (ACTIVE, PASSIVE)
+JOINT_METHODS = ("vproto", "vanilla")  # methods whose active party trains with the passives' embeddings
+
+
+class ProtocolError(RuntimeError):
+    """A party failed, did not answer in time, or answered something the protocol does not allow."""
+
+
+def party_name(role: str, index: int) -> str:
+    """``active`` or ``passive<k>``: how every log line, error, checkpoint folder and record key names a party."""
+    return ACTIVE if role == ACTIVE else f"{PASSIVE}{index}"
+
+
+def is_joint(cfg: Config) -> bool:
+    """Whether the passives take part in training (``local`` aligns with PSI but trains the active party alone)."""
+    return cfg.method.name in JOINT_METHODS
+
+
+def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
+    """Splits scored after round ``rnd``: every ``eval_every`` rounds and always after the last round."""
+    return ("val", "test") if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds else ()
+
+
+# ================================================================================================ setup payloads
+@dataclass
+class Probe:
+    """Discovery, to every node: the config it must share and, to resume, the round of the checkpoint to load."""
+
+    fingerprint: str
+    version: str = __version__
+    resume_round: int | None = None
+
+
+@dataclass
+class Discovered:
+    """A node's answer to discovery: who it is and its sizes; fresh runs add its blinded IDs per split (PSI 1)."""
+
+    role: str
+    index: int
+    fingerprint: str
+    input_shape: list[int]
+    embedding_dim: int
+    rows: dict[str, int]
+    points: dict[str, bytes] = field(default_factory=dict)  # empty when resuming
+    resumed_round: int | None = None
+
+    @property
+    def name(self) -> str:
+        return party_name(self.role, self.index)
+
+
+@dataclass
+class Intersection:
+    """The active party's PSI result: classes, aligned counts per split, each passive's positions per split."""
+
+    num_classes: int
+    aligned: dict[str, int]
+    positions: dict[int, dict[str, np.ndarray]]  # passive index -> split -> positions into its own sent order
+
+
+# ================================================================================================ round payloads
+@dataclass
+class PassiveSetup:
+    """PSI step 4, riding with a passive's first round: its positions in the shared order, and the classes."""
+
+    positions: dict[str, np.ndarray]
+    num_classes: int
+
+
+@dataclass
+class ToPassive:
+    """A passive's one message of a round."""
+
+    round: int
+    eval: bool
+    final: bool
+    gradients: np.ndarray | None = None  # dLoss/dz of last round's embeddings (none in round 1)
+    prototypes: np.ndarray | None = None  # second prototypes in this passive's space (third loss only)
+    prototype_mask: np.ndarray | None = None
+    pseudo_threshold: float | None = None  # method.pseudo_gate: the active party's threshold for this passive
+    setup: PassiveSetup | None = None  # first round of a fresh run only
+
+
+@dataclass
+class FromPassive:
+    """A passive's reply: embeddings of its aligned training rows (and, on evaluation rounds, val/test rows)."""
+
+    embeddings: np.ndarray
+    eval_embeddings: dict[str, np.ndarray]
+    metrics: dict[str, float]
+
+
+@dataclass
+class ToActive:
+    """The active party's one message of a round: every joint passive's reply, passive 1 first."""
+
+    round: int
+    eval: bool
+    final: bool
+    embeddings: list[np.ndarray]
+    eval_embeddings: list[dict[str, np.ndarray]]
+
+
+@dataclass
+class FromActive:
+    """The active party's reply: the round's metrics and what the passives get next round (nothing after the last).
+
+    ``gradients[k - 1]`` and ``prototypes[k - 1]`` belong to passive ``k``.
+    """
+
+    train: dict[str, float]
+    privacy: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+    gradients: list[np.ndarray] = field(default_factory=list)
+    prototypes: list[np.ndarray] = field(default_factory=list)
+    prototype_mask: np.ndarray | None = None
+    pseudo_thresholds: list[float] | None = None
+
+
+# ================================================================================================ setup steps
+def discover(cfg: Config, data: PartySplits, role: str, index: int, fingerprint: str
+             ) -> tuple[Discovered, dict[str, bytes]]:
+    """Who this party is, its sizes, and PSI step 1 (its own IDs blinded, every split); returns its PSI secrets too.
+
+    The active party blinds in its row order, a passive in a private random order, so step 2 can run on all parties
+    at once. Starting PSI here saves a message round trip, which costs seconds in a deployment.
+    """
+    info = Discovered(role, index, fingerprint, [int(s) for s in data.input_shape], int(cfg.model.embedding_dim),
+                      {s: len(data.split(s)) for s in SPLITS})
+    secrets: dict[str, bytes] = {}
+    for split in SPLITS:
+        ids = data.split(split).ids
+        side = PSIHub(ids, order_seed=split_order_seed(cfg.seed, split)) if role == ACTIVE else PSIPeer(ids)
+        info.points[split] = side.blinded_ids()
+        secrets.update({f"{split}.{k}": v for k, v in side.export_state().items()})
+    return info, secrets
+
+
+def _split_state(secrets: dict[str, bytes], split: str) -> dict[str, bytes]:
+    return {k[len(split) + 1:]: v for k, v in secrets.items() if k.startswith(split + ".")}
+
+
+def _hub(cfg: Config, data: PartySplits, split: str, secrets: dict[str, bytes]) -> PSIHub:
+    return PSIHub.from_state(data.split(split).ids, _split_state(secrets, split),
+                             order_seed=split_order_seed(cfg.seed, split),
+                             min_intersection=min_intersection(cfg.dataset.min_aligned, split))
+
+
+def _peer(data: PartySplits, split: str, secrets: dict[str, bytes]) -> PSIPeer:
+    return PSIPeer.from_state(data.split(split).ids, _split_state(secrets, split))
+
+
+def psi_reblind(data: PartySplits, secrets: dict[str, bytes], hub_points: dict[str, bytes]) -> dict[str, bytes]:
+    """Passive, PSI step 2: re-blind the active party's points of every split with this party's secret."""
+    return {s: _peer(data, s, secrets).reblind(hub_points[s]) for s in SPLITS}
+
+
+def psi_blind_peers(cfg: Config, data: PartySplits, secrets: dict[str, bytes],
+                    own: dict[int, dict[str, bytes]]) -> dict[str, bytes]:
+    """Active, PSI step 2 (while the passives re-blind): blind every passive's points; returns the updated secrets."""
+    out = dict(secrets)
+    for split in SPLITS:
+        hub = _hub(cfg, data, split, secrets)
+        hub.blind_peers({party_name(PASSIVE, k): points[split] for k, points in own.items()})
+        out.update({f"{split}.{k}": v for k, v in hub.export_state().items()})
+    return out
+
+
+def psi_finish(cfg: Config, data: PartySplits, secrets: dict[str, bytes], reblinded: dict[int, dict[str, bytes]],
+               num_classes: int, passive_dims: list[int]) -> tuple[ActiveParty, Intersection]:
+    """Active, PSI step 3: intersect per split, fix the shared order, and build the active party on its aligned rows."""
+    aligned: dict[str, np.ndarray] = {}
+    positions: dict[int, dict[str, np.ndarray]] = {k: {} for k in reblinded}
+    for split in SPLITS:
+        hub = _hub(cfg, data, split, secrets)
+        for k, points in reblinded.items():
+            hub.add_peer(party_name(PASSIVE, k), points[split])
+        rows, pos = hub.finish()
+        aligned[split] = np.asarray(rows, dtype=np.int64)
+        for k in reblinded:
+            positions[k][split] = np.asarray(pos[party_name(PASSIVE, k)], dtype=np.int64)
+    party = ActiveParty(data, cfg, num_classes, passive_dims)
+    party.set_alignment(aligned)
+    return party, Intersection(num_classes, {s: int(len(r)) for s, r in aligned.items()}, positions)
+
+
+def passive_join(cfg: Config, data: PartySplits, index: int, secrets: dict[str, bytes], setup: PassiveSetup
+                 ) -> PassiveParty:
+    """Passive, PSI step 4: its own aligned rows from its positions in the shared order; builds its learner."""
+    party = PassiveParty(data, cfg, index, setup.num_classes)
+    party.set_alignment({s: _peer(data, s, secrets).rows_from_positions(setup.positions[s]) for s in SPLITS})
+    return party
+
+
+# ================================================================================================ round steps
+def passive_step(party: PassiveParty, msg: ToPassive) -> FromPassive:
+    """One round of a passive party: apply last round's gradients (and the third loss), then embed."""
+    splits = ("val", "test") if msg.eval else ()
+    out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, splits,
+                            msg.pseudo_threshold)
+    return FromPassive(out.embeddings, out.eval_embeddings, out.metrics)
+
+
+def active_step(party: ActiveParty, msg: ToActive) -> FromActive:
+    """One round of the active party: train, then (evaluation rounds) calibrate and score; decide what is released."""
+    res = party.train_round(msg.round, msg.embeddings, release=not msg.final)
+    reply = FromActive(train=res.metrics, privacy=res.privacy)
+    if msg.eval:
+        reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings)
+    if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
+        return reply
+    reply.gradients = list(res.gradients)
+    if party.cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
+        reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
+    reply.pseudo_thresholds = party.pseudo_gates()
+    return reply
+
+
+def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]]
+                         ) -> tuple[dict[str, float], dict[str, float]]:
+    """Fit what is fitted on validation rows (combine weight, gates, residual base), then score val and test."""
+    val_embeddings = [e["val"] for e in eval_embeddings]
+    calibration = party.calibrate(val_embeddings)
+    val = {**party.evaluate("val", val_embeddings), **calibration}
+    test = party.evaluate("test", [e["test"] for e in eval_embeddings])
+    return val, test
+
+
+def to_active(rnd: int, cfg: Config, replies: list[FromPassive]) -> ToActive:
+    """The active party's message of round ``rnd`` from the joint passives' replies (passive 1 first)."""
+    return ToActive(rnd, bool(eval_splits(cfg, rnd)), rnd == cfg.num_rounds, [r.embeddings for r in replies],
+                    [r.eval_embeddings for r in replies])
+
+
+def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float,
+           extra: dict[str, float] | None = None) -> dict[str, float]:
+    """The round's flat history record (same keys in both engines; the Flower engine adds its traffic)."""
+    return round_record(rnd, reply.train, [r.metrics for r in replies], reply.val, reply.test, seconds,
+                        extra={**{f"privacy/{k}": v for k, v in reply.privacy.items()}, **(extra or {})})
+
+
+# ================================================================================================ between rounds
+@dataclass
+class InTransit:
+    """What the active party's reply hands to the passives' next round, held by whoever relays it.
+
+    The server holds it in a deployment (it cannot read embeddings' meaning, only relay them); its checkpoint holds
+    it too, so a resumed run sends exactly what the interrupted one would have.
+    """
+
+    num_passive: int
+    gradients: dict[int, np.ndarray] = field(default_factory=dict)
+    prototypes: dict[int, np.ndarray] = field(default_factory=dict)
+    prototype_mask: np.ndarray | None = None
+    pseudo_thresholds: dict[int, float] = field(default_factory=dict)
+
+    def receive(self, reply: FromActive) -> None:
+        """Keep what ``reply`` releases for the next round (a final round releases nothing and changes nothing)."""
+        if not reply.gradients:
+            return
+        self.gradients = dict(enumerate(reply.gradients, start=1))
+        if reply.prototypes:
+            self.prototypes = dict(enumerate(reply.prototypes, start=1))
+            self.prototype_mask = reply.prototype_mask
+        if reply.pseudo_thresholds is not None:
+            self.pseudo_thresholds = dict(enumerate(reply.pseudo_thresholds, start=1))
+
+    def to_passive(self, k: int, rnd: int, cfg: Config, setup: PassiveSetup | None = None) -> ToPassive:
+        """Passive ``k``'s message of round ``rnd``."""
+        proto = self.prototypes.get(k)
+        return ToPassive(rnd, bool(eval_splits(cfg, rnd)), rnd == cfg.num_rounds, self.gradients.get(k), proto,
+                         self.prototype_mask if proto is not None else None, self.pseudo_thresholds.get(k), setup)
+
+    def state(self) -> dict[str, Any]:
+        """For the server's checkpoint (:func:`flwr_vproto.checkpoint.server_state`)."""
+        names = {k: party_name(PASSIVE, k) for k in range(1, self.num_passive + 1)}
+        gates = [self.pseudo_thresholds.get(k) for k in names]
+        return {"gradients": {names[k]: g for k, g in self.gradients.items()},
+                "prototypes": {names[k]: p for k, p in self.prototypes.items()},
+                "prototype-mask": self.prototype_mask,
+                **({"pseudo-gates": [float(g) for g in gates]} if gates and None not in gates else {})}
+
+    @classmethod
+    def from_state(cls, num_passive: int, saved: dict[str, Any]) -> InTransit:
+        """Inverse of :meth:`state` (arrays already numpy)."""
+        index = {party_name(PASSIVE, k): k for k in range(1, num_passive + 1)}
+        gates = saved.get("pseudo-gates")
+        return cls(num_passive, {index[n]: g for n, g in saved["gradients"].items()},
+                   {index[n]: p for n, p in saved["prototypes"].items()}, saved["prototype-mask"],
+                   {} if gates is None else dict(enumerate((float(g) for g in gates), start=1)))

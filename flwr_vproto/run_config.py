@@ -1,0 +1,166 @@
+"""Flower's flat run-config (``[tool.flwr.app.config]``, ``flwr run --run-config``) <-> the one typed
+:class:`~flwr_vproto.config.Config`, so ``flwr run`` and Hydra validate the same way; plus the apps' own ``app.*``
+settings and the config fingerprint every party must share. Not messaging: nothing here travels.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from flwr.app import ConfigRecord
+
+from flwr_vproto.config import Config, ConfigError, config_from_dict
+
+# ------------------------------------------------------------------------------------------------ app settings
+APP_PREFIX = "app."
+APP_DEFAULTS: dict[str, Any] = {
+    "app.output-dir": "",  # where the ServerApp writes results.json ("" = ./outputs/flwr-run-<run id>)
+    "app.timeout": 600.0,  # seconds to wait for any one reply before the run stops with an error
+    "app.wait-for-nodes": 120.0,  # seconds to wait for all SuperNodes to connect
+    "app.predict": "",  # "" = train; "held-out" or "file" = the prediction query round instead (flwr_vproto.query)
+}
+
+
+def _field_kind(annotation: str) -> str:
+    """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json``."""
+    a = annotation.replace(" ", "")
+    if a in ("str", "int", "float", "bool", "float|str"):  # TOML carries these natively
+        return "plain"
+    if a == "str|None":
+        return "optional_str"
+    return "json"
+
+
+def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
+    """Dotted name -> (kind, nested dataclass) for every leaf field of ``cls``."""
+    out: dict[str, tuple[str, type | None]] = {}
+    for f in dataclasses.fields(cls):
+        name = f"{prefix}{f.name}"
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
+        if dataclasses.is_dataclass(default):
+            out.update(_fields(type(default), f"{name}."))
+        else:
+            out[name] = (_field_kind(str(f.type)), None)
+    return out
+
+
+CONFIG_FIELDS = _fields(Config)
+
+
+def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | float | str]:
+    """A :class:`Config` as Flower run-config: flat dotted keys; lists and ``null`` as JSON strings.
+
+    This is what ``[tool.flwr.app.config]`` in ``pyproject.toml`` holds (plus :data:`APP_DEFAULTS`); a test keeps
+    the two in sync.
+    """
+    flat: dict[str, Any] = {}
+
+    def walk(d: Mapping[str, Any], prefix: str) -> None:
+        for k, v in d.items():
+            if isinstance(v, Mapping):
+                walk(v, f"{prefix}{k}.")
+            else:
+                flat[f"{prefix}{k}"] = v
+
+    walk((cfg or Config()).to_dict(), "")
+    out: dict[str, bool | int | float | str] = {}
+    for key, value in flat.items():
+        kind = CONFIG_FIELDS[key][0]
+        if kind == "optional_str":
+            out[key] = "" if value is None else value
+        elif kind == "json":
+            out[key] = json.dumps(value)
+        else:
+            out[key] = value
+    return out
+
+
+@dataclass
+class AppSettings:
+    """Run-config keys of the Flower apps themselves (``app.*``), not of the learning."""
+
+    output_dir: str = ""
+    timeout: float = 600.0
+    wait_for_nodes: float = 120.0
+    predict: str = ""  # "": train; "held-out" | "file": score new users with the saved models instead
+
+
+def config_from_run_config(
+    run_config: Mapping[str, Any], *, party_index: int | None = None, data_path: str | None = None
+) -> tuple[Config, AppSettings]:
+    """Flower run-config (flat dotted keys) -> validated :class:`Config` and the ``app.*`` settings.
+
+    For ``dataset.name = "csv"`` in a deployment, every node knows only its own file: ``dataset.csv.paths`` may be
+    left empty (``"[]"``) and each party's path comes from its node-config (``data-path``), filled in here for
+    ``party_index``; the other entries get placeholders that nothing opens.
+    """
+    nested: dict[str, Any] = {}
+    app: dict[str, Any] = {}
+    for key, value in run_config.items():
+        if key.startswith(APP_PREFIX):
+            app[key] = value
+            continue
+        if key not in CONFIG_FIELDS:
+            raise ConfigError(f"unknown run-config key {key!r}; known: {', '.join(sorted(CONFIG_FIELDS))}, "
+                              f"{', '.join(APP_DEFAULTS)}")
+        kind = CONFIG_FIELDS[key][0]
+        if isinstance(value, str) and kind == "json":
+            try:
+                value = json.loads(value) if value.strip() else None
+            except json.JSONDecodeError as err:
+                raise ConfigError(f"run-config {key}={value!r}: expected JSON (e.g. [256] or null): {err}") from None
+        elif kind == "optional_str" and value == "":
+            value = None
+        node = nested
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    data = nested.setdefault("dataset", {})
+    if data.get("name") == "csv":
+        k = int(data.get("num_passive", Config().dataset.num_passive))
+        csv = data.setdefault("csv", {})
+        paths = list(csv.get("paths") or [])
+        if not paths:
+            paths = [f"<data-path of party {i}>" for i in range(k + 1)]
+        if data_path is not None and party_index is not None and 0 <= party_index < len(paths):
+            paths[party_index] = data_path
+        csv["paths"] = paths
+    unknown = sorted(set(app) - set(APP_DEFAULTS))
+    if unknown:
+        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}; known app keys: {', '.join(APP_DEFAULTS)}")
+    merged = {**APP_DEFAULTS, **app}
+    try:
+        settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
+                               wait_for_nodes=float(merged["app.wait-for-nodes"]),
+                               predict=str(merged["app.predict"]))
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"invalid app.* run-config value: {err}") from None
+    if settings.timeout <= 0 or settings.wait_for_nodes <= 0:
+        raise ConfigError("app.timeout and app.wait-for-nodes must be > 0 seconds")
+    if settings.predict not in ("", "held-out", "file"):
+        raise ConfigError(f"invalid app.predict={settings.predict!r}: expected \"\" (train), \"held-out\" or \"file\"")
+    return config_from_dict(nested), settings
+
+
+def config_record(cfg: Config) -> ConfigRecord:
+    """A :class:`Config` as a ConfigRecord (the run-config form), e.g. to ship it inside a message."""
+    return ConfigRecord(run_config_from_config(cfg))
+
+
+def config_of(record: Mapping[str, Any]) -> Config:
+    """Inverse of :func:`config_record`; validated."""
+    return config_from_run_config(record)[0]
+
+
+def config_fingerprint(cfg: Config) -> str:
+    """A short hash of everything parties must agree on (not the per-node data paths): catches mixed configs."""
+    d = cfg.to_dict()
+    d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])
+    d.pop("engine", None)
+    return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
