@@ -102,7 +102,10 @@ def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
 
 def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
     """Refuse to resume from a checkpoint of another configuration (other data, method, seed, ...)."""
-    want, have = resume_fingerprint(cfg), saved
+    want = resume_fingerprint(cfg)
+    # A config block added after the checkpoint was written is the same run when it still has its defaults.
+    defaults = resume_fingerprint(Config())
+    have = {**{k: v for k, v in want.items() if k not in saved and v == defaults.get(k)}, **saved}
 
     def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):

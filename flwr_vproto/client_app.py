@@ -12,6 +12,8 @@ Who am I (node-config):
     without it). The model never leaves the party.
   - ``checkpoint-dir`` = folder of this party's checkpoints (optional; default ``<checkpoint.dir>/<party>``, see
     ``flwr_vproto/checkpoint.py``). Checkpoints never leave the party either.
+  - ``audit-dir`` = the active party's folder for ``audit.record`` (optional; default ``audit.dir``): what each
+    passive received, with the true labels, for ``python -m flwr_vproto.audit``. It never leaves the party.
 
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
@@ -59,6 +61,7 @@ class Identity:
     data_path: str | None = None
     model_dir: str | None = None
     checkpoint_dir: str | None = None
+    audit_dir: str | None = None  # the active party's audit.record folder (node-config audit-dir)
 
     @property
     def name(self) -> str:
@@ -82,7 +85,7 @@ def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | Non
     if role == PASSIVE and not 1 <= index <= num_passive:
         raise ValueError(f"node-config: passive party-index {index} outside 1..{num_passive} (dataset.num_passive)")
     return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir,
-                    str(node_config.get("checkpoint-dir", "")) or None)
+                    str(node_config.get("checkpoint-dir", "")) or None, str(node_config.get("audit-dir", "")) or None)
 
 
 def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
@@ -245,7 +248,7 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
         party = store.load_party(c, me)
         passives = [int(k) for k in store.facts["passives"]] if party.joint else []  # type: ignore[union-attr]
         request = M.decode_to_active(msg.content, passives)
-        content = M.encode_from_active(proto.active_step(party, request))  # type: ignore[arg-type]
+        content = M.encode_from_active(proto.active_step(party, request, me.audit_dir))  # type: ignore[arg-type]
         rnd, final = request.round, request.final
     store.save_party(party)
     _after_round(store, party, c, me, rnd, final)

@@ -175,6 +175,35 @@ class PrivacyConfig:
 
 
 @dataclass
+class DefenceConfig:
+    """Defences of the active party's labels against what the passives receive (gradient rows; README "Labels").
+
+    Applied by the active party before anything leaves it, the same in both engines; all off by default.
+
+    * ``label_epsilon``: epsilon-label-DP of the aligned users (the users a passive shares) by k-ary randomised
+      response: each aligned training and validation user's label is replaced, once per run, by itself with
+      probability ``e^eps / (e^eps + C - 1)`` and else by one of the other ``C - 1`` classes uniformly; everything
+      the active party trains, calibrates or selects on sees only those labels for aligned users (non-aligned
+      users keep their exact labels; test labels only score).
+    * ``grad_clip`` / ``grad_noise``: every gradient row sent is clipped to L2 norm ``c = grad_clip`` times the
+      round's median row norm and gets isotropic Gaussian noise of expected norm ``grad_noise * c`` (no formal
+      guarantee; measured by the audit, BENCHMARKS.md).
+    """
+
+    label_epsilon: float | None = None  # null = off
+    grad_clip: float | None = None  # null = off; a multiple of the round's median gradient-row norm
+    grad_noise: float = 0.0  # expected noise norm per row, as a multiple of the clip norm; needs grad_clip
+
+
+@dataclass
+class AuditConfig:
+    """Record what every passive receives so ``python -m flwr_vproto.audit`` can measure the label leakage."""
+
+    record: bool = False
+    dir: str | None = None  # where the active party writes round-<r>.npz (run_simulation.py: null = <run dir>/audit)
+
+
+@dataclass
 class Config:
     """The whole run."""
 
@@ -189,6 +218,8 @@ class Config:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     resume: bool = False  # continue from the last complete checkpoint in checkpoint.dir
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
+    defence: DefenceConfig = field(default_factory=DefenceConfig)
+    audit: AuditConfig = field(default_factory=AuditConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
@@ -212,7 +243,8 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     kwargs = {}
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
-               "checkpoint": CheckpointConfig, "privacy": PrivacyConfig}.get(name)
+               "checkpoint": CheckpointConfig, "privacy": PrivacyConfig, "defence": DefenceConfig,
+               "audit": AuditConfig}.get(name)
         if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
@@ -386,6 +418,7 @@ def validate(cfg: Config) -> None:
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")
 
+    _validate_defence(cfg)
     p = cfg.privacy
     _check(_is_num(p.noise_multiplier) and p.noise_multiplier >= 0, "privacy.noise_multiplier", p.noise_multiplier,
            "a number >= 0 (0 = no noise)")
@@ -405,6 +438,29 @@ def validate(cfg: Config) -> None:
                    f"{'null' if off is None else 0}: privacy.* protects the second prototypes sent to the passive "
                    f"parties, and method {t.name!r} with lambda_passive={t.lambda_passive} sends none (they are "
                    f"sent only for the third loss: method=vproto with method.lambda_passive > 0)")
+
+
+def _validate_defence(cfg: Config) -> None:
+    """``defence.*`` and ``audit.*``: they protect or measure the gradients the passives receive, so they apply only
+    to methods that send some (``vproto``, ``vanilla``)."""
+    d, a = cfg.defence, cfg.audit
+    if d.label_epsilon is not None:
+        _check(_is_num(d.label_epsilon) and d.label_epsilon > 0, "defence.label_epsilon", d.label_epsilon,
+               "null (off) or a number > 0")
+    if d.grad_clip is not None:
+        _check(_is_num(d.grad_clip) and d.grad_clip > 0, "defence.grad_clip", d.grad_clip, "null (off) or a number > 0")
+    _check(_is_num(d.grad_noise) and d.grad_noise >= 0, "defence.grad_noise", d.grad_noise, "a number >= 0")
+    if d.grad_noise > 0:
+        _check(d.grad_clip is not None, "defence.grad_noise", d.grad_noise,
+               "0 unless defence.grad_clip is set (the noise is a multiple of the clip norm)")
+    _check(isinstance(a.record, bool), "audit.record", a.record, "true or false")
+    _check(a.dir is None or (isinstance(a.dir, str) and a.dir != ""), "audit.dir", a.dir, "null or a directory path")
+    if cfg.method.name not in ("vproto", "vanilla"):
+        why = (f"method {cfg.method.name!r} sends the passive parties no gradients (defences and the audit apply to "
+               f"vproto and vanilla)")
+        _check(d.label_epsilon is None, "defence.label_epsilon", d.label_epsilon, f"null: {why}")
+        _check(d.grad_clip is None, "defence.grad_clip", d.grad_clip, f"null: {why}")
+        _check(not a.record, "audit.record", a.record, f"false: {why}")
 
 
 def _validate_feature_split(d: DatasetConfig) -> None:

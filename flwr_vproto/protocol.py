@@ -32,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from flwr_vproto import __version__
+from flwr_vproto import __version__, audit, defences
 from flwr_vproto.alignment import min_intersection, split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
@@ -245,19 +245,44 @@ def passive_step(party: PassiveParty, msg: ToPassive) -> FromPassive:
     return FromPassive(out.embeddings, out.eval_embeddings, out.metrics)
 
 
-def active_step(party: ActiveParty, msg: ToActive) -> FromActive:
-    """One round of the active party: train, then (evaluation rounds) calibrate and score; decide what is released."""
+def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None) -> FromActive:
+    """One round of the active party: train, then (evaluation rounds) calibrate and score; decide what is released.
+
+    Gradients leave only through :func:`defend_gradients` (``defence.*``); with ``audit.record`` what each passive
+    receives is written to ``audit_dir`` (``audit.dir`` unless a deployment's node-config says otherwise).
+    """
+    cfg = party.cfg
     res = party.train_round(msg.round, msg.embeddings, release=not msg.final)
     reply = FromActive(train=res.metrics, privacy=res.privacy)
     if msg.eval:
         reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings)
     if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
         return reply
-    reply.gradients = list(res.gradients)
-    if party.cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
+    reply.gradients = defend_gradients(cfg, msg.round, list(res.gradients))
+    if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
     reply.pseudo_thresholds = party.pseudo_gates()
+    if cfg.audit.record and reply.gradients:
+        _record(party, msg.round, reply, audit_dir or cfg.audit.dir)
     return reply
+
+
+def defend_gradients(cfg: Config, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
+    """The gradient rows as they leave the active party: clipped and noised with ``defence.grad_clip`` on."""
+    clip = cfg.defence.grad_clip
+    if clip is None:
+        return gradients
+    return [defences.clip_and_noise(g, clip, cfg.defence.grad_noise, defences.gradient_rng(cfg.seed, rnd, k))
+            for k, g in enumerate(gradients, start=1)]
+
+
+def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None) -> None:
+    """``audit.record``: what every passive receives from this round, with the true labels (scoring only)."""
+    if folder is None:
+        raise ValueError("audit.record=true needs audit.dir (or, in a deployment, the active party's node-config "
+                         "audit-dir): the folder where the active party writes what each passive receives")
+    labels = party.data.train.y[party.aligned["train"]]
+    audit.record_round(folder, rnd, reply.gradients, labels, reply.prototypes or None)
 
 
 def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]]
