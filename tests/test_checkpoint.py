@@ -42,6 +42,7 @@ def _hydra(tmp: Path, name: str, *extra: str) -> subprocess.Popen:
                             stderr=subprocess.STDOUT, text=True)
 
 
+@pytest.mark.slow
 def test_a_killed_inprocess_run_resumes_to_the_same_final_metrics(tmp_path):
     ckdir = tmp_path / "ck"
     (ckdir / "active").mkdir(parents=True)

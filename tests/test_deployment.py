@@ -32,9 +32,10 @@ _spec = importlib.util.spec_from_file_location("make_certs", REPO / "scripts" / 
 certs = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(certs)  # type: ignore[union-attr]
 
-pytestmark = pytest.mark.skipif(shutil.which("flower-superlink") is None and not
-                                (Path(sys.executable).parent / "flower-superlink").exists(),
-                                reason="Flower's deployment executables are not installed")
+pytestmark = [pytest.mark.slow,  # minutes of loopback deployments: run by CI, not by `pytest -m "not slow"`
+              pytest.mark.skipif(shutil.which("flower-superlink") is None and not
+                                 (Path(sys.executable).parent / "flower-superlink").exists(),
+                                 reason="Flower's deployment executables are not installed")]
 
 # The most any one run may take: a guard against a hang, not a speed test. Alone a run here takes about 1 min; the
 # three deployments below run side by side (about 4 min in all on this 2-core machine, CPU-bound).

@@ -413,6 +413,7 @@ def test_centralized_is_inprocess_only_and_global_models_are_refused():
 
 
 # ------------------------------------------------------------------------------------------------ real simulation
+@pytest.mark.slow
 def test_flower_simulation_matches_inprocess(tmp_path):
     """The real thing: Ray-backed Flower simulation, K=2 passives, against the in-process engine."""
     sys.path.insert(0, str(REPO))

@@ -63,6 +63,7 @@ def test_two_passive_parties():
     assert "passive2/third_loss" in res["rounds"][-1] and finite(res["rounds"])
 
 
+@pytest.mark.slow
 def test_binary_task_reports_auc():
     cfg = config_from_dict({"engine": "inprocess", "num_rounds": 2,
                             "dataset": {"name": "adult", "aligned_fraction": 0.05, "max_train_users": 3000}})

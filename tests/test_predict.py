@@ -136,6 +136,7 @@ def test_query_round_over_flower_messages_matches_inprocess(tmp_path, method):
     assert types.count("query.predict_score") == 1 and types.count("query.predict_embed") == (method == "vproto")
 
 
+@pytest.mark.slow
 def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
     """Flower's own simulation runtime (Ray): train, then the prediction query round, in one ServerApp."""
     from flwr.app import Context

@@ -33,6 +33,7 @@ def sweep(tmp_path_factory) -> tuple[Path, str]:
     return out, proc.stdout
 
 
+@pytest.mark.slow
 def test_sweep_shows_job_round_elapsed_and_metrics(sweep):
     _, stdout = sweep
     lines = stdout.splitlines()
@@ -45,6 +46,7 @@ def test_sweep_shows_job_round_elapsed_and_metrics(sweep):
     assert not any("INFO" in ln or "ray" in ln.lower() for ln in lines)
 
 
+@pytest.mark.slow
 def test_report_of_a_sweep_matches_the_runs(sweep, tmp_path):
     multirun, _ = sweep
     assert main([str(multirun), "--out", str(tmp_path)]) == 0

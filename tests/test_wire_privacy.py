@@ -11,6 +11,7 @@ from __future__ import annotations
 import re
 
 import numpy as np
+import pytest
 from flwr.app import ArrayRecord, Message
 from flwr.serverapp import ServerApp
 from flwr.simulation import run_simulation
@@ -76,6 +77,7 @@ def wire_blob(messages: list[Message]) -> bytes:
     return b"\x00".join(parts)
 
 
+@pytest.mark.slow
 def test_nothing_private_reaches_the_server(monkeypatch):
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = config_from_dict({"num_rounds": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
