@@ -343,9 +343,10 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> 
             res = party.train_round(rnd, [got[f"passive{k}.embeddings"] for k in passives], release=not final)
             metrics = M.metric_record(res.metrics, "train.")
             metrics.update(M.metric_record(res.privacy, "privacy."))
-            for s in splits:
-                metrics.update(M.metric_record(party.evaluate(s, [got[f"passive{k}.embeddings.{s}"] for k in passives]),
-                                               f"{s}."))
+            cal = party.calibrate([got[f"passive{k}.embeddings.val"] for k in passives]) if splits else {}
+            for s in splits:  # calibrate on the validation rows first, then score (design §3)
+                scores = party.evaluate(s, [got[f"passive{k}.embeddings.{s}"] for k in passives])
+                metrics.update(M.metric_record({**scores, **cal} if s == "val" else scores, f"{s}."))
             out_conf = ConfigRecord()
             out_arrays: dict[str, np.ndarray] = {}
             if not final:  # the last round's gradients and prototypes would never be used

@@ -71,6 +71,12 @@ class ModelConfig:
     embedding_dim: int = 64
     top_hidden: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.0
+    # Bring your own model (README "Extending"): {_target_: dotted.path, **kwargs}, or null for the built-in one.
+    # Encoder: called as target(input_shape=..., embedding_dim=..., **kwargs) for every party (replaces `encoder`,
+    # `hidden`). Top model and active-only head: target(in_features=..., num_classes=..., **kwargs) (replaces
+    # `top_hidden`). Either returns a torch.nn.Module; see flwr_vproto.models.make_encoder / make_top_model.
+    encoder_target: dict[str, Any] | None = None
+    top_target: dict[str, Any] | None = None
 
 
 @dataclass
@@ -139,6 +145,9 @@ class MethodConfig:
     # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
     # over-fitting the aligned rows cannot degrade the active party's own representation.
     joint_trains_active_encoder: bool = False
+    # Custom loss terms added to the active party's loss at every supervised step: a list of
+    # {_target_: dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; README "Extending"). [] = none.
+    extra_losses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def shares_prototypes(self) -> bool:
