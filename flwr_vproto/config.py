@@ -83,7 +83,26 @@ class ModelConfig:
 
 @dataclass
 class MethodConfig:
-    """The training method and every knob of the prototype losses (design §3)."""
+    """The training method and every knob of the prototype losses (design §3).
+
+    Keys stay flat (``method.lambda_passive``, ...); each named part of the method (:mod:`flwr_vproto.method`)
+    reads only its own block, through its settings class's ``from_method``:
+
+    * training loop (``parties.py``): ``name``, ``lr``, ``weight_decay``, ``batch_size``, ``warmup_rounds``,
+      ``ema_momentum`` (prototype EMA), ``aligned_passes``, ``joint_encoder``, ``joint_warm_start``;
+    * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize``, ``tau``;
+    * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
+    * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
+      ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain_epochs``;
+    * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``;
+      with ``residual_weight``, ``local_head`` (the active-only head, ``local_head_loss``);
+    * calibration on validation rows (``Calibration``): ``combine_weight``, ``pseudo_gate``,
+      ``confidence_threshold`` (the gates' floor), ``residual_base``;
+    * custom loss terms (``method.extra``): ``extra_losses``.
+
+    Presets: ``conf/method/vproto.yaml`` (the measured default) and ``vproto_seed.yaml`` (design §3 as written:
+    the third loss on, second prototypes sent each round).
+    """
 
     name: str = "vproto"
     lr: float = 1e-3
