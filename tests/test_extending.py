@@ -151,3 +151,29 @@ def test_the_fields_survive_flowers_run_config_and_hydra():
         assert seed.method.name == "vproto" and seed.method.lambda_passive == 1.0
         differ = {k for k, v in vars(seed.method).items() if vars(default.method)[k] != v}
         assert differ == {"lambda_passive"}  # the preset only sets knobs
+
+
+def test_the_readme_examples_run_as_written_in_both_engines(tmp_path, monkeypatch):
+    """README "Extending": its two code blocks, saved as my_pkg/models.py and my_pkg/losses.py, run as configured."""
+    readme = (REPO / "README.md").read_text()
+    section = readme[readme.index("## Extending"):readme.index("## Layout")]
+    blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
+    assert len(blocks) == 2 and "# my_pkg/models.py" in blocks[0] and "# my_pkg/losses.py" in blocks[1]
+    pkg = tmp_path / "my_pkg"
+    pkg.mkdir()
+    (pkg / "__init__.py").write_text("")
+    (pkg / "models.py").write_text(blocks[0])
+    (pkg / "losses.py").write_text(blocks[1])
+    monkeypatch.syspath_prepend(str(tmp_path))
+    cfg = small_cfg("vproto", rounds=2, model={"encoder_target": {"_target_": "my_pkg.models.ResidualMLPEncoder",
+                                                                  "width": 32}},
+                    method_extra={"extra_losses": [{"_target_": "my_pkg.losses.confidence_penalty", "weight": 0.1}]})
+    try:
+        strategy, _, _ = run_inline(cfg)
+        reference = run_inprocess(cfg)
+    finally:  # other tests must not see this temporary package
+        for name in [m for m in sys.modules if m == "my_pkg" or m.startswith("my_pkg.")]:
+            sys.modules.pop(name)
+    assert_same_history(strategy.history, reference["rounds"])
+    assert type(reference["state"]["passives"][0].encoder).__name__ == "ResidualMLPEncoder"
+    assert "active/extra_loss/my_pkg.losses.confidence_penalty" in reference["rounds"][-1]
