@@ -6,6 +6,8 @@ built. A function is called as ``target(batch, **kwargs)`` at every supervised s
 ``target(**kwargs)`` and the instance called as ``instance(batch)``. Either returns a scalar tensor, added to the
 loss times ``weight`` (default 1). ``batch`` is a :class:`LossBatch`. Gradients flow into whatever the term uses:
 the active encoder, the top model, and the passives' embeddings (whose gradients are sent to the passives).
+A term's own parameters, if it has any, are neither trained (they are not in the party's optimizer) nor saved:
+terms are fixed functions of the batch. Without terms (the default) nothing is computed, so no number moves.
 """
 
 from __future__ import annotations
