@@ -102,17 +102,19 @@ def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
 
 def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
     """Refuse to resume from a checkpoint of another configuration (other data, method, seed, ...)."""
-    want = resume_fingerprint(cfg)
-    # A config block added after the checkpoint was written is the same run when it still has its defaults.
-    defaults = resume_fingerprint(Config())
-    have = {**{k: v for k, v in want.items() if k not in saved and v == defaults.get(k)}, **saved}
+    want, defaults = resume_fingerprint(cfg), resume_fingerprint(Config())
+    missing = object()
 
-    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
+    def diff(a: Any, b: Any, default: Any, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
-            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
+            default = default if isinstance(default, dict) else {}
+            return [d for k in sorted(set(a) | set(b))
+                    for d in diff(a.get(k), b.get(k, missing), default.get(k), f"{prefix}{k}.")]
+        if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
+            b = default
         return [] if a == b else [f"{prefix[:-1]} (checkpoint {b!r}, now {a!r})"]
 
-    changed = diff(want, have)
+    changed = diff(want, saved, defaults)
     if changed:
         raise CheckpointError(f"{who}: the checkpoint in {path} was written with another config: "
                               f"{'; '.join(changed[:5])}; resume needs the same config")

@@ -13,6 +13,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from flwr_vproto.adult_columns import COLUMNS, PASSIVE_COLUMNS
+
 DATASETS = ("digits", "adult", "fashion_mnist", "csv")
 METHODS = ("vproto", "vanilla", "local", "centralized")
 ENGINES = ("flower", "inprocess")
@@ -71,11 +73,36 @@ class ModelConfig:
     embedding_dim: int = 64
     top_hidden: list[int] = field(default_factory=lambda: [64])
     dropout: float = 0.0
+    # Bring your own model (README "Extending"): {_target_: dotted.path, **kwargs}, or null for the built-in one.
+    # Encoder: called as target(input_shape=..., embedding_dim=..., **kwargs) for every party (replaces `encoder`,
+    # `hidden`). Top model and active-only head: target(in_features=..., num_classes=..., **kwargs) (replaces
+    # `top_hidden`). Either returns a torch.nn.Module; see flwr_vproto.models.make_encoder / make_top_model.
+    encoder_target: dict[str, Any] | None = None
+    top_target: dict[str, Any] | None = None
 
 
 @dataclass
 class MethodConfig:
-    """The training method and every knob of the prototype losses (design §3)."""
+    """The training method and every knob of the prototype losses (design §3).
+
+    Keys stay flat (``method.lambda_passive``, ...); each named part of the method (:mod:`flwr_vproto.method`)
+    reads only its own block, through its settings class's ``from_method``:
+
+    * training loop (``parties.py``): ``name``, ``lr``, ``weight_decay``, ``batch_size``, ``warmup_rounds``,
+      ``ema_momentum`` (prototype EMA), ``aligned_passes``, ``joint_encoder``, ``joint_warm_start``;
+    * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize``, ``tau``;
+    * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
+    * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
+      ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain_epochs``;
+    * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``;
+      with ``residual_weight``, ``local_head`` (the active-only head, ``local_head_loss``);
+    * calibration on validation rows (``Calibration``): ``combine_weight``, ``pseudo_gate``,
+      ``confidence_threshold`` (the gates' floor), ``residual_base``;
+    * custom loss terms (``method.extra``): ``extra_losses``.
+
+    Presets: ``conf/method/vproto.yaml`` (the measured default) and ``vproto_seed.yaml`` (design §3 as written:
+    the third loss on, second prototypes sent each round).
+    """
 
     name: str = "vproto"
     lr: float = 1e-3
@@ -139,6 +166,9 @@ class MethodConfig:
     # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
     # over-fitting the aligned rows cannot degrade the active party's own representation.
     joint_trains_active_encoder: bool = False
+    # Custom loss terms added to the active party's loss at every supervised step: a list of
+    # {_target_: dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; README "Extending"). [] = none.
+    extra_losses: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def shares_prototypes(self) -> bool:
@@ -273,14 +303,30 @@ def _is_num(v: Any) -> bool:
 
 
 def validate(cfg: Config) -> None:
-    """Check every option; raise :class:`ConfigError` naming the first bad one."""
+    """Check every option; raise :class:`ConfigError` naming the first bad one (sections in this order)."""
+    _validate_run(cfg)
+    _validate_dataset(cfg.dataset)
+    _validate_csv(cfg.dataset)
+    _validate_checkpoint(cfg)
+    _validate_model(cfg.model, cfg.dataset)
+    _validate_method(cfg)
+    _validate_method_parts(cfg.method)
+    _validate_extra_losses(cfg.method)
+    _validate_privacy(cfg.privacy, cfg.method)
+    _validate_defence(cfg)
+
+
+def _validate_run(cfg: Config) -> None:
+    """Top-level options: engine, seed, rounds, evaluation schedule, device."""
     _check(cfg.engine in ENGINES, "engine", cfg.engine, f"one of {ENGINES}")
     _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _check(_is_int(cfg.num_rounds) and cfg.num_rounds >= 1, "num_rounds", cfg.num_rounds, "an integer >= 1")
     _check(_is_int(cfg.eval_every) and cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
     _check(cfg.device in DEVICES, "device", cfg.device, f"one of {DEVICES}")
 
-    d = cfg.dataset
+
+def _validate_dataset(d: DatasetConfig) -> None:
+    """``dataset.*`` except the CSV files: which data, the aligned share, parties, feature and user splits."""
     _check(d.name in DATASETS, "dataset.name", d.name, f"one of {DATASETS}")
     _check(_is_num(d.aligned_fraction) and 0 < d.aligned_fraction <= 1, "dataset.aligned_fraction",
            d.aligned_fraction, "a number in (0, 1]")
@@ -317,6 +363,11 @@ def validate(cfg: Config) -> None:
     _check(_is_int(d.min_aligned) and d.min_aligned >= 1, "dataset.min_aligned", d.min_aligned, "an integer >= 1")
     _check(d.root is None or (isinstance(d.root, str) and d.root != ""), "dataset.root", d.root,
            "null or a directory path")
+
+
+def _validate_csv(d: DatasetConfig) -> None:
+    """``dataset.csv.*``: a real user's per-party files, ID and label columns, class set."""
+    parties = d.num_passive + 1
     c = d.csv
     _check(isinstance(c.paths, list) and all(isinstance(p, str) and p for p in c.paths), "dataset.csv.paths",
            c.paths, "a list of file paths")
@@ -339,6 +390,9 @@ def validate(cfg: Config) -> None:
         dup = sorted({x for x in names if names.count(x) > 1})
         _check(not dup, "dataset.csv.classes", c.classes, f"distinct classes ({dup} listed more than once)")
 
+
+def _validate_checkpoint(cfg: Config) -> None:
+    """``checkpoint.*`` and ``resume``."""
     ck = cfg.checkpoint
     _check(ck.dir is None or (isinstance(ck.dir, str) and ck.dir != ""), "checkpoint.dir", ck.dir,
            "null or a directory path")
@@ -352,7 +406,9 @@ def validate(cfg: Config) -> None:
         _check(ck.dir is not None, "checkpoint.dir", ck.dir,
                "the checkpoint folder of the run to continue when resume=true")
 
-    m = cfg.model
+
+def _validate_model(m: ModelConfig, d: DatasetConfig) -> None:
+    """``model.*``: built-in encoders and widths, and the shape of ``encoder_target`` / ``top_target``."""
     _check(m.encoder in ENCODERS, "model.encoder", m.encoder, f"one of {ENCODERS}")
     if m.encoder == "cnn":
         _check(d.name in ("digits", "fashion_mnist"), "model.encoder", m.encoder,
@@ -365,7 +421,14 @@ def validate(cfg: Config) -> None:
     _check(_is_int(m.embedding_dim) and m.embedding_dim >= 1, "model.embedding_dim", m.embedding_dim,
            "an integer >= 1")
     _check(_is_num(m.dropout) and 0 <= m.dropout < 1, "model.dropout", m.dropout, "a number in [0, 1)")
+    for name in ("encoder_target", "top_target"):
+        _check_target(getattr(m, name), f"model.{name}", allow_weight=False)
 
+
+def _validate_method(cfg: Config) -> None:
+    """``method.*`` of the training loop and the prototype losses: name, optimiser, geometry, first and third
+    losses, pseudo-labels."""
+    d, ck = cfg.dataset, cfg.checkpoint
     t = cfg.method
     _check(t.name in METHODS, "method.name", t.name, f"one of {METHODS}")
     if t.name == "centralized":
@@ -395,6 +458,10 @@ def validate(cfg: Config) -> None:
     if t.name == "vproto" and t.pseudo_gate != "off":
         _check(_is_num(t.lambda_passive) and t.lambda_passive > 0, "method.pseudo_gate", t.pseudo_gate,
                "'off' when method.lambda_passive is 0 (the gate filters the passives' third loss)")
+
+
+def _validate_method_parts(t: MethodConfig) -> None:
+    """``method.*`` of the joint model, the active-only head and their calibration."""
     _check(t.aligned_passes is None or (_is_int(t.aligned_passes) and t.aligned_passes >= 1), "method.aligned_passes",
            t.aligned_passes, "null or an integer >= 1")
     _check(isinstance(t.joint_encoder, bool), "method.joint_encoder", t.joint_encoder, "true or false")
@@ -418,8 +485,36 @@ def validate(cfg: Config) -> None:
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")
 
-    _validate_defence(cfg)
-    p = cfg.privacy
+
+def _check_target(spec: Any, option: str, allow_weight: bool) -> None:
+    """Shape of a Hydra-style ``{_target_: dotted.path, **kwargs}`` (importing it waits until a party builds it)."""
+    if spec is None and not allow_weight:
+        return
+    example = ("{_target_: my_pkg.my_term, weight: 0.1}" if allow_weight
+               else "{_target_: my_pkg.MyEncoder, width: 128}")
+    _check(isinstance(spec, Mapping), option, spec, f"{'null or ' if not allow_weight else ''}a mapping like {example}")
+    path = spec.get("_target_")
+    _check(isinstance(path, str) and all(p.isidentifier() for p in path.split(".")) and "." in path, option, spec,
+           f"a '_target_' key holding a dotted path 'module.Name' to import, e.g. {example}")
+    _check(all(isinstance(k, str) and k.isidentifier() for k in spec if k != "_target_"), option, spec,
+           "keyword-argument names (identifiers) besides '_target_'")
+    if allow_weight and "weight" in spec:
+        _check(_is_num(spec["weight"]) and spec["weight"] >= 0, option, spec, "a 'weight' that is a number >= 0")
+
+
+def _validate_extra_losses(t: MethodConfig) -> None:
+    """``method.extra_losses``: a list of ``{_target_: dotted.path, weight: w, **kwargs}`` (custom loss terms)."""
+    _check(isinstance(t.extra_losses, list), "method.extra_losses", t.extra_losses,
+           "a list of {_target_: my_pkg.my_term, weight: 0.1} entries ([] = none)")
+    for i, spec in enumerate(t.extra_losses):
+        _check_target(spec, f"method.extra_losses[{i}]", allow_weight=True)
+    if t.extra_losses:
+        _check(t.name in ("vproto", "vanilla", "local"), "method.extra_losses", t.extra_losses,
+               f"[] for method {t.name!r} (custom terms are added to the active party's loss)")
+
+
+def _validate_privacy(p: PrivacyConfig, t: MethodConfig) -> None:
+    """``privacy.*``: noise, clipping, accounting; only where prototypes are sent at all."""
     _check(_is_num(p.noise_multiplier) and p.noise_multiplier >= 0, "privacy.noise_multiplier", p.noise_multiplier,
            "a number >= 0 (0 = no noise)")
     _check(_is_num(p.clip_norm) and p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "a number > 0")
@@ -468,8 +563,6 @@ def _validate_feature_split(d: DatasetConfig) -> None:
     fs = d.feature_split
     if fs is None:
         if d.name == "adult":
-            from flwr_vproto.data.adult import PASSIVE_COLUMNS
-
             _check(d.num_passive <= len(PASSIVE_COLUMNS), "dataset.num_passive", d.num_passive,
                    f"at most {len(PASSIVE_COLUMNS)} with the built-in Adult split (one passive column each); set "
                    f"dataset.feature_split for more parties")
@@ -482,8 +575,6 @@ def _validate_feature_split(d: DatasetConfig) -> None:
     _check(isinstance(fs, list) and len(fs) == parties and all(isinstance(p, list) and p for p in fs),
            "dataset.feature_split", fs,
            f"null or {parties} non-empty lists of columns (active first, then each passive)")
-    from flwr_vproto.data.adult import COLUMNS
-
     seen: dict[str, int] = {}
     for party, columns in enumerate(fs):
         for col in columns:

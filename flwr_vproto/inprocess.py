@@ -2,8 +2,8 @@
 
 ``run_inprocess`` is a loop over the steps of :mod:`flwr_vproto.protocol` — the same steps, in the same order, that
 the Flower ClientApps run on their messages — handing each payload straight to the next step. It has no protocol
-rule of its own. It adds the ``centralized`` upper bound, which needs every party's raw data in one place and so
-exists only here.
+rule of its own. For ``centralized`` (the upper bound, every party's raw data in one place, so simulation only) it
+calls :func:`flwr_vproto.centralized.run_centralized`.
 """
 
 from __future__ import annotations
@@ -12,20 +12,16 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import numpy as np
-import torch
-import torch.nn.functional as F
-
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
+from flwr_vproto.centralized import run_centralized
 from flwr_vproto.config import Config
 from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.data.types import VerticalDataset
-from flwr_vproto.models import make_encoder, make_top_model, resolve_device
-from flwr_vproto.parties import ActiveParty, PassiveParty, _batches, _n_batches, _round_seed, _scores
+from flwr_vproto.parties import ActiveParty, PassiveParty
 from flwr_vproto.privacy import noise_multiplier, privacy_summary
-from flwr_vproto.protocol import ACTIVE, PASSIVE, InTransit, PassiveSetup, eval_splits
-from flwr_vproto.results import build_results, round_record
+from flwr_vproto.protocol import ACTIVE, PASSIVE, InTransit, PassiveSetup
+from flwr_vproto.results import build_results
 
 RoundCallback = Callable[[dict[str, float]], None]
 
@@ -37,7 +33,7 @@ def run_inprocess(
     noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)
     if cfg.method.name == "centralized":
-        history = _run_centralized(cfg, ds, on_round)
+        history = run_centralized(cfg, ds, on_round)
         return build_results(cfg, history)
     start = ck.latest_server_round(cfg) if cfg.resume else 0
     active, passives = _set_up(cfg, ds) if start == 0 else _parties(cfg, ds)
@@ -102,60 +98,3 @@ def _save_checkpoint(cfg: Config, rnd: int, active: ActiveParty, passives: list[
     for p in [*passives, active]:
         ck.save(ck.party_dir(cfg, p.data.name), rnd, ck.party_checkpoint(cfg, p, rnd, facts))
     ck.save(ck.server_dir(cfg), rnd, ck.server_checkpoint(cfg, rnd, history, transit.state()))
-
-
-class CentralizedModel(torch.nn.Module):
-    """The same encoders as the federated methods, one per party's feature block, and the same top model."""
-
-    def __init__(self, input_shapes: list[tuple[int, ...]], num_classes: int, cfg: Config) -> None:
-        super().__init__()
-        self.sizes = [int(np.prod(s)) for s in input_shapes]
-        self.encoders = torch.nn.ModuleList(make_encoder(s, cfg.model) for s in input_shapes)
-        self.top = make_top_model(cfg.model.embedding_dim * len(input_shapes), num_classes, cfg.model)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        parts = torch.split(x, self.sizes, dim=1)
-        return self.top(torch.cat([enc(p) for enc, p in zip(self.encoders, parts, strict=False)], dim=1))
-
-
-def _run_centralized(cfg: Config, ds: VerticalDataset, on_round: RoundCallback | None) -> list[dict[str, float]]:
-    """Upper bound: all features of all training users with all labels, one epoch per round."""
-    if ds.central is None:
-        raise ValueError("method 'centralized' needs a simulated dataset (every party's raw data in one place)")
-    c = ds.central
-    device = resolve_device(cfg.device)
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(_round_seed(cfg.seed, 0, 0))
-        model = CentralizedModel(c.input_shapes, ds.num_classes, cfg).to(device)
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.method.lr, weight_decay=cfg.method.weight_decay)
-    x = {s: torch.as_tensor(v, dtype=torch.float32, device=device) for s, v in c.x.items()}
-    y = {s: torch.as_tensor(v, dtype=torch.long, device=device) for s, v in c.y.items()}
-    history = []
-    for rnd in range(1, cfg.num_rounds + 1):
-        t0 = time.perf_counter()
-        gen = torch.Generator().manual_seed(_round_seed(cfg.seed, 0, rnd))
-        n = x["train"].shape[0]
-        steps = _n_batches(n, cfg.method.batch_size)
-        model.train()
-        total = 0.0
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_round_seed(cfg.seed, 0, rnd) + 1)
-            for b in _batches(n, cfg.method.batch_size, steps, gen):
-                loss = F.cross_entropy(model(x["train"][b]), y["train"][b])
-                opt.zero_grad(set_to_none=True)
-                loss.backward()
-                opt.step()
-                total += float(loss.detach())
-        scores: dict[str, dict[str, float]] = {}
-        if eval_splits(cfg, rnd):
-            model.eval()
-            with torch.no_grad():
-                for s in ("val", "test"):
-                    probs = torch.softmax(model(x[s]), 1).cpu().numpy()
-                    scores[s] = _scores(probs, c.y[s], ds.num_classes)
-        rec = round_record(rnd, {"sup_loss": total / max(steps, 1), "steps": float(steps)}, [],
-                           scores.get("val"), scores.get("test"), time.perf_counter() - t0)
-        history.append(rec)
-        if on_round:
-            on_round(rec)
-    return history

@@ -1,13 +1,17 @@
-"""The active and passive parties: all the learning of one round, and nothing about how messages travel.
+"""The active and passive parties: they orchestrate the named parts of the method for one round, and know nothing
+about how messages travel.
 
-Both the in-process trainer and the Flower ClientApp drive these classes the same way (design §4), so the two
-engines give the same numbers:
+The parts themselves (losses, joint logits, calibration) are small pure functions in :mod:`flwr_vproto.method`; a
+party decides which rows, batches and modules each part gets. Both the in-process trainer and the Flower ClientApp
+drive these classes the same way (design §4), so the two engines give the same numbers:
 
 * round ``t``, passive ``k``: ``PassiveParty.train_round(t, gradients, prototypes, mask)`` applies the embedding
   gradients of round ``t-1``, trains its encoder with the third loss on its non-aligned rows, and returns this
   round's embeddings of the aligned rows;
 * round ``t``, active: ``ActiveParty.train_round(t, embeddings)`` runs the supervised steps and the first loss and
-  returns, per passive, the embedding gradients and the second prototypes for round ``t+1``.
+  returns, per passive, the embedding gradients and the second prototypes for round ``t+1``;
+* on evaluation rounds, active: ``calibrate`` (fits on the validation rows), then ``evaluate`` per split (scores
+  only), then ``pseudo_gates`` (what the calibration fitted for the passives).
 
 Randomness (initialisation, shuffling, dropout) is derived from ``(seed, party, round)`` only, so a round gives the
 same result whether it runs in this process or in a fresh Flower ClientApp process.
@@ -17,7 +21,6 @@ from __future__ import annotations
 
 import copy
 import io
-import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -29,7 +32,28 @@ from flwr_vproto import privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
-from flwr_vproto.models import make_encoder, make_top_model, mlp, resolve_device
+from flwr_vproto.method.batching import index_batches, num_batches, round_seed
+from flwr_vproto.method.calibration import (
+    BestValidation,
+    Calibration,
+    fit_combine_weight,
+    fit_pseudo_gates,
+    majority_share,
+)
+from flwr_vproto.method.extra import LossBatch, extra_loss_total, load_extra_losses
+from flwr_vproto.method.joint import JointLogits, joint_logits
+from flwr_vproto.method.losses import (
+    FirstLoss,
+    PrototypeGeometry,
+    PseudoTally,
+    ThirdLoss,
+    ThirdLossRound,
+    first_prototype_loss,
+    local_head_loss,
+    supervised_joint_loss,
+)
+from flwr_vproto.method.scores import classification_scores
+from flwr_vproto.models import make_encoder, make_top_model, mlp, resolve_device, zero_output_layer
 
 
 @dataclass
@@ -52,30 +76,6 @@ class PassiveRoundOutput:
     metrics: dict[str, float] = field(default_factory=dict)
 
 
-def _round_seed(seed: int, party: int, rnd: int) -> int:
-    """A distinct, reproducible seed for every (run seed, party, round)."""
-    return (seed * 1_000_003 + party * 10_007 + rnd * 101 + 17) % (2**63 - 1)
-
-
-def _batches(n: int, batch_size: int, steps: int, gen: torch.Generator) -> list[torch.Tensor]:
-    """``steps`` index batches over ``n`` rows, reshuffling each time the rows are exhausted (cycling)."""
-    if n == 0:
-        return [torch.empty(0, dtype=torch.long)] * steps
-    out: list[torch.Tensor] = []
-    perm = torch.randperm(n, generator=gen)
-    pos = 0
-    for _ in range(steps):
-        if pos >= n:
-            perm, pos = torch.randperm(n, generator=gen), 0
-        out.append(perm[pos : pos + batch_size])
-        pos += batch_size
-    return out
-
-
-def _n_batches(n: int, batch_size: int) -> int:
-    return math.ceil(n / batch_size) if n > 0 else 0
-
-
 def state_to_bytes(state: dict[str, Any]) -> bytes:
     """Serialise a party state dict (tensors, arrays, scalars) for Flower's ``context.state`` or a checkpoint."""
     buf = io.BytesIO()
@@ -86,8 +86,6 @@ def state_to_bytes(state: dict[str, Any]) -> bytes:
 def state_from_bytes(data: bytes) -> dict[str, Any]:
     """Inverse of :func:`state_to_bytes`; refuses pickled code (``weights_only``)."""
     return torch.load(io.BytesIO(data), weights_only=True)
-
-
 class _Party:
     """What both roles share: data, encoder, optimizer, alignment, round seeding and state."""
 
@@ -96,8 +94,8 @@ class _Party:
         self.device = resolve_device(cfg.device)
         self.aligned: dict[str, np.ndarray] = {}
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_round_seed(cfg.seed, index, 0))
-            self.encoder = make_encoder(data.input_shape, cfg.model).to(self.device)
+            torch.manual_seed(round_seed(cfg.seed, index, 0))
+            self.encoder = make_encoder(data.input_shape, cfg.model, data.name).to(self.device)
             self._build_extra()
         self.optimizer = torch.optim.Adam(
             [p for m in self._modules() for p in m.parameters()], lr=cfg.method.lr, weight_decay=cfg.method.weight_decay
@@ -177,6 +175,7 @@ class PassiveParty(_Party):
             raise ValueError("passive parties have index >= 1 (0 is the active party)")
         super().__init__(data, cfg, index)
         self.num_classes = num_classes
+        self.third = ThirdLoss.from_method(cfg.method)
 
     def train_round(
         self,
@@ -195,28 +194,24 @@ class PassiveParty(_Party):
         sent (``method.pseudo_gate``); ``None`` means ``method.confidence_threshold``.
         """
         m = self.cfg.method
-        al = self.aligned["train"]
-        gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, self.index, rnd))
+        n_aligned = len(self.aligned["train"])
+        gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, self.index, rnd))
         metrics: dict[str, float] = {}
-        use_proto = (
-            m.name == "vproto" and rnd > m.warmup_rounds and prototypes is not None and prototype_mask is not None
-            and m.lambda_passive > 0 and bool(np.any(prototype_mask))
-        )
-        if gradients is not None and gradients.shape != (len(al), self.cfg.model.embedding_dim):
+        use_third = m.name == "vproto" and prototypes is not None and self.third.active(rnd, prototype_mask)
+        if gradients is not None and gradients.shape != (n_aligned, self.cfg.model.embedding_dim):
             raise ValueError(f"party {self.data.name}, round {rnd}: gradients of shape {gradients.shape}, expected "
-                             f"{(len(al), self.cfg.model.embedding_dim)}")
+                             f"{(n_aligned, self.cfg.model.embedding_dim)}")
         if rnd == 1 and m.name == "vproto" and m.passive_pretrain_epochs > 0:
             metrics["pretrain_loss"] = self._pretrain(m.passive_pretrain_epochs)
-        non = self.nonaligned_train_rows() if use_proto else np.zeros(0, dtype=np.int64)
-        steps = max(_n_batches(len(al), m.batch_size) if gradients is not None else 0,
-                    _n_batches(len(non), m.batch_size))
+        non = self.nonaligned_train_rows() if use_third else np.zeros(0, dtype=np.int64)
+        steps = max(num_batches(n_aligned, m.batch_size) if gradients is not None else 0,
+                    num_batches(len(non), m.batch_size))
         if steps:
-            threshold = m.confidence_threshold if pseudo_threshold is None else float(pseudo_threshold)
-            self._train_steps(rnd, steps, gen, gradients, prototypes, prototype_mask, non, metrics, threshold)
+            threshold = self.third.threshold if pseudo_threshold is None else float(pseudo_threshold)
+            metrics.update(self._train_steps(rnd, steps, gen, gradients, prototypes, prototype_mask, non, threshold))
             if pseudo_threshold is not None and "pseudo_coverage" in metrics:
                 metrics["pseudo_threshold"] = threshold
-        out = PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
-        return out
+        return PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
 
     def _pretrain(self, epochs: int) -> float:
         """``method.passive_pretrain_epochs``: train the encoder as a denoising autoencoder on all this party's
@@ -226,7 +221,7 @@ class PassiveParty(_Party):
         """
         m = self.cfg.method
         x = self._x["train"].flatten(1)
-        seed = _round_seed(self.cfg.seed, self.index, 0) + 3
+        seed = round_seed(self.cfg.seed, self.index, 0) + 3
         gen = torch.Generator().manual_seed(seed)
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
@@ -235,7 +230,7 @@ class PassiveParty(_Party):
             self._set_train(True)
             last = 0.0
             for _ in range(epochs):
-                total, batches = 0.0, _batches(len(x), m.batch_size, _n_batches(len(x), m.batch_size), gen)
+                total, batches = 0.0, index_batches(len(x), m.batch_size, num_batches(len(x), m.batch_size), gen)
                 for b in batches:
                     keep = (torch.rand(len(b), x.shape[1], generator=gen) > 0.2).to(self.device)
                     loss = F.mse_loss(decoder(self.encoder(x[b] * keep)), x[b])
@@ -246,67 +241,83 @@ class PassiveParty(_Party):
                 last = total / max(len(batches), 1)
         return last
 
+    def _third_loss_round(
+        self, non: np.ndarray, steps: int, gen: torch.Generator, prototypes: np.ndarray | None,
+        prototype_mask: np.ndarray | None, threshold: float,
+    ) -> ThirdLossRound | None:
+        """This round's third loss over the non-aligned rows ``non`` (``None`` without rows): batches drawn from
+        ``gen`` and, with ``pseudo_label_once``, every row labelled now by the round-start encoder."""
+        if not len(non) or prototypes is None or prototype_mask is None:
+            return None
+        rows = torch.as_tensor(non, device=self.device)
+        y_true = self.data.train.y_true
+        third = ThirdLossRound(
+            self.third, rows, index_batches(len(rows), self.cfg.method.batch_size, steps, gen),
+            torch.as_tensor(prototypes, dtype=torch.float32, device=self.device),
+            torch.as_tensor(prototype_mask, dtype=torch.bool, device=self.device), threshold,
+            torch.as_tensor(y_true, device=self.device) if y_true is not None else None)
+        if self.third.label_once:
+            third.label_all(self._embed(self._x["train"][rows]))
+        return third
+
     def _train_steps(
         self, rnd: int, steps: int, gen: torch.Generator, gradients: np.ndarray | None,
-        prototypes: np.ndarray | None, prototype_mask: np.ndarray | None, non: np.ndarray, metrics: dict[str, float],
-        threshold: float,
-    ) -> None:
-        m = self.cfg.method
+        prototypes: np.ndarray | None, prototype_mask: np.ndarray | None, non: np.ndarray, threshold: float,
+    ) -> dict[str, float]:
+        """The round's optimizer steps: the embedding gradients (once per aligned row) plus the weighted third loss.
+
+        Each row's gradient is applied once per round (one pass over the aligned rows, spread over the first steps):
+        re-applying a stale gradient many times overshoots and destabilised training in measurements.
+        """
+        bs = self.cfg.method.batch_size
         x_tr = self._x["train"]
         al = torch.as_tensor(self.aligned["train"], device=self.device)
-        non_t = torch.as_tensor(non, device=self.device)
         g = torch.as_tensor(gradients, device=self.device) if gradients is not None else None
-        if prototypes is not None and prototype_mask is not None:
-            protos = torch.as_tensor(prototypes, dtype=torch.float32, device=self.device)
-            pmask = torch.as_tensor(prototype_mask, dtype=torch.bool, device=self.device)
-        y_true = self.data.train.y_true
-        truth = torch.as_tensor(y_true, device=self.device) if y_true is not None else None
-        # Each row's gradient is applied once per round (one pass over the aligned rows, spread over the first
-        # steps): re-applying a stale gradient many times overshoots and destabilised training in measurements.
-        al_batches = _batches(len(al), m.batch_size, _n_batches(len(al), m.batch_size), gen) if g is not None else []
-        non_batches = _batches(len(non_t), m.batch_size, steps, gen) if len(non_t) else []
-        seen = kept = correct = known = 0
-        third_sum = 0.0
-        fixed: tuple[torch.Tensor, torch.Tensor] | None = None
-        if m.pseudo_label_once and len(non_t):  # label every non-aligned row once, with the round-start encoder
-            z0 = P.maybe_normalize(self._embed(x_tr[non_t]), m.normalize)
-            fixed = P.pseudo_labels(z0, protos, pmask, m.distance, m.tau, threshold)
+        al_batches = index_batches(len(al), bs, num_batches(len(al), bs), gen) if g is not None else []
+        third = self._third_loss_round(non, steps, gen, prototypes, prototype_mask, threshold)
         self._set_train(True)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_round_seed(self.cfg.seed, self.index, rnd) + 1)
+            torch.manual_seed(round_seed(self.cfg.seed, self.index, rnd) + 1)
             for i in range(steps):
                 loss = torch.zeros((), device=self.device)
                 if i < len(al_batches):
                     b = al_batches[i]
-                    loss = loss + (self.encoder(x_tr[al[b]]) * g[b]).sum()
-                if len(non_batches):
-                    rows = non_t[non_batches[i]]
-                    z = P.maybe_normalize(self.encoder(x_tr[rows]), m.normalize)
-                    if fixed is not None:
-                        lab, keep = fixed[0][non_batches[i]], fixed[1][non_batches[i]]
-                    else:
-                        with torch.no_grad():
-                            lab, keep = P.pseudo_labels(z, protos, pmask, m.distance, m.tau, threshold)
-                    lab = torch.where(keep, lab, torch.full_like(lab, -1))
-                    third = P.prototype_loss(z, lab, protos, pmask, kind=m.distance, form=m.loss_form, tau=m.tau)
-                    loss = loss + m.lambda_passive * third
-                    third_sum += float(third.detach())
-                    seen += len(rows)
-                    kept += int(keep.sum())
-                    if truth is not None:
-                        t = truth[rows]
-                        ok = keep & (t >= 0)
-                        known += int(ok.sum())
-                        correct += int((lab[ok] == t[ok]).sum())
+                    # <f(x), dL/dz>: its gradient through f is the chain rule the active party could not finish.
+                    loss = loss + (self.encoder(x_tr[al[b]]) * g[b]).sum()  # type: ignore[index]
+                if third is not None:
+                    loss = loss + self.third.weight * third.step(i, self.encoder, x_tr)
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-        metrics["steps"] = float(steps)
-        if seen:
-            metrics["third_loss"] = third_sum / steps
-            metrics["pseudo_coverage"] = kept / seen
-            if known:
-                metrics["pseudo_accuracy"] = correct / known
+        return {"steps": float(steps), **(third.metrics(steps) if third is not None else {})}
+
+
+@dataclass
+class _RoundPlan:
+    """Which rows the active party trains on this round, and in which batches.
+
+    ``main``: the rows of the supervised step (aligned rows; every labelled row for ``local``), cycled in
+    ``main_batches``, used by the supervised loss for the first ``sup_steps`` steps only (``method.aligned_passes``);
+    ``extra``: the non-aligned rows of the first loss and the active-only head, in ``extra_batches``.
+    """
+
+    main: torch.Tensor
+    main_batches: list[torch.Tensor]
+    extra: torch.Tensor
+    extra_batches: list[torch.Tensor]
+    steps: int
+    sup_steps: int
+    use_first: bool
+
+
+@dataclass
+class _RoundTally:
+    """Running sums of one active round: loss values for the metrics and the embedding gradients per passive."""
+
+    grad_sum: list[torch.Tensor]
+    visits: torch.Tensor
+    sums: dict[str, float] = field(default_factory=lambda: {"sup_loss": 0.0, "local_loss": 0.0, "first_loss": 0.0})
+    pseudo: PseudoTally = field(default_factory=PseudoTally)
 
 
 class ActiveParty(_Party):
@@ -331,6 +342,12 @@ class ActiveParty(_Party):
         if bad:
             raise ValueError(f"party {data.name}: label {bad[0][1]} in split {bad[0][0]!r} is outside the "
                              f"{num_classes} classes 0..{num_classes - 1}")
+        # The named parts of the method, each with the keys it reads (flwr_vproto/method/).
+        self.geometry = PrototypeGeometry.from_method(cfg.method)
+        self.first = FirstLoss.from_method(cfg.method)
+        self.joint_part = JointLogits.from_method(cfg.method, has_local_head=self.uses_local_head, joint=self.joint)
+        self.calibration = Calibration.from_method(cfg.method)
+        self.extra_losses = load_extra_losses(cfg.method.extra_losses, data.name)
         self._auto_weight = 0.5  # combine_weight=auto before the first validation
         self.protos: torch.Tensor | None = None  # first prototypes (own space), EMA state
         self.proto_mask: torch.Tensor | None = None
@@ -340,11 +357,10 @@ class ActiveParty(_Party):
         # party carries the budget it has spent.
         self.accountant = (privacy.Accountant(privacy.noise_multiplier(cfg), cfg.privacy.delta)
                            if privacy.enabled(cfg) else None)
-        # method.pseudo_gate: each passive's confidence threshold, set at every validation; keep nothing until then.
+        # method.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing until then.
         self.gates: list[float] = [1.0] * len(self.passive_dims)
-        # method.residual_base=best_val: the lowest validation loss of the active-only head so far, whether ``base``
-        # holds a model yet, and whether the last validation set a new best (copied at the next round's start).
-        self._base_loss, self._base_ready, self._base_pending = math.inf, False, False
+        # method.residual_base=best_val: which validation loss the frozen base is from (calibration.BestValidation).
+        self.best_val = BestValidation()
 
     @property
     def joint(self) -> bool:
@@ -366,13 +382,13 @@ class ActiveParty(_Party):
         return self.uses_local_head and self.joint and self.cfg.method.joint_residual
 
     def _build_extra(self) -> None:
-        d = self.cfg.model.embedding_dim
-        self.top = make_top_model(d + sum(self.passive_dims), self.num_classes, self.cfg.model).to(self.device)
-        self.head = make_top_model(d, self.num_classes, self.cfg.model).to(self.device)
+        d, name = self.cfg.model.embedding_dim, self.data.name
+        self.top = make_top_model(d + sum(self.passive_dims), self.num_classes, self.cfg.model, name).to(self.device)
+        self.head = make_top_model(d, self.num_classes, self.cfg.model, name).to(self.device)
         # One weight per passive for its prototype classifier's log-probabilities (prototype_logits).
         self.proto_weight = _ParamHolder(torch.nn.Parameter(torch.ones(len(self.passive_dims), device=self.device)))
         # method.joint_encoder: the joint model's own active encoder (trained end-to-end on the aligned rows).
-        self.joint_enc = (make_encoder(self.data.input_shape, self.cfg.model).to(self.device)
+        self.joint_enc = (make_encoder(self.data.input_shape, self.cfg.model, name).to(self.device)
                           if self.vproto and self.joint and self.cfg.method.joint_encoder else None)
         # method.residual_weight=learned: the joint model learns how much of the active-only head's logits to keep
         # (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
@@ -383,38 +399,23 @@ class ActiveParty(_Party):
         self.base = (copy.deepcopy(torch.nn.ModuleList([self.encoder, self.head])).eval().requires_grad_(False)
                      if self.residual and self.cfg.method.residual_base == "best_val" else None)
         if self.residual:
-            last = self.top[-1]
-            torch.nn.init.zeros_(last.weight)
-            torch.nn.init.zeros_(last.bias)
+            zero_output_layer(self.top, name)
 
     def _joint_logits(
         self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         hj: torch.Tensor | None = None, hb: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """Joint logits: top model, plus the active-only head (``joint_residual``) and each passive's prototype
-        classifier (``prototype_logits``, with the second prototypes ``protos``) when enabled.
+        """Joint logits with this party's modules (:func:`flwr_vproto.method.joint.joint_logits`).
 
-        ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``), which then
-        feeds the top model in place of ``h``; ``hb`` the frozen base encoder's (``method.residual_base=best_val``),
-        whose head then gives the residual's logits in place of the live head's."""
-        m = self.cfg.method
-        if not m.joint_trains_active_encoder and self.uses_local_head:
-            h = h.detach()
-        logits = self.top(torch.cat([h if hj is None else hj, *zs], dim=1))
-        if self.residual:
-            w = self.residual_weight.param if self.residual_weight is not None else 1.0
-            base = self.head(h) if hb is None else self.base[1](hb)
-            logits = logits + w * base.detach()
-        if self.vproto and m.prototype_logits and protos is not None:
-            for k, (z, (pk, mask)) in enumerate(zip(zs, protos, strict=True)):
-                if not bool(mask.any()):
-                    continue
-                t = -P.distances(P.maybe_normalize(z, m.normalize), pk, m.distance) / m.tau
-                # Classes without a prototype get the mean of the others: no vote rather than a veto.
-                fill = (t * mask).sum(1, keepdim=True) / mask.sum()
-                t = torch.where(mask.unsqueeze(0), t, fill)
-                logits = logits + self.proto_weight.param[k] * torch.log_softmax(t, dim=1)
-        return logits
+        ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``); ``hb`` the
+        frozen base encoder's (``method.residual_base=best_val``), whose head then gives the residual's logits in
+        place of the live head's; ``protos`` the second prototypes and masks."""
+        def residual(hd: torch.Tensor) -> torch.Tensor:
+            return self.head(hd) if hb is None else self.base[1](hb)  # type: ignore[index]
+
+        w = self.residual_weight.param if self.residual_weight is not None else 1.0
+        return joint_logits(self.joint_part, self.top, h, zs, joint_features=hj, residual_logits=residual,
+                            residual_weight=w, second=protos, prototype_weights=self.proto_weight.param)
 
     @property
     def gated(self) -> bool:
@@ -424,33 +425,6 @@ class ActiveParty(_Party):
     def pseudo_gates(self) -> list[float] | None:
         """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
         return list(self.gates) if self.gated else None
-
-    def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
-        """``method.pseudo_gate``: per passive, the lowest confidence threshold at which its nearest-second-prototype
-        pseudo-labels reach the precision target on these labelled (validation) rows; 1.0 (keep nothing) if none.
-
-        Scored on validation rows, not the aligned training rows whose gradients shaped the passive encoder, so the
-        estimate is not inflated by that fit. The configured ``confidence_threshold`` stays a floor.
-        """
-        m = self.cfg.method
-        if any(p is None for p in self.second):
-            return
-        masks = [mk for mk in self.second_mask if mk is not None]
-        mask = masks[0].clone()
-        for mk in masks[1:]:
-            mask &= mk
-        target = self._majority_share() if m.pseudo_gate == "majority" else float(m.pseudo_gate)
-        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
-        for k, e in enumerate(passive_embeddings):
-            z = P.maybe_normalize(torch.as_tensor(e, dtype=torch.float32, device=self.device), m.normalize)
-            t = P.gate_threshold(z, yt, self.second[k], mask, kind=m.distance, tau=m.tau, target=target)
-            self.gates[k] = max(float(m.confidence_threshold), t)
-
-    def _majority_share(self) -> float:
-        """Share of the most frequent class among the labelled aligned training rows (the trivial classifier)."""
-        y = self._y["train"][torch.as_tensor(self.aligned["train"], device=self.device)]
-        y = y[y >= 0]
-        return float(torch.bincount(y, minlength=self.num_classes).max()) / max(len(y), 1)
 
     def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if any(p is None for p in self.second):
@@ -471,131 +445,168 @@ class ActiveParty(_Party):
         ``release``: whether this round's prototypes will be sent (false in the last round; never unless
         ``method.shares_prototypes``); with privacy on, only released prototypes are charged to the privacy budget.
         """
-        m = self.cfg.method
-        release = release and m.shares_prototypes
+        release = release and self.cfg.method.shares_prototypes
         al = torch.as_tensor(self.aligned["train"], device=self.device)
+        zs = self._received_embeddings(rnd, passive_embeddings)
+        self._start_round(rnd)
+        gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, 0, rnd))
+        if self.joint:
+            self._update_first_prototypes(al)
+            protos, mask = self._second_prototypes(zs, self._y["train"][al], rnd, release)
+        else:
+            protos, mask = [], np.zeros(self.num_classes, dtype=bool)
+        plan = self._plan_round(rnd, al, gen)
+        tally = self._train_steps(rnd, plan, zs)
+        grads = [(gs / tally.visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32)
+                 for gs in tally.grad_sum]
+        steps = plan.steps
+        metrics = {k: v / steps for k, v in tally.sums.items() if steps and v != 0.0}
+        metrics["steps"] = float(steps)
+        if tally.pseudo.seen:
+            metrics["active_pseudo_coverage"] = tally.pseudo.kept / tally.pseudo.seen
+        if self.joint:
+            metrics["sup_steps"] = float(plan.sup_steps)
+            metrics["prototype_classes"] = float(mask.sum())
+        spent = {"epsilon": self.accountant.epsilon()} if self.accountant is not None else {}
+        return ActiveRoundOutput(grads, protos, mask, metrics, spent)
+
+    def _received_embeddings(self, rnd: int, passive_embeddings: list[np.ndarray]) -> list[torch.Tensor]:
+        """The passives' embeddings as tensors, refused with a message naming the passive if mis-shaped or not
+        finite (one bad party must not turn into a shape error, or NaNs, deep inside the top model)."""
+        n = len(self.aligned["train"])
         if len(passive_embeddings) != len(self.passive_dims):
             raise ValueError(f"round {rnd}: got embeddings from {len(passive_embeddings)} passive parties, "
                              f"expected {len(self.passive_dims)}")
         zs = []
         for k, (e, d) in enumerate(zip(passive_embeddings, self.passive_dims, strict=True)):
-            if e.shape != (len(al), d):
+            if e.shape != (n, d):
                 raise ValueError(f"round {rnd}: embeddings of passive{k + 1} have shape {e.shape}, expected "
-                                 f"{(len(al), d)}")
+                                 f"{(n, d)}")
             if not np.isfinite(e).all():
                 raise ValueError(f"round {rnd}: embeddings of passive{k + 1} contain NaN or inf")
             zs.append(torch.as_tensor(e, dtype=torch.float32, device=self.device))
+        return zs
+
+    def _start_round(self, rnd: int) -> None:
+        """Module swaps due at a round's start: the joint encoder's warm start (``method.joint_warm_start``) and
+        the copy of the model the last calibration scored best into the residual's frozen base."""
+        m = self.cfg.method
         if self.joint_enc is not None and m.joint_warm_start and rnd == m.warmup_rounds + 1:
             self.joint_enc.load_state_dict(self.encoder.state_dict())  # warm start from the active party's own rows
-        if self.base is not None and self._base_pending:  # the model the last validation scored best, unchanged since
+        if self.base is not None and self.best_val.pending:  # the best-scored model, unchanged since
             self.base[0].load_state_dict(self.encoder.state_dict())
             self.base[1].load_state_dict(self.head.state_dict())
-            self._base_ready, self._base_pending = True, False
-        gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, 0, rnd))
+            self.best_val.ready, self.best_val.pending = True, False
+
+    def _plan_round(self, rnd: int, al: torch.Tensor, gen: torch.Generator) -> _RoundPlan:
+        """Rows and batches of this round (``gen``: the round's generator; the main batches are drawn first).
+
+        Rows beyond the aligned ones: labelled rows for the active-only head, all of them for the first loss.
+        """
+        m = self.cfg.method
         y_tr = self._y["train"]
-        use_proto = m.name == "vproto" and rnd > m.warmup_rounds and m.lambda_active > 0
-        if self.joint:
-            self._update_first_prototypes(al)
-            protos, mask = self._second_prototypes(zs, y_tr[al], rnd, release)
-        else:
-            protos, mask = [], np.zeros(self.num_classes, dtype=bool)
-        second = self._second_list()
-        # Rows beyond the aligned ones: labelled rows for the active-only head, all of them for the first loss.
+        use_first = self.vproto and rnd > m.warmup_rounds and self.first.weight > 0
         if self.joint:
             non = torch.as_tensor(self.nonaligned_train_rows(), device=self.device)
-            extra = non if (use_proto or self.uses_local_head) else non[:0]
-            if not use_proto:
+            extra = non if (use_first or self.uses_local_head) else non[:0]
+            if not use_first:
                 extra = extra[y_tr[extra] >= 0]
             main = al
         else:  # local: every labelled training row
             main = torch.nonzero(y_tr >= 0).flatten()
             extra = main[:0]
-        steps = max(_n_batches(len(main), m.batch_size), _n_batches(len(extra), m.batch_size))
-        main_b = _batches(len(main), m.batch_size, steps, gen)
+        steps = max(num_batches(len(main), m.batch_size), num_batches(len(extra), m.batch_size))
+        main_b = index_batches(len(main), m.batch_size, steps, gen)
         # method.aligned_passes: the supervised loss sees the aligned rows only this many times per round.
         sup_steps = steps if (m.aligned_passes is None or not self.joint) else min(
-            steps, m.aligned_passes * _n_batches(len(main), m.batch_size))
-        extra_b = _batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
+            steps, m.aligned_passes * num_batches(len(main), m.batch_size))
+        extra_b = index_batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
+        return _RoundPlan(main, main_b, extra, extra_b, steps, sup_steps, use_first)
+
+    def _train_steps(self, rnd: int, plan: _RoundPlan, zs: list[torch.Tensor]) -> _RoundTally:
+        """The round's optimizer steps; each sums the supervised, custom, first and local terms that apply."""
+        tally = _RoundTally([torch.zeros_like(z) for z in zs], torch.zeros(len(plan.main), device=self.device))
+        second = self._second_list()
         # The residual's base is frozen all round: one forward pass over the rows of the joint loss.
-        hb_main = self._base_features(self._x["train"][main]) if self.joint else None
-        grad_sum = [torch.zeros_like(z) for z in zs]
-        visits = torch.zeros(len(main), device=self.device)
-        sums = {"sup_loss": 0.0, "local_loss": 0.0, "first_loss": 0.0}
-        pseudo_seen = pseudo_kept = 0
-        x_tr = self._x["train"]
+        hb_main = self._base_features(self._x["train"][plan.main]) if self.joint else None
         self._set_train(True)
         with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(_round_seed(self.cfg.seed, 0, rnd) + 1)
-            for i in range(steps):
-                aligned_step = i < sup_steps  # later steps train on non-aligned rows only
+            torch.manual_seed(round_seed(self.cfg.seed, 0, rnd) + 1)
+            for i in range(plan.steps):
                 loss = torch.zeros((), device=self.device)
-                local_rows_h: list[tuple[torch.Tensor, torch.Tensor]] = []
-                if aligned_step:
-                    b = main_b[i]
-                    rows = main[b]
-                    h = self.encoder(x_tr[rows])
-                    z_in = [z[b].clone().requires_grad_(True) for z in zs]
-                    if self.joint:
-                        hj = self.joint_enc(x_tr[rows]) if self.joint_enc is not None else None
-                        hb = None if hb_main is None else hb_main[b]
-                        sup = F.cross_entropy(self._joint_logits(h, z_in, second, hj, hb), y_tr[rows], ignore_index=-1)
-                        loss = loss + sup
-                        sums["sup_loss"] += float(sup.detach())
-                    if self.uses_local_head:
-                        local_rows_h.append((h, y_tr[rows]))
-                if len(extra_b):
-                    erows = extra[extra_b[i]]
-                    he = self.encoder(x_tr[erows])
-                    ye = y_tr[erows]
-                    if self.uses_local_head:
-                        local_rows_h.append((he, ye))
-                    if use_proto and self.protos is not None:
-                        hn = P.maybe_normalize(he, m.normalize)
-                        lab = ye.clone()
-                        unknown = lab < 0
-                        if bool(unknown.any()):
-                            with torch.no_grad():
-                                pl, keep = P.pseudo_labels(hn[unknown], self.protos, self.proto_mask, m.distance,
-                                                           m.tau, m.confidence_threshold)
-                            lab[unknown] = torch.where(keep, pl, torch.full_like(pl, -1))
-                            pseudo_seen += int(unknown.sum())
-                            pseudo_kept += int(keep.sum())
-                        first = P.prototype_loss(hn, lab, self.protos, self.proto_mask, kind=m.distance,
-                                                 form=m.loss_form, tau=m.tau)
-                        loss = loss + m.lambda_active * first
-                        sums["first_loss"] += float(first.detach())
-                if local_rows_h:
-                    hh = torch.cat([a for a, _ in local_rows_h])
-                    yy = torch.cat([c for _, c in local_rows_h])
-                    if bool((yy >= 0).any()):
-                        loc = F.cross_entropy(self.head(hh), yy, ignore_index=-1)
-                        loss = loss + loc
-                        sums["local_loss"] += float(loc.detach())
+                local: list[tuple[torch.Tensor, torch.Tensor]] = []
+                z_in: list[torch.Tensor] = []
+                if i < plan.sup_steps:  # later steps train on non-aligned rows only
+                    loss, z_in = self._supervised_terms(rnd, loss, plan.main_batches[i], plan, zs, second, hb_main,
+                                                        local, tally)
+                if len(plan.extra_batches):
+                    loss = self._nonaligned_terms(loss, plan.extra[plan.extra_batches[i]], plan.use_first, local,
+                                                  tally)
+                loc = local_head_loss(self.head, local) if self.uses_local_head else None
+                if loc is not None:
+                    loss = loss + loc
+                    tally.sums["local_loss"] += float(loc.detach())
                 self.optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 self.optimizer.step()
-                if aligned_step:
+                if i < plan.sup_steps:
+                    b = plan.main_batches[i]
                     for k, zi in enumerate(z_in):
                         if zi.grad is not None:
-                            grad_sum[k].index_add_(0, b, zi.grad)
-                    visits.index_add_(0, b, torch.ones(len(b), device=self.device))
-        grads = [(gs / visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32) for gs in grad_sum]
-        metrics = {k: v / steps for k, v in sums.items() if steps and v != 0.0}
-        metrics["steps"] = float(steps)
-        if pseudo_seen:
-            metrics["active_pseudo_coverage"] = pseudo_kept / pseudo_seen
+                            tally.grad_sum[k].index_add_(0, b, zi.grad)
+                    tally.visits.index_add_(0, b, torch.ones(len(b), device=self.device))
+        return tally
+
+    def _supervised_terms(
+        self, rnd: int, loss: torch.Tensor, b: torch.Tensor, plan: _RoundPlan, zs: list[torch.Tensor],
+        second: list[tuple[torch.Tensor, torch.Tensor]] | None, hb_main: torch.Tensor | None,
+        local: list[tuple[torch.Tensor, torch.Tensor]], tally: _RoundTally,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Batch ``b`` of the main rows: the supervised joint loss (and custom terms) added to ``loss``; the rows
+        also join the active-only head's batch (``local``). Returns the loss and the passives' embedding leaves
+        whose gradients go back to them."""
+        rows = plan.main[b]
+        x, y = self._x["train"][rows], self._y["train"][rows]
+        h = self.encoder(x)
+        z_in = [z[b].clone().requires_grad_(True) for z in zs]
+        logits = None
         if self.joint:
-            metrics["sup_steps"] = float(sup_steps)
-            metrics["prototype_classes"] = float(mask.sum())
-        spent = {"epsilon": self.accountant.epsilon()} if self.accountant is not None else {}
-        return ActiveRoundOutput(grads, protos, mask, metrics, spent)
+            hj = self.joint_enc(x) if self.joint_enc is not None else None
+            logits = self._joint_logits(h, z_in, second, hj, None if hb_main is None else hb_main[b])
+            sup = supervised_joint_loss(logits, y)
+            loss = loss + sup
+            tally.sums["sup_loss"] += float(sup.detach())
+        if self.extra_losses:
+            batch = LossBatch(h, self.head(h) if logits is None else logits, y, tuple(z_in), rnd)
+            extra = extra_loss_total(self.extra_losses, batch, tally.sums)
+            if extra is not None:
+                loss = loss + extra
+        if self.uses_local_head:
+            local.append((h, y))
+        return loss, z_in
+
+    def _nonaligned_terms(
+        self, loss: torch.Tensor, rows: torch.Tensor, use_first: bool, local: list[tuple[torch.Tensor, torch.Tensor]],
+        tally: _RoundTally,
+    ) -> torch.Tensor:
+        """A batch of non-aligned rows: the weighted first prototype loss added to ``loss``; the labelled rows
+        also join the active-only head's batch (``local``)."""
+        h = self.encoder(self._x["train"][rows])
+        y = self._y["train"][rows]
+        if self.uses_local_head:
+            local.append((h, y))
+        if use_first and self.protos is not None:
+            first = first_prototype_loss(h, y, self.protos, self.proto_mask, self.first, tally.pseudo)  # type: ignore
+            loss = loss + self.first.weight * first
+            tally.sums["first_loss"] += float(first.detach())
+        return loss
 
     def _update_first_prototypes(self, al: torch.Tensor) -> None:
         """First prototypes: class means of ``f_A`` over the labelled aligned rows, optionally EMA-smoothed."""
-        m = self.cfg.method
-        h = P.maybe_normalize(self._embed(self._x["train"][al]), m.normalize)
+        h = self.geometry.normalized(self._embed(self._x["train"][al]))
         new, mask = P.class_means(h, self._y["train"][al], self.num_classes)
-        self.protos, self.proto_mask = P.ema_update(self.protos, self.proto_mask, new, mask, m.ema_momentum)
+        self.protos, self.proto_mask = P.ema_update(self.protos, self.proto_mask, new, mask,
+                                                    self.cfg.method.ema_momentum)
 
     def _second_prototypes(
         self, zs: list[torch.Tensor], y_al: torch.Tensor, rnd: int, release: bool
@@ -611,12 +622,12 @@ class ActiveParty(_Party):
         masks = []
         acc = self.accountant
         if acc is not None:
-            gen = torch.Generator().manual_seed(_round_seed(self.cfg.seed, 0, rnd) + 2)
+            gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, 0, rnd) + 2)
             counts = privacy.noisy_counts(y_al, self.num_classes, acc.sigma, gen)
             if release and zs:
                 acc.step(len(zs) + 1)
         for k, z in enumerate(zs):
-            zn = P.maybe_normalize(z, m.normalize)
+            zn = self.geometry.normalized(z)
             if acc is not None:
                 sums = privacy.noisy_class_sums(zn, y_al, self.num_classes, self.cfg.privacy.clip_norm, acc.sigma, gen)
                 new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma, self.cfg.privacy.clip_norm)
@@ -629,7 +640,7 @@ class ActiveParty(_Party):
         mask_all = np.logical_and.reduce(masks) if masks else np.zeros(self.num_classes, dtype=bool)
         return out, mask_all
 
-    # ---------------------------------------------------------------- evaluation
+    # ---------------------------------------------------------------- calibration and evaluation
     def predict_proba(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, np.ndarray]:
         """Class probabilities for the aligned rows of ``split``: joint, active-only and their combination."""
         rows = torch.as_tensor(self.aligned[split], device=self.device)
@@ -652,93 +663,108 @@ class ActiveParty(_Party):
 
     def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
-        residual uses the live head (that option off, or no validation yet)."""
-        if self.base is None or not self._base_ready:
+        residual uses the live head (that option off, or no calibration yet)."""
+        if self.base is None or not self.best_val.ready:
             return None
         return self._embed(x, self.base[0])
 
     def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
-        """``method.residual_base=best_val``: after a validation, mark the active-only model for copying into the
-        base if its validation loss is the lowest so far; returns 1.0 if so, else 0.0.
-
-        The copy happens at the start of the next round, so every score of this round, val and test alike, comes
-        from the model that was trained.
-        """
-        loss = _scores(local_probs, y, self.num_classes).get("loss", math.inf)
-        if loss < self._base_loss:
-            self._base_loss, self._base_pending = loss, True
-            return 1.0
-        return 0.0
+        """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
+        validation loss is the lowest so far; returns 1.0 if so, else 0.0 (the ``residual_base_update`` metric)."""
+        loss = classification_scores(local_probs, y, self.num_classes).get("loss", float("inf"))
+        return 1.0 if self.best_val.observe(loss) else 0.0
 
     @property
     def combine_weight(self) -> float:
         """Weight of the joint model in the shipped prediction: configured, or last fitted on validation rows."""
-        w = self.cfg.method.combine_weight
+        w = self.calibration.combine_weight
         return self._auto_weight if w == "auto" else float(w)
 
-    def _fit_combine_weight(self, probs: dict[str, np.ndarray], y: np.ndarray) -> None:
-        """``combine_weight=auto``: the weight on a 0.1 grid with the best validation accuracy (then log-loss).
-
-        Validation rows are how every method picks its round already; picking this one number on them too lets the
-        active-only head win where the aligned rows are too few for the joint model, and the joint model elsewhere.
-        """
-        keep = y >= 0
-        if not keep.any():
-            return
-        yk = y[keep]
-        best = (np.inf, np.inf, 1.0)
-        for w in np.linspace(0.0, 1.0, 11):
-            p = w * probs["joint"][keep] + (1 - w) * probs["local"][keep]
-            nll = float(-np.log(np.clip(p[np.arange(yk.size), yk], 1e-12, None)).mean())
-            err = float((p.argmax(1) != yk).mean())
-            best = min(best, (err, nll, float(w)))
-        self._auto_weight = best[2]
+    def _labels(self, split: str) -> np.ndarray:
+        """Labels of the aligned rows of ``split`` (shared order; ``-1`` where unknown)."""
+        return self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
 
     def calibrate(self, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
-        """Placeholder until calibration moves out of ``evaluate("val")`` (which still fits everything)."""
-        return {}
+        """Fit on the validation rows what this method fits there, before scoring or sending anything.
+
+        ``passive_embeddings``: each passive's embeddings of the aligned validation rows. Fits, when configured,
+        the combine weight (``combine_weight=auto``), each passive's pseudo-label gate (``pseudo_gate``) and marks
+        the residual's base (``residual_base=best_val``); returns the metrics of these fits
+        (``residual_base_update``, ``pseudo_gate{k}``), reported with the validation scores. Call it on every
+        evaluation round, then :meth:`evaluate` per split, then :meth:`pseudo_gates`.
+        """
+        c = self.calibration
+        y = self._labels("val")
+        probs = self.predict_proba("val", passive_embeddings)
+        if c.combine_weight == "auto" and "joint" in probs and "local" in probs:
+            w = fit_combine_weight(probs["joint"], probs["local"], y)
+            if w is not None:
+                self._auto_weight = w
+        if self.gated:
+            self._fit_gates(passive_embeddings, y)
+        metrics: dict[str, float] = {}
+        if self.base is not None:
+            metrics["residual_base_update"] = self._track_base(probs["local"], y)
+        if self.gated:
+            metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
+        return metrics
+
+    def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
+        """``method.pseudo_gate``: per passive, the threshold from
+        :func:`~flwr_vproto.method.calibration.fit_pseudo_gates` on these validation rows (none before the second
+        prototypes exist)."""
+        c = self.calibration
+        if any(p is None for p in self.second):
+            return
+        masks = [mk for mk in self.second_mask if mk is not None]
+        mask = masks[0].clone()
+        for mk in masks[1:]:
+            mask &= mk
+        y_al = self._y["train"][torch.as_tensor(self.aligned["train"], device=self.device)]
+        target = majority_share(y_al, self.num_classes) if c.pseudo_gate == "majority" else float(c.pseudo_gate)
+        zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
+        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
+        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target, c.gate_floor)  # type: ignore
 
     def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
         """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
 
-        ``accuracy`` scores the prediction this method ships (combined joint + active-only head when enabled) on
-        users every party holds; ``active_only_accuracy`` scores the active-only head on the users only the active
-        party holds.
+        Scores only (no side effects): what is fitted on validation rows is fitted by :meth:`calibrate`, called
+        first. ``accuracy`` scores the prediction this method ships (combined joint + active-only head when
+        enabled) on users every party holds; ``active_only_accuracy`` scores the active-only head on the users only
+        the active party holds.
         """
-        y = self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
+        y = self._labels(split)
         probs = self.predict_proba(split, passive_embeddings)
-        if split == "val" and self.cfg.method.combine_weight == "auto" and "joint" in probs and "local" in probs:
-            self._fit_combine_weight(probs, y)
-            w = self.combine_weight
-            probs["combined"] = w * probs["joint"] + (1 - w) * probs["local"]
-        if split == "val" and self.gated:
-            self._fit_gates(passive_embeddings, y)
-        metrics = _scores(probs["combined"], y, self.num_classes)
-        if split == "val" and self.base is not None:
-            metrics["residual_base_update"] = self._track_base(probs["local"], y)
+        metrics = classification_scores(probs["combined"], y, self.num_classes)
         if "joint" in probs and "local" in probs:
             metrics["combine_weight"] = self.combine_weight
-        if split == "val" and self.gated:
-            metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
         for name in ("joint", "local"):
             if name in probs and len(probs) > 2:
-                metrics[f"{name}_accuracy"] = _scores(probs[name], y, self.num_classes)["accuracy"]
+                metrics[f"{name}_accuracy"] = classification_scores(probs[name], y, self.num_classes)["accuracy"]
         if self.uses_local_head:
-            mask = np.ones(len(self.data.split(split)), dtype=bool)
-            mask[self.aligned[split]] = False
-            only = np.flatnonzero(mask & (self.data.split(split).y >= 0))
-            if only.size:
-                h = self._embed(self._x[split][torch.as_tensor(only, device=self.device)])
-                with torch.no_grad():
-                    p = torch.softmax(self.head(h), 1).cpu().numpy()
-                metrics["active_only_accuracy"] = float((p.argmax(1) == self.data.split(split).y[only]).mean())
+            acc = self._active_only_accuracy(split)
+            if acc is not None:
+                metrics["active_only_accuracy"] = acc
         return metrics
+
+    def _active_only_accuracy(self, split: str) -> float | None:
+        """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
+        mask = np.ones(len(self.data.split(split)), dtype=bool)
+        mask[self.aligned[split]] = False
+        only = np.flatnonzero(mask & (self.data.split(split).y >= 0))
+        if not only.size:
+            return None
+        h = self._embed(self._x[split][torch.as_tensor(only, device=self.device)])
+        with torch.no_grad():
+            p = torch.softmax(self.head(h), 1).cpu().numpy()
+        return float((p.argmax(1) == self.data.split(split).y[only]).mean())
 
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
                 "second_mask": self.second_mask, "auto_weight": self._auto_weight, "gates": list(self.gates),
                 "base": None if self.base is None else self.base.state_dict(),
-                "base_tracking": [self._base_loss, self._base_ready, self._base_pending],
+                "base_tracking": self.best_val.to_list(),
                 "privacy": None if self.accountant is None else self.accountant.state_dict()}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
@@ -750,8 +776,7 @@ class ActiveParty(_Party):
         self.gates = [float(g) for g in state.get("gates", self.gates)]
         if self.base is not None and state.get("base") is not None:
             self.base.load_state_dict(state["base"])
-            loss, ready, pending = state["base_tracking"]
-            self._base_loss, self._base_ready, self._base_pending = float(loss), bool(ready), bool(pending)
+            self.best_val = BestValidation.from_list(state["base_tracking"])
 
 
 class _ParamHolder(torch.nn.Module):
@@ -760,20 +785,3 @@ class _ParamHolder(torch.nn.Module):
     def __init__(self, param: torch.nn.Parameter) -> None:
         super().__init__()
         self.param = param
-
-
-def _scores(probs: np.ndarray, y: np.ndarray, num_classes: int) -> dict[str, float]:
-    """Accuracy, log-loss and (binary tasks) AUC on rows with a known label."""
-    keep = y >= 0
-    probs, y = probs[keep], y[keep]
-    if y.size == 0:
-        return {}
-    out = {
-        "accuracy": float((probs.argmax(1) == y).mean()),
-        "loss": float(-np.log(np.clip(probs[np.arange(y.size), y], 1e-12, None)).mean()),
-    }
-    if num_classes == 2 and np.unique(y).size == 2:
-        from sklearn.metrics import roc_auc_score  # here, not at import: a ClientApp process starts per message
-
-        out["auc"] = float(roc_auc_score(y, probs[:, 1]))
-    return out

@@ -62,7 +62,7 @@ def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | 
 
     def walk(d: Mapping[str, Any], prefix: str) -> None:
         for k, v in d.items():
-            if isinstance(v, Mapping):
+            if isinstance(v, Mapping) and f"{prefix}{k}" not in CONFIG_FIELDS:  # a dict-valued option is a leaf
                 walk(v, f"{prefix}{k}.")
             else:
                 flat[f"{prefix}{k}"] = v

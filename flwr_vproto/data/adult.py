@@ -13,22 +13,25 @@ from __future__ import annotations
 
 import functools
 from importlib import resources
+from typing import TYPE_CHECKING
 
 import pandas as pd
 
-from flwr_vproto.config import Config
+from flwr_vproto.adult_columns import (  # noqa: F401 - re-exported: the Adult schema as data.adult names it
+    ACTIVE_COLUMNS,
+    CLASS_NAMES,
+    COLUMNS,
+    LABEL,
+    NUMERIC,
+    PASSIVE_COLUMNS,
+)
 from flwr_vproto.data.partition import RawBlock, SimulatedSource
 from flwr_vproto.data.tabular import TabularEncoder
 from flwr_vproto.data.types import DataError
 
-COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "marital-status", "occupation",
-           "relationship", "race", "sex", "capital-gain", "capital-loss", "hours-per-week", "native-country"]
-NUMERIC = ["age", "fnlwgt", "education-num", "capital-gain", "capital-loss", "hours-per-week"]
-LABEL = "income"
-CLASS_NAMES = ["<=50K", ">50K"]
-ACTIVE_COLUMNS = ["age", "workclass", "fnlwgt", "education", "education-num", "race", "sex", "native-country",
-                  "capital-loss"]
-PASSIVE_COLUMNS = ["marital-status", "occupation", "relationship", "capital-gain", "hours-per-week"]
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
+
 MISSING = "missing"
 
 

@@ -24,14 +24,17 @@ from __future__ import annotations
 
 import hashlib
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import pandas as pd
 
-from flwr_vproto.config import Config
 from flwr_vproto.data.partition import SHUFFLE, rng_for
 from flwr_vproto.data.tabular import TabularEncoder
 from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
+
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
 
 MAX_CATEGORIES = 1000  # more distinct strings than this cannot be a category column
 MAX_EXAMPLES = 5

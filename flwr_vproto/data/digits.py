@@ -7,11 +7,14 @@ users become test users (stratified, seeded by ``cfg.seed``).
 from __future__ import annotations
 
 import functools
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flwr_vproto.config import Config
 from flwr_vproto.data.partition import TEST_SPLIT, SimulatedSource, image_blocks, rng_for, stratified_choice
+
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
 
 CLASS_NAMES = [str(i) for i in range(10)]
 

@@ -9,12 +9,15 @@ from __future__ import annotations
 import functools
 import gzip
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
-from flwr_vproto.config import Config
 from flwr_vproto.data.partition import SimulatedSource, image_blocks
 from flwr_vproto.data.types import DataError
+
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
 
 DEFAULT_ROOT = "/usr/share/datasets/fashion-mnist"
 CLASS_NAMES = ["T-shirt/top", "Trouser", "Pullover", "Dress", "Coat", "Sandal", "Shirt", "Sneaker", "Bag",

@@ -4,13 +4,15 @@ from __future__ import annotations
 
 import copy
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from flwr_vproto.config import Config
 from flwr_vproto.data import adult, digits, fashion_mnist
 from flwr_vproto.data.csv_files import csv_classes, load_csv_party
 from flwr_vproto.data.partition import SimulatedSource, partition
 from flwr_vproto.data.types import DataError, PartySplits, VerticalDataset
+
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
 
 _SOURCES: dict[str, Callable[[Config], SimulatedSource]] = {
     "digits": digits.source,

@@ -22,13 +22,15 @@ from __future__ import annotations
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Protocol
+from typing import TYPE_CHECKING, Protocol
 
 import numpy as np
 import pandas as pd
 
-from flwr_vproto.config import Config
 from flwr_vproto.data.types import CentralView, DataError, PartyData, PartySplits, VerticalDataset
+
+if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
+    from flwr_vproto.config import Config
 
 log = logging.getLogger(__name__)
 

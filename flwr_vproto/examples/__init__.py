@@ -1,0 +1,1 @@
+"""Worked examples of extending flwr_vproto without editing it (README "Extending")."""

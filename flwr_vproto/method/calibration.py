@@ -1,0 +1,107 @@
+"""Calibration on the validation rows: what the active party fits after training, before it scores or sends.
+
+Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.pseudo_gate``, ``method.confidence_threshold``
+(the gates' floor) and ``method.residual_base``. Validation rows are how every method picks its round already;
+fitting these few numbers on them too keeps the test rows untouched. ``ActiveParty.calibrate`` runs all three fits;
+``ActiveParty.evaluate`` then only scores.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from flwr_vproto import prototypes as P
+from flwr_vproto.method.losses import PrototypeGeometry
+
+
+@dataclass(frozen=True)
+class Calibration:
+    """What is fitted on validation rows in this run."""
+
+    combine_weight: float | str  # "auto" = fitted by :func:`fit_combine_weight`, else fixed
+    pseudo_gate: float | str  # "off", "majority" or a precision target
+    gate_floor: float  # method.confidence_threshold: no gate goes below it
+    residual_base: str  # "best_val" = track the best validation loss (:class:`BestValidation`)
+
+    @classmethod
+    def from_method(cls, m: Any) -> Calibration:
+        return cls(combine_weight=m.combine_weight, pseudo_gate=m.pseudo_gate, gate_floor=m.confidence_threshold,
+                   residual_base=m.residual_base)
+
+
+def fit_combine_weight(joint: np.ndarray, local: np.ndarray, y: np.ndarray) -> float | None:
+    """``combine_weight=auto``: the weight on the joint model, on a 0.1 grid, with the best validation accuracy
+    (ties: lowest log-loss, then lowest weight). ``None`` when no validation row is labelled.
+
+    Picking this one number on validation rows lets the active-only head win where the aligned rows are too few for
+    the joint model, and the joint model elsewhere.
+    """
+    keep = y >= 0
+    if not keep.any():
+        return None
+    yk = y[keep]
+    best = (np.inf, np.inf, 1.0)
+    for w in np.linspace(0.0, 1.0, 11):
+        p = w * joint[keep] + (1 - w) * local[keep]
+        nll = float(-np.log(np.clip(p[np.arange(yk.size), yk], 1e-12, None)).mean())
+        err = float((p.argmax(1) != yk).mean())
+        best = min(best, (err, nll, float(w)))
+    return best[2]
+
+
+def majority_share(y: torch.Tensor, num_classes: int) -> float:
+    """Share of the most frequent class among labelled rows (the trivial classifier's precision)."""
+    y = y[y >= 0]
+    return float(torch.bincount(y, minlength=num_classes).max()) / max(len(y), 1)
+
+
+def fit_pseudo_gates(
+    passive_embeddings: Sequence[torch.Tensor], y: torch.Tensor, second: Sequence[torch.Tensor], mask: torch.Tensor,
+    geometry: PrototypeGeometry, target: float, floor: float,
+) -> list[float]:
+    """``method.pseudo_gate``: per passive, the lowest confidence threshold at which its nearest-second-prototype
+    pseudo-labels reach precision ``target`` on these labelled (validation) rows; 1.0 (keep nothing) if none.
+
+    Scored on validation rows, not the aligned training rows whose gradients shaped the passive encoder, so the
+    estimate is not inflated by that fit. ``floor`` (``confidence_threshold``) stays the lowest threshold sent.
+    """
+    gates = []
+    for z, protos in zip(passive_embeddings, second, strict=True):
+        zn = geometry.normalized(z)
+        t = P.gate_threshold(zn, y, protos, mask, kind=geometry.distance, tau=geometry.tau, target=target)
+        gates.append(max(float(floor), t))
+    return gates
+
+
+@dataclass
+class BestValidation:
+    """``method.residual_base=best_val``: the lowest validation loss of the active-only model so far, whether the
+    frozen base holds a copy yet (``ready``), and whether the last validation set a new best (``pending``: copied at
+    the next round's start, so every score of this round, val and test alike, comes from the model that trained).
+    """
+
+    loss: float = math.inf
+    ready: bool = False
+    pending: bool = False
+
+    def observe(self, loss: float) -> bool:
+        """Record a validation loss; True when it is a new lowest (the model is then marked for copying)."""
+        if loss < self.loss:
+            self.loss, self.pending = loss, True
+            return True
+        return False
+
+    def to_list(self) -> list[Any]:
+        """The saved form (``base_tracking`` in a party's state dict)."""
+        return [self.loss, self.ready, self.pending]
+
+    @classmethod
+    def from_list(cls, saved: Sequence[Any]) -> BestValidation:
+        loss, ready, pending = saved
+        return cls(float(loss), bool(ready), bool(pending))
