@@ -106,12 +106,12 @@ def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> 
     missing = object()
 
     def diff(a: Any, b: Any, default: Any, prefix: str = "") -> list[str]:
+        if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
+            b = default
         if isinstance(a, dict) and isinstance(b, dict):
             default = default if isinstance(default, dict) else {}
             return [d for k in sorted(set(a) | set(b))
                     for d in diff(a.get(k), b.get(k, missing), default.get(k), f"{prefix}{k}.")]
-        if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
-            b = default
         return [] if a == b else [f"{prefix[:-1]} (checkpoint {b!r}, now {a!r})"]
 
     changed = diff(want, saved, defaults)

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flwr_vproto import privacy
+from flwr_vproto import defences, privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
@@ -767,7 +767,28 @@ class ActiveParty(_Party):
                 "base_tracking": self.best_val.to_list(),
                 "privacy": None if self.accountant is None else self.accountant.state_dict()}
 
+    def set_alignment(self, rows: dict[str, np.ndarray]) -> None:
+        super().set_alignment(rows)
+        self._use_private_labels()
+
+    def _use_private_labels(self) -> None:
+        """``defence.label_epsilon``: from here on, every aligned training and validation user's label is its
+        randomised response, for everything this party trains, calibrates, selects and scores on (test labels only
+        score, non-aligned users keep theirs). Drawn from a stream fixed by the seed, so a fresh process or a
+        resumed run draws the same labels."""
+        eps = self.cfg.defence.label_epsilon
+        if eps is None:
+            return
+        for split in ("train", "val"):
+            rows = self.aligned[split]
+            true = np.asarray(self.data.split(split).y, dtype=np.int64)
+            labels = true.copy()
+            labels[rows] = defences.randomized_response(true[rows], eps, self.num_classes,
+                                                        defences.label_rng(self.cfg.seed, split))
+            self._y[split] = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        self._use_private_labels()
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
         self._auto_weight = float(state["auto_weight"])

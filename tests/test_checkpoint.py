@@ -164,3 +164,13 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
         resumed = run_inprocess(cfg(engine, resume=True))["rounds"] if engine == "inprocess" else flower(
             cfg(engine, resume=True))
         assert _strip(resumed) == _strip(full["rounds"]), engine
+
+
+def test_a_checkpoint_written_before_an_option_existed_resumes_while_that_option_has_its_default(tmp_path):
+    cfg = config_from_dict({"checkpoint": {"dir": str(tmp_path)}})
+    old = ck.resume_fingerprint(cfg)
+    del old["method"]["extra_losses"], old["defence"]  # as written by a version without them
+    ck.check_same_run(old, cfg, "server", tmp_path)
+    changed = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"grad_clip": 1.0}})
+    with pytest.raises(ck.CheckpointError, match=r"defence.grad_clip \(checkpoint None, now 1.0\)"):
+        ck.check_same_run(old, changed, "server", tmp_path)

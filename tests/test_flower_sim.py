@@ -447,3 +447,13 @@ def test_second_prototypes_leave_the_active_party_only_for_the_third_loss(method
         with pytest.raises(ConfigError, match="privacy.noise_multiplier"):
             small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive},
                       privacy={"noise_multiplier": 1.0})
+
+
+def test_dict_valued_options_travel_whole_through_the_run_config():
+    cfg = config_from_dict({"model": {"encoder_target": {"_target_": "flwr_vproto.examples.extending.ResidualMLPEncoder",
+                                                         "width": 32}},
+                            "method": {"extra_losses": [{"_target_": "flwr_vproto.examples.extending.confidence_penalty",
+                                                         "weight": 0.1}]}})
+    run_config = RC.run_config_from_config(cfg)
+    assert json.loads(run_config["model.encoder_target"])["width"] == 32
+    assert RC.config_from_run_config(run_config)[0] == cfg

@@ -134,3 +134,79 @@ def test_a_defence_gives_the_same_numbers_in_both_engines_and_only_defended_rows
     wire = sent[0].content[M.ARRAYS][M.GRADIENTS].numpy()
     expected = defences.clip_and_noise(raw, 1.0, 2.0, defences.gradient_rng(defended.seed, 1, 1))
     assert np.array_equal(wire, expected) and not np.allclose(wire, raw)
+
+
+# ------------------------------------------------------------------------------------------------ label DP in runs
+def _payloads(monkeypatch, cfg, ds) -> list[bytes]:
+    """Every byte each passive receives in an in-process run (its ToPassive messages, in order)."""
+    from flwr_vproto import protocol
+
+    seen: list[bytes] = []
+    step = protocol.passive_step
+
+    def spy(party, msg):
+        for arr in (msg.gradients, msg.prototypes, msg.prototype_mask):
+            seen.append(b"" if arr is None else np.ascontiguousarray(arr).tobytes())
+        return step(party, msg)
+
+    monkeypatch.setattr(protocol, "passive_step", spy)
+    run_inprocess(cfg, dataset=ds)
+    monkeypatch.setattr(protocol, "passive_step", step)
+    return seen
+
+
+def _with_labels_changed(ds, rows: dict[str, int]):
+    """A copy of ``ds`` in which the active party's true label of one row per split is another class."""
+    import copy
+
+    changed = copy.deepcopy(ds)
+    for split, row in rows.items():
+        y = changed.active.split(split).y
+        y[row] = (y[row] + 1) % ds.num_classes
+    return changed
+
+
+def test_with_the_noised_labels_held_fixed_no_aligned_users_true_label_changes_a_byte_a_passive_receives(
+        monkeypatch):
+    from flwr_vproto.alignment import align_dataset
+    from flwr_vproto.data import load_vertical_dataset
+
+    cfg = config_from_dict({"engine": "inprocess", "num_rounds": 3, "eval_every": 1,
+                            "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 400},
+                            "method": {"name": "vproto", "lambda_passive": 1.0, "batch_size": 64},
+                            "defence": {"label_epsilon": 1.0}})
+    ds = load_vertical_dataset(cfg)
+    aligned = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)[0]
+    rows = {"train": int(aligned["train"][3]), "val": int(aligned["val"][1])}  # one aligned user per split
+    changed = _with_labels_changed(ds, rows)
+    real = defences.randomized_response
+    fixed = {}  # split length -> the noised labels drawn from the unchanged data
+    for split in ("train", "val"):
+        true = ds.active.split(split).y[aligned[split]]
+        fixed[len(true)] = real(true, 1.0, ds.num_classes, defences.label_rng(cfg.seed, split))
+    assert len(fixed) == 2
+    monkeypatch.setattr(defences, "randomized_response", lambda labels, *_: fixed[len(labels)].copy())
+    assert _payloads(monkeypatch, cfg, ds) == _payloads(monkeypatch, cfg, changed)
+    monkeypatch.setattr(defences, "randomized_response", real)  # the control: the same change, labels not fixed
+    assert _payloads(monkeypatch, cfg, ds) != _payloads(monkeypatch, cfg, changed)
+
+
+@pytest.mark.parametrize("method", ["vanilla", "vproto"])
+def test_label_dp_gives_the_same_numbers_in_both_engines(method):
+    from test_flower_sim import assert_same_history, run_inline, small_cfg
+
+    cfg = small_cfg(method, rounds=3, defence={"label_epsilon": 1.0})
+    strategy, _, _ = run_inline(cfg)
+    reference = run_inprocess(cfg)["rounds"]
+    assert_same_history(strategy.history, reference)
+    plain = run_inprocess(small_cfg(method, rounds=3))["rounds"]
+    assert reference[-1]["active/sup_loss"] != plain[-1]["active/sup_loss"]  # the noised labels were used
+
+
+def test_label_dp_bounds_what_the_attacks_read_off_the_gradients(tmp_path):
+    run_inprocess(adult_cfg(tmp_path, defence={"label_epsilon": 0.4}))
+    g, y = recorded(tmp_path)
+    leaked = audit.attack(g, y, 2)
+    bound = defences.keep_probability(0.4, 2)  # ~0.599: no test on the released rows can do better in expectation
+    for key in ("norm_auc", "direction_auc", "projection_auc"):
+        assert leaked[key] < bound + 0.05, (key, leaked)
