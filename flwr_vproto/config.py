@@ -213,8 +213,8 @@ class DefenceConfig:
     * ``label_epsilon``: epsilon-label-DP of the aligned users (the users a passive shares) by k-ary randomised
       response: each aligned training and validation user's label is replaced, once per run, by itself with
       probability ``e^eps / (e^eps + C - 1)`` and else by one of the other ``C - 1`` classes uniformly; everything
-      the active party trains, calibrates or selects on sees only those labels for aligned users (non-aligned
-      users keep their exact labels; test labels only score).
+      the active party trains or calibrates on sees only those labels for aligned users (non-aligned users keep
+      their exact labels; scores, which reach no passive, use the true ones).
     * ``grad_clip`` / ``grad_noise``: every gradient row sent is clipped to L2 norm ``c = grad_clip`` times the
       round's median row norm and gets isotropic Gaussian noise of expected norm ``grad_noise * c`` (no formal
       guarantee; measured by the audit, BENCHMARKS.md).

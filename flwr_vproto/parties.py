@@ -734,7 +734,7 @@ class ActiveParty(_Party):
         enabled) on users every party holds; ``active_only_accuracy`` scores the active-only head on the users only
         the active party holds.
         """
-        y = self._labels(split)
+        y = self.data.split(split).y[self.aligned[split]]  # the true labels: scores reach no passive
         probs = self.predict_proba(split, passive_embeddings)
         metrics = classification_scores(probs["combined"], y, self.num_classes)
         if "joint" in probs and "local" in probs:
@@ -773,9 +773,9 @@ class ActiveParty(_Party):
 
     def _use_private_labels(self) -> None:
         """``defence.label_epsilon``: from here on, every aligned training and validation user's label is its
-        randomised response, for everything this party trains, calibrates, selects and scores on (test labels only
-        score, non-aligned users keep theirs). Drawn from a stream fixed by the seed, so a fresh process or a
-        resumed run draws the same labels."""
+        randomised response for everything this party trains and calibrates on (non-aligned users keep theirs).
+        Scores (:meth:`evaluate`) use the true labels: they shape nothing a passive receives. Drawn from a stream
+        fixed by the seed, so a fresh process or a resumed run draws the same labels."""
         eps = self.cfg.defence.label_epsilon
         if eps is None:
             return
