@@ -17,7 +17,7 @@ from flwr_vproto import protocol as proto
 from flwr_vproto.centralized import run_centralized
 from flwr_vproto.config import Config
 from flwr_vproto.data import load_vertical_dataset
-from flwr_vproto.data.types import VerticalDataset
+from flwr_vproto.data.types import SPLITS, VerticalDataset
 from flwr_vproto.parties import ActiveParty, PassiveParty
 from flwr_vproto.privacy import noise_multiplier, privacy_summary
 from flwr_vproto.protocol import ACTIVE, PASSIVE, InTransit, PassiveSetup
@@ -50,7 +50,9 @@ def run_inprocess(
             _save_checkpoint(cfg, rnd, active, passives, transit, history)
         if on_round:
             on_round(history[-1])
-    results = build_results(cfg, history, extra=privacy_summary(cfg, history))
+    found = proto.alignment_record({s: len(r) for s, r in active.aligned.items()},
+                                   {p.name: {s: len(p.split(s)) for s in SPLITS} for p in ds.parties})
+    results = build_results(cfg, history, extra={**privacy_summary(cfg, history), "alignment": found})
     results["state"] = {"active": active, "passives": passives}  # callers may save models; not JSON
     return results
 

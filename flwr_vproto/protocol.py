@@ -308,6 +308,13 @@ def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: flo
                         extra={**{f"privacy/{k}": v for k, v in reply.privacy.items()}, **(extra or {})})
 
 
+def alignment_record(aligned: dict[str, int], rows: dict[str, dict[str, int]]) -> dict[str, Any]:
+    """What PSI found, for ``results.json`` (both engines): ``aligned`` = users every party holds per split (the
+    training ones are the joint model's rows), ``rows`` = each party's own users per split."""
+    return {"aligned": {s: int(aligned[s]) for s in SPLITS},
+            "rows": {name: {s: int(n[s]) for s in SPLITS} for name, n in rows.items()}}
+
+
 # ================================================================================================ between rounds
 @dataclass
 class InTransit:

@@ -320,7 +320,10 @@ class VerticalProtoStrategy(Strategy):
             rnd += 1
 
     def _results(self, setup_seconds: float, start: int) -> dict[str, Any]:
-        return build_results(self.cfg, self.history, extra={**privacy_summary(self.cfg, self.history), "flower": {
+        rows = {p.name: {s: int(p.info[M.split_key(M.ROWS, s)]) for s in SPLITS} for p in self.parties}
+        found = proto.alignment_record(self._aligned(), rows)
+        return build_results(self.cfg, self.history, extra={**privacy_summary(self.cfg, self.history),
+                                                            "alignment": found, "flower": {
             "setup_seconds": setup_seconds,
             **({"resumed_from_round": start} if start else {}),
             "setup_messages": self.setup_traffic.messages,

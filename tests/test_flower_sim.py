@@ -457,3 +457,15 @@ def test_dict_valued_options_travel_whole_through_the_run_config():
     run_config = RC.run_config_from_config(cfg)
     assert json.loads(run_config["model.encoder_target"])["width"] == 32
     assert RC.config_from_run_config(run_config)[0] == cfg
+
+
+def test_both_engines_record_what_psi_found():
+    cfg = small_cfg("vproto", rounds=2, num_passive=2)
+    strategy, _, _ = run_inline(cfg)
+    reference = run_inprocess(cfg)
+    found = reference["alignment"]
+    assert strategy.results["alignment"] == found
+    assert sorted(found["rows"]) == ["active", "passive1", "passive2"]
+    assert 0 < found["aligned"]["train"] < min(r["train"] for r in found["rows"].values())
+    active = reference["state"]["active"]
+    assert found["aligned"] == {s: len(r) for s, r in active.aligned.items()}
