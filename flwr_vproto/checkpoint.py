@@ -165,7 +165,7 @@ def server_checkpoint(cfg: Config, rnd: int, history: list[dict[str, float]], tr
             "gradients": {k: tensor(v) for k, v in transit["gradients"].items()},
             "prototypes": {k: tensor(v) for k, v in transit["prototypes"].items()},
             "prototype-mask": None if mask is None else tensor(mask),
-            **{k: v for k, v in transit.items() if k == "pseudo-gates"}, **extra}
+            **{k: v for k, v in transit.items() if k not in ("gradients", "prototypes", "prototype-mask")}, **extra}
 
 
 def transit_of(saved: dict[str, Any]) -> dict[str, Any]:
@@ -174,7 +174,7 @@ def transit_of(saved: dict[str, Any]) -> dict[str, Any]:
     return {"gradients": {k: array(v) for k, v in saved["gradients"].items()},
             "prototypes": {k: array(v) for k, v in saved["prototypes"].items()},
             "prototype-mask": None if mask is None else array(mask).astype(bool),
-            **({"pseudo-gates": saved["pseudo-gates"]} if saved.get("pseudo-gates") is not None else {})}
+            **{k: saved[k] for k in ("pseudo-gates", "best-val", "test-previous") if saved.get(k) is not None}}
 
 
 def load_party_state(cfg: Config, name: str, rnd: int, override: str | None = None) -> dict[str, Any]:

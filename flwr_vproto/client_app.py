@@ -242,13 +242,14 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
             store.save_party(joined, **{"num-classes": request.setup.num_classes})
         party = store.load_party(c, me)
-        content = M.encode_from_passive(proto.passive_step(party, request))  # type: ignore[arg-type]
+        content = M.encode_from_passive(proto.passive_step(party, request), c.wire_dtype)  # type: ignore[arg-type]
         rnd, final = request.round, request.final
     else:
         party = store.load_party(c, me)
         passives = [int(k) for k in store.facts["passives"]] if party.joint else []  # type: ignore[union-attr]
         request = M.decode_to_active(msg.content, passives)
-        content = M.encode_from_active(proto.active_step(party, request, me.audit_dir))  # type: ignore[arg-type]
+        reply = proto.active_step(party, request, me.audit_dir)  # type: ignore[arg-type]
+        content = M.encode_from_active(reply, c.wire_dtype)
         rnd, final = request.round, request.final
     store.save_party(party)
     _after_round(store, party, c, me, rnd, final)

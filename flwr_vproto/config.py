@@ -241,6 +241,13 @@ class Config:
     seed: int = 0
     num_rounds: int = 20
     eval_every: int = 1
+    # Test rows: "best" = embedded, sent and scored only for rounds whose validation accuracy is a new best (they
+    # travel with the next round) and after the last round: exactly what `final` reports, at a fraction of the
+    # bytes; "every" = at every evaluation round, for test curves.
+    eval_test: str = "best"
+    # Embeddings and gradients on the wire: "float32" (exact) or "float16" (half the bytes; both engines round the
+    # same way, so they still agree).
+    wire_dtype: str = "float32"
     device: str = "auto"
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -322,6 +329,8 @@ def _validate_run(cfg: Config) -> None:
     _check(_is_int(cfg.seed) and cfg.seed >= 0, "seed", cfg.seed, "an integer >= 0")
     _check(_is_int(cfg.num_rounds) and cfg.num_rounds >= 1, "num_rounds", cfg.num_rounds, "an integer >= 1")
     _check(_is_int(cfg.eval_every) and cfg.eval_every >= 1, "eval_every", cfg.eval_every, "an integer >= 1")
+    _check(cfg.eval_test in ("best", "every"), "eval_test", cfg.eval_test, "'best' or 'every'")
+    _check(cfg.wire_dtype in ("float32", "float16"), "wire_dtype", cfg.wire_dtype, "'float32' or 'float16'")
     _check(cfg.device in DEVICES, "device", cfg.device, f"one of {DEVICES}")
 
 

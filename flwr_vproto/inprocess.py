@@ -41,10 +41,11 @@ def run_inprocess(
     if start:  # every party from its own file, the payloads in transit and the history from the server's
         transit, history = _resume(cfg, start, active, passives)
     for rnd in range(start + 1, cfg.num_rounds + 1):
-        t0 = time.perf_counter()
+        t0, previous = time.perf_counter(), transit.test_previous
         replies = [proto.passive_step(p, transit.to_passive(p.index, rnd, cfg)) for p in passives]
-        reply = proto.active_step(active, proto.to_active(rnd, cfg, replies))
+        reply = proto.active_step(active, proto.to_active(rnd, cfg, replies, previous))
         transit.receive(reply)
+        proto.add_previous_test(history, reply)
         history.append(proto.record(rnd, replies, reply, time.perf_counter() - t0))
         if ck.due(cfg, rnd):
             _save_checkpoint(cfg, rnd, active, passives, transit, history)

@@ -53,14 +53,16 @@ STATE_KEY = "vproto"  # context.state: ConfigRecord of small facts and ArrayReco
 STATE_ARRAYS = "vproto.arrays"
 
 # Entries of the records (ConfigRecord keys unless noted).
-ROUND, EVAL, FINAL = "round", "eval", "final"
+ROUND, SPLITS_KEY, FINAL, TEST_PREVIOUS = "round", "splits", "final", "test-previous"
 FINGERPRINT, VERSION, RESUME_ROUND, RESUMED_ROUND = "fingerprint", "version", "resume-round", "resumed-round"
 ROLE, PARTY_INDEX, INPUT_SHAPE, EMBEDDING_DIM, ROWS = "role", "party-index", "input-shape", "embedding-dim", "rows"
 NUM_CLASSES, ALIGNED, PASSIVES, PASSIVE_DIMS, BLINDED = "num-classes", "aligned", "passives", "passive-dims", "blinded"
 PROTOTYPES, PROTOTYPE_MASK, PSEUDO_THRESHOLD = "prototypes", "prototype-mask", "pseudo-threshold"
 HUB, OWN, REBLINDED, POSITIONS = "hub", "own", "reblinded", "positions"  # ArrayRecord keys, one per split
 GRADIENTS, EMBEDDINGS = "gradients", "embeddings"  # ArrayRecord keys
+PREVIOUS_TEST = "previous-test"  # ArrayRecord key (test rows by last round's encoder) and metrics prefix
 TRAIN_METRICS, PRIVACY_METRICS, VAL_METRICS, TEST_METRICS = "train.", "privacy.", "val.", "test."  # prefixes
+PREVIOUS_TEST_METRICS = PREVIOUS_TEST + "."
 
 
 def split_key(base: str, split: str) -> str:
@@ -355,8 +357,13 @@ def decode_intersection(content: RecordDict, passives: list[int]) -> Intersectio
 
 
 # ================================================================================================ round codecs
-def _flags(rnd: int, eval_: bool, final: bool) -> dict[str, Any]:
-    return {ROUND: rnd, EVAL: eval_, FINAL: final}
+def _flags(rnd: int, splits: tuple[str, ...], final: bool, test_previous: bool) -> dict[str, Any]:
+    return {ROUND: rnd, SPLITS_KEY: list(splits), FINAL: final, **({TEST_PREVIOUS: True} if test_previous else {})}
+
+
+def _read_flags(conf: Any) -> tuple[int, tuple[str, ...], bool, bool]:
+    return (int(conf[ROUND]), tuple(str(s) for s in conf[SPLITS_KEY]), bool(conf[FINAL]),
+            bool(conf.get(TEST_PREVIOUS, False)))
 
 
 def round_of(content: RecordDict) -> int | None:
@@ -365,11 +372,21 @@ def round_of(content: RecordDict) -> int | None:
     return None if conf is None or ROUND not in conf else int(conf[ROUND])  # type: ignore[arg-type]
 
 
-def encode_to_passive(msg: ToPassive) -> RecordDict:
-    conf = _flags(msg.round, msg.eval, msg.final)
+def _wire(arr: np.ndarray, dtype: str) -> np.ndarray:
+    """A matrix already rounded to ``wire_dtype`` by the protocol, in that container."""
+    return np.asarray(arr, dtype=dtype)
+
+
+def _unwire(arr: np.ndarray | None) -> np.ndarray | None:
+    """Back to the float32 the learning code works in (exact: the values are float16 values)."""
+    return None if arr is None else np.asarray(arr, dtype=np.float32)
+
+
+def encode_to_passive(msg: ToPassive, dtype: str = "float32") -> RecordDict:
+    conf = _flags(msg.round, msg.splits, msg.final, msg.test_previous)
     arrays: dict[str, np.ndarray] = {}
     if msg.gradients is not None:
-        arrays[GRADIENTS] = msg.gradients
+        arrays[GRADIENTS] = _wire(msg.gradients, dtype)
     if msg.prototypes is not None:
         put_matrix(conf, PROTOTYPES, msg.prototypes)
         conf[PROTOTYPE_MASK] = [bool(b) for b in msg.prototype_mask]  # type: ignore[union-attr]
@@ -384,51 +401,65 @@ def encode_to_passive(msg: ToPassive) -> RecordDict:
 def decode_to_passive(content: RecordDict) -> ToPassive:
     conf = content[CONFIG]
     arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    rnd, splits, final, previous = _read_flags(conf)
     mask = conf.get(PROTOTYPE_MASK)
     gate = conf.get(PSEUDO_THRESHOLD)
     setup = None
     if NUM_CLASSES in conf:
         setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))  # type: ignore
-    return ToPassive(int(conf[ROUND]), bool(conf[EVAL]), bool(conf[FINAL]), arrays.get(GRADIENTS),  # type: ignore
-                     get_matrix(conf, PROTOTYPES), None if mask is None else np.asarray(mask, dtype=bool),
-                     None if gate is None else float(gate), setup)  # type: ignore[arg-type]
+    return ToPassive(rnd, splits, final, _unwire(arrays.get(GRADIENTS)), get_matrix(conf, PROTOTYPES),
+                     None if mask is None else np.asarray(mask, dtype=bool),
+                     None if gate is None else float(gate), setup, previous)  # type: ignore[arg-type]
 
 
-def encode_from_passive(reply: FromPassive) -> RecordDict:
-    arrays = {EMBEDDINGS: reply.embeddings, **{split_key(EMBEDDINGS, s): e for s, e in reply.eval_embeddings.items()}}
+def encode_from_passive(reply: FromPassive, dtype: str = "float32") -> RecordDict:
+    arrays = {EMBEDDINGS: _wire(reply.embeddings, dtype),
+              **{split_key(EMBEDDINGS, s): _wire(e, dtype) for s, e in reply.eval_embeddings.items()}}
+    if reply.previous_test is not None:
+        arrays[split_key(EMBEDDINGS, PREVIOUS_TEST)] = _wire(reply.previous_test, dtype)
     return records(arrays=arrays, metrics=reply.metrics)
 
 
 def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping[str, int], dim: int,
-                        splits: tuple[str, ...]) -> FromPassive:
-    """A passive's round reply, checked against the aligned row counts and its embedding dimension."""
-    expected = {EMBEDDINGS: ("float32", (rows["train"], dim)),
-                **{split_key(EMBEDDINGS, s): ("float32", (rows[s], dim)) for s in splits}}
-    arrays = check_arrays(content.get(ARRAYS), expected, who, where)
+                        splits: tuple[str, ...], previous: bool = False, dtype: str = "float32") -> FromPassive:
+    """A passive's round reply, checked against the aligned row counts, its embedding dimension and the wire dtype."""
+    expected = {EMBEDDINGS: (dtype, (rows["train"], dim)),
+                **{split_key(EMBEDDINGS, s): (dtype, (rows[s], dim)) for s in splits}}
+    if previous:
+        expected[split_key(EMBEDDINGS, PREVIOUS_TEST)] = (dtype, (rows["test"], dim))
+    arrays = {k: _unwire(v) for k, v in check_arrays(content.get(ARRAYS), expected, who, where).items()}
     metrics = metrics_of(check_metrics(content, who, where))
-    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits}, metrics)
+    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits},  # type: ignore
+                       metrics, arrays.get(split_key(EMBEDDINGS, PREVIOUS_TEST)))
 
 
-def encode_to_active(msg: ToActive) -> RecordDict:
+def encode_to_active(msg: ToActive, dtype: str = "float32") -> RecordDict:
     arrays: dict[str, np.ndarray] = {}
     for k, (emb, evals) in enumerate(zip(msg.embeddings, msg.eval_embeddings, strict=True), start=1):
-        arrays[passive_key(k, EMBEDDINGS)] = emb
-        arrays.update({passive_key(k, split_key(EMBEDDINGS, s)): e for s, e in evals.items()})
-    return records(arrays=arrays, config=_flags(msg.round, msg.eval, msg.final))
+        arrays[passive_key(k, EMBEDDINGS)] = _wire(emb, dtype)
+        arrays.update({passive_key(k, split_key(EMBEDDINGS, s)): _wire(e, dtype) for s, e in evals.items()})
+    for k, emb in enumerate(msg.previous_test or [], start=1):
+        arrays[passive_key(k, split_key(EMBEDDINGS, PREVIOUS_TEST))] = _wire(emb, dtype)
+    conf = _flags(msg.round, msg.splits, msg.final, msg.previous_test is not None)
+    return records(arrays=arrays, config=conf)
 
 
 def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
-    conf = content[CONFIG]
     arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
-    splits = ("val", "test") if bool(conf[EVAL]) else ()
-    return ToActive(int(conf[ROUND]), bool(conf[EVAL]), bool(conf[FINAL]),  # type: ignore[arg-type]
-                    [arrays[passive_key(k, EMBEDDINGS)] for k in passives],
-                    [{s: arrays[passive_key(k, split_key(EMBEDDINGS, s))] for s in splits} for k in passives])
+    rnd, splits, final, previous = _read_flags(content[CONFIG])
+
+    def get(k: int, key: str) -> np.ndarray:
+        return _unwire(arrays[passive_key(k, key)])  # type: ignore[return-value]
+
+    return ToActive(rnd, splits, final, [get(k, EMBEDDINGS) for k in passives],
+                    [{s: get(k, split_key(EMBEDDINGS, s)) for s in splits} for k in passives],
+                    [get(k, split_key(EMBEDDINGS, PREVIOUS_TEST)) for k in passives] if previous else None)
 
 
-def encode_from_active(reply: FromActive) -> RecordDict:
+def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
     metrics = metric_record(reply.train, TRAIN_METRICS)
-    for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test)):
+    for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test),
+                         (PREVIOUS_TEST_METRICS, reply.previous_test)):
         metrics.update(metric_record(part or {}, prefix))
     conf: dict[str, Any] = {}
     for k, proto in enumerate(reply.prototypes, start=1):
@@ -437,22 +468,23 @@ def encode_from_active(reply: FromActive) -> RecordDict:
         conf[PROTOTYPE_MASK] = [bool(b) for b in reply.prototype_mask]
     for k, gate in enumerate(reply.pseudo_thresholds or [], start=1):  # one scalar per passive; its labels stay
         conf[passive_key(k, PSEUDO_THRESHOLD)] = float(gate)
-    arrays = {passive_key(k, GRADIENTS): g for k, g in enumerate(reply.gradients, start=1)}
+    arrays = {passive_key(k, GRADIENTS): _wire(g, dtype) for k, g in enumerate(reply.gradients, start=1)}
     return records(arrays=arrays, config=conf, metrics=metrics)
 
 
 def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train: int, final: bool,
-                       num_classes: int, shares_prototypes: bool) -> FromActive:
+                       num_classes: int, shares_prototypes: bool, dtype: str = "float32") -> FromActive:
     """The active party's round reply: metrics, and (not after the last round) every joint passive's gradients of
     the right size and, when they travel, its second prototypes, the class mask and gates, all finite."""
     who = "active"
     metrics = check_metrics(content, who, where)
     passives = dict(enumerate(dims, start=1))  # passive index -> embedding dimension
-    expected = {} if final else {passive_key(k, GRADIENTS): ("float32", (n_train, d)) for k, d in passives.items()}
+    expected = {} if final else {passive_key(k, GRADIENTS): (dtype, (n_train, d)) for k, d in passives.items()}
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
     reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
                        metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
-                       [arrays[key] for key in expected])
+                       [_unwire(arrays[key]) for key in expected],  # type: ignore[misc]
+                       previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
     if final or not dims or not shares_prototypes:
         return reply
     conf = content.get(CONFIG)

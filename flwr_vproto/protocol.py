@@ -27,6 +27,7 @@ reply to the next round's passive messages; what it releases is decided in :func
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -60,8 +61,20 @@ def is_joint(cfg: Config) -> bool:
 
 
 def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
-    """Splits scored after round ``rnd``: every ``eval_every`` rounds and always after the last round."""
-    return ("val", "test") if rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds else ()
+    """Splits embedded and scored in round ``rnd``: validation every ``eval_every`` rounds and after the last round;
+    test then too with ``eval_test=every``, else only in the last round (another round's test rows travel one round
+    later, and only when its validation accuracy was a new best: :attr:`InTransit.test_previous`)."""
+    if rnd % cfg.eval_every and rnd != cfg.num_rounds:
+        return ()
+    return ("val", "test") if cfg.eval_test == "every" or rnd == cfg.num_rounds else ("val",)
+
+
+def to_wire(arr: np.ndarray, cfg: Config) -> np.ndarray:
+    """An embedding or gradient matrix as it travels (``wire_dtype``): float16 rounding happens here, in both
+    engines alike; the codec then only changes the container."""
+    if cfg.wire_dtype == "float32":
+        return arr
+    return np.asarray(arr, dtype=np.float16).astype(np.float32)
 
 
 # ================================================================================================ setup payloads
@@ -115,13 +128,14 @@ class ToPassive:
     """A passive's one message of a round."""
 
     round: int
-    eval: bool
+    splits: tuple[str, ...]  # evaluation splits to embed after training this round
     final: bool
     gradients: np.ndarray | None = None  # dLoss/dz of last round's embeddings (none in round 1)
     prototypes: np.ndarray | None = None  # second prototypes in this passive's space (third loss only)
     prototype_mask: np.ndarray | None = None
     pseudo_threshold: float | None = None  # method.pseudo_gate: the active party's threshold for this passive
     setup: PassiveSetup | None = None  # first round of a fresh run only
+    test_previous: bool = False  # embed the test rows with last round's encoder first (eval_test=best)
 
 
 @dataclass
@@ -131,6 +145,7 @@ class FromPassive:
     embeddings: np.ndarray
     eval_embeddings: dict[str, np.ndarray]
     metrics: dict[str, float]
+    previous_test: np.ndarray | None = None  # test rows by last round's encoder, when asked
 
 
 @dataclass
@@ -138,10 +153,11 @@ class ToActive:
     """The active party's one message of a round: every joint passive's reply, passive 1 first."""
 
     round: int
-    eval: bool
+    splits: tuple[str, ...]
     final: bool
     embeddings: list[np.ndarray]
     eval_embeddings: list[dict[str, np.ndarray]]
+    previous_test: list[np.ndarray] | None = None  # score last round's test rows first (``[]``: no passive)
 
 
 @dataclass
@@ -159,6 +175,7 @@ class FromActive:
     prototypes: list[np.ndarray] = field(default_factory=list)
     prototype_mask: np.ndarray | None = None
     pseudo_thresholds: list[float] | None = None
+    previous_test: dict[str, float] | None = None  # last round's test scores, when its test rows came this round
 
 
 # ================================================================================================ setup steps
@@ -238,11 +255,14 @@ def passive_join(cfg: Config, data: PartySplits, index: int, secrets: dict[str, 
 
 # ================================================================================================ round steps
 def passive_step(party: PassiveParty, msg: ToPassive) -> FromPassive:
-    """One round of a passive party: apply last round's gradients (and the third loss), then embed."""
-    splits = ("val", "test") if msg.eval else ()
-    out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, splits,
+    """One round of a passive party: (last round's test rows, when asked,) apply last round's gradients and the third
+    loss, then embed. Everything it sends is rounded to ``wire_dtype``."""
+    cfg = party.cfg
+    previous = to_wire(party.embed("test"), cfg) if msg.test_previous else None
+    out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, msg.splits,
                             msg.pseudo_threshold)
-    return FromPassive(out.embeddings, out.eval_embeddings, out.metrics)
+    return FromPassive(to_wire(out.embeddings, cfg), {s: to_wire(e, cfg) for s, e in out.eval_embeddings.items()},
+                       out.metrics, previous)
 
 
 def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None) -> FromActive:
@@ -252,13 +272,14 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     receives is written to ``audit_dir`` (``audit.dir`` unless a deployment's node-config says otherwise).
     """
     cfg = party.cfg
+    previous = None if msg.previous_test is None else party.evaluate("test", msg.previous_test)  # before training
     res = party.train_round(msg.round, msg.embeddings, release=not msg.final)
-    reply = FromActive(train=res.metrics, privacy=res.privacy)
-    if msg.eval:
-        reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings)
+    reply = FromActive(train=res.metrics, privacy=res.privacy, previous_test=previous)
+    if msg.splits:
+        reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings, "test" in msg.splits)
     if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
         return reply
-    reply.gradients = defend_gradients(cfg, msg.round, list(res.gradients))
+    reply.gradients = [to_wire(g, cfg) for g in defend_gradients(cfg, msg.round, list(res.gradients))]
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
     reply.pseudo_thresholds = party.pseudo_gates()
@@ -285,20 +306,20 @@ def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None)
     audit.record_round(folder, rnd, reply.gradients, labels, reply.prototypes or None)
 
 
-def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]]
-                         ) -> tuple[dict[str, float], dict[str, float]]:
-    """Fit what is fitted on validation rows (combine weight, gates, residual base), then score val and test."""
+def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]], test: bool
+                         ) -> tuple[dict[str, float], dict[str, float] | None]:
+    """Fit what is fitted on validation rows (combine weight, gates, residual base), then score val (and test)."""
     val_embeddings = [e["val"] for e in eval_embeddings]
     calibration = party.calibrate(val_embeddings)
     val = {**party.evaluate("val", val_embeddings), **calibration}
-    test = party.evaluate("test", [e["test"] for e in eval_embeddings])
-    return val, test
+    return val, party.evaluate("test", [e["test"] for e in eval_embeddings]) if test else None
 
 
-def to_active(rnd: int, cfg: Config, replies: list[FromPassive]) -> ToActive:
+def to_active(rnd: int, cfg: Config, replies: list[FromPassive], test_previous: bool = False) -> ToActive:
     """The active party's message of round ``rnd`` from the joint passives' replies (passive 1 first)."""
-    return ToActive(rnd, bool(eval_splits(cfg, rnd)), rnd == cfg.num_rounds, [r.embeddings for r in replies],
-                    [r.eval_embeddings for r in replies])
+    previous = [r.previous_test for r in replies] if test_previous else None
+    return ToActive(rnd, eval_splits(cfg, rnd), rnd == cfg.num_rounds, [r.embeddings for r in replies],
+                    [r.eval_embeddings for r in replies], previous)  # type: ignore[arg-type]
 
 
 def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float,
@@ -306,6 +327,12 @@ def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: flo
     """The round's flat history record (same keys in both engines; the Flower engine adds its traffic)."""
     return round_record(rnd, reply.train, [r.metrics for r in replies], reply.val, reply.test, seconds,
                         extra={**{f"privacy/{k}": v for k, v in reply.privacy.items()}, **(extra or {})})
+
+
+def add_previous_test(history: list[dict[str, float]], reply: FromActive) -> None:
+    """Last round's test scores, which arrived with this round's reply, into last round's record."""
+    if reply.previous_test is not None:
+        history[-1].update({f"test/{k}": float(v) for k, v in reply.previous_test.items()})
 
 
 def alignment_record(aligned: dict[str, int], rows: dict[str, dict[str, int]]) -> dict[str, Any]:
@@ -329,9 +356,15 @@ class InTransit:
     prototypes: dict[int, np.ndarray] = field(default_factory=dict)
     prototype_mask: np.ndarray | None = None
     pseudo_thresholds: dict[int, float] = field(default_factory=dict)
+    best_val: float = -math.inf  # eval_test=best: the best validation accuracy so far (ties keep the earlier round)
+    test_previous: bool = False  # the next round brings the test rows of this one (a new best without them)
 
     def receive(self, reply: FromActive) -> None:
-        """Keep what ``reply`` releases for the next round (a final round releases nothing and changes nothing)."""
+        """Keep what ``reply`` releases for the next round (a final round releases nothing), and whether the next
+        round must bring this round's test rows (its validation accuracy is a new best and they did not come)."""
+        accuracy = (reply.val or {}).get("accuracy", -math.inf)
+        self.test_previous = accuracy > self.best_val and reply.test is None
+        self.best_val = max(self.best_val, accuracy)
         if not reply.gradients:
             return
         self.gradients = dict(enumerate(reply.gradients, start=1))
@@ -344,17 +377,19 @@ class InTransit:
     def to_passive(self, k: int, rnd: int, cfg: Config, setup: PassiveSetup | None = None) -> ToPassive:
         """Passive ``k``'s message of round ``rnd``."""
         proto = self.prototypes.get(k)
-        return ToPassive(rnd, bool(eval_splits(cfg, rnd)), rnd == cfg.num_rounds, self.gradients.get(k), proto,
-                         self.prototype_mask if proto is not None else None, self.pseudo_thresholds.get(k), setup)
+        return ToPassive(rnd, eval_splits(cfg, rnd), rnd == cfg.num_rounds, self.gradients.get(k), proto,
+                         self.prototype_mask if proto is not None else None, self.pseudo_thresholds.get(k), setup,
+                         self.test_previous)
 
     def state(self) -> dict[str, Any]:
-        """For the server's checkpoint (:func:`flwr_vproto.checkpoint.server_state`)."""
+        """For the server's checkpoint (:func:`flwr_vproto.checkpoint.server_checkpoint`)."""
         names = {k: party_name(PASSIVE, k) for k in range(1, self.num_passive + 1)}
         gates = [self.pseudo_thresholds.get(k) for k in names]
         return {"gradients": {names[k]: g for k, g in self.gradients.items()},
                 "prototypes": {names[k]: p for k, p in self.prototypes.items()},
                 "prototype-mask": self.prototype_mask,
-                **({"pseudo-gates": [float(g) for g in gates]} if gates and None not in gates else {})}
+                **({"pseudo-gates": [float(g) for g in gates]} if gates and None not in gates else {}),
+                "best-val": self.best_val, "test-previous": self.test_previous}
 
     @classmethod
     def from_state(cls, num_passive: int, saved: dict[str, Any]) -> InTransit:
@@ -363,4 +398,5 @@ class InTransit:
         gates = saved.get("pseudo-gates")
         return cls(num_passive, {index[n]: g for n, g in saved["gradients"].items()},
                    {index[n]: p for n, p in saved["prototypes"].items()}, saved["prototype-mask"],
-                   {} if gates is None else dict(enumerate((float(g) for g in gates), start=1)))
+                   {} if gates is None else dict(enumerate((float(g) for g in gates), start=1)),
+                   float(saved.get("best-val", -math.inf)), bool(saved.get("test-previous", False)))

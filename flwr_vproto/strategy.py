@@ -191,22 +191,24 @@ class VerticalProtoStrategy(Strategy):
 
     # ------------------------------------------------------------------ one round
     def _round(self, relay: Relay, rnd: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> dict[str, float]:
-        """One pipelined round, exactly as ``run_inprocess``: passives first, then the active party."""
-        cfg, t0, traffic = self.cfg, time.perf_counter(), Traffic()
-        where, aligned = f"training of round {rnd}", self._aligned()
-        sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setups.get(p.index))))
+        """One pipelined round, exactly as ``run_inprocess``: passives first, then the active party. Returns the
+        round's record; last round's test scores, when they come with this round, go into ``history[-1]``."""
+        cfg, t0, traffic, dtype = self.cfg, time.perf_counter(), Traffic(), self.cfg.wire_dtype
+        where, aligned, previous = f"training of round {rnd}", self._aligned(), transit.test_previous
+        sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setups.get(p.index)), dtype))
                  for p in self.joint]
         outs = relay.exchange(sends, "training (passive parties)", rnd, traffic) if sends else {}
         dims = [int(p.info["embedding-dim"]) for p in self.joint]
         splits = proto.eval_splits(cfg, rnd)
-        replies = [M.decode_from_passive(outs[p.name].content, p.name, where, aligned, d, splits)
+        replies = [M.decode_from_passive(outs[p.name].content, p.name, where, aligned, d, splits, previous, dtype)
                    for p, d in zip(self.joint, dims, strict=True)]
-        msg = proto.to_active(rnd, cfg, replies)
-        res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg))], "training (active party)", rnd,
+        msg = proto.to_active(rnd, cfg, replies, previous)
+        res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype))], "training (active party)", rnd,
                              traffic)[self.active.name]
         reply = M.decode_from_active(res.content, where, dims, aligned["train"], msg.final, self.num_classes,
-                                     cfg.method.shares_prototypes)
+                                     cfg.method.shares_prototypes, dtype)
         transit.receive(reply)
+        proto.add_previous_test(self.history, reply)
         return proto.record(rnd, replies, reply, time.perf_counter() - t0, extra={
             "messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}})
 

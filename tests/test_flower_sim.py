@@ -450,10 +450,9 @@ def test_second_prototypes_leave_the_active_party_only_for_the_third_loss(method
 
 
 def test_dict_valued_options_travel_whole_through_the_run_config():
-    cfg = config_from_dict({"model": {"encoder_target": {"_target_": "flwr_vproto.examples.extending.ResidualMLPEncoder",
-                                                         "width": 32}},
-                            "method": {"extra_losses": [{"_target_": "flwr_vproto.examples.extending.confidence_penalty",
-                                                         "weight": 0.1}]}})
+    example = "flwr_vproto.examples.extending"
+    cfg = config_from_dict({"model": {"encoder_target": {"_target_": f"{example}.ResidualMLPEncoder", "width": 32}},
+                            "method": {"extra_losses": [{"_target_": f"{example}.confidence_penalty", "weight": 0.1}]}})
     run_config = RC.run_config_from_config(cfg)
     assert json.loads(run_config["model.encoder_target"])["width"] == 32
     assert RC.config_from_run_config(run_config)[0] == cfg
@@ -469,3 +468,38 @@ def test_both_engines_record_what_psi_found():
     assert 0 < found["aligned"]["train"] < min(r["train"] for r in found["rows"].values())
     active = reference["state"]["active"]
     assert found["aligned"] == {s: len(r) for s, r in active.aligned.items()}
+
+
+def _bytes(history, key):
+    return sum(r.get(key, 0.0) for r in history)
+
+
+def test_lean_evaluation_reports_the_same_final_with_test_rows_sent_only_when_needed():
+    lean, full = small_cfg("vproto", rounds=6, eval_every=1), small_cfg("vproto", rounds=6, eval_every=1,
+                                                                         eval_test="every")
+    s_lean, _, _ = run_inline(lean)
+    s_full, _, _ = run_inline(full)
+    assert s_lean.results["final"] == s_full.results["final"]
+    assert_same_history(s_lean.history, run_inprocess(lean)["rounds"])  # late test scores land in the same rounds
+    best, tested = -1.0, []
+    for rec in s_full.history:  # the rounds whose validation accuracy was a new best, and the last
+        if rec["val/accuracy"] > best or rec["round"] == 6:
+            tested.append(int(rec["round"]))
+        best = max(best, rec["val/accuracy"])
+    assert [int(r["round"]) for r in s_lean.history if "test/accuracy" in r] == tested
+    for got, want in zip(s_lean.history, s_full.history, strict=True):
+        assert {k: v for k, v in got.items() if k.startswith("test/")} == (
+            {k: v for k, v in want.items() if k.startswith("test/")} if int(got["round"]) in tested else {})
+    assert _bytes(s_lean.history, "bytes/passive1/up") < 0.8 * _bytes(s_full.history, "bytes/passive1/up")
+
+
+def test_float16_wire_halves_the_embedding_bytes_and_both_engines_still_agree():
+    half = small_cfg("vproto", rounds=3, wire_dtype="float16")
+    strategy, _, grid = run_inline(half)
+    assert_same_history(strategy.history, run_inprocess(half)["rounds"])
+    full, _, _ = run_inline(small_cfg("vproto", rounds=3))
+    for key in ("bytes/passive1/up", "bytes/passive1/down"):
+        assert _bytes(strategy.history, key) < 0.55 * _bytes(full.history, key)
+    sent = [m.content[M.ARRAYS][M.GRADIENTS].numpy() for m in grid.sent
+            if m.metadata.message_type == M.TRAIN and M.GRADIENTS in m.content.get(M.ARRAYS, {})]
+    assert sent and all(g.dtype == np.float16 for g in sent)
