@@ -33,6 +33,7 @@ from flwr_vproto.config import Config, ConfigError, config_from_dict
 from flwr_vproto.results import format_elapsed, format_round, write_results
 from flwr_vproto.sweeps import (
     SweepError,
+    available_cores,
     bound_threads,
     check_selection_metric,
     job_threads,
@@ -179,8 +180,9 @@ def main(dcfg: DictConfig) -> float:
     out = Path(HydraConfig.get().runtime.output_dir)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
+    cores = f", {runner['threads']} of {available_cores()} cores" if runner.get("threads") else ""
     _say(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
-         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}) -> {out}")
+         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}{cores}) -> {out}")
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
     try:
         if metric != "accuracy":  # the engines select by validation accuracy (the default); reselect by AUC
@@ -189,6 +191,11 @@ def main(dcfg: DictConfig) -> float:
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
     results["selection"] = {"metric": metric, "val_score": score}
+    if runner.get("threads"):  # what a launched job was held to (README "Sweeps": launchers)
+        import torch
+
+        results["job"] = {"threads": runner["threads"], "torch_threads": torch.get_num_threads(),
+                          "cores": available_cores()}
     path = write_results(out / "results.json", results)
     final = results["final"]
     _say(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
