@@ -95,6 +95,33 @@ def test_job_threads_rule():
 
 
 # ---------------------------------------------------------------------------------------------------- Optuna
+def test_shipped_search_space_names_real_options_around_the_default():
+    """conf/hpo/vproto.yaml: maximise, every searched key an option of the composed config, the shipped default
+    inside every range (so the search can find the default again)."""
+    from hydra import compose, initialize_config_dir
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from omegaconf import OmegaConf
+
+    sys.path.insert(0, str(REPO))
+    from run_simulation import _config, optuna_defaults
+
+    optuna_defaults()
+    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+        default = compose("config")
+        hpo = compose("config", ["+hpo=vproto"], return_hydra_config=True)
+    sweeper = hpo.hydra.sweeper
+    assert str(sweeper.direction).endswith("maximize") and sweeper.sampler.seed == 0 and len(sweeper.params) >= 8
+    assert _config(OmegaConf.masked_copy(hpo, [k for k in hpo if k != "hydra"]))[0] == _config(default)[0]
+    for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()]):
+        value = OmegaConf.select(default, override.key_or_group, throw_on_missing=True)
+        assert value is not None, override.key_or_group
+        sweep = override.value()
+        if override.is_interval_sweep():
+            assert sweep.start <= value <= sweep.end, (override.key_or_group, value)
+        else:
+            assert str(value).replace(" ", "") in [str(v).replace(" ", "") for v in sweep.list], (override, value)
+
+
 @pytest.mark.slow
 def test_optuna_sweep_maximises_the_validation_score_resumes_and_is_reported(tmp_path):
     """3 trials of the shipped search space (+hpo=vproto), in-process, 2 rounds; then one more trial resumed from
