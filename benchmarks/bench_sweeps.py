@@ -6,8 +6,9 @@
    validation score and its test score, the default's on the search seed, and test accuracy mean ± sd over the
    fresh seeds for both.
 2. **launchers** (``--part launchers``): one 4-job sweep (digits, in-process, 10 rounds, seeds 0-3) run by Hydra's
-   basic launcher (one job after the other) and by ``hydra/launcher=joblib`` with ``n_jobs=2`` and ``n_jobs=4``,
-   one after the other in the same run. Reported: wall time of each whole sweep process.
+   basic launcher (one job after the other; also with ``runner.threads=1``) and by ``hydra/launcher=joblib`` with
+   ``n_jobs=2`` and ``n_jobs=4``, taking turns in the same run, ``--repeats`` times. Reported: wall time of each
+   whole sweep process.
 
     python benchmarks/bench_sweeps.py --out benchmarks/sweeps_results.md
 
@@ -113,20 +114,24 @@ def part_search(work: Path, trials: int, seeds: list[int], log: list[str]) -> li
     return lines
 
 
-def part_launchers(work: Path, log: list[str]) -> list[str]:
+def part_launchers(work: Path, repeats: int, log: list[str]) -> list[str]:
     base = ["engine=inprocess", "num_rounds=10", "seed=0,1,2,3", "runner.save_models=false"]
-    rows = []
-    for name, extra in (("basic (one job after the other)", []),
-                        ("joblib, n_jobs=2", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
-                        ("joblib, n_jobs=4", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"])):
-        out = work / f"launch-{len(rows)}"
-        wall = sweep([*base, *extra], out, log)
-        jobs = [json.loads(f.read_text()) for f in sorted(out.glob("*/results.json"))]
-        threads = sorted({j.get("job", {}).get("threads", "default") for j in jobs}, key=str)
-        accs = [j["final"]["accuracy"] for j in jobs]
-        rows.append(f"| {name} | {wall:.1f} | {len(jobs)} | {', '.join(map(str, threads))} | "
-                    f"{mean_sd(accs)} |")
-    return ["| launcher | sweep wall s | jobs | torch threads per job | test accuracy (mean ± sd) |",
+    variants = (("basic (one job after the other)", []),
+                ("basic, runner.threads=1", ["runner.threads=1"]),
+                ("joblib, n_jobs=2", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=2"]),
+                ("joblib, n_jobs=4", ["hydra/launcher=joblib", "hydra.launcher.n_jobs=4"]))
+    walls: dict[str, list[float]] = {name: [] for name, _ in variants}
+    info: dict[str, tuple[int, str, str]] = {}
+    for rep in range(repeats):  # the variants take turns, so a change in load hits all of them
+        for k, (name, extra) in enumerate(variants):
+            out = work / f"launch-{rep}-{k}"
+            walls[name].append(sweep([*base, *extra], out, log))
+            jobs = [json.loads(f.read_text()) for f in sorted(out.glob("*/results.json"))]
+            threads = sorted({j.get("job", {}).get("threads", "default") for j in jobs}, key=str)
+            info[name] = (len(jobs), ", ".join(map(str, threads)), mean_sd([j["final"]["accuracy"] for j in jobs]))
+    rows = [f"| {name} | {' / '.join(f'{w:.1f}' for w in walls[name])} | {info[name][0]} | {info[name][1]} | "
+            f"{info[name][2]} |" for name, _ in variants]
+    return ["| launcher | sweep wall s (each repeat) | jobs | torch threads per job | test accuracy (mean ± sd) |",
             "|---|---|---|---|---|", *rows]
 
 
@@ -135,6 +140,7 @@ def main() -> None:
     ap.add_argument("--part", choices=["search", "launchers", "all"], default="all")
     ap.add_argument("--trials", type=int, default=20)
     ap.add_argument("--seeds", type=int, nargs="+", default=[1, 2, 3])
+    ap.add_argument("--repeats", type=int, default=2, help="launchers: runs of each variant, taking turns")
     ap.add_argument("--work", type=Path, default=Path("outputs") / "bench_sweeps")
     ap.add_argument("--out", type=Path, default=None, help="append the markdown here (default: print only)")
     args = ap.parse_args()
@@ -146,7 +152,7 @@ def main() -> None:
     if args.part in ("search", "all"):
         md += part_search(work / "search", args.trials, args.seeds, log) + [""]
     if args.part in ("launchers", "all"):
-        md += part_launchers(work / "launchers", log) + [""]
+        md += part_launchers(work / "launchers", args.repeats, log) + [""]
     md += ["Commands, with `uptime` before and after each:", "", *log, ""]
     text = "\n".join(md)
     print(text)
