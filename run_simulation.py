@@ -3,11 +3,15 @@
     python run_simulation.py                                   # digits, vproto, Flower simulation
     python run_simulation.py engine=inprocess method=vanilla   # all parties in this process
     python run_simulation.py -m method=vproto,vanilla dataset.aligned_fraction=0.02,0.05 seed=0,1
+    python run_simulation.py -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (README "Sweeps")
 
 ``engine=flower`` runs the parties as Flower ClientApps on ``K + 1`` simulated SuperNodes (Ray backend) driven by
 :class:`~flwr_vproto.strategy.VerticalProtoStrategy`; ``engine=inprocess`` runs the same parties in this process
 (:func:`~flwr_vproto.inprocess.run_inprocess`), the reference and the only engine for ``method=centralized``. Both
 print one line per round and report the same per-round metrics.
+
+``main`` returns the *validation* score of the selected round (``runner.selection_metric``: accuracy, or AUC for a
+binary task), which is what Hydra's sweepers (Optuna) optimise; the test score is only written to results.json.
 """
 
 from __future__ import annotations
@@ -27,6 +31,17 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto.config import Config, ConfigError, config_from_dict
 from flwr_vproto.results import format_elapsed, format_round, write_results
+from flwr_vproto.sweeps import (
+    SweepError,
+    available_cores,
+    bound_threads,
+    check_selection_metric,
+    job_threads,
+    optuna_defaults,
+    patch_optuna_storage,
+    select_by,
+    validation_score,
+)
 
 
 def _config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
@@ -54,11 +69,12 @@ def _sweep_size() -> int | None:
 
 
 def _job_label() -> str:
-    """``job 3/8`` inside a ``-m`` sweep (Hydra numbers jobs from 0), empty for a single run."""
+    """``job 3/8`` inside a ``-m`` sweep (Hydra numbers jobs from 0; Optuna: of its n_trials), empty for one run."""
     hc = HydraConfig.get()
     if hc.mode != RunMode.MULTIRUN:
         return ""
-    total = _sweep_size()
+    sweeper = hc.sweeper.get("_target_", "")
+    total = hc.sweeper.get("n_trials") if "optuna" in str(sweeper).lower() else _sweep_size()
     return f"job {hc.job.num + 1}/{total}" if total else f"job {hc.job.num + 1}"
 
 
@@ -95,11 +111,16 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
                                      on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01)
     model_dir = str(out / "models") if runner.get("save_models", True) else None
+    client_cpus = float(runner.get("client_num_cpus", 1))
+    init_args: dict[str, Any] = {"logging_level": str(runner.get("ray_log_level", "ERROR")).upper(),
+                                 "log_to_driver": False, "include_dashboard": False}
+    threads = runner.get("threads")
+    if threads:  # a launched job: this job's Ray cluster gets its share of the cores, each party at most all of it
+        init_args["num_cpus"] = int(threads)
+        client_cpus = min(client_cpus, float(threads))
     backend = {
-        "client_resources": {"num_cpus": float(runner.get("client_num_cpus", 1)),
-                             "num_gpus": float(runner.get("client_num_gpus", 0.0))},
-        "init_args": {"logging_level": str(runner.get("ray_log_level", "ERROR")).upper(), "log_to_driver": False,
-                      "include_dashboard": False},
+        "client_resources": {"num_cpus": client_cpus, "num_gpus": float(runner.get("client_num_gpus", 0.0))},
+        "init_args": init_args,
     }
     _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
          f"PSI, then {cfg.num_rounds} rounds")
@@ -129,24 +150,61 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     return results
 
 
+def _bound_job(runner: dict[str, Any]) -> None:
+    """Under a parallel launcher, hold this job to its share of the cores (``runner.threads``, null = the rule of
+    :func:`flwr_vproto.sweeps.job_threads`), so N jobs at once do not oversubscribe the machine."""
+    threads = runner.get("threads")
+    if threads is None:
+        launcher = OmegaConf.to_container(HydraConfig.get().launcher, resolve=False)
+        threads = job_threads(launcher) if HydraConfig.get().mode == RunMode.MULTIRUN else None  # type: ignore[arg-type]
+    if threads is not None:
+        if int(threads) < 1:
+            raise SystemExit(f"config error: runner.threads must be >= 1 or null, got {threads}")
+        runner["threads"] = int(threads)
+        bound_threads(int(threads))
+
+
 @hydra.main(config_path="conf", config_name="config", version_base=None)
-def main(dcfg: DictConfig) -> None:
+def main(dcfg: DictConfig) -> float:
+    """Run one job; return its validation score (accuracy, or AUC with ``runner.selection_metric=auc``) at the
+    selected round, the objective of a Hydra sweeper. The test score is recorded in results.json, never returned."""
     global _START, _LABEL
     _START, _LABEL = time.perf_counter(), _job_label()
     cfg, runner = _config(dcfg)
+    try:
+        metric = check_selection_metric(runner.get("selection_metric", "accuracy"), cfg.dataset.name,
+                                        cfg.dataset.csv.classes)
+    except SweepError as err:
+        raise SystemExit(f"config error: {err}") from None
+    _bound_job(runner)
     out = Path(HydraConfig.get().runtime.output_dir)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
+    cores = f", {runner['threads']} of {available_cores()} cores" if runner.get("threads") else ""
     _say(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
-         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}) -> {out}")
+         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}{cores}) -> {out}")
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
+    try:
+        if metric != "accuracy":  # the engines select by validation accuracy (the default); reselect by AUC
+            results["final"] = select_by(results.get("rounds") or [], metric)
+        score = validation_score(results, metric)
+    except SweepError as err:
+        raise SystemExit(f"config error: {err}") from None
+    results["selection"] = {"metric": metric, "val_score": score}
+    if runner.get("threads"):  # what a launched job was held to (README "Sweeps": launchers)
+        import torch
+
+        results["job"] = {"threads": runner["threads"], "torch_threads": torch.get_num_threads(),
+                          "cores": available_cores()}
     path = write_results(out / "results.json", results)
-    final = results.get("final", {})
-    if final:
-        _say(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
-             f"(best val accuracy {final['val_accuracy']:.4f}), {format_elapsed(time.perf_counter() - _START)} "
-             f"-> {path}")
+    final = results["final"]
+    _say(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
+         f"(best val {metric} {score:.4f}), {format_elapsed(time.perf_counter() - _START)} -> {path}")
+    return score
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    optuna_defaults()  # hydra/sweeper=optuna maximises the returned validation score
+    if {"-m", "--multirun"} & set(sys.argv[1:]):
+        patch_optuna_storage()  # before the Optuna sweeper opens a SQLite study (flwr_vproto/sweeps.py)
+    main()  # Hydra keeps the returned score (a sweeper reads it); the exit status stays 0

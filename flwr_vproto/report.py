@@ -9,7 +9,11 @@ and every line of the given ``.jsonl`` files (the records of ``benchmarks/bench_
   ``(vproto - max(vanilla, local)) / (centralized - max(vanilla, local))`` on the means;
 * ``accuracy_per_round_<dataset>.png``: test accuracy per round for each method, one panel per aligned fraction;
 * ``accuracy_vs_aligned.png``: final test accuracy against the aligned fraction, error bars = std over seeds;
-* ``pseudo_labels_<dataset>.png``: the passive parties' pseudo-label coverage and accuracy per round.
+* ``pseudo_labels_<dataset>.png``: the passive parties' pseudo-label coverage and accuracy per round;
+* for a Hydra sweep (an Optuna search or a grid: job folders ``<sweep dir>/<n>/results.json``) ``trials.md`` and
+  ``trials.csv``: every trial by validation score (what the sweep optimised), with its test score and the overrides
+  that set it apart, and ``val_score_by_trial.png``: the validation score of each trial and the best so far. The
+  best trials are also printed and head ``summary.md``.
 
 A run's *final* accuracy is the one ``results.json`` reports (test accuracy at the best validation round), so the
 table repeats the runs' own numbers. Runs of one method that differ in other options (a sweep over ``method.tau``,
@@ -134,6 +138,141 @@ def load_runs(paths: Iterable[str | Path]) -> list[Run]:
     if not runs:
         raise ReportError(f"no finished runs (results.json with final metrics) under {', '.join(map(str, paths))}")
     return runs
+
+
+# ---------------------------------------------------------------------------------------------------- sweeps
+@dataclass
+class Trial:
+    """One job of a Hydra sweep: its validation score (the objective), test score and distinguishing overrides."""
+
+    sweep: str  # the sweep directory
+    number: int  # Hydra's job number (= the Optuna trial number for an Optuna sweep run from scratch)
+    val_score: float
+    metric: str
+    test_accuracy: float
+    test_auc: float
+    params: dict[str, str]
+
+
+def _job_overrides(job_dir: Path) -> dict[str, str]:
+    """The job's command-line overrides (``.hydra/overrides.yaml``), as ``name -> value``."""
+    path = job_dir / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return {}
+    import yaml
+
+    items = yaml.safe_load(path.read_text()) or []
+    return dict(str(o).split("=", 1) for o in items if "=" in str(o))
+
+
+def _val_score(data: Mapping[str, Any]) -> tuple[float, str]:
+    """The score run_simulation.py returned (``selection``), or the validation accuracy of older results."""
+    sel = data.get("selection") or {}
+    if "val_score" in sel:
+        return float(sel["val_score"]), str(sel.get("metric", "accuracy"))
+    return float((data.get("final") or {}).get("val_accuracy", math.nan)), "accuracy"
+
+
+def load_trials(paths: Iterable[str | Path]) -> list[Trial]:
+    """The trials of every sweep under ``paths``: folders whose numbered sub-folders hold a ``results.json``.
+
+    Only the overrides that differ between a sweep's jobs are kept as its parameters (the shared ones, such as
+    ``engine=inprocess``, say nothing about a trial).
+    """
+    jobs: dict[Path, list[tuple[int, Path]]] = {}
+    for p in map(Path, paths):
+        for f in sorted(p.rglob("results.json")) if p.is_dir() else []:
+            if f.parent.name.isdigit():
+                jobs.setdefault(f.parent.parent, []).append((int(f.parent.name), f))
+    trials = []
+    for sweep, found in sorted(jobs.items()):
+        overrides = {n: _job_overrides(f.parent) for n, f in found}
+        names = sorted({k for o in overrides.values() for k in o})
+        varying = [k for k in names if len({o.get(k) for o in overrides.values()}) > 1]
+        for n, f in sorted(found):
+            try:
+                data = json.loads(f.read_text())
+            except json.JSONDecodeError as err:
+                raise ReportError(f"{f}: not a results.json of run_simulation.py ({err})") from None
+            score, metric = _val_score(data)
+            final = data.get("final") or {}
+            trials.append(Trial(str(sweep), n, score, metric, float(final.get("accuracy", math.nan)),
+                                float(final.get("auc", math.nan)),
+                                {k: overrides[n][k] for k in varying if k in overrides[n]}))
+    return trials
+
+
+def _best_first(trials: list[Trial]) -> list[Trial]:
+    """By validation score, best first (ties and NaN: the earlier trial first, NaN last)."""
+    return sorted(trials, key=lambda t: (not math.isfinite(t.val_score),
+                                         -t.val_score if math.isfinite(t.val_score) else 0.0, t.sweep, t.number))
+
+
+def _short(value: str) -> str:
+    """``0.0322041189759639`` -> ``0.0322``: a sampled float to 4 significant digits (trials.csv keeps them all)."""
+    try:
+        number = float(value)
+    except ValueError:
+        return value
+    return value if number.is_integer() or len(value) <= 6 else f"{number:.4g}"
+
+
+def trials_table(trials: list[Trial], top: int | None = 10) -> str:
+    """Markdown: the ``top`` trials by validation score (``None``: all), with test scores and parameters."""
+    ranked = _best_first(trials)[:top] if top else _best_first(trials)
+    metric = ranked[0].metric if ranked else "accuracy"
+    auc = any(math.isfinite(t.test_auc) for t in ranked)
+    sweeps = len({t.sweep for t in ranked}) > 1
+    head = ["rank", *(["sweep"] if sweeps else []), "trial", f"val {metric}", "test accuracy",
+            *(["test AUC"] if auc else []), "parameters"]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for rank, t in enumerate(ranked, start=1):
+        cells = [str(rank), *([t.sweep] if sweeps else []), str(t.number), f"{t.val_score:.4f}",
+                 f"{t.test_accuracy:.4f}", *([f"{t.test_auc:.4f}"] if auc else []),
+                 " ".join(f"{k}={_short(v)}" for k, v in t.params.items()) or "—"]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def plot_trials(trials: list[Trial], out: Path) -> Path:
+    """Validation score by trial (dots) and the best so far (line), one colour per sweep."""
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6.4, 3.6))
+    sweeps = sorted({t.sweep for t in trials})
+    for sweep in sweeps:
+        mine = sorted((t for t in trials if t.sweep == sweep), key=lambda t: t.number)
+        xs = [t.number for t in mine]
+        ys = [t.val_score for t in mine]
+        best, running = -math.inf, []
+        for y in ys:
+            best = max(best, y) if math.isfinite(y) else best
+            running.append(best if math.isfinite(best) else math.nan)
+        label = Path(sweep).name if len(sweeps) > 1 else None
+        dots = ax.scatter(xs, ys, s=18, label=label)
+        ax.step(xs, running, where="post", color=dots.get_facecolor()[0], alpha=0.7)
+    ax.set_xlabel("trial (Hydra job number)")
+    ax.set_ylabel(f"validation {trials[0].metric} (line: best so far)")
+    ax.set_title("sweep: validation score by trial")
+    ax.grid(alpha=0.3)
+    _legend(ax)
+    fig.tight_layout()
+    path = out / "val_score_by_trial.png"
+    _save(plt, fig, path)
+    return path
+
+
+def _optuna_result(paths: Iterable[str | Path]) -> list[str]:
+    """The Optuna sweeper's own summary (``optimization_results.yaml``) of each sweep under ``paths``."""
+    lines = []
+    for p in map(Path, paths):
+        for f in sorted(p.rglob("optimization_results.yaml")) if p.is_dir() else []:
+            import yaml
+
+            res = yaml.safe_load(f.read_text()) or {}
+            if "best_value" in res:
+                params = " ".join(f"{k}={v}" for k, v in (res.get("best_params") or {}).items())
+                lines.append(f"Optuna ({f.parent}): best value {float(res['best_value']):.4f} with {params}")
+    return lines
 
 
 # ---------------------------------------------------------------------------------------------------- tables
@@ -357,9 +496,25 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
     if any("auc" in r.final for r in runs):
         md += ["", "Test AUC (binary tasks):", "", markdown_table([r for r in runs if "auc" in r.final], "auc")]
     plots = [*plot_accuracy_per_round(runs, out), plot_accuracy_vs_aligned(runs, out), *plot_pseudo_labels(runs, out)]
+    trials = [t for t in load_trials(paths) if math.isfinite(t.val_score)]
+    best = ""
+    files = [out / "summary.md", out / "summary.csv"]
+    if len(trials) > 1:  # a sweep: its trials by the score it optimised
+        best = trials_table(trials, top=10)
+        pd.DataFrame([{"sweep": t.sweep, "trial": t.number, "val_score": t.val_score, "metric": t.metric,
+                       "test_accuracy": t.test_accuracy, "test_auc": t.test_auc, **t.params}
+                      for t in _best_first(trials)]).to_csv(out / "trials.csv", index=False, float_format="%.6g")
+        optuna = _optuna_result(paths)
+        (out / "trials.md").write_text("\n".join([f"# Trials by validation score ({len(trials)} trials)", "",
+                                                 *optuna, *([""] if optuna else []), trials_table(trials, None)])
+                                       + "\n")
+        plots.insert(0, plot_trials(trials, out))
+        files += [out / "trials.md", out / "trials.csv"]
+        md[1:1] = ["", f"Best trials of the sweep by validation score, of {len(trials)} (all: trials.md); the test "
+                   "score is shown, never used to choose:", "", best, *([""] if optuna else []), *optuna]
     md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
     (out / "summary.md").write_text("\n".join(md) + "\n")
-    return {"runs": len(runs), "rows": rows, "files": [out / "summary.md", out / "summary.csv", *plots]}
+    return {"runs": len(runs), "rows": rows, "files": [*files, *plots], "trials": trials, "best_trials": best}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -374,6 +529,8 @@ def main(argv: list[str] | None = None) -> int:
         rep = write_report(args.paths, out)
     except ReportError as err:
         raise SystemExit(f"report: {err}") from None
+    if rep["best_trials"]:
+        print(f"best trials by validation score (of {len(rep['trials'])}):\n{rep['best_trials']}")
     print(f"{rep['runs']} runs -> " + ", ".join(str(f) for f in rep["files"]))
     return 0
 
