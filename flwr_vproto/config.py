@@ -37,6 +37,17 @@ class CsvConfig:
     # The class set, in class-index order; a label outside it is an error naming file, column and value.
     # None = the sorted distinct labels of the active party's file.
     classes: list[str] | None = None
+    # Empty cells (and pandas' NaN tokens: NA, N/A, NaN, null, ...) in feature columns: "error" refuses them,
+    # naming file, column and the tokens seen; "impute" fills numeric ones with the party's training median (plus a
+    # 0/1 indicator column each) and text ones with the category "missing".
+    missing: str = "error"
+    # Standardisation of numeric columns: "column" (each by its own mean/std) or "global" (one mean/std over all of
+    # a party's numeric values: pixel-like data, where near-constant columns would blow up).
+    scaling: str = "column"
+    clip: float | None = None  # clip standardised numeric values to [-clip, clip]; None = no clipping
+    # Seed of the keyed-hash train/val/test split; None = the run's seed. Set it (the split helper prints it) to
+    # sweep training seeds over one set of files whose val/test users were chosen for that split seed.
+    split_seed: int | None = None
 
 
 @dataclass
@@ -306,6 +317,7 @@ def validate(cfg: Config) -> None:
         _check(len(names) >= 2, "dataset.csv.classes", c.classes, "at least 2 classes")
         dup = sorted({x for x in names if names.count(x) > 1})
         _check(not dup, "dataset.csv.classes", c.classes, f"distinct classes ({dup} listed more than once)")
+    _validate_csv_options(c)
 
     ck = cfg.checkpoint
     _check(ck.dir is None or (isinstance(ck.dir, str) and ck.dir != ""), "checkpoint.dir", ck.dir,
@@ -336,9 +348,6 @@ def validate(cfg: Config) -> None:
 
     t = cfg.method
     _check(t.name in METHODS, "method.name", t.name, f"one of {METHODS}")
-    if t.name == "centralized":
-        _check(d.name != "csv", "method.name", t.name,
-               "a federated method: 'centralized' needs every party's raw data in one place (simulation only)")
     _check(t.name != "centralized" or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
            "0 and resume=false for method centralized (the upper bound is not checkpointed)")
     _check(_is_num(t.lr) and t.lr > 0, "method.lr", t.lr, "a number > 0")
@@ -405,6 +414,21 @@ def validate(cfg: Config) -> None:
                    f"{'null' if off is None else 0}: privacy.* protects the second prototypes sent to the passive "
                    f"parties, and method {t.name!r} with lambda_passive={t.lambda_passive} sends none (they are "
                    f"sent only for the third loss: method=vproto with method.lambda_passive > 0)")
+
+
+CSV_MISSING = ("error", "impute")
+CSV_SCALINGS = ("column", "global")
+
+
+def _validate_csv_options(c: CsvConfig) -> None:
+    """``dataset.csv.missing``, ``scaling``, ``clip`` and ``split_seed``: checked for every dataset (cheap, and a
+    typo should not wait until someone switches to csv)."""
+    _check(c.missing in CSV_MISSING, "dataset.csv.missing", c.missing, f"one of {CSV_MISSING}")
+    _check(c.scaling in CSV_SCALINGS, "dataset.csv.scaling", c.scaling, f"one of {CSV_SCALINGS}")
+    _check(c.clip is None or (_is_num(c.clip) and c.clip > 0), "dataset.csv.clip", c.clip,
+           "null or a number > 0 (standardised values are clipped to [-clip, clip])")
+    _check(c.split_seed is None or (_is_int(c.split_seed) and c.split_seed >= 0), "dataset.csv.split_seed",
+           c.split_seed, "null (= seed) or an integer >= 0")
 
 
 def _validate_feature_split(d: DatasetConfig) -> None:
