@@ -60,7 +60,7 @@ class TabularEncoder:
     def _texts(self, frame: pd.DataFrame) -> pd.DataFrame:
         texts = frame[self.categorical]
         if self.impute:
-            texts = texts.fillna(MISSING_CATEGORY)
+            texts = texts.astype(object).where(texts.notna(), MISSING_CATEGORY)
         return texts.astype(str)
 
     def _names(self) -> list[str]:
