@@ -75,6 +75,12 @@ def _check_party(cfg: Config, party_index: int) -> None:
                         f"(dataset.num_passive)")
 
 
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row index in ``ids`` of each of ``wanted`` (all present)."""
+    where = {u: k for k, u in enumerate(ids.tolist())}
+    return np.array([where[u] for u in wanted.tolist()], dtype=np.int64)
+
+
 def csv_central_view(cfg: Config, parties: list[PartySplits]) -> CentralView:
     """Simulation only: the ``centralized`` upper bound on one's own CSV files, every party's file in one process.
 
@@ -89,20 +95,17 @@ def csv_central_view(cfg: Config, parties: list[PartySplits]) -> CentralView:
     y: dict[str, np.ndarray] = {}
     for name in SPLITS:
         splits = [p.split(name) for p in parties]
-        active = splits[0]
-        keep = active.y >= 0  # type: ignore[operator]
+        labels = np.asarray(splits[0].y)
+        keep = labels >= 0
         for data in splits[1:]:
-            keep &= np.isin(active.ids, data.ids)
-        ids = active.ids[keep]
+            keep &= np.isin(splits[0].ids, data.ids)
+        ids = splits[0].ids[keep]
         if name == "train":
             ids = ids[rng_for(cfg.seed, CENTRAL).permutation(len(ids))]
-        blocks = []
-        for data in splits:
-            where = {u: k for k, u in enumerate(data.ids.tolist())}
-            blocks.append(data.x[np.array([where[u] for u in ids.tolist()], dtype=np.int64)].reshape(len(ids), -1))
-        x[name] = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
-        where_active = {u: k for k, u in enumerate(active.ids.tolist())}
-        y[name] = active.y[np.array([where_active[u] for u in ids.tolist()], dtype=np.int64)].astype(np.int64)  # type: ignore[index]
+        rows = [_positions(data.ids, ids) for data in splits]
+        x[name] = np.ascontiguousarray(np.concatenate(
+            [data.x[r].reshape(len(ids), -1) for data, r in zip(splits, rows, strict=True)], axis=1), dtype=np.float32)
+        y[name] = labels[rows[0]].astype(np.int64)
     if len(y["train"]) < 2:
         raise DataError(f"method centralized: only {len(y['train'])} labelled training user(s) appear in every CSV "
                         f"file ({', '.join(cfg.dataset.csv.paths)}); it trains on those users only")
