@@ -8,6 +8,10 @@ absolute standardised value over every party's test rows is reported too.
 
     python benchmarks/bench_csv_scaling.py --work /tmp/csv_scaling --seeds 0 1 2 --rounds 20 \
         --out benchmarks/csv_scaling.jsonl
+
+``--source fashion_mnist --rows 5000`` writes a seeded subsample of the Fashion-MNIST training images (Debian package
+``dataset-fashion-mnist``) instead, 784 pixel columns of 0..255, and gives the active party the left half of each
+image (columns 0-13 of every pixel row), as the built-in ``fashion_mnist`` dataset does.
 """
 
 from __future__ import annotations
@@ -30,12 +34,24 @@ VARIANTS = {"column": {"scaling": "column"}, "global": {"scaling": "global"},
             "column+clip5": {"scaling": "column", "clip": 5.0}}
 
 
-def write_table(path: Path) -> None:
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data.astype(int), columns=[f"px{i}" for i in range(64)])
+def write_table(path: Path, source: str, rows: int) -> list[str] | None:
+    """Write the image table; return the active party's columns (None: the first half of the columns)."""
+    if source == "digits":
+        digits = load_digits()
+        pixels, labels, active = digits.data.astype(int), digits.target, None
+    else:
+        from flwr_vproto.data.fashion_mnist import DEFAULT_ROOT, _load
+
+        arrays = _load(DEFAULT_ROOT)
+        pick = np.sort(np.random.default_rng(0).choice(len(arrays["train_labels"]), rows, replace=False))
+        pixels = arrays["train_images"][pick].reshape(rows, -1).astype(int)
+        labels = arrays["train_labels"][pick]
+        active = [f"px{r * 28 + c}" for r in range(28) for c in range(14)]
+    frame = pd.DataFrame(pixels, columns=[f"px{i}" for i in range(pixels.shape[1])])
     frame.insert(0, "user_id", [f"u{k:05d}" for k in range(len(frame))])
-    frame["label"] = digits.target
+    frame["label"] = labels
     frame.to_csv(path, index=False)
+    return active
 
 
 def main() -> None:
@@ -45,13 +61,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=20)
     ap.add_argument("--aligned", type=float, default=0.05)
     ap.add_argument("--methods", nargs="+", default=["vproto", "local"])
+    ap.add_argument("--source", choices=["digits", "fashion_mnist"], default="digits")
+    ap.add_argument("--rows", type=int, default=5000, help="fashion_mnist: users drawn from the training images")
     ap.add_argument("--out", default="benchmarks/csv_scaling.jsonl")
     args = ap.parse_args()
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
-    write_table(work / "digits.csv")
-    res = split_table(str(work / "digits.csv"), "user_id", "label", str(work / "parties"), active_share=0.5,
-                      aligned=args.aligned, seed=0)
+    table = work / f"{args.source}.csv"
+    active = write_table(table, args.source, args.rows)
+    res = split_table(str(table), "user_id", "label", str(work / "parties"), active_share=None if active else 0.5,
+                      active_columns=active, aligned=args.aligned, seed=0)
     print(res.counts, flush=True)
     paths = [str(p) for p in res.paths]
     rows = []
@@ -66,7 +85,7 @@ def main() -> None:
                 cfg = config_from_dict({**base, "seed": seed, "method": {"name": method}})
                 t0 = time.perf_counter()
                 out = run_inprocess(cfg)
-                row = {"variant": tag, "method": method, "seed": seed, "rounds": args.rounds,
+                row = {"source": args.source, "variant": tag, "method": method, "seed": seed, "rounds": args.rounds,
                        "accuracy": out["final"]["accuracy"], "max_abs_test_value": max_abs,
                        "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
