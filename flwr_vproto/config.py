@@ -39,6 +39,17 @@ class CsvConfig:
     # The class set, in class-index order; a label outside it is an error naming file, column and value.
     # None = the sorted distinct labels of the active party's file.
     classes: list[str] | None = None
+    # Empty cells (and pandas' NaN tokens: NA, N/A, NaN, null, ...) in feature columns: "error" refuses them,
+    # naming file, column and the tokens seen; "impute" fills numeric ones with the party's training median (plus a
+    # 0/1 indicator column each) and text ones with the category "missing".
+    missing: str = "error"
+    # Standardisation of numeric columns: "column" (each by its own mean/std) or "global" (one mean/std over all of
+    # a party's numeric values: pixel-like data, where near-constant columns would blow up).
+    scaling: str = "column"
+    clip: float | None = None  # clip standardised numeric values to [-clip, clip]; None = no clipping
+    # Seed of the keyed-hash train/val/test split; None = the run's seed. Set it (the split helper prints it) to
+    # sweep training seeds over one set of files whose val/test users were chosen for that split seed.
+    split_seed: int | None = None
 
 
 @dataclass
@@ -398,6 +409,7 @@ def _validate_csv(d: DatasetConfig) -> None:
         _check(len(names) >= 2, "dataset.csv.classes", c.classes, "at least 2 classes")
         dup = sorted({x for x in names if names.count(x) > 1})
         _check(not dup, "dataset.csv.classes", c.classes, f"distinct classes ({dup} listed more than once)")
+    _validate_csv_options(c)
 
 
 def _validate_checkpoint(cfg: Config) -> None:
@@ -437,12 +449,9 @@ def _validate_model(m: ModelConfig, d: DatasetConfig) -> None:
 def _validate_method(cfg: Config) -> None:
     """``method.*`` of the training loop and the prototype losses: name, optimiser, geometry, first and third
     losses, pseudo-labels."""
-    d, ck = cfg.dataset, cfg.checkpoint
+    ck = cfg.checkpoint
     t = cfg.method
     _check(t.name in METHODS, "method.name", t.name, f"one of {METHODS}")
-    if t.name == "centralized":
-        _check(d.name != "csv", "method.name", t.name,
-               "a federated method: 'centralized' needs every party's raw data in one place (simulation only)")
     _check(t.name != "centralized" or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
            "0 and resume=false for method centralized (the upper bound is not checkpointed)")
     _check(_is_num(t.lr) and t.lr > 0, "method.lr", t.lr, "a number > 0")
@@ -565,6 +574,21 @@ def _validate_defence(cfg: Config) -> None:
         _check(d.label_epsilon is None, "defence.label_epsilon", d.label_epsilon, f"null: {why}")
         _check(d.grad_clip is None, "defence.grad_clip", d.grad_clip, f"null: {why}")
         _check(not a.record, "audit.record", a.record, f"false: {why}")
+
+
+CSV_MISSING = ("error", "impute")
+CSV_SCALINGS = ("column", "global")
+
+
+def _validate_csv_options(c: CsvConfig) -> None:
+    """``dataset.csv.missing``, ``scaling``, ``clip`` and ``split_seed``: checked for every dataset (cheap, and a
+    typo should not wait until someone switches to csv)."""
+    _check(c.missing in CSV_MISSING, "dataset.csv.missing", c.missing, f"one of {CSV_MISSING}")
+    _check(c.scaling in CSV_SCALINGS, "dataset.csv.scaling", c.scaling, f"one of {CSV_SCALINGS}")
+    _check(c.clip is None or (_is_num(c.clip) and c.clip > 0), "dataset.csv.clip", c.clip,
+           "null or a number > 0 (standardised values are clipped to [-clip, clip])")
+    _check(c.split_seed is None or (_is_int(c.split_seed) and c.split_seed >= 0), "dataset.csv.split_seed",
+           c.split_seed, "null (= seed) or an integer >= 0")
 
 
 def _validate_feature_split(d: DatasetConfig) -> None:

@@ -129,10 +129,10 @@ def rows_from_csv(saved: SavedParty, path: str) -> PartyData:
         raise DataError(f"{path}: {saved.name} was trained with column(s) {', '.join(map(repr, missing))}, "
                         f"missing here")
     for col in enc.numeric + enc.categorical:
-        if frame[col].isna().any():
+        if frame[col].isna().any() and not enc.can_fill(col):  # imputed models fill them as in training
             raise DataError(f"{path}: column {col!r} has {int(frame[col].isna().sum())} empty value(s)")
     for col in enc.numeric:
-        bad = frame[col][pd.to_numeric(frame[col], errors="coerce").isna()]
+        bad = frame[col][pd.to_numeric(frame[col], errors="coerce").isna() & frame[col].notna()]
         if len(bad):
             raise DataError(f"{path}: column {col!r} was numeric in training but has {bad.iloc[0]!r} here")
     data = frame[enc.numeric + enc.categorical].astype({c: "float64" for c in enc.numeric})

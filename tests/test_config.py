@@ -40,8 +40,6 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"num_rounds": 0}, "num_rounds"),
         ({"engine": "ray"}, "engine"),
         ({"method": {"lr": True}}, "method.lr"),
-        ({"dataset": {"name": "csv", "csv": {"paths": ["a.csv", "b.csv"]}}, "method": {"name": "centralized"}},
-         "method.name"),
         # lists of ints, choices and combinations found missing before
         ({"model": {"hidden": 256}}, r"model.hidden=256: expected a list of layer widths"),
         ({"model": {"hidden": [256, 0]}}, "model.hidden.*positive integer layer widths .0 is not"),

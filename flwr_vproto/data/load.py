@@ -6,10 +6,12 @@ import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
+
 from flwr_vproto.data import adult, digits, fashion_mnist
 from flwr_vproto.data.csv_files import csv_classes, load_csv_party
-from flwr_vproto.data.partition import SimulatedSource, partition
-from flwr_vproto.data.types import DataError, PartySplits, VerticalDataset
+from flwr_vproto.data.partition import CENTRAL, SimulatedSource, partition, rng_for
+from flwr_vproto.data.types import SPLITS, CentralView, DataError, PartySplits, VerticalDataset
 
 if TYPE_CHECKING:  # only annotations: config never needs the data package, nor this it
     from flwr_vproto.config import Config
@@ -75,8 +77,46 @@ def _check_party(cfg: Config, party_index: int) -> None:
                         f"(dataset.num_passive)")
 
 
+def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
+    """Row index in ``ids`` of each of ``wanted`` (all present)."""
+    where = {u: k for k, u in enumerate(ids.tolist())}
+    return np.array([where[u] for u in wanted.tolist()], dtype=np.int64)
+
+
+def csv_central_view(cfg: Config, parties: list[PartySplits]) -> CentralView:
+    """Simulation only: the ``centralized`` upper bound on one's own CSV files, every party's file in one process.
+
+    Per split (as the keyed hash assigns users), the inner join on the ID of the users **every** party holds in that
+    split and whose label the active party knows (``y >= 0``): train = the aligned training users (non-aligned
+    users lack some party's features, so no model with all features can learn from them), val and test = the
+    validation and test users every file holds (the users vproto scores jointly). Each user's row is the parties'
+    encoded features concatenated in party order (each party's encoder fitted on its own training rows, as in
+    federated training). Training rows are in a seeded random order; val/test rows in the active party's order.
+    """
+    x: dict[str, np.ndarray] = {}
+    y: dict[str, np.ndarray] = {}
+    for name in SPLITS:
+        splits = [p.split(name) for p in parties]
+        labels = np.asarray(splits[0].y)
+        keep = labels >= 0
+        for data in splits[1:]:
+            keep &= np.isin(splits[0].ids, data.ids)
+        ids = splits[0].ids[keep]
+        if name == "train":
+            ids = ids[rng_for(cfg.seed, CENTRAL).permutation(len(ids))]
+        rows = [_positions(data.ids, ids) for data in splits]
+        x[name] = np.ascontiguousarray(np.concatenate(
+            [data.x[r].reshape(len(ids), -1) for data, r in zip(splits, rows, strict=True)], axis=1), dtype=np.float32)
+        y[name] = labels[rows[0]].astype(np.int64)
+    if len(y["train"]) < 2:
+        raise DataError(f"method centralized: only {len(y['train'])} labelled training user(s) appear in every CSV "
+                        f"file ({', '.join(cfg.dataset.csv.paths)}); it trains on those users only")
+    return CentralView(x=x, y=y, input_shapes=[p.input_shape for p in parties])
+
+
 def load_vertical_dataset(cfg: Config) -> VerticalDataset:
-    """All parties' data (active first) and, for simulated datasets, the centralized view; deterministic in cfg."""
+    """All parties' data (active first) and the centralized view: always for simulated datasets, and for csv only
+    when ``method.name`` is ``centralized`` (it joins every party's file in one process); deterministic in cfg."""
     _check_feature_split(cfg)
     if cfg.dataset.name != "csv":
         return copy.deepcopy(_cached_simulation(cfg, with_central=True))
@@ -88,7 +128,8 @@ def load_vertical_dataset(cfg: Config) -> VerticalDataset:
     if len(common) < 2:
         raise DataError(f"only {len(common)} training user ID(s) appear in every CSV file "
                         f"({', '.join(cfg.dataset.csv.paths)}); vertical training needs at least 2 aligned users")
-    return VerticalDataset(parties=parties, num_classes=num_classes, class_names=class_names, central=None)
+    central = csv_central_view(cfg, parties) if cfg.method.name == "centralized" else None
+    return VerticalDataset(parties=parties, num_classes=num_classes, class_names=class_names, central=central)
 
 
 def load_party(cfg: Config, party_index: int) -> PartySplits:
