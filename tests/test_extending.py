@@ -12,7 +12,7 @@ import pytest
 import torch
 from test_flower_sim import assert_same_history, run_inline, small_cfg
 
-from flwr_vproto import messages as M
+from flwr_vproto import run_config as RC
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.examples.extending import ResidualMLPEncoder
 from flwr_vproto.inprocess import run_inprocess
@@ -129,11 +129,11 @@ def test_the_fields_survive_flowers_run_config_and_hydra():
     cfg = config_from_dict({"model": {"encoder_target": ENCODER, "top_target": TOP},
                             "method": {"extra_losses": [PENALTY]}})
     # Flower's run-config is flat: mappings and lists travel as JSON strings (flwr run --run-config too).
-    flat = {**M.run_config_from_config(), "model.encoder_target": json.dumps(ENCODER),
+    flat = {**RC.run_config_from_config(), "model.encoder_target": json.dumps(ENCODER),
             "model.top_target": json.dumps(TOP), "method.extra_losses": json.dumps([PENALTY])}
-    back, _ = M.config_from_run_config(flat)
+    back, _ = RC.config_from_run_config(flat)
     assert back == cfg
-    assert M.run_config_from_config()["model.encoder_target"] == "null"
+    assert RC.run_config_from_config()["model.encoder_target"] == "null"
     from hydra import compose, initialize_config_dir
 
     sys.path.insert(0, str(REPO))
