@@ -568,13 +568,15 @@ def plot_accuracy_per_round(runs: list[Run], out: Path) -> list[Path]:
                 best = [r.final["best_round"] for r in sel if "best_round" in r.final]
                 if best:
                     ax.plot([statistics.mean(best)], [statistics.mean(r.final["accuracy"] for r in sel)], marker="*",
-                            markersize=13, color=line.get_color(), markeredgecolor="black", linestyle="none",
-                            label=None if starred else "★ best val round (table)")
+                            markersize=13, color=line.get_color(), markeredgecolor="black", linestyle="none")
                     starred = True
             ax.set_title(f"{ds}, {label}" + (" aligned" if label.endswith("%") else ""))
             ax.set_xlabel("round")
             ax.grid(alpha=0.3)
         axes[0][0].set_ylabel("test accuracy")
+        if starred:  # one legend entry for the stars, in no method's colour
+            axes[0][-1].plot([], [], marker="*", markersize=11, color="white", markeredgecolor="black",
+                             linestyle="none", label="best val round (table)")
         _legend(axes[0][-1])
         fig.tight_layout()
         path = out / f"accuracy_per_round_{ds}.png"
