@@ -136,7 +136,7 @@ def _csv_overlaps(loaded: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> 
     for f, data, flat in loaded:
         if flat["dataset.name"] != "csv":
             continue
-        files = json.dumps(flat.get("dataset.csv.paths"))
+        files = str(flat.get("dataset.csv.paths") or "[]")  # _flatten wrote the list as JSON
         fixed = flat.get("dataset.csv.split_seed") is not None
         split = (files, flat.get("dataset.csv.split_seed") if fixed else f"seed {flat['seed']}")
         info[f] = {"files": files, "split": split, "fixed": fixed, "count": _aligned_train(data),
