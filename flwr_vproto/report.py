@@ -15,6 +15,15 @@ and every line of the given ``.jsonl`` files (the records of ``benchmarks/bench_
   that set it apart, and ``val_score_by_trial.png``: the validation score of each trial and the best so far. The
   best trials are also printed and head ``summary.md``.
 
+Rows are a dataset and an overlap: the configured aligned fraction, or for ``dataset=csv`` the aligned training
+users PSI found (``alignment.aligned.train``), the dataset being the active file's stem (``table.active.csv`` ->
+``table``); see :func:`_csv_overlaps`. Runs of both engines are never pooled as seeds: mixed, each engine gets its
+own rows (:func:`split_engines`). The per-round plots star the best-validation round.
+
+A ``benchmarks/bench_labels.py`` file (records with an ``audit``) gets the label-leakage trade-off instead:
+``labels.md``/``labels.csv`` (defence setting x method, ``local`` as reference, worst-case attack) and
+``label_tradeoff_<dataset>.png`` (test accuracy against attack strength).
+
 A run's *final* accuracy is the one ``results.json`` reports (test accuracy at the best validation round), so the
 table repeats the runs' own numbers. Runs of one method that differ in other options (a sweep over ``method.tau``,
 say) are told apart by a tag such as ``vproto[method.tau=0.2]``.
