@@ -433,6 +433,22 @@ def groups(runs: Iterable[Run]) -> dict[RowKey, dict[str, list[Run]]]:
     return dict(sorted(out.items()))
 
 
+def repeated_seeds(runs: Iterable[Run]) -> list[str]:
+    """One line per table cell that holds one seed more than once (the same run twice: it is not another seed, and
+    it shrinks the std), naming the runs' files."""
+    out = []
+    for (ds, _, label, engine), by_tag in groups(runs).items():
+        for tag, rs in by_tag.items():
+            seen: dict[int, list[str]] = {}
+            for r in rs:
+                seen.setdefault(r.seed, []).append(r.source)
+            for seed, sources in sorted(seen.items()):
+                if len(sources) > 1:
+                    out.append(f"{ds}, {label}{f', {engine}' if engine else ''}, {tag}: seed {seed} counted "
+                               f"{len(sources)} times ({', '.join(sources)})")
+    return out
+
+
 def gap_closed(mean_accuracy: Mapping[str, float]) -> float | None:
     """Share of the gap closed (design §6) from mean accuracies per method; ``None`` if a method is missing or the
     upper bound does not beat the best baseline."""
@@ -907,6 +923,12 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
           "Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
           "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.", "",
           markdown_table(runs)]
+    repeats = repeated_seeds(runs)
+    for line in repeats:
+        print(f"report: warning: {line}", file=sys.stderr)
+    if repeats:
+        md += ["", "Warning: a seed counted more than once (n and the std overstate the evidence):", "",
+               *[f"- {line}" for line in repeats]]
     if any("auc" in r.final for r in runs):
         md += ["", "Test AUC (binary tasks):", "", markdown_table([r for r in runs if "auc" in r.final], "auc")]
     plots = [*plot_accuracy_per_round(runs, out), plot_accuracy_vs_aligned(runs, out), *plot_pseudo_labels(runs, out)]

@@ -13,7 +13,16 @@ import pandas as pd
 import pytest
 
 from flwr_vproto import report
-from flwr_vproto.report import ReportError, gap_closed, load_runs, main, markdown_table, summary_rows, write_report
+from flwr_vproto.report import (
+    ReportError,
+    gap_closed,
+    load_runs,
+    main,
+    markdown_table,
+    repeated_seeds,
+    summary_rows,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("vproto", "vanilla", "local", "centralized")
@@ -189,6 +198,10 @@ def test_engines_are_never_counted_as_seeds(tmp_path):
     assert "| t | 20 users | flower | 0.8000 ± 0.0000 (n=1) |" in md and "| t | 20 users | inprocess |" in md
     one = [r for r in runs if r.engine == "flower" or r.method == "centralized"]
     assert "engine" not in markdown_table(one)  # one engine (centralized aside): no engine column
+    assert repeated_seeds(runs) == []
+    _csv_run(tmp_path / "again", "t", "vproto", 0, 0.8, 20, engine="flower")  # the same run twice is not 2 seeds
+    (line,) = repeated_seeds(load_runs([tmp_path]))
+    assert line.startswith("t, 20 users, flower, vproto: seed 0 counted 2 times (")
 
 
 def test_curves_mark_the_best_validation_round(tmp_path, monkeypatch):
