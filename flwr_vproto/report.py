@@ -183,13 +183,13 @@ def _from_results(files: list[Path]) -> list[Run]:
     for f in files:
         try:
             data = json.loads(f.read_text())
-            cfg = data["config"]
-            flat = _flatten(cfg)
-            for key in ("dataset.name", "method.name", "seed"):
-                if key not in flat:
-                    raise KeyError(f"config.{key}")
-        except (json.JSONDecodeError, KeyError, TypeError, AttributeError) as err:
-            raise ReportError(f"{f}: not a results.json of run_simulation.py (missing {err})") from None
+        except json.JSONDecodeError as err:
+            raise ReportError(f"{f}: not a results.json of run_simulation.py ({err})") from None
+        cfg = data.get("config") if isinstance(data, dict) else None
+        flat = _flatten(cfg) if isinstance(cfg, Mapping) else {}
+        missing = [k for k in ("dataset.name", "method.name", "seed") if k not in flat]
+        if missing:
+            raise ReportError(f"{f}: not a results.json of run_simulation.py (no config.{missing[0]})")
         if flat["dataset.name"] == "csv":
             flat["dataset.name"] = csv_dataset_name(cfg)
         loaded.append((f, data, flat))

@@ -137,6 +137,11 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "x.jsonl").write_text("{}\n")
     with pytest.raises(ReportError, match=r"x.jsonl, line 1: not a bench_methods.py record"):
         load_runs([tmp_path / "x.jsonl"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"config": {"seed": 0, "method": {"name": "local"}}}))
+    with pytest.raises(ReportError, match=r"r/results.json: not a results.json of run_simulation.py \(no config."
+                                          r"dataset.name\)"):
+        load_runs([tmp_path])
     with pytest.raises(SystemExit, match="report: .*no such file"):
         main([str(tmp_path / "missing")])
 
