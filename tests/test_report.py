@@ -12,7 +12,17 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from flwr_vproto.report import ReportError, gap_closed, load_runs, main, markdown_table, write_report
+from flwr_vproto import report
+from flwr_vproto.report import (
+    ReportError,
+    gap_closed,
+    load_runs,
+    main,
+    markdown_table,
+    repeated_seeds,
+    summary_rows,
+    write_report,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 METHODS = ("vproto", "vanilla", "local", "centralized")
@@ -127,5 +137,86 @@ def test_bad_inputs_are_named(tmp_path):
     (tmp_path / "x.jsonl").write_text("{}\n")
     with pytest.raises(ReportError, match=r"x.jsonl, line 1: not a bench_methods.py record"):
         load_runs([tmp_path / "x.jsonl"])
+    (tmp_path / "r").mkdir()
+    (tmp_path / "r" / "results.json").write_text(json.dumps({"config": {"seed": 0, "method": {"name": "local"}}}))
+    with pytest.raises(ReportError, match=r"r/results.json: not a results.json of run_simulation.py \(no config."
+                                          r"dataset.name\)"):
+        load_runs([tmp_path])
     with pytest.raises(SystemExit, match="report: .*no such file"):
         main([str(tmp_path / "missing")])
+
+
+def _csv_run(path: Path, stem: str, method: str, seed: int, acc: float, aligned: int | None, *,
+             folder: str = "parties", engine: str = "inprocess", split_seed: int | None = 0) -> None:
+    """A dataset=csv results.json as run_simulation.py writes it (``aligned=None``: no alignment record)."""
+    path.mkdir(parents=True)
+    paths = [f"/data/{folder}/{stem}.active.csv", f"/data/{folder}/{stem}.passive1.csv"]
+    cfg = {"seed": seed, "engine": engine, "eval_test": "best",
+           "dataset": {"name": "csv", "aligned_fraction": 0.05,
+                       "csv": {"paths": paths, "id_column": "id", "split_seed": split_seed}},
+           "method": {"name": method, "tau": 0.1}, "audit": {"record": False, "dir": str(path / "audit")}}
+    data = {"config": cfg, "rounds": [{"round": 1.0, "val/accuracy": 0.5, "test/accuracy": acc}],
+            "final": {"accuracy": acc, "best_round": 1.0, "val_accuracy": 0.5}}
+    if aligned is not None:
+        data["alignment"] = {"aligned": {"train": aligned, "val": 10, "test": 20},
+                             "rows": {"active": {"train": 100, "val": 10, "test": 20}}}
+    (path / "results.json").write_text(json.dumps(data))
+
+
+def test_csv_rows_are_dataset_and_measured_overlap(tmp_path):
+    accs = {"vproto": 0.9, "vanilla": 0.7, "local": 0.8, "centralized": 1.0}
+    for folder, stem, count in (("p2", "table", 12), ("p5", "table", 30), ("q", "other", 12)):
+        for method, acc in accs.items():
+            for seed in (0, 1):  # centralized records no alignment: it takes its files' count
+                _csv_run(tmp_path / folder / f"{method}{seed}", stem, method, seed, acc + seed / 100,
+                         None if method == "centralized" else count, folder=folder)
+    _csv_run(tmp_path / "old" / "r", "legacy", "vproto", 0, 0.5, None, folder="legacy_parties")
+    for seed, count in ((0, 40), (1, 44)):  # the split re-drawn per seed: one row, the counts' range
+        _csv_run(tmp_path / "redraw" / f"s{seed}", "redraw", "local", seed, 0.6, count, split_seed=None)
+    runs = load_runs([tmp_path])
+    assert {r.tag for r in runs} == set(accs)  # neither the paths nor the audit folder is a variant
+    rows = pd.DataFrame(summary_rows(runs))
+    got = {(r.dataset, r.aligned): (r.n, r.gap_closed) for r in rows.itertuples() if r.method == "vproto"}
+    assert got[("table", "12 users")] == (2, pytest.approx(0.5)) and got[("table", "30 users")][0] == 2
+    assert got[("other", "12 users")] == (2, pytest.approx(0.5))
+    assert ("legacy", "legacy_parties/ (aligned users not recorded)") in got
+    assert set(rows[rows.dataset == "redraw"]["aligned"]) == {"40-44 users"}
+    assert set(rows[rows.dataset == "table"]["n"]) == {2} and len(rows[rows.dataset == "table"]) == 8
+    md = markdown_table(runs)
+    assert "| table | 12 users | 0.9050 ± 0.0071 (n=2) |" in md and "| table | 30 users |" in md
+    assert "| other | 12 users |" in md and "csv" not in md
+
+
+def test_engines_are_never_counted_as_seeds(tmp_path):
+    for engine in ("flower", "inprocess"):
+        for method in ("vproto", "vanilla", "local"):
+            _csv_run(tmp_path / engine / method, "t", method, 0, 0.8 if method == "vproto" else 0.6, 20,
+                     engine=engine)
+    _csv_run(tmp_path / "c", "t", "centralized", 0, 1.0, None)  # in-process only: the bound of both rows
+    runs = load_runs([tmp_path])
+    rows = summary_rows(runs)
+    assert {(r["engine"], r["method"], r["n"]) for r in rows} == {
+        (e, m, 1) for e in ("flower", "inprocess") for m in METHODS}
+    assert all(r["gap_closed"] == pytest.approx(0.5) for r in rows)
+    md = markdown_table(runs)
+    assert "| dataset | aligned | engine | vproto |" in md
+    assert "| t | 20 users | flower | 0.8000 ± 0.0000 (n=1) |" in md and "| t | 20 users | inprocess |" in md
+    one = [r for r in runs if r.engine == "flower" or r.method == "centralized"]
+    assert "engine" not in markdown_table(one)  # one engine (centralized aside): no engine column
+    assert repeated_seeds(runs) == []
+    _csv_run(tmp_path / "again", "t", "vproto", 0, 0.8, 20, engine="flower")  # the same run twice is not 2 seeds
+    (line,) = repeated_seeds(load_runs([tmp_path]))
+    assert line.startswith("t, 20 users, flower, vproto: seed 0 counted 2 times (")
+
+
+def test_curves_mark_the_best_validation_round(tmp_path, monkeypatch):
+    _results(tmp_path / "a", "vproto", 0, 0.8)
+    data = json.loads((tmp_path / "a" / "results.json").read_text())
+    data["final"]["best_round"] = 2.0
+    (tmp_path / "a" / "results.json").write_text(json.dumps(data))
+    figures = []
+    monkeypatch.setattr(report, "_save", lambda plt, fig, path: figures.append(fig))
+    report.plot_accuracy_per_round(load_runs([tmp_path]), tmp_path)
+    (fig,) = figures
+    stars = [ln for ln in fig.axes[0].lines if ln.get_marker() == "*" and len(ln.get_xdata())]
+    assert [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in stars] == [(2.0, pytest.approx(0.8))]
