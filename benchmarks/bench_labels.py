@@ -24,6 +24,8 @@ SETTINGS = {  # tag -> defence block
     "off": {},
     "noise4": {"grad_clip": 1.0, "grad_noise": 4.0},
     "noise16": {"grad_clip": 1.0, "grad_noise": 16.0},
+    "noise32": {"grad_clip": 1.0, "grad_noise": 32.0},
+    "noise64": {"grad_clip": 1.0, "grad_noise": 64.0},
     "eps2": {"label_epsilon": 2.0},
     "eps1": {"label_epsilon": 1.0},
     "eps0.4": {"label_epsilon": 0.4},

@@ -127,17 +127,18 @@ class PartyStore:
         self.context = context
 
     @property
-    def facts(self) -> ConfigRecord:
+    def facts(self) -> Any:
+        """Small facts (role, classes, passives, ready), a ConfigRecord read back as written."""
         if M.STATE_KEY not in self.context.state:
             self.context.state[M.STATE_KEY] = ConfigRecord()
-        return self.context.state[M.STATE_KEY]  # type: ignore[return-value]
+        return self.context.state[M.STATE_KEY]
 
     def reset(self, me: Identity) -> None:
         self.context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
         self.context.state[M.STATE_ARRAYS] = ArrayRecord()
 
     def _blobs(self) -> dict[str, Any]:
-        return M.arrays_of(self.context.state.get(M.STATE_ARRAYS))  # type: ignore[arg-type]
+        return M.arrays_of(self.context.state.get(M.STATE_ARRAYS))
 
     def secrets(self) -> dict[str, bytes]:
         return M.bytes_of(self.PSI, self._blobs())
@@ -153,15 +154,22 @@ class PartyStore:
         self.context.state[M.STATE_ARRAYS] = M.array_record({self.PARTY: M.bytes_to_array(blob)})
         self.facts.update({"ready": True, **facts})
 
-    def load_party(self, c: Config, me: Identity) -> ActiveParty | PassiveParty:
-        """The learner as the last message left it (a deployment runs each message in a fresh process)."""
-        facts = self.facts
-        _require(bool(facts.get("ready")), f"{me.name}: train before the setup finished")
-        data, num_classes = party_data(c, me.index), int(facts["num-classes"])  # type: ignore[arg-type]
-        party: ActiveParty | PassiveParty = (
-            ActiveParty(data, c, num_classes, [int(d) for d in facts["passive-dims"]])  # type: ignore[union-attr]
-            if me.role == ACTIVE else PassiveParty(data, c, me.index, num_classes))
-        party.load_state_dict(state_from_bytes(M.array_to_bytes(self._blobs()[self.PARTY])))
+    def _state(self, me: Identity) -> dict[str, Any]:
+        _require(bool(self.facts.get("ready")), f"{me.name}: train before the setup finished")
+        return state_from_bytes(M.array_to_bytes(self._blobs()[self.PARTY]))
+
+    def load_active(self, c: Config, me: Identity) -> ActiveParty:
+        """The active party as the last message left it (a deployment runs each message in a fresh process)."""
+        state = self._state(me)
+        party = ActiveParty(party_data(c, 0), c, int(self.facts["num-classes"]),
+                            [int(d) for d in self.facts["passive-dims"]])
+        party.load_state_dict(state)
+        return party
+
+    def load_passive(self, c: Config, me: Identity) -> PassiveParty:
+        state = self._state(me)
+        party = PassiveParty(party_data(c, me.index), c, me.index, int(self.facts["num-classes"]))
+        party.load_state_dict(state)
         return party
 
 
@@ -235,22 +243,22 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
 def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
     """One round of this party (design §4): the one message it gets per round."""
     store = PartyStore(context)
+    party: ActiveParty | PassiveParty
     if me.role == PASSIVE:
         request = M.decode_to_passive(msg.content)
         if request.setup is not None and not store.facts.get("ready"):  # PSI step 4, with the first round
             _require("train.perm" in store.secrets(), f"{me.name}: first round before PSI")
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
             store.save_party(joined, **{"num-classes": request.setup.num_classes})
-        party = store.load_party(c, me)
-        content = M.encode_from_passive(proto.passive_step(party, request), c.wire_dtype)  # type: ignore[arg-type]
+        party = store.load_passive(c, me)
+        content = M.encode_from_passive(proto.passive_step(party, request), c.wire_dtype)
         rnd, final = request.round, request.final
     else:
-        party = store.load_party(c, me)
-        passives = [int(k) for k in store.facts["passives"]] if party.joint else []  # type: ignore[union-attr]
-        request = M.decode_to_active(msg.content, passives)
-        reply = proto.active_step(party, request, me.audit_dir)  # type: ignore[arg-type]
-        content = M.encode_from_active(reply, c.wire_dtype)
-        rnd, final = request.round, request.final
+        party = store.load_active(c, me)
+        passives = [int(k) for k in store.facts["passives"]] if party.joint else []
+        to_active = M.decode_to_active(msg.content, passives)
+        content = M.encode_from_active(proto.active_step(party, to_active, me.audit_dir), c.wire_dtype)
+        rnd, final = to_active.round, to_active.final
     store.save_party(party)
     _after_round(store, party, c, me, rnd, final)
     return Message(content, reply_to=msg)

@@ -81,9 +81,19 @@ def array_record(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     return ArrayRecord({k: Array.from_numpy_ndarray(np.ascontiguousarray(v)) for k, v in arrays.items()})
 
 
-def arrays_of(record: ArrayRecord | None) -> dict[str, np.ndarray]:
-    """Inverse of :func:`array_record`."""
+def arrays_of(record: Any) -> dict[str, np.ndarray]:
+    """Inverse of :func:`array_record` (``None``: no arrays)."""
     return {} if record is None else {k: v.numpy() for k, v in record.items()}
+
+
+def arrays_in(content: RecordDict) -> dict[str, np.ndarray]:
+    """A message's arrays, decoded (no check: requests from the server; replies go through :func:`check_arrays`)."""
+    return arrays_of(content.get(ARRAYS))
+
+
+def config_in(content: RecordDict) -> Mapping[str, Any]:
+    """A message's config record (Flower types its values as a union; the codecs below read them as they wrote)."""
+    return content[CONFIG]  # type: ignore[return-value]
 
 
 def bytes_to_array(data: bytes) -> np.ndarray:
@@ -158,7 +168,7 @@ def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where:
     if not isinstance(config, ConfigRecord) or f"{key}.data" not in config or f"{key}.shape" not in config:
         raise _bad(who, where, f"'{key}' missing")
     data, got = config[f"{key}.data"], config[f"{key}.shape"]
-    if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:  # type: ignore
+    if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:
         raise _bad(who, where, f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
                                f"expected {list(shape)} float32")
     matrix = np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
@@ -167,7 +177,8 @@ def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where:
     return matrix
 
 
-def check_config(config: Any, keys: Mapping[str, type | tuple[type, ...]], who: str, where: str) -> ConfigRecord:
+def check_config(config: Any, keys: Mapping[str, type | tuple[type, ...]], who: str, where: str
+                 ) -> Mapping[str, Any]:
     """Refuse a reply whose config record lacks one of ``keys`` or holds a value of another type."""
     if not isinstance(config, ConfigRecord):
         raise _bad(who, where, f"no '{CONFIG}' config record")
@@ -191,11 +202,11 @@ def metric_record(metrics: Mapping[str, float], prefix: str = "") -> MetricRecor
     return MetricRecord({f"{prefix}{k}": float(v) for k, v in metrics.items()})
 
 
-def metrics_of(record: MetricRecord | Mapping[str, Any] | None, prefix: str = "") -> dict[str, float]:
+def metrics_of(record: Any, prefix: str = "") -> dict[str, float]:
     """The metrics of ``record`` whose key starts with ``prefix``, prefix removed."""
     if record is None:
         return {}
-    return {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}  # type: ignore[arg-type]
+    return {k[len(prefix):]: float(v) for k, v in record.items() if k.startswith(prefix)}
 
 
 # ------------------------------------------------------------------------------------------------ matrices
@@ -239,10 +250,10 @@ def encode_probe(probe: Probe) -> RecordDict:
 
 
 def decode_probe(content: RecordDict) -> Probe:
-    conf = content[CONFIG]
+    conf = config_in(content)
     resume = conf.get(RESUME_ROUND)
     return Probe(str(conf.get(FINGERPRINT, "")), str(conf.get(VERSION, "")),
-                 None if resume is None else int(resume))  # type: ignore[arg-type]
+                 None if resume is None else int(resume))
 
 
 def _split_points(base: str, points: Mapping[str, bytes]) -> dict[str, np.ndarray]:
@@ -272,11 +283,10 @@ def decode_discovered(content: RecordDict, who: str) -> Discovered:
     """A node's discovery reply, without its blinded points (see :func:`discovered_points`)."""
     conf = check_config(content.get(CONFIG), {ROLE: str, PARTY_INDEX: int, EMBEDDING_DIM: int}, who, "discovery")
     resumed = conf.get(RESUMED_ROUND)
-    return Discovered(str(conf[ROLE]), int(conf[PARTY_INDEX]), str(conf.get(FINGERPRINT, "")),  # type: ignore
-                      [int(s) for s in conf.get(INPUT_SHAPE, [])],  # type: ignore[union-attr]
-                      int(conf[EMBEDDING_DIM]),  # type: ignore[arg-type]
-                      {s: int(conf.get(split_key(ROWS, s), 0)) for s in SPLITS},  # type: ignore[arg-type]
-                      resumed_round=None if resumed is None else int(resumed))  # type: ignore[arg-type]
+    return Discovered(str(conf[ROLE]), int(conf[PARTY_INDEX]), str(conf.get(FINGERPRINT, "")),
+                      [int(s) for s in conf.get(INPUT_SHAPE, [])], int(conf[EMBEDDING_DIM]),
+                      {s: int(conf.get(split_key(ROWS, s), 0)) for s in SPLITS},
+                      resumed_round=None if resumed is None else int(resumed))
 
 
 def discovered_points(content: RecordDict, info: Discovered) -> dict[str, bytes]:
@@ -293,7 +303,7 @@ def encode_hub_points(points: Mapping[str, bytes]) -> RecordDict:
 
 
 def decode_hub_points(content: RecordDict) -> dict[str, bytes]:
-    return _points_of(arrays_of(content.get(ARRAYS)), HUB)  # type: ignore[arg-type]
+    return _points_of(arrays_in(content), HUB)
 
 
 def encode_reblinded(points: Mapping[str, bytes]) -> RecordDict:
@@ -312,9 +322,9 @@ def _encode_per_passive(base: str, points: Mapping[int, Mapping[str, bytes]], co
 
 
 def _decode_per_passive(content: RecordDict, base: str) -> dict[int, dict[str, bytes]]:
-    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    arrays = arrays_in(content)
     return {int(k): {s: array_to_bytes(arrays[passive_key(int(k), split_key(base, s))]) for s in SPLITS}
-            for k in content[CONFIG][PASSIVES]}  # type: ignore[union-attr]
+            for k in config_in(content)[PASSIVES]}
 
 
 def encode_blind_request(own: Mapping[int, Mapping[str, bytes]]) -> RecordDict:
@@ -336,7 +346,7 @@ def encode_finish_request(reblinded: Mapping[int, Mapping[str, bytes]], passive_
 
 
 def decode_finish_request(content: RecordDict) -> tuple[dict[int, dict[str, bytes]], list[int]]:
-    dims = [int(d) for d in content[CONFIG][PASSIVE_DIMS]]  # type: ignore[union-attr]
+    dims = [int(d) for d in config_in(content)[PASSIVE_DIMS]]
     return _decode_per_passive(content, REBLINDED), dims
 
 
@@ -352,7 +362,7 @@ def decode_intersection(content: RecordDict, passives: list[int]) -> Intersectio
                         "active", where)
     arrays = check_arrays(content.get(ARRAYS), {passive_key(k, split_key(POSITIONS, s)): ("int64", (-1,))
                                                 for k in passives for s in SPLITS}, "active", where)
-    return Intersection(int(conf[NUM_CLASSES]), {s: int(conf[split_key(ALIGNED, s)]) for s in SPLITS},  # type: ignore
+    return Intersection(int(conf[NUM_CLASSES]), {s: int(conf[split_key(ALIGNED, s)]) for s in SPLITS},
                         {k: {s: arrays[passive_key(k, split_key(POSITIONS, s))] for s in SPLITS} for k in passives})
 
 
@@ -368,8 +378,8 @@ def _read_flags(conf: Any) -> tuple[int, tuple[str, ...], bool, bool]:
 
 def round_of(content: RecordDict) -> int | None:
     """The round a training message belongs to (``None`` for setup messages)."""
-    conf = content.get(CONFIG) if CONFIG in content else None
-    return None if conf is None or ROUND not in conf else int(conf[ROUND])  # type: ignore[arg-type]
+    conf = config_in(content) if CONFIG in content else None
+    return None if conf is None or ROUND not in conf else int(conf[ROUND])
 
 
 def _wire(arr: np.ndarray, dtype: str) -> np.ndarray:
@@ -389,7 +399,7 @@ def encode_to_passive(msg: ToPassive, dtype: str = "float32") -> RecordDict:
         arrays[GRADIENTS] = _wire(msg.gradients, dtype)
     if msg.prototypes is not None:
         put_matrix(conf, PROTOTYPES, msg.prototypes)
-        conf[PROTOTYPE_MASK] = [bool(b) for b in msg.prototype_mask]  # type: ignore[union-attr]
+        conf[PROTOTYPE_MASK] = [bool(b) for b in np.asarray(msg.prototype_mask)]
     if msg.pseudo_threshold is not None:
         conf[PSEUDO_THRESHOLD] = float(msg.pseudo_threshold)
     if msg.setup is not None:
@@ -399,17 +409,16 @@ def encode_to_passive(msg: ToPassive, dtype: str = "float32") -> RecordDict:
 
 
 def decode_to_passive(content: RecordDict) -> ToPassive:
-    conf = content[CONFIG]
-    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
+    conf, arrays = config_in(content), arrays_in(content)
     rnd, splits, final, previous = _read_flags(conf)
     mask = conf.get(PROTOTYPE_MASK)
     gate = conf.get(PSEUDO_THRESHOLD)
     setup = None
     if NUM_CLASSES in conf:
-        setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))  # type: ignore
+        setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))
     return ToPassive(rnd, splits, final, _unwire(arrays.get(GRADIENTS)), get_matrix(conf, PROTOTYPES),
                      None if mask is None else np.asarray(mask, dtype=bool),
-                     None if gate is None else float(gate), setup, previous)  # type: ignore[arg-type]
+                     None if gate is None else float(gate), setup, previous)
 
 
 def encode_from_passive(reply: FromPassive, dtype: str = "float32") -> RecordDict:
@@ -427,9 +436,10 @@ def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping
                 **{split_key(EMBEDDINGS, s): (dtype, (rows[s], dim)) for s in splits}}
     if previous:
         expected[split_key(EMBEDDINGS, PREVIOUS_TEST)] = (dtype, (rows["test"], dim))
-    arrays = {k: _unwire(v) for k, v in check_arrays(content.get(ARRAYS), expected, who, where).items()}
+    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in check_arrays(content.get(ARRAYS), expected, who,
+                                                                          where).items()}
     metrics = metrics_of(check_metrics(content, who, where))
-    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits},  # type: ignore
+    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits},
                        metrics, arrays.get(split_key(EMBEDDINGS, PREVIOUS_TEST)))
 
 
@@ -445,11 +455,11 @@ def encode_to_active(msg: ToActive, dtype: str = "float32") -> RecordDict:
 
 
 def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
-    arrays = arrays_of(content.get(ARRAYS))  # type: ignore[arg-type]
-    rnd, splits, final, previous = _read_flags(content[CONFIG])
+    arrays = arrays_in(content)
+    rnd, splits, final, previous = _read_flags(config_in(content))
 
     def get(k: int, key: str) -> np.ndarray:
-        return _unwire(arrays[passive_key(k, key)])  # type: ignore[return-value]
+        return np.asarray(arrays[passive_key(k, key)], dtype=np.float32)
 
     return ToActive(rnd, splits, final, [get(k, EMBEDDINGS) for k in passives],
                     [{s: get(k, split_key(EMBEDDINGS, s)) for s in splits} for k in passives],
@@ -483,21 +493,21 @@ def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
     reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
                        metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
-                       [_unwire(arrays[key]) for key in expected],  # type: ignore[misc]
+                       [np.asarray(arrays[key], dtype=np.float32) for key in expected],
                        previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
     if final or not dims or not shares_prototypes:
         return reply
-    conf = content.get(CONFIG)
+    conf: Any = content.get(CONFIG)
     reply.prototypes = [check_matrix(conf, passive_key(k, PROTOTYPES), (num_classes, d), who, where)
                         for k, d in passives.items()]
-    mask = conf.get(PROTOTYPE_MASK)  # type: ignore[union-attr]
+    mask = conf.get(PROTOTYPE_MASK)
     if not isinstance(mask, list) or len(mask) != num_classes or not all(isinstance(b, bool) for b in mask):
         raise _bad(who, where, f"'{PROTOTYPE_MASK}' is not {num_classes} booleans")
     reply.prototype_mask = np.asarray(mask, dtype=bool)
-    gates = [conf.get(passive_key(k, PSEUDO_THRESHOLD)) for k in passives]  # type: ignore[union-attr]
+    gates = [conf.get(passive_key(k, PSEUDO_THRESHOLD)) for k in passives]
     for k, gate in zip(passives, gates, strict=True):
         if gate is not None and (not isinstance(gate, float) or not 0.0 <= gate <= 1.0):
             raise _bad(who, where, f"'{passive_key(k, PSEUDO_THRESHOLD)}' is not a number in [0, 1]")
     if all(g is not None for g in gates):
-        reply.pseudo_thresholds = [float(g) for g in gates]  # type: ignore[arg-type]
+        reply.pseudo_thresholds = [float(g) for g in gates]
     return reply

@@ -66,7 +66,7 @@ def _rows(msg: Message, context: Context, saved: SavedParty, me: Any) -> Any:
 
 
 def _arrays(context: Context) -> dict[str, np.ndarray]:
-    return M.arrays_of(context.state.get(STATE))  # type: ignore[arg-type]
+    return M.arrays_of(context.state.get(STATE))
 
 
 def _keep(context: Context, **arrays: np.ndarray) -> None:
@@ -78,93 +78,100 @@ def _reply(msg: Message, arrays: dict[str, np.ndarray] | None = None, config: di
     return Message(M.records(arrays, config, metrics), reply_to=msg)
 
 
+def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    context.state[STATE] = ArrayRecord()
+    if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
+        # e.g. method "local", where passives never train; the server decides whether that is an error
+        return _reply(msg, config={"role": me.role, "party-index": me.index, "model": False})
+    saved = _saved(me)
+    rows = _rows(msg, context, saved, me)
+    info = {"role": me.role, "party-index": me.index, "rows": len(rows), "method": saved.cfg.method.name,
+            "model": True}
+    if me.role != "active":
+        return _reply(msg, config=info)
+    hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+    points = hub.blinded_ids()
+    _keep(context, **M.blobs_of("psi", hub.export_state()))
+    return _reply(msg, arrays={"hub": M.bytes_to_array(points)}, config=info)
+
+
+def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    rows = _rows(msg, context, _saved(me), me)
+    peer = PSIPeer(rows.ids)
+    reblinded, own = peer.respond(M.array_to_bytes(M.arrays_in(msg.content)["hub"]))
+    _keep(context, **M.blobs_of("psi", peer.export_state()))
+    return _reply(msg, arrays={"reblinded": M.bytes_to_array(reblinded), "own": M.bytes_to_array(own)})
+
+
+def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    saved = _saved(me)
+    rows = _rows(msg, context, saved, me)
+    kept = _arrays(context)
+    if "psi.secret" not in kept:
+        raise ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
+    hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+    got = M.arrays_in(msg.content)
+    passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
+    for k in passives:
+        hub.add_peer(f"passive{k}", M.array_to_bytes(got[f"passive{k}.reblinded"]),
+                     M.array_to_bytes(got[f"passive{k}.own"]))
+    try:
+        if not passives:  # method "local": the active party scores every user alone
+            raise PSIError("intersection is empty (no passive party)")
+        aligned, pos = hub.finish()
+    except PSIError as err:  # no user in common: all are scored by the active party alone
+        if "empty" not in str(err):
+            raise
+        aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in passives}
+    _keep(context, aligned=np.asarray(aligned, dtype=np.int64))
+    return _reply(msg, arrays={f"passive{k}.positions": np.asarray(pos[f"passive{k}"], dtype=np.int64)
+                               for k in passives}, config={"aligned": int(len(aligned))})
+
+
+def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    saved = _saved(me)
+    rows = _rows(msg, context, saved, me)
+    kept = _arrays(context)
+    if "psi.perm" not in kept:
+        raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
+    peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
+    positions = M.arrays_in(msg.content)["positions"]
+    party = predictor(saved, rows)
+    set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
+    return _reply(msg, arrays={"embeddings": party.embed(SPLIT)})
+
+
+def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    saved = _saved(me)
+    rows = _rows(msg, context, saved, me)
+    kept = _arrays(context)
+    party = predictor(saved, rows)
+    set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
+    got = M.arrays_in(msg.content)
+    passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
+    result = score(party, [got[f"passive{k}.embeddings"] for k in passives],  # type: ignore[arg-type]
+                   saved.class_names or [])
+    out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
+    Path(out).parent.mkdir(parents=True, exist_ok=True)
+    result.frame.to_csv(out, index=False)
+    context.state[STATE] = ArrayRecord()
+    return _reply(msg, metrics=result.metrics)
+
+
+HANDLERS: dict[str, Handler] = {
+    "predict_start": start,
+    "predict_psi_peer": psi_peer,
+    "predict_psi_finish": psi_finish,
+    "predict_embed": embed,
+    "predict_score": score_rows,
+}
+"""Flower's ``query.<action>`` -> the handler that answers it."""
+
+
 def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Context], Message]]) -> None:
     """Add the prediction query handlers to ``app``; ``handler`` resolves (config, identity) like training's."""
-
-    @app.query("predict_start")
-    @handler
-    def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
-        context.state[STATE] = ArrayRecord()
-        if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
-            # e.g. method "local", where passives never train; the server decides whether that is an error
-            return _reply(msg, config={"role": me.role, "party-index": me.index, "model": False})
-        saved = _saved(me)
-        rows = _rows(msg, context, saved, me)
-        info = {"role": me.role, "party-index": me.index, "rows": len(rows), "method": saved.cfg.method.name,
-                "model": True}
-        if me.role != "active":
-            return _reply(msg, config=info)
-        hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
-        points = hub.blinded_ids()
-        _keep(context, **M.blobs_of("psi", hub.export_state()))
-        return _reply(msg, arrays={"hub": M.bytes_to_array(points)}, config=info)
-
-    @app.query("predict_psi_peer")
-    @handler
-    def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
-        rows = _rows(msg, context, _saved(me), me)
-        peer = PSIPeer(rows.ids)
-        reblinded, own = peer.respond(M.array_to_bytes(M.arrays_of(msg.content[M.ARRAYS])["hub"]))  # type: ignore
-        _keep(context, **M.blobs_of("psi", peer.export_state()))
-        return _reply(msg, arrays={"reblinded": M.bytes_to_array(reblinded), "own": M.bytes_to_array(own)})
-
-    @app.query("predict_psi_finish")
-    @handler
-    def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
-        saved = _saved(me)
-        rows = _rows(msg, context, saved, me)
-        kept = _arrays(context)
-        if "psi.secret" not in kept:
-            raise ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
-        hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
-        got = M.arrays_of(msg.content[M.ARRAYS])  # type: ignore[arg-type]
-        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
-        for k in passives:
-            hub.add_peer(f"passive{k}", M.array_to_bytes(got[f"passive{k}.reblinded"]),
-                         M.array_to_bytes(got[f"passive{k}.own"]))
-        try:
-            if not passives:  # method "local": the active party scores every user alone
-                raise PSIError("intersection is empty (no passive party)")
-            aligned, pos = hub.finish()
-        except PSIError as err:  # no user in common: all are scored by the active party alone
-            if "empty" not in str(err):
-                raise
-            aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in passives}
-        _keep(context, aligned=np.asarray(aligned, dtype=np.int64))
-        return _reply(msg, arrays={f"passive{k}.positions": np.asarray(pos[f"passive{k}"], dtype=np.int64)
-                                   for k in passives}, config={"aligned": int(len(aligned))})
-
-    @app.query("predict_embed")
-    @handler
-    def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
-        saved = _saved(me)
-        rows = _rows(msg, context, saved, me)
-        kept = _arrays(context)
-        if "psi.perm" not in kept:
-            raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
-        peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
-        positions = M.arrays_of(msg.content[M.ARRAYS])["positions"]  # type: ignore[arg-type]
-        party = predictor(saved, rows)
-        set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
-        return _reply(msg, arrays={"embeddings": party.embed(SPLIT)})
-
-    @app.query("predict_score")
-    @handler
-    def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
-        saved = _saved(me)
-        rows = _rows(msg, context, saved, me)
-        kept = _arrays(context)
-        party = predictor(saved, rows)
-        set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
-        got = M.arrays_of(msg.content.get(M.ARRAYS))  # type: ignore[arg-type]
-        passives = [int(k) for k in msg.content[M.CONFIG]["passives"]]  # type: ignore[union-attr]
-        result = score(party, [got[f"passive{k}.embeddings"] for k in passives],  # type: ignore[arg-type]
-                       saved.class_names or [])
-        out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        result.frame.to_csv(out, index=False)
-        context.state[STATE] = ArrayRecord()
-        return _reply(msg, metrics=result.metrics)
+    for action, fn in HANDLERS.items():
+        app.query(action)(handler(fn))
 
 
 def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", timeout: float = 600.0,
@@ -190,14 +197,14 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
             relay_points.update({f"{p.name}.{k}": v for k, v in M.arrays_of(peer[p.name].content[M.ARRAYS]).items()})
     fin = relay.exchange([(active, PSI_FINISH, M.records(arrays=relay_points, config=listed))],
                          "prediction (PSI intersection)")[active.name]
-    positions = M.arrays_of(fin.content[M.ARRAYS])  # type: ignore[arg-type]
+    positions = M.arrays_in(fin.content)
     embeddings: dict[str, np.ndarray] = {}
     if passives:
         sends = [(p, EMBED, M.records(arrays={"positions": positions[f"{p.name}.positions"]}, config=conf))
                  for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
-        embeddings = {f"{p.name}.embeddings": M.arrays_of(embedded[p.name].content[M.ARRAYS])["embeddings"]
-                      for p in passives}  # type: ignore[arg-type]
+        embeddings = {f"{p.name}.embeddings": M.arrays_in(embedded[p.name].content)["embeddings"]
+                      for p in passives}
     res = relay.exchange([(active, SCORE, M.records(arrays=embeddings, config=listed))],
                          "prediction (scoring)")[active.name]
     return M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
@@ -207,10 +214,10 @@ def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNo
     """Who is who from the start replies: the active party, the passives that score jointly, the hub's points."""
     active, passives = None, []
     for n in nodes:
-        info = replies[n.name].content[M.CONFIG]
-        party = PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), dict(info))  # type: ignore
+        info = M.config_in(replies[n.name].content)
+        party = PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), dict(info))
         if party.role == "active":
-            active, hub = party, M.arrays_of(replies[n.name].content[M.ARRAYS])["hub"]  # type: ignore[arg-type]
+            active, hub = party, M.arrays_in(replies[n.name].content)["hub"]
         else:
             passives.append(party)
     if active is None:
