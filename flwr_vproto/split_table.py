@@ -33,8 +33,9 @@ import numpy as np
 import pandas as pd
 
 from flwr_vproto.config import DatasetConfig
-from flwr_vproto.data.csv_files import NA_TOKENS, split_of
+from flwr_vproto.data.csv_files import NA_TOKENS, read_csv_text, split_of
 from flwr_vproto.data.partition import rng_for, split_counts
+from flwr_vproto.data.types import DataError
 
 ALIGNED_STREAM, NONALIGNED_STREAM = 101, 102  # random streams of this tool (see partition.rng_for)
 _DEFAULTS = DatasetConfig()
@@ -55,18 +56,12 @@ class SplitResult:
 
 
 def _read(table: str) -> pd.DataFrame:
-    path = Path(table)
-    if not path.is_file():
+    if not Path(table).is_file():
         raise SplitError(f"table: {table}: file not found")
     try:
-        frame = pd.read_csv(path, dtype=str, keep_default_na=False, na_filter=False, skipinitialspace=True)
-    except pd.errors.EmptyDataError:
-        raise SplitError(f"table: {table}: the CSV file is empty") from None
-    except (pd.errors.ParserError, UnicodeDecodeError, ValueError) as err:
-        raise SplitError(f"table: {table}: cannot be parsed as CSV: {err}") from None
-    frame.columns = [str(c).strip() for c in frame.columns]
-    if len(frame) == 0:
-        raise SplitError(f"table: {table}: the CSV file has a header but no data rows")
+        frame = read_csv_text(table)
+    except DataError as err:
+        raise SplitError(f"table: {err}") from None
     return frame.apply(lambda col: col.str.strip())
 
 

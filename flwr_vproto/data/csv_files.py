@@ -67,12 +67,9 @@ def _examples(values: list | np.ndarray | pd.Series) -> str:
     return ", ".join(shown) + (", ..." if len(values) > MAX_EXAMPLES else "")
 
 
-def read_party_csv_tokens(path: str) -> tuple[pd.DataFrame, dict[str, Counter]]:
-    """A party's file as stripped strings with NaN for empty cells, and per column the raw tokens that were empty.
-
-    Empty = blank or one of :data:`NA_TOKENS`, the same cells pandas' defaults read as NaN, so the data is what
-    ``pd.read_csv(dtype=str)`` gives; the tokens (``{"f": Counter({"NA": 2, "": 1})}``) let errors say what was seen.
-    """
+def read_csv_text(path: str | Path) -> pd.DataFrame:
+    """A CSV file exactly as text (no NaN conversion, column names stripped), with one-line errors for a missing,
+    empty or unparsable file; shared by the party loader and the split helper."""
     file = Path(path)
     if not file.is_file():
         raise DataError(f"CSV file not found: {path}" if not file.exists() else f"not a file: {path}")
@@ -85,6 +82,16 @@ def read_party_csv_tokens(path: str) -> tuple[pd.DataFrame, dict[str, Counter]]:
     frame.columns = [str(c).strip() for c in frame.columns]
     if len(frame) == 0:
         raise DataError(f"{path}: the CSV file has a header but no data rows")
+    return frame
+
+
+def read_party_csv_tokens(path: str) -> tuple[pd.DataFrame, dict[str, Counter]]:
+    """A party's file as stripped strings with NaN for empty cells, and per column the raw tokens that were empty.
+
+    Empty = blank or one of :data:`NA_TOKENS`, the same cells pandas' defaults read as NaN, so the data is what
+    ``pd.read_csv(dtype=str)`` gives; the tokens (``{"f": Counter({"NA": 2, "": 1})}``) let errors say what was seen.
+    """
+    frame = read_csv_text(path)
     tokens: dict[str, Counter] = {}
     for column in frame.columns:
         values = frame[column].str.strip()
