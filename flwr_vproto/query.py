@@ -43,6 +43,7 @@ EMBED = "query.predict_embed"
 SCORE = "query.predict_score"
 STATE = "vproto.predict"  # context.state key of this query's arrays (the training state is left alone)
 SOURCES = ("held-out", "file")
+SOURCE, METHOD, MODEL = "source", "method", "model"  # config entries of the prediction messages (the rest: messages)
 
 Handler = Callable[[Message, Context, Config, Any], Message]
 
@@ -54,7 +55,7 @@ def _saved(me: Any) -> SavedParty:
 
 
 def _rows(msg: Message, context: Context, saved: SavedParty, me: Any) -> Any:
-    source = str(msg.content[M.CONFIG]["source"])
+    source = str(M.config_in(msg.content)[SOURCE])
     if source not in SOURCES:
         raise ValueError(f"prediction source {source!r}: expected one of {SOURCES}")
     path = None
@@ -82,25 +83,25 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
     context.state[STATE] = ArrayRecord()
     if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
         # e.g. method "local", where passives never train; the server decides whether that is an error
-        return _reply(msg, config={"role": me.role, "party-index": me.index, "model": False})
+        return _reply(msg, config={M.ROLE: me.role, M.PARTY_INDEX: me.index, MODEL: False})
     saved = _saved(me)
     rows = _rows(msg, context, saved, me)
-    info = {"role": me.role, "party-index": me.index, "rows": len(rows), "method": saved.cfg.method.name,
-            "model": True}
+    info = {M.ROLE: me.role, M.PARTY_INDEX: me.index, M.ROWS: len(rows), METHOD: saved.cfg.method.name,
+            MODEL: True}
     if me.role != "active":
         return _reply(msg, config=info)
     hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
     points = hub.blinded_ids()
     _keep(context, **M.blobs_of("psi", hub.export_state()))
-    return _reply(msg, arrays={"hub": M.bytes_to_array(points)}, config=info)
+    return _reply(msg, arrays={M.HUB: M.bytes_to_array(points)}, config=info)
 
 
 def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
     rows = _rows(msg, context, _saved(me), me)
     peer = PSIPeer(rows.ids)
-    reblinded, own = peer.respond(M.array_to_bytes(M.arrays_in(msg.content)["hub"]))
+    reblinded, own = peer.respond(M.array_to_bytes(M.arrays_in(msg.content)[M.HUB]))
     _keep(context, **M.blobs_of("psi", peer.export_state()))
-    return _reply(msg, arrays={"reblinded": M.bytes_to_array(reblinded), "own": M.bytes_to_array(own)})
+    return _reply(msg, arrays={M.REBLINDED: M.bytes_to_array(reblinded), M.OWN: M.bytes_to_array(own)})
 
 
 def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -113,8 +114,8 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
     got = M.arrays_in(msg.content)
     passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
     for k in passives:
-        hub.add_peer(f"passive{k}", M.array_to_bytes(got[f"passive{k}.reblinded"]),
-                     M.array_to_bytes(got[f"passive{k}.own"]))
+        hub.add_peer(f"passive{k}", M.array_to_bytes(got[M.passive_key(k, M.REBLINDED)]),
+                     M.array_to_bytes(got[M.passive_key(k, M.OWN)]))
     try:
         if not passives:  # method "local": the active party scores every user alone
             raise PSIError("intersection is empty (no passive party)")
@@ -124,8 +125,8 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
             raise
         aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in passives}
     _keep(context, aligned=np.asarray(aligned, dtype=np.int64))
-    return _reply(msg, arrays={f"passive{k}.positions": np.asarray(pos[f"passive{k}"], dtype=np.int64)
-                               for k in passives}, config={"aligned": int(len(aligned))})
+    return _reply(msg, arrays={M.passive_key(k, M.POSITIONS): np.asarray(pos[f"passive{k}"], dtype=np.int64)
+                               for k in passives}, config={M.ALIGNED: int(len(aligned))})
 
 
 def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -135,10 +136,10 @@ def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
     if "psi.perm" not in kept:
         raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
     peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
-    positions = M.arrays_in(msg.content)["positions"]
+    positions = M.arrays_in(msg.content)[M.POSITIONS]
     party = predictor(saved, rows)
     set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
-    return _reply(msg, arrays={"embeddings": party.embed(SPLIT)})
+    return _reply(msg, arrays={M.EMBEDDINGS: party.embed(SPLIT)})
 
 
 def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -146,10 +147,10 @@ def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
     rows = _rows(msg, context, saved, me)
     kept = _arrays(context)
     party = predictor(saved, rows)
-    set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
+    set_rows(party, kept.get(M.ALIGNED, np.zeros(0, dtype=np.int64)))
     got = M.arrays_in(msg.content)
     passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
-    result = score(party, [got[f"passive{k}.embeddings"] for k in passives],  # type: ignore[arg-type]
+    result = score(party, [got[M.passive_key(k, M.EMBEDDINGS)] for k in passives],  # type: ignore[arg-type]
                    saved.class_names or [])
     out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
@@ -184,26 +185,26 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: expected one of {SOURCES}")
     relay = Relay(grid, timeout=timeout, wait_for_nodes=wait_for_nodes)
-    conf = {"source": source}
+    conf = {SOURCE: source}
     nodes = relay.nodes(cfg.dataset.num_passive + 1, "prediction: one active party + dataset.num_passive passives")
     replies = relay.exchange([(n, START, M.records(config=conf)) for n in nodes], "prediction (start)")
     active, passives, hub = _roles(nodes, replies)
     listed = {**conf, M.PASSIVES: [p.index for p in passives]}
     relay_points: dict[str, np.ndarray] = {}
     if passives:
-        peer = relay.exchange([(p, PSI_PEER, M.records(arrays={"hub": hub}, config=conf)) for p in passives],
+        peer = relay.exchange([(p, PSI_PEER, M.records(arrays={M.HUB: hub}, config=conf)) for p in passives],
                               "prediction (PSI peers)")
         for p in passives:
-            relay_points.update({f"{p.name}.{k}": v for k, v in M.arrays_of(peer[p.name].content[M.ARRAYS]).items()})
+            relay_points.update({M.passive_key(p.index, k): v for k, v in M.arrays_in(peer[p.name].content).items()})
     fin = relay.exchange([(active, PSI_FINISH, M.records(arrays=relay_points, config=listed))],
                          "prediction (PSI intersection)")[active.name]
     positions = M.arrays_in(fin.content)
     embeddings: dict[str, np.ndarray] = {}
     if passives:
-        sends = [(p, EMBED, M.records(arrays={"positions": positions[f"{p.name}.positions"]}, config=conf))
-                 for p in passives]
+        sends = [(p, EMBED, M.records(arrays={M.POSITIONS: positions[M.passive_key(p.index, M.POSITIONS)]},
+                                      config=conf)) for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
-        embeddings = {f"{p.name}.embeddings": M.arrays_in(embedded[p.name].content)["embeddings"]
+        embeddings = {M.passive_key(p.index, M.EMBEDDINGS): M.arrays_in(embedded[p.name].content)[M.EMBEDDINGS]
                       for p in passives}
     res = relay.exchange([(active, SCORE, M.records(arrays=embeddings, config=listed))],
                          "prediction (scoring)")[active.name]
@@ -215,16 +216,16 @@ def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNo
     active, passives = None, []
     for n in nodes:
         info = M.config_in(replies[n.name].content)
-        party = PartyNode(n.node_id, str(info["role"]), int(info["party-index"]), dict(info))
+        party = PartyNode(n.node_id, str(info[M.ROLE]), int(info[M.PARTY_INDEX]), dict(info))
         if party.role == "active":
-            active, hub = party, M.arrays_in(replies[n.name].content)["hub"]
+            active, hub = party, M.arrays_in(replies[n.name].content)[M.HUB]
         else:
             passives.append(party)
     if active is None:
         raise ProtocolError("prediction: no node answered as the active party")
-    joint = str(active.info["method"]) in JOINT_METHODS
+    joint = str(active.info[METHOD]) in JOINT_METHODS
     passives = sorted(passives, key=lambda p: p.index) if joint else []
-    lacking = [p.name for p in passives if not p.info["model"]]
+    lacking = [p.name for p in passives if not p.info[MODEL]]
     if lacking:
         raise ProtocolError(f"prediction: {', '.join(lacking)} has no saved model (<model-dir>/<party>.pt); "
                             f"train with a model-dir first")
