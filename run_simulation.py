@@ -12,6 +12,11 @@ print one line per round and report the same per-round metrics.
 
 ``main`` returns the *validation* score of the selected round (``runner.selection_metric``: accuracy, or AUC for a
 binary task), which is what Hydra's sweepers (Optuna) optimise; the test score is only written to results.json.
+
+Before any engine starts, the config and every party's data are checked (:mod:`flwr_vproto.checks`): a bad input
+exits non-zero within seconds with one line (``config error: ...``, ``data error: ...``); ``HYDRA_FULL_ERROR=1``
+shows the full traceback instead. A run never overwrites ``results.json``, and a run that fails before writing
+anything of its own removes the folder Hydra made for it.
 """
 
 from __future__ import annotations
@@ -29,8 +34,9 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from flwr_vproto.checks import check_inputs, full_errors, party_error_line
 from flwr_vproto.config import Config, ConfigError, config_from_dict
-from flwr_vproto.results import format_elapsed, format_round, write_results
+from flwr_vproto.results import format_elapsed, format_round, format_summary, write_results
 from flwr_vproto.sweeps import (
     SweepError,
     available_cores,
@@ -102,14 +108,12 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     from flwr_vproto.server_app import make_server_app
     from flwr_vproto.strategy import VerticalProtoStrategy
 
-    if cfg.method.name == "centralized":
-        raise SystemExit("config error: method=centralized needs every party's raw data in one place; "
-                         "run it with engine=inprocess")
     level = str(runner.get("flwr_log_level", "ERROR")).upper()
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
     strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
                                      on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01)
+    failed: list[BaseException] = []
     model_dir = str(out / "models") if runner.get("save_models", True) else None
     client_cpus = float(runner.get("client_num_cpus", 1))
     init_args: dict[str, Any] = {"logging_level": str(runner.get("ray_log_level", "ERROR")).upper(),
@@ -124,9 +128,11 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     }
     _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
          f"PSI, then {cfg.num_rounds} rounds")
-    run_simulation(server_app=make_server_app(strategy), client_app=make_client_app(cfg, model_dir),
+    run_simulation(server_app=make_server_app(strategy, errors=failed), client_app=make_client_app(cfg, model_dir),
                    num_supernodes=cfg.dataset.num_passive + 1, backend_config=backend,
                    verbose_logging=level == "DEBUG")
+    if failed:  # the ServerApp caught the strategy's error: show it as one line (or raise it, HYDRA_FULL_ERROR=1)
+        raise failed[0]
     if strategy.results is None:
         raise RuntimeError("the Flower simulation ended without results (see the errors above)")
     return strategy.results
@@ -164,25 +170,107 @@ def _bound_job(runner: dict[str, Any]) -> None:
         bound_threads(int(threads))
 
 
+def _check_config(cfg: Config, runner: dict[str, Any], out: Path) -> str:
+    """Config checks that need no data: the selection metric, the engine, the run folder. Returns the metric."""
+    try:
+        metric = check_selection_metric(runner.get("selection_metric", "accuracy"), cfg.dataset.name,
+                                        cfg.dataset.csv.classes)
+    except SweepError as err:
+        raise SystemExit(f"config error: {err}") from None
+    if cfg.engine == "flower" and cfg.method.name == "centralized":
+        raise SystemExit("config error: method=centralized needs every party's raw data in one place; "
+                         "run it with engine=inprocess")
+    if (out / "results.json").exists():
+        raise SystemExit(f"config error: {out} already holds results.json from an earlier run, which this run would "
+                         f"overwrite; give another hydra.run.dir (or move that folder)")
+    return metric
+
+
+def _header(cfg: Config, out: Path, cores: str) -> str:
+    """The run's first line: what runs where (csv: the files, since the overlap of IDs decides what is aligned)."""
+    d = cfg.dataset
+    data = (f"{', '.join(Path(p).name for p in d.csv.paths)}" if d.name == "csv"
+            else f"aligned {d.aligned_fraction:g}")
+    return (f"{cfg.method.name} on {d.name} ({data}, {d.num_passive} passive, {cfg.num_rounds} rounds, seed "
+            f"{cfg.seed}, engine {cfg.engine}{cores}) -> {out}")
+
+
+def _one_line(err: BaseException) -> SystemExit:
+    """A user-facing failure as one line (the full traceback only with HYDRA_FULL_ERROR=1)."""
+    from flwr_vproto.checkpoint import CheckpointError
+    from flwr_vproto.data import DataError
+    from flwr_vproto.protocol import ProtocolError
+    from flwr_vproto.psi import PSIError
+
+    if isinstance(err, DataError | PSIError):
+        return SystemExit(f"data error: {err}")
+    if isinstance(err, CheckpointError):
+        return SystemExit(f"checkpoint error: {err}")
+    if isinstance(err, ProtocolError):
+        return SystemExit(party_error_line(err))
+    return SystemExit(f"config error: {err}")
+
+
+def _remove_if_unused(out: Path) -> None:
+    """After a failed run: remove the folder Hydra made if it holds nothing of this run's own (only ``.hydra``),
+    then any parent left empty inside the working directory (``outputs/<date>``); a sweep folder holding only
+    ``multirun.yaml`` goes too."""
+    try:
+        if not out.is_dir() or any(p.name != ".hydra" for p in out.iterdir()):
+            return
+        import shutil
+
+        shutil.rmtree(out)
+        cwd = Path.cwd().resolve()
+        parent = out.resolve().parent
+        while parent != cwd and cwd in parent.parents:
+            left = list(parent.iterdir())
+            if left and [p.name for p in left] != ["multirun.yaml"]:
+                break
+            shutil.rmtree(parent)
+            parent = parent.parent
+    except OSError:
+        pass
+
+
 @hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(dcfg: DictConfig) -> float:
     """Run one job; return its validation score (accuracy, or AUC with ``runner.selection_metric=auc``) at the
     selected round, the objective of a Hydra sweeper. The test score is recorded in results.json, never returned."""
     global _START, _LABEL
     _START, _LABEL = time.perf_counter(), _job_label()
-    cfg, runner = _config(dcfg)
-    try:
-        metric = check_selection_metric(runner.get("selection_metric", "accuracy"), cfg.dataset.name,
-                                        cfg.dataset.csv.classes)
-    except SweepError as err:
-        raise SystemExit(f"config error: {err}") from None
-    _bound_job(runner)
     out = Path(HydraConfig.get().runtime.output_dir)
+    try:
+        return _main(dcfg, out)
+    except (KeyboardInterrupt, SystemExit, Exception) as err:
+        _remove_if_unused(out)
+        if isinstance(err, SystemExit | KeyboardInterrupt) or full_errors():
+            raise
+        from flwr_vproto.checkpoint import CheckpointError
+        from flwr_vproto.data import DataError
+        from flwr_vproto.protocol import ProtocolError
+        from flwr_vproto.psi import PSIError
+
+        if isinstance(err, DataError | PSIError | CheckpointError | ProtocolError | ConfigError):
+            raise _one_line(err) from None
+        raise
+
+
+def _main(dcfg: DictConfig, out: Path) -> float:
+    cfg, runner = _config(dcfg)
+    metric = _check_config(cfg, runner, out)
+    _bound_job(runner)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
+    if cfg.audit.record and cfg.audit.dir is None:  # default: this run's folder
+        cfg = dataclasses.replace(cfg, audit=dataclasses.replace(cfg.audit, dir=str(out / "audit")))
+    check_inputs(cfg)  # every party's data, before Ray or the trainer starts (DataError: one line)
+    if cfg.engine == "flower":
+        from flwr_vproto.data import clear_cache
+
+        clear_cache()  # the simulated parties load their own copies
     cores = f", {runner['threads']} of {available_cores()} cores" if runner.get("threads") else ""
-    _say(f"{cfg.method.name} on {cfg.dataset.name} (aligned {cfg.dataset.aligned_fraction:g}, "
-         f"{cfg.dataset.num_passive} passive, seed {cfg.seed}, engine {cfg.engine}{cores}) -> {out}")
+    _say(_header(cfg, out, cores))
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
     try:
         if metric != "accuracy":  # the engines select by validation accuracy (the default); reselect by AUC
@@ -196,10 +284,20 @@ def main(dcfg: DictConfig) -> float:
 
         results["job"] = {"threads": runner["threads"], "torch_threads": torch.get_num_threads(),
                           "cores": available_cores()}
-    path = write_results(out / "results.json", results)
-    final = results["final"]
-    _say(f"final: test accuracy {final.get('accuracy', float('nan')):.4f} at round {int(final['best_round'])} "
-         f"(best val {metric} {score:.4f}), {format_elapsed(time.perf_counter() - _START)} -> {path}")
+    audit_line = None
+    if cfg.audit.record:  # score what the passives received (python -m flwr_vproto.audit does the same later)
+        from flwr_vproto.audit import audit_folder
+        from flwr_vproto.audit import format_summary as format_audit
+        from flwr_vproto.data import dataset_classes
+
+        summary = audit_folder(cfg.audit.dir, dataset_classes(cfg)[0])["summary"]  # type: ignore[arg-type]
+        results["audit"] = summary
+        audit_line = format_audit(summary)
+    path = write_results(out / "results.json", results, exclusive=True)  # never overwrites: results-2.json beside
+    for line in format_summary(results, path, elapsed=time.perf_counter() - _START, metric=metric):
+        _say(line)
+    if audit_line:
+        _say(audit_line)
     return score
 
 

@@ -91,9 +91,70 @@ def build_results(cfg: Config, history: list[dict[str, float]], extra: Mapping[s
     return out
 
 
-def write_results(path: str | Path, results: Mapping[str, Any]) -> Path:
-    """Write ``results.json`` (NaN-free JSON)."""
+def write_results(path: str | Path, results: Mapping[str, Any], *, exclusive: bool = False) -> Path:
+    """Write ``results.json`` (NaN-free JSON); returns the path written.
+
+    ``exclusive``: never overwrite. If ``path`` exists (another run wrote there), write beside it as
+    ``results-2.json``, ``results-3.json``, ... (each file created atomically, so two runs racing for one folder
+    both keep their results).
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(results, indent=2, default=float, allow_nan=False))
-    return path
+    text = json.dumps(results, indent=2, default=float, allow_nan=False)
+    if not exclusive:
+        path.write_text(text)
+        return path
+    for n in range(1, 10_000):
+        target = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
+        try:
+            with open(target, "x", encoding="utf-8") as fh:
+                fh.write(text)
+            return target
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{path.parent}: too many results files")
+
+
+def _acc(final: Mapping[str, Any], key: str) -> str:
+    value = final.get(key)
+    return "n/a" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{float(value):.4f}"
+
+
+def format_summary(results: Mapping[str, Any], path: str | Path | None = None, elapsed: float | None = None,
+                   metric: str = "accuracy") -> list[str]:
+    """The run's closing lines, the same under ``run_simulation.py`` and the deployed ServerApp: test accuracy of
+    what the run ships (at the best validation round) and, when the method has them, of the joint model and of the
+    active-only head alone; the best round; how many users were aligned; where ``results.json`` is."""
+    final = results.get("final") or {}
+    rounds = results.get("rounds") or []
+    cfg = results.get("config") or {}
+    num_rounds = int(cfg.get("num_rounds") or (rounds[-1]["round"] if rounds else 0))
+    if not final:
+        return [f"final: no evaluated round ({len(rounds)} round(s) recorded)"
+                + (f" -> {path}" if path is not None else "")]
+    head = f"final: test accuracy {_acc(final, 'accuracy')}"
+    parts = []
+    if "joint_accuracy" in final:
+        parts.append(f"joint model {_acc(final, 'joint_accuracy')}")
+    if "local_accuracy" in final:
+        parts.append(f"active-only head {_acc(final, 'local_accuracy')}")
+    if parts:
+        head += f" ({', '.join(parts)}, on the users every party holds)"
+    if "auc" in final:
+        head += f", AUC {_acc(final, 'auc')}"
+    best = f"best round {int(final['best_round'])} of {num_rounds} by validation {metric}"
+    sel = results.get("selection") or {}
+    score = sel.get("val_score", final.get("val_accuracy"))
+    if score is not None:
+        best += f" ({float(score):.4f})"
+    if "active_only_accuracy" in final:
+        best += f"; users only the active party holds: {_acc(final, 'active_only_accuracy')} (active-only head)"
+    aligned = ((results.get("alignment") or {}).get("aligned") or {}).get("train")
+    tail = []
+    if aligned is not None:
+        tail.append(f"{int(aligned)} aligned training users")
+    if elapsed is not None:
+        tail.append(format_elapsed(elapsed))
+    where = f"results: {path}" if path is not None else ""
+    last = ", ".join(tail) + (f" -> {where}" if where and tail else where)
+    return [head, best] + ([last] if last else [])

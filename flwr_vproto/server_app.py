@@ -7,49 +7,82 @@ directory, i.e. where the SuperLink was started). With ``app.predict`` set (``"h
 prediction query round instead of training and writes only ``prediction.json`` (counts and accuracy): the
 predictions stay on the active party's node. ``run_simulation.py`` builds its own ServerApp around a strategy
 object it keeps, so it can read the results back.
+
+The log ends with the run's summary (:func:`flwr_vproto.results.format_summary`, the same lines
+``run_simulation.py`` prints). A run never overwrites a ``results.json`` already in ``app.output-dir``: it writes
+``results-2.json`` beside it. When a party fails (a SuperNode's bad data file, say), the log's last line is one line
+naming the party, the phase and the party's own message (``data error: passive1 (node 7) during discovery:
+/data/shop.csv: column 'x' has 1 empty/NaN value(s) ...``; :func:`flwr_vproto.checks.party_error_line`), not the
+ClientApp's wrapped traceback.
 """
 
 from __future__ import annotations
 
 import logging
+import time
 from pathlib import Path
 
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from flwr_vproto.checks import party_error_line
+from flwr_vproto.protocol import ProtocolError
 from flwr_vproto.query import predict_over_grid
-from flwr_vproto.results import write_results
+from flwr_vproto.results import format_summary, write_results
 from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.strategy import VerticalProtoStrategy
 
 log = logging.getLogger("flwr")
 
 
-def make_server_app(strategy: VerticalProtoStrategy | None = None) -> ServerApp:
-    """A ServerApp driving ``strategy`` (simulation), or, when ``None``, one built from the run-config."""
+def make_server_app(strategy: VerticalProtoStrategy | None = None,
+                    errors: list[BaseException] | None = None) -> ServerApp:
+    """A ServerApp driving ``strategy`` (simulation), or, when ``None``, one built from the run-config.
+
+    ``errors``: with a ``strategy``, a party's failure (``ProtocolError``) is appended there instead of raised into
+    Flower's simulation runtime (which would log it with its traceback), for the caller to report as one line.
+    """
     app = ServerApp()
 
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         if strategy is not None:
-            strategy.start(grid=grid)
+            try:
+                strategy.start(grid=grid)
+            except ProtocolError as err:
+                if errors is None:
+                    raise
+                errors.append(err)
             return
-        cfg, settings = config_from_run_config(context.run_config)
-        if settings.predict:  # score new users with the models each party saved (flwr_vproto.query)
-            metrics = predict_over_grid(grid, cfg, source=settings.predict, timeout=settings.timeout,
-                                        wait_for_nodes=settings.wait_for_nodes)
-            log.info("prediction done (predictions stay on the active party's node): %s", metrics)
-            out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
-            path = write_results(out / "prediction.json", {"metrics": metrics})
-            log.info("prediction summary written to %s", path.resolve())
-            return
-        run = VerticalProtoStrategy(cfg, timeout=settings.timeout, wait_for_nodes=settings.wait_for_nodes)
-        run.start(grid=grid)
-        out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
-        path = write_results(out / "results.json", run.results or {})
-        log.info("results written to %s", path.resolve())
+        try:
+            _deployed(grid, context)
+        except ProtocolError as err:  # one line naming the party and its own message, then fail the run
+            line = party_error_line(err)
+            log.error("%s", line)
+            raise ProtocolError(line) from None
 
     return app
+
+
+def _deployed(grid: Grid, context: Context) -> None:
+    """``flwr run``: train (or, with ``app.predict``, score new users) as the run-config says."""
+    cfg, settings = config_from_run_config(context.run_config)
+    if settings.predict:  # score new users with the models each party saved (flwr_vproto.query)
+        metrics = predict_over_grid(grid, cfg, source=settings.predict, timeout=settings.timeout,
+                                    wait_for_nodes=settings.wait_for_nodes)
+        log.info("prediction done (predictions stay on the active party's node): %s", metrics)
+        out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
+        path = write_results(out / "prediction.json", {"metrics": metrics}, exclusive=True)
+        log.info("prediction summary written to %s", path.resolve())
+        return
+    start = time.perf_counter()
+    run = VerticalProtoStrategy(cfg, timeout=settings.timeout, wait_for_nodes=settings.wait_for_nodes)
+    run.start(grid=grid)
+    out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
+    results = run.results or {}
+    path = write_results(out / "results.json", results, exclusive=True)  # never overwrites: results-2.json
+    for line in format_summary(results, path.resolve(), elapsed=time.perf_counter() - start):
+        log.info("%s", line)
 
 
 app = make_server_app()

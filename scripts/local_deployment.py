@@ -108,6 +108,7 @@ class LocalDeployment:
     started: list[subprocess.Popen] = field(default_factory=list)
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
+    last_run_id: int | None = None  # the run the latest submit() started (its log: self.log(self.last_run_id))
 
     def _env(self, home: str) -> dict[str, str]:
         env = {**os.environ, **QUIET_ENV, **self.env, "FLWR_HOME": str(self.workdir / home)}
@@ -245,7 +246,8 @@ class LocalDeployment:
         res = self.flwr("run", str(app), "loopback", "--run-config", overrides, "--format", "json")
         if res.returncode != 0:
             raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
-        return int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+        self.last_run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
+        return self.last_run_id
 
     def wait(self, run_id: int, timeout: float, until: Any = None, status_every: float = STATUS_EVERY) -> str:
         """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...).
@@ -346,10 +348,12 @@ def main() -> None:
         t0 = time.perf_counter()
         results = dep.run_app({"dataset.name": "csv", "dataset.num_passive": args.passives,
                                "num_rounds": args.rounds, "method.name": args.method}, tmp / "results")
-    for rec in results["rounds"]:
-        from flwr_vproto.results import format_round
+    from flwr_vproto.results import format_round, format_summary
 
+    for rec in results["rounds"]:
         print(format_round(rec, args.rounds))
+    for line in format_summary(results, tmp / "results" / "results.json"):  # what the ServerApp logged last
+        print(line)
     print(f"finished in {time.perf_counter() - t0:.1f} s; results and models in {tmp}")
     if args.workdir is None:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -54,16 +54,24 @@ def _deploy(workdir: Path, num_passive: int = 2) -> dict:
     try:
         dep.start()
         results = dep.run_app(run_config, workdir / "results", timeout=RUN_TIMEOUT)
+        trained = dep.last_run_id
         target = workdir / "prediction" / "prediction.json"  # score the held-out users with the saved models
         run_id = dep.submit({**run_config, "app.predict": "held-out"}, target.parent)
         dep.wait(run_id, RUN_TIMEOUT, until=target.exists)
         time.sleep(0.5)
         assert target.exists(), dep.log(run_id)[-3000:]
         prediction = json.loads(target.read_text())
+        dep.wait(trained, 60.0)  # finished long ago: its log ends with the summary
+        log = dep.log(trained)
+        # a party's bad input (here: a label column the active party's file lacks) reaches the ServerApp log as
+        # one line naming the party and the file
+        bad = dep.submit({**run_config, "dataset.csv.label_column": "nope"}, workdir / "bad")
+        bad_status = dep.wait(bad, RUN_TIMEOUT)
+        bad_log = dep.log(bad)
     finally:
         dep.stop()
     return {"results": results, "paths": paths, "models": workdir / "models", "deployment": dep,
-            "prediction": prediction}
+            "prediction": prediction, "log": log, "bad": (bad_status, bad_log, workdir / "bad")}
 
 
 # app.timeout of the killed run: far above a normal reply on a busy CI machine (up to ~50 s seen with four
@@ -160,6 +168,19 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     assert metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
     assert metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-6)
     assert (models / "predictions.csv").exists()
+
+    # the ServerApp's log ends with the same summary as run_simulation.py (flwr_vproto.results.format_summary)
+    final, log = results["final"], out["log"]
+    assert f"final: test accuracy {final['accuracy']:.4f}" in log, log[-3000:]
+    assert f"best round {int(final['best_round'])} of 2" in log and "results.json" in log, log[-3000:]
+    assert f"{results['alignment']['aligned']['train']} aligned training users" in log, log[-3000:]
+    status, log, folder = out["bad"]
+    assert status == "finished:failed" and not folder.exists(), (status, log[-3000:])
+    # discovery is where the server learns who a node is, so a node failing it is named by its node ID (the
+    # party's name appears when the ClientApp names itself in its error) and by its file
+    line = re.search(r"data error: (?:active \(node \d+\)|node \d+) during discovery: (\S+): the active party's "
+                     r"file has no label column 'nope'", log)
+    assert line and line.group(1) == paths[0], log[-3000:]  # one line: the party, the phase, its file, the cause
 
     # the same files through the in-process engine: the same numbers (up to float reduction order)
     cfg = config_from_dict({"num_rounds": 2, "engine": "inprocess", "method": {"batch_size": 64},
