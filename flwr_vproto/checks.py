@@ -86,6 +86,7 @@ def unwrap_reason(reason: str) -> tuple[str, str]:
     return cls, text
 
 
+_PARTY = re.compile(r"^(active|passive\d+): ")  # a ClientApp's data errors start with its party name
 _FAILED = re.compile(r"^(?P<who>.+?) failed during (?P<where>.+?): (?P<reason>.*?)(?: \(error code \d+\))?$", re.S)
 
 
@@ -97,8 +98,12 @@ def party_error_line(err: BaseException) -> str:
     if m:
         cls, message = unwrap_reason(m.group("reason"))
         kind = "data error" if cls in DATA_ERRORS else "error"
+        who = m.group("who")
+        named = _PARTY.match(message)
+        if named and who.startswith("node "):  # before discovery ends the server knows only the node ID
+            who, message = f"{named.group(1)} ({who})", message[named.end():]
         shown = message if cls in DATA_ERRORS or not cls else f"{cls}: {message}"
-        return f"{kind}: {m.group('who')} during {m.group('where')}: {' '.join(shown.split())}"
+        return f"{kind}: {who} during {m.group('where')}: {' '.join(shown.split())}"
     cls = type(err).__name__
     kind = "data error" if cls in DATA_ERRORS else "error"
     return f"{kind}: {' '.join(text.split())}"

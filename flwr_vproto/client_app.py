@@ -44,7 +44,7 @@ from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config
-from flwr_vproto.data import SPLITS, PartySplits, dataset_classes, load_party
+from flwr_vproto.data import SPLITS, DataError, PartySplits, dataset_classes, load_party
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.predict import save_party_model
 from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, ProtocolError
@@ -107,8 +107,12 @@ def _cached_data(cfg_json: str, index: int) -> PartySplits:
 
 
 def party_data(cfg: Config, index: int) -> PartySplits:
-    """This party's data, cached per process (parties never modify it)."""
-    return _cached_data(json.dumps(cfg.to_dict(), sort_keys=True), index)
+    """This party's data, cached per process (parties never modify it). A data error names the party first: at
+    discovery the server knows a node only by its ID."""
+    try:
+        return _cached_data(json.dumps(cfg.to_dict(), sort_keys=True), index)
+    except DataError as err:
+        raise DataError(f"{proto.party_name(ACTIVE if index == 0 else PASSIVE, index)}: {err}") from None
 
 
 def _require(cond: bool, what: str) -> None:

@@ -103,8 +103,10 @@ class VerticalProtoStrategy(Strategy):
 
     def summary(self) -> None:
         c = self.cfg
-        log.info("VerticalProtoStrategy: method=%s dataset=%s passives=%d aligned_fraction=%s rounds=%d",
-                 c.method.name, c.dataset.name, c.dataset.num_passive, c.dataset.aligned_fraction, c.num_rounds)
+        overlap = ("aligned users: as PSI finds them in the files" if c.dataset.name == "csv"
+                   else f"aligned_fraction={c.dataset.aligned_fraction}")
+        log.info("VerticalProtoStrategy: method=%s dataset=%s passives=%d %s rounds=%d", c.method.name,
+                 c.dataset.name, c.dataset.num_passive, overlap, c.num_rounds)
 
     # ------------------------------------------------------------------ who is who
     @property

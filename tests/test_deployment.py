@@ -176,9 +176,8 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     assert f"{results['alignment']['aligned']['train']} aligned training users" in log, log[-3000:]
     status, log, folder = out["bad"]
     assert status == "finished:failed" and not folder.exists(), (status, log[-3000:])
-    # discovery is where the server learns who a node is, so a node failing it is named by its node ID (the
-    # party's name appears when the ClientApp names itself in its error) and by its file
-    line = re.search(r"data error: (?:active \(node \d+\)|node \d+) during discovery: (\S+): the active party's "
+    # discovery is where the server learns who a node is: the ClientApp names its party in its data error
+    line = re.search(r"data error: active \(node \d+\) during discovery: (\S+): the active party's "
                      r"file has no label column 'nope'", log)
     assert line and line.group(1) == paths[0], log[-3000:]  # one line: the party, the phase, its file, the cause
 

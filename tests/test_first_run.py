@@ -188,6 +188,10 @@ def test_a_partys_error_becomes_one_line_naming_the_party_and_the_file():
     simulated = ProtocolError(f"active (node 3) failed during discovery: {RAY_REASON} (error code 2)")
     assert party_error_line(simulated) == ("data error: active (node 3) during discovery: /tmp/bank_nan.csv: column "
                                            "'x' has 1 empty/NaN value(s) of 99 rows")
+    at_discovery = ProtocolError("node 9 failed during discovery: <class 'flwr_vproto.data.types.DataError'>:"
+                                 "<'passive1: /data/shop.csv: column 'x' has 1 empty/NaN value(s)'> (error code 2)")
+    assert party_error_line(at_discovery) == ("data error: passive1 (node 9) during discovery: /data/shop.csv: "
+                                              "column 'x' has 1 empty/NaN value(s)")
     assert unwrap_reason("<class 'ZeroDivisionError'>:<'division by zero'>") == ("ZeroDivisionError",
                                                                                  "division by zero")
     plain = ProtocolError("no reply from passive1 (node 9) during training (passive parties) of round 3 within 5 s")
