@@ -19,7 +19,9 @@ rows:
   the accuracy of guessing without the rows. For two classes it is the direction attack without a reference row.
 
 The attacker does not know which end of a score is "positive", so AUCs are reported as ``max(AUC, 1 - AUC)``:
-0.5 means nothing leaks, 1.0 means every label can be read off.
+0.5 means nothing leaks, 1.0 means every label can be read off. With few aligned users even a leak-free round scores
+above 0.5 (and k-means matched to classes above the majority share), so each round also reports the same attacks
+against a fixed shuffle of the labels (``auc_chance``, ``cluster_chance``): the level that means "nothing found".
 
 Recording: with ``audit.record=true`` the active party — which knows exactly what it sends, and the true labels —
 writes, after every round that releases gradients, one ``round-<r>.npz`` into the audit folder: each passive's
@@ -104,11 +106,13 @@ def attack(gradients: np.ndarray, labels: np.ndarray, num_classes: int) -> dict[
     labels = np.asarray(labels)
     known = labels >= 0
     g, y = np.asarray(gradients)[known], labels[known]
-    out = {"cluster_accuracy": cluster_accuracy(g, y, num_classes), "majority_share": majority_share(y)}
+    shuffled = np.random.default_rng(0).permutation(y)  # the same attacks with nothing to find: their chance level
+    out = {"cluster_accuracy": cluster_accuracy(g, y, num_classes), "majority_share": majority_share(y),
+           "cluster_chance": cluster_accuracy(g, shuffled, num_classes)}
     if num_classes == 2:
-        out["norm_auc"] = leak_auc(norm_scores(g), y)
-        out["direction_auc"] = leak_auc(direction_scores(g), y)
-        out["projection_auc"] = leak_auc(projection_scores(g), y)
+        scores = {"norm": norm_scores(g), "direction": direction_scores(g), "projection": projection_scores(g)}
+        out.update({f"{name}_auc": leak_auc(score, y) for name, score in scores.items()})
+        out["auc_chance"] = max(leak_auc(score, shuffled) for score in scores.values())
     return out
 
 
@@ -155,7 +159,7 @@ def audit_folder(folder: str | Path, num_classes: int) -> dict[str, Any]:
 def summarise(rows: list[dict[str, Any]]) -> dict[str, float]:
     """Worst case over rounds and passives of each attack (what the run's promise must hold against), and the mean."""
     out: dict[str, float] = {}
-    for key in ("norm_auc", "direction_auc", "projection_auc", "cluster_accuracy"):
+    for key in ("norm_auc", "direction_auc", "projection_auc", "auc_chance", "cluster_accuracy", "cluster_chance"):
         values = [r[key] for r in rows if key in r and not math.isnan(r[key])]
         if values:
             out[f"max_{key}"] = float(max(values))

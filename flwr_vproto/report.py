@@ -784,6 +784,14 @@ def _pm(values: list[float]) -> str:
     return f"{m:.4f} ± {s:.4f}"
 
 
+def _chance(audit: dict[str, Any]) -> float:
+    """What the worst-case attack scores when there is nothing to find (the same attacks on shuffled labels); older
+    records: 0.5 AUC, or the majority share for the cluster attack."""
+    if "max_norm_auc" in audit:  # a binary task
+        return float(audit.get("max_auc_chance", 0.5))
+    return float(audit.get("max_cluster_chance", audit.get("majority_share", math.nan)))
+
+
 def label_rows(runs: list[LabelRun]) -> list[dict[str, Any]]:
     """One row per dataset, fraction, setting and method: accuracy and worst-case attack, mean and std over seeds."""
     binary = {ds: any(r.binary for r in runs if r.dataset == ds) for ds in {r.dataset for r in runs}}
@@ -795,7 +803,7 @@ def label_rows(runs: list[LabelRun]) -> list[dict[str, Any]]:
             acc_m, acc_s = _mean_std([r.accuracy for r in rs])
             attacks = [r.attack for r in rs if math.isfinite(r.attack)]
             att_m, att_s = _mean_std(attacks) if attacks else (math.nan, math.nan)
-            majority = [r.audit["majority_share"] for r in rs if "majority_share" in r.audit]
+            majority = [_chance(r.audit) for r in rs if math.isfinite(_chance(r.audit))]
             rows.append({"dataset": ds, "aligned_fraction": frac, "setting": setting, "method": method, "n": len(rs),
                          "seeds": " ".join(str(r.seed) for r in sorted(rs, key=lambda r: r.seed)),
                          "accuracy_mean": acc_m, "accuracy_std": acc_s, "accuracy_minus_local": acc_m - ref,
@@ -811,22 +819,21 @@ def label_tables(runs: list[LabelRun]) -> str:
     for (ds, frac) in label_cells(runs):
         mine = [r for r in rows if (r["dataset"], r["aligned_fraction"]) == (ds, frac)]
         binary = mine[0]["attack"] == "auc"
-        attack = "worst attack AUC (max of norm, direction, projection)" if binary else \
-            "worst k-means cluster accuracy | majority share"
+        attack = ("worst attack AUC (max of norm, direction, projection) | chance (same, shuffled labels)" if binary
+                  else "worst k-means cluster accuracy | chance (same, shuffled labels)")
         out += [f"**{ds}, {frac:.0%} aligned** (test accuracy at the best validation round, mean ± std over seeds; "
-                f"attack: worst round and passive of each run, mean ± std over seeds; 0.5 AUC or the majority share "
-                f"= nothing learnt)", "",
+                f"attack: worst round and passive of each run, mean ± std over seeds; chance: the same attacks "
+                f"against shuffled labels, what finding nothing scores with this many users)", "",
                 f"| defence | method | n | test accuracy | vs local | {attack} |",
-                "|---|---|---|---|---|---|" + ("" if binary else "---|")]
+                "|---|---|---|---|---|---|---|"]
         for r in mine:
             runs_here = [x for x in runs if (x.dataset, x.fraction, x.setting, x.method)
                          == (ds, frac, r["setting"], r["method"])]
             acc = _pm([x.accuracy for x in runs_here])
             delta = "reference" if r["method"] == "local" else f"{r['accuracy_minus_local']:+.4f}"
             cells = [r["setting"], r["method"], str(r["n"]), acc, delta, _pm([x.attack for x in runs_here])]
-            if not binary:
-                cells.append("—" if r["method"] == "local" or not math.isfinite(r["majority_share"])
-                             else f"{r['majority_share']:.4f}")
+            cells.append("—" if r["method"] == "local" or not math.isfinite(r["majority_share"])
+                         else f"{r['majority_share']:.4f}")
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
@@ -865,14 +872,10 @@ def plot_label_tradeoff(runs: list[LabelRun], out: Path) -> list[Path]:
             local = [r.accuracy for (_, m), rs in cell.items() if m == "local" for r in rs]
             if local:
                 ax.axhline(statistics.mean(local), color="grey", linestyle="--", label="local (sends nothing)")
-            if binary:
-                ax.axvline(0.5, color="grey", linestyle=":", linewidth=1, label="AUC 0.5: nothing leaks")
-            else:
-                majority = [r.audit["majority_share"] for rs in cell.values() for r in rs
-                            if "majority_share" in r.audit]
-                if majority:
-                    ax.axvline(statistics.mean(majority), color="grey", linestyle=":", linewidth=1,
-                               label="majority share: guessing")
+            chance = [_chance(r.audit) for rs in cell.values() for r in rs if math.isfinite(_chance(r.audit))]
+            if chance:
+                ax.axvline(statistics.mean(chance), color="grey", linestyle=":", linewidth=1,
+                           label="chance: the attacks on shuffled labels")
             ax.set_title(f"{ds}, {frac:.0%} aligned")
             ax.set_xlabel("worst-case attack AUC (norm, direction, projection)" if binary
                           else "worst-case k-means cluster accuracy")

@@ -58,7 +58,7 @@ def test_table_rows_are_setting_by_method_with_local_as_reference(tmp_path, caps
     digits = table[table.dataset == "digits"]
     assert set(digits.attack) == {"cluster_accuracy"} and digits.iloc[1].attack_mean == pytest.approx(0.4)
     assert "| noise16 | vproto | 3 | 0.8000 ± 0.0000 | +0.1000 | 0.4000 ± 0.1000 | 0.1000 |" in printed
-    assert "majority share |" in printed and printed.count("**adult, ") == 2
+    assert "chance (same, shuffled labels) |" in printed and printed.count("**adult, ") == 2
     for name in ("label_tradeoff_adult.png", "label_tradeoff_digits.png", "labels.md"):
         assert (tmp_path / "out" / name).stat().st_size > 100
 
