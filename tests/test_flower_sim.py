@@ -224,7 +224,8 @@ def test_hydra_configs_compose_to_valid_configs():
         cfg, runner = _config(compose("config"))
         # the yaml defaults are Config's defaults, but for digits' own num_rounds (conf/dataset/digits.yaml)
         assert cfg == config_from_dict({"num_rounds": 40}) and runner["timeout"] > 0
-        for group, section in (("dataset", "dataset"), ("model", "model"), ("method", "method")):
+        for group, section in (("dataset", "dataset"), ("model", "model"), ("method", "method"),
+                               ("defence", "defence")):
             for option in (REPO / "conf" / group).glob("*.yaml"):  # every field listed, so every field overridable
                 listed = set(compose("config", [f"{group}={option.stem}"])[section])
                 assert listed == set(getattr(cfg, section).__dataclass_fields__), (option, listed)
@@ -233,6 +234,8 @@ def test_hydra_configs_compose_to_valid_configs():
                 cfg, _ = _config(compose("config", [f"method={method}", f"dataset={dataset}"]))
                 assert (cfg.method.name, cfg.dataset.name) == (method, dataset)
         assert _config(compose("config", ["method=vanilla"]))[0].method.local_head is False
+        assert _config(compose("config", ["defence=gradient_noise"]))[0].defence.grad_noise == 32.0
+        assert _config(compose("config", ["defence=label_dp"]))[0].defence.label_epsilon == 1.0
         cfg, _ = _config(compose("config", ["dataset=csv", "dataset.csv.paths=[a.csv,b.csv]", "model=cnn",
                                             "dataset=digits"]))
         assert cfg.model.encoder == "cnn"
