@@ -271,6 +271,10 @@ def _main(dcfg: DictConfig, out: Path) -> float:
         clear_cache()  # the simulated parties load their own copies
     cores = f", {runner['threads']} of {available_cores()} cores" if runner.get("threads") else ""
     _say(_header(cfg, out, cores))
+    if cfg.dataset.name == "csv" and any(o.startswith("dataset.aligned_fraction=")
+                                         for o in HydraConfig.get().overrides.task):
+        _say(f"warning: dataset.aligned_fraction={cfg.dataset.aligned_fraction:g} is ignored for dataset=csv: the "
+             f"aligned users are the IDs every party's file holds (the summary gives their number)")
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
     try:
         if metric != "accuracy":  # the engines select by validation accuracy (the default); reselect by AUC

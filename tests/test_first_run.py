@@ -220,3 +220,15 @@ def test_connect_writes_the_superlink_connection_in_flowers_format(tmp_path, mon
     bad = subprocess.run([sys.executable, str(script), "--name", "x", "--address", "no-port", "--insecure"], env=env,
                          capture_output=True, text=True, timeout=120)
     assert bad.returncode != 0 and bad.stderr.strip().startswith("connect error: --address 'no-port'"), bad.stderr
+
+
+@pytest.mark.slow
+def test_an_aligned_fraction_given_with_csv_is_named_as_ignored_and_the_measured_overlap_reported(tmp_path):
+    files = _csvs(tmp_path / "data")
+    proc = _run(tmp_path, "engine=inprocess", "dataset=csv", _paths(files["bank"], files["shop"]), "num_rounds=1",
+                "dataset.aligned_fraction=0.02", f"hydra.run.dir={tmp_path / 'run'}", "runner.save_models=false")
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out
+    assert "warning: dataset.aligned_fraction=0.02 is ignored for dataset=csv" in out
+    aligned = json.loads((tmp_path / "run" / "results.json").read_text())["alignment"]["aligned"]["train"]
+    assert f"{aligned} aligned training users" in out and "aligned 0.02" not in out
