@@ -124,7 +124,8 @@ def timed(owner, name, key):
         return out
     setattr(owner, name, run)
 timed(C, "party_data", "load data")
-timed(C.PartyStore, "load_party", "restore state")
+timed(C.PartyStore, "load_active", "restore state")
+timed(C.PartyStore, "load_passive", "restore state")
 timed(C.PartyStore, "save_party", "save state")
 timed(protocol, "passive_step", "party's work")
 timed(protocol, "active_step", "party's work")

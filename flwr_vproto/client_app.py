@@ -36,6 +36,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
@@ -44,9 +45,8 @@ from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config
-from flwr_vproto.data import SPLITS, DataError, PartySplits, dataset_classes, load_party
+from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
-from flwr_vproto.predict import save_party_model
 from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, ProtocolError
 from flwr_vproto.query import register as register_prediction
 from flwr_vproto.run_config import config_fingerprint, config_from_run_config
@@ -102,6 +102,7 @@ def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> 
 @functools.lru_cache(maxsize=4)
 def _cached_data(cfg_json: str, index: int) -> PartySplits:
     from flwr_vproto.config import config_from_dict
+    from flwr_vproto.data import load_party
 
     return load_party(config_from_dict(json.loads(cfg_json)), index)
 
@@ -122,10 +123,17 @@ def _require(cond: bool, what: str) -> None:
 
 # ------------------------------------------------------------------------------------------------ context.state
 class PartyStore:
-    """This party's state in ``context.state``: small facts, its PSI secrets and its serialised learner."""
+    """This party's state in ``context.state``: small facts, its PSI secrets, its serialised learner and, once set
+    up, its encoded data.
+
+    Keeping the encoded data spares every later message (each a fresh process in a deployment) re-reading and
+    re-encoding the party's file, and importing pandas and scikit-learn to do so (~1 s of a ~4.5 s message,
+    BENCHMARKS §3). User IDs stay out of it: only PSI needs them, and PSI is done.
+    """
 
     PSI = "psi"  # blob prefix of the PSI secrets
     PARTY = "party"  # blob of the learner's state dict
+    DATA = "data"  # array prefix of the encoded data: data.<split>.x, .y, .y_true
 
     def __init__(self, context: Context) -> None:
         self.context = context
@@ -152,11 +160,31 @@ class PartyStore:
 
     def save_party(self, party: ActiveParty | PassiveParty | None, state: dict[str, Any] | None = None,
                    **facts: Any) -> None:
-        """Replace the stored arrays (PSI secrets are done with) by the learner's state (``party``'s, or a saved
-        ``state``); update the facts."""
+        """Store the learner's state (``party``'s, or a saved ``state``) next to the kept data (the PSI secrets are
+        done with); update the facts."""
         blob = state_to_bytes(party.state_dict() if party is not None else state)
-        self.context.state[M.STATE_ARRAYS] = M.array_record({self.PARTY: M.bytes_to_array(blob)})
+        data = {k: v for k, v in self._blobs().items() if k.startswith(self.DATA + ".")}
+        self.context.state[M.STATE_ARRAYS] = M.array_record({self.PARTY: M.bytes_to_array(blob), **data})
         self.facts.update({"ready": True, **facts})
+
+    def data(self, c: Config, me: Identity) -> PartySplits:
+        """The party's encoded data: kept in the state after the first load, rebuilt from it without the file."""
+        blobs = self._blobs()
+        if f"{self.DATA}.train.x" not in blobs:
+            data = party_data(c, me.index)
+            kept = {f"{self.DATA}.{s}.{f}": getattr(data.split(s), f) for s in SPLITS for f in ("x", "y", "y_true")
+                    if getattr(data.split(s), f) is not None}
+            self.context.state[M.STATE_ARRAYS] = M.array_record({**blobs, **kept})
+            self.facts["input-shape"] = [int(d) for d in data.input_shape]
+            return data
+
+        def split(s: str) -> PartyData:
+            x = blobs[f"{self.DATA}.{s}.x"]
+            return PartyData(np.full(len(x), None, dtype=object), x, blobs.get(f"{self.DATA}.{s}.y"),
+                             blobs.get(f"{self.DATA}.{s}.y_true"))
+
+        return PartySplits(me.name, me.role, split("train"), split("val"), split("test"),
+                           tuple(int(d) for d in self.facts["input-shape"]))
 
     def _state(self, me: Identity) -> dict[str, Any]:
         _require(bool(self.facts.get("ready")), f"{me.name}: train before the setup finished")
@@ -165,14 +193,14 @@ class PartyStore:
     def load_active(self, c: Config, me: Identity) -> ActiveParty:
         """The active party as the last message left it (a deployment runs each message in a fresh process)."""
         state = self._state(me)
-        party = ActiveParty(party_data(c, 0), c, int(self.facts["num-classes"]),
+        party = ActiveParty(self.data(c, me), c, int(self.facts["num-classes"]),
                             [int(d) for d in self.facts["passive-dims"]])
         party.load_state_dict(state)
         return party
 
     def load_passive(self, c: Config, me: Identity) -> PassiveParty:
         state = self._state(me)
-        party = PassiveParty(party_data(c, me.index), c, me.index, int(self.facts["num-classes"]))
+        party = PassiveParty(self.data(c, me), c, me.index, int(self.facts["num-classes"]))
         party.load_state_dict(state)
         return party
 
@@ -238,6 +266,8 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
     secrets = store.secrets()
     _require(any(k.startswith("train.double.") for k in secrets), f"{me.name}: psi_finish before psi_blind")
     reblinded, dims = M.decode_finish_request(msg.content)
+    from flwr_vproto.data import dataset_classes
+
     num_classes = int(dataset_classes(c)[0])
     party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims)
     store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
@@ -276,6 +306,9 @@ def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config
         facts = {k: store.facts[k] for k in ("num-classes", "passives", "passive-dims") if k in store.facts}
         ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd, ck.party_checkpoint(c, party, rnd, facts))
     if final and me.model_dir:
+        from flwr_vproto.predict import save_party_model
+
+        party.data = party_data(c, me.index)  # the file's encoders and class names go with the model
         save_party_model(party, Path(me.model_dir) / f"{me.name}.pt")  # with config, classes, encoders
 
 

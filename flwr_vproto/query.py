@@ -21,7 +21,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 from flwr.app import ArrayRecord, Context, Message
@@ -31,10 +31,16 @@ from flwr.serverapp import Grid
 from flwr_vproto import messages as M
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import Config
-from flwr_vproto.predict import SPLIT, SavedParty, load_party_model, new_rows, predictor, score, set_rows
 from flwr_vproto.protocol import JOINT_METHODS, ProtocolError
 from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
 from flwr_vproto.relay import PartyNode, Relay
+
+if TYPE_CHECKING:
+    from flwr_vproto.predict import SavedParty
+
+# flwr_vproto.predict (pandas, the CSV encoders) is imported where a prediction message needs it, not when the
+# ClientApp starts: every deployment message starts a fresh process, and training messages never need it.
+SPLIT = "test"  # = flwr_vproto.predict.SPLIT: the new rows sit in this split of the predicting party
 
 START = "query.predict_start"
 PSI_PEER = "query.predict_psi_peer"
@@ -51,6 +57,8 @@ Handler = Callable[[Message, Context, Config, Any], Message]
 def _saved(me: Any) -> SavedParty:
     if not me.model_dir:
         raise ValueError(f"{me.name}: no model-dir in this node's node-config: nowhere to load its model from")
+    from flwr_vproto.predict import load_party_model
+
     return load_party_model(Path(me.model_dir) / f"{me.name}.pt")
 
 
@@ -63,6 +71,8 @@ def _rows(msg: Message, context: Context, saved: SavedParty, me: Any) -> Any:
         path = context.node_config.get("predict-path")
         if not path:
             raise ValueError(f"{me.name}: source='file' but this node's node-config has no predict-path")
+    from flwr_vproto.predict import new_rows
+
     return new_rows(saved, None if path is None else str(path))
 
 
@@ -137,6 +147,8 @@ def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
         raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
     peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
     positions = M.arrays_in(msg.content)[M.POSITIONS]
+    from flwr_vproto.predict import predictor, set_rows
+
     party = predictor(saved, rows)
     set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
     return _reply(msg, arrays={M.EMBEDDINGS: party.embed(SPLIT)})
@@ -146,6 +158,8 @@ def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
     saved = _saved(me)
     rows = _rows(msg, context, saved, me)
     kept = _arrays(context)
+    from flwr_vproto.predict import predictor, score, set_rows
+
     party = predictor(saved, rows)
     set_rows(party, kept.get(M.ALIGNED, np.zeros(0, dtype=np.int64)))
     got = M.arrays_in(msg.content)

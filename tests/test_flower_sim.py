@@ -507,3 +507,26 @@ def test_float16_wire_halves_the_embedding_bytes_and_both_engines_still_agree():
     sent = [m.content[M.ARRAYS][M.GRADIENTS].numpy() for m in grid.sent
             if m.metadata.message_type == M.TRAIN and M.GRADIENTS in m.content.get(M.ARRAYS, {})]
     assert sent and all(g.dtype == np.float16 for g in sent)
+
+
+def test_after_setup_a_party_trains_from_the_data_it_keeps_not_from_its_file(tmp_path):
+    import importlib.util
+
+    from flwr_vproto import client_app
+
+    spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
+    deploy = importlib.util.module_from_spec(spec)
+    sys.modules["local_deployment"] = deploy
+    spec.loader.exec_module(deploy)
+    paths = deploy.write_party_csvs(tmp_path / "data", 1, max_train_users=400)
+    cfg = small_cfg("vproto", rounds=3, dataset={"name": "csv", "aligned_fraction": 0.2, "csv": {"paths": paths}})
+    reference = run_inprocess(cfg)["rounds"]
+
+    def files_gone_after_setup(msg, party):
+        if M.round_of(msg.content) == 2 and Path(paths[party]).exists():  # each party's process forgets its file
+            Path(paths[party]).unlink()
+            client_app._cached_data.cache_clear()
+
+    strategy, _, _ = run_inline(cfg, fault=files_gone_after_setup)
+    assert not any(Path(p).exists() for p in paths)
+    assert_same_history(strategy.history, reference)

@@ -201,3 +201,9 @@ def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
 
     with pytest.raises(ConfigError, match="invalid app.predict='tomorrow'"):
         config_from_run_config({**run_config, "app.predict": "tomorrow"})
+
+
+def test_the_query_rounds_split_is_the_one_prediction_uses():
+    from flwr_vproto import predict, query
+
+    assert query.SPLIT == predict.SPLIT
