@@ -27,6 +27,8 @@ from flwr_vproto.protocol import (
     FromPassive,
     Intersection,
     PassiveSetup,
+    PredictReply,
+    PredictRequest,
     Probe,
     ProtocolError,
     ToActive,
@@ -63,6 +65,7 @@ GRADIENTS, EMBEDDINGS = "gradients", "embeddings"  # ArrayRecord keys
 PREVIOUS_TEST = "previous-test"  # ArrayRecord key (test rows by last round's encoder) and metrics prefix
 TRAIN_METRICS, PRIVACY_METRICS, VAL_METRICS, TEST_METRICS = "train.", "privacy.", "val.", "test."  # prefixes
 PREVIOUS_TEST_METRICS = PREVIOUS_TEST + "."
+SOURCE, METHOD, MODEL = "source", "method", "model"  # prediction: where new rows come from, the saved model
 
 
 def split_key(base: str, split: str) -> str:
@@ -511,3 +514,58 @@ def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train
     if all(g is not None for g in gates):
         reply.pseudo_thresholds = [float(g) for g in gates]
     return reply
+
+
+# ================================================================================================ prediction codecs
+def encode_predict_request(req: PredictRequest) -> RecordDict:
+    arrays: dict[str, np.ndarray] = {}
+    if req.hub is not None:
+        arrays[HUB] = bytes_to_array(req.hub)
+    for k, (reblinded, own) in req.points.items():
+        arrays[passive_key(k, REBLINDED)], arrays[passive_key(k, OWN)] = bytes_to_array(reblinded), bytes_to_array(own)
+    if req.positions is not None:
+        arrays[POSITIONS] = np.asarray(req.positions, dtype=np.int64)
+    arrays.update({passive_key(k, EMBEDDINGS): e for k, e in req.embeddings.items()})
+    return records(arrays=arrays, config={SOURCE: req.source, PASSIVES: list(req.passives)})
+
+
+def decode_predict_request(content: RecordDict) -> PredictRequest:
+    conf, arrays = config_in(content), arrays_in(content)
+    passives = [int(k) for k in conf.get(PASSIVES, [])]
+    points = {k: (array_to_bytes(arrays[passive_key(k, REBLINDED)]), array_to_bytes(arrays[passive_key(k, OWN)]))
+              for k in passives if passive_key(k, REBLINDED) in arrays}
+    return PredictRequest(str(conf[SOURCE]), passives, array_to_bytes(arrays[HUB]) if HUB in arrays else None,
+                          points, arrays.get(POSITIONS),
+                          {k: arrays[passive_key(k, EMBEDDINGS)] for k in passives
+                           if passive_key(k, EMBEDDINGS) in arrays})
+
+
+def encode_predict_reply(reply: PredictReply) -> RecordDict:
+    conf: dict[str, Any] = {}
+    if reply.role is not None:
+        conf.update({ROLE: reply.role, PARTY_INDEX: reply.index, MODEL: reply.model})
+        conf.update({key: v for key, v in ((ROWS, reply.rows), (METHOD, reply.method)) if v is not None})
+    if reply.aligned is not None:
+        conf[ALIGNED] = reply.aligned
+    arrays = {passive_key(k, POSITIONS): np.asarray(p, dtype=np.int64) for k, p in reply.positions.items()}
+    for key, blob in ((HUB, reply.hub), (REBLINDED, reply.reblinded), (OWN, reply.own)):
+        if blob is not None:
+            arrays[key] = bytes_to_array(blob)
+    if reply.embeddings is not None:
+        arrays[EMBEDDINGS] = reply.embeddings
+    return records(arrays=arrays or None, config=conf or None, metrics=reply.metrics or None)
+
+
+def decode_predict_reply(content: RecordDict, passives: list[int] | None = None) -> PredictReply:
+    """A prediction reply; ``passives``: whose positions an intersection reply carries."""
+    conf: Any = content.get(CONFIG) or {}
+    passives = passives or []
+    arrays = arrays_in(content)
+    blob = {key: array_to_bytes(arrays[key]) if key in arrays else None for key in (HUB, REBLINDED, OWN)}
+    return PredictReply(
+        None if ROLE not in conf else str(conf[ROLE]), int(conf.get(PARTY_INDEX, 0)),
+        None if ROWS not in conf else int(conf[ROWS]), None if METHOD not in conf else str(conf[METHOD]),
+        bool(conf.get(MODEL, True)), blob[HUB], blob[REBLINDED], blob[OWN],
+        None if ALIGNED not in conf else int(conf[ALIGNED]),
+        {k: arrays[passive_key(k, POSITIONS)] for k in passives if passive_key(k, POSITIONS) in arrays},
+        arrays.get(EMBEDDINGS), metrics_of(content.get(METRICS)))

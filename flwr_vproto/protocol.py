@@ -178,6 +178,40 @@ class FromActive:
     previous_test: dict[str, float] | None = None  # last round's test scores, when its test rows came this round
 
 
+# ================================================================================================ prediction payloads
+@dataclass
+class PredictRequest:
+    """A prediction query message from the server (:mod:`flwr_vproto.query`): where each party's new rows come
+    from, which passives score jointly, and this step's payload — the active party's blinded IDs (to passives), each
+    passive's PSI points (to the active party), a passive's positions in the shared order, or the passives'
+    embeddings (to the active party)."""
+
+    source: str
+    passives: list[int] = field(default_factory=list)
+    hub: bytes | None = None
+    points: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # passive -> (re-blinded hub, own blinded)
+    positions: np.ndarray | None = None
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)
+
+
+@dataclass
+class PredictReply:
+    """A party's answer to a prediction query message; only the fields of its step are set."""
+
+    role: str | None = None  # start: who it is, its new rows, its saved model's method, whether it has a model
+    index: int = 0
+    rows: int | None = None
+    method: str | None = None
+    model: bool = True
+    hub: bytes | None = None  # start, active: its blinded IDs
+    reblinded: bytes | None = None  # PSI, passive: the hub's points re-blinded, and its own blinded
+    own: bytes | None = None
+    aligned: int | None = None  # PSI finish, active: users every party holds, each passive's positions
+    positions: dict[int, np.ndarray] = field(default_factory=dict)
+    embeddings: np.ndarray | None = None  # embed, passive
+    metrics: dict[str, float] = field(default_factory=dict)  # score, active: counts and accuracy
+
+
 # ================================================================================================ setup steps
 def discover(cfg: Config, data: PartySplits, role: str, index: int, fingerprint: str
              ) -> tuple[Discovered, dict[str, bytes]]:

@@ -31,7 +31,7 @@ from flwr.serverapp import Grid
 from flwr_vproto import messages as M
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import Config
-from flwr_vproto.protocol import JOINT_METHODS, ProtocolError
+from flwr_vproto.protocol import JOINT_METHODS, PredictReply, PredictRequest, ProtocolError
 from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
 from flwr_vproto.relay import PartyNode, Relay
 
@@ -49,7 +49,6 @@ EMBED = "query.predict_embed"
 SCORE = "query.predict_score"
 STATE = "vproto.predict"  # context.state key of this query's arrays (the training state is left alone)
 SOURCES = ("held-out", "file")
-SOURCE, METHOD, MODEL = "source", "method", "model"  # config entries of the prediction messages (the rest: messages)
 
 Handler = Callable[[Message, Context, Config, Any], Message]
 
@@ -62,12 +61,11 @@ def _saved(me: Any) -> SavedParty:
     return load_party_model(Path(me.model_dir) / f"{me.name}.pt")
 
 
-def _rows(msg: Message, context: Context, saved: SavedParty, me: Any) -> Any:
-    source = str(M.config_in(msg.content)[SOURCE])
-    if source not in SOURCES:
-        raise ValueError(f"prediction source {source!r}: expected one of {SOURCES}")
+def _rows(req: PredictRequest, context: Context, saved: SavedParty, me: Any) -> Any:
+    if req.source not in SOURCES:
+        raise ValueError(f"prediction source {req.source!r}: expected one of {SOURCES}")
     path = None
-    if source == "file":
+    if req.source == "file":
         path = context.node_config.get("predict-path")
         if not path:
             raise ValueError(f"{me.name}: source='file' but this node's node-config has no predict-path")
@@ -84,93 +82,91 @@ def _keep(context: Context, **arrays: np.ndarray) -> None:
     context.state[STATE] = M.array_record({**_arrays(context), **arrays})
 
 
-def _reply(msg: Message, arrays: dict[str, np.ndarray] | None = None, config: dict[str, Any] | None = None,
-           metrics: dict[str, float] | None = None) -> Message:
-    return Message(M.records(arrays, config, metrics), reply_to=msg)
+def _answer(msg: Message, reply: PredictReply) -> Message:
+    return Message(M.encode_predict_reply(reply), reply_to=msg)
 
 
 def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    """Every party: load its saved model and new rows; the active party blinds its users' IDs (PSI 1)."""
     context.state[STATE] = ArrayRecord()
     if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
         # e.g. method "local", where passives never train; the server decides whether that is an error
-        return _reply(msg, config={M.ROLE: me.role, M.PARTY_INDEX: me.index, MODEL: False})
+        return _answer(msg, PredictReply(me.role, me.index, model=False))
     saved = _saved(me)
-    rows = _rows(msg, context, saved, me)
-    info = {M.ROLE: me.role, M.PARTY_INDEX: me.index, M.ROWS: len(rows), METHOD: saved.cfg.method.name,
-            MODEL: True}
-    if me.role != "active":
-        return _reply(msg, config=info)
-    hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
-    points = hub.blinded_ids()
-    _keep(context, **M.blobs_of("psi", hub.export_state()))
-    return _reply(msg, arrays={M.HUB: M.bytes_to_array(points)}, config=info)
+    rows = _rows(M.decode_predict_request(msg.content), context, saved, me)
+    reply = PredictReply(me.role, me.index, len(rows), saved.cfg.method.name)
+    if me.role == "active":
+        hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+        reply.hub = hub.blinded_ids()
+        _keep(context, **M.blobs_of("psi", hub.export_state()))
+    return _answer(msg, reply)
 
 
 def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
-    rows = _rows(msg, context, _saved(me), me)
-    peer = PSIPeer(rows.ids)
-    reblinded, own = peer.respond(M.array_to_bytes(M.arrays_in(msg.content)[M.HUB]))
+    """Passive, PSI 2: re-blind the active party's points, blind its own."""
+    req = M.decode_predict_request(msg.content)
+    peer = PSIPeer(_rows(req, context, _saved(me), me).ids)
+    reblinded, own = peer.respond(req.hub)  # type: ignore[arg-type]
     _keep(context, **M.blobs_of("psi", peer.export_state()))
-    return _reply(msg, arrays={M.REBLINDED: M.bytes_to_array(reblinded), M.OWN: M.bytes_to_array(own)})
+    return _answer(msg, PredictReply(reblinded=reblinded, own=own))
 
 
 def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    """Active, PSI 3: intersect; each passive's positions in the shared order (none aligned: scored alone)."""
+    req = M.decode_predict_request(msg.content)
     saved = _saved(me)
-    rows = _rows(msg, context, saved, me)
+    rows = _rows(req, context, saved, me)
     kept = _arrays(context)
     if "psi.secret" not in kept:
         raise ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
     hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
-    got = M.arrays_in(msg.content)
-    passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
-    for k in passives:
-        hub.add_peer(f"passive{k}", M.array_to_bytes(got[M.passive_key(k, M.REBLINDED)]),
-                     M.array_to_bytes(got[M.passive_key(k, M.OWN)]))
+    for k, (reblinded, own) in req.points.items():
+        hub.add_peer(f"passive{k}", reblinded, own)
     try:
-        if not passives:  # method "local": the active party scores every user alone
+        if not req.passives:  # method "local": the active party scores every user alone
             raise PSIError("intersection is empty (no passive party)")
         aligned, pos = hub.finish()
     except PSIError as err:  # no user in common: all are scored by the active party alone
         if "empty" not in str(err):
             raise
-        aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in passives}
+        aligned, pos = np.zeros(0, dtype=np.int64), {f"passive{k}": np.zeros(0, np.int64) for k in req.passives}
     _keep(context, aligned=np.asarray(aligned, dtype=np.int64))
-    return _reply(msg, arrays={M.passive_key(k, M.POSITIONS): np.asarray(pos[f"passive{k}"], dtype=np.int64)
-                               for k in passives}, config={M.ALIGNED: int(len(aligned))})
+    return _answer(msg, PredictReply(aligned=int(len(aligned)),
+                                     positions={k: pos[f"passive{k}"] for k in req.passives}))
 
 
 def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    """Passive: embed its aligned new rows, in the shared order."""
+    req = M.decode_predict_request(msg.content)
     saved = _saved(me)
-    rows = _rows(msg, context, saved, me)
+    rows = _rows(req, context, saved, me)
     kept = _arrays(context)
     if "psi.perm" not in kept:
         raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
     peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
-    positions = M.arrays_in(msg.content)[M.POSITIONS]
     from flwr_vproto.predict import predictor, set_rows
 
     party = predictor(saved, rows)
-    set_rows(party, np.asarray(peer.rows_from_positions(positions), dtype=np.int64))
-    return _reply(msg, arrays={M.EMBEDDINGS: party.embed(SPLIT)})
+    set_rows(party, np.asarray(peer.rows_from_positions(req.positions), dtype=np.int64))  # type: ignore[arg-type]
+    return _answer(msg, PredictReply(embeddings=party.embed(SPLIT)))
 
 
 def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
+    """Active: score every new user (jointly where aligned); the predictions CSV stays on this node."""
+    req = M.decode_predict_request(msg.content)
     saved = _saved(me)
-    rows = _rows(msg, context, saved, me)
+    rows = _rows(req, context, saved, me)
     kept = _arrays(context)
     from flwr_vproto.predict import predictor, score, set_rows
 
     party = predictor(saved, rows)
-    set_rows(party, kept.get(M.ALIGNED, np.zeros(0, dtype=np.int64)))
-    got = M.arrays_in(msg.content)
-    passives = [int(k) for k in M.config_in(msg.content)[M.PASSIVES]]
-    result = score(party, [got[M.passive_key(k, M.EMBEDDINGS)] for k in passives],  # type: ignore[arg-type]
-                   saved.class_names or [])
+    set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
+    result = score(party, [req.embeddings[k] for k in req.passives], saved.class_names or [])  # type: ignore
     out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
     result.frame.to_csv(out, index=False)
     context.state[STATE] = ArrayRecord()
-    return _reply(msg, metrics=result.metrics)
+    return _answer(msg, PredictReply(metrics=result.metrics))
 
 
 HANDLERS: dict[str, Handler] = {
@@ -199,47 +195,47 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     if source not in SOURCES:
         raise ValueError(f"source={source!r}: expected one of {SOURCES}")
     relay = Relay(grid, timeout=timeout, wait_for_nodes=wait_for_nodes)
-    conf = {SOURCE: source}
     nodes = relay.nodes(cfg.dataset.num_passive + 1, "prediction: one active party + dataset.num_passive passives")
-    replies = relay.exchange([(n, START, M.records(config=conf)) for n in nodes], "prediction (start)")
+    ask = M.encode_predict_request(PredictRequest(source))
+    replies = relay.exchange([(n, START, ask) for n in nodes], "prediction (start)")
     active, passives, hub = _roles(nodes, replies)
-    listed = {**conf, M.PASSIVES: [p.index for p in passives]}
-    relay_points: dict[str, np.ndarray] = {}
+    ks = [p.index for p in passives]
+    points: dict[int, tuple[bytes, bytes]] = {}
     if passives:
-        peer = relay.exchange([(p, PSI_PEER, M.records(arrays={M.HUB: hub}, config=conf)) for p in passives],
-                              "prediction (PSI peers)")
-        for p in passives:
-            relay_points.update({M.passive_key(p.index, k): v for k, v in M.arrays_in(peer[p.name].content).items()})
-    fin = relay.exchange([(active, PSI_FINISH, M.records(arrays=relay_points, config=listed))],
+        peer_ask = M.encode_predict_request(PredictRequest(source, hub=hub))
+        peer = relay.exchange([(p, PSI_PEER, peer_ask) for p in passives], "prediction (PSI peers)")
+        got = {p.index: M.decode_predict_reply(peer[p.name].content) for p in passives}
+        points = {k: (r.reblinded, r.own) for k, r in got.items()}  # type: ignore[misc]
+    fin = relay.exchange([(active, PSI_FINISH, M.encode_predict_request(PredictRequest(source, ks, points=points)))],
                          "prediction (PSI intersection)")[active.name]
-    positions = M.arrays_in(fin.content)
-    embeddings: dict[str, np.ndarray] = {}
+    positions = M.decode_predict_reply(fin.content, ks).positions
+    embeddings: dict[int, np.ndarray] = {}
     if passives:
-        sends = [(p, EMBED, M.records(arrays={M.POSITIONS: positions[M.passive_key(p.index, M.POSITIONS)]},
-                                      config=conf)) for p in passives]
+        sends = [(p, EMBED, M.encode_predict_request(PredictRequest(source, positions=positions[p.index])))
+                 for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
-        embeddings = {M.passive_key(p.index, M.EMBEDDINGS): M.arrays_in(embedded[p.name].content)[M.EMBEDDINGS]
-                      for p in passives}
-    res = relay.exchange([(active, SCORE, M.records(arrays=embeddings, config=listed))],
+        embeddings = {p.index: M.decode_predict_reply(embedded[p.name].content).embeddings for p in passives}  # type: ignore
+    res = relay.exchange([(active, SCORE, M.encode_predict_request(PredictRequest(source, ks,
+                                                                                   embeddings=embeddings)))],
                          "prediction (scoring)")[active.name]
     return M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
 
 
-def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], np.ndarray]:
+def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], bytes]:
     """Who is who from the start replies: the active party, the passives that score jointly, the hub's points."""
-    active, passives = None, []
+    active, passives, hub = None, [], b""
     for n in nodes:
-        info = M.config_in(replies[n.name].content)
-        party = PartyNode(n.node_id, str(info[M.ROLE]), int(info[M.PARTY_INDEX]), dict(info))
+        reply = M.decode_predict_reply(replies[n.name].content)
+        party = PartyNode(n.node_id, str(reply.role), reply.index, {"method": reply.method, "model": reply.model})
         if party.role == "active":
-            active, hub = party, M.arrays_in(replies[n.name].content)[M.HUB]
+            active, hub = party, reply.hub or b""
         else:
             passives.append(party)
     if active is None:
         raise ProtocolError("prediction: no node answered as the active party")
-    joint = str(active.info[METHOD]) in JOINT_METHODS
+    joint = str(active.info["method"]) in JOINT_METHODS
     passives = sorted(passives, key=lambda p: p.index) if joint else []
-    lacking = [p.name for p in passives if not p.info[MODEL]]
+    lacking = [p.name for p in passives if not p.info["model"]]
     if lacking:
         raise ProtocolError(f"prediction: {', '.join(lacking)} has no saved model (<model-dir>/<party>.pt); "
                             f"train with a model-dir first")
