@@ -182,7 +182,7 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"audit error: {results_path} not found (give a run's output folder)")
     results = json.loads(results_path.read_text())
     folder = Path(args.audit_dir) if args.audit_dir else run / "audit"
-    num_classes = int(results.get("num_classes") or _num_classes(results))
+    num_classes = _num_classes(results)
     try:
         report = audit_folder(folder, num_classes)
     except FileNotFoundError as err:

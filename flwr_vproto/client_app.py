@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message
+from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
 from flwr_vproto import __version__
@@ -137,6 +137,7 @@ class PartyStore:
 
     def __init__(self, context: Context) -> None:
         self.context = context
+        self._decoded: dict[str, Any] | None = None  # the stored arrays, decoded once per message
 
     @property
     def facts(self) -> Any:
@@ -147,16 +148,22 @@ class PartyStore:
 
     def reset(self, me: Identity) -> None:
         self.context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
-        self.context.state[M.STATE_ARRAYS] = ArrayRecord()
+        self._store({})
 
     def _blobs(self) -> dict[str, Any]:
-        return M.arrays_of(self.context.state.get(M.STATE_ARRAYS))
+        if self._decoded is None:
+            self._decoded = M.arrays_of(self.context.state.get(M.STATE_ARRAYS))
+        return self._decoded
+
+    def _store(self, arrays: dict[str, Any]) -> None:
+        self.context.state[M.STATE_ARRAYS] = M.array_record(arrays)
+        self._decoded = dict(arrays)
 
     def secrets(self) -> dict[str, bytes]:
         return M.bytes_of(self.PSI, self._blobs())
 
     def keep_secrets(self, secrets: dict[str, bytes]) -> None:
-        self.context.state[M.STATE_ARRAYS] = M.array_record(M.blobs_of(self.PSI, secrets))
+        self._store(M.blobs_of(self.PSI, secrets))
 
     def save_party(self, party: ActiveParty | PassiveParty | None, state: dict[str, Any] | None = None,
                    **facts: Any) -> None:
@@ -164,7 +171,7 @@ class PartyStore:
         done with); update the facts."""
         blob = state_to_bytes(party.state_dict() if party is not None else state)
         data = {k: v for k, v in self._blobs().items() if k.startswith(self.DATA + ".")}
-        self.context.state[M.STATE_ARRAYS] = M.array_record({self.PARTY: M.bytes_to_array(blob), **data})
+        self._store({self.PARTY: M.bytes_to_array(blob), **data})
         self.facts.update({"ready": True, **facts})
 
     def data(self, c: Config, me: Identity) -> PartySplits:
@@ -174,7 +181,7 @@ class PartyStore:
             data = party_data(c, me.index)
             kept = {f"{self.DATA}.{s}.{f}": getattr(data.split(s), f) for s in SPLITS for f in ("x", "y", "y_true")
                     if getattr(data.split(s), f) is not None}
-            self.context.state[M.STATE_ARRAYS] = M.array_record({**blobs, **kept})
+            self._store({**blobs, **kept})
             self.facts["input-shape"] = [int(d) for d in data.input_shape]
             return data
 

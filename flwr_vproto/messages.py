@@ -390,9 +390,9 @@ def _wire(arr: np.ndarray, dtype: str) -> np.ndarray:
     return np.asarray(arr, dtype=dtype)
 
 
-def _unwire(arr: np.ndarray | None) -> np.ndarray | None:
+def _unwire(arr: np.ndarray) -> np.ndarray:
     """Back to the float32 the learning code works in (exact: the values are float16 values)."""
-    return None if arr is None else np.asarray(arr, dtype=np.float32)
+    return np.asarray(arr, dtype=np.float32)
 
 
 def encode_to_passive(msg: ToPassive, dtype: str = "float32") -> RecordDict:
@@ -419,7 +419,8 @@ def decode_to_passive(content: RecordDict) -> ToPassive:
     setup = None
     if NUM_CLASSES in conf:
         setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))
-    return ToPassive(rnd, splits, final, _unwire(arrays.get(GRADIENTS)), get_matrix(conf, PROTOTYPES),
+    gradients = None if GRADIENTS not in arrays else _unwire(arrays[GRADIENTS])
+    return ToPassive(rnd, splits, final, gradients, get_matrix(conf, PROTOTYPES),
                      None if mask is None else np.asarray(mask, dtype=bool),
                      None if gate is None else float(gate), setup, previous)
 
@@ -439,8 +440,7 @@ def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping
                 **{split_key(EMBEDDINGS, s): (dtype, (rows[s], dim)) for s in splits}}
     if previous:
         expected[split_key(EMBEDDINGS, PREVIOUS_TEST)] = (dtype, (rows["test"], dim))
-    arrays = {k: np.asarray(v, dtype=np.float32) for k, v in check_arrays(content.get(ARRAYS), expected, who,
-                                                                          where).items()}
+    arrays = {k: _unwire(v) for k, v in check_arrays(content.get(ARRAYS), expected, who, where).items()}
     metrics = metrics_of(check_metrics(content, who, where))
     return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits},
                        metrics, arrays.get(split_key(EMBEDDINGS, PREVIOUS_TEST)))
@@ -462,7 +462,7 @@ def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
     rnd, splits, final, previous = _read_flags(config_in(content))
 
     def get(k: int, key: str) -> np.ndarray:
-        return np.asarray(arrays[passive_key(k, key)], dtype=np.float32)
+        return _unwire(arrays[passive_key(k, key)])
 
     return ToActive(rnd, splits, final, [get(k, EMBEDDINGS) for k in passives],
                     [{s: get(k, split_key(EMBEDDINGS, s)) for s in splits} for k in passives],
@@ -496,7 +496,7 @@ def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
     reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
                        metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
-                       [np.asarray(arrays[key], dtype=np.float32) for key in expected],
+                       [_unwire(arrays[key]) for key in expected],
                        previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
     if final or not dims or not shares_prototypes:
         return reply

@@ -82,6 +82,19 @@ def _keep(context: Context, **arrays: np.ndarray) -> None:
     context.state[STATE] = M.array_record({**_arrays(context), **arrays})
 
 
+def _resume(msg: Message, context: Context, me: Any, needs: str, step: str
+            ) -> tuple[PredictRequest, SavedParty, Any, dict[str, np.ndarray]]:
+    """A later step of the query: its request, the saved model, the new rows and what earlier steps kept (``needs``
+    must be among it, else the steps came out of order)."""
+    req = M.decode_predict_request(msg.content)
+    saved = _saved(me)
+    rows = _rows(req, context, saved, me)
+    kept = _arrays(context)
+    if needs not in kept:
+        raise ProtocolError(f"{me.name}: {step}")
+    return req, saved, rows, kept
+
+
 def _answer(msg: Message, reply: PredictReply) -> Message:
     return Message(M.encode_predict_reply(reply), reply_to=msg)
 
@@ -113,12 +126,7 @@ def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
 
 def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Active, PSI 3: intersect; each passive's positions in the shared order (none aligned: scored alone)."""
-    req = M.decode_predict_request(msg.content)
-    saved = _saved(me)
-    rows = _rows(req, context, saved, me)
-    kept = _arrays(context)
-    if "psi.secret" not in kept:
-        raise ProtocolError(f"{me.name}: predict_psi_finish before predict_start")
+    req, saved, rows, kept = _resume(msg, context, me, "psi.secret", "predict_psi_finish before predict_start")
     hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
     for k, (reblinded, own) in req.points.items():
         hub.add_peer(f"passive{k}", reblinded, own)
@@ -137,12 +145,7 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
 
 def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Passive: embed its aligned new rows, in the shared order."""
-    req = M.decode_predict_request(msg.content)
-    saved = _saved(me)
-    rows = _rows(req, context, saved, me)
-    kept = _arrays(context)
-    if "psi.perm" not in kept:
-        raise ProtocolError(f"{me.name}: predict_embed before predict_psi_peer")
+    req, saved, rows, kept = _resume(msg, context, me, "psi.perm", "predict_embed before predict_psi_peer")
     peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
     from flwr_vproto.predict import predictor, set_rows
 
@@ -153,14 +156,11 @@ def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
 
 def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Active: score every new user (jointly where aligned); the predictions CSV stays on this node."""
-    req = M.decode_predict_request(msg.content)
-    saved = _saved(me)
-    rows = _rows(req, context, saved, me)
-    kept = _arrays(context)
+    req, saved, rows, kept = _resume(msg, context, me, "aligned", "predict_score before predict_psi_finish")
     from flwr_vproto.predict import predictor, score, set_rows
 
     party = predictor(saved, rows)
-    set_rows(party, kept.get("aligned", np.zeros(0, dtype=np.int64)))
+    set_rows(party, kept["aligned"])
     result = score(party, [req.embeddings[k] for k in req.passives], saved.class_names or [])  # type: ignore
     out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
     Path(out).parent.mkdir(parents=True, exist_ok=True)
