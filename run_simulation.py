@@ -128,7 +128,8 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     }
     _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
          f"PSI, then {cfg.num_rounds} rounds")
-    run_simulation(server_app=make_server_app(strategy, errors=failed), client_app=make_client_app(cfg, model_dir),
+    client_app = make_client_app(cfg, model_dir, _active_secret(runner))
+    run_simulation(server_app=make_server_app(strategy, errors=failed), client_app=client_app,
                    num_supernodes=cfg.dataset.num_passive + 1, backend_config=backend,
                    verbose_logging=level == "DEBUG")
     if failed:  # the ServerApp caught the strategy's error: show it as one line (or raise it, HYDRA_FULL_ERROR=1)
@@ -145,7 +146,7 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
     from flwr_vproto.predict import save_party_model
 
     try:
-        results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds))
+        results = run_inprocess(cfg, on_round=_print_round(cfg.num_rounds), active_secret=_active_secret(runner))
     except CheckpointError as err:
         raise SystemExit(f"checkpoint error: {err}") from None
     state = results.pop("state", None)
@@ -154,6 +155,14 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
         for party in [state["active"], *state["passives"]]:
             save_party_model(party, out / "models" / f"{party.data.name}.pt")
     return results
+
+
+def _active_secret(runner: dict[str, Any]) -> bytes | None:
+    """``runner.active_secret``: the active party's key of its defences' random draws, for a reproducible defended
+    run (64 hex digits); ``null`` = fresh from the OS. A runner option, so it never enters the run config."""
+    from flwr_vproto.defences import parse_secret
+
+    return parse_secret(runner.get("active_secret"), "runner.active_secret")
 
 
 def _bound_job(runner: dict[str, Any]) -> None:
@@ -259,6 +268,7 @@ def main(dcfg: DictConfig) -> float:
 def _main(dcfg: DictConfig, out: Path) -> float:
     cfg, runner = _config(dcfg)
     metric = _check_config(cfg, runner, out)
+    _active_secret(runner)  # a malformed secret fails here, before any data or engine
     _bound_job(runner)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))

@@ -12,8 +12,12 @@ Who am I (node-config):
     without it). The model never leaves the party.
   - ``checkpoint-dir`` = folder of this party's checkpoints (optional; default ``<checkpoint.dir>/<party>``, see
     ``flwr_vproto/checkpoint.py``). Checkpoints never leave the party either.
-  - ``audit-dir`` = the active party's folder for ``audit.record`` (optional; default ``audit.dir``): what each
-    passive received, with the true labels, for ``python -m flwr_vproto.audit``. It never leaves the party.
+  - ``audit-dir`` = this party's folder for ``audit.record`` (optional; default ``audit.dir``): the active party
+    writes what it sent each passive with the true labels, a passive what it received and its own features, for
+    ``python -m flwr_vproto.audit``. Nothing there leaves the party.
+  - ``active-secret`` = the active party's key of its defences' random draws, 64 hex digits (optional; default: a
+    fresh one from the OS at set-up, kept in the node's state and checkpoints). Give it only to reproduce a
+    defended run; it never enters the run config, which every passive reads.
 
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
@@ -40,7 +44,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from flwr_vproto import __version__
+from flwr_vproto import __version__, defences
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
@@ -61,15 +65,18 @@ class Identity:
     data_path: str | None = None
     model_dir: str | None = None
     checkpoint_dir: str | None = None
-    audit_dir: str | None = None  # the active party's audit.record folder (node-config audit-dir)
+    audit_dir: str | None = None  # this party's audit.record folder (node-config audit-dir)
+    secret: bytes | None = None  # the active party's defences' key (node-config active-secret; simulation: closure)
 
     @property
     def name(self) -> str:
         return proto.party_name(self.role, self.index)
 
 
-def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | None = None) -> Identity:
-    """Read role and party index from the node-config (deployment keys first, then simulation's partition-id)."""
+def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | None = None,
+             secret: bytes | None = None) -> Identity:
+    """Read role and party index from the node-config (deployment keys first, then simulation's partition-id);
+    ``secret``: the simulation's ``runner.active_secret`` (the node-config's ``active-secret`` wins)."""
     if "role" in node_config:
         role, index, data_path, model_dir = _deployment_identity(node_config, model_dir)
     elif "partition-id" in node_config:
@@ -84,8 +91,14 @@ def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | Non
         raise ValueError(f"node-config: the active party has party-index 0, got {index}")
     if role == PASSIVE and not 1 <= index <= num_passive:
         raise ValueError(f"node-config: passive party-index {index} outside 1..{num_passive} (dataset.num_passive)")
+    if "active-secret" in node_config:
+        if role != ACTIVE:
+            raise ValueError(f"node-config active-secret on {proto.party_name(role, int(index))}: only the active "
+                             f"party holds the defences' secret")
+        secret = defences.parse_secret(str(node_config["active-secret"]), "node-config active-secret")
     return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir,
-                    str(node_config.get("checkpoint-dir", "")) or None, str(node_config.get("audit-dir", "")) or None)
+                    str(node_config.get("checkpoint-dir", "")) or None, str(node_config.get("audit-dir", "")) or None,
+                    secret if role == ACTIVE else None)
 
 
 def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
@@ -276,7 +289,7 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
     from flwr_vproto.data import dataset_classes
 
     num_classes = int(dataset_classes(c)[0])
-    party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims)
+    party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims, me.secret)
     store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
     return Message(M.encode_intersection(result), reply_to=msg)
 
@@ -292,7 +305,7 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
             store.save_party(joined, **{"num-classes": request.setup.num_classes})
         party = store.load_passive(c, me)
-        content = M.encode_from_passive(proto.passive_step(party, request), c.wire_dtype)
+        content = M.encode_from_passive(proto.passive_step(party, request, me.audit_dir), c.wire_dtype)
         rnd, final = request.round, request.final
     else:
         party = store.load_active(c, me)
@@ -323,12 +336,13 @@ def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config
 Handler = Callable[[Message, Context, Config, Identity], Message]
 
 
-def _resolver(cfg: Config | None, model_dir: str | None) -> Callable[[Context], tuple[Config, Identity]]:
+def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = None
+              ) -> Callable[[Context], tuple[Config, Identity]]:
     """How a message learns its config and identity: the closure's config (simulation) or the run-config."""
 
     def resolve(context: Context) -> tuple[Config, Identity]:
         if cfg is not None:
-            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir)
+            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir, secret)
         base, _ = config_from_run_config(context.run_config)
         me = identity(context.node_config, base.dataset.num_passive, model_dir)
         if base.dataset.name == "csv":
@@ -340,13 +354,17 @@ def _resolver(cfg: Config | None, model_dir: str | None) -> Callable[[Context], 
     return resolve
 
 
-def make_client_app(cfg: Config | None = None, model_dir: str | None = None) -> ClientApp:
+def make_client_app(cfg: Config | None = None, model_dir: str | None = None,
+                    active_secret: bytes | None = None) -> ClientApp:
     """The ClientApp. ``cfg`` given: simulation (config from this closure); ``None``: config from the run-config.
 
     ``model_dir``: where parties save their final model in simulation (deployment: node-config ``model-dir``).
+    ``active_secret``: the active party's 32-byte key of its defences' random draws in simulation
+    (``runner.active_secret``; deployment: node-config ``active-secret``); only the active party's ClientApp uses
+    it, and it never enters the run config. ``None``: fresh from the OS at set-up.
     """
     app = ClientApp()
-    resolve = _resolver(cfg, model_dir)
+    resolve = _resolver(cfg, model_dir, active_secret)
 
     def handler(fn: Handler) -> Callable[[Message, Context], Message]:
         @functools.wraps(fn)

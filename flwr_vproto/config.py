@@ -217,23 +217,31 @@ class PrivacyConfig:
 
 @dataclass
 class DefenceConfig:
-    """Defences of the active party's labels against what the passives receive (gradient rows; README "Labels").
+    """Defences of the active party's labels against what the passives receive (README "Labels", design §6b).
 
-    Applied by the active party before anything leaves it, the same in both engines; all off by default.
+    Applied by the active party before anything leaves it, the same in both engines. Every random draw comes from a
+    secret only the active party holds (``runner.active_secret`` in simulation, node-config ``active-secret`` in a
+    deployment, else fresh from the OS), never from ``seed``, which every party knows.
 
     * ``label_epsilon``: epsilon-label-DP of the aligned users (the users a passive shares) by k-ary randomised
       response: each aligned training and validation user's label is replaced, once per run, by itself with
       probability ``e^eps / (e^eps + C - 1)`` and else by one of the other ``C - 1`` classes uniformly; everything
-      the active party trains or calibrates on sees only those labels for aligned users (non-aligned users keep
-      their exact labels; scores, which reach no passive, use the true ones).
-    * ``grad_clip`` / ``grad_noise``: every gradient row sent is clipped to L2 norm ``c = grad_clip`` times the
-      round's median row norm and gets isotropic Gaussian noise of expected norm ``grad_noise * c`` (no formal
-      guarantee; measured by the audit, BENCHMARKS.md).
+      the active party trains, calibrates or selects on sees only those labels for aligned users (non-aligned users
+      keep their exact labels; scores, which reach no passive, use the true ones).
+    * ``noise_multiplier`` / ``target_epsilon`` / ``delta``: the Gaussian gradient channel. Every gradient row sent
+      is scaled to unit norm and gets ``N(0, (2 sigma)^2)`` per coordinate; Opacus's RDP accountant composes the
+      releases of the run into an epsilon at ``delta`` (reported every round). ``target_epsilon`` picks ``sigma``
+      for the whole run's planned releases.
+    * ``release_rounds`` / ``release_every``: gradient rows leave only after rounds ``1..release_rounds`` (null: every
+      round) and only every ``release_every``-th round from round 1; the passives' encoders stay frozen otherwise.
     """
 
     label_epsilon: float | None = None  # null = off
-    grad_clip: float | None = None  # null = off; a multiple of the round's median gradient-row norm
-    grad_noise: float = 0.0  # expected noise norm per row, as a multiple of the clip norm; needs grad_clip
+    noise_multiplier: float = 0.0  # sigma of the Gaussian gradient channel; 0 = off (unless target_epsilon)
+    target_epsilon: float | None = None  # null = use noise_multiplier; else sigma calibrated for the whole run
+    delta: float = 1e-5  # of the gradient channel's (epsilon, delta)
+    release_rounds: int | None = None  # gradient rows leave only after the first R rounds; null = every round
+    release_every: int = 1  # ... and only every k-th round from round 1
 
 
 @dataclass
@@ -560,20 +568,34 @@ def _validate_defence(cfg: Config) -> None:
     if d.label_epsilon is not None:
         _check(_is_num(d.label_epsilon) and d.label_epsilon > 0, "defence.label_epsilon", d.label_epsilon,
                "null (off) or a number > 0")
-    if d.grad_clip is not None:
-        _check(_is_num(d.grad_clip) and d.grad_clip > 0, "defence.grad_clip", d.grad_clip, "null (off) or a number > 0")
-    _check(_is_num(d.grad_noise) and d.grad_noise >= 0, "defence.grad_noise", d.grad_noise, "a number >= 0")
-    if d.grad_noise > 0:
-        _check(d.grad_clip is not None, "defence.grad_noise", d.grad_noise,
-               "0 unless defence.grad_clip is set (the noise is a multiple of the clip norm)")
+    _check(_is_num(d.noise_multiplier) and d.noise_multiplier >= 0, "defence.noise_multiplier", d.noise_multiplier,
+           "a number >= 0 (0 = off)")
+    _check(_is_num(d.delta) and 0 < d.delta < 1, "defence.delta", d.delta, "a number in (0, 1), e.g. 1e-5")
+    if d.target_epsilon is not None:
+        _check(_is_num(d.target_epsilon) and d.target_epsilon > 0, "defence.target_epsilon", d.target_epsilon,
+               "null or a number > 0")
+        _check(d.noise_multiplier == 0, "defence.noise_multiplier", d.noise_multiplier,
+               f"0 when defence.target_epsilon is set (the noise is calibrated from target_epsilon="
+               f"{d.target_epsilon}); set one of the two")
+    _check(d.release_rounds is None or (_is_int(d.release_rounds) and d.release_rounds >= 0), "defence.release_rounds",
+           d.release_rounds, "null (every round) or an integer >= 0 (0: no gradient row ever leaves)")
+    _check(_is_int(d.release_every) and d.release_every >= 1, "defence.release_every", d.release_every,
+           "an integer >= 1")
     _check(isinstance(a.record, bool), "audit.record", a.record, "true or false")
     _check(a.dir is None or (isinstance(a.dir, str) and a.dir != ""), "audit.dir", a.dir, "null or a directory path")
+    gaussian = d.noise_multiplier > 0 or d.target_epsilon is not None
     if cfg.method.name not in ("vproto", "vanilla"):
         why = (f"method {cfg.method.name!r} sends the passive parties no gradients (defences and the audit apply to "
                f"vproto and vanilla)")
         _check(d.label_epsilon is None, "defence.label_epsilon", d.label_epsilon, f"null: {why}")
-        _check(d.grad_clip is None, "defence.grad_clip", d.grad_clip, f"null: {why}")
+        _check(not gaussian, "defence.noise_multiplier/target_epsilon", d.target_epsilon or d.noise_multiplier,
+               f"off: {why}")
         _check(not a.record, "audit.record", a.record, f"false: {why}")
+    if gaussian and cfg.method.shares_prototypes:
+        _check(False, "method.lambda_passive", cfg.method.lambda_passive,
+               "0 with the Gaussian gradient channel (defence.noise_multiplier/target_epsilon): the third loss sends "
+               "the passives second prototypes and pseudo-label gates fitted on true labels, outside the channel's "
+               "accounting (use defence=label_dp for a guarantee that covers them)")
 
 
 CSV_MISSING = ("error", "impute")

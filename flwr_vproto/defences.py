@@ -1,27 +1,78 @@
 """Defences of the active party's labels against what the passive parties receive (``defence.*``). Plain numpy.
 
 Every round a joint passive receives one gradient row per aligned training user, and those rows carry the users'
-labels (:mod:`flwr_vproto.audit` measures how much). Two defences, both applied by the active party:
+labels (:mod:`flwr_vproto.audit` measures how much). A passive is honest but curious and knows the whole run config,
+``seed`` included, and every message it ever got: so every random draw of a defence comes from
+:func:`secret_rng`, keyed by a secret only the active party holds (:func:`new_secret`), never from the run config.
 
 * **Label differential privacy** (:func:`randomized_response`): the aligned users' labels are replaced once per run
   by k-ary randomised response, and everything the active party trains, calibrates or selects on sees only those
   labels for aligned users. Whatever the passives receive is then a post-processing of the noised labels (and of
   data that is not those users' labels), so it is ``epsilon``-label-DP for every aligned user's label.
-* **Gradient perturbation** (:func:`clip_and_noise`): each gradient row is clipped to a multiple of the round's
-  median row norm and gets isotropic Gaussian noise before it leaves; this blurs the norm and direction signals
-  without a formal guarantee.
+* **The Gaussian gradient channel** (:func:`gaussian_rows`): each row is scaled to unit L2 norm (a bound that does
+  not depend on any label) and gets ``N(0, (2 sigma)^2)`` on every coordinate. Replacing one user's label moves only
+  that user's row by at most 2 in L2 norm *for the active party's model of that round*, so one release is a
+  Gaussian mechanism with noise multiplier ``sigma``; the releases of a run are composed with Opacus's RDP accountant
+  (:class:`flwr_vproto.privacy.Accountant`). What this does not cover is in design §6b.
+* **Fewer releases** (:func:`releases`): rows leave only after the rounds of a schedule; the passive's encoder is
+  frozen in the others. Each release costs privacy budget and gives a passive one more noisy copy to average.
 """
 
 from __future__ import annotations
 
 import math
+import secrets
+from typing import Any
 
 import numpy as np
 
-LABEL_DP_STREAM = 0x1ABE1  # random streams of the defences, apart from every other use of the run seed
-GRADIENT_STREAM = 0x6AD
+from flwr_vproto.config import Config, ConfigError
+
+SECRET_BYTES = 32  # 256 bits: the active party's key of every defence's random stream
+# Streams of the active party's secret, one per use (each further keyed by round, passive, split).
+LABEL_DP_STREAM, GRADIENT_STREAM, PROTOTYPE_STREAM = 1, 2, 3
+SENSITIVITY = 2.0  # L2 distance between two unit rows: one label replaced moves its row by at most this
 
 
+# ------------------------------------------------------------------------------------------------ the secret
+def new_secret() -> bytes:
+    """A fresh secret from the operating system's CSPRNG (the default: a run's noise is never replayable)."""
+    return secrets.token_bytes(SECRET_BYTES)
+
+
+def parse_secret(text: str | bytes | None, where: str) -> bytes | None:
+    """A secret given explicitly for a reproducible experiment: 64 hex digits (``where`` names the option)."""
+    if text is None or text == "" or isinstance(text, bytes):
+        return text or None
+    try:
+        raw = bytes.fromhex(str(text).strip())
+    except ValueError:
+        raw = b""
+    if len(raw) != SECRET_BYTES:
+        raise ConfigError(f"invalid {where}: expected {2 * SECRET_BYTES} hex digits (e.g. from "
+                          f"`python -c 'import secrets; print(secrets.token_hex(32))'`), got {len(str(text))} "
+                          f"characters")
+    return raw
+
+
+def secret_rng(secret: bytes, stream: int, *keys: int) -> np.random.Generator:
+    """The generator of one use of the secret (``stream``) for one round/passive/split (``keys``).
+
+    NumPy's ``SeedSequence`` hashes the 256-bit secret together with the keys, so streams are independent and none
+    can be regenerated without the secret, whatever else a passive knows.
+    """
+    if len(secret) != SECRET_BYTES:
+        raise ValueError(f"the active party's secret must be {SECRET_BYTES} bytes")
+    seq = np.random.SeedSequence(int.from_bytes(secret, "big"), spawn_key=(stream, *(int(k) for k in keys)))
+    return np.random.Generator(np.random.PCG64(seq))
+
+
+def secret_torch_seed(secret: bytes, stream: int, *keys: int) -> int:
+    """A 63-bit seed for a ``torch.Generator`` drawn from :func:`secret_rng` (for noise drawn with torch)."""
+    return int(secret_rng(secret, stream, *keys).integers(0, 2**63 - 1))
+
+
+# ------------------------------------------------------------------------------------------------ label DP
 def keep_probability(epsilon: float, num_classes: int) -> float:
     """Probability that k-ary randomised response keeps a label: ``e^eps / (e^eps + C - 1)``."""
     return math.exp(epsilon) / (math.exp(epsilon) + num_classes - 1)
@@ -37,30 +88,113 @@ def randomized_response(labels: np.ndarray, epsilon: float, num_classes: int, rn
     return np.where(labels >= 0, noised, labels)
 
 
-def label_rng(seed: int, split: str) -> np.random.Generator:
-    """The randomised response's generator: fixed by the run seed and the split, so every engine, every process of a
-    deployment and a resumed run draw the same noised labels."""
-    return np.random.default_rng([seed, LABEL_DP_STREAM, ("train", "val", "test").index(split)])
+def label_rng(secret: bytes, split: str) -> np.random.Generator:
+    """The randomised response's generator for one split, from the active party's secret (saved with its state, so
+    a fresh process or a resumed run draws the same noised labels)."""
+    return secret_rng(secret, LABEL_DP_STREAM, ("train", "val", "test").index(split))
 
 
-def clip_and_noise(gradients: np.ndarray, clip: float, noise: float, rng: np.random.Generator) -> np.ndarray:
-    """Each row clipped to L2 norm ``clip`` times the median row norm of ``gradients``, plus isotropic Gaussian noise
-    whose expected norm is ``noise`` times that clip norm (per-coordinate standard deviation ``noise * c / sqrt(d)``).
+# ------------------------------------------------------------------------------------------------ Gaussian rows
+def gradient_dp(cfg: Config) -> bool:
+    """Whether the gradient rows go through the Gaussian mechanism (a noise multiplier or a target epsilon)."""
+    return cfg.defence.noise_multiplier > 0 or cfg.defence.target_epsilon is not None
 
-    Relative to the median because the rows' scale moves by an order of magnitude across rounds and methods
-    (BENCHMARKS.md): a fixed threshold would clip nothing in one round and everything in another.
+
+def unit_rows(gradients: np.ndarray) -> np.ndarray:
+    """Every row scaled to L2 norm 1 (zero rows stay zero): the clip bound is 1 whatever the labels are.
+
+    A bound taken from the rows themselves (e.g. their median norm) is a function of the labels; a fixed absolute
+    bound would clip nothing in one round and everything in another (the rows' scale moves by an order of magnitude).
+    The passive trains with Adam, which is insensitive to the rows' overall scale.
     """
     g = np.asarray(gradients, dtype=np.float64)
-    if g.size == 0:
-        return g.astype(np.float32)
-    norms = np.linalg.norm(g, axis=1, keepdims=True)
-    bound = clip * float(np.median(norms))
-    g = g * np.minimum(1.0, bound / np.maximum(norms, 1e-30))
-    if noise > 0:
-        g = g + rng.normal(0.0, noise * bound / math.sqrt(g.shape[1]), size=g.shape)
+    return g / np.maximum(np.linalg.norm(g, axis=1, keepdims=True), 1e-30)
+
+
+def gaussian_rows(gradients: np.ndarray, sigma: float, rng: np.random.Generator) -> np.ndarray:
+    """:func:`unit_rows` plus ``N(0, (SENSITIVITY * sigma)^2)`` on every coordinate: one Gaussian-mechanism release
+    with noise multiplier ``sigma`` for a replaced label (float32, as it travels)."""
+    g = unit_rows(gradients)
+    if g.size and sigma > 0:
+        g = g + rng.normal(0.0, SENSITIVITY * sigma, size=g.shape)
     return g.astype(np.float32)
 
 
-def gradient_rng(seed: int, rnd: int, passive: int) -> np.random.Generator:
-    """The gradient noise's generator for one passive's rows of one round (same in both engines)."""
-    return np.random.default_rng([seed, GRADIENT_STREAM, rnd, passive])
+def gradient_rng(secret: bytes, rnd: int, passive: int) -> np.random.Generator:
+    """The gradient noise's generator for one passive's rows of one round."""
+    return secret_rng(secret, GRADIENT_STREAM, rnd, passive)
+
+
+# ------------------------------------------------------------------------------------------------ schedule
+def releases(cfg: Config, rnd: int) -> bool:
+    """Whether round ``rnd``'s gradient rows leave the active party (to be applied by the passives in round
+    ``rnd + 1``): never after the last round; else only in ``defence.release_rounds`` first rounds and every
+    ``defence.release_every``-th round from round 1. Config only: the schedule itself reveals no label."""
+    d = cfg.defence
+    if rnd >= cfg.num_rounds:
+        return False
+    if d.release_rounds is not None and rnd > d.release_rounds:
+        return False
+    return (rnd - 1) % d.release_every == 0
+
+
+def planned_releases(cfg: Config) -> int:
+    """Gaussian-mechanism steps over the whole run: one per passive per releasing round (every passive's rows are a
+    release over the same users, so colluding passives are covered too)."""
+    return cfg.dataset.num_passive * sum(releases(cfg, r) for r in range(1, cfg.num_rounds + 1))
+
+
+def scheduled(cfg: Config) -> bool:
+    """Whether the gradient rows follow a release schedule (``defence.release_rounds`` / ``release_every``)."""
+    return cfg.defence.release_rounds is not None or cfg.defence.release_every > 1
+
+
+def flagless(cfg: Config) -> bool:
+    """Whether no selection flag travels to the passives (the Gaussian channel or a release schedule is on).
+
+    The ``test_previous`` flag says "last round's validation accuracy was a new best", a decision on true labels
+    that neither the Gaussian channel's accounting nor "no rows at all" would cover. Instead the test rows travel on
+    a schedule fixed by the config (:func:`passive_changes`) and the active party scores its latest ones every
+    evaluation round."""
+    return gradient_dp(cfg) or scheduled(cfg)
+
+
+def passive_changes(cfg: Config, rnd: int) -> bool:
+    """Whether a passive's encoder may change in round ``rnd``: its pre-training (round 1), a round that applies
+    released rows, or any round when its third loss trains it. Test rows need re-embedding only after such rounds."""
+    return rnd == 1 or releases(cfg, rnd - 1) or cfg.method.shares_prototypes
+
+
+# ------------------------------------------------------------------------------------------------ reporting
+def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, Any]:
+    """``results.json``'s ``defence`` entry (a defence or a release schedule on): what protects the labels, and
+    the gradient channel's epsilon spent (at ``delta``, over every release of the run, all passives together)."""
+    from flwr_vproto.privacy import gradient_noise_multiplier
+
+    d = cfg.defence
+    scheduled = d.release_rounds is not None or d.release_every > 1
+    if d.label_epsilon is None and not gradient_dp(cfg) and not scheduled:
+        return {}
+    entry: dict[str, Any] = {"label_epsilon": d.label_epsilon, "release_rounds": d.release_rounds,
+                             "release_every": d.release_every, "planned_releases": planned_releases(cfg)}
+    if gradient_dp(cfg):
+        spent = [h["privacy/gradient_epsilon"] for h in history if "privacy/gradient_epsilon" in h]
+        entry.update({"noise_multiplier": gradient_noise_multiplier(cfg), "delta": d.delta,
+                      "target_epsilon": d.target_epsilon, "gradient_epsilon": spent[-1] if spent else 0.0})
+    return {"defence": entry}
+
+
+def describe(summary: dict[str, Any]) -> str | None:
+    """One line for the run's closing summary: the labels' protection with its accounting (``None``: no defence)."""
+    d = summary.get("defence")
+    if not d:
+        return None
+    parts = []
+    if d.get("noise_multiplier") is not None:
+        parts.append(f"gradient rows: Gaussian, sigma {d['noise_multiplier']:.3g}, epsilon {d['gradient_epsilon']:.3g} "
+                     f"at delta {d['delta']:g} over {d['planned_releases']} releases")
+    elif d.get("release_rounds") is not None or d.get("release_every", 1) > 1:
+        parts.append(f"gradient rows released {d['planned_releases']} times, no noise")
+    if d.get("label_epsilon") is not None:
+        parts.append(f"labels: randomised response, epsilon {d['label_epsilon']:g} for every byte")
+    return "label protection (aligned users, against each passive): " + "; ".join(parts)

@@ -18,8 +18,9 @@ from flwr_vproto.centralized import run_centralized
 from flwr_vproto.config import Config
 from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.data.types import SPLITS, VerticalDataset
+from flwr_vproto.defences import defence_summary
 from flwr_vproto.parties import ActiveParty, PassiveParty
-from flwr_vproto.privacy import noise_multiplier, privacy_summary
+from flwr_vproto.privacy import gradient_noise_multiplier, noise_multiplier, privacy_summary
 from flwr_vproto.protocol import ACTIVE, PASSIVE, InTransit, PassiveSetup
 from flwr_vproto.results import build_results
 
@@ -27,16 +28,22 @@ RoundCallback = Callable[[dict[str, float]], None]
 
 
 def run_inprocess(
-    cfg: Config, dataset: VerticalDataset | None = None, on_round: RoundCallback | None = None
+    cfg: Config, dataset: VerticalDataset | None = None, on_round: RoundCallback | None = None,
+    active_secret: bytes | None = None,
 ) -> dict[str, Any]:
-    """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content."""
+    """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content.
+
+    ``active_secret``: the active party's 32-byte key of its defences' random draws (``runner.active_secret``);
+    ``None`` draws a fresh one, so a defended run is reproducible only when it is given.
+    """
     noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
+    gradient_noise_multiplier(cfg)  # ... and an unreachable defence.target_epsilon
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)
     if cfg.method.name == "centralized":
         history = run_centralized(cfg, ds, on_round)
         return build_results(cfg, history)
     start = ck.latest_server_round(cfg) if cfg.resume else 0
-    active, passives = _set_up(cfg, ds) if start == 0 else _parties(cfg, ds)
+    active, passives = _set_up(cfg, ds, active_secret) if start == 0 else _parties(cfg, ds)
     transit, history = InTransit(len(ds.passives)), []
     if start:  # every party from its own file, the payloads in transit and the history from the server's
         transit, history = _resume(cfg, start, active, passives)
@@ -53,12 +60,13 @@ def run_inprocess(
             on_round(history[-1])
     found = proto.alignment_record({s: len(r) for s, r in active.aligned.items()},
                                    {p.name: {s: len(p.split(s)) for s in SPLITS} for p in ds.parties})
-    results = build_results(cfg, history, extra={**privacy_summary(cfg, history), "alignment": found})
+    results = build_results(cfg, history, extra={**privacy_summary(cfg, history), **defence_summary(cfg, history),
+                                                 "alignment": found})
     results["state"] = {"active": active, "passives": passives}  # callers may save models; not JSON
     return results
 
 
-def _set_up(cfg: Config, ds: VerticalDataset) -> tuple[ActiveParty, list[PassiveParty]]:
+def _set_up(cfg: Config, ds: VerticalDataset, secret: bytes | None) -> tuple[ActiveParty, list[PassiveParty]]:
     """Discovery and PSI through the protocol's setup steps, every party here; the joint passives join."""
     found = [proto.discover(cfg, data, ACTIVE if k == 0 else PASSIVE, k, "") for k, data in enumerate(ds.parties)]
     points = [info.points for info, _ in found]
@@ -66,7 +74,7 @@ def _set_up(cfg: Config, ds: VerticalDataset) -> tuple[ActiveParty, list[Passive
     ks = range(1, len(ds.parties))
     reblinded = {k: proto.psi_reblind(ds.parties[k], secrets[k], points[0]) for k in ks}
     hub = proto.psi_blind_peers(cfg, ds.active, secrets[0], {k: points[k] for k in ks})
-    active, result = proto.psi_finish(cfg, ds.active, hub, reblinded, ds.num_classes, _dims(cfg, ds))
+    active, result = proto.psi_finish(cfg, ds.active, hub, reblinded, ds.num_classes, _dims(cfg, ds), secret)
     passives = [proto.passive_join(cfg, ds.parties[k], k, secrets[k], PassiveSetup(result.positions[k],
                                                                                     ds.num_classes))
                 for k in ks] if proto.is_joint(cfg) else []

@@ -486,13 +486,16 @@ def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
 
 
 def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train: int, final: bool,
-                       num_classes: int, shares_prototypes: bool, dtype: str = "float32") -> FromActive:
+                       num_classes: int, shares_prototypes: bool, dtype: str = "float32",
+                       gradients: bool | None = None) -> FromActive:
     """The active party's round reply: metrics, and (not after the last round) every joint passive's gradients of
-    the right size and, when they travel, its second prototypes, the class mask and gates, all finite."""
+    the right size when this round releases them (``gradients``, default: not final) and, when they travel, its
+    second prototypes, the class mask and gates, all finite."""
     who = "active"
     metrics = check_metrics(content, who, where)
     passives = dict(enumerate(dims, start=1))  # passive index -> embedding dimension
-    expected = {} if final else {passive_key(k, GRADIENTS): (dtype, (n_train, d)) for k, d in passives.items()}
+    released = (not final) if gradients is None else gradients
+    expected = {passive_key(k, GRADIENTS): (dtype, (n_train, d)) for k, d in passives.items()} if released else {}
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
     reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
                        metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,

@@ -323,7 +323,8 @@ class _RoundTally:
 class ActiveParty(_Party):
     """The label holder: encoder ``f_A``, top model ``g`` and (optionally) an active-only head ``h``."""
 
-    def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int]) -> None:
+    def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int],
+                 secret: bytes | None = None) -> None:
         if data.train.y is None:
             raise ValueError(f"party {data.name}: the active party needs labels")
         joint = cfg.method.name in ("vproto", "vanilla")  # "local" never uses the passives' embeddings
@@ -336,6 +337,9 @@ class ActiveParty(_Party):
                                  f"{cfg.model.embedding_dim}; every party must run with the same model config")
         self.num_classes = num_classes
         self.passive_dims = list(passive_dims) if cfg.method.name in ("vproto", "vanilla") else []
+        # The key of every random draw whose result leaves this party (defences.py): never derived from the run
+        # config, which every passive knows. Party state, so a fresh process or a resumed run draws the same.
+        self.secret = secret if secret is not None else defences.new_secret()
         super().__init__(data, cfg, 0)
         self._y = {s: torch.as_tensor(data.split(s).y, dtype=torch.long, device=self.device) for s in SPLITS}
         bad = [(s, int(v)) for s in SPLITS for v in torch.unique(self._y[s]).tolist() if v < -1 or v >= num_classes]
@@ -357,6 +361,12 @@ class ActiveParty(_Party):
         # party carries the budget it has spent.
         self.accountant = (privacy.Accountant(privacy.noise_multiplier(cfg), cfg.privacy.delta)
                            if privacy.enabled(cfg) else None)
+        # The Gaussian gradient channel's accountant (defence.noise_multiplier / target_epsilon).
+        self.gradient_accountant = (privacy.Accountant(privacy.gradient_noise_multiplier(cfg), cfg.defence.delta)
+                                    if defences.gradient_dp(cfg) else None)
+        # defences.flagless: the passives' latest test embeddings, scored on every evaluation round (the test rows
+        # travel only when a passive's encoder may have changed, on a schedule fixed by the config).
+        self.kept_test: list[np.ndarray] | None = None
         # method.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing until then.
         self.gates: list[float] = [1.0] * len(self.passive_dims)
         # method.residual_base=best_val: which validation loss the frozen base is from (calibration.BestValidation).
@@ -425,6 +435,23 @@ class ActiveParty(_Party):
     def pseudo_gates(self) -> list[float] | None:
         """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
         return list(self.gates) if self.gated else None
+
+    def release_gradients(self, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
+        """The gradient rows of round ``rnd`` as they leave this party (``defences.releases`` decided they do): with
+        the Gaussian channel on, unit rows plus noise from this party's secret, each passive's rows one accounted
+        release; else unchanged."""
+        acc = self.gradient_accountant
+        if acc is None:
+            return gradients
+        out = [defences.gaussian_rows(g, acc.sigma, defences.gradient_rng(self.secret, rnd, k))
+               for k, g in enumerate(gradients, start=1)]
+        acc.step(len(out))
+        return out
+
+    def gradient_privacy(self) -> dict[str, float]:
+        """The round record's gradient-channel entries: epsilon spent so far (at ``defence.delta``) and releases."""
+        acc = self.gradient_accountant
+        return {} if acc is None else {"gradient_epsilon": acc.epsilon(), "gradient_releases": float(acc.steps)}
 
     def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         if any(p is None for p in self.second):
@@ -622,7 +649,7 @@ class ActiveParty(_Party):
         masks = []
         acc = self.accountant
         if acc is not None:
-            gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, 0, rnd) + 2)
+            gen = torch.Generator().manual_seed(defences.secret_torch_seed(self.secret, defences.PROTOTYPE_STREAM, rnd))
             counts = privacy.noisy_counts(y_al, self.num_classes, acc.sigma, gen)
             if release and zs:
                 acc.step(len(zs) + 1)
@@ -737,6 +764,11 @@ class ActiveParty(_Party):
         y = self.data.split(split).y[self.aligned[split]]  # the true labels: scores reach no passive
         probs = self.predict_proba(split, passive_embeddings)
         metrics = classification_scores(probs["combined"], y, self.num_classes)
+        if split == "val" and self.cfg.defence.label_epsilon is not None:
+            # What selects the best round (and so whether test rows travel) sees the noised labels only.
+            noised = self._labels("val")
+            known = noised >= 0
+            metrics["selection_accuracy"] = float((probs["combined"][known].argmax(1) == noised[known]).mean())
         if "joint" in probs and "local" in probs:
             metrics["combine_weight"] = self.combine_weight
         for name in ("joint", "local"):
@@ -765,7 +797,11 @@ class ActiveParty(_Party):
                 "second_mask": self.second_mask, "auto_weight": self._auto_weight, "gates": list(self.gates),
                 "base": None if self.base is None else self.base.state_dict(),
                 "base_tracking": self.best_val.to_list(),
-                "privacy": None if self.accountant is None else self.accountant.state_dict()}
+                "privacy": None if self.accountant is None else self.accountant.state_dict(),
+                "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
+                "gradient_privacy": (None if self.gradient_accountant is None
+                                     else self.gradient_accountant.state_dict()),
+                "kept_test": None if self.kept_test is None else [torch.as_tensor(k) for k in self.kept_test]}
 
     def set_alignment(self, rows: dict[str, np.ndarray]) -> None:
         super().set_alignment(rows)
@@ -774,8 +810,9 @@ class ActiveParty(_Party):
     def _use_private_labels(self) -> None:
         """``defence.label_epsilon``: from here on, every aligned training and validation user's label is its
         randomised response for everything this party trains and calibrates on (non-aligned users keep theirs).
-        Scores (:meth:`evaluate`) use the true labels: they shape nothing a passive receives. Drawn from a stream
-        fixed by the seed, so a fresh process or a resumed run draws the same labels."""
+        Scores (:meth:`evaluate`) use the true labels and reach the server only; what selects a round (whose test
+        rows then travel) uses the noised ones (``selection_accuracy``). Drawn from this party's secret, saved with
+        its state, so a fresh process or a resumed run draws the same labels."""
         eps = self.cfg.defence.label_epsilon
         if eps is None:
             return
@@ -784,11 +821,17 @@ class ActiveParty(_Party):
             true = np.asarray(self.data.split(split).y, dtype=np.int64)
             labels = true.copy()
             labels[rows] = defences.randomized_response(true[rows], eps, self.num_classes,
-                                                        defences.label_rng(self.cfg.seed, split))
+                                                        defences.label_rng(self.secret, split))
             self._y[split] = torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
+        if state.get("secret") is not None:
+            self.secret = bytes(state["secret"].cpu().numpy().astype(np.uint8).tobytes())
         self._use_private_labels()
+        if self.gradient_accountant is not None and state.get("gradient_privacy") is not None:
+            self.gradient_accountant.load_state_dict(state["gradient_privacy"])
+        kept = state.get("kept_test")
+        self.kept_test = None if kept is None else [np.asarray(k.cpu().numpy(), dtype=np.float32) for k in kept]
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
         self._auto_weight = float(state["auto_weight"])

@@ -69,8 +69,19 @@ def noise_multiplier(cfg: Config) -> float:
     return _calibrate(float(p.target_epsilon), float(p.delta), planned_steps(cfg))
 
 
+def gradient_noise_multiplier(cfg: Config) -> float:
+    """``sigma`` of the Gaussian gradient channel (``defence.*``, :mod:`flwr_vproto.defences`): configured, or
+    calibrated so the run's planned releases spend at most ``defence.target_epsilon`` at ``defence.delta``."""
+    from flwr_vproto import defences
+
+    d = cfg.defence
+    if d.target_epsilon is None:
+        return float(d.noise_multiplier)
+    return _calibrate(float(d.target_epsilon), float(d.delta), defences.planned_releases(cfg), "defence")
+
+
 @functools.lru_cache(maxsize=64)
-def _calibrate(target_epsilon: float, delta: float, steps: int) -> float:
+def _calibrate(target_epsilon: float, delta: float, steps: int, section: str = "privacy") -> float:
     if steps == 0:
         return 0.0  # nothing is ever released
     from opacus.accountants.utils import get_noise_multiplier
@@ -81,8 +92,9 @@ def _calibrate(target_epsilon: float, delta: float, steps: int) -> float:
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
                                               steps=steps, accountant="rdp", epsilon_tolerance=0.01, alphas=ALPHAS))
     except ValueError as err:
-        raise ConfigError(f"privacy.target_epsilon={target_epsilon}: cannot be reached with delta={delta} over "
-                          f"{steps} prototype releases ({err})") from None
+        what = "prototype" if section == "privacy" else "gradient-row"
+        raise ConfigError(f"{section}.target_epsilon={target_epsilon}: cannot be reached with delta={delta} over "
+                          f"{steps} {what} releases ({err})") from None
 
 
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:

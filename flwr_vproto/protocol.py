@@ -60,13 +60,29 @@ def is_joint(cfg: Config) -> bool:
     return cfg.method.name in JOINT_METHODS
 
 
+def is_eval_round(cfg: Config, rnd: int) -> bool:
+    return rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
+
+
 def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
     """Splits embedded and scored in round ``rnd``: validation every ``eval_every`` rounds and after the last round;
     test then too with ``eval_test=every``, else only in the last round (another round's test rows travel one round
-    later, and only when its validation accuracy was a new best: :attr:`InTransit.test_previous`)."""
-    if rnd % cfg.eval_every and rnd != cfg.num_rounds:
+    later, and only when its validation accuracy was a new best: :attr:`InTransit.test_previous`).
+
+    With the Gaussian gradient channel or a release schedule no such flag travels (it is decided on true labels,
+    outside any accounting): test rows come on every evaluation round after which a passive's encoder may have
+    changed, a schedule fixed by the config (:func:`flwr_vproto.defences.passive_changes`), and the active party
+    scores its latest ones on every evaluation round."""
+    if not is_eval_round(cfg, rnd):
         return ()
-    return ("val", "test") if cfg.eval_test == "every" or rnd == cfg.num_rounds else ("val",)
+    if cfg.eval_test == "every" or rnd == cfg.num_rounds:
+        return ("val", "test")
+    if defences.flagless(cfg):
+        since = rnd - 1
+        while since >= 1 and not is_eval_round(cfg, since):
+            since -= 1
+        return ("val", "test") if any(defences.passive_changes(cfg, r) for r in range(since + 1, rnd + 1)) else ("val",)
+    return ("val",)
 
 
 def to_wire(arr: np.ndarray, cfg: Config) -> np.ndarray:
@@ -262,8 +278,13 @@ def psi_blind_peers(cfg: Config, data: PartySplits, secrets: dict[str, bytes],
 
 
 def psi_finish(cfg: Config, data: PartySplits, secrets: dict[str, bytes], reblinded: dict[int, dict[str, bytes]],
-               num_classes: int, passive_dims: list[int]) -> tuple[ActiveParty, Intersection]:
-    """Active, PSI step 3: intersect per split, fix the shared order, and build the active party on its aligned rows."""
+               num_classes: int, passive_dims: list[int], secret: bytes | None = None
+               ) -> tuple[ActiveParty, Intersection]:
+    """Active, PSI step 3: intersect per split, fix the shared order, and build the active party on its aligned rows.
+
+    ``secret``: the active party's key of its defences' random draws (``None``: fresh from the OS). The shared
+    order itself comes from ``seed``: it is a function of the intersection's IDs, which every passive knows, and
+    of nothing the active party holds."""
     aligned: dict[str, np.ndarray] = {}
     positions: dict[int, dict[str, np.ndarray]] = {k: {} for k in reblinded}
     for split in SPLITS:
@@ -274,7 +295,7 @@ def psi_finish(cfg: Config, data: PartySplits, secrets: dict[str, bytes], reblin
         aligned[split] = np.asarray(rows, dtype=np.int64)
         for k in reblinded:
             positions[k][split] = np.asarray(pos[party_name(PASSIVE, k)], dtype=np.int64)
-    party = ActiveParty(data, cfg, num_classes, passive_dims)
+    party = ActiveParty(data, cfg, num_classes, passive_dims, secret)
     party.set_alignment(aligned)
     return party, Intersection(num_classes, {s: int(len(r)) for s, r in aligned.items()}, positions)
 
@@ -288,10 +309,17 @@ def passive_join(cfg: Config, data: PartySplits, index: int, secrets: dict[str, 
 
 
 # ================================================================================================ round steps
-def passive_step(party: PassiveParty, msg: ToPassive) -> FromPassive:
+def passive_step(party: PassiveParty, msg: ToPassive, audit_dir: str | None = None) -> FromPassive:
     """One round of a passive party: (last round's test rows, when asked,) apply last round's gradients and the third
-    loss, then embed. Everything it sends is rounded to ``wire_dtype``."""
+    loss, then embed. Everything it sends is rounded to ``wire_dtype``.
+
+    With ``audit.record`` the passive also writes what it received (the attacker's view, for
+    :mod:`flwr_vproto.audit`) and, once, its own features of the shared users, to ``audit_dir`` (``audit.dir``
+    unless a deployment's node-config says otherwise); they never leave the party.
+    """
     cfg = party.cfg
+    if cfg.audit.record:
+        _record_received(party, msg, audit_dir or cfg.audit.dir)
     previous = to_wire(party.embed("test"), cfg) if msg.test_previous else None
     out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, msg.splits,
                             msg.pseudo_threshold)
@@ -302,7 +330,8 @@ def passive_step(party: PassiveParty, msg: ToPassive) -> FromPassive:
 def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None) -> FromActive:
     """One round of the active party: train, then (evaluation rounds) calibrate and score; decide what is released.
 
-    Gradients leave only through :func:`defend_gradients` (``defence.*``); with ``audit.record`` what each passive
+    Gradients leave only on the rounds of ``defence.release_*`` (:func:`flwr_vproto.defences.releases`) and through
+    :meth:`ActiveParty.release_gradients` (the Gaussian channel, ``defence.*``); with ``audit.record`` what each passive
     receives is written to ``audit_dir`` (``audit.dir`` unless a deployment's node-config says otherwise).
     """
     cfg = party.cfg
@@ -310,10 +339,13 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     res = party.train_round(msg.round, msg.embeddings, release=not msg.final)
     reply = FromActive(train=res.metrics, privacy=res.privacy, previous_test=previous)
     if msg.splits:
-        reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings, "test" in msg.splits)
+        reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings, _test_rows(party, msg))
     if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
+        reply.privacy.update(party.gradient_privacy())
         return reply
-    reply.gradients = [to_wire(g, cfg) for g in defend_gradients(cfg, msg.round, list(res.gradients))]
+    if party.joint and defences.releases(cfg, msg.round):  # defence.release_*: else the passives get no rows
+        reply.gradients = [to_wire(g, cfg) for g in party.release_gradients(msg.round, list(res.gradients))]
+    reply.privacy.update(party.gradient_privacy())
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
     reply.pseudo_thresholds = party.pseudo_gates()
@@ -322,13 +354,16 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     return reply
 
 
-def defend_gradients(cfg: Config, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
-    """The gradient rows as they leave the active party: clipped and noised with ``defence.grad_clip`` on."""
-    clip = cfg.defence.grad_clip
-    if clip is None:
-        return gradients
-    return [defences.clip_and_noise(g, clip, cfg.defence.grad_noise, defences.gradient_rng(cfg.seed, rnd, k))
-            for k, g in enumerate(gradients, start=1)]
+def _test_rows(party: ActiveParty, msg: ToActive) -> list[np.ndarray] | None:
+    """The passives' test embeddings to score this evaluation round, if any: those that came with it or, with the
+    Gaussian gradient channel, the latest that came (kept by the active party; unchanged since, see
+    :func:`eval_splits`)."""
+    sent = [e["test"] for e in msg.eval_embeddings] if "test" in msg.splits else None
+    if not defences.flagless(party.cfg):
+        return sent
+    if sent is not None:
+        party.kept_test = sent
+    return party.kept_test
 
 
 def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None) -> None:
@@ -340,13 +375,27 @@ def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None)
     audit.record_round(folder, rnd, reply.gradients, labels, reply.prototypes or None)
 
 
-def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]], test: bool
-                         ) -> tuple[dict[str, float], dict[str, float] | None]:
+def _record_received(party: PassiveParty, msg: ToPassive, folder: str | None) -> None:
+    """``audit.record``, passive side: what this passive received in round ``msg.round`` and, in round 1, its own
+    features of the shared training users (the attacker's prior), in the shared order."""
+    if folder is None:
+        raise ValueError("audit.record=true needs audit.dir (or, in a deployment, each party's node-config "
+                         "audit-dir): the folder where the parties write what the passives receive")
+    if msg.round == 1:
+        audit.record_features(folder, party.index, party.data.train.x[party.aligned["train"]].reshape(
+            len(party.aligned["train"]), -1))
+    audit.record_received(folder, party.index, msg.round, {
+        "gradients": msg.gradients, "prototypes": msg.prototypes, "prototype_mask": msg.prototype_mask,
+        "pseudo_threshold": msg.pseudo_threshold, "test_previous": msg.test_previous, "splits": ",".join(msg.splits)})
+
+
+def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]],
+                         test: list[np.ndarray] | None) -> tuple[dict[str, float], dict[str, float] | None]:
     """Fit what is fitted on validation rows (combine weight, gates, residual base), then score val (and test)."""
     val_embeddings = [e["val"] for e in eval_embeddings]
     calibration = party.calibrate(val_embeddings)
     val = {**party.evaluate("val", val_embeddings), **calibration}
-    return val, party.evaluate("test", [e["test"] for e in eval_embeddings]) if test else None
+    return val, party.evaluate("test", test) if test is not None else None
 
 
 def to_active(rnd: int, cfg: Config, replies: list[FromPassive], test_previous: bool = False) -> ToActive:
@@ -377,6 +426,13 @@ def alignment_record(aligned: dict[str, int], rows: dict[str, dict[str, int]]) -
 
 
 # ================================================================================================ between rounds
+def selection_accuracy(val: dict[str, float]) -> float:
+    """The validation accuracy that selects the best round: on the noised labels under ``defence.label_epsilon``
+    (the selection decides which test rows travel to the passives), else on the true ones."""
+    return float(val.get("selection_accuracy", val.get("accuracy", -math.inf)))
+
+
+
 @dataclass
 class InTransit:
     """What the active party's reply hands to the passives' next round, held by whoever relays it.
@@ -396,12 +452,10 @@ class InTransit:
     def receive(self, reply: FromActive) -> None:
         """Keep what ``reply`` releases for the next round (a final round releases nothing), and whether the next
         round must bring this round's test rows (its validation accuracy is a new best and they did not come)."""
-        accuracy = (reply.val or {}).get("accuracy", -math.inf)
+        accuracy = selection_accuracy(reply.val or {})
         self.test_previous = accuracy > self.best_val and reply.test is None
         self.best_val = max(self.best_val, accuracy)
-        if not reply.gradients:
-            return
-        self.gradients = dict(enumerate(reply.gradients, start=1))
+        self.gradients = dict(enumerate(reply.gradients, start=1))  # none this round (schedule, final): none next
         if reply.prototypes:
             self.prototypes = dict(enumerate(reply.prototypes, start=1))
             self.prototype_mask = reply.prototype_mask

@@ -43,7 +43,8 @@ def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     evaluated = [h for h in history if "val/accuracy" in h]
     if not evaluated:
         return {}
-    best = max(evaluated, key=lambda h: (h["val/accuracy"], -h["round"]))
+    # Under label DP the selection sees the noised validation labels (what it decides travels to the passives).
+    best = max(evaluated, key=lambda h: (h.get("val/selection_accuracy", h["val/accuracy"]), -h["round"]))
     final = {k[len("test/"):]: v for k, v in best.items() if k.startswith("test/")}
     final["best_round"] = best["round"]
     final["val_accuracy"] = best["val/accuracy"]
@@ -157,4 +158,15 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
         tail.append(format_elapsed(elapsed))
     where = f"results: {path}" if path is not None else ""
     last = ", ".join(tail) + (f" -> {where}" if where and tail else where)
-    return [head, best] + ([last] if last else [])
+    return [head, best, *_protection(results, cfg)] + ([last] if last else [])
+
+
+def _protection(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:
+    """The labels' protection in one line, for methods that send the passives anything label-dependent."""
+    from flwr_vproto.defences import describe
+
+    if (cfg.get("method") or {}).get("name") not in ("vproto", "vanilla"):
+        return []
+    line = describe(results)
+    return [line or "label protection: none (defence=none): each passive can read its shared users' labels from the "
+            "gradient rows it receives (README, Labels)"]

@@ -31,7 +31,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from flwr_vproto import __version__, privacy
+from flwr_vproto import __version__, defences, privacy
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
@@ -75,6 +75,7 @@ class VerticalProtoStrategy(Strategy):
         if not 0 < poll_interval <= max_poll_interval:
             raise ConfigError("need 0 < poll_interval <= max_poll_interval (seconds)")
         privacy.noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any message
+        privacy.gradient_noise_multiplier(cfg)  # ... and an unreachable defence.target_epsilon
         self.cfg = cfg
         self.timeout, self.wait_for_nodes = float(timeout), float(wait_for_nodes)
         self.on_round = on_round
@@ -208,7 +209,7 @@ class VerticalProtoStrategy(Strategy):
         res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype))], "training (active party)", rnd,
                              traffic)[self.active.name]
         reply = M.decode_from_active(res.content, where, dims, aligned["train"], msg.final, self.num_classes,
-                                     cfg.method.shares_prototypes, dtype)
+                                     cfg.method.shares_prototypes, dtype, gradients=defences.releases(cfg, rnd))
         transit.receive(reply)
         proto.add_previous_test(self.history, reply)
         return proto.record(rnd, replies, reply, time.perf_counter() - t0, extra={
@@ -327,6 +328,7 @@ class VerticalProtoStrategy(Strategy):
         rows = {p.name: {s: int(p.info[M.split_key(M.ROWS, s)]) for s in SPLITS} for p in self.parties}
         found = proto.alignment_record(self._aligned(), rows)
         return build_results(self.cfg, self.history, extra={**privacy_summary(self.cfg, self.history),
+                                                            **defences.defence_summary(self.cfg, self.history),
                                                             "alignment": found, "flower": {
             "setup_seconds": setup_seconds,
             **({"resumed_from_round": start} if start else {}),

@@ -111,9 +111,9 @@ def sim_nodes(cfg) -> list[dict]:
             for i in range(cfg.dataset.num_passive + 1)]
 
 
-def run_inline(cfg, fault=None, nodes=None, timeout=30.0, **kwargs):
+def run_inline(cfg, fault=None, nodes=None, timeout=30.0, secret=None, **kwargs):
     strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, **kwargs)
-    grid = InlineGrid(make_client_app(cfg), nodes or sim_nodes(cfg), fault=fault)
+    grid = InlineGrid(make_client_app(cfg, active_secret=secret), nodes or sim_nodes(cfg), fault=fault)
     result = strategy.start(grid=grid)
     return strategy, result, grid
 
@@ -234,7 +234,7 @@ def test_hydra_configs_compose_to_valid_configs():
                 cfg, _ = _config(compose("config", [f"method={method}", f"dataset={dataset}"]))
                 assert (cfg.method.name, cfg.dataset.name) == (method, dataset)
         assert _config(compose("config", ["method=vanilla"]))[0].method.local_head is False
-        assert _config(compose("config", ["defence=gradient_noise"]))[0].defence.grad_noise == 32.0
+        assert _config(compose("config", ["defence=gradient_noise"]))[0].defence.target_epsilon == 8.0
         assert _config(compose("config", ["defence=label_dp"]))[0].defence.label_epsilon == 1.0
         cfg, _ = _config(compose("config", ["dataset=csv", "dataset.csv.paths=[a.csv,b.csv]", "model=cnn",
                                             "dataset=digits"]))

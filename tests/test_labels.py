@@ -65,25 +65,26 @@ def test_the_audit_finds_the_leak_of_an_undefended_run_and_not_against_shuffled_
     assert max(control["norm_auc"], control["direction_auc"], control["projection_auc"]) < 0.6
 
 
-def test_gradient_noise_lowers_the_audited_leak(tmp_path):
+def test_the_gaussian_channel_lowers_the_audited_leak(tmp_path):
     run_inprocess(adult_cfg(tmp_path / "off"))
-    run_inprocess(adult_cfg(tmp_path / "on", defence={"grad_clip": 1.0, "grad_noise": 16.0}))
+    run_inprocess(adult_cfg(tmp_path / "on", defence={"noise_multiplier": 1.0}))
     off, on = audit.attack(*recorded(tmp_path / "off"), 2), audit.attack(*recorded(tmp_path / "on"), 2)
     assert on["direction_auc"] < off["direction_auc"] - 0.2
-    assert on["norm_auc"] < off["norm_auc"]
+    assert on["projection_auc"] < off["projection_auc"] - 0.2
 
 
-def test_clip_and_noise_bound_rows_relative_to_the_median():
+def test_gaussian_rows_have_a_label_free_bound_and_the_calibrated_noise():
     rng = np.random.default_rng(0)
     g = rng.normal(size=(501, 8)) * rng.uniform(0.1, 10, size=(501, 1))
-    clipped = defences.clip_and_noise(g, 1.0, 0.0, rng)
-    median = np.median(np.linalg.norm(g, axis=1))
-    assert np.linalg.norm(clipped, axis=1).max() == pytest.approx(median, rel=1e-5)
-    small = np.linalg.norm(g, axis=1) < median
-    assert np.allclose(clipped[small], g[small], atol=1e-6)  # rows under the bound are untouched
-    noisy = defences.clip_and_noise(np.zeros((4000, 64)) + 1.0, 1.0, 2.0, np.random.default_rng(1))
-    noise_norm = np.linalg.norm(noisy - 1.0, axis=1).mean()
-    assert noise_norm == pytest.approx(2.0 * 8.0, rel=0.02)  # expected norm = grad_noise * (clip * median)
+    g[7] = 0.0
+    unit = defences.gaussian_rows(g, 0.0, rng)  # no noise: every row on the unit sphere, whatever its norm was
+    norms = np.linalg.norm(unit, axis=1)
+    assert np.allclose(np.delete(norms, 7), 1.0, atol=1e-6) and norms[7] == 0.0
+    assert np.allclose(unit[0] * np.linalg.norm(g[0]), g[0], atol=1e-5)  # direction kept
+    # one label replaced moves its unit row by at most the sensitivity; the noise is N(0, (2 sigma)^2) per coordinate
+    assert np.linalg.norm(unit[0] - (-unit[0])) == pytest.approx(defences.SENSITIVITY)
+    noisy = defences.gaussian_rows(np.ones((4000, 64)), 1.5, np.random.default_rng(1))
+    assert (noisy - 1 / 8.0).std() == pytest.approx(defences.SENSITIVITY * 1.5, rel=0.01)
 
 
 # ------------------------------------------------------------------------------------------------ label DP
@@ -104,90 +105,204 @@ def test_randomized_response_flips_at_the_rate_its_epsilon_implies(classes):
 
 
 # ------------------------------------------------------------------------------------------------ config
-def test_defences_are_refused_where_nothing_is_sent():
-    with pytest.raises(ConfigError, match=r"defence.grad_clip=1.0: expected null: method 'local' sends"):
-        config_from_dict({"method": {"name": "local"}, "defence": {"grad_clip": 1.0}})
+def test_defences_are_refused_where_nothing_is_sent_or_where_they_would_not_cover_what_is_sent():
+    with pytest.raises(ConfigError, match=r"defence.noise_multiplier/target_epsilon=1.0: expected off: method "
+                                          r"'local' sends"):
+        config_from_dict({"method": {"name": "local"}, "defence": {"noise_multiplier": 1.0}})
     with pytest.raises(ConfigError, match=r"invalid audit.record=True: expected false: method 'centralized'"):
         config_from_dict({"engine": "inprocess", "method": {"name": "centralized"}, "audit": {"record": True}})
-    with pytest.raises(ConfigError, match=r"defence.grad_noise=2.0: expected 0 unless defence.grad_clip is set"):
-        config_from_dict({"defence": {"grad_noise": 2.0}})
+    with pytest.raises(ConfigError, match=r"defence.noise_multiplier=1.0: expected 0 when defence.target_epsilon"):
+        config_from_dict({"defence": {"noise_multiplier": 1.0, "target_epsilon": 2.0}})
     with pytest.raises(ConfigError, match=r"defence.label_epsilon=0: expected null \(off\) or a number > 0"):
         config_from_dict({"defence": {"label_epsilon": 0}})
+    with pytest.raises(ConfigError, match=r"defence.release_every=0: expected an integer >= 1"):
+        config_from_dict({"defence": {"release_every": 0}})
+    with pytest.raises(ConfigError, match=r"method.lambda_passive=1.0: expected 0 with the Gaussian gradient channel"):
+        config_from_dict({"method": {"lambda_passive": 1.0}, "defence": {"target_epsilon": 4.0}})
+    with pytest.raises(ConfigError, match=r"defence.target_epsilon=0.01: cannot be reached"):
+        from flwr_vproto.privacy import gradient_noise_multiplier
+
+        gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.01, "delta": 0.9}}))
 
 
 # ------------------------------------------------------------------------------------------------ engines and wire
+SECRET = bytes(range(32))
+
+
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
-def test_a_defence_gives_the_same_numbers_in_both_engines_and_only_defended_rows_leave(tmp_path, method):
+def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method):
     from test_flower_sim import M, assert_same_history, run_inline, small_cfg
 
     def cfg(name, **defence):
         return small_cfg(method, rounds=3, defence=defence, audit={"record": True, "dir": str(tmp_path / name)})
 
-    defended = cfg("on", grad_clip=1.0, grad_noise=2.0)
-    strategy, _, grid = run_inline(defended)
-    assert_same_history(strategy.history, run_inprocess(defended)["rounds"])
+    defended = cfg("on", noise_multiplier=2.0)
+    strategy, _, grid = run_inline(defended, secret=SECRET)
+    assert_same_history(strategy.history, run_inprocess(defended, active_secret=SECRET)["rounds"])
     run_inprocess(cfg("off"))  # round 1 trains the same either way; only what leaves differs
     raw = np.load(tmp_path / "off" / "round-1.npz")["passive1.gradients"]
     sent = [m for m in grid.sent if m.metadata.message_type == M.TRAIN and M.round_of(m.content) == 2
             and M.GRADIENTS in m.content[M.ARRAYS]]
     assert len(sent) == 1
     wire = sent[0].content[M.ARRAYS][M.GRADIENTS].numpy()
-    expected = defences.clip_and_noise(raw, 1.0, 2.0, defences.gradient_rng(defended.seed, 1, 1))
+    expected = defences.gaussian_rows(raw, 2.0, defences.gradient_rng(SECRET, 1, 1))
     assert np.array_equal(wire, expected) and not np.allclose(wire, raw)
+    assert all(r["privacy/gradient_epsilon"] > 0 for r in strategy.history)  # every round reports it
+
+
+def test_the_noise_comes_from_the_active_partys_secret_never_from_the_run_config(tmp_path):
+    """Same config and seed: a fresh secret per run gives other noise, the same secret the same noise; and a passive
+    that replays every generator the run config determines (the previous code's streams) recovers nothing."""
+    cfg = adult_cfg(tmp_path, rounds=4, defence={"noise_multiplier": 0.3})
+
+    def rows(secret, name):
+        c = adult_cfg(tmp_path / name, rounds=4, defence={"noise_multiplier": 0.3})
+        run_inprocess(c, active_secret=secret)
+        return {r: recorded(tmp_path / name, r)[0] for r in (1, 2, 3)}, recorded(tmp_path / name)[1]
+
+    fresh_a, labels = rows(None, "a")
+    fresh_b, _ = rows(None, "b")
+    given_a, _ = rows(SECRET, "c")
+    given_b, _ = rows(SECRET, "d")
+    assert not np.allclose(fresh_a[1], fresh_b[1]) and np.array_equal(given_a[1], given_b[1])
+    replay = audit.replay_attack(fresh_a, cfg.seed, 1, labels)
+    clean = audit.attack(fresh_a[1], labels, 2)
+    # the fitted scale of every replayed stream is ~0 and the residual reads no more than the rows themselves
+    assert replay["replay_scale"] < 0.05
+    assert replay["replay_auc"] < max(clean["projection_auc"], clean["auc_chance"]) + 0.03
+
+
+def test_a_resumed_defended_run_draws_the_noise_of_its_own_secret(tmp_path):
+    """The secret lives in the active party's checkpoint: a resumed run with no secret given sends exactly what
+    the uninterrupted run would have."""
+    def cfg(**extra):
+        return config_from_dict({"engine": "inprocess", "num_rounds": 4,
+                                 "dataset": {"max_train_users": 500, "aligned_fraction": 0.2},
+                                 "method": {"batch_size": 64}, "defence": {"noise_multiplier": 0.5},
+                                 "checkpoint": {"dir": str(tmp_path), "every": 2}, **extra})
+
+    full = run_inprocess(cfg())  # a fresh secret
+    (tmp_path / "server" / "round-4.pt").unlink()
+    resumed = run_inprocess(cfg(resume=True))
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full["rounds"]]
+    assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["rounds"]] == strip
+    assert resumed["defence"]["gradient_epsilon"] == full["defence"]["gradient_epsilon"] > 0
+
+
+# ------------------------------------------------------------------------------------------------ accounting
+def test_the_gradient_channel_is_accounted_over_every_release_and_target_epsilon_picks_sigma():
+    from flwr_vproto.privacy import Accountant, gradient_noise_multiplier
+
+    cfg = config_from_dict({"num_rounds": 10, "defence": {"target_epsilon": 3.0, "release_rounds": 4}})
+    assert defences.planned_releases(cfg) == 4
+    sigma = gradient_noise_multiplier(cfg)
+    acc = Accountant(sigma, 1e-5)
+    acc.step(4)
+    assert 2.9 < acc.epsilon() <= 3.0
+    every_other = config_from_dict({"num_rounds": 10, "defence": {"release_every": 3}})
+    assert [r for r in range(1, 11) if defences.releases(every_other, r)] == [1, 4, 7]  # never the last round
+    two = config_from_dict({"num_rounds": 10, "dataset": {"num_passive": 2}, "defence": {"release_rounds": 4}})
+    assert defences.planned_releases(two) == 8  # every passive's rows are a release over the same users
+
+
+def test_a_release_schedule_freezes_the_passive_and_sends_no_selection_flag(tmp_path):
+    """release_rounds=2: rows after rounds 1-2 only; the passive's embeddings stop changing once it has applied
+    them; the test rows travel only after a change; no test_previous flag ever travels; the run still reports the
+    test accuracy of its best validation round."""
+    from flwr_vproto import protocol
+
+    seen = []
+    step = protocol.passive_step
+
+    def spy(party, msg, *args):
+        out = step(party, msg, *args)
+        seen.append((msg, out))
+        return out
+
+    cfg = config_from_dict({"engine": "inprocess", "num_rounds": 6, "dataset": ADULT, "method": {"batch_size": 256},
+                            "defence": {"release_rounds": 2}})
+    import unittest.mock
+
+    with unittest.mock.patch.object(protocol, "passive_step", spy):
+        res = run_inprocess(cfg)
+    assert [m.gradients is not None for m, _ in seen] == [False, True, True, False, False, False]
+    assert not any(m.test_previous for m, _ in seen)
+    assert [("test" in m.splits) for m, _ in seen] == [True, True, True, False, False, True]
+    assert np.array_equal(seen[3][1].embeddings, seen[5][1].embeddings)  # frozen after round 3
+    assert not np.array_equal(seen[1][1].embeddings, seen[2][1].embeddings)
+    assert all("test/accuracy" in r for r in res["rounds"])  # scored on the kept test rows every round
+    best = max(res["rounds"], key=lambda r: (r["val/accuracy"], -r["round"]))
+    assert res["final"]["accuracy"] == best["test/accuracy"]
 
 
 # ------------------------------------------------------------------------------------------------ label DP in runs
-def _payloads(monkeypatch, cfg, ds) -> list[bytes]:
-    """Every byte each passive receives in an in-process run (its ToPassive messages, in order)."""
+def _payloads(monkeypatch, cfg, ds) -> list:
+    """Everything each passive receives in an in-process run: every field of its ToPassive messages, in order
+    (gradients, prototypes, mask, pseudo-label threshold, the test_previous flag, the splits, setup positions)."""
+    import dataclasses
+
     from flwr_vproto import protocol
 
-    seen: list[bytes] = []
+    seen: list = []
     step = protocol.passive_step
 
-    def spy(party, msg):
-        for arr in (msg.gradients, msg.prototypes, msg.prototype_mask):
-            seen.append(b"" if arr is None else np.ascontiguousarray(arr).tobytes())
-        return step(party, msg)
+    def spy(party, msg, *args):
+        for f in dataclasses.fields(msg):
+            value = getattr(msg, f.name)
+            if f.name == "setup" and value is not None:
+                value = [np.ascontiguousarray(v).tobytes() for v in value.positions.values()]
+            seen.append(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray) else value)
+        return step(party, msg, *args)
 
     monkeypatch.setattr(protocol, "passive_step", spy)
-    run_inprocess(cfg, dataset=ds)
+    run_inprocess(cfg, dataset=ds, active_secret=SECRET)
     monkeypatch.setattr(protocol, "passive_step", step)
     return seen
 
 
-def _with_labels_changed(ds, rows: dict[str, int]):
-    """A copy of ``ds`` in which the active party's true label of one row per split is another class."""
+def _with_labels_changed(ds, rows: dict[str, np.ndarray]):
+    """A copy of ``ds`` in which the active party's true labels of the given rows are another class."""
     import copy
 
     changed = copy.deepcopy(ds)
-    for split, row in rows.items():
+    for split, r in rows.items():
         y = changed.active.split(split).y
-        y[row] = (y[row] + 1) % ds.num_classes
+        y[r] = (y[r] + 1) % ds.num_classes
     return changed
 
 
-def test_with_the_noised_labels_held_fixed_no_aligned_users_true_label_changes_a_byte_a_passive_receives(
-        monkeypatch):
+def test_with_the_noised_labels_held_fixed_no_true_label_changes_a_byte_a_passive_receives(monkeypatch):
+    """Label DP covers every byte: with the noised labels fixed, changing the true labels of half the aligned
+    training and validation users changes nothing any passive receives in any message of the run, flags and
+    thresholds included. Controls: unfixed labels change the bytes, and so does a selection on true labels."""
+    from flwr_vproto import protocol
     from flwr_vproto.alignment import align_dataset
     from flwr_vproto.data import load_vertical_dataset
 
-    cfg = config_from_dict({"engine": "inprocess", "num_rounds": 3, "eval_every": 1,
+    cfg = config_from_dict({"engine": "inprocess", "num_rounds": 5, "eval_every": 1,
                             "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 400},
-                            "method": {"name": "vproto", "lambda_passive": 1.0, "batch_size": 64},
+                            "method": {"name": "vproto", "lambda_passive": 1.0, "batch_size": 64,
+                                       "pseudo_gate": 0.8},
                             "defence": {"label_epsilon": 1.0}})
     ds = load_vertical_dataset(cfg)
     aligned = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)[0]
-    rows = {"train": int(aligned["train"][3]), "val": int(aligned["val"][1])}  # one aligned user per split
+    rows = {s: aligned[s][::2] for s in ("train", "val")}  # half the aligned users of each split
     changed = _with_labels_changed(ds, rows)
     real = defences.randomized_response
     fixed = {}  # split length -> the noised labels drawn from the unchanged data
     for split in ("train", "val"):
         true = ds.active.split(split).y[aligned[split]]
-        fixed[len(true)] = real(true, 1.0, ds.num_classes, defences.label_rng(cfg.seed, split))
+        fixed[len(true)] = real(true, 1.0, ds.num_classes, defences.label_rng(SECRET, split))
     assert len(fixed) == 2
     monkeypatch.setattr(defences, "randomized_response", lambda labels, *_: fixed[len(labels)].copy())
-    assert _payloads(monkeypatch, cfg, ds) == _payloads(monkeypatch, cfg, changed)
-    monkeypatch.setattr(defences, "randomized_response", real)  # the control: the same change, labels not fixed
+    base = _payloads(monkeypatch, cfg, ds)
+    assert any(v is True for v in base)  # a test_previous flag did travel, decided on the noised labels
+    assert base == _payloads(monkeypatch, cfg, changed)
+    select = protocol.selection_accuracy  # control 1: the same run, the best round picked on true labels
+    monkeypatch.setattr(protocol, "selection_accuracy", lambda val: val.get("accuracy", -math.inf))
+    assert _payloads(monkeypatch, cfg, ds) != _payloads(monkeypatch, cfg, changed)
+    monkeypatch.setattr(protocol, "selection_accuracy", select)
+    monkeypatch.setattr(defences, "randomized_response", real)  # control 2: the same change, labels not fixed
     assert _payloads(monkeypatch, cfg, ds) != _payloads(monkeypatch, cfg, changed)
 
 
