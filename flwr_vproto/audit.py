@@ -35,7 +35,8 @@ The attacks scored here:
 The attacker does not know which end of a label-free score is "positive", so those AUCs are ``max(AUC, 1 - AUC)``:
 0.5 means nothing leaks, 1.0 means every label can be read off. With few users even a leak-free attack scores above
 0.5, so every attack is also run against a fixed shuffle of the labels (``*_chance``): the level that means
-"nothing found". ``strongest_auc`` is the largest AUC of every label-free attack (per round, multi-round, replay);
+"nothing found". ``strongest_auc`` is the largest AUC of every label-free attack (per round, multi-round, replay;
+``strongest_accuracy``, of k-means, for multi-class);
 ``strongest_chance`` is the largest AUC of the same attacks against the shuffle, so a claim reads
 "strongest_auc <= strongest_chance + 0.05".
 

@@ -181,3 +181,19 @@ def test_audit_folder_reads_the_passive_view_and_reports_every_attack_and_channe
     text = audit.format_summary(s, report["strongest"])
     assert text.startswith("label-leakage audit (worst round/passive): ") and "strongest label-free attack" in text
     assert "replay_auc" not in audit.audit_folder(tmp_path, 2)["summary"]  # no seed: no replay
+
+
+def test_cli_passes_the_run_seed_to_the_replay_and_writes_the_summary(tmp_path, capsys):
+    import json
+
+    y = _labels(400)
+    rows = _old_noised(y, lambda r, shape: np.random.default_rng([SEED, 0x6AD, r, 1]).normal(0, 1, size=shape))
+    for r, g in rows.items():
+        audit.record_round(tmp_path / "audit", r, [g], y)
+    (tmp_path / "results.json").write_text(json.dumps({"config": {"seed": SEED, "dataset": {"name": "adult"}}}))
+    assert audit.main([str(tmp_path)]) == 0
+    summary = json.loads((tmp_path / "results.json").read_text())["audit"]
+    assert summary["replay_scale"] > 0.9 and summary["replay_auc"] > 0.99
+    assert set(json.loads((tmp_path / "audit.json").read_text())) >= {"multiround", "replay", "summary"}
+    out = capsys.readouterr().out
+    assert out.startswith("label-leakage audit (worst round/passive): ") and "replay_auc 1.000" in out
