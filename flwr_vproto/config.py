@@ -240,7 +240,9 @@ class DefenceConfig:
     noise_multiplier: float = 0.0  # sigma of the Gaussian gradient channel; 0 = off (unless target_epsilon)
     target_epsilon: float | None = None  # null = use noise_multiplier; else sigma calibrated for the whole run
     delta: float = 1e-5  # of the gradient channel's (epsilon, delta)
-    release_rounds: int | None = None  # gradient rows leave only after the first R rounds; null = every round
+    # Gradient rows leave only after the first R rounds; null = every round. Default 0: no row ever leaves, so every
+    # byte a passive receives is label-independent (measured: free on adult, BENCHMARKS.md §9).
+    release_rounds: int | None = 0
     release_every: int = 1  # ... and only every k-th round from round 1
 
 
@@ -591,6 +593,10 @@ def _validate_defence(cfg: Config) -> None:
         _check(not gaussian, "defence.noise_multiplier/target_epsilon", d.target_epsilon or d.noise_multiplier,
                f"off: {why}")
         _check(not a.record, "audit.record", a.record, f"false: {why}")
+    if gaussian:
+        _check(d.release_rounds != 0, "defence.release_rounds", d.release_rounds,
+               "null or > 0 with the Gaussian gradient channel (defence.noise_multiplier/target_epsilon): with 0 no "
+               "gradient row ever leaves, so there is nothing to noise (defence=gradient_noise sets null)")
     if gaussian and cfg.method.shares_prototypes:
         _check(False, "method.lambda_passive", cfg.method.lambda_passive,
                "0 with the Gaussian gradient channel (defence.noise_multiplier/target_epsilon): the third loss sends "

@@ -172,5 +172,5 @@ def test_a_checkpoint_written_before_an_option_existed_resumes_while_that_option
     del old["method"]["extra_losses"], old["defence"]  # as written by a version without them
     ck.check_same_run(old, cfg, "server", tmp_path)
     changed = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": 3}})
-    with pytest.raises(ck.CheckpointError, match=r"defence.release_rounds \(checkpoint None, now 3\)"):
+    with pytest.raises(ck.CheckpointError, match=r"defence.release_rounds \(checkpoint 0, now 3\)"):
         ck.check_same_run(old, changed, "server", tmp_path)

@@ -102,6 +102,8 @@ def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, met
     methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,
                                                         "combine_weight": 1.0}, "local": {"name": "local"}}
     data = {"name": "digits", "aligned_fraction": 0.2, "num_passive": num_passive, "max_train_users": 500}
+    # The protocol's machinery with gradient rows every round (defence=none); the default sends none.
+    extra["defence"] = {"release_rounds": None, **extra.get("defence", {})}
     return config_from_dict({"num_rounds": rounds, "eval_every": 2, "dataset": data,
                              "method": {"batch_size": 64, **methods[method], **(method_extra or {})}, **extra})
 
@@ -307,7 +309,8 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
     cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
                                                                           "max_train_users": 500},
                             "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once,
-                                       "lambda_passive": 1.0, "passive_pretrain_epochs": 0}})
+                                       "lambda_passive": 1.0, "passive_pretrain_epochs": 0},
+                            "defence": {"release_rounds": None}})
     strategy, _, grid = run_inline(cfg)
     reference = run_inprocess(cfg)["rounds"]
     assert_same_history(strategy.history, reference)

@@ -17,6 +17,7 @@ VANILLA = {"name": "vanilla", "local_head": False, "combine_weight": 1.0, "batch
 
 
 def adult_cfg(tmp_path, method=None, rounds=2, **extra):
+    extra["defence"] = {"release_rounds": None, **extra.get("defence", {})}  # rows every round unless told
     return config_from_dict({"engine": "inprocess", "num_rounds": rounds, "dataset": ADULT,
                              "method": method or VANILLA, "audit": {"record": True, "dir": str(tmp_path / "audit")},
                              **extra})
@@ -118,11 +119,15 @@ def test_defences_are_refused_where_nothing_is_sent_or_where_they_would_not_cove
     with pytest.raises(ConfigError, match=r"defence.release_every=0: expected an integer >= 1"):
         config_from_dict({"defence": {"release_every": 0}})
     with pytest.raises(ConfigError, match=r"method.lambda_passive=1.0: expected 0 with the Gaussian gradient channel"):
-        config_from_dict({"method": {"lambda_passive": 1.0}, "defence": {"target_epsilon": 4.0}})
-    with pytest.raises(ConfigError, match=r"defence.target_epsilon=0.01: cannot be reached"):
-        from flwr_vproto.privacy import gradient_noise_multiplier
+        config_from_dict({"method": {"lambda_passive": 1.0}, "defence": {"target_epsilon": 4.0,
+                                                                           "release_rounds": None}})
+    from flwr_vproto.privacy import gradient_noise_multiplier
 
-        gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.01, "delta": 0.9}}))
+    with pytest.raises(ConfigError, match=r"defence.target_epsilon=0.001: cannot be reached with delta=1e-05 over "
+                                          r"19 gradient-row releases"):
+        gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.001, "release_rounds": None}}))
+    with pytest.raises(ConfigError, match=r"defence.release_rounds=0: expected null or > 0 with the Gaussian"):
+        config_from_dict({"defence": {"noise_multiplier": 1.0}})  # the default sends no rows: nothing to noise
 
 
 # ------------------------------------------------------------------------------------------------ engines and wire
@@ -151,25 +156,27 @@ def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_it
 
 
 def test_the_noise_comes_from_the_active_partys_secret_never_from_the_run_config(tmp_path):
-    """Same config and seed: a fresh secret per run gives other noise, the same secret the same noise; and a passive
-    that replays every generator the run config determines (the previous code's streams) recovers nothing."""
-    cfg = adult_cfg(tmp_path, rounds=4, defence={"noise_multiplier": 0.3})
-
-    def rows(secret, name):
-        c = adult_cfg(tmp_path / name, rounds=4, defence={"noise_multiplier": 0.3})
+    """Play the passive: it holds the run config (seed included) and every row it received. Same config and seed: a
+    fresh secret per run gives other noise, the same secret the same noise; replaying every generator the run
+    config determines (the previous code's streams) finds no noise to subtract and reads nothing more than the rows
+    themselves. Positive control: the same rows noised with the old config-seeded stream are read back."""
+    def rows(secret, name, **defence):
+        c = adult_cfg(tmp_path / name, rounds=4, defence=defence)
         run_inprocess(c, active_secret=secret)
-        return {r: recorded(tmp_path / name, r)[0] for r in (1, 2, 3)}, recorded(tmp_path / name)[1]
+        return {r: recorded(tmp_path / name, r)[0] for r in (1, 2, 3)}, recorded(tmp_path / name)[1], c.seed
 
-    fresh_a, labels = rows(None, "a")
-    fresh_b, _ = rows(None, "b")
-    given_a, _ = rows(SECRET, "c")
-    given_b, _ = rows(SECRET, "d")
+    fresh_a, labels, seed = rows(None, "a", noise_multiplier=3.0)
+    fresh_b, _, _ = rows(None, "b", noise_multiplier=3.0)
+    given_a, _, _ = rows(SECRET, "c", noise_multiplier=3.0)
+    given_b, _, _ = rows(SECRET, "d", noise_multiplier=3.0)
     assert not np.allclose(fresh_a[1], fresh_b[1]) and np.array_equal(given_a[1], given_b[1])
-    replay = audit.replay_attack(fresh_a, cfg.seed, 1, labels)
-    clean = audit.attack(fresh_a[1], labels, 2)
-    # the fitted scale of every replayed stream is ~0 and the residual reads no more than the rows themselves
-    assert replay["replay_scale"] < 0.05
-    assert replay["replay_auc"] < max(clean["projection_auc"], clean["auc_chance"]) + 0.03
+    replay = audit.replay_attack(fresh_a, seed, 1, labels)
+    assert replay["replay_scale"] < 0.05  # no replayed stream explains the noise
+    assert replay["replay_auc"] < replay["noreplay_auc"] + 0.03 and replay["replay_auc"] < 0.65
+    clean, _, _ = rows(None, "clean")  # control: what the old code sent, noise from the seeded stream
+    old = {r: defences.unit_rows(g) + 6.0 * audit.old_gradient_noise(seed, r, 1, g.shape) for r, g in clean.items()}
+    control = audit.replay_attack(old, seed, 1, labels)
+    assert control["noreplay_auc"] < 0.65 < 0.95 < control["replay_auc"]
 
 
 def test_a_resumed_defended_run_draws_the_noise_of_its_own_secret(tmp_path):
@@ -178,7 +185,8 @@ def test_a_resumed_defended_run_draws_the_noise_of_its_own_secret(tmp_path):
     def cfg(**extra):
         return config_from_dict({"engine": "inprocess", "num_rounds": 4,
                                  "dataset": {"max_train_users": 500, "aligned_fraction": 0.2},
-                                 "method": {"batch_size": 64}, "defence": {"noise_multiplier": 0.5},
+                                 "method": {"batch_size": 64},
+                                 "defence": {"noise_multiplier": 0.5, "release_rounds": None},
                                  "checkpoint": {"dir": str(tmp_path), "every": 2}, **extra})
 
     full = run_inprocess(cfg())  # a fresh secret
@@ -199,7 +207,7 @@ def test_the_gradient_channel_is_accounted_over_every_release_and_target_epsilon
     acc = Accountant(sigma, 1e-5)
     acc.step(4)
     assert 2.9 < acc.epsilon() <= 3.0
-    every_other = config_from_dict({"num_rounds": 10, "defence": {"release_every": 3}})
+    every_other = config_from_dict({"num_rounds": 10, "defence": {"release_every": 3, "release_rounds": None}})
     assert [r for r in range(1, 11) if defences.releases(every_other, r)] == [1, 4, 7]  # never the last round
     two = config_from_dict({"num_rounds": 10, "dataset": {"num_passive": 2}, "defence": {"release_rounds": 4}})
     assert defences.planned_releases(two) == 8  # every passive's rows are a release over the same users
@@ -283,7 +291,7 @@ def test_with_the_noised_labels_held_fixed_no_true_label_changes_a_byte_a_passiv
                             "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 400},
                             "method": {"name": "vproto", "lambda_passive": 1.0, "batch_size": 64,
                                        "pseudo_gate": 0.8},
-                            "defence": {"label_epsilon": 1.0}})
+                            "defence": {"label_epsilon": 1.0, "release_rounds": None}})
     ds = load_vertical_dataset(cfg)
     aligned = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)[0]
     rows = {s: aligned[s][::2] for s in ("train", "val")}  # half the aligned users of each split
@@ -311,8 +319,8 @@ def test_label_dp_gives_the_same_numbers_in_both_engines(method):
     from test_flower_sim import assert_same_history, run_inline, small_cfg
 
     cfg = small_cfg(method, rounds=3, defence={"label_epsilon": 1.0})
-    strategy, _, _ = run_inline(cfg)
-    reference = run_inprocess(cfg)["rounds"]
+    strategy, _, _ = run_inline(cfg, secret=SECRET)
+    reference = run_inprocess(cfg, active_secret=SECRET)["rounds"]
     assert_same_history(strategy.history, reference)
     plain = run_inprocess(small_cfg(method, rounds=3))["rounds"]
     assert reference[-1]["active/sup_loss"] != plain[-1]["active/sup_loss"]  # the noised labels were used
