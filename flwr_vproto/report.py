@@ -675,7 +675,8 @@ def plot_pseudo_labels(runs: list[Run], out: Path) -> list[Path]:
 # ---------------------------------------------------------------------------------------------------- labels
 # The records of benchmarks/bench_labels.py: the price of protecting the labels (accuracy against attack strength).
 _LABEL_FIELDS = ("tag", "method", "dataset", "fraction", "seed", "final", "audit")
-_SETTING_ORDER = ("none", "off", "noise4", "noise16", "eps2", "eps1", "eps0.4")
+_SETTING_ORDER = ("none", "off", "first3", "every5", "noise4", "noise16", "gauss_e8", "gauss_e4_first5",
+                  "gauss_e1_first3", "eps2", "eps1", "eps0.4", "no_gradients")
 _AUC_ATTACKS = ("max_norm_auc", "max_direction_auc", "max_projection_auc")
 _MARKERS = "osD^v<>pPX*h"
 
@@ -700,8 +701,12 @@ class LabelRun:
 
     @property
     def attack(self) -> float:
-        """The strongest attack of the run: the max over the AUC attacks (binary), else the k-means cluster accuracy;
-        NaN when nothing was sent (local)."""
+        """The strongest label-free attack of the run: the audit's ``strongest_*`` (every round alone and every
+        round kept, averaged or stacked), or for older records the max over the per-round AUC attacks (binary), else
+        the k-means cluster accuracy; NaN when no row was sent (local, or no gradient row released)."""
+        for key in ("strongest_auc", "strongest_accuracy"):
+            if key in self.audit:
+                return float(self.audit[key])
         aucs = [float(self.audit[k]) for k in _AUC_ATTACKS if k in self.audit]
         if aucs:
             return max(aucs)
@@ -787,6 +792,8 @@ def _pm(values: list[float]) -> str:
 def _chance(audit: dict[str, Any]) -> float:
     """What the worst-case attack scores when there is nothing to find (the same attacks on shuffled labels); older
     records: 0.5 AUC, or the majority share for the cluster attack."""
+    if "strongest_chance" in audit:  # the same attacks as the strongest one, on shuffled labels
+        return float(audit["strongest_chance"])
     if "max_norm_auc" in audit:  # a binary task
         return float(audit.get("max_auc_chance", 0.5))
     return float(audit.get("max_cluster_chance", audit.get("majority_share", math.nan)))
@@ -819,21 +826,31 @@ def label_tables(runs: list[LabelRun]) -> str:
     for (ds, frac) in label_cells(runs):
         mine = [r for r in rows if (r["dataset"], r["aligned_fraction"]) == (ds, frac)]
         binary = mine[0]["attack"] == "auc"
-        attack = ("worst attack AUC (max of norm, direction, projection) | chance (same, shuffled labels)" if binary
-                  else "worst k-means cluster accuracy | chance (same, shuffled labels)")
+        attack = ("strongest attack AUC | chance (same, shuffled labels)" if binary
+                  else "strongest k-means cluster accuracy | chance (same, shuffled labels)")
+        known = "known-100 advantage (AUC)" if binary else "known-100 advantage (accuracy)"
         out += [f"**{ds}, {frac:.0%} aligned** (test accuracy at the best validation round, mean ± std over seeds; "
-                f"attack: worst round and passive of each run, mean ± std over seeds; chance: the same attacks "
-                f"against shuffled labels, what finding nothing scores with this many users)", "",
-                f"| defence | method | n | test accuracy | vs local | {attack} |",
-                "|---|---|---|---|---|---|---|"]
+                f"attack: the strongest label-free attack of each run — every round alone, and rows averaged or "
+                f"stacked over every round kept —, mean ± std over seeds; chance: the same attacks against shuffled "
+                f"labels, what finding nothing scores with this many users; known-100: a passive that knows 100 "
+                f"labels, its model on its own features plus the rows minus on its features alone; epsilon: the "
+                f"Gaussian channel's at delta 1e-5; no rows: no gradient row ever left)", "",
+                f"| defence | method | n | test accuracy | vs local | {attack} | {known} | epsilon |",
+                "|---|---|---|---|---|---|---|---|---|"]
         for r in mine:
             runs_here = [x for x in runs if (x.dataset, x.fraction, x.setting, x.method)
                          == (ds, frac, r["setting"], r["method"])]
             acc = _pm([x.accuracy for x in runs_here])
             delta = "reference" if r["method"] == "local" else f"{r['accuracy_minus_local']:+.4f}"
-            cells = [r["setting"], r["method"], str(r["n"]), acc, delta, _pm([x.attack for x in runs_here])]
-            cells.append("—" if r["method"] == "local" or not math.isfinite(r["majority_share"])
+            no_rows = r["method"] != "local" and all(x.audit.get("rows_rounds", 1.0) == 0 for x in runs_here)
+            cells = [r["setting"], r["method"], str(r["n"]), acc, delta,
+                     "no rows" if no_rows else _pm([x.attack for x in runs_here])]
+            cells.append("—" if r["method"] == "local" or no_rows or not math.isfinite(r["majority_share"])
                          else f"{r['majority_share']:.4f}")
+            cells.append("0 (no rows)" if no_rows else _pm([x.audit.get("known100_advantage", math.nan)
+                                                          for x in runs_here]))
+            cells.append("0 (no rows)" if no_rows else _pm([x.audit.get("gradient_epsilon", math.nan)
+                                                          for x in runs_here]))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
     return "\n".join(out).rstrip() + "\n"
