@@ -20,6 +20,7 @@ METHODS = ("vproto", "vanilla", "local", "centralized")
 ENGINES = ("flower", "inprocess")
 DISTANCES = ("sqeuclidean", "cosine")
 LOSS_FORMS = ("pull", "contrastive")
+PRETRAIN_OPTIONS = ("dae", "contrastive", "dae+contrastive", "none")  # method.passive_pretrain
 ENCODERS = ("mlp", "cnn")
 DEVICES = ("auto", "cpu", "cuda")
 IMAGE_WIDTHS = {"digits": 8, "fashion_mnist": 28}  # pixels cut into one vertical strip per party
@@ -104,7 +105,8 @@ class MethodConfig:
     * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize``, ``tau``;
     * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
     * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
-      ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain_epochs``;
+      ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain``,
+      ``passive_pretrain_epochs``;
     * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``;
       with ``residual_weight``, ``local_head`` (the active-only head, ``local_head_loss``);
     * calibration on validation rows (``Calibration``): ``combine_weight``, ``pseudo_gate``,
@@ -160,6 +162,10 @@ class MethodConfig:
     # Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows (aligned
     # and non-aligned; no labels needed) before its first round; 0 = none.
     passive_pretrain_epochs: int = 5
+    # What that pre-training is (flwr_vproto/method/pretrain.py): "dae" (denoising autoencoder), "contrastive"
+    # (NT-Xent between two random views: SCARF feature corruption for tables, shifts/noise/cutout for images),
+    # "dae+contrastive" (the autoencoder's epochs, then the contrastive ones) or "none".
+    passive_pretrain: str = "dae"
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -499,6 +505,8 @@ def _validate_method_parts(t: MethodConfig) -> None:
     _check(isinstance(t.joint_warm_start, bool), "method.joint_warm_start", t.joint_warm_start, "true or false")
     _check(_is_int(t.passive_pretrain_epochs) and t.passive_pretrain_epochs >= 0, "method.passive_pretrain_epochs",
            t.passive_pretrain_epochs, "an integer >= 0")
+    _check(t.passive_pretrain in PRETRAIN_OPTIONS, "method.passive_pretrain", t.passive_pretrain,
+           f"one of {PRETRAIN_OPTIONS}")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")

@@ -26,12 +26,12 @@ from typing import Any
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from flwr_vproto import defences, privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
+from flwr_vproto.method import pretrain
 from flwr_vproto.method.batching import index_batches, num_batches, round_seed
 from flwr_vproto.method.calibration import (
     BestValidation,
@@ -53,7 +53,7 @@ from flwr_vproto.method.losses import (
     supervised_joint_loss,
 )
 from flwr_vproto.method.scores import classification_scores
-from flwr_vproto.models import make_encoder, make_top_model, mlp, resolve_device, zero_output_layer
+from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
 
 
 @dataclass
@@ -201,7 +201,7 @@ class PassiveParty(_Party):
         if gradients is not None and gradients.shape != (n_aligned, self.cfg.model.embedding_dim):
             raise ValueError(f"party {self.data.name}, round {rnd}: gradients of shape {gradients.shape}, expected "
                              f"{(n_aligned, self.cfg.model.embedding_dim)}")
-        if rnd == 1 and m.name == "vproto" and m.passive_pretrain_epochs > 0:
+        if rnd == 1 and m.name == "vproto" and m.passive_pretrain != "none" and m.passive_pretrain_epochs > 0:
             metrics["pretrain_loss"] = self._pretrain(m.passive_pretrain_epochs)
         non = self.nonaligned_train_rows() if use_third else np.zeros(0, dtype=np.int64)
         steps = max(num_batches(n_aligned, m.batch_size) if gradients is not None else 0,
@@ -214,31 +214,25 @@ class PassiveParty(_Party):
         return PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
 
     def _pretrain(self, epochs: int) -> float:
-        """``method.passive_pretrain_epochs``: train the encoder as a denoising autoencoder on all this party's
-        training rows (they need no labels), so the few aligned rows fine-tune features instead of learning them.
+        """``method.passive_pretrain`` for ``method.passive_pretrain_epochs`` epochs on all this party's training
+        rows (they need no labels), so the few aligned rows fine-tune features instead of learning them
+        (:mod:`flwr_vproto.method.pretrain`). ``dae+contrastive`` runs the autoencoder, then the contrastive epochs.
 
-        The decoder and its optimizer live only here; returns the last epoch's mean reconstruction loss.
+        The helper modules and their optimisers live only there; returns the last epoch's mean loss (of the last
+        stage). Seeded from ``(seed, party)`` alone, under a forked torch RNG, so a fresh process repeats it.
         """
-        m = self.cfg.method
+        m, mc = self.cfg.method, self.cfg.model
         x = self._x["train"].flatten(1)
         seed = round_seed(self.cfg.seed, self.index, 0) + 3
         gen = torch.Generator().manual_seed(seed)
+        last = 0.0
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
-            decoder = mlp([self.cfg.model.embedding_dim, *reversed(self.cfg.model.hidden), x.shape[1]]).to(self.device)
-            opt = torch.optim.Adam([*self.encoder.parameters(), *decoder.parameters()], lr=m.lr)
-            self._set_train(True)
-            last = 0.0
-            for _ in range(epochs):
-                total, batches = 0.0, index_batches(len(x), m.batch_size, num_batches(len(x), m.batch_size), gen)
-                for b in batches:
-                    keep = (torch.rand(len(b), x.shape[1], generator=gen) > 0.2).to(self.device)
-                    loss = F.mse_loss(decoder(self.encoder(x[b] * keep)), x[b])
-                    opt.zero_grad(set_to_none=True)
-                    loss.backward()
-                    opt.step()
-                    total += float(loss.detach())
-                last = total / max(len(batches), 1)
+            args = (self.encoder, x, mc.embedding_dim, list(mc.hidden), epochs, m.batch_size, m.lr, gen, self.device)
+            if m.passive_pretrain in ("dae", "dae+contrastive"):
+                last = pretrain.denoising_autoencoder(*args)
+            if m.passive_pretrain in ("contrastive", "dae+contrastive"):
+                last = pretrain.contrastive(*args, input_shape=tuple(self.data.input_shape))
         return last
 
     def _third_loss_round(
