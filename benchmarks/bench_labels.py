@@ -40,7 +40,7 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from flwr_vproto.audit import audit_folder, recorded_rounds
+    from flwr_vproto.audit import audit_folder
     from flwr_vproto.config import config_from_dict
     from flwr_vproto.inprocess import run_inprocess
 
@@ -57,11 +57,8 @@ def run_one(job: dict) -> dict:
         res = run_inprocess(cfg)
         seconds = round(time.perf_counter() - t0, 1)
         leak: dict = {}
-        if joint:  # no row received at all: nothing to attack (the rows_rounds entry says so)
-            rows = len(recorded_rounds(folder))
-            leak = {"rows_rounds": float(rows)}
-            if rows:
-                leak.update(audit_folder(folder, _classes(cfg), seed=cfg.seed)["summary"])
+        if joint:  # rows_rounds 0: no row ever received, nothing to attack beyond the passive's own features
+            leak = audit_folder(folder, _classes(cfg), seed=cfg.seed)["summary"]
     defence = res.get("defence") or {}
     if "gradient_epsilon" in defence:
         leak["gradient_epsilon"] = float(defence["gradient_epsilon"])

@@ -576,7 +576,9 @@ def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None) 
     report: dict[str, Any] = {"rounds": rows, "multiround": multi, "known_label": known, "replay": replay,
                               "channels": channels}
     report["strongest"] = strongest(report, num_classes)
-    report["summary"] = {**summarise(rows), **summarise_attacker(report, num_classes)}
+    # Rounds whose rows some passive received (0: no gradient row ever left, e.g. defence=no_gradients).
+    rows_rounds = float(max((len(v.rows) for v in views.values()), default=0))
+    report["summary"] = {"rows_rounds": rows_rounds, **summarise(rows), **summarise_attacker(report, num_classes)}
     return report
 
 
@@ -731,6 +733,10 @@ def format_summary(summary: Mapping[str, float], strongest_attack: Mapping[str, 
     def join(keys: list[str]) -> str:
         return ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)
 
+    others = join(["prototype_rounds", "test_previous_rounds", "pseudo_threshold_rounds"])
+    if summary.get("rows_rounds", 1.0) == 0:
+        return ("label-leakage audit: no gradient row reached any passive (nothing label-dependent to attack"
+                + (f"; other channels: {others}" if others else "") + ")")
     lines = ["label-leakage audit (worst round/passive): " + join([k for k in _ROUND_KEYS])]
     multi = join([k for k in summary if k.startswith("multiround_") and k != "multiround_rounds"])
     if multi:

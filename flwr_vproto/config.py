@@ -106,7 +106,7 @@ class MethodConfig:
     * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
     * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
       ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain``,
-      ``passive_pretrain_epochs``;
+      ``passive_pretrain_epochs``, ``passive_pretrain_min_steps``;
     * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``;
       with ``residual_weight``, ``local_head`` (the active-only head, ``local_head_loss``);
     * calibration on validation rows (``Calibration``): ``combine_weight``, ``pseudo_gate``,
@@ -166,6 +166,10 @@ class MethodConfig:
     # (NT-Xent between two random views: SCARF feature corruption for tables, shifts/noise/cutout for images),
     # "dae+contrastive" (the autoencoder's epochs, then the contrastive ones) or "none".
     passive_pretrain: str = "dae"
+    # ... and at least this many optimiser steps (epochs raised to reach it), so a small passive is not starved
+    # (5 epochs of digits' 679 rows are 15 steps). null = auto: 500 when no gradient row ever reaches the passive
+    # (defence.release_rounds=0, the default: pre-training is all it learns), else 0. Measured in BENCHMARKS.md §9.
+    passive_pretrain_min_steps: int | None = None
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
     local_head: bool = True
@@ -505,6 +509,9 @@ def _validate_method_parts(t: MethodConfig) -> None:
     _check(isinstance(t.joint_warm_start, bool), "method.joint_warm_start", t.joint_warm_start, "true or false")
     _check(_is_int(t.passive_pretrain_epochs) and t.passive_pretrain_epochs >= 0, "method.passive_pretrain_epochs",
            t.passive_pretrain_epochs, "an integer >= 0")
+    _check(t.passive_pretrain_min_steps is None or (_is_int(t.passive_pretrain_min_steps)
+                                                     and t.passive_pretrain_min_steps >= 0),
+           "method.passive_pretrain_min_steps", t.passive_pretrain_min_steps, "null (auto) or an integer >= 0")
     _check(t.passive_pretrain in PRETRAIN_OPTIONS, "method.passive_pretrain", t.passive_pretrain,
            f"one of {PRETRAIN_OPTIONS}")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")

@@ -176,7 +176,9 @@ def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
     if d.label_epsilon is None and not gradient_dp(cfg) and not scheduled:
         return {}
     entry: dict[str, Any] = {"label_epsilon": d.label_epsilon, "release_rounds": d.release_rounds,
-                             "release_every": d.release_every, "planned_releases": planned_releases(cfg)}
+                             "release_every": d.release_every, "planned_releases": planned_releases(cfg),
+                             # nothing a passive receives depends on a label: no rows, no prototypes, no flag
+                             "label_free": planned_releases(cfg) == 0 and not cfg.method.shares_prototypes}
     if gradient_dp(cfg):
         spent = [h["privacy/gradient_epsilon"] for h in history if "privacy/gradient_epsilon" in h]
         entry.update({"noise_multiplier": gradient_noise_multiplier(cfg), "delta": d.delta,
@@ -193,8 +195,14 @@ def describe(summary: dict[str, Any]) -> str | None:
     if d.get("noise_multiplier") is not None:
         parts.append(f"gradient rows: Gaussian, sigma {d['noise_multiplier']:.3g}, epsilon {d['gradient_epsilon']:.3g} "
                      f"at delta {d['delta']:g} over {d['planned_releases']} releases")
+    elif d.get("label_free"):
+        parts.append("no gradient row leaves the active party (defence.release_rounds=0), no selection flag: "
+                     "nothing a passive receives depends on a label (0-label-DP)")
+    elif d.get("planned_releases") == 0:
+        parts.append("no gradient row leaves the active party, but the third loss sends second prototypes "
+                     "(privacy.* bounds them)")
     elif d.get("release_rounds") is not None or d.get("release_every", 1) > 1:
-        parts.append(f"gradient rows released {d['planned_releases']} times, no noise")
+        parts.append(f"gradient rows released {d['planned_releases']} times without noise (no guarantee)")
     if d.get("label_epsilon") is not None:
         parts.append(f"labels: randomised response, epsilon {d['label_epsilon']:g} for every byte")
     return "label protection (aligned users, against each passive): " + "; ".join(parts)

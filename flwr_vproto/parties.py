@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import copy
 import io
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -54,6 +55,8 @@ from flwr_vproto.method.losses import (
 )
 from flwr_vproto.method.scores import classification_scores
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
+
+PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with no gradient rows (BENCHMARKS §9)
 
 
 @dataclass
@@ -202,7 +205,7 @@ class PassiveParty(_Party):
             raise ValueError(f"party {self.data.name}, round {rnd}: gradients of shape {gradients.shape}, expected "
                              f"{(n_aligned, self.cfg.model.embedding_dim)}")
         if rnd == 1 and m.name == "vproto" and m.passive_pretrain != "none" and m.passive_pretrain_epochs > 0:
-            metrics["pretrain_loss"] = self._pretrain(m.passive_pretrain_epochs)
+            metrics["pretrain_loss"] = self._pretrain(self._pretrain_epochs())
         non = self.nonaligned_train_rows() if use_third else np.zeros(0, dtype=np.int64)
         steps = max(num_batches(n_aligned, m.batch_size) if gradients is not None else 0,
                     num_batches(len(non), m.batch_size))
@@ -212,6 +215,16 @@ class PassiveParty(_Party):
             if pseudo_threshold is not None and "pseudo_coverage" in metrics:
                 metrics["pseudo_threshold"] = threshold
         return PassiveRoundOutput(self.embed("train"), {s: self.embed(s) for s in embed_splits}, metrics)
+
+    def _pretrain_epochs(self) -> int:
+        """``method.passive_pretrain_epochs``, raised to reach ``passive_pretrain_min_steps`` optimiser steps (auto:
+        500 when no gradient row will ever reach this party, whose pre-training is then all it learns; else 0)."""
+        m = self.cfg.method
+        floor = m.passive_pretrain_min_steps
+        if floor is None:
+            floor = PRETRAIN_STEPS_WITHOUT_ROWS if defences.planned_releases(self.cfg) == 0 else 0
+        per_epoch = max(num_batches(len(self.data.train), m.batch_size), 1)
+        return max(m.passive_pretrain_epochs, math.ceil(floor / per_epoch))
 
     def _pretrain(self, epochs: int) -> float:
         """``method.passive_pretrain`` for ``method.passive_pretrain_epochs`` epochs on all this party's training

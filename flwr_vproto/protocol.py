@@ -349,7 +349,7 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
     reply.pseudo_thresholds = party.pseudo_gates()
-    if cfg.audit.record and reply.gradients:
+    if cfg.audit.record and party.joint:  # every round that releases anything, rows or not
         _record(party, msg.round, reply, audit_dir or cfg.audit.dir)
     return reply
 

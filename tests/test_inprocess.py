@@ -170,13 +170,37 @@ def test_joint_warm_start_copies_the_shared_encoder_after_the_warm_up():
 
 def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
     """method.passive_pretrain_epochs: a denoising autoencoder on the passive's own rows before round 1."""
-    short = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 1}, rounds=1))
-    longer = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 4}, rounds=1))
+    short = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 1, "passive_pretrain_min_steps": 0},
+                                  rounds=1))
+    longer = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 4, "passive_pretrain_min_steps": 0},
+                                   rounds=1))
     assert longer["rounds"][0]["passive1/pretrain_loss"] < short["rounds"][0]["passive1/pretrain_loss"]
     plain = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 0}, rounds=1))
     assert "passive1/pretrain_loss" not in plain["rounds"][0]
     assert "passive1/pretrain_loss" in run_inprocess(cfg_for(rounds=1))["rounds"][0]  # on by default (5 epochs)
     assert plain["rounds"][0]["test/joint_accuracy"] != short["rounds"][0]["test/joint_accuracy"]
+
+
+def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of_steps(monkeypatch):
+    """method.passive_pretrain_min_steps=null: 500 optimiser steps when no gradient row will reach the passive (its
+    pre-training is all it learns), none added when rows come; an explicit value wins."""
+    from flwr_vproto.data import load_vertical_dataset
+    from flwr_vproto.parties import PRETRAIN_STEPS_WITHOUT_ROWS, PassiveParty
+
+    seen = []
+    real = PassiveParty._pretrain
+    monkeypatch.setattr(PassiveParty, "_pretrain", lambda self, epochs: seen.append(epochs) or real(self, 0))
+
+    def cfg(release_rounds, **method):
+        return config_from_dict({"engine": "inprocess", "num_rounds": 2, "defence": {"release_rounds": release_rounds},
+                                 "dataset": {"name": "digits", "aligned_fraction": 0.2},
+                                 "method": {"batch_size": 64, **method}})
+
+    for c in (cfg(0), cfg(None), cfg(0, passive_pretrain_min_steps=64)):
+        run_inprocess(c)
+    per_epoch = -(-len(load_vertical_dataset(cfg(0)).passives[0].train) // 64)
+    assert seen == [-(-PRETRAIN_STEPS_WITHOUT_ROWS // per_epoch), 5, max(5, -(-64 // per_epoch))]
+    assert seen[0] > 5
 
 
 def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monkeypatch):

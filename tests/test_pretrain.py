@@ -111,7 +111,8 @@ def test_dae_is_unchanged_by_the_move():
 def _cfg(**method):
     return config_from_dict({"engine": "inprocess", "num_rounds": 1,
                              "dataset": {"name": "digits", "aligned_fraction": 0.2},
-                             "method": {"name": "vproto", "batch_size": 64, **method}})
+                             "method": {"name": "vproto", "batch_size": 64, "passive_pretrain_min_steps": 0,
+                                        **method}})
 
 
 def test_the_option_picks_the_pretraining_and_none_is_no_pretraining():
