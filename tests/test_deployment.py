@@ -49,7 +49,8 @@ def _deploy(workdir: Path, num_passive: int = 2) -> dict:
     query round with the saved models; all stopped after. (The killed and TLS deployments run one passive.)"""
     paths = deploy.write_party_csvs(workdir / "data", num_passive, max_train_users=600)
     run_config = {"dataset.name": "csv", "dataset.num_passive": num_passive, "num_rounds": 2,
-                  "dataset.aligned_fraction": 0.2, "method.batch_size": 64}
+                  "dataset.aligned_fraction": 0.2, "method.batch_size": 64,
+                  "defence.release_rounds": "null"}  # gradient rows travel too (the killed run keeps the default)
     dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, workdir / "models"), env=ENV)
     try:
         dep.start()

@@ -81,7 +81,8 @@ def wire_blob(messages: list[Message]) -> bytes:
 def test_nothing_private_reaches_the_server(monkeypatch):
     monkeypatch.setenv("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     cfg = config_from_dict({"num_rounds": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
-                                                         "max_train_users": 600}})
+                                                         "max_train_users": 600},
+                            "defence": {"release_rounds": None}})  # gradient rows travel too
     strategy = VerticalProtoStrategy(cfg, timeout=600)  # a hang guard: Ray starts slowly on a loaded machine
     grids: list[RecordingGrid] = []
     app = ServerApp()
