@@ -66,6 +66,7 @@ PREVIOUS_TEST = "previous-test"  # ArrayRecord key (test rows by last round's en
 TRAIN_METRICS, PRIVACY_METRICS, VAL_METRICS, TEST_METRICS = "train.", "privacy.", "val.", "test."  # prefixes
 PREVIOUS_TEST_METRICS = PREVIOUS_TEST + "."
 SOURCE, METHOD, MODEL = "source", "method", "model"  # prediction: where new rows come from, the saved model
+PREDICTIONS = "predictions"  # prediction: the path of the CSV the active party wrote on its own node
 
 
 def split_key(base: str, split: str) -> str:
@@ -550,6 +551,8 @@ def encode_predict_reply(reply: PredictReply) -> RecordDict:
         conf.update({key: v for key, v in ((ROWS, reply.rows), (METHOD, reply.method)) if v is not None})
     if reply.aligned is not None:
         conf[ALIGNED] = reply.aligned
+    if reply.path is not None:
+        conf[PREDICTIONS] = reply.path
     arrays = {passive_key(k, POSITIONS): np.asarray(p, dtype=np.int64) for k, p in reply.positions.items()}
     for key, blob in ((HUB, reply.hub), (REBLINDED, reply.reblinded), (OWN, reply.own)):
         if blob is not None:
@@ -571,4 +574,5 @@ def decode_predict_reply(content: RecordDict, passives: list[int] | None = None)
         bool(conf.get(MODEL, True)), blob[HUB], blob[REBLINDED], blob[OWN],
         None if ALIGNED not in conf else int(conf[ALIGNED]),
         {k: arrays[passive_key(k, POSITIONS)] for k in passives if passive_key(k, POSITIONS) in arrays},
-        arrays.get(EMBEDDINGS), metrics_of(content.get(METRICS)))
+        arrays.get(EMBEDDINGS), metrics_of(content.get(METRICS)),
+        None if PREDICTIONS not in conf else str(conf[PREDICTIONS]))

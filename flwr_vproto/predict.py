@@ -9,7 +9,9 @@ Prediction follows training: the parties' new users are aligned by the same ECDH
 order seed); users every party holds are scored **jointly** (each passive embeds its rows, the active party combines
 them as in evaluation), users only the active party holds are scored by its **active-only head**. Only the active
 party gets predictions: a CSV of ``id``, ``predicted_class``, ``scored_by`` (``joint`` / ``active_only``) and one
-``prob_<class>`` column per class. Users only a passive party holds get nothing.
+``prob_<class>`` column per class. Users only a passive party holds get nothing. A predictions file is never
+overwritten: a path the user names (``--out``, node-config ``prediction-path``) that already exists is refused
+before any work; the default name (:data:`OUTPUT_NAMES`) moves on to the next free one (``predictions-2.csv``, ...).
 
 This module runs every party in one process from the saved models (a test bed and a tool for whoever holds all the
 models); :mod:`flwr_vproto.query` runs the same steps as a Flower query round, where features and IDs stay with
@@ -23,7 +25,6 @@ and on the held-out test users it equals the test accuracy the training run repo
 from __future__ import annotations
 
 import argparse
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -40,9 +41,13 @@ from flwr_vproto.data.tabular import TabularEncoder
 from flwr_vproto.data.types import DataError, PartyData, PartySplits
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.psi import PSIError
+from flwr_vproto.results import format_prediction, write_new
 
 MODEL_FORMAT = 1
 SPLIT = "test"  # the new rows sit in this split of the predicting party (train and val are empty)
+OUTPUT_NAMES = {"held-out": "predictions-held-out.csv", "file": "predictions.csv"}
+"""The default predictions file per source of the new rows (the built-in dataset's held-out test users, or the
+parties' CSV files); when it exists the next free name is written, ``predictions-2.csv``, ``predictions-3.csv``, ..."""
 
 
 # ------------------------------------------------------------------------------------------------ model files
@@ -196,6 +201,7 @@ class Prediction:
 
     frame: pd.DataFrame  # id, predicted_class, scored_by, prob_<class>...
     metrics: dict[str, float]
+    path: Path | None = None  # where the frame was written as CSV, if it was
 
 
 def score(active: ActiveParty, passive_embeddings: list[np.ndarray], class_names: list[str]) -> Prediction:
@@ -248,12 +254,41 @@ def align_ids(id_lists: list[np.ndarray], seed: int) -> list[np.ndarray]:
         return [np.zeros(0, dtype=np.int64) for _ in id_lists]
 
 
-def predict(model_dir: str | Path, data: list[str] | None = None, out: str | Path | None = None) -> Prediction:
+def output_exists(path: str | Path, what: str) -> DataError:
+    """The one-line refusal of an existing predictions file the user named (``what``: how they named it)."""
+    return DataError(f"{path}: already exists; predictions never overwrite a file (move it away or choose another "
+                     f"{what})")
+
+
+def check_output(path: str | Path, what: str) -> None:
+    """Refuse a named predictions file that already exists, before any work is done."""
+    if Path(path).exists() or Path(path).is_symlink():
+        raise output_exists(path, what)
+
+
+def write_predictions(frame: pd.DataFrame, path: str | Path, *, next_free: bool, what: str) -> Path:
+    """Write ``frame`` as CSV to a new file: ``path`` or, with ``next_free`` (a default name), the next free name
+    beside it. Each name is created atomically (``O_EXCL``), so no other writer's file is ever replaced; a named
+    ``path`` that exists by now is refused (:func:`output_exists`). Returns the path written."""
+    try:
+        return write_new(path, frame.to_csv(index=False), next_free=next_free)
+    except FileExistsError:
+        if next_free:
+            raise
+        raise output_exists(path, what) from None
+
+
+def predict(model_dir: str | Path, data: list[str] | None = None, out: str | Path | None = None, *,
+            next_free: bool = False) -> Prediction:
     """Score new users with the models in ``model_dir``: every party in this process (see the module docstring).
 
     ``data``: one CSV file per party that took part in training (active first); ``None``: the held-out test users
-    of the built-in dataset. ``out``: write the active party's predictions there as CSV.
+    of the built-in dataset. ``out``: write the active party's predictions there as CSV (the result's ``path``).
+    It is never overwritten: an existing ``out`` is refused before the models are loaded (:class:`DataError`) or,
+    with ``next_free`` (``out`` is a default name, e.g. :data:`OUTPUT_NAMES`), the next free name is written.
     """
+    if out is not None and not next_free:
+        check_output(out, "out")
     saved = load_model_dir(model_dir)
     if data is not None and len(data) != len(saved):
         raise DataError(f"{len(data)} data file(s) given, the models need {len(saved)} (active first, then "
@@ -266,8 +301,7 @@ def predict(model_dir: str | Path, data: list[str] | None = None, out: str | Pat
     embeddings = [p.embed(SPLIT) for p in parties[1:]]
     result = score(parties[0], embeddings, saved[0].class_names or [])  # type: ignore[arg-type]
     if out is not None:
-        Path(out).parent.mkdir(parents=True, exist_ok=True)
-        result.frame.to_csv(out, index=False)
+        result.path = write_predictions(result.frame, out, next_free=next_free, what="out")
     return result
 
 
@@ -277,21 +311,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("models", help="folder with active.pt and passive<k>.pt (a run directory's models/)")
     ap.add_argument("--data", nargs="+", default=None,
                     help="one CSV per party, active first (default: the built-in dataset's held-out test users)")
-    ap.add_argument("--out", default="predictions.csv", help="the active party's predictions (CSV)")
+    ap.add_argument("--out", default=None,
+                    help=f"the active party's predictions (CSV); refused if it exists. Default: "
+                         f"{OUTPUT_NAMES['held-out']} (held-out users) or {OUTPUT_NAMES['file']} (--data) in the "
+                         f"current folder, or the next free name (predictions-2.csv, ...): nothing is overwritten")
     args = ap.parse_args(argv)
+    if args.out is not None and not args.out.strip():
+        ap.error("--out: empty path")
+    out = args.out or OUTPUT_NAMES["held-out" if args.data is None else "file"]
     try:
-        res = predict(args.models, args.data, args.out)
+        if args.out is not None:  # before loading any model
+            check_output(args.out, "--out")
+        res = predict(args.models, args.data, out, next_free=args.out is None)
     except (DataError, PSIError) as err:
         raise SystemExit(f"predict: {err}") from None
-    m = res.metrics
-    line = (f"{int(m['users'])} users: {int(m['joint_users'])} scored jointly, {int(m['active_only_users'])} by the "
-            f"active party alone")
-    if m["unscored_users"]:
-        line += f", {int(m['unscored_users'])} not scored (no active-only head in this method)"
-    for k in ("accuracy", "active_only_accuracy"):
-        if k in m and not math.isnan(m[k]):
-            line += f"; {k} {m[k]:.4f}"
-    print(f"{line} -> {args.out}")
+    print(format_prediction(res.metrics, res.path))
     return 0
 
 

@@ -226,6 +226,7 @@ class PredictReply:
     positions: dict[int, np.ndarray] = field(default_factory=dict)
     embeddings: np.ndarray | None = None  # embed, passive
     metrics: dict[str, float] = field(default_factory=dict)  # score, active: counts and accuracy
+    path: str | None = None  # score, active: where it wrote the predictions CSV, on its own node
 
 
 # ================================================================================================ setup steps

@@ -9,8 +9,14 @@ PSI points and embeddings travel (through the server, which sees nothing else):
 3. ``query.predict_psi_finish`` (active): intersect; returns each passive's positions in the shared order.
 4. ``query.predict_embed`` (passives): embed their aligned new rows, in the shared order.
 5. ``query.predict_score`` (active): joint prediction for aligned users, active-only head for the others; writes the
-   predictions CSV **on the active party's node** (node-config ``prediction-path``, default
-   ``<model-dir>/predictions.csv``) and replies only with counts and, where its rows have labels, accuracy.
+   predictions CSV **on the active party's node**, logs where, and replies only with that path, counts and, where
+   its rows have labels, accuracy.
+
+The CSV is never overwritten. Node-config ``prediction-path`` names it; if that file exists the active party refuses
+at step 1, before any work (and at step 5 if it appeared since). Without it, the default is
+``<model-dir>/predictions-held-out.csv`` (``source="held-out"``) or ``<model-dir>/predictions.csv``
+(``source="file"``), and when that exists the next free name: ``predictions-2.csv``, ``predictions-3.csv``, ...
+(each created atomically, so two queries never write the same file).
 
 Where the new rows come from, per node: ``source="held-out"`` (the held-out test users of the built-in dataset the
 model was trained on) or ``source="file"`` (node-config ``predict-path``: a CSV in the party's training format).
@@ -19,7 +25,9 @@ State between messages lives in ``context.state`` (a deployment starts a process
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -31,6 +39,7 @@ from flwr.serverapp import Grid
 from flwr_vproto import messages as M
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import Config
+from flwr_vproto.data.types import DataError
 from flwr_vproto.protocol import JOINT_METHODS, PredictReply, PredictRequest, ProtocolError
 from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
 from flwr_vproto.relay import PartyNode, Relay
@@ -49,6 +58,9 @@ EMBED = "query.predict_embed"
 SCORE = "query.predict_score"
 STATE = "vproto.predict"  # context.state key of this query's arrays (the training state is left alone)
 SOURCES = ("held-out", "file")
+PREDICTION_PATH = "prediction-path"  # node-config key: where the active party writes its predictions CSV
+
+log = logging.getLogger("flwr")
 
 Handler = Callable[[Message, Context, Config, Any], Message]
 
@@ -105,6 +117,14 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
     if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
         # e.g. method "local", where passives never train; the server decides whether that is an error
         return _answer(msg, PredictReply(me.role, me.index, model=False))
+    named = context.node_config.get(PREDICTION_PATH) if me.role == "active" else None
+    if named:  # refuse an existing predictions file before any work
+        from flwr_vproto.predict import check_output
+
+        try:
+            check_output(str(named), f"node-config {PREDICTION_PATH}")
+        except DataError as err:
+            raise DataError(f"{me.name}: {err}") from None
     saved = _saved(me)
     rows = _rows(M.decode_predict_request(msg.content), context, saved, me)
     reply = PredictReply(me.role, me.index, len(rows), saved.cfg.method.name)
@@ -157,16 +177,22 @@ def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
 def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Active: score every new user (jointly where aligned); the predictions CSV stays on this node."""
     req, saved, rows, kept = _resume(msg, context, me, "aligned", "predict_score before predict_psi_finish")
-    from flwr_vproto.predict import predictor, score, set_rows
+    from flwr_vproto.predict import OUTPUT_NAMES, predictor, score, set_rows, write_predictions
 
     party = predictor(saved, rows)
     set_rows(party, kept["aligned"])
     result = score(party, [req.embeddings[k] for k in req.passives], saved.class_names or [])  # type: ignore
-    out = context.node_config.get("prediction-path") or Path(me.model_dir) / "predictions.csv"
-    Path(out).parent.mkdir(parents=True, exist_ok=True)
-    result.frame.to_csv(out, index=False)
+    named = context.node_config.get(PREDICTION_PATH)
+    out = Path(str(named)) if named else Path(me.model_dir) / OUTPUT_NAMES[req.source]
+    try:
+        written = write_predictions(result.frame, out, next_free=not named,
+                                    what=f"node-config {PREDICTION_PATH}").resolve()
+    except DataError as err:  # the named file appeared since the start
+        raise DataError(f"{me.name}: {err}") from None
+    log.info("%s: predictions for %d of %d new users written to %s", me.name, len(result.frame),
+             int(result.metrics["users"]), written)
     context.state[STATE] = ArrayRecord()
-    return _answer(msg, PredictReply(metrics=result.metrics))
+    return _answer(msg, PredictReply(metrics=result.metrics, path=str(written)))
 
 
 HANDLERS: dict[str, Handler] = {
@@ -185,9 +211,26 @@ def register(app: ClientApp, handler: Callable[[Handler], Callable[[Message, Con
         app.query(action)(handler(fn))
 
 
+@dataclass
+class PredictionRound:
+    """What the server learns from a prediction query round: the active party's counts and accuracy, and where it
+    wrote the predictions CSV (a path on its own node; the predictions never leave it)."""
+
+    metrics: dict[str, float] = field(default_factory=dict)
+    path: str | None = None
+
+    def summary(self) -> str:
+        """One line: integer counts, accuracy, the CSV's path (:func:`flwr_vproto.results.format_prediction`)."""
+        from flwr_vproto.results import format_prediction
+
+        return "prediction: " + format_prediction(self.metrics, self.path or "(path not reported)",
+                                                  " (on the active party's node)")
+
+
 def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", timeout: float = 600.0,
-                      wait_for_nodes: float = 120.0) -> dict[str, float]:
-    """Server side: run the prediction query over ``grid``'s parties; return the active party's counts/accuracy.
+                      wait_for_nodes: float = 120.0) -> PredictionRound:
+    """Server side: run the prediction query over ``grid``'s parties; return the active party's counts/accuracy
+    and the path of the predictions CSV it wrote.
 
     ``cfg`` needs only to say how many passive parties there are and the method (the parties use their saved
     models' own configs). The predictions themselves stay on the active party's node.
@@ -218,7 +261,8 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     res = relay.exchange([(active, SCORE, M.encode_predict_request(PredictRequest(source, ks,
                                                                                    embeddings=embeddings)))],
                          "prediction (scoring)")[active.name]
-    return M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
+    metrics = M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
+    return PredictionRound(metrics, M.decode_predict_reply(res.content).path)
 
 
 def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], bytes]:

@@ -100,20 +100,56 @@ def write_results(path: str | Path, results: Mapping[str, Any], *, exclusive: bo
     both keep their results).
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     text = json.dumps(results, indent=2, default=float, allow_nan=False)
     if not exclusive:
+        path.parent.mkdir(parents=True, exist_ok=True)
         path.write_text(text)
         return path
-    for n in range(1, 10_000):
+    return write_new(path, text)
+
+
+def write_new(path: str | Path, text: str, *, next_free: bool = True) -> Path:
+    """Write ``text`` to a file that did not exist before; never overwrite one. Returns the path written.
+
+    ``next_free``: if ``path`` exists, write beside it as ``<stem>-2<suffix>``, ``<stem>-3<suffix>``, ... Every name
+    is created with ``O_EXCL`` (open mode ``"x"``), so two writers racing for one name never both get it.
+    Otherwise an existing ``path`` raises :class:`FileExistsError` and the file is left as it was.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    for n in range(1, 10_000 if next_free else 2):
         target = path if n == 1 else path.with_name(f"{path.stem}-{n}{path.suffix}")
         try:
-            with open(target, "x", encoding="utf-8") as fh:
+            with open(target, "x", encoding="utf-8", newline="") as fh:
                 fh.write(text)
             return target
         except FileExistsError:
             continue
-    raise FileExistsError(f"{path.parent}: too many results files")
+    if not next_free:
+        raise FileExistsError(f"{path}: already exists (never overwritten)")
+    raise FileExistsError(f"{path.parent}: too many {path.stem}-<n>{path.suffix} files")
+
+
+PREDICTION_COUNTS = ("users", "joint_users", "active_only_users", "unscored_users")  # flwr_vproto.predict.score
+
+
+def prediction_metrics(metrics: Mapping[str, float]) -> dict[str, float | int]:
+    """A prediction's metrics with its user counts as integers (a MetricRecord carries them as floats)."""
+    return {k: int(v) if k in PREDICTION_COUNTS else float(v) for k, v in metrics.items()}
+
+
+def format_prediction(metrics: Mapping[str, float], path: str | Path | None = None, where: str = "") -> str:
+    """One line for a prediction: integer counts, accuracy where the rows had labels, and where the CSV went
+    (``-> <path><where>``), the same from ``python -m flwr_vproto.predict`` and the ServerApp's query round."""
+    m = prediction_metrics(metrics)
+    line = (f"{m.get('users', 0)} users: {m.get('joint_users', 0)} scored jointly, "
+            f"{m.get('active_only_users', 0)} by the active party alone")
+    if m.get("unscored_users"):
+        line += f", {m['unscored_users']} not scored (no active-only head in this method)"
+    for k in ("accuracy", "active_only_accuracy"):
+        if k in m and not math.isnan(m[k]):
+            line += f"; {k} {m[k]:.4f}"
+    return line + (f" -> {path}{where}" if path is not None else "")
 
 
 def _acc(final: Mapping[str, Any], key: str) -> str:

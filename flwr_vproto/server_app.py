@@ -4,9 +4,9 @@ Under ``flwr run .`` (simulation or deployment) the config comes from the run-co
 in ``pyproject.toml`` plus ``--run-config`` overrides, see :func:`flwr_vproto.run_config.config_from_run_config`);
 ``results.json`` goes to ``app.output-dir`` (default ``./outputs/flwr-run-<run id>`` under the ServerApp's working
 directory, i.e. where the SuperLink was started). With ``app.predict`` set (``"held-out"`` or ``"file"``) it runs the
-prediction query round instead of training and writes only ``prediction.json`` (counts and accuracy): the
-predictions stay on the active party's node. ``run_simulation.py`` builds its own ServerApp around a strategy
-object it keeps, so it can read the results back.
+prediction query round instead of training, logs one line naming where the active party wrote its predictions CSV
+(on its own node; the predictions stay there) and writes only ``prediction.json`` (counts, accuracy, that path).
+``run_simulation.py`` builds its own ServerApp around a strategy object it keeps, so it can read the results back.
 
 The log ends with the run's summary (:func:`flwr_vproto.results.format_summary`, the same lines
 ``run_simulation.py`` prints). A run never overwrites a ``results.json`` already in ``app.output-dir``: it writes
@@ -28,7 +28,7 @@ from flwr.serverapp import Grid, ServerApp
 from flwr_vproto.checks import party_error_line
 from flwr_vproto.protocol import ProtocolError
 from flwr_vproto.query import predict_over_grid
-from flwr_vproto.results import format_summary, write_results
+from flwr_vproto.results import format_summary, prediction_metrics, write_results
 from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.strategy import VerticalProtoStrategy
 
@@ -68,11 +68,12 @@ def _deployed(grid: Grid, context: Context) -> None:
     """``flwr run``: train (or, with ``app.predict``, score new users) as the run-config says."""
     cfg, settings = config_from_run_config(context.run_config)
     if settings.predict:  # score new users with the models each party saved (flwr_vproto.query)
-        metrics = predict_over_grid(grid, cfg, source=settings.predict, timeout=settings.timeout,
-                                    wait_for_nodes=settings.wait_for_nodes)
-        log.info("prediction done (predictions stay on the active party's node): %s", metrics)
+        done = predict_over_grid(grid, cfg, source=settings.predict, timeout=settings.timeout,
+                                 wait_for_nodes=settings.wait_for_nodes)
+        log.info("%s", done.summary())
         out = Path(settings.output_dir or Path("outputs") / f"flwr-run-{context.run_id}")
-        path = write_results(out / "prediction.json", {"metrics": metrics}, exclusive=True)
+        path = write_results(out / "prediction.json",
+                             {"metrics": prediction_metrics(done.metrics), "predictions": done.path}, exclusive=True)
         log.info("prediction summary written to %s", path.resolve())
         return
     start = time.perf_counter()

@@ -168,7 +168,8 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     last = results["rounds"][-1]
     assert metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
     assert metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-6)
-    assert (models / "predictions.csv").exists()
+    assert out["prediction"]["predictions"] == str((models / "predictions-held-out.csv").resolve())
+    assert (models / "predictions-held-out.csv").exists()
 
     # the ServerApp's log ends with the same summary as run_simulation.py (flwr_vproto.results.format_summary)
     final, log = results["final"], out["log"]

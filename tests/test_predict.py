@@ -3,7 +3,11 @@ the training run reported for the round whose models were saved (the last one)."
 
 from __future__ import annotations
 
+import logging
+import re
+import shutil
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +17,7 @@ import pytest
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.data.csv_files import split_of
 from flwr_vproto.data.types import DataError
-from flwr_vproto.predict import load_party_model, predict
+from flwr_vproto.predict import load_party_model, main, predict
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
@@ -113,18 +117,20 @@ def test_query_round_over_flower_messages_matches_inprocess(tmp_path, method):
     grid = InlineGrid(make_client_app(cfg, str(tmp_path)), sim_nodes(cfg))
     strategy.start(grid=grid)
     grid.sent.clear()
-    metrics = predict_over_grid(grid, cfg, timeout=30, wait_for_nodes=1)
+    done = predict_over_grid(grid, cfg, timeout=30, wait_for_nodes=1)
+    metrics, written = done.metrics, tmp_path / "predictions-held-out.csv"
+    assert done.path == str(written.resolve())
     inproc = predict(tmp_path, out=tmp_path / "inprocess.csv")
     assert metrics == pytest.approx(inproc.metrics)
     if method == "vproto":
         acc, only = reported(strategy.results)
         assert metrics["accuracy"] == pytest.approx(acc, abs=1e-12)
         assert metrics["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
-    got = pd.read_csv(tmp_path / "predictions.csv").sort_values("id").reset_index(drop=True)
+    got = pd.read_csv(written).sort_values("id").reset_index(drop=True)
     want = pd.read_csv(tmp_path / "inprocess.csv").sort_values("id").reset_index(drop=True)
     pd.testing.assert_frame_equal(got, want)
     # what travelled: blinded points, positions, embeddings and counts; never an ID or a feature row
-    ids = set(pd.read_csv(tmp_path / "predictions.csv")["id"].astype(str))
+    ids = set(pd.read_csv(written)["id"].astype(str))
     for msg in grid.sent:
         for rec in msg.content.array_records.values():
             for arr in rec.values():
@@ -156,7 +162,7 @@ def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
     @app.main()
     def main(grid: Grid, context: Context) -> None:
         strategy.start(grid=grid)
-        out.update(predict_over_grid(grid, cfg, timeout=120))
+        out.update(predict_over_grid(grid, cfg, timeout=120).metrics)
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}}
@@ -165,10 +171,10 @@ def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
     acc, only = reported(strategy.results)
     assert out["accuracy"] == pytest.approx(acc, abs=1e-6)
     assert out["active_only_accuracy"] == pytest.approx(only, abs=1e-6)
-    assert len(pd.read_csv(tmp_path / "predictions.csv")) == out["users"]
+    assert len(pd.read_csv(tmp_path / "predictions-held-out.csv")) == out["users"]
 
 
-def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
+def test_deployment_apps_train_then_predict_from_run_config(tmp_path, caplog):
     """What `flwr run` does: config from the run-config, roles and model-dir from node-config; `app.predict`
     turns the same ServerApp into the prediction query round, and the CSV stays on the active party's node."""
     from flwr.app import Context, RecordDict
@@ -188,14 +194,31 @@ def test_deployment_apps_train_then_predict_from_run_config(tmp_path):
     predict_config = {**run_config, "app.predict": "held-out"}
     for ctx in grid.contexts.values():
         ctx.run_config = predict_config
-    make_server_app()(grid, Context(run_id=8, node_id=1, node_config={}, state=RecordDict(),
-                                    run_config=predict_config))
-    summary = __import__("json").loads((tmp_path / "server" / "prediction.json").read_text())["metrics"]
+    flwr_log = logging.getLogger("flwr")
+    flwr_log.addHandler(caplog.handler)  # Flower's logger may not propagate to the root logger
+    try:
+        with caplog.at_level(logging.INFO, logger="flwr"):
+            make_server_app()(grid, Context(run_id=8, node_id=1, node_config={}, state=RecordDict(),
+                                            run_config=predict_config))
+    finally:
+        flwr_log.removeHandler(caplog.handler)
+    saved = __import__("json").loads((tmp_path / "server" / "prediction.json").read_text())
+    summary = saved["metrics"]
+    assert saved["predictions"] == str((tmp_path / "bank" / "predictions-held-out.csv").resolve())
     acc, only = reported(results)
     assert summary["accuracy"] == pytest.approx(acc, abs=1e-12)
     assert summary["active_only_accuracy"] == pytest.approx(only, abs=1e-12)
-    assert (tmp_path / "bank" / "predictions.csv").exists() and not (tmp_path / "shop" / "predictions.csv").exists()
-    assert not (tmp_path / "server" / "predictions.csv").exists()
+    assert isinstance(summary["users"], int) and isinstance(summary["joint_users"], int)
+    # both ends say where the CSV went: the active party's ClientApp, and the ServerApp's summary (integer counts)
+    lines = [r.getMessage() for r in caplog.records]
+    assert f"active: predictions for {summary['users']} of {summary['users']} new users written to " \
+           f"{saved['predictions']}" in lines, lines
+    line = next(ln for ln in lines if ln.startswith("prediction: "))
+    assert line.startswith(f"prediction: {summary['users']} users: {summary['joint_users']} scored jointly, ")
+    assert line.endswith(f"-> {saved['predictions']} (on the active party's node)") and ".0 " not in line
+    assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["active.pt", "predictions-held-out.csv"]
+    assert sorted(p.name for p in (tmp_path / "shop").iterdir()) == ["passive1.pt"]
+    assert not any(p.suffix == ".csv" for p in (tmp_path / "server").iterdir())
     from flwr_vproto.config import ConfigError
     from flwr_vproto.run_config import config_from_run_config
 
@@ -220,8 +243,141 @@ def test_prediction_payloads_round_trip_through_their_codecs():
     assert (back.source, back.passives, back.hub, back.points) == ("file", [1, 2], b"\x01\x02", req.points)
     assert np.array_equal(back.positions, req.positions) and np.array_equal(back.embeddings[2], emb + 1)
     reply = PredictReply("active", 0, 5, "vproto", hub=b"h", aligned=3, positions={1: np.array([0, 1])},
-                         metrics={"accuracy": 0.5})
+                         metrics={"accuracy": 0.5}, path="/srv/bank/predictions.csv")
     got = M.decode_predict_reply(M.encode_predict_reply(reply), [1])
     assert (got.role, got.rows, got.method, got.model, got.hub, got.aligned) == ("active", 5, "vproto", True, b"h", 3)
+    assert got.path == "/srv/bank/predictions.csv"
     assert np.array_equal(got.positions[1], [0, 1]) and got.metrics == {"accuracy": 0.5}
-    assert M.decode_predict_reply(M.encode_predict_reply(PredictReply("passive", 1, model=False))).model is False
+    bare = M.decode_predict_reply(M.encode_predict_reply(PredictReply("passive", 1, model=False)))
+    assert bare.model is False and bare.path is None
+
+
+# --- predictions are never overwritten ----------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory) -> tuple:
+    """One short training run's saved models (vproto, one passive), shared by the tests below."""
+    cfg = small_cfg(rounds=1)
+    run = tmp_path_factory.mktemp("trained")
+    run_local(cfg, RUNNER, run)
+    return cfg, run / "models"
+
+
+def _models(trained, tmp_path: Path) -> Path:
+    """A copy of the saved models in a fresh folder (each test writes its predictions next to them)."""
+    return Path(shutil.copytree(trained[1], tmp_path / "models"))
+
+
+def _query(trained, model_dir: Path, active_config: dict | None = None, fault=None, grid=None):
+    """The prediction query round through the real ClientApp over the in-process grid (``active_config``: the
+    active node's node-config keys)."""
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.query import predict_over_grid
+
+    cfg = trained[0]
+    nodes = sim_nodes(cfg)
+    nodes[0].update(active_config or {})
+    grid = grid or InlineGrid(make_client_app(cfg, str(model_dir)), nodes, fault=fault)
+    return predict_over_grid(grid, cfg, timeout=30, wait_for_nodes=1), grid
+
+
+def test_query_round_writes_the_next_free_name_instead_of_overwriting(trained, tmp_path):
+    model_dir = _models(trained, tmp_path)
+    (model_dir / "predictions.csv").write_text("a file query's output\n")  # what issue #22 lost
+    first, _ = _query(trained, model_dir)
+    second, _ = _query(trained, model_dir)
+    assert first.path == str((model_dir / "predictions-held-out.csv").resolve())
+    assert second.path == str((model_dir / "predictions-held-out-2.csv").resolve())
+    assert (model_dir / "predictions.csv").read_text() == "a file query's output\n"
+    assert Path(first.path).read_text() == Path(second.path).read_text()
+    assert len(pd.read_csv(first.path)) == first.metrics["users"] > 0
+    assert first.summary().endswith(f"-> {first.path} (on the active party's node)")
+
+
+def test_query_round_refuses_an_existing_prediction_path_before_any_work(trained, tmp_path):
+    from flwr_vproto.checks import party_error_line
+    from flwr_vproto.protocol import ProtocolError
+
+    model_dir = _models(trained, tmp_path)
+    mine = tmp_path / "mine.csv"
+    mine.write_text("keep me\n")
+    from flwr_vproto.client_app import make_client_app
+
+    nodes = sim_nodes(trained[0])
+    nodes[0]["prediction-path"] = str(mine)
+    grid = InlineGrid(make_client_app(trained[0], str(model_dir)), nodes)
+    with pytest.raises(ProtocolError) as err:
+        _query(trained, model_dir, grid=grid)
+    refusal = (f"{mine}: already exists; predictions never overwrite a file (move it away or choose another "
+               f"node-config prediction-path)")
+    assert str(err.value) == f"node 100 failed during prediction (start): DataError: active: {refusal} (error code 1)"
+    assert {m.metadata.message_type for m in grid.sent} == {"query.predict_start"}  # refused at the first step
+    # as Flower wraps a ClientApp's exception, the ServerApp's one line (flwr_vproto.server_app)
+    wrapped = ProtocolError(f"node 100 failed during prediction (start): "
+                            f"<class 'flwr_vproto.data.types.DataError'>:<'active: {refusal}'>")
+    assert party_error_line(wrapped) == f"data error: active (node 100) during prediction (start): {refusal}"
+    assert mine.read_text() == "keep me\n"
+    # a new path the node-config names is written exactly there; it appearing meanwhile is refused at scoring too
+    fresh = tmp_path / "out" / "bank.csv"
+    done, grid = _query(trained, model_dir, {"prediction-path": str(fresh)})
+    assert done.path == str(fresh.resolve()) and not list(model_dir.glob("*.csv"))
+    assert [m.metadata.message_type for m in grid.sent].count("query.predict_score") == 1
+
+    def late(msg, index):  # another writer creates the file between the start and the scoring
+        if msg.metadata.message_type == "query.predict_score":
+            late_file.write_text("the other writer's\n")
+
+    late_file = tmp_path / "late.csv"
+    with pytest.raises(ProtocolError, match="late.csv: already exists"):
+        _query(trained, model_dir, {"prediction-path": str(late_file)}, fault=late)
+    assert late_file.read_text() == "the other writer's\n"
+
+
+def test_predict_cli_writes_the_next_free_name_with_integer_counts(trained, tmp_path, monkeypatch, capsys):
+    models = _models(trained, tmp_path)
+    monkeypatch.chdir(tmp_path)
+    Path("predictions-held-out.csv").write_text("earlier\n")
+    assert main([str(models)]) == 0
+    assert main([str(models)]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert Path("predictions-held-out.csv").read_text() == "earlier\n"
+    assert [ln.rsplit(" -> ", 1)[1] for ln in lines] == ["predictions-held-out-2.csv", "predictions-held-out-3.csv"]
+    assert re.match(r"\d+ users: \d+ scored jointly, \d+ by the active party alone; accuracy 0\.\d{4}", lines[0])
+    assert ".0 " not in lines[0]
+    assert Path("predictions-held-out-2.csv").read_text() == Path("predictions-held-out-3.csv").read_text()
+
+
+def test_predict_refuses_an_existing_out_before_loading_models(tmp_path):
+    mine = tmp_path / "p.csv"
+    mine.write_text("keep me\n")
+    with pytest.raises(SystemExit) as exc:  # no models there: the output file is checked first
+        main([str(tmp_path / "no-models"), "--out", str(mine)])
+    assert exc.value.code == (f"predict: {mine}: already exists; predictions never overwrite a file (move it away or "
+                              f"choose another --out)")
+    with pytest.raises(DataError, match=f"^{re.escape(str(mine))}: already exists; .* choose another out\\)$"):
+        predict(tmp_path / "no-models", out=mine)
+    assert mine.read_text() == "keep me\n"
+
+
+def test_write_new_gives_racing_writers_different_files(tmp_path):
+    from flwr_vproto.results import write_new
+
+    with ThreadPoolExecutor(8) as pool:
+        paths = list(pool.map(lambda i: write_new(tmp_path / "p.csv", f"{i}\n"), range(24)))
+    assert sorted(p.name for p in paths) == sorted(["p.csv"] + [f"p-{n}.csv" for n in range(2, 25)])
+    assert [p.read_text() for p in paths] == [f"{i}\n" for i in range(24)]
+    before = (tmp_path / "p.csv").read_text()
+    with pytest.raises(FileExistsError, match="p.csv: already exists"):
+        write_new(tmp_path / "p.csv", "new\n", next_free=False)
+    assert (tmp_path / "p.csv").read_text() == before
+
+
+def test_prediction_summary_names_the_path_with_integer_counts():
+    from flwr_vproto.query import PredictionRound
+
+    metrics = {"users": 110.0, "joint_users": 80.0, "active_only_users": 30.0, "unscored_users": 0.0,
+               "accuracy": 0.9, "active_only_accuracy": 0.5}
+    assert PredictionRound(metrics, "/srv/bank/predictions-held-out.csv").summary() == (
+        "prediction: 110 users: 80 scored jointly, 30 by the active party alone; accuracy 0.9000; "
+        "active_only_accuracy 0.5000 -> /srv/bank/predictions-held-out.csv (on the active party's node)")
+    unscored = {**metrics, "active_only_users": 0.0, "unscored_users": 30.0}
+    assert "0 by the active party alone, 30 not scored" in PredictionRound(unscored, "/p.csv").summary()
