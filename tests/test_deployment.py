@@ -186,7 +186,7 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     # the same files through the in-process engine: the same numbers (up to float reduction order)
     cfg = config_from_dict({"num_rounds": 2, "engine": "inprocess", "method": {"batch_size": 64},
                             "dataset": {"name": "csv", "num_passive": num_passive, "aligned_fraction": 0.2,
-                                        "csv": {"paths": paths}}})
+                                        "csv": {"paths": paths}}, "defence": {"release_rounds": None}})
     reference = run_inprocess(cfg)["rounds"]
     for got, want in zip(results["rounds"], reference, strict=True):
         for key, value in want.items():
