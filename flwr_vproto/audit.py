@@ -697,6 +697,8 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m flwr_vproto.audit", description=main.__doc__)
     parser.add_argument("run_dir", help="a run's output folder (holds results.json and audit/)")
     parser.add_argument("--audit-dir", help="the recorded folder, if not <run dir>/audit")
+    parser.add_argument("--classes", type=int, help="the task's number of classes, if results.json's config cannot "
+                                                    "tell it (a run of another flwr_vproto version)")
     args = parser.parse_args(argv)
     run = Path(args.run_dir)
     results_path = run / "results.json"
@@ -704,8 +706,8 @@ def main(argv: list[str] | None = None) -> int:
         raise SystemExit(f"audit error: {results_path} not found (give a run's output folder)")
     results = json.loads(results_path.read_text())
     folder = Path(args.audit_dir) if args.audit_dir else run / "audit"
-    num_classes = _num_classes(results)
-    seed = results["config"].get("seed")
+    num_classes = args.classes or _num_classes(results, results_path)
+    seed = results.get("config", {}).get("seed")
     try:
         report = audit_folder(folder, num_classes, seed=None if seed is None else int(seed))
     except FileNotFoundError as err:
@@ -717,11 +719,15 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _num_classes(results: dict[str, Any]) -> int:
-    from flwr_vproto.config import config_from_dict
+def _num_classes(results: dict[str, Any], path: Path) -> int:
+    from flwr_vproto.config import ConfigError, config_from_dict
     from flwr_vproto.data import dataset_classes
 
-    return int(dataset_classes(config_from_dict(results["config"]))[0])
+    try:
+        return int(dataset_classes(config_from_dict(results["config"]))[0])
+    except (ConfigError, KeyError) as err:
+        raise SystemExit(f"audit error: {path}: its config does not load here ({err}); give the number of classes "
+                         f"with --classes") from None
 
 
 _ROUND_KEYS = ("max_norm_auc", "max_direction_auc", "max_projection_auc", "max_auc_chance", "max_cluster_accuracy",
