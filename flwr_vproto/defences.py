@@ -179,6 +179,10 @@ def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
                              "release_every": d.release_every, "planned_releases": planned_releases(cfg),
                              # nothing a passive receives depends on a label: no rows, no prototypes, no flag
                              "label_free": planned_releases(cfg) == 0 and not cfg.method.shares_prototypes}
+    # The label-DP epsilon of every byte a passive receives, where one holds: 0 when nothing sent depends on a label,
+    # label_epsilon under randomised response (everything sent is computed from the noised labels); else null.
+    every_byte = 0.0 if entry["label_free"] else d.label_epsilon
+    entry["every_byte_epsilon"] = None if every_byte is None else float(every_byte)
     if gradient_dp(cfg):
         spent = [h["privacy/gradient_epsilon"] for h in history if "privacy/gradient_epsilon" in h]
         entry.update({"noise_multiplier": gradient_noise_multiplier(cfg), "delta": d.delta,

@@ -213,6 +213,20 @@ def test_the_gradient_channel_is_accounted_over_every_release_and_target_epsilon
     assert defences.planned_releases(two) == 8  # every passive's rows are a release over the same users
 
 
+def test_results_state_each_defences_guarantee():
+    from flwr_vproto.defences import defence_summary
+
+    def summary(**defence):
+        return defence_summary(config_from_dict({"num_rounds": 5, "defence": defence}), [])["defence"]
+
+    default = summary()
+    assert default["label_free"] and default["every_byte_epsilon"] == 0.0 and default["planned_releases"] == 0
+    assert summary(release_rounds=None, label_epsilon=0.5)["every_byte_epsilon"] == 0.5
+    gaussian = summary(release_rounds=2, target_epsilon=1.0)
+    assert gaussian["every_byte_epsilon"] is None and gaussian["planned_releases"] == 2 and gaussian["delta"] == 1e-5
+    assert defence_summary(config_from_dict({"defence": {"release_rounds": None}}), []) == {}  # defence=none
+
+
 def test_a_release_schedule_freezes_the_passive_and_sends_no_selection_flag(tmp_path):
     """release_rounds=2: rows after rounds 1-2 only; the passive's embeddings stop changing once it has applied
     them; the test rows travel only after a change; no test_previous flag ever travels; the run still reports the
