@@ -100,6 +100,11 @@ def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
         raise CheckpointError(f"{who}: checkpoint {path} is unreadable: {err}") from None
 
 
+# Options added with a default that changes what an older run did: a checkpoint written before them ran as if they
+# had this value (every gradient row released, before defence.release_rounds existed and defaulted to 0).
+BEHAVIOUR_BEFORE_OPTION = {"defence.release_rounds": None}
+
+
 def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
     """Refuse to resume from a checkpoint of another configuration (other data, method, seed, ...)."""
     want, defaults = resume_fingerprint(cfg), resume_fingerprint(Config())
@@ -107,7 +112,7 @@ def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> 
 
     def diff(a: Any, b: Any, default: Any, prefix: str = "") -> list[str]:
         if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
-            b = default
+            b = BEHAVIOUR_BEFORE_OPTION.get(prefix[:-1], default)
         if isinstance(a, dict) and isinstance(b, dict):
             default = default if isinstance(default, dict) else {}
             return [d for k in sorted(set(a) | set(b))

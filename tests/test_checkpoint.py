@@ -169,8 +169,21 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
 def test_a_checkpoint_written_before_an_option_existed_resumes_while_that_option_has_its_default(tmp_path):
     cfg = config_from_dict({"checkpoint": {"dir": str(tmp_path)}})
     old = ck.resume_fingerprint(cfg)
-    del old["method"]["extra_losses"], old["defence"]  # as written by a version without them
+    del old["method"]["extra_losses"]  # as written by a version without it
     ck.check_same_run(old, cfg, "server", tmp_path)
-    changed = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": 3}})
-    with pytest.raises(ck.CheckpointError, match=r"defence.release_rounds \(checkpoint 0, now 3\)"):
+    changed = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "method": {"extra_losses": [
+        {"_target_": "flwr_vproto.examples.extending.confidence_penalty", "weight": 0.1}]}})
+    with pytest.raises(ck.CheckpointError, match=r"method.extra_losses \(checkpoint \[\], now"):
         ck.check_same_run(old, changed, "server", tmp_path)
+
+
+def test_a_checkpoint_written_before_the_release_schedule_existed_resumes_only_as_it_ran(tmp_path):
+    """Before defence.release_rounds existed every gradient row was released: such a checkpoint resumes under
+    defence=none, and the new default (no rows) is refused, naming the option, instead of silently changing it."""
+    unprotected = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": None}})
+    old = ck.resume_fingerprint(unprotected)
+    for key in ("noise_multiplier", "target_epsilon", "delta", "release_rounds", "release_every"):
+        del old["defence"][key]  # as written by a version without them
+    ck.check_same_run(old, unprotected, "server", tmp_path)
+    with pytest.raises(ck.CheckpointError, match=r"defence.release_rounds \(checkpoint None, now 0\)"):
+        ck.check_same_run(old, config_from_dict({"checkpoint": {"dir": str(tmp_path)}}), "server", tmp_path)
