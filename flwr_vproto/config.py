@@ -255,6 +255,11 @@ class DefenceConfig:
     release_rounds: int | None = 0
     release_every: int = 1  # ... and only every k-th round from round 1
 
+    @property
+    def gaussian(self) -> bool:
+        """Whether gradient rows go through the Gaussian channel (a noise multiplier or a target epsilon)."""
+        return self.noise_multiplier > 0 or self.target_epsilon is not None
+
 
 @dataclass
 class AuditConfig:
@@ -556,19 +561,24 @@ def _validate_extra_losses(t: MethodConfig) -> None:
                f"[] for method {t.name!r} (custom terms are added to the active party's loss)")
 
 
+def _validate_gaussian(section: str, g: PrivacyConfig | DefenceConfig, off: str, delta_hint: str) -> None:
+    """A Gaussian mechanism's ``noise_multiplier``, ``delta`` and ``target_epsilon`` (``privacy.*`` and
+    ``defence.*`` share them): a noise multiplier or a target epsilon, never both."""
+    _check(_is_num(g.noise_multiplier) and g.noise_multiplier >= 0, f"{section}.noise_multiplier", g.noise_multiplier,
+           f"a number >= 0 ({off})")
+    _check(_is_num(g.delta) and 0 < g.delta < 1, f"{section}.delta", g.delta, f"a number in (0, 1), {delta_hint}")
+    if g.target_epsilon is not None:
+        _check(_is_num(g.target_epsilon) and g.target_epsilon > 0, f"{section}.target_epsilon", g.target_epsilon,
+               "null or a number > 0")
+        _check(g.noise_multiplier == 0, f"{section}.noise_multiplier", g.noise_multiplier,
+               f"0 when {section}.target_epsilon is set (the noise is calibrated from target_epsilon="
+               f"{g.target_epsilon}); set one of the two")
+
+
 def _validate_privacy(p: PrivacyConfig, t: MethodConfig) -> None:
     """``privacy.*``: noise, clipping, accounting; only where prototypes are sent at all."""
-    _check(_is_num(p.noise_multiplier) and p.noise_multiplier >= 0, "privacy.noise_multiplier", p.noise_multiplier,
-           "a number >= 0 (0 = no noise)")
+    _validate_gaussian("privacy", p, "0 = no noise", "well below 1 / number of aligned users (e.g. 1e-5)")
     _check(_is_num(p.clip_norm) and p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "a number > 0")
-    _check(_is_num(p.delta) and 0 < p.delta < 1, "privacy.delta", p.delta,
-           "a number in (0, 1), well below 1 / number of aligned users (e.g. 1e-5)")
-    if p.target_epsilon is not None:
-        _check(_is_num(p.target_epsilon) and p.target_epsilon > 0, "privacy.target_epsilon", p.target_epsilon,
-               "null or a number > 0")
-        _check(p.noise_multiplier == 0, "privacy.noise_multiplier", p.noise_multiplier,
-               f"0 when privacy.target_epsilon is set (the noise is calibrated from target_epsilon="
-               f"{p.target_epsilon}); set one of the two")
     if not t.shares_prototypes:  # noise on prototypes that never leave the active party would only cost accuracy
         for key, value, off in (("target_epsilon", p.target_epsilon, None),
                                 ("noise_multiplier", p.noise_multiplier, 0)):
@@ -585,22 +595,14 @@ def _validate_defence(cfg: Config) -> None:
     if d.label_epsilon is not None:
         _check(_is_num(d.label_epsilon) and d.label_epsilon > 0, "defence.label_epsilon", d.label_epsilon,
                "null (off) or a number > 0")
-    _check(_is_num(d.noise_multiplier) and d.noise_multiplier >= 0, "defence.noise_multiplier", d.noise_multiplier,
-           "a number >= 0 (0 = off)")
-    _check(_is_num(d.delta) and 0 < d.delta < 1, "defence.delta", d.delta, "a number in (0, 1), e.g. 1e-5")
-    if d.target_epsilon is not None:
-        _check(_is_num(d.target_epsilon) and d.target_epsilon > 0, "defence.target_epsilon", d.target_epsilon,
-               "null or a number > 0")
-        _check(d.noise_multiplier == 0, "defence.noise_multiplier", d.noise_multiplier,
-               f"0 when defence.target_epsilon is set (the noise is calibrated from target_epsilon="
-               f"{d.target_epsilon}); set one of the two")
+    _validate_gaussian("defence", d, "0 = off", "e.g. 1e-5")
     _check(d.release_rounds is None or (_is_int(d.release_rounds) and d.release_rounds >= 0), "defence.release_rounds",
            d.release_rounds, "null (every round) or an integer >= 0 (0: no gradient row ever leaves)")
     _check(_is_int(d.release_every) and d.release_every >= 1, "defence.release_every", d.release_every,
            "an integer >= 1")
     _check(isinstance(a.record, bool), "audit.record", a.record, "true or false")
     _check(a.dir is None or (isinstance(a.dir, str) and a.dir != ""), "audit.dir", a.dir, "null or a directory path")
-    gaussian = d.noise_multiplier > 0 or d.target_epsilon is not None
+    gaussian = d.gaussian
     if cfg.method.name not in ("vproto", "vanilla"):
         why = (f"method {cfg.method.name!r} sends the passive parties no gradients (defences and the audit apply to "
                f"vproto and vanilla)")

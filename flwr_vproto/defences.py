@@ -97,7 +97,7 @@ def label_rng(secret: bytes, split: str) -> np.random.Generator:
 # ------------------------------------------------------------------------------------------------ Gaussian rows
 def gradient_dp(cfg: Config) -> bool:
     """Whether the gradient rows go through the Gaussian mechanism (a noise multiplier or a target epsilon)."""
-    return cfg.defence.noise_multiplier > 0 or cfg.defence.target_epsilon is not None
+    return cfg.defence.gaussian
 
 
 def unit_rows(gradients: np.ndarray) -> np.ndarray:

@@ -279,16 +279,17 @@ def write_predictions(frame: pd.DataFrame, path: str | Path, *, next_free: bool,
 
 
 def predict(model_dir: str | Path, data: list[str] | None = None, out: str | Path | None = None, *,
-            next_free: bool = False) -> Prediction:
+            next_free: bool = False, what: str = "out") -> Prediction:
     """Score new users with the models in ``model_dir``: every party in this process (see the module docstring).
 
     ``data``: one CSV file per party that took part in training (active first); ``None``: the held-out test users
     of the built-in dataset. ``out``: write the active party's predictions there as CSV (the result's ``path``).
     It is never overwritten: an existing ``out`` is refused before the models are loaded (:class:`DataError`) or,
     with ``next_free`` (``out`` is a default name, e.g. :data:`OUTPUT_NAMES`), the next free name is written.
+    ``what``: how the caller named ``out``, for the refusal (``--out`` from the command line).
     """
     if out is not None and not next_free:
-        check_output(out, "out")
+        check_output(out, what)
     saved = load_model_dir(model_dir)
     if data is not None and len(data) != len(saved):
         raise DataError(f"{len(data)} data file(s) given, the models need {len(saved)} (active first, then "
@@ -301,7 +302,7 @@ def predict(model_dir: str | Path, data: list[str] | None = None, out: str | Pat
     embeddings = [p.embed(SPLIT) for p in parties[1:]]
     result = score(parties[0], embeddings, saved[0].class_names or [])  # type: ignore[arg-type]
     if out is not None:
-        result.path = write_predictions(result.frame, out, next_free=next_free, what="out")
+        result.path = write_predictions(result.frame, out, next_free=next_free, what=what)
     return result
 
 
@@ -320,9 +321,7 @@ def main(argv: list[str] | None = None) -> int:
         ap.error("--out: empty path")
     out = args.out or OUTPUT_NAMES["held-out" if args.data is None else "file"]
     try:
-        if args.out is not None:  # before loading any model
-            check_output(args.out, "--out")
-        res = predict(args.models, args.data, out, next_free=args.out is None)
+        res = predict(args.models, args.data, out, next_free=args.out is None, what="--out")
     except (DataError, PSIError) as err:
         raise SystemExit(f"predict: {err}") from None
     print(format_prediction(res.metrics, res.path))

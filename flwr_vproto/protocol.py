@@ -60,10 +60,6 @@ def is_joint(cfg: Config) -> bool:
     return cfg.method.name in JOINT_METHODS
 
 
-def is_eval_round(cfg: Config, rnd: int) -> bool:
-    return rnd % cfg.eval_every == 0 or rnd == cfg.num_rounds
-
-
 def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
     """Splits embedded and scored in round ``rnd``: validation every ``eval_every`` rounds and after the last round;
     test then too with ``eval_test=every``, else only in the last round (another round's test rows travel one round
@@ -73,14 +69,12 @@ def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
     outside any accounting): test rows come on every evaluation round after which a passive's encoder may have
     changed, a schedule fixed by the config (:func:`flwr_vproto.defences.passive_changes`), and the active party
     scores its latest ones on every evaluation round."""
-    if not is_eval_round(cfg, rnd):
+    if rnd % cfg.eval_every and rnd != cfg.num_rounds:
         return ()
     if cfg.eval_test == "every" or rnd == cfg.num_rounds:
         return ("val", "test")
     if defences.flagless(cfg):
-        since = rnd - 1
-        while since >= 1 and not is_eval_round(cfg, since):
-            since -= 1
+        since = (rnd - 1) // cfg.eval_every * cfg.eval_every  # the previous evaluation round (0: none)
         return ("val", "test") if any(defences.passive_changes(cfg, r) for r in range(since + 1, rnd + 1)) else ("val",)
     return ("val",)
 
@@ -341,12 +335,11 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     reply = FromActive(train=res.metrics, privacy=res.privacy, previous_test=previous)
     if msg.splits:
         reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings, _test_rows(party, msg))
-    if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
-        reply.privacy.update(party.gradient_privacy())
-        return reply
-    if party.joint and defences.releases(cfg, msg.round):  # defence.release_*: else the passives get no rows
+    if party.joint and defences.releases(cfg, msg.round):  # defence.release_*, never after the last round
         reply.gradients = [to_wire(g, cfg) for g in party.release_gradients(msg.round, list(res.gradients))]
     reply.privacy.update(party.gradient_privacy())
+    if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
+        return reply
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
     reply.pseudo_thresholds = party.pseudo_gates()
