@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from flwr_vproto import exchanges
 from flwr_vproto.config import Config
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
 
@@ -37,7 +38,8 @@ class CheckpointError(RuntimeError):
 
 
 def due(cfg: Config, rnd: int) -> bool:
-    """Is round ``rnd`` a checkpoint round?"""
+    """Is exchange ``rnd`` a checkpoint one (``checkpoint.every`` counts exchanges: a round, unless an exchange
+    trains several, :mod:`flwr_vproto.exchanges`)?"""
     return cfg.checkpoint.every > 0 and rnd % cfg.checkpoint.every == 0
 
 
@@ -47,6 +49,7 @@ def resume_fingerprint(cfg: Config) -> dict[str, Any]:
     for key in ("engine", "resume", "checkpoint"):
         d.pop(key, None)
     d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])  # per-node paths may move
+    d["exchange"]["count"] = exchanges.count(cfg)  # null (auto) as it resolves: what the run did
     return d
 
 
@@ -102,7 +105,11 @@ def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
 
 # Options added with a default that changes what an older run did: a checkpoint written before them ran as if they
 # had this value (every gradient row released, before defence.release_rounds existed and defaulted to 0).
-BEHAVIOUR_BEFORE_OPTION = {"defence.release_rounds": None}
+BEHAVIOUR_BEFORE_OPTION: dict[str, Any] = {
+    "defence.release_rounds": None,
+    "exchange.count": lambda cfg: cfg.num_rounds,  # one exchange per round, before exchange.* existed
+}
+LOCAL_HISTORY = "local-history"  # the server's checkpoint: results.json's local_rounds so far
 
 
 def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
@@ -112,7 +119,8 @@ def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> 
 
     def diff(a: Any, b: Any, default: Any, prefix: str = "") -> list[str]:
         if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
-            b = BEHAVIOUR_BEFORE_OPTION.get(prefix[:-1], default)
+            b = {} if isinstance(a, dict) else BEHAVIOUR_BEFORE_OPTION.get(prefix[:-1], default)  # a section: by key
+            b = b(cfg) if callable(b) else b
         if isinstance(a, dict) and isinstance(b, dict):
             default = default if isinstance(default, dict) else {}
             return [d for k in sorted(set(a) | set(b))

@@ -262,6 +262,36 @@ class DefenceConfig:
 
 
 @dataclass
+class ExchangeConfig:
+    """How often the parties exchange messages, and the local work between exchanges (README "Few exchanges").
+
+    ``num_rounds`` stays the length of training: one *round* is one pass of the active party's training (its
+    aligned rows with the passives' embeddings, its non-aligned rows). An *exchange* is one message per party: the
+    passives send embeddings, the active party trains the rounds of that exchange on them (cached) and sends back,
+    when a release is due, each passive's gradient rows of its last round. Fewer exchanges cost fewer message round
+    trips (seconds each in a deployment) and fewer releases of label-dependent rows.
+
+    * ``count``: exchanges after PSI. ``null`` (auto): one when nothing a passive could ever receive would change
+      its encoder (``defence.release_rounds=0`` and no prototypes shared: its pre-training is all it learns, so one
+      exchange gives exactly the numbers of one per round), else one per round (``num_rounds``).
+    * ``schedule``: how the rounds are cut into exchanges: ``even`` (as equal as possible, longer ones last),
+      ``first`` (the first exchange takes the rest: the active party trains long on the pre-trained embeddings,
+      then every later exchange is one round) or ``last`` (one round per exchange, the last takes the rest).
+    * ``passive_passes``: passes over each received gradient message a passive takes (1: each row once, as the
+      method does with one exchange per round). More passes minimise the linearised loss with a proximal term
+      (``passive_reach``), so reusing a gradient cannot overshoot
+      (:func:`flwr_vproto.method.losses.proximal_gradient_loss`).
+    * ``passive_reach``: how far the proximal passes may move an embedding along its received gradient, relative to
+      the embeddings' mean norm.
+    """
+
+    count: int | None = None
+    schedule: str = "even"
+    passive_passes: int = 1
+    passive_reach: float = 0.1
+
+
+@dataclass
 class AuditConfig:
     """Record what every passive receives so ``python -m flwr_vproto.audit`` can measure the label leakage."""
 
@@ -293,6 +323,7 @@ class Config:
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
+    exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
@@ -317,7 +348,7 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
                "checkpoint": CheckpointConfig, "privacy": PrivacyConfig, "defence": DefenceConfig,
-               "audit": AuditConfig}.get(name)
+               "audit": AuditConfig, "exchange": ExchangeConfig}.get(name)
         if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
@@ -357,6 +388,7 @@ def validate(cfg: Config) -> None:
     _validate_extra_losses(cfg.method)
     _validate_privacy(cfg.privacy, cfg.method)
     _validate_defence(cfg)
+    _validate_exchange(cfg)
 
 
 def _validate_run(cfg: Config) -> None:
@@ -665,3 +697,18 @@ def _validate_feature_split(d: DatasetConfig) -> None:
             seen[col] = party
     missing = [c for c in COLUMNS if c not in seen]
     _check(not missing, "dataset.feature_split", fs, f"every Adult column given to a party; missing: {missing}")
+
+
+EXCHANGE_SCHEDULES = ("even", "first", "last")
+
+
+def _validate_exchange(cfg: Config) -> None:
+    """``exchange.*``: how many message exchanges the rounds are cut into, and the passives' local passes."""
+    e = cfg.exchange
+    _check(e.count is None or (_is_int(e.count) and 1 <= e.count <= cfg.num_rounds), "exchange.count", e.count,
+           f"null (auto) or an integer in 1..num_rounds={cfg.num_rounds} (every exchange trains at least one round)")
+    _check(e.schedule in EXCHANGE_SCHEDULES, "exchange.schedule", e.schedule, f"one of {EXCHANGE_SCHEDULES}")
+    _check(_is_int(e.passive_passes) and e.passive_passes >= 1, "exchange.passive_passes", e.passive_passes,
+           "an integer >= 1")
+    _check(_is_num(e.passive_reach) and e.passive_reach > 0, "exchange.passive_reach", e.passive_reach,
+           "a number > 0")

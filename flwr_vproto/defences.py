@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from flwr_vproto import exchanges
 from flwr_vproto.config import Config, ConfigError
 
 SECRET_BYTES = 32  # 256 bits: the active party's key of every defence's random stream
@@ -126,22 +127,23 @@ def gradient_rng(secret: bytes, rnd: int, passive: int) -> np.random.Generator:
 
 
 # ------------------------------------------------------------------------------------------------ schedule
-def releases(cfg: Config, rnd: int) -> bool:
-    """Whether round ``rnd``'s gradient rows leave the active party (to be applied by the passives in round
-    ``rnd + 1``): never after the last round; else only in ``defence.release_rounds`` first rounds and every
-    ``defence.release_every``-th round from round 1. Config only: the schedule itself reveals no label."""
+def releases(cfg: Config, exchange: int) -> bool:
+    """Whether exchange ``exchange``'s gradient rows leave the active party (rows of its last round, applied by the
+    passives in the next exchange): never after the last exchange; else only after the ``defence.release_rounds``
+    first exchanges and every ``defence.release_every``-th exchange from the first. With one exchange per round
+    (``exchange.count=num_rounds``) an exchange is a round. Config only: the schedule itself reveals no label."""
     d = cfg.defence
-    if rnd >= cfg.num_rounds:
+    if exchange >= exchanges.count(cfg):
         return False
-    if d.release_rounds is not None and rnd > d.release_rounds:
+    if d.release_rounds is not None and exchange > d.release_rounds:
         return False
-    return (rnd - 1) % d.release_every == 0
+    return (exchange - 1) % d.release_every == 0
 
 
 def planned_releases(cfg: Config) -> int:
-    """Gaussian-mechanism steps over the whole run: one per passive per releasing round (every passive's rows are a
-    release over the same users, so colluding passives are covered too)."""
-    return cfg.dataset.num_passive * sum(releases(cfg, r) for r in range(1, cfg.num_rounds + 1))
+    """Gaussian-mechanism steps over the whole run: one per passive per releasing exchange (every passive's rows are
+    a release over the same users, so colluding passives are covered too)."""
+    return cfg.dataset.num_passive * sum(releases(cfg, i) for i in range(1, exchanges.count(cfg) + 1))
 
 
 def scheduled(cfg: Config) -> bool:
@@ -159,10 +161,10 @@ def flagless(cfg: Config) -> bool:
     return gradient_dp(cfg) or scheduled(cfg)
 
 
-def passive_changes(cfg: Config, rnd: int) -> bool:
-    """Whether a passive's encoder may change in round ``rnd``: its pre-training (round 1), a round that applies
-    released rows, or any round when its third loss trains it. Test rows need re-embedding only after such rounds."""
-    return rnd == 1 or releases(cfg, rnd - 1) or cfg.method.shares_prototypes
+def passive_changes(cfg: Config, exchange: int) -> bool:
+    """Whether a passive's encoder may change in exchange ``exchange``: its pre-training (the first), one that
+    applies released rows, or any when its third loss trains it. Test rows need re-embedding only after such."""
+    return exchange == 1 or releases(cfg, exchange - 1) or cfg.method.shares_prototypes
 
 
 # ------------------------------------------------------------------------------------------------ reporting

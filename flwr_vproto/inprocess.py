@@ -13,6 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr_vproto import checkpoint as ck
+from flwr_vproto import exchanges
 from flwr_vproto import protocol as proto
 from flwr_vproto.centralized import run_centralized
 from flwr_vproto.config import Config
@@ -44,24 +45,25 @@ def run_inprocess(
         return build_results(cfg, history)
     start = ck.latest_server_round(cfg) if cfg.resume else 0
     active, passives = _set_up(cfg, ds, active_secret) if start == 0 else _parties(cfg, ds)
-    transit, history = InTransit(len(ds.passives)), []
-    if start:  # every party from its own file, the payloads in transit and the history from the server's
-        transit, history = _resume(cfg, start, active, passives)
-    for rnd in range(start + 1, cfg.num_rounds + 1):
+    transit, history, local = InTransit(len(ds.passives)), [], []
+    if start:  # every party from its own file, the payloads in transit and the histories from the server's
+        transit, history, local = _resume(cfg, start, active, passives)
+    for rnd in range(start + 1, exchanges.count(cfg) + 1):  # one exchange: one message per party
         t0, previous = time.perf_counter(), transit.test_previous
         replies = [proto.passive_step(p, transit.to_passive(p.index, rnd, cfg)) for p in passives]
         reply = proto.active_step(active, proto.to_active(rnd, cfg, replies, previous))
         transit.receive(reply)
         proto.add_previous_test(history, reply)
-        history.append(proto.record(rnd, replies, reply, time.perf_counter() - t0))
+        history.append(proto.record(rnd, replies, reply, time.perf_counter() - t0, cfg=cfg))
+        local.extend(proto.local_records(cfg, rnd, reply))
         if ck.due(cfg, rnd):
-            _save_checkpoint(cfg, rnd, active, passives, transit, history)
+            _save_checkpoint(cfg, rnd, active, passives, transit, history, local)
         if on_round:
             on_round(history[-1])
     found = proto.alignment_record({s: len(r) for s, r in active.aligned.items()},
                                    {p.name: {s: len(p.split(s)) for s in SPLITS} for p in ds.parties})
     results = build_results(cfg, history, extra={**privacy_summary(cfg, history), **defence_summary(cfg, history),
-                                                 "alignment": found})
+                                                 "alignment": found}, local_rounds=local)
     results["state"] = {"active": active, "passives": passives}  # callers may save models; not JSON
     return results
 
@@ -93,19 +95,21 @@ def _parties(cfg: Config, ds: VerticalDataset) -> tuple[ActiveParty, list[Passiv
 
 
 def _resume(cfg: Config, rnd: int, active: ActiveParty, passives: list[PassiveParty]
-            ) -> tuple[InTransit, list[dict[str, float]]]:
+            ) -> tuple[InTransit, list[dict[str, float]], list[dict[str, float]]]:
     for p in [active, *passives]:
         p.load_state_dict(ck.load_party_state(cfg, p.data.name, rnd)["party"])
     server = ck.load_server_state(cfg, rnd)
-    return InTransit.from_state(cfg.dataset.num_passive, ck.transit_of(server)), list(server["history"])
+    return (InTransit.from_state(cfg.dataset.num_passive, ck.transit_of(server)), list(server["history"]),
+            list(server.get(ck.LOCAL_HISTORY, [])))
 
 
 def _save_checkpoint(cfg: Config, rnd: int, active: ActiveParty, passives: list[PassiveParty], transit: InTransit,
-                     history: list[dict[str, float]]) -> None:
+                     history: list[dict[str, float]], local: list[dict[str, float]]) -> None:
     """Parties first, the server last: its file marks the checkpoint complete (as in a deployment)."""
     k = cfg.dataset.num_passive
     facts = {"num-classes": active.num_classes, "passives": list(range(1, k + 1)),
              "passive-dims": [cfg.model.embedding_dim] * k}
     for p in [*passives, active]:
         ck.save(ck.party_dir(cfg, p.data.name), rnd, ck.party_checkpoint(cfg, p, rnd, facts))
-    ck.save(ck.server_dir(cfg), rnd, ck.server_checkpoint(cfg, rnd, history, transit.state()))
+    ck.save(ck.server_dir(cfg), rnd, ck.server_checkpoint(cfg, rnd, history, transit.state(),
+                                                          **{ck.LOCAL_HISTORY: local}))

@@ -14,7 +14,7 @@ error deep inside another party. Payloads are:
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,7 @@ from flwr_vproto.protocol import (
     FromActive,
     FromPassive,
     Intersection,
+    LocalRound,
     PassiveSetup,
     PredictReply,
     PredictRequest,
@@ -65,6 +66,7 @@ GRADIENTS, EMBEDDINGS = "gradients", "embeddings"  # ArrayRecord keys
 PREVIOUS_TEST = "previous-test"  # ArrayRecord key (test rows by last round's encoder) and metrics prefix
 TRAIN_METRICS, PRIVACY_METRICS, VAL_METRICS, TEST_METRICS = "train.", "privacy.", "val.", "test."  # prefixes
 PREVIOUS_TEST_METRICS = PREVIOUS_TEST + "."
+LOCAL_ROUND_METRICS = "round{}/"  # prefix (of the prefixes above) of an exchange's earlier round's metrics
 SOURCE, METHOD, MODEL = "source", "method", "model"  # prediction: where new rows come from, the saved model
 PREDICTIONS = "predictions"  # prediction: the path of the CSV the active party wrote on its own node
 
@@ -475,6 +477,11 @@ def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
     for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test),
                          (PREVIOUS_TEST_METRICS, reply.previous_test)):
         metrics.update(metric_record(part or {}, prefix))
+    for r in reply.earlier:
+        where = LOCAL_ROUND_METRICS.format(r.round)
+        for prefix, part in ((TRAIN_METRICS, r.train), (PRIVACY_METRICS, r.privacy), (VAL_METRICS, r.val),
+                             (TEST_METRICS, r.test)):
+            metrics.update(metric_record(part or {}, where + prefix))
     conf: dict[str, Any] = {}
     for k, proto in enumerate(reply.prototypes, start=1):
         put_matrix(conf, passive_key(k, PROTOTYPES), proto)
@@ -488,10 +495,11 @@ def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
 
 def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train: int, final: bool,
                        num_classes: int, shares_prototypes: bool, dtype: str = "float32",
-                       gradients: bool | None = None) -> FromActive:
-    """The active party's round reply: metrics, and (not after the last round) every joint passive's gradients of
-    the right size when this round releases them (``gradients``, default: not final) and, when they travel, its
-    second prototypes, the class mask and gates, all finite."""
+                       gradients: bool | None = None, earlier: Sequence[int] = ()) -> FromActive:
+    """The active party's exchange reply: metrics (of the rounds ``earlier`` than the last too), and (not after the
+    last exchange) every joint passive's gradients of the right size when this exchange releases them
+    (``gradients``, default: not final) and, when they travel, its second prototypes, the class mask and gates, all
+    finite."""
     who = "active"
     metrics = check_metrics(content, who, where)
     passives = dict(enumerate(dims, start=1))  # passive index -> embedding dimension
@@ -502,6 +510,14 @@ def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train
                        metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
                        [_unwire(arrays[key]) for key in expected],
                        previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
+    for r in earlier:
+        at = LOCAL_ROUND_METRICS.format(r)
+        train = metrics_of(metrics, at + TRAIN_METRICS)
+        if not train:
+            raise _bad(who, where, f"no metrics of round {r}, which this exchange trains")
+        reply.earlier.append(LocalRound(r, train, metrics_of(metrics, at + PRIVACY_METRICS),
+                                        metrics_of(metrics, at + VAL_METRICS) or None,
+                                        metrics_of(metrics, at + TEST_METRICS) or None))
     if final or not dims or not shares_prototypes:
         return reply
     conf: Any = content.get(CONFIG)

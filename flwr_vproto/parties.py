@@ -50,7 +50,10 @@ from flwr_vproto.method.losses import (
     ThirdLoss,
     ThirdLossRound,
     first_prototype_loss,
+    gradient_loss,
     local_head_loss,
+    proximal_gradient_loss,
+    proximal_scale,
     supervised_joint_loss,
 )
 from flwr_vproto.method.scores import classification_scores
@@ -207,7 +210,8 @@ class PassiveParty(_Party):
         if rnd == 1 and m.name == "vproto" and m.passive_pretrain != "none" and m.passive_pretrain_epochs > 0:
             metrics["pretrain_loss"] = self._pretrain(self._pretrain_epochs())
         non = self.nonaligned_train_rows() if use_third else np.zeros(0, dtype=np.int64)
-        steps = max(num_batches(n_aligned, m.batch_size) if gradients is not None else 0,
+        passes = self.cfg.exchange.passive_passes
+        steps = max(passes * num_batches(n_aligned, m.batch_size) if gradients is not None else 0,
                     num_batches(len(non), m.batch_size))
         if steps:
             threshold = self.third.threshold if pseudo_threshold is None else float(pseudo_threshold)
@@ -271,16 +275,22 @@ class PassiveParty(_Party):
         self, rnd: int, steps: int, gen: torch.Generator, gradients: np.ndarray | None,
         prototypes: np.ndarray | None, prototype_mask: np.ndarray | None, non: np.ndarray, threshold: float,
     ) -> dict[str, float]:
-        """The round's optimizer steps: the embedding gradients (once per aligned row) plus the weighted third loss.
+        """The round's optimizer steps: the embedding gradients plus the weighted third loss.
 
-        Each row's gradient is applied once per round (one pass over the aligned rows, spread over the first steps):
-        re-applying a stale gradient many times overshoots and destabilised training in measurements.
+        With ``exchange.passive_passes=1`` each row's gradient is applied once (one pass over the aligned rows,
+        spread over the first steps): re-applying a stale gradient many times overshoots and destabilised training
+        in measurements. More passes minimise the proximal linearised loss instead, around the embeddings the
+        gradients were computed at (:func:`~flwr_vproto.method.losses.proximal_gradient_loss`).
         """
-        bs = self.cfg.method.batch_size
+        bs, passes = self.cfg.method.batch_size, self.cfg.exchange.passive_passes
         x_tr = self._x["train"]
         al = torch.as_tensor(self.aligned["train"], device=self.device)
         g = torch.as_tensor(gradients, device=self.device) if gradients is not None else None
-        al_batches = index_batches(len(al), bs, num_batches(len(al), bs), gen) if g is not None else []
+        al_batches = index_batches(len(al), bs, passes * num_batches(len(al), bs), gen) if g is not None else []
+        z0, eta = None, 0.0
+        if g is not None and passes > 1:  # what was sent (and the gradients were computed at)
+            z0 = self._embed(x_tr[al])
+            eta = proximal_scale(z0, g, self.cfg.exchange.passive_reach)
         third = self._third_loss_round(non, steps, gen, prototypes, prototype_mask, threshold)
         self._set_train(True)
         with torch.random.fork_rng(devices=[]):
@@ -289,8 +299,9 @@ class PassiveParty(_Party):
                 loss = torch.zeros((), device=self.device)
                 if i < len(al_batches):
                     b = al_batches[i]
-                    # <f(x), dL/dz>: its gradient through f is the chain rule the active party could not finish.
-                    loss = loss + (self.encoder(x_tr[al[b]]) * g[b]).sum()  # type: ignore[index]
+                    z = self.encoder(x_tr[al[b]])
+                    loss = loss + (gradient_loss(z, g[b]) if z0 is None  # type: ignore[index]
+                                   else proximal_gradient_loss(z, g[b], z0[b], eta))  # type: ignore[index]
                 if third is not None:
                     loss = loss + self.third.weight * third.step(i, self.encoder, x_tr)
                 self.optimizer.zero_grad(set_to_none=True)

@@ -37,6 +37,7 @@ from typing import Any
 
 import torch
 
+from flwr_vproto import exchanges
 from flwr_vproto.config import Config, ConfigError
 
 COUNT_THRESHOLD_SIGMAS = 2.0  # a class is released when its noisy count exceeds this many count-noise std devs
@@ -57,8 +58,8 @@ def releases_per_round(cfg: Config) -> int:
 
 
 def planned_steps(cfg: Config) -> int:
-    """Steps over the whole run: every round but the last sends prototypes (the last round's are never used)."""
-    return releases_per_round(cfg) * (cfg.num_rounds - 1)
+    """Steps over the whole run: every exchange but the last sends prototypes (the last one's are never used)."""
+    return releases_per_round(cfg) * (exchanges.count(cfg) - 1)
 
 
 def noise_multiplier(cfg: Config) -> float:

@@ -13,11 +13,14 @@ passives' points (PSI step 2); the active party :func:`psi_finish` es (PSI step 
 build its learner). Each passive learns its aligned rows from its positions in :func:`passive_join` (PSI step 4,
 with its first round). Only blinded points and positions travel.
 
-A round (pipelined, one message per party): every joint passive gets a :class:`ToPassive` (last round's gradients,
-and the second prototypes and pseudo-label threshold when its third loss uses them) and answers with
-:class:`FromPassive` (this round's embeddings); the active party gets all of them in a :class:`ToActive` and answers
-with :class:`FromActive` (metrics, and each passive's next gradients). :class:`InTransit` carries the active party's
-reply to the next round's passive messages; what it releases is decided in :func:`active_step` alone:
+An exchange (pipelined, one message per party; :mod:`flwr_vproto.exchanges` says which rounds it trains, by
+default one): every joint passive gets a :class:`ToPassive` (last exchange's gradients, and the second prototypes
+and pseudo-label threshold when its third loss uses them) and answers with :class:`FromPassive` (its embeddings);
+the active party gets all of them in a :class:`ToActive`, trains the exchange's rounds on them, and answers with
+:class:`FromActive` (every round's metrics, and each passive's next gradients, from its last round). Below, a
+"round" of a message is its exchange's number (the same thing with one exchange per round). :class:`InTransit`
+carries the active party's reply to the next exchange's passive messages; what it releases is decided in
+:func:`active_step` alone:
 
 * nothing after the last round (it would never be used);
 * second prototypes (and the gates) only when a passive uses them (``method.shares_prototypes``);
@@ -33,7 +36,7 @@ from typing import Any
 
 import numpy as np
 
-from flwr_vproto import __version__, audit, defences
+from flwr_vproto import __version__, audit, defences, exchanges
 from flwr_vproto.alignment import min_intersection, split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
@@ -61,7 +64,11 @@ def is_joint(cfg: Config) -> bool:
 
 
 def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
-    """Splits embedded and scored in round ``rnd``: validation every ``eval_every`` rounds and after the last round;
+    """Splits embedded in exchange ``rnd``.
+
+    When an exchange trains several rounds (:func:`flwr_vproto.exchanges.blockwise`): validation and test rows
+    whenever one of its rounds is an evaluation round (the active party scores its cached ones after each such round;
+    no flag ever travels). Else (one round per exchange): validation every ``eval_every`` rounds and after the last;
     test then too with ``eval_test=every``, else only in the last round (another round's test rows travel one round
     later, and only when its validation accuracy was a new best: :attr:`InTransit.test_previous`).
 
@@ -69,7 +76,9 @@ def eval_splits(cfg: Config, rnd: int) -> tuple[str, ...]:
     outside any accounting): test rows come on every evaluation round after which a passive's encoder may have
     changed, a schedule fixed by the config (:func:`flwr_vproto.defences.passive_changes`), and the active party
     scores its latest ones on every evaluation round."""
-    if rnd % cfg.eval_every and rnd != cfg.num_rounds:
+    if exchanges.blockwise(cfg):
+        return ("val", "test") if any(exchanges.evaluates(cfg, r) for r in exchanges.rounds_of(cfg, rnd)) else ()
+    if not exchanges.evaluates(cfg, rnd):
         return ()
     if cfg.eval_test == "every" or rnd == cfg.num_rounds:
         return ("val", "test")
@@ -171,8 +180,20 @@ class ToActive:
 
 
 @dataclass
+class LocalRound:
+    """The metrics of one round an exchange trained before its last (the last one's are the reply's own)."""
+
+    round: int
+    train: dict[str, float]
+    privacy: dict[str, float] = field(default_factory=dict)
+    val: dict[str, float] | None = None
+    test: dict[str, float] | None = None
+
+
+@dataclass
 class FromActive:
-    """The active party's reply: the round's metrics and what the passives get next round (nothing after the last).
+    """The active party's reply: the metrics of the exchange's last round (``earlier``: of its other rounds) and
+    what the passives get next exchange (nothing after the last).
 
     ``gradients[k - 1]`` and ``prototypes[k - 1]`` belong to passive ``k``.
     """
@@ -186,6 +207,7 @@ class FromActive:
     prototype_mask: np.ndarray | None = None
     pseudo_thresholds: list[float] | None = None
     previous_test: dict[str, float] | None = None  # last round's test scores, when its test rows came this round
+    earlier: list[LocalRound] = field(default_factory=list)  # the exchange's rounds before its last, in order
 
 
 # ================================================================================================ prediction payloads
@@ -323,7 +345,9 @@ def passive_step(party: PassiveParty, msg: ToPassive, audit_dir: str | None = No
 
 
 def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None) -> FromActive:
-    """One round of the active party: train, then (evaluation rounds) calibrate and score; decide what is released.
+    """One exchange of the active party: each of its rounds trains on the passives' embeddings of this exchange and,
+    on evaluation rounds, calibrates and scores (:func:`flwr_vproto.exchanges.rounds_of`); then decide what of the
+    last round is released.
 
     Gradients leave only on the rounds of ``defence.release_*`` (:func:`flwr_vproto.defences.releases`) and through
     :meth:`ActiveParty.release_gradients` (the Gaussian channel, ``defence.*``); with ``audit.record`` what each passive
@@ -331,9 +355,11 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     """
     cfg = party.cfg
     previous = None if msg.previous_test is None else party.evaluate("test", msg.previous_test)  # before training
-    res = party.train_round(msg.round, msg.embeddings, release=not msg.final)
-    reply = FromActive(train=res.metrics, privacy=res.privacy, previous_test=previous)
-    if msg.splits:
+    *earlier, last = exchanges.rounds_of(cfg, msg.round)
+    done = [_train_cached(party, msg, r) for r in earlier]
+    res = party.train_round(last, msg.embeddings, release=not msg.final)
+    reply = FromActive(train=res.metrics, privacy=res.privacy, previous_test=previous, earlier=done)
+    if _round_splits(cfg, msg, last):
         reply.val, reply.test = _calibrate_and_score(party, msg.eval_embeddings, _test_rows(party, msg))
     if party.joint and defences.releases(cfg, msg.round):  # defence.release_*, never after the last round
         reply.gradients = [to_wire(g, cfg) for g in party.release_gradients(msg.round, list(res.gradients))]
@@ -346,6 +372,23 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
     if cfg.audit.record and party.joint:  # every round that releases anything, rows or not
         _record(party, msg.round, reply, audit_dir or cfg.audit.dir)
     return reply
+
+
+def _train_cached(party: ActiveParty, msg: ToActive, rnd: int) -> LocalRound:
+    """Round ``rnd`` of an exchange, before its last: train on the exchange's (cached) embeddings and, on an
+    evaluation round, calibrate and score. Nothing of it leaves this party but its metrics (to the server)."""
+    res = party.train_round(rnd, msg.embeddings, release=False)
+    out = LocalRound(rnd, res.metrics, {**res.privacy, **party.gradient_privacy()})
+    if _round_splits(party.cfg, msg, rnd):
+        out.val, out.test = _calibrate_and_score(party, msg.eval_embeddings, _test_rows(party, msg))
+    return out
+
+
+def _round_splits(cfg: Config, msg: ToActive, rnd: int) -> tuple[str, ...]:
+    """Splits scored after round ``rnd`` of exchange ``msg.round``: the message's, on an evaluation round."""
+    if not exchanges.blockwise(cfg):
+        return msg.splits
+    return msg.splits if exchanges.evaluates(cfg, rnd) else ()
 
 
 def _test_rows(party: ActiveParty, msg: ToActive) -> list[np.ndarray] | None:
@@ -395,15 +438,32 @@ def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.
 def to_active(rnd: int, cfg: Config, replies: list[FromPassive], test_previous: bool = False) -> ToActive:
     """The active party's message of round ``rnd`` from the joint passives' replies (passive 1 first)."""
     previous = [r.previous_test for r in replies] if test_previous else None
-    return ToActive(rnd, eval_splits(cfg, rnd), rnd == cfg.num_rounds, [r.embeddings for r in replies],
+    return ToActive(rnd, eval_splits(cfg, rnd), rnd == exchanges.count(cfg), [r.embeddings for r in replies],
                     [r.eval_embeddings for r in replies], previous)  # type: ignore[arg-type]
 
 
 def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float,
-           extra: dict[str, float] | None = None) -> dict[str, float]:
-    """The round's flat history record (same keys in both engines; the Flower engine adds its traffic)."""
+           extra: dict[str, float] | None = None, cfg: Config | None = None) -> dict[str, float]:
+    """Exchange ``rnd``'s flat history record (same keys in both engines; the Flower engine adds its traffic): the
+    passives' metrics and its last round's. When exchanges train several rounds (``cfg`` given and
+    :func:`flwr_vproto.exchanges.blockwise`), ``exchange/first_round`` and ``exchange/last_round`` say which."""
+    span = {}
+    if cfg is not None and exchanges.blockwise(cfg):
+        rounds = exchanges.rounds_of(cfg, rnd)
+        span = {"exchange/first_round": float(rounds[0]), "exchange/last_round": float(rounds[-1])}
     return round_record(rnd, reply.train, [r.metrics for r in replies], reply.val, reply.test, seconds,
-                        extra={**{f"privacy/{k}": v for k, v in reply.privacy.items()}, **(extra or {})})
+                        extra={**{f"privacy/{k}": v for k, v in reply.privacy.items()}, **span, **(extra or {})})
+
+
+def local_records(cfg: Config, rnd: int, reply: FromActive) -> list[dict[str, float]]:
+    """``results.json``'s ``local_rounds`` entries of exchange ``rnd`` (none with one round per exchange, whose
+    records are the rounds): every round it trained, with the active party's metrics and scores."""
+    if not exchanges.blockwise(cfg):
+        return []
+    last = LocalRound(exchanges.rounds_of(cfg, rnd)[-1], reply.train, reply.privacy, reply.val, reply.test)
+    return [round_record(r.round, r.train, [], r.val, r.test, None,
+                         extra={**{f"privacy/{k}": v for k, v in r.privacy.items()}, "exchange": float(rnd)})
+            for r in [*reply.earlier, last]]
 
 
 def add_previous_test(history: list[dict[str, float]], reply: FromActive) -> None:
@@ -459,7 +519,7 @@ class InTransit:
     def to_passive(self, k: int, rnd: int, cfg: Config, setup: PassiveSetup | None = None) -> ToPassive:
         """Passive ``k``'s message of round ``rnd``."""
         proto = self.prototypes.get(k)
-        return ToPassive(rnd, eval_splits(cfg, rnd), rnd == cfg.num_rounds, self.gradients.get(k), proto,
+        return ToPassive(rnd, eval_splits(cfg, rnd), rnd == exchanges.count(cfg), self.gradients.get(k), proto,
                          self.prototype_mask if proto is not None else None, self.pseudo_thresholds.get(k), setup,
                          self.test_previous)
 

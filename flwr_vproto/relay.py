@@ -83,17 +83,20 @@ class Relay:
             time.sleep(0.5)
 
     def exchange(self, sends: list[Send], phase: str, rnd: int | None = None, traffic: Traffic | None = None,
-                 tolerate_gone: bool = False) -> dict[str, Message]:
+                 tolerate_gone: bool = False, work: int = 1) -> dict[str, Message]:
         """Send one message to each party and wait for every reply; return replies by party name.
+
+        ``work``: how many rounds of training the message asks for; the deadline is ``timeout`` per round.
 
         ``tolerate_gone``: a node the SuperLink reports unavailable, or that stays silent until the deadline, is
         left out of the replies instead of stopping the run (discovery: a killed SuperNode stays listed as online
         until its heartbeats expire, up to a minute, next to the one restarted in its place).
         """
         where = phase + (f" of round {rnd}" if rnd is not None else "")
-        pending = self._push(sends, where, str(rnd if rnd is not None else phase))
+        timeout = self.timeout * max(work, 1)
+        pending = self._push(sends, where, str(rnd if rnd is not None else phase), timeout)
         replies: dict[str, Message] = {}
-        deadline = time.monotonic() + self.timeout
+        deadline = time.monotonic() + timeout
         delay = self.poll_interval
         while pending:
             for reply in self.grid.pull_messages(list(pending)):
@@ -103,15 +106,16 @@ class Relay:
                     if traffic is not None:
                         traffic.add(sent[0].name, sent[1], reply.content)
             if pending and time.monotonic() > deadline:
-                self._overdue([p for p, _ in pending.values()], where, tolerate_gone)
+                self._overdue([p for p, _ in pending.values()], where, tolerate_gone, timeout)
                 break
             if pending:
                 time.sleep(delay)
                 delay = min(delay * 1.5, self.max_poll_interval)
         return replies
 
-    def _push(self, sends: list[Send], where: str, group: str) -> dict[str, tuple[PartyNode, RecordDict]]:
-        msgs = [Message(content, p.node_id, mtype, group_id=group, ttl=self.timeout + 60.0)
+    def _push(self, sends: list[Send], where: str, group: str, timeout: float
+              ) -> dict[str, tuple[PartyNode, RecordDict]]:
+        msgs = [Message(content, p.node_id, mtype, group_id=group, ttl=timeout + 60.0)
                 for p, mtype, content in sends]
         ids = list(self.grid.push_messages(msgs))
         if len(ids) != len(msgs) or not all(ids):
@@ -132,10 +136,10 @@ class Relay:
         raise ProtocolError(f"{party.label} failed during {where}: {reply.error.reason} (error code "
                             f"{reply.error.code})")
 
-    def _overdue(self, missing: list[PartyNode], where: str, tolerate_gone: bool) -> None:
+    def _overdue(self, missing: list[PartyNode], where: str, tolerate_gone: bool, timeout: float) -> None:
         if tolerate_gone:
             log.warning("%s: no reply from node(s) %s within %g s; leaving them out", where,
-                        [p.node_id for p in missing], self.timeout)
+                        [p.node_id for p in missing], timeout)
             return
         raise ProtocolError(f"no reply from {', '.join(p.label for p in missing)} during {where} within "
-                            f"{self.timeout:g} s (raise the timeout if a party needs longer)")
+                            f"{timeout:g} s (raise the timeout if a party needs longer)")

@@ -17,10 +17,11 @@ def round_record(
     passives: list[Mapping[str, float]],
     val: Mapping[str, float] | None,
     test: Mapping[str, float] | None,
-    seconds: float,
+    seconds: float | None,
     extra: Mapping[str, float] | None = None,
 ) -> dict[str, float]:
-    """One flat record per round: ``active/...``, ``passive<k>/...``, ``val/...``, ``test/...``, ``seconds``."""
+    """One flat record per round: ``active/...``, ``passive<k>/...``, ``val/...``, ``test/...``, ``seconds`` (none
+    for a round inside an exchange: only the exchange is timed)."""
     rec: dict[str, float] = {"round": float(rnd)}
     rec.update({f"active/{k}": float(v) for k, v in active.items()})
     for k, pm in enumerate(passives, start=1):
@@ -30,7 +31,8 @@ def round_record(
             rec.update({f"{prefix}/{k}": float(v) for k, v in metrics.items()})
     if extra:
         rec.update({k: float(v) for k, v in extra.items()})
-    rec["seconds"] = float(seconds)
+    if seconds is not None:
+        rec["seconds"] = float(seconds)
     return rec
 
 
@@ -64,8 +66,13 @@ def format_elapsed(seconds: float) -> str:
 
 
 def format_round(rec: Mapping[str, float], num_rounds: int, elapsed: float | None = None) -> str:
-    """One readable progress line: round k/n, main losses, accuracies, seconds (and wall time since the start)."""
-    parts = [f"round {int(rec['round']):>3}/{num_rounds}"]
+    """One readable progress line: round k/n (an exchange of several rounds: its last round, and which rounds it
+    trained), main losses, accuracies (of that round), seconds (and wall time since the start)."""
+    if "exchange/last_round" in rec:
+        parts = [f"round {int(rec['exchange/last_round']):>3}/{num_rounds} (exchange {int(rec['round'])}: rounds "
+                 f"{int(rec['exchange/first_round'])}-{int(rec['exchange/last_round'])})"]
+    else:
+        parts = [f"round {int(rec['round']):>3}/{num_rounds}"]
     for key, label in (("active/sup_loss", "sup"), ("active/local_loss", "local"), ("active/first_loss", "first")):
         if key in rec:
             parts.append(f"{label} {rec[key]:.3f}")
@@ -78,15 +85,21 @@ def format_round(rec: Mapping[str, float], num_rounds: int, elapsed: float | Non
     for key, label in (("val/accuracy", "val acc"), ("test/accuracy", "test acc"), ("test/auc", "auc")):
         if key in rec:
             parts.append(f"{label} {rec[key]:.4f}")
-    parts.append(f"{rec['seconds']:.1f}s")
+    if "seconds" in rec:
+        parts.append(f"{rec['seconds']:.1f}s")
     if elapsed is not None:
         parts.append(f"elapsed {format_elapsed(elapsed)}")
     return " | ".join(parts)
 
 
-def build_results(cfg: Config, history: list[dict[str, float]], extra: Mapping[str, Any] | None = None) -> dict:
-    """The content of ``results.json``: resolved config, per-round metrics and the final (selected) metrics."""
-    out = {"config": cfg.to_dict(), "rounds": history, "final": select_final(history)}
+def build_results(cfg: Config, history: list[dict[str, float]], extra: Mapping[str, Any] | None = None,
+                  local_rounds: list[dict[str, float]] | None = None) -> dict:
+    """The content of ``results.json``: resolved config, one record per exchange (``rounds``), the final (selected)
+    metrics and, when an exchange trains several rounds, one record per round (``local_rounds``), which the
+    selection then reads."""
+    out = {"config": cfg.to_dict(), "rounds": history, "final": select_final(local_rounds or history)}
+    if local_rounds:
+        out["local_rounds"] = local_rounds
     if extra:
         out.update(extra)
     return out

@@ -11,9 +11,12 @@ Setup (once, three message round trips): discovery (every node: role, party inde
 along) -> the passives re-blind the active party's points while it blinds theirs -> the active party intersects per
 split and builds its learner; each passive's positions in the shared order ride along with its first round. The
 server relays only blinded points, never IDs.
-Rounds (pipelined, one message per party per round): passives get last round's gradients (and the second
-prototypes when their third loss uses them) and reply with this round's embeddings; then the active party gets all
-embeddings, trains, evaluates on evaluation rounds, and replies with each passive's next gradients.
+Exchanges (pipelined, one message per party each; :mod:`flwr_vproto.exchanges` says which rounds each trains, by
+default one, and one in all when no passive could ever receive anything): passives get last exchange's gradients
+(and the second prototypes when their third loss uses them) and reply with their embeddings; then the active party
+gets all embeddings, trains the exchange's rounds on them, evaluates after evaluation rounds, and replies with every
+round's metrics and each passive's next gradients. Each exchange is one Flower round: ``history`` and
+``results.json``'s ``rounds`` hold one record per exchange, ``local_rounds`` one per round when they differ.
 
 Every wait has a deadline; an error reply or a missing reply stops the run with :class:`ProtocolError` naming the
 party, the phase and the round — or, with ``checkpoint.retries``, continues from the last complete checkpoint.
@@ -31,7 +34,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from flwr_vproto import __version__, defences, privacy
+from flwr_vproto import __version__, defences, exchanges, privacy
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
@@ -81,6 +84,7 @@ class VerticalProtoStrategy(Strategy):
         self.on_round = on_round
         self.poll_interval, self.max_poll_interval = poll_interval, max_poll_interval
         self.history: list[dict[str, float]] = []
+        self.local_history: list[dict[str, float]] = []  # one record per round when an exchange trains several
         self.results: dict[str, Any] | None = None
         self.parties: list[PartyNode] = []  # the active party first, then passives 1..K
         self.setup_traffic = Traffic()
@@ -106,8 +110,8 @@ class VerticalProtoStrategy(Strategy):
         c = self.cfg
         overlap = ("aligned users: as PSI finds them in the files" if c.dataset.name == "csv"
                    else f"aligned_fraction={c.dataset.aligned_fraction}")
-        log.info("VerticalProtoStrategy: method=%s dataset=%s passives=%d %s rounds=%d", c.method.name,
-                 c.dataset.name, c.dataset.num_passive, overlap, c.num_rounds)
+        log.info("VerticalProtoStrategy: method=%s dataset=%s passives=%d %s rounds=%d in %d exchange(s)",
+                 c.method.name, c.dataset.name, c.dataset.num_passive, overlap, c.num_rounds, exchanges.count(c))
 
     # ------------------------------------------------------------------ who is who
     @property
@@ -194,8 +198,9 @@ class VerticalProtoStrategy(Strategy):
 
     # ------------------------------------------------------------------ one round
     def _round(self, relay: Relay, rnd: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> dict[str, float]:
-        """One pipelined round, exactly as ``run_inprocess``: passives first, then the active party. Returns the
-        round's record; last round's test scores, when they come with this round, go into ``history[-1]``."""
+        """One pipelined exchange, exactly as ``run_inprocess``: passives first, then the active party. Returns the
+        exchange's record (its rounds' records go to ``local_history``); last round's test scores, when they come
+        with this exchange, go into ``history[-1]``."""
         cfg, t0, traffic, dtype = self.cfg, time.perf_counter(), Traffic(), self.cfg.wire_dtype
         where, aligned, previous = f"training of round {rnd}", self._aligned(), transit.test_previous
         sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setups.get(p.index)), dtype))
@@ -206,13 +211,16 @@ class VerticalProtoStrategy(Strategy):
         replies = [M.decode_from_passive(outs[p.name].content, p.name, where, aligned, d, splits, previous, dtype)
                    for p, d in zip(self.joint, dims, strict=True)]
         msg = proto.to_active(rnd, cfg, replies, previous)
+        rounds = exchanges.rounds_of(cfg, rnd)
         res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype))], "training (active party)", rnd,
-                             traffic)[self.active.name]
+                             traffic, work=len(rounds))[self.active.name]
         reply = M.decode_from_active(res.content, where, dims, aligned["train"], msg.final, self.num_classes,
-                                     cfg.method.shares_prototypes, dtype, gradients=defences.releases(cfg, rnd))
+                                     cfg.method.shares_prototypes, dtype, gradients=defences.releases(cfg, rnd),
+                                     earlier=rounds[:-1])
         transit.receive(reply)
         proto.add_previous_test(self.history, reply)
-        return proto.record(rnd, replies, reply, time.perf_counter() - t0, extra={
+        self.local_history.extend(proto.local_records(cfg, rnd, reply))
+        return proto.record(rnd, replies, reply, time.perf_counter() - t0, cfg=cfg, extra={
             "messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}})
 
     # ------------------------------------------------------------------ checkpoints
@@ -231,6 +239,7 @@ class VerticalProtoStrategy(Strategy):
         for p in self.parties:
             p.info.update(saved["party-info"].get(p.name, {}))
         self.history = list(saved["history"])
+        self.local_history = list(saved.get(ck.LOCAL_HISTORY, []))
         return InTransit.from_state(self.cfg.dataset.num_passive, ck.transit_of(saved))
 
     def _save_checkpoint(self, rnd: int, transit: InTransit) -> None:
@@ -238,7 +247,8 @@ class VerticalProtoStrategy(Strategy):
         info = {p.name: {k: v for k, v in p.info.items() if k.startswith(M.ALIGNED + ".") or k == "num-classes"}
                 for p in self.parties}
         ck.save(ck.server_dir(self.cfg), rnd, ck.server_checkpoint(self.cfg, rnd, self.history, transit.state(),
-                                                                   **{"party-info": info}))
+                                                                   **{"party-info": info,
+                                                                      ck.LOCAL_HISTORY: self.local_history}))
         self.last_checkpoint = rnd
 
     def _recover(self, relay: Relay) -> InTransit:
@@ -290,7 +300,7 @@ class VerticalProtoStrategy(Strategy):
         saved = self._checkpoint_to_resume()
         start = self.last_checkpoint
         points = self._discover(relay, start or None)
-        self.history = []
+        self.history, self.local_history = [], []
         if saved is None:
             setups, transit = self._psi(relay, points), InTransit(self.cfg.dataset.num_passive)
         else:  # every party restored itself in discovery; PSI's outcome is part of their state
@@ -304,9 +314,9 @@ class VerticalProtoStrategy(Strategy):
         return self._flower_result()
 
     def _train(self, relay: Relay, first: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> None:
-        """Rounds ``first..num_rounds``; a failed round is retried from the last checkpoint when allowed."""
+        """Exchanges ``first..``; a failed one is retried from the last checkpoint when allowed."""
         cfg, rnd, retries, recover = self.cfg, first, self.cfg.checkpoint.retries, False
-        while rnd <= cfg.num_rounds:
+        while rnd <= exchanges.count(cfg):
             try:
                 if recover:
                     recover = False
@@ -327,17 +337,17 @@ class VerticalProtoStrategy(Strategy):
     def _results(self, setup_seconds: float, start: int) -> dict[str, Any]:
         rows = {p.name: {s: int(p.info[M.split_key(M.ROWS, s)]) for s in SPLITS} for p in self.parties}
         found = proto.alignment_record(self._aligned(), rows)
-        return build_results(self.cfg, self.history, extra={**privacy_summary(self.cfg, self.history),
-                                                            **defences.defence_summary(self.cfg, self.history),
-                                                            "alignment": found, "flower": {
-            "setup_seconds": setup_seconds,
-            **({"resumed_from_round": start} if start else {}),
-            "setup_messages": self.setup_traffic.messages,
-            "setup_bytes": self.setup_traffic.bytes,
-            "parties": [{"name": p.name, "node_id": p.node_id,
-                         **{k: v for k, v in p.info.items() if k.startswith((M.ROWS + ".", M.ALIGNED + "."))}}
-                        for p in self.parties],
-        }})
+        return build_results(self.cfg, self.history, local_rounds=self.local_history, extra={
+            **privacy_summary(self.cfg, self.history), **defences.defence_summary(self.cfg, self.history),
+            "alignment": found, "flower": {
+                "setup_seconds": setup_seconds,
+                **({"resumed_from_round": start} if start else {}),
+                "setup_messages": self.setup_traffic.messages,
+                "setup_bytes": self.setup_traffic.bytes,
+                "parties": [{"name": p.name, "node_id": p.node_id,
+                             **{k: v for k, v in p.info.items() if k.startswith((M.ROWS + ".", M.ALIGNED + "."))}}
+                            for p in self.parties],
+            }})
 
     def _flower_result(self) -> Result:
         """The history as Flower's :class:`Result` (party metrics per round; evaluation metrics where scored)."""

@@ -230,3 +230,31 @@ class ThirdLossRound:
         if self.known:
             out["pseudo_accuracy"] = self.correct / self.known
         return out
+
+
+# ------------------------------------------------------------------------------------------------ received gradients
+def gradient_loss(z: torch.Tensor, g: torch.Tensor) -> torch.Tensor:
+    """``<f(x), dL/dz>`` over a batch: its gradient through the encoder is the chain rule the active party could
+    not finish (one pass over a received gradient message)."""
+    return (z * g).sum()
+
+
+def proximal_scale(z0: torch.Tensor, g: torch.Tensor, reach: float) -> float:
+    """``eta`` of :func:`proximal_gradient_loss`: the step along ``-g`` whose mean length is ``reach`` times the
+    embeddings' mean norm, so the target is as far from the sent embeddings whatever the gradients' scale."""
+    gn = float(g.norm(dim=1).mean())
+    return reach * float(z0.norm(dim=1).mean()) / gn if gn > 0 else 0.0
+
+
+def proximal_gradient_loss(z: torch.Tensor, g: torch.Tensor, z0: torch.Tensor, eta: float) -> torch.Tensor:
+    """The linearised loss plus a proximal term, ``<z - z0, g> + |z - z0|^2 / (2 eta)``, summed over a batch.
+
+    ``z0`` are the embeddings the gradients ``g`` were computed at (what the passive sent). At ``z = z0`` its
+    gradient is ``g``, so the first step is :func:`gradient_loss`'s; its minimum is ``z0 - eta g``, so many passes
+    over one message move the embeddings toward that target instead of overshooting (as repeating
+    :func:`gradient_loss` does). Proximal gradient reuse in the spirit of FedBCD / CELU-VFL's local updates.
+    """
+    d = z - z0
+    if eta <= 0:
+        return (d * g).sum()
+    return (d * g).sum() + (d * d).sum() / (2.0 * eta)
