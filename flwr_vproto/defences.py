@@ -175,12 +175,13 @@ def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
 
     d = cfg.defence
     scheduled = d.release_rounds is not None or d.release_every > 1
-    if d.label_epsilon is None and not gradient_dp(cfg) and not scheduled:
+    # nothing a passive receives depends on a label: no rows, no prototypes (or one exchange: none leave), no flag
+    label_free = planned_releases(cfg) == 0 and (not cfg.method.shares_prototypes or exchanges.count(cfg) == 1)
+    if d.label_epsilon is None and not gradient_dp(cfg) and not scheduled and not label_free:
         return {}
     entry: dict[str, Any] = {"label_epsilon": d.label_epsilon, "release_rounds": d.release_rounds,
                              "release_every": d.release_every, "planned_releases": planned_releases(cfg),
-                             # nothing a passive receives depends on a label: no rows, no prototypes, no flag
-                             "label_free": planned_releases(cfg) == 0 and not cfg.method.shares_prototypes}
+                             "exchanges": exchanges.count(cfg), "label_free": label_free}
     # The label-DP epsilon of every byte a passive receives, where one holds: 0 when nothing sent depends on a label,
     # label_epsilon under randomised response (everything sent is computed from the noised labels); else null.
     every_byte = 0.0 if entry["label_free"] else d.label_epsilon
@@ -202,7 +203,9 @@ def describe(summary: dict[str, Any]) -> str | None:
         parts.append(f"gradient rows: Gaussian, sigma {d['noise_multiplier']:.3g}, epsilon {d['gradient_epsilon']:.3g} "
                      f"at delta {d['delta']:g} over {d['planned_releases']} releases")
     elif d.get("label_free"):
-        parts.append("no gradient row leaves the active party (defence.release_rounds=0), no selection flag: "
+        why = ("defence.release_rounds=0" if d.get("release_rounds") == 0
+               else "one exchange: the passives never hear back")
+        parts.append(f"no gradient row leaves the active party ({why}), no selection flag: "
                      "nothing a passive receives depends on a label (0-label-DP)")
     elif d.get("planned_releases") == 0:
         parts.append("no gradient row leaves the active party, but the third loss sends second prototypes "

@@ -55,6 +55,12 @@ def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     return final
 
 
+def per_round(results: Mapping[str, Any]) -> list[dict[str, float]]:
+    """Every round's record of a ``results.json``: ``local_rounds`` when an exchange trained several rounds, else
+    ``rounds`` (one exchange per round)."""
+    return list(results.get("local_rounds") or results.get("rounds") or [])
+
+
 def format_elapsed(seconds: float) -> str:
     """``42s``, ``3m05s`` or ``1h02m``: wall time for progress lines."""
     s = int(round(seconds))

@@ -22,12 +22,14 @@ from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 
 REPO = Path(__file__).resolve().parents[1]
-OVERRIDES = ["engine=inprocess", "num_rounds=4", "dataset.max_train_users=500", "dataset.aligned_fraction=0.2",
-             "method.batch_size=64", "runner.save_models=false"]
+# One exchange per round (checkpoints are per exchange; the default protection would train all rounds in one).
+OVERRIDES = ["engine=inprocess", "num_rounds=4", "exchange.count=4", "dataset.max_train_users=500",
+             "dataset.aligned_fraction=0.2", "method.batch_size=64", "runner.save_models=false"]
 
 
 def _cfg(**extra):
-    return config_from_dict({"engine": "inprocess", "num_rounds": 4,
+    rounds = extra.pop("num_rounds", 4)
+    return config_from_dict({"engine": "inprocess", "num_rounds": rounds, "exchange": {"count": rounds},
                              "dataset": {"max_train_users": 500, "aligned_fraction": 0.2},
                              "method": {"batch_size": 64}, **extra})
 

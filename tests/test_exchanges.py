@@ -115,11 +115,37 @@ def test_proximal_passes_start_like_one_pass_and_stop_at_their_target_instead_of
     prox, lin = z0.clone().requires_grad_(True), z0.clone().requires_grad_(True)
     opt_p, opt_l = torch.optim.Adam([prox], lr=0.05), torch.optim.Adam([lin], lr=0.05)
     for _ in range(500):
-        for opt, z, loss in ((opt_p, prox, lambda: proximal_gradient_loss(prox, g, z0, eta)),
-                             (opt_l, lin, lambda: gradient_loss(lin, g))):
+        for opt, loss in ((opt_p, lambda: proximal_gradient_loss(prox, g, z0, eta)),
+                          (opt_l, lambda: gradient_loss(lin, g))):
             opt.zero_grad()
             loss().backward()
             opt.step()
     target = z0 - eta * g
     assert torch.allclose(prox.detach(), target, atol=0.02)
     assert float((lin.detach() - z0).norm()) > 10 * float((target - z0).norm())  # repeating one pass runs away
+
+
+def test_a_checkpoint_written_before_exchanges_existed_resumes_only_as_it_ran(tmp_path):
+    """Before exchange.* every round was an exchange: such a checkpoint resumes when the config resolves to one
+    exchange per round, and is refused, naming the option, where it would now train in one."""
+    from flwr_vproto import checkpoint as ck
+
+    per_round = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": None}})
+    old = ck.resume_fingerprint(per_round)
+    del old["exchange"]  # as written by a version without it
+    ck.check_same_run(old, per_round, "server", tmp_path)
+    ck.check_same_run(old, config_from_dict({**per_round.to_dict(), "exchange": {"count": 20}}), "server", tmp_path)
+    one = config_from_dict({**per_round.to_dict(), "exchange": {"count": 1}})
+    with pytest.raises(ck.CheckpointError, match=r"exchange.count \(checkpoint 20, now 1\)"):
+        ck.check_same_run(old, one, "server", tmp_path)
+
+
+def test_one_exchange_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path):
+    cfg = small_cfg(rounds=4, exchange={"count": 2, "passive_passes": 2},
+                    checkpoint={"dir": str(tmp_path), "every": 1})
+    full = run_inprocess(cfg)
+    for folder in ("server", "active", "passive1"):  # as if killed during the second exchange
+        (tmp_path / folder / "round-2.pt").unlink()
+    resumed = run_inprocess(config_from_dict({**cfg.to_dict(), "resume": True}))
+    assert _no_seconds(resumed["rounds"]) == _no_seconds(full["rounds"])
+    assert resumed["local_rounds"] == full["local_rounds"] and resumed["final"] == full["final"]

@@ -11,6 +11,7 @@ from flwr_vproto.config import config_from_dict
 from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
+from flwr_vproto.results import per_round
 
 VANILLA = {"name": "vanilla"}
 
@@ -31,10 +32,11 @@ def finite(history):
 @pytest.mark.parametrize("method", [{"name": "vproto"}, VANILLA, {"name": "local"}, {"name": "centralized"}])
 def test_every_method_trains_and_reports(method):
     res = run_inprocess(cfg_for(method, rounds=6))
-    assert len(res["rounds"]) == 6 and finite(res["rounds"])
+    rounds = per_round(res)
+    assert len(rounds) == 6 and finite(rounds)
     final = res["final"]
     assert 0.3 < final["accuracy"] <= 1.0  # well above 10-class chance after a few rounds
-    first, last = res["rounds"][0], res["rounds"][-1]
+    first, last = rounds[0], rounds[-1]
     assert last["val/accuracy"] > first["val/accuracy"]
 
 
@@ -156,9 +158,9 @@ def test_joint_warm_start_copies_the_shared_encoder_after_the_warm_up():
     cfg = cfg_for({"name": "vproto", "joint_warm_start": True, "warmup_rounds": 1}, rounds=2)
     with_copy = run_inprocess(cfg)
     without = run_inprocess(cfg_for({"name": "vproto", "joint_warm_start": False, "warmup_rounds": 1}, rounds=2))
-    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in with_copy["rounds"]]
-    assert strip[0] == {k: v for k, v in without["rounds"][0].items() if k != "seconds"}  # round 1: no copy yet
-    assert strip[1]["active/sup_loss"] != without["rounds"][1]["active/sup_loss"]
+    strip = [{k: v for k, v in r.items() if k != "seconds"} for r in per_round(with_copy)]
+    assert strip[0] == {k: v for k, v in per_round(without)[0].items() if k != "seconds"}  # round 1: no copy yet
+    assert strip[1]["active/sup_loss"] != per_round(without)[1]["active/sup_loss"]
     # round 2 started from the shared encoder: with one aligned pass, the joint encoder moved only a few steps
     def distance(party):
         return max(float((p - q).detach().abs().max())
@@ -217,7 +219,7 @@ def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monk
 
     monkeypatch.setattr(ActiveParty, "_track_base", recording)
     res = run_inprocess(cfg_for({"name": "vproto", "residual_base": "best_val"}, rounds=6))
-    assert [r["val/residual_base_update"] for r in res["rounds"]] == [u for _, u, _ in seen]
+    assert [r["val/residual_base_update"] for r in per_round(res)] == [u for _, u, _ in seen]
     best = np.inf
     for loss, updated, _ in seen:  # an update exactly at each new lowest validation loss
         assert updated == float(loss < best)
@@ -233,7 +235,7 @@ def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monk
 def test_residual_base_is_the_live_head_until_the_first_validation():
     """Before any validation best_val has no base and trains exactly as the live head; with one, it differs."""
     def strip(res):
-        return [{k: v for k, v in r.items() if k != "seconds" and "residual_base" not in k} for r in res["rounds"]]
+        return [{k: v for k, v in r.items() if k != "seconds" and "residual_base" not in k} for r in per_round(res)]
 
     def run(base, rounds=3, eval_every=1):
         cfg = cfg_for({"name": "vproto", "residual_base": base}, rounds=rounds)
@@ -242,4 +244,4 @@ def test_residual_base_is_the_live_head_until_the_first_validation():
     assert strip(run("live", eval_every=3)) == strip(run("best_val", eval_every=3))  # validated after round 3 only
     every, plain = run("best_val", rounds=2), run("live", rounds=2)
     assert strip(every)[0] == strip(plain)[0]  # round 1: no validation yet
-    assert every["rounds"][1]["active/sup_loss"] != plain["rounds"][1]["active/sup_loss"]
+    assert per_round(every)[1]["active/sup_loss"] != per_round(plain)[1]["active/sup_loss"]

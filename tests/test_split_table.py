@@ -16,6 +16,7 @@ from flwr_vproto.config import config_from_dict
 from flwr_vproto.data import load_party, load_vertical_dataset
 from flwr_vproto.data.csv_files import split_of
 from flwr_vproto.inprocess import run_inprocess
+from flwr_vproto.results import per_round
 from flwr_vproto.split_table import main, split_table
 
 
@@ -117,7 +118,7 @@ def test_two_passives_active_columns_and_a_two_round_run(tmp_path):
     for k in range(3):  # each party alone, as a deployed SuperNode reads it
         assert load_party(cfg, k).val.ids.size == res.counts["val"]
     out = run_inprocess(cfg)
-    assert [r["round"] for r in out["rounds"]] == [1, 2]
+    assert [r["round"] for r in per_round(out)] == [1, 2]
     assert 0.0 <= out["final"]["accuracy"] <= 1.0
     # the jointly scored test users are all the test users: nothing is scored by the active party alone
     assert out["rounds"][-1].get("test/active_only_accuracy") is None or np.isnan(

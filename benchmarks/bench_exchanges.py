@@ -1,0 +1,178 @@
+"""Few exchanges (``exchange.*``, README "Few exchanges"): accuracy against the number of message exchanges, and a
+loopback deployment of the default next to one exchange per round.
+
+Accuracy (in-process engine; the Flower engine gives the same numbers, tests/test_exchanges.py). Per dataset,
+aligned fraction and seed:
+
+* ``default``: vproto as shipped (``defence=no_gradients``: no passive ever receives anything, so
+  ``exchange.count=null`` runs it in one exchange, with exactly the numbers of one per round);
+* ``vanilla`` (classic split learning, gradient rows every round, ``defence=none``) and ``local`` (the active party
+  alone);
+* ``x<E>``: vproto releasing gradient rows (``defence=none``) in ``E`` exchanges with the few-shot preset's local
+  work (``method=vproto_fewshot``: ``--passes`` proximal passes per gradient message, ``--schedule``); ``x<R>``
+  (``R = num_rounds``) is one exchange per round, the method as designed.
+
+    python benchmarks/bench_exchanges.py accuracy --datasets adult digits fashion_mnist --fractions 0.01 0.05 \
+        --seeds 0 1 2 --exchanges 1 2 3 5 10 --out benchmarks/exchanges.jsonl
+
+Deployment (``scripts/local_deployment.py``: a SuperLink and one SuperNode per party on loopback, ``flwr run``),
+digits and adult as per-party CSV files, the same config in one exchange (today's default) and one exchange per
+round (the default before it), one after the other in one benchmark run: wall time from ``flwr run`` to
+``results.json``, messages and bytes.
+
+    python benchmarks/bench_exchanges.py deploy --datasets digits adult --rounds 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics as st
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from pathlib import Path
+
+from jsonl_runs import run_pending
+
+REPO = Path(__file__).resolve().parents[1]
+ROUNDS = {"adult": 20, "fashion_mnist": 20, "digits": 40}  # each dataset's num_rounds (conf/dataset/*.yaml)
+NONE = {"defence": {"release_rounds": None}}  # defence=none: gradient rows every exchange
+
+
+def run_one(job: dict) -> dict:
+    """One training run in a worker process (one torch thread: the workers share the cores)."""
+    import torch
+
+    torch.set_num_threads(1)
+    from flwr_vproto import exchanges
+    from flwr_vproto.config import config_from_dict
+    from flwr_vproto.inprocess import run_inprocess
+
+    cfg = config_from_dict({"engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
+                            "dataset": {"name": job["dataset"], "aligned_fraction": job["fraction"]},
+                            **job["config"]})
+    t0 = time.perf_counter()
+    res = run_inprocess(cfg)
+    return {**job, "final": res["final"], "seconds": round(time.perf_counter() - t0, 1),
+            "exchanges": exchanges.count(cfg), "records": len(res["rounds"])}
+
+
+def variants(rounds: int, counts: list[int], passes: int, schedule: str, baselines: bool = True,
+             suffix: str = "") -> dict[str, dict]:
+    """Tag -> config overrides of one (dataset, fraction, seed) cell (``suffix``: of the ``x<E>`` tags, to compare
+    local-work settings in one file)."""
+    out: dict[str, dict] = {
+        "default": {},
+        "vanilla": {"method": {"name": "vanilla"}, **NONE},
+        "local": {"method": {"name": "local"}},
+    } if baselines else {}
+    for e in [*counts, *([rounds] if baselines else [])]:
+        local_work = {"passive_passes": passes, "schedule": schedule} if e < rounds else {}
+        out[f"x{e}{suffix}"] = {"exchange": {"count": e, **local_work}, **NONE}
+    return out
+
+
+def accuracy(args: argparse.Namespace) -> None:
+    jobs = []
+    for ds in args.datasets:
+        rounds = ROUNDS[ds]
+        for frac in args.fractions:
+            for seed in args.seeds:
+                for tag, conf in variants(rounds, sorted(set(args.exchanges)), args.passes, args.schedule,
+                                          not args.no_baselines, args.suffix).items():
+                    jobs.append({"tag": tag, "dataset": ds, "fraction": frac, "seed": seed, "rounds": rounds,
+                                 "config": conf})
+    rows = run_pending(Path(args.out), jobs, run_one, args.workers)
+    print(table(rows))
+
+
+def table(rows: list[dict]) -> str:
+    """Markdown: one row per (dataset, fraction), mean test accuracy (x 100) and std over seeds per tag."""
+    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    tags: list[str] = []
+    for r in rows:
+        acc[(r["dataset"], r["fraction"])][r["tag"]].append(100 * r["final"]["accuracy"])
+        if r["tag"] not in tags:
+            tags.append(r["tag"])
+    xs = sorted((t for t in tags if t.startswith("x")), key=lambda t: (int(t[1:].split("-")[0]), t))
+    order = [t for t in ("default", "vanilla", "local") if t in tags] + xs
+    lines = ["| dataset | aligned | " + " | ".join(order) + " |", "|---|---|" + "---|" * len(order)]
+    for (ds, frac), by in sorted(acc.items()):
+        cells = []
+        for t in order:
+            v = by.get(t, [])
+            cells.append("" if not v else f"{st.mean(v):.1f} ± {st.pstdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
+        lines.append(f"| {ds} | {frac:g} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------------------------ deployment
+def _load() -> str:
+    return " / ".join(f"{x:.1f}" for x in os.getloadavg())
+
+
+def deploy(args: argparse.Namespace) -> None:
+    sys.path.insert(0, str(REPO / "scripts"))
+    import local_deployment as dep
+
+    rows = []
+    for ds in args.datasets:
+        with tempfile.TemporaryDirectory() as tmp:
+            work = Path(tmp)
+            paths = dep.write_party_csvs(work / "data", 1, dataset=ds)
+            with dep.LocalDeployment(work / "flwr", dep.node_configs(paths)) as d:
+                for tag, count in (("one exchange per round", args.rounds), ("default (one exchange)", None)):
+                    before = _load()
+                    t0 = time.perf_counter()
+                    res = d.run_app({"dataset.name": "csv", "num_rounds": args.rounds,
+                                     "exchange.count": "null" if count is None else count},
+                                    work / f"out-{count}", timeout=args.timeout)
+                    wall = time.perf_counter() - t0
+                    recs = res["rounds"]
+                    rows.append({"dataset": ds, "tag": tag, "wall": round(wall, 1), "exchanges": len(recs),
+                                 "setup": round(res["flower"]["setup_seconds"], 1),
+                                 "messages": sum(r["messages"] for r in recs) + res["flower"]["setup_messages"],
+                                 "bytes": sum(v for r in recs for k, v in r.items() if k.startswith("bytes/"))
+                                 + sum(res["flower"]["setup_bytes"].values()),
+                                 "accuracy": res["final"]["accuracy"], "load": f"{before} -> {_load()}"})
+                    print(json.dumps(rows[-1]), flush=True)
+    lines = ["| dataset | run | exchanges | `flwr run` to results | setup | messages | bytes | test accuracy | load |",
+             "|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['tag']} | {r['exchanges']} | {r['wall']:.1f} s | {r['setup']:.1f} s | "
+                     f"{r['messages']} | {r['bytes'] / 2**20:.2f} MiB | {r['accuracy']:.4f} | {r['load']} |")
+    print("\n".join(lines))
+    if args.out:
+        with open(args.out, "a") as fh:
+            for r in rows:
+                fh.write(json.dumps(r) + "\n")
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = ap.add_subparsers(dest="what", required=True)
+    a = sub.add_parser("accuracy")
+    a.add_argument("--datasets", nargs="+", default=["adult", "digits", "fashion_mnist"])
+    a.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.05])
+    a.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    a.add_argument("--exchanges", nargs="+", type=int, default=[1, 2, 3, 5, 10])
+    a.add_argument("--passes", type=int, default=3, help="exchange.passive_passes of the x<E> runs")
+    a.add_argument("--schedule", default="even", help="exchange.schedule of the x<E> runs")
+    a.add_argument("--no-baselines", action="store_true", help="only the x<E> runs with E < num_rounds")
+    a.add_argument("--suffix", default="", help="appended to the x<E> tags (e.g. -p3-even)")
+    a.add_argument("--workers", type=int, default=2)
+    a.add_argument("--out", default="benchmarks/exchanges.jsonl")
+    d = sub.add_parser("deploy")
+    d.add_argument("--datasets", nargs="+", default=["digits", "adult"])
+    d.add_argument("--rounds", type=int, default=20)
+    d.add_argument("--timeout", type=float, default=1200.0)
+    d.add_argument("--out", default="benchmarks/exchanges_deploy.jsonl")
+    args = ap.parse_args()
+    accuracy(args) if args.what == "accuracy" else deploy(args)
+
+
+if __name__ == "__main__":
+    main()
