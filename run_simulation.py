@@ -36,7 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line
 from flwr_vproto.config import Config, ConfigError, config_from_dict
-from flwr_vproto.results import format_elapsed, format_round, format_summary, write_results
+from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
 from flwr_vproto.sweeps import (
     SweepError,
     available_cores,
@@ -288,7 +288,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     results = (run_flower if cfg.engine == "flower" else run_local)(cfg, runner, out)
     try:
         if metric != "accuracy":  # the engines select by validation accuracy (the default); reselect by AUC
-            results["final"] = select_by(results.get("rounds") or [], metric)
+            results["final"] = select_by(per_round(results), metric)
         score = validation_score(results, metric)
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None

@@ -91,7 +91,7 @@ def _kill_and_resume(workdir: Path) -> dict:
     ckdir = workdir / "server-checkpoints"
     run_config = {"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 3, "dataset.aligned_fraction": 0.2,
                   "method.batch_size": 64, "checkpoint.dir": str(ckdir), "checkpoint.every": 1,
-                  "app.timeout": KILL_TIMEOUT}
+                  "exchange.count": 3, "app.timeout": KILL_TIMEOUT}  # one exchange per round: 3 checkpoints
     dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, None, workdir / "parties"), env=ENV)
     out: dict = {"paths": paths, "ckdir": ckdir, "parties": workdir / "parties"}
     try:
@@ -209,8 +209,9 @@ def test_a_killed_passive_supernode_stops_the_run_naming_it_and_a_resumed_run_fi
     results = out["results"]
     assert results["flower"]["resumed_from_round"] == last and [r["round"] for r in results["rounds"]] == [1, 2, 3]
     cfg = config_from_dict({"num_rounds": 3, "engine": "inprocess", "method": {"batch_size": 64},
-                            "dataset": {"name": "csv", "num_passive": 1, "aligned_fraction": 0.2,
-                                        "csv": {"paths": out["paths"]}}})
+                            "exchange": {"count": 3}, "dataset": {"name": "csv", "num_passive": 1,
+                                                                  "aligned_fraction": 0.2,
+                                                                  "csv": {"paths": out["paths"]}}})
     for got, want in zip(results["rounds"], run_inprocess(cfg)["rounds"], strict=True):
         for key, value in want.items():
             if key != "seconds":
