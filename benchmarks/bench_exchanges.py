@@ -61,7 +61,7 @@ def run_one(job: dict) -> dict:
 
 
 def variants(rounds: int, counts: list[int], passes: int, schedule: str, baselines: bool = True,
-             suffix: str = "") -> dict[str, dict]:
+             suffix: str = "", reach: float | None = None) -> dict[str, dict]:
     """Tag -> config overrides of one (dataset, fraction, seed) cell (``suffix``: of the ``x<E>`` tags, to compare
     local-work settings in one file)."""
     out: dict[str, dict] = {
@@ -70,7 +70,8 @@ def variants(rounds: int, counts: list[int], passes: int, schedule: str, baselin
         "local": {"method": {"name": "local"}},
     } if baselines else {}
     for e in [*counts, *([rounds] if baselines else [])]:
-        local_work = {"passive_passes": passes, "schedule": schedule} if e < rounds else {}
+        local_work = {"passive_passes": passes, "schedule": schedule,
+                      **({} if reach is None else {"passive_reach": reach})} if e < rounds else {}
         out[f"x{e}{suffix}"] = {"exchange": {"count": e, **local_work}, **NONE}
     return out
 
@@ -82,7 +83,7 @@ def accuracy(args: argparse.Namespace) -> None:
         for frac in args.fractions:
             for seed in args.seeds:
                 for tag, conf in variants(rounds, sorted(set(args.exchanges)), args.passes, args.schedule,
-                                          not args.no_baselines, args.suffix).items():
+                                          not args.no_baselines, args.suffix, args.reach).items():
                     jobs.append({"tag": tag, "dataset": ds, "fraction": frac, "seed": seed, "rounds": rounds,
                                  "config": conf})
     rows = run_pending(Path(args.out), jobs, run_one, args.workers)
@@ -161,6 +162,7 @@ def main() -> None:
     a.add_argument("--exchanges", nargs="+", type=int, default=[1, 2, 3, 5, 10])
     a.add_argument("--passes", type=int, default=3, help="exchange.passive_passes of the x<E> runs")
     a.add_argument("--schedule", default="even", help="exchange.schedule of the x<E> runs")
+    a.add_argument("--reach", type=float, default=None, help="exchange.passive_reach of the x<E> runs")
     a.add_argument("--no-baselines", action="store_true", help="only the x<E> runs with E < num_rounds")
     a.add_argument("--suffix", default="", help="appended to the x<E> tags (e.g. -p3-even)")
     a.add_argument("--workers", type=int, default=2)

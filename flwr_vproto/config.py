@@ -168,7 +168,8 @@ class MethodConfig:
     passive_pretrain: str = "dae"
     # ... and at least this many optimiser steps (epochs raised to reach it), so a small passive is not starved
     # (5 epochs of digits' 679 rows are 15 steps). null = auto: 500 when no gradient row ever reaches the passive
-    # (defence.release_rounds=0, the default: pre-training is all it learns), else 0. Measured in BENCHMARKS.md §9.
+    # (defence.release_rounds=0, the default: pre-training is all it learns) or when exchanges train several rounds
+    # each (few gradient messages: exchange.*), else 0. Measured in BENCHMARKS.md §9 and §10.
     passive_pretrain_min_steps: int | None = None
     # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
     # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).

@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import defences, privacy
+from flwr_vproto import defences, exchanges, privacy
 from flwr_vproto import prototypes as P
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
@@ -59,7 +59,7 @@ from flwr_vproto.method.losses import (
 from flwr_vproto.method.scores import classification_scores
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
 
-PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with no gradient rows (BENCHMARKS §9)
+PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with few or no gradient rows (§9, §10)
 
 
 @dataclass
@@ -222,11 +222,14 @@ class PassiveParty(_Party):
 
     def _pretrain_epochs(self) -> int:
         """``method.passive_pretrain_epochs``, raised to reach ``passive_pretrain_min_steps`` optimiser steps (auto:
-        500 when no gradient row will ever reach this party, whose pre-training is then all it learns; else 0)."""
+        500 when no gradient row will ever reach this party, whose pre-training is then all it learns, or when it
+        gets fewer gradient messages than rounds (``exchange.count < num_rounds``: a few messages cannot make up for
+        a short pre-training, BENCHMARKS §10); else 0, the method as designed, one gradient message per round)."""
         m = self.cfg.method
         floor = m.passive_pretrain_min_steps
         if floor is None:
-            floor = PRETRAIN_STEPS_WITHOUT_ROWS if defences.planned_releases(self.cfg) == 0 else 0
+            few = defences.planned_releases(self.cfg) == 0 or exchanges.blockwise(self.cfg)
+            floor = PRETRAIN_STEPS_WITHOUT_ROWS if few else 0
         per_epoch = max(num_batches(len(self.data.train), m.batch_size), 1)
         return max(m.passive_pretrain_epochs, math.ceil(floor / per_epoch))
 

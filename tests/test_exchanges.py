@@ -149,3 +149,15 @@ def test_one_exchange_resumes_from_its_checkpoint_to_the_same_numbers(tmp_path):
     resumed = run_inprocess(config_from_dict({**cfg.to_dict(), "resume": True}))
     assert _no_seconds(resumed["rounds"]) == _no_seconds(full["rounds"])
     assert resumed["local_rounds"] == full["local_rounds"] and resumed["final"] == full["final"]
+
+
+def test_the_one_shot_extreme_releases_nothing_whatever_the_defence_and_the_summary_says_so():
+    cfg = config_from_dict({"defence": {"release_rounds": None}, "method": {"lambda_passive": 1.0},
+                            "exchange": {"count": 1}})
+    assert defences.planned_releases(cfg) == 0
+    summary = defences.defence_summary(cfg, [])
+    assert summary["defence"]["label_free"] and summary["defence"]["every_byte_epsilon"] == 0.0
+    assert "one exchange: the passives never hear back" in defences.describe(summary)
+    # and what the active party replies to its one exchange carries no gradient, prototype or gate
+    res = run_inprocess(small_cfg(rounds=3, exchange={"count": 1}, method_extra={"lambda_passive": 1.0}))
+    assert res["defence"]["label_free"] and len(res["rounds"]) == 1 and len(res["local_rounds"]) == 3
