@@ -36,6 +36,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line
 from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
 from flwr_vproto.sweeps import (
     SweepError,
@@ -127,7 +128,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
         "init_args": init_args,
     }
     _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
-         f"PSI, then {cfg.num_rounds} rounds")
+         f"PSI, then {cfg.num_rounds} rounds in {exchange_count(cfg)} message exchange(s)")
     client_app = make_client_app(cfg, model_dir, _active_secret(runner))
     run_simulation(server_app=make_server_app(strategy, errors=failed), client_app=client_app,
                    num_supernodes=cfg.dataset.num_passive + 1, backend_config=backend,

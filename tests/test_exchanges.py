@@ -161,3 +161,11 @@ def test_the_one_shot_extreme_releases_nothing_whatever_the_defence_and_the_summ
     # and what the active party replies to its one exchange carries no gradient, prototype or gate
     res = run_inprocess(small_cfg(rounds=3, exchange={"count": 1}, method_extra={"lambda_passive": 1.0}))
     assert res["defence"]["label_free"] and len(res["rounds"]) == 1 and len(res["local_rounds"]) == 3
+
+
+def test_progress_names_the_rounds_an_exchange_trained():
+    from flwr_vproto.results import format_round
+
+    rec = {"round": 2.0, "exchange/first_round": 8.0, "exchange/last_round": 14.0, "val/accuracy": 0.9, "seconds": 3.0}
+    assert format_round(rec, 20).startswith("round  14/20 (exchange 2: rounds 8-14)")
+    assert format_round({"round": 3.0, "seconds": 1.0}, 20).startswith("round   3/20 |")
