@@ -39,7 +39,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from flwr_vproto.checks import check_inputs, full_errors, party_error_line
+from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
 from flwr_vproto.config import Config, ConfigError, config_from_dict
 from flwr_vproto.results import format_elapsed, format_round, format_summary, write_results
 from flwr_vproto.sweeps import (
@@ -53,6 +53,7 @@ from flwr_vproto.sweeps import (
     select_by,
     validation_score,
 )
+from flwr_vproto.threads import apply_default_threads, torch_threads
 
 
 def _config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
@@ -170,18 +171,33 @@ def _active_secret(runner: dict[str, Any]) -> bytes | None:
     return parse_secret(runner.get("active_secret"), "runner.active_secret")
 
 
-def _bound_job(runner: dict[str, Any]) -> None:
-    """Under a parallel launcher, hold this job to its share of the cores (``runner.threads``, null = the rule of
-    :func:`flwr_vproto.sweeps.job_threads`), so N jobs at once do not oversubscribe the machine."""
-    threads = runner.get("threads")
+def _bound_job(cfg: Config, runner: dict[str, Any]) -> str:
+    """Choose and apply this job's threads (:mod:`flwr_vproto.threads`); return how they were chosen, for
+    results.json (``""``: left as they are).
+
+    ``runner.threads=N``, else under a parallel launcher its share of the cores (:func:`flwr_vproto.sweeps.job_threads`,
+    so N jobs at once do not oversubscribe the machine): torch, BLAS/OpenMP and the Ray cluster of a Flower job are
+    held to it. Else ``engine=inprocess`` gets the measured default (one thread) unless the user set
+    ``OMP_NUM_THREADS``; ``engine=flower`` is left to Ray (``runner.client_num_cpus`` per party).
+    """
+    threads, how = runner.get("threads"), "runner.threads"
     if threads is None:
         launcher = OmegaConf.to_container(HydraConfig.get().launcher, resolve=False)
         threads = job_threads(launcher) if HydraConfig.get().mode == RunMode.MULTIRUN else None  # type: ignore[arg-type]
+        how = "launcher"
     if threads is not None:
-        if int(threads) < 1:
-            raise SystemExit(f"config error: runner.threads must be >= 1 or null, got {threads}")
-        runner["threads"] = int(threads)
-        bound_threads(int(threads))
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 1:
+            raise SystemExit(f"config error: runner.threads must be an integer >= 1 or null, got {threads!r}")
+        runner["threads"] = threads
+        bound_threads(threads)
+        return how
+    if cfg.engine == "inprocess":
+        threads = apply_default_threads()
+        if threads is None:
+            return "OMP_NUM_THREADS"
+        runner["threads"] = threads
+        return "default"
+    return ""
 
 
 def _check_config(cfg: Config, runner: dict[str, Any], out: Path) -> str:
@@ -211,18 +227,10 @@ def _header(cfg: Config, out: Path, cores: str) -> str:
 
 def _one_line(err: BaseException) -> SystemExit:
     """A user-facing failure as one line (the full traceback only with HYDRA_FULL_ERROR=1)."""
-    from flwr_vproto.checkpoint import CheckpointError
-    from flwr_vproto.data import DataError
-    from flwr_vproto.protocol import ProtocolError
-    from flwr_vproto.psi import PSIError
-
-    if isinstance(err, DataError | PSIError):
-        return SystemExit(f"data error: {err}")
-    if isinstance(err, CheckpointError):
-        return SystemExit(f"checkpoint error: {err}")
-    if isinstance(err, ProtocolError):
+    kind = user_error_kind(err)
+    if kind == "party":
         return SystemExit(party_error_line(err))
-    return SystemExit(f"config error: {err}")
+    return SystemExit(f"{kind or 'config error'}: {err}")
 
 
 def _remove_if_unused(out: Path) -> None:
@@ -264,12 +272,7 @@ def main(dcfg: DictConfig) -> float:
         _remove_if_unused(out)
         if isinstance(err, SystemExit | KeyboardInterrupt) or full_errors():
             raise
-        from flwr_vproto.checkpoint import CheckpointError
-        from flwr_vproto.data import DataError
-        from flwr_vproto.protocol import ProtocolError
-        from flwr_vproto.psi import PSIError
-
-        if isinstance(err, DataError | PSIError | CheckpointError | ProtocolError | ConfigError):
+        if user_error_kind(err) is not None:
             raise _one_line(err) from None
         raise
 
@@ -278,7 +281,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     cfg, runner = _config(dcfg)
     metric = _check_config(cfg, runner, out)
     _active_secret(runner)  # a malformed secret fails here, before any data or engine
-    _bound_job(runner)
+    threads_by = _bound_job(cfg, runner)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
     if cfg.audit.record and cfg.audit.dir is None:  # default: this run's folder
@@ -302,11 +305,9 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
     results["selection"] = {"metric": metric, "val_score": score}
-    if runner.get("threads"):  # what a launched job was held to (README "Sweeps": launchers)
-        import torch
-
-        results["job"] = {"threads": runner["threads"], "torch_threads": torch.get_num_threads(),
-                          "cores": available_cores()}
+    if threads_by:  # what the job was held to (README "Threads", "Sweeps": launchers)
+        results["job"] = {"threads": runner.get("threads"), "torch_threads": torch_threads(),
+                          "cores": available_cores(), "by": threads_by}
     audit_line = None
     if cfg.audit.record:  # score what the passives received (python -m flwr_vproto.audit does the same later)
         from flwr_vproto.audit import audit_folder

@@ -125,12 +125,10 @@ def job_threads(launcher: Mapping[str, Any] | None, cores: int | None = None,
 
 def bound_threads(threads: int) -> None:
     """Hold this job (torch, BLAS/OpenMP, and the Ray workers it starts, which inherit the environment) to
-    ``threads`` cores."""
-    import torch
+    ``threads`` cores (:func:`flwr_vproto.threads.bound_threads`)."""
+    from flwr_vproto.threads import bound_threads as bound
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    torch.set_num_threads(threads)
+    bound(threads)
 
 
 def optuna_defaults(seed: int = 0) -> bool:
