@@ -135,8 +135,8 @@ def optuna_defaults(seed: int = 0) -> bool:
     """Re-register the Optuna sweeper's config with this project's defaults: ``direction: maximize``, TPE with
     ``seed``, ``n_jobs: 1`` (trials per batch; raise it with a parallel launcher). Everything stays overridable.
 
-    A ``conf/hydra/sweeper/optuna.yaml`` cannot do this: a file with the plugin's name is matched against its
-    schema, which Hydra 1.3 refuses. Returns whether the plugin is installed.
+    A ``flwr_vproto/conf/hydra/sweeper/optuna.yaml`` cannot do this: a file with the plugin's name is matched
+    against its schema, which Hydra 1.3 refuses. Returns whether the plugin is installed.
     """
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins
