@@ -757,4 +757,7 @@ def format_summary(summary: Mapping[str, float], strongest_attack: Mapping[str, 
 
 
 if __name__ == "__main__":
+    from flwr_vproto.threads import apply_default_threads
+
+    apply_default_threads()  # one thread unless OMP_NUM_THREADS says otherwise (README "Threads")
     raise SystemExit(main())

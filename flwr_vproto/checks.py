@@ -1,11 +1,14 @@
 """Checks before any engine starts, and one-line error messages for the user.
 
-``run_simulation.py`` calls :func:`check_inputs` before Ray (``engine=flower``) or the in-process trainer starts: every
-party's data is loaded with the loaders' own checks (:mod:`flwr_vproto.data`: a missing or unreadable file, no ID or
-label column, duplicate IDs, empty/NaN cells, values that cannot be encoded, each raised as a ``DataError`` naming
-the file and the column) and the overlap of IDs that private set intersection will find is counted (too few aligned
-training users, or no validation or test user in every party's data, would stop the run after PSI). A bad input
-thus fails in seconds with one line, e.g. ``data error: bank.csv: column 'x' has 1 empty/NaN value(s) ...``.
+``run_simulation.py`` (:mod:`flwr_vproto.cli`) calls :func:`check_inputs` before Ray (``engine=flower``) or the
+in-process trainer starts. It first checks that every file the run names exists (:func:`check_files`), before the
+loaders import pandas, scikit-learn and torch (seconds on an idle machine, tens of seconds on a busy one), so a
+mistyped path fails at once. Then every party's data is loaded with the loaders' own checks
+(:mod:`flwr_vproto.data`: an unreadable file, no ID or label column, duplicate IDs, empty/NaN cells, values that
+cannot be encoded, each raised as a ``DataError`` naming the file and the column) and the overlap of IDs that
+private set intersection will find is counted (too few aligned training users, or no validation or test user in
+every party's data, would stop the run after PSI). A bad input thus fails in seconds with one line, e.g.
+``data error: bank.csv: column 'x' has 1 empty/NaN value(s) ...``.
 
 In a deployment the driver cannot see the parties' files; each SuperNode's error comes back wrapped in Flower's
 reply (``<class '...DataError'>:<'...'>``, under Ray a whole traceback with colour codes).
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 import re
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -34,9 +38,26 @@ def _names(paths: list[str]) -> str:
     return ", ".join(os.path.basename(p) for p in paths)
 
 
+def check_files(cfg: Config) -> None:
+    """Raise ``DataError`` (the loader's own message) for a ``dataset.csv.paths`` file that does not exist.
+
+    Only the standard library and :mod:`flwr_vproto.data.types` (numpy) are imported here: the loaders' imports cost
+    seconds, which a typo in a path should not have to wait for.
+    """
+    from flwr_vproto.data.types import DataError
+
+    if cfg.dataset.name != "csv":
+        return
+    for path in cfg.dataset.csv.paths:
+        file = Path(path)
+        if not file.is_file():  # the same line as flwr_vproto.data.csv_files.read_csv_text
+            raise DataError(f"CSV file not found: {path}" if not file.exists() else f"not a file: {path}")
+
+
 def check_inputs(cfg: Config) -> dict[str, Any]:
     """Load every party's data as the engines will and count the aligned users; raise ``DataError`` if the run
     would fail on its inputs. Returns ``{"aligned": {split: count}}`` (the overlap PSI will find)."""
+    check_files(cfg)  # before the loaders' imports
     from flwr_vproto.data import DataError, load_vertical_dataset
 
     ds = load_vertical_dataset(cfg)  # every file: exists, parses, ID/label columns, duplicates, NaN, encodable
@@ -88,6 +109,28 @@ def unwrap_reason(reason: str) -> tuple[str, str]:
 
 _PARTY = re.compile(r"^(active|passive\d+): ")  # a ClientApp's data errors start with its party name
 _FAILED = re.compile(r"^(?P<who>.+?) failed during (?P<where>.+?): (?P<reason>.*?)(?: \(error code \d+\))?$", re.S)
+
+
+_USER_ERRORS = (("flwr_vproto.data.types", "DataError", "data error"), ("flwr_vproto.psi", "PSIError", "data error"),
+                ("flwr_vproto.checkpoint", "CheckpointError", "checkpoint error"),
+                ("flwr_vproto.protocol", "ProtocolError", None), ("flwr_vproto.config", "ConfigError", "config error"))
+
+
+def user_error_kind(err: BaseException) -> str | None:
+    """What a failure is to the user: ``"data error"``, ``"checkpoint error"``, ``"config error"``, ``"party"`` (a
+    party failed: :func:`party_error_line`) or ``None`` (a bug: keep the traceback).
+
+    Looks the error classes up only in modules already imported: an error of a module that was never imported cannot
+    have been raised, and importing :mod:`flwr_vproto.checkpoint` or :mod:`flwr_vproto.protocol` just to ask would
+    load torch (a second or more) after a bad path has already been found.
+    """
+    import sys
+
+    for module, name, kind in _USER_ERRORS:
+        loaded = sys.modules.get(module)
+        if loaded is not None and isinstance(err, getattr(loaded, name)):
+            return kind or "party"
+    return None
 
 
 def party_error_line(err: BaseException) -> str:

@@ -329,4 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    from flwr_vproto.threads import apply_default_threads
+
+    apply_default_threads()  # one thread unless OMP_NUM_THREADS says otherwise (README "Threads")
     raise SystemExit(main())

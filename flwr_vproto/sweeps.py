@@ -125,20 +125,18 @@ def job_threads(launcher: Mapping[str, Any] | None, cores: int | None = None,
 
 def bound_threads(threads: int) -> None:
     """Hold this job (torch, BLAS/OpenMP, and the Ray workers it starts, which inherit the environment) to
-    ``threads`` cores."""
-    import torch
+    ``threads`` cores (:func:`flwr_vproto.threads.bound_threads`)."""
+    from flwr_vproto.threads import bound_threads as bound
 
-    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
-        os.environ[var] = str(threads)
-    torch.set_num_threads(threads)
+    bound(threads)
 
 
 def optuna_defaults(seed: int = 0) -> bool:
     """Re-register the Optuna sweeper's config with this project's defaults: ``direction: maximize``, TPE with
     ``seed``, ``n_jobs: 1`` (trials per batch; raise it with a parallel launcher). Everything stays overridable.
 
-    A ``conf/hydra/sweeper/optuna.yaml`` cannot do this: a file with the plugin's name is matched against its
-    schema, which Hydra 1.3 refuses. Returns whether the plugin is installed.
+    A ``flwr_vproto/conf/hydra/sweeper/optuna.yaml`` cannot do this: a file with the plugin's name is matched
+    against its schema, which Hydra 1.3 refuses. Returns whether the plugin is installed.
     """
     from hydra.core.config_store import ConfigStore
     from hydra.core.plugins import Plugins

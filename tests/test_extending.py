@@ -139,7 +139,7 @@ def test_the_fields_survive_flowers_run_config_and_hydra():
     sys.path.insert(0, str(REPO))
     from run_simulation import _config
 
-    with initialize_config_dir(config_dir=os.fspath(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=os.fspath(REPO / "flwr_vproto" / "conf"), version_base=None):
         got, _ = _config(compose("config", [
             f"model.encoder_target={{_target_: {ENCODER['_target_']}, width: 32, depth: 1}}",
             f"model.top_target={{_target_: {TOP['_target_']}, width: 16}}",

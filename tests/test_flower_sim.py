@@ -222,13 +222,13 @@ def test_hydra_configs_compose_to_valid_configs():
     sys.path.insert(0, str(REPO))
     from run_simulation import _config
 
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "flwr_vproto" / "conf"), version_base=None):
         cfg, runner = _config(compose("config"))
         # the yaml defaults are Config's defaults, but for digits' own num_rounds (conf/dataset/digits.yaml)
         assert cfg == config_from_dict({"num_rounds": 40}) and runner["timeout"] > 0
         for group, section in (("dataset", "dataset"), ("model", "model"), ("method", "method"),
                                ("defence", "defence")):
-            for option in (REPO / "conf" / group).glob("*.yaml"):  # every field listed, so every field overridable
+            for option in (REPO / "flwr_vproto" / "conf" / group).glob("*.yaml"):  # every field listed, so overridable
                 listed = set(compose("config", [f"{group}={option.stem}"])[section])
                 assert listed == set(getattr(cfg, section).__dataclass_fields__), (option, listed)
         for method in ("vproto", "vanilla", "local", "centralized"):

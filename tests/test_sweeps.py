@@ -106,7 +106,7 @@ def test_shipped_search_space_names_real_options_around_the_default():
     from run_simulation import _config, optuna_defaults
 
     optuna_defaults()
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(REPO / "flwr_vproto" / "conf"), version_base=None):
         default = compose("config")
         hpo = compose("config", ["+hpo=vproto"], return_hydra_config=True)
     sweeper = hpo.hydra.sweeper
