@@ -101,6 +101,14 @@ def test_flwr_run_wrapper_finds_the_superlink_among_flwr_runs_arguments():
     assert flwr_run.superlink_of([".", "--stream", "--run-config=a=1"]) == []
 
 
+def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
+    log = ("\x1b[92mINFO \x1b[0m:      Start `flwr-serverapp` process\n\x1b[91mERROR \x1b[0m:     data error: active "
+           "(node 7) during discovery: /d/a.csv: no label column 'nope'\n\n")
+    err = deploy.RunFailed(7, "finished:failed", log)
+    assert err.line == "data error: active (node 7) during discovery: /d/a.csv: no label column 'nope'"
+    assert str(err).splitlines()[0] == f"run 7 ended (finished:failed) without results: {err.line}"
+
+
 # ------------------------------------------------------------------------------------------- loopback (slow)
 def _last_line(text: str) -> str:
     """The last line that says something: ANSI colours removed (Flower colours its level names), and Flower's empty
