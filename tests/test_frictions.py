@@ -133,25 +133,26 @@ def test_printed_flwr_run_form_trains_and_a_failed_run_exits_1_with_its_error_la
         dep.start()
         env = dep._env("cli")
 
-        def wrapped(extra: str) -> subprocess.CompletedProcess:
+        def wrapped(config: str) -> subprocess.CompletedProcess:
             return subprocess.run([sys.executable, str(REPO / "scripts" / "flwr_run.py"), flwr[2], "loopback",
-                                   "--run-config", f"{run_config} {extra}"], env=env, capture_output=True,
-                                  text=True, timeout=300, cwd=tmp_path)
+                                   "--run-config", config], env=env, capture_output=True, text=True, timeout=300,
+                                  cwd=tmp_path)
 
-        ok = wrapped(f"num_rounds=1 method.batch_size=64 app.output-dir=\"{tmp_path / 'results'}\"")
+        ok = wrapped(f"{run_config} num_rounds=1 method.batch_size=64 app.output-dir=\"{tmp_path / 'results'}\"")
         assert ok.returncode == 0 and (tmp_path / "results" / "results.json").exists(), ok.stdout[-3000:]
         assert "aligned training users" in _last_line(ok.stdout), ok.stdout[-2000:]
 
-        bad = "dataset.csv.label_column=\"nope\""
+        bad = run_config.replace('label_column="defaulted"', 'label_column="nope"')
+        assert bad != run_config
         data = wrapped(bad)
         assert data.returncode == 1, data.stdout[-3000:]
         assert re.match(r"ERROR\s*:\s+data error: active \(node \d+\) during discovery: \S+active\.csv: the active "
                         r"party's file has no label column 'nope'", _last_line(data.stdout)), data.stdout[-3000:]
-        config = wrapped("method.name=\"nope\"")
+        config = wrapped(f"{run_config} method.name=\"nope\"")
         assert config.returncode == 1, config.stdout[-3000:]
         assert re.match(r"ERROR\s*:\s+config error: invalid method.name='nope'", _last_line(config.stdout)), \
             config.stdout[-3000:]
-        plain = subprocess.run(["flwr", "run", flwr[2], "loopback", "--stream", "--run-config", f"{run_config} {bad}"],
+        plain = subprocess.run(["flwr", "run", flwr[2], "loopback", "--stream", "--run-config", bad],
                                env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
         assert plain.returncode == 0 and "data error: active" in _last_line(plain.stdout), plain.stdout[-3000:]
     finally:
