@@ -101,6 +101,27 @@ def test_flwr_run_wrapper_finds_the_superlink_among_flwr_runs_arguments():
     assert flwr_run.superlink_of([".", "--stream", "--run-config=a=1"]) == []
 
 
+def test_the_serverapp_keeps_flowers_report_of_its_failure_out_of_the_log():
+    """After the one line, Flower's traceback of that very exception and its exit message are dropped; any other
+    record, and everything before a failure, passes."""
+    import logging
+
+    from flwr_vproto.config import ConfigError
+    from flwr_vproto.server_app import OneLineFailure
+
+    def record(msg: str, exc: BaseException | None = None, level: int = logging.ERROR) -> logging.LogRecord:
+        return logging.LogRecord("flwr", level, __file__, 1, msg, (), (type(exc), exc, None) if exc else None)
+
+    f = OneLineFailure()
+    exit_msg = record("Exit Code: 201\nAn unhandled exception occurred in the ServerApp.")
+    assert f.filter(exit_msg)  # no failure reported yet: Flower's own exits are kept
+    err = f.fail("config error: invalid method.name='nope'", ConfigError)
+    assert isinstance(err, ConfigError) and str(err) == "config error: invalid method.name='nope'"
+    assert not f.filter(record("ServerApp raised an exception", err)) and not f.filter(exit_msg)
+    assert f.filter(record("ServerApp raised an exception", ValueError("other")))
+    assert f.filter(record("Failed to push task output: timeout"))
+
+
 def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
     log = ("\x1b[92mINFO \x1b[0m:      Start `flwr-serverapp` process\n\x1b[91mERROR \x1b[0m:     data error: active "
            "(node 7) during discovery: /d/a.csv: no label column 'nope'\n\n")
