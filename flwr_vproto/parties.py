@@ -40,6 +40,7 @@ from flwr_vproto.method.calibration import (
     fit_combine_weight,
     fit_pseudo_gates,
     majority_share,
+    trusted_combine_weight,
 )
 from flwr_vproto.method.extra import LossBatch, extra_loss_total, load_extra_losses
 from flwr_vproto.method.joint import JointLogits, joint_logits
@@ -746,8 +747,8 @@ class ActiveParty(_Party):
         probs = self.predict_proba("val", passive_embeddings)
         if c.combine_weight == "auto" and "joint" in probs and "local" in probs:
             w = fit_combine_weight(probs["joint"], probs["local"], y)
-            if w is not None:
-                self._auto_weight = w
+            if w is not None:  # shrunk toward 0.5 on a few dozen validation rows (calibration.py says why)
+                self._auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
         if self.gated:
             self._fit_gates(passive_embeddings, y)
         metrics: dict[str, float] = {}

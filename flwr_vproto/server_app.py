@@ -13,7 +13,11 @@ The log ends with the run's summary (:func:`flwr_vproto.results.format_summary`,
 ``results-2.json`` beside it. When a party fails (a SuperNode's bad data file, say), the log's last line is one line
 naming the party, the phase and the party's own message (``data error: passive1 (node 7) during discovery:
 /data/shop.csv: column 'x' has 1 empty/NaN value(s) ...``; :func:`flwr_vproto.checks.party_error_line`), not the
-ClientApp's wrapped traceback.
+ClientApp's wrapped traceback. A config error in the run-config ends the log the same way (``config error: ...``).
+Either way the ServerApp then raises, so the run's status is ``finished:failed`` (``flwr ls``), and Flower's own
+report of that exception (its traceback and ``Exit Code: 201 ...``) is left out of the log (:class:`OneLineFailure`):
+the one line stays the last. ``flwr run --stream`` itself exits 0 whatever the run's status in Flower 1.42;
+``scripts/flwr_run.py`` is ``flwr run --stream`` that exits 1 when the run failed (scripts/README.md).
 """
 
 from __future__ import annotations
@@ -26,6 +30,8 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from flwr_vproto.checks import party_error_line
+from flwr_vproto.config import ConfigError
+from flwr_vproto.data.types import DataError
 from flwr_vproto.protocol import ProtocolError
 from flwr_vproto.query import predict_over_grid
 from flwr_vproto.results import format_summary, prediction_metrics, write_results
@@ -33,6 +39,45 @@ from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.strategy import VerticalProtoStrategy
 
 log = logging.getLogger("flwr")
+
+
+class OneLineFailure(logging.Filter):
+    """Keeps a failed run's one-line error the last line of its log.
+
+    Why: Flower 1.42 logs every exception a ServerApp raises with its traceback ("ServerApp raised an exception",
+    or "Simulation raised an exception" under ``flwr run`` in simulation) and then its exit message
+    (``Exit Code: 201 ...``), both through the ``flwr`` logger, after the app's own last line. Raising is still
+    needed: it is what makes the run's status ``finished:failed``. Once :meth:`fail` has logged the line, this
+    filter drops exactly those two records for that exception, and nothing else.
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reported: BaseException | None = None
+
+    def fail(self, line: str, kind: type[Exception] = ProtocolError) -> Exception:
+        """Log ``line`` and return the exception to raise (its message is the line: the run's status details)."""
+        log.error("%s", line)
+        self.reported = kind(line)
+        return self.reported
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if self.reported is None:
+            return True
+        if record.exc_info and record.exc_info[1] is self.reported:
+            return False
+        return not (record.levelno >= logging.ERROR and str(record.msg).startswith("Exit Code: "))
+
+
+def _one_line_failure() -> OneLineFailure:
+    """The filter on the ``flwr`` logger for this ServerApp process (one per process, reset for each run)."""
+    for f in log.filters:
+        if isinstance(f, OneLineFailure):
+            f.reported = None
+            return f
+    f = OneLineFailure()
+    log.addFilter(f)
+    return f
 
 
 def make_server_app(strategy: VerticalProtoStrategy | None = None,
@@ -54,12 +99,15 @@ def make_server_app(strategy: VerticalProtoStrategy | None = None,
                     raise
                 errors.append(err)
             return
+        failure = _one_line_failure()
         try:
             _deployed(grid, context)
         except ProtocolError as err:  # one line naming the party and its own message, then fail the run
-            line = party_error_line(err)
-            log.error("%s", line)
-            raise ProtocolError(line) from None
+            raise failure.fail(party_error_line(err)) from None
+        except ConfigError as err:  # the run-config itself (checked before any message is sent)
+            raise failure.fail(f"config error: {' '.join(str(err).split())}", ConfigError) from None
+        except DataError as err:
+            raise failure.fail(f"data error: {' '.join(str(err).split())}", DataError) from None
 
     return app
 

@@ -19,11 +19,17 @@ Files: ``<out>/<table>.active.csv``, ``<out>/<table>.passive1.csv``, ... Cells a
 with leading zeros, ``NA`` tokens and all), apart from surrounding spaces, which the loader strips too. The split
 is keyed by ``--seed``: the printed command passes it as ``dataset.csv.split_seed``, so training seeds can be swept
 over the same files.
+
+It prints two ways to train on the files, both with absolute paths so they work from any directory: a deployment
+(``flwr run``: each party's SuperNode with its ``--node-config``, then the run-config, which must name the ID and
+label columns and the split seed, since a SuperNode reads only its own ``data-path``) and one process
+(``python -m flwr_vproto ...``, the Hydra command of ``run_simulation.py``), the last line.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from dataclasses import dataclass, field
@@ -52,7 +58,9 @@ class SplitResult:
     paths: list[Path]  # active first
     columns: list[list[str]]  # feature columns per party
     counts: dict[str, int] = field(default_factory=dict)  # users per role
-    command: str = ""  # the run_simulation.py command that trains on the files
+    command: str = ""  # the Hydra command (``python -m flwr_vproto ...``) that trains on the files
+    node_configs: list[str] = field(default_factory=list)  # each party's SuperNode --node-config (active first)
+    run_config: str = ""  # the --run-config of ``flwr run`` on those SuperNodes
 
 
 def _read(table: str) -> pd.DataFrame:
@@ -89,11 +97,15 @@ def _feature_split(features: list[str], active_columns: list[str] | None, active
     return [active] + [list(block) for block in np.array_split(np.array(rest, dtype=object), passives)]
 
 
+HYDRA_PROGRAM = "python -m flwr_vproto"  # what run_simulation.py does, from any directory (the package's __main__)
+
+
 def hydra_command(paths: list[Path], id_column: str, label_column: str, seed: int, val_fraction: float,
                   test_fraction: float) -> str:
-    """The ``run_simulation.py`` command line that trains on ``paths`` with the split they were written for."""
+    """The Hydra command line (``python -m flwr_vproto``, as ``run_simulation.py``) that trains on ``paths`` with
+    the split they were written for."""
     listed = ",".join('"' + str(p.resolve()).replace('"', '\\"') + '"' for p in paths)
-    parts = ["python run_simulation.py", "dataset=csv", f"dataset.num_passive={len(paths) - 1}",
+    parts = [HYDRA_PROGRAM, "dataset=csv", f"dataset.num_passive={len(paths) - 1}",
              shlex.quote(f"dataset.csv.paths=[{listed}]"), shlex.quote(f"dataset.csv.id_column={id_column}"),
              shlex.quote(f"dataset.csv.label_column={label_column}"), f"dataset.csv.split_seed={seed}"]
     if val_fraction != _DEFAULTS.val_fraction:
@@ -101,6 +113,52 @@ def hydra_command(paths: list[Path], id_column: str, label_column: str, seed: in
     if test_fraction != _DEFAULTS.test_fraction:
         parts.append(f"dataset.test_fraction={test_fraction}")
     return " ".join(parts)
+
+
+def toml_string(value: str, option: str) -> str:
+    """``value`` as a TOML string that Flower's ``--run-config``/``--node-config`` parser keeps whole.
+
+    Why this care: Flower splits those options with a regular expression that ends a double-quoted value at the
+    first ``"`` (escaped or not), so a value is written as a basic string (``"..."``, JSON escapes) when it holds no
+    double quote, else as a literal string (``'...'``, no escapes) when it holds no single quote.
+    """
+    if '"' not in value and "\n" not in value:
+        return json.dumps(value)
+    if "'" not in value and "\n" not in value:
+        return f"'{value}'"
+    raise SplitError(f"{option}: {value!r} holds both quote characters (or a line break), which Flower's "
+                     f"--run-config/--node-config cannot carry; rename it")
+
+
+def flwr_node_configs(paths: list[Path]) -> list[str]:
+    """Each party's SuperNode ``--node-config`` (active first): its role, index and its own file, absolute."""
+    return [f'role="{"active" if i == 0 else "passive"}" party-index={i} '
+            f'data-path={toml_string(str(p.resolve()), "--out")}' for i, p in enumerate(paths)]
+
+
+def flwr_run_config(num_passive: int, id_column: str, label_column: str, seed: int, val_fraction: float,
+                    test_fraction: float) -> str:
+    """The ``flwr run --run-config`` for these files: every ``dataset.*`` option whose value differs from the
+    run-config's defaults (``[tool.flwr.app.config]``), i.e. everything :func:`hydra_command` sets except the
+    paths, which each SuperNode's node-config ``data-path`` gives."""
+    parts = ['dataset.name="csv"', f"dataset.num_passive={num_passive}",
+             f"dataset.csv.id_column={toml_string(id_column, '--id')}",
+             f"dataset.csv.label_column={toml_string(label_column, '--label')}", f"dataset.csv.split_seed={seed}"]
+    if val_fraction != _DEFAULTS.val_fraction:
+        parts.append(f"dataset.val_fraction={val_fraction}")
+    if test_fraction != _DEFAULTS.test_fraction:
+        parts.append(f"dataset.test_fraction={test_fraction}")
+    return " ".join(parts)
+
+
+def app_dir() -> str:
+    """The flwr_vproto app (the folder with its ``pyproject.toml``) that ``flwr run`` sends, absolute; a
+    placeholder when the package is installed without its checkout."""
+    root = Path(__file__).resolve().parents[1]
+    toml = root / "pyproject.toml"
+    if toml.is_file() and 'name = "flwr-vproto"' in toml.read_text(encoding="utf-8"):
+        return str(root)
+    return "<your flwr_vproto checkout>"
 
 
 def split_table(
@@ -161,19 +219,20 @@ def split_table(
     out_dir = Path(out)
     out_dir.mkdir(parents=True, exist_ok=True)
     stem = Path(table).name.removesuffix(".csv").removesuffix(".CSV")
-    paths = []
-    for p, cols in enumerate(columns):
+    paths = [out_dir / f"{stem}.{'active' if p == 0 else f'passive{p}'}.csv" for p in range(len(columns))]
+    node_configs = flwr_node_configs(paths)  # before writing: a path Flower's node-config cannot carry is refused
+    run_config = flwr_run_config(passives, id_column, label_column, seed, val_fraction, test_fraction)
+    for p, (cols, path) in enumerate(zip(columns, paths, strict=True)):
         rows = np.sort(np.concatenate([shared, aligned_rows, rest[bounds[p]:bounds[p + 1]]]))
         keep = [id_column, *cols, *([label_column] if p == 0 else [])]
-        path = out_dir / f"{stem}.{'active' if p == 0 else f'passive{p}'}.csv"
         frame.iloc[rows][keep].to_csv(path, index=False)
-        paths.append(path)
     counts = {"users": len(frame), "test": int((split == "test").sum()), "val": int((split == "val").sum()),
               "train": len(train), "aligned": n_aligned,
               **{f"nonaligned_{'active' if p == 0 else f'passive{p}'}": int(bounds[p + 1] - bounds[p])
                  for p in range(passives + 1)}}
     command = hydra_command(paths, id_column, label_column, seed, val_fraction, test_fraction)
-    return SplitResult(paths=paths, columns=columns, counts=counts, command=command)
+    return SplitResult(paths=paths, columns=columns, counts=counts, command=command,
+                       node_configs=node_configs, run_config=run_config)
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -211,7 +270,12 @@ def main(argv: list[str] | None = None) -> int:
           f"file")
     for path, cols in zip(res.paths, res.columns, strict=True):
         print(f"  {path}: {len(cols)} feature column(s)")
-    print("Train on them with:")
+    print("Train on them in a deployment (flwr run; scripts/README.md): start each party's SuperNode with")
+    for path, node_config in zip(res.paths, res.node_configs, strict=True):
+        print(f"  --node-config {shlex.quote(node_config)}    # {path.name}")
+    print("then")
+    print(f"  flwr run {shlex.quote(app_dir())} <superlink> --stream --run-config {shlex.quote(res.run_config)}")
+    print("Or in one process (Flower simulation; add engine=inprocess for the in-process engine):")
     print(f"  {res.command}")
     return 0
 

@@ -4,6 +4,7 @@ Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py``, and ru
 
     python scripts/local_deployment.py --passives 1 --rounds 2        # digits split into per-party CSV files
     python scripts/local_deployment.py --tls                          # TLS + SuperNode authentication
+    python scripts/local_deployment.py --set dataset.csv.label_column=nope   # a failed run: exit 1, its error line
 
 Every process gets its own ``FLWR_HOME``; telemetry, update checks and runtime dependency installation are off
 (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation`` on the
@@ -20,6 +21,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -88,6 +90,18 @@ def write_party_csvs(folder: Path, num_passive: int = 1, seed: int = 0, max_trai
         frame.to_csv(path, index=False)
         paths.append(str(path))
     return paths
+
+
+class RunFailed(RuntimeError):
+    """A run that ended without results; ``line`` is its log's last line (for flwr_vproto: its one-line error)."""
+
+    def __init__(self, run_id: int, status: str, log: str) -> None:
+        self.run_id, self.status, self.log = run_id, status, log
+        said = [ln for ln in (re.sub(r"\x1b\[[0-9;]*m", "", ln).strip() for ln in log.splitlines())
+                if re.sub(r"^[A-Z]+\s*:", "", ln).strip()]
+        self.line = re.sub(r"^[A-Z]+\s*:\s*", "", said[-1]) if said else "(empty log)"
+        super().__init__(f"run {run_id} ended ({status or 'status unknown'}) without results: {self.line}\n"
+                         f"ServerApp log:\n{log[-4000:]}")
 
 
 @dataclass
@@ -235,8 +249,7 @@ class LocalDeployment:
         if not target.exists():
             time.sleep(1.0)  # the file is written just before the run finishes; give the filesystem a beat
             if not target.exists():
-                raise RuntimeError(f"run {run_id} ended ({status}) without results; ServerApp log:\n"
-                                   f"{self.log(run_id)[-4000:]}")
+                raise RunFailed(run_id, status, self.log(run_id))
         return json.loads(target.read_text())
 
     def submit(self, run_config: dict[str, Any], results_dir: Path, app: Path = REPO) -> int:
@@ -326,12 +339,15 @@ def node_configs(paths: list[str], model_dir: Path | None = None, checkpoint_roo
     return out
 
 
-def main() -> None:
+def main() -> int:
+    """Run one deployment; 0 when the run completed, 1 (its last log line on stderr) when it failed."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--passives", type=int, default=1)
     parser.add_argument("--rounds", type=int, default=2)
     parser.add_argument("--method", default="vproto")
     parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed after")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="a run-config override (JSON value, else a string), e.g. --set num_rounds=1; repeatable")
     parser.add_argument("--tls", action="store_true",
                         help="TLS and SuperNode authentication (certificates and keys from scripts/make_certs.py)")
     args = parser.parse_args()
@@ -344,10 +360,25 @@ def main() -> None:
 
         made = make_certs(tmp / "certs", supernodes=[f"party{i}" for i in range(len(paths))], force=True)
         tls, keys = tmp / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
+    run_config: dict[str, Any] = {"dataset.name": "csv", "dataset.num_passive": args.passives,
+                                  "num_rounds": args.rounds, "method.name": args.method}
+    for item in args.set:
+        key, sep, value = item.partition("=")
+        if not sep:
+            parser.error(f"--set {item!r}: expected KEY=VALUE")
+        try:
+            run_config[key] = json.loads(value)
+        except ValueError:
+            run_config[key] = value  # a bare string
     with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models"), tls, keys) as dep:
         t0 = time.perf_counter()
-        results = dep.run_app({"dataset.name": "csv", "dataset.num_passive": args.passives,
-                               "num_rounds": args.rounds, "method.name": args.method}, tmp / "results")
+        try:
+            results = dep.run_app(run_config, tmp / "results")
+        except RunFailed as err:  # exit 1 with the run's own last line (its one-line error), as flwr_run.py does
+            print(str(err).splitlines()[0], file=sys.stderr)
+            if args.workdir is None:
+                shutil.rmtree(tmp, ignore_errors=True)
+            return 1
     from flwr_vproto.results import format_round, format_summary
 
     for rec in results["rounds"]:
@@ -357,7 +388,8 @@ def main() -> None:
     print(f"finished in {time.perf_counter() - t0:.1f} s; results and models in {tmp}")
     if args.workdir is None:
         shutil.rmtree(tmp, ignore_errors=True)
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

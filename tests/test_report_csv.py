@@ -45,8 +45,8 @@ def _split_and_sweep(table: Path, aligned: float, sweeps: Path) -> tuple[int, Pa
     assert proc.returncode == 0, proc.stderr
     announced = int(re.search(r"(\d+) of \d+ training users aligned", proc.stdout).group(1))
     command = shlex.split(proc.stdout.strip().splitlines()[-1])
-    assert command[:2] == ["python", "run_simulation.py"], command
-    command = [sys.executable, str(REPO / "run_simulation.py"), "-m", *command[2:], "engine=inprocess",
+    assert command[:3] == ["python", "-m", "flwr_vproto"], command  # run_simulation.py does the same
+    command = [sys.executable, str(REPO / "run_simulation.py"), "-m", *command[3:], "engine=inprocess",
                f"method={','.join(METHODS)}", "seed=0,1", "num_rounds=2", "runner.save_models=false",
                "method.lr=0.03", f"hydra.sweep.dir={sweeps / out.name}"]
     proc = subprocess.run(command, cwd=table.parent, env=ENV, capture_output=True, text=True, check=False,

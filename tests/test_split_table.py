@@ -79,8 +79,8 @@ def test_round_trip_through_dataset_csv(tmp_path, capsys, aligned):
 
     # The printed command names the files, columns and split seed, and Hydra parses it.
     command = printed.strip().splitlines()[-1].strip()
-    assert command.startswith("python run_simulation.py dataset=csv dataset.num_passive=1 ")
-    overrides = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(shlex.split(command)[2:])}
+    assert command.startswith("python -m flwr_vproto dataset=csv dataset.num_passive=1 ")
+    overrides = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(shlex.split(command)[3:])}
     assert overrides["dataset.csv.paths"] == [str(p.resolve()) for p in paths]
     assert overrides["dataset.csv.id_column"] == "user_id" and overrides["dataset.csv.label_column"] == "label"
     assert overrides["dataset.csv.split_seed"] == 7
