@@ -22,7 +22,7 @@ the active party gets all of them in a :class:`ToActive`, trains the exchange's 
 carries the active party's reply to the next exchange's passive messages; what it releases is decided in
 :func:`active_step` alone:
 
-* nothing after the last round (it would never be used);
+* nothing after the last exchange (it would never be used);
 * second prototypes (and the gates) only when a passive uses them (``method.shares_prototypes``);
 * on evaluation rounds, calibration on the validation rows (:meth:`ActiveParty.calibrate`) comes before scoring
   validation and test rows, and before the pseudo-label thresholds are read.
