@@ -215,7 +215,7 @@ def test_curves_mark_the_best_validation_round(tmp_path, monkeypatch):
     data["final"]["best_round"] = 2.0
     (tmp_path / "a" / "results.json").write_text(json.dumps(data))
     figures = []
-    monkeypatch.setattr(report, "_save", lambda plt, fig, path: figures.append(fig))
+    monkeypatch.setattr(report.plots, "_save", lambda plt, fig, path: figures.append(fig))
     report.plot_accuracy_per_round(load_runs([tmp_path]), tmp_path)
     (fig,) = figures
     stars = [ln for ln in fig.axes[0].lines if ln.get_marker() == "*" and len(ln.get_xdata())]
