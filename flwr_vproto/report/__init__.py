@@ -61,9 +61,11 @@ from .plots import (
 from .tables import (
     GAP_METHODS,
     RowKey,
+    best_trials,
     gap_closed,
     groups,
     markdown_table,
+    method_tables,
     ordered_tags,
     repeated_seeds,
     split_engines,
@@ -72,9 +74,9 @@ from .tables import (
 )
 
 __all__ = [
-    "GAP_METHODS", "LabelRun", "ReportError", "RowKey", "Run", "Trial", "csv_dataset_name", "gap_closed", "groups",
-    "is_labels_file", "label_cells", "label_rows", "label_tables", "load_label_runs", "load_runs", "load_trials",
-    "main", "markdown_table", "ordered_tags", "plot_accuracy_per_round", "plot_accuracy_vs_aligned",
-    "plot_label_tradeoff", "plot_pseudo_labels", "plot_trials", "repeated_seeds", "slim_history", "split_engines",
-    "summary_rows", "trials_table", "write_label_report", "write_report",
+    "GAP_METHODS", "LabelRun", "ReportError", "RowKey", "Run", "Trial", "best_trials", "csv_dataset_name",
+    "gap_closed", "groups", "is_labels_file", "label_cells", "label_rows", "label_tables", "load_label_runs",
+    "load_runs", "load_trials", "main", "markdown_table", "method_tables", "ordered_tags", "plot_accuracy_per_round",
+    "plot_accuracy_vs_aligned", "plot_label_tradeoff", "plot_pseudo_labels", "plot_trials", "repeated_seeds",
+    "slim_history", "split_engines", "summary_rows", "trials_table", "write_label_report", "write_report",
 ]

@@ -12,7 +12,7 @@ from typing import Any
 from .labels import is_labels_file, write_label_report
 from .load import ReportError, _optuna_result, load_runs, load_trials
 from .plots import plot_accuracy_per_round, plot_accuracy_vs_aligned, plot_pseudo_labels, plot_trials
-from .tables import _best_first, markdown_table, repeated_seeds, summary_rows, trials_table
+from .tables import _best_first, best_trials, markdown_table, method_tables, repeated_seeds, summary_rows
 
 
 def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]:
@@ -26,7 +26,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
     leak = write_label_report(labels, out) if labels else None
     if leak and not paths:
         return {"runs": leak["runs"], "rows": [], "files": leak["files"], "trials": [], "best_trials": "",
-                "labels": leak["tables"]}
+                "labels": leak["tables"], "tables": ""}
     runs = load_runs(paths)
     out.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(runs)
@@ -48,13 +48,13 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
     best = ""
     files = [out / "summary.md", out / "summary.csv"]
     if len(trials) > 1:  # a sweep: its trials by the score it optimised
-        best = trials_table(trials, top=10)
+        best = best_trials(trials, top=10)
         pd.DataFrame([{"sweep": t.sweep, "trial": t.number, "val_score": t.val_score, "metric": t.metric,
                        "test_accuracy": t.test_accuracy, "test_auc": t.test_auc, **t.params}
                       for t in _best_first(trials)]).to_csv(out / "trials.csv", index=False, float_format="%.6g")
         optuna = _optuna_result(paths)
         (out / "trials.md").write_text("\n".join([f"# Trials by validation score ({len(trials)} trials)", "",
-                                                 *optuna, *([""] if optuna else []), trials_table(trials, None)])
+                                                 *optuna, *([""] if optuna else []), best_trials(trials, None)])
                                        + "\n")
         plots.insert(0, plot_trials(trials, out))
         files += [out / "trials.md", out / "trials.csv"]
@@ -64,7 +64,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return {"runs": len(runs) + (leak["runs"] if leak else 0), "rows": rows,
             "files": [*files, *plots, *(leak["files"] if leak else [])], "trials": trials, "best_trials": best,
-            "labels": leak["tables"] if leak else ""}
+            "labels": leak["tables"] if leak else "", "tables": method_tables(runs)}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -81,10 +81,15 @@ def main(argv: list[str] | None = None) -> int:
         rep = write_report(args.paths, out)
     except ReportError as err:
         raise SystemExit(f"report: {err}") from None
+    # What summary.md leads with, per dataset: each dataset's method table, then (a sweep) each dataset's best trials.
+    if rep["tables"]:
+        print(rep["tables"] + "\n")
+    if rep["best_trials"]:
+        per = ", per dataset" if len({t.dataset for t in rep["trials"]}) > 1 else ""
+        print(f"best trials by validation score{per} (of {len(rep['trials'])}; all: trials.md):\n"
+              f"{rep['best_trials']}\n")
     if rep["labels"]:
         print(rep["labels"])
-    if rep["best_trials"]:
-        print(f"best trials by validation score (of {len(rep['trials'])}):\n{rep['best_trials']}")
     print(f"{rep['runs']} runs -> " + ", ".join(str(f) for f in rep["files"]))
     return 0
 

@@ -233,6 +233,8 @@ class Trial:
     test_accuracy: float
     test_auc: float
     params: dict[str, str]
+    # what its rows are ranked within: scores of two datasets are not comparable (csv: the active file's stem)
+    dataset: str = ""
 
 
 def _job_overrides(job_dir: Path) -> dict[str, str]:
@@ -252,6 +254,13 @@ def _val_score(data: Mapping[str, Any]) -> tuple[float, str]:
     if "val_score" in sel:
         return float(sel["val_score"]), str(sel.get("metric", "accuracy"))
     return float((data.get("final") or {}).get("val_accuracy", math.nan)), "accuracy"
+
+
+def _dataset_of(data: Mapping[str, Any]) -> str:
+    """The dataset a results.json trained on, named as the method table names it (csv: :func:`csv_dataset_name`)."""
+    cfg = data.get("config") if isinstance(data, Mapping) else None
+    name = str(((cfg or {}).get("dataset") or {}).get("name") or "") if isinstance(cfg, Mapping) else ""
+    return csv_dataset_name(cfg) if name == "csv" else name
 
 
 def load_trials(paths: Iterable[str | Path]) -> list[Trial]:
@@ -279,7 +288,7 @@ def load_trials(paths: Iterable[str | Path]) -> list[Trial]:
             final = data.get("final") or {}
             trials.append(Trial(str(sweep), n, score, metric, float(final.get("accuracy", math.nan)),
                                 float(final.get("auc", math.nan)),
-                                {k: overrides[n][k] for k in varying if k in overrides[n]}))
+                                {k: overrides[n][k] for k in varying if k in overrides[n]}, _dataset_of(data)))
     return trials
 
 

@@ -148,6 +148,11 @@ def _short(value: str) -> str:
     return value if number.is_integer() or len(value) <= 6 else f"{number:.4g}"
 
 
+def _score(value: float) -> str:
+    """A score cell: 4 decimals, or ``—`` where the trial has none (``nan`` says nothing a reader can use)."""
+    return f"{value:.4f}" if math.isfinite(value) else "—"
+
+
 def trials_table(trials: list[Trial], top: int | None = 10) -> str:
     """Markdown: the ``top`` trials by validation score (``None``: all), with test scores and parameters."""
     ranked = _best_first(trials)[:top] if top else _best_first(trials)
@@ -158,9 +163,43 @@ def trials_table(trials: list[Trial], top: int | None = 10) -> str:
             *(["test AUC"] if auc else []), "parameters"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for rank, t in enumerate(ranked, start=1):
-        cells = [str(rank), *([t.sweep] if sweeps else []), str(t.number), f"{t.val_score:.4f}",
-                 f"{t.test_accuracy:.4f}", *([f"{t.test_auc:.4f}"] if auc else []),
+        cells = [str(rank), *([t.sweep] if sweeps else []), str(t.number), _score(t.val_score),
+                 _score(t.test_accuracy), *([_score(t.test_auc)] if auc else []),
                  " ".join(f"{k}={_short(v)}" for k, v in t.params.items()) or "—"]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
+
+def best_trials(trials: list[Trial], top: int | None = 10) -> str:
+    """The ``top`` trials by validation score of each dataset, one table per dataset (``None``: all trials).
+
+    Two datasets' validation scores are not comparable, so one ranking never mixes them, and each table has a test
+    AUC column only when its own trials have one (a multi-class dataset has none). Trials of one dataset: just
+    :func:`trials_table`, with no heading.
+    """
+    datasets = sorted({t.dataset for t in trials})
+    if len(datasets) <= 1:
+        return trials_table(trials, top)
+    parts = []
+    for ds in datasets:
+        mine = [t for t in trials if t.dataset == ds]
+        shown = f"best {top} of {len(mine)}" if top and top < len(mine) else f"{len(mine)}"
+        parts += [f"**{ds or '?'}** ({shown} trials):", "", trials_table(mine, top), ""]
+    return "\n".join(parts).rstrip("\n")
+
+
+def method_tables(runs: list[Run]) -> str:
+    """The method table of ``summary.md``, one table per dataset: what ``python -m flwr_vproto.report`` prints.
+
+    One table per dataset keeps each table to the methods that dataset has, and the test AUC table is printed only
+    for a dataset whose runs recorded an AUC (a binary task), so no column is a row of ``nan``/``—``.
+    """
+    out = ["Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
+           "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.", ""]
+    for ds in sorted({r.dataset for r in runs}):
+        mine = [r for r in runs if r.dataset == ds]
+        out += [f"{ds} ({len(mine)} runs):", markdown_table(mine), ""]
+        with_auc = [r for r in mine if "auc" in r.final]
+        if with_auc:
+            out += [f"{ds}, test AUC:", markdown_table(with_auc, "auc"), ""]
+    return "\n".join(out).rstrip("\n")
