@@ -22,7 +22,7 @@ import importlib.util
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, MutableMapping
 from pathlib import Path
 from types import ModuleType
 
@@ -53,7 +53,7 @@ def _threads_from(value: str | None) -> int | None:
     return n if n > 0 else None
 
 
-def apply_thread_policy(environ: dict[str, str] | os._Environ[str] = os.environ) -> int:
+def apply_thread_policy(environ: MutableMapping[str, str] = os.environ) -> int:
     """One thread per test process unless the user chose: set ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to 1 where
     unset (subprocesses inherit them) and torch's intra-op threads to ``OMP_NUM_THREADS``. Returns torch's count."""
     for name in THREAD_VARIABLES:
