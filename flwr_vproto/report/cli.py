@@ -12,11 +12,24 @@ from typing import Any
 from .labels import is_labels_file, write_label_report
 from .load import ReportError, _optuna_result, load_runs, load_trials
 from .plots import plot_accuracy_per_round, plot_accuracy_vs_aligned, plot_pseudo_labels, plot_trials
-from .tables import _best_first, best_trials, markdown_table, method_tables, repeated_seeds, summary_rows
+from .tables import (
+    TABLE_NOTE,
+    _best_first,
+    best_trials,
+    markdown_table,
+    method_tables,
+    repeated_seeds,
+    summary_rows,
+)
 
 
 def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]:
-    """Read the runs under ``paths``; write ``summary.md``, ``summary.csv`` and the PNG plots into ``out``."""
+    """Read the runs under ``paths``; write ``summary.md``, ``summary.csv`` and the PNG plots into ``out``.
+
+    Returns what was written (``files``, ``rows``, ``trials``) and what :func:`main` prints: ``tables`` (each
+    dataset's method table), ``best_trials`` (each dataset's best trials of a sweep) and ``labels`` (the label
+    report's tables), so a caller can show the same without parsing the files.
+    """
     import pandas as pd
 
     paths = list(paths)
@@ -31,10 +44,7 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     rows = summary_rows(runs)
     pd.DataFrame(rows).to_csv(out / "summary.csv", index=False, float_format="%.6g")
-    md = [f"# Report: {len(runs)} runs from {', '.join(map(str, paths))}", "",
-          "Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
-          "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.", "",
-          markdown_table(runs)]
+    md = [f"# Report: {len(runs)} runs from {', '.join(map(str, paths))}", "", TABLE_NOTE, "", markdown_table(runs)]
     repeats = repeated_seeds(runs)
     for line in repeats:
         print(f"report: warning: {line}", file=sys.stderr)

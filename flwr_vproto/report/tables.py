@@ -11,6 +11,9 @@ from typing import Any
 from .load import Run, Trial
 
 GAP_METHODS = ("vproto", "vanilla", "local", "centralized")
+# What the method table's cells are: the line above it in summary.md and in the printed report.
+TABLE_NOTE = ("Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
+              "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.")
 
 
 def _mean_std(values: list[float]) -> tuple[float, float]:
@@ -194,8 +197,7 @@ def method_tables(runs: list[Run]) -> str:
     One table per dataset keeps each table to the methods that dataset has, and the test AUC table is printed only
     for a dataset whose runs recorded an AUC (a binary task), so no column is a row of ``nan``/``—``.
     """
-    out = ["Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
-           "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.", ""]
+    out = [TABLE_NOTE, ""]
     for ds in sorted({r.dataset for r in runs}):
         mine = [r for r in runs if r.dataset == ds]
         out += [f"{ds} ({len(mine)} runs):", markdown_table(mine), ""]
