@@ -1,13 +1,15 @@
 """What every test module shares: the thread policy of the test process, and the helpers several files use.
 
-**Threads.** PyTorch runs one intra-op thread per core by default. On a small machine that another job shares (2
-cores, one other busy process), those threads fight the other job for the cores and the fast subset crawls (11 min
-48 s against about 2 min with ``OMP_NUM_THREADS=1``). So, unless the user set them: torch gets one intra-op thread,
-and ``OMP_NUM_THREADS`` / ``MKL_NUM_THREADS`` are ``1`` in ``os.environ`` so that the processes the tests start
-(``run_simulation.py`` sweeps, Ray workers) inherit the same bound. A value the user set is kept, torch's too. The
-numbers the tests assert do not depend on it (the engines seed every round; tests that compare a Ray simulation with
-the in-process engine already allow for different thread counts). It is applied in :func:`pytest_configure`, not
-at import, so a benchmark that imports these helpers (``benchmarks/bench_wire.py``) keeps its own threads.
+**Threads.** PyTorch runs one intra-op thread per core by default. On a small machine that other jobs share, those
+threads wait for cores the other jobs hold and the tests crawl (the fast subset: 11 min 48 s against about 2 min
+with ``OMP_NUM_THREADS=1``). So the test process follows the package's own policy (``flwr_vproto/threads.py``,
+README "Threads") from the start: unless the user set ``OMP_NUM_THREADS``, torch and the BLAS/OpenMP pools get one
+thread, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` are 1 in ``os.environ``, so the
+processes the tests start (``run_simulation.py`` sweeps, Ray workers) inherit the bound. A value the user set is
+kept. The numbers the tests assert do not depend on it (the engines seed every round; a Ray simulation is compared
+with the in-process engine with a tolerance for different thread counts). It is applied in
+:func:`pytest_configure`, not at import, so a benchmark that imports these helpers (``benchmarks/bench_wire.py``)
+keeps its own threads.
 
 **Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
 :func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
@@ -22,7 +24,7 @@ import importlib.util
 import os
 import sys
 import uuid
-from collections.abc import Callable, Iterable, MutableMapping
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from types import ModuleType
 
@@ -33,54 +35,41 @@ from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore.task_identity import TaskIdentity
 
+from flwr_vproto import threads
 from flwr_vproto.client_app import make_client_app
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.strategy import VerticalProtoStrategy
 
 REPO = Path(__file__).resolve().parents[1]
 SUPERLINK_NODE_ID = 1
-THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 
 
 # ---------------------------------------------------------------------------------------------------- threads
-def _threads_from(value: str | None) -> int | None:
-    """The thread count an ``OMP_NUM_THREADS``-style value asks for (``"4"``, or ``"4,2"`` for nested regions: the
-    outer one); None when unset or not a positive number."""
-    try:
-        n = int((value or "").split(",")[0])
-    except ValueError:
-        return None
-    return n if n > 0 else None
-
-
-def apply_thread_policy(environ: MutableMapping[str, str] = os.environ) -> int:
-    """One thread per test process unless the user chose: set ``OMP_NUM_THREADS``/``MKL_NUM_THREADS`` to 1 where
-    unset (subprocesses inherit them) and torch's intra-op threads to ``OMP_NUM_THREADS``. Returns torch's count."""
-    for name in THREAD_VARIABLES:
-        environ.setdefault(name, "1")
-    import torch
-
-    threads = _threads_from(environ.get("OMP_NUM_THREADS"))
-    if threads is not None and torch.get_num_threads() != threads:
-        torch.set_num_threads(threads)
-    return torch.get_num_threads()
-
-
 def pytest_configure(config: pytest.Config) -> None:
-    """Before any test module is collected (and imports torch through the package), bound the threads."""
-    apply_thread_policy()
+    """Before any test runs, the package's own policy (:func:`flwr_vproto.threads.apply_default_threads`, README
+    "Threads"): unless the user set ``OMP_NUM_THREADS``, torch, the BLAS/OpenMP pools already loaded and, through
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``, every process a test starts get one thread."""
+    threads.apply_default_threads()
 
 
 @pytest.fixture(autouse=True)
-def _torch_threads_restored() -> Iterable[None]:
-    """A test that changes torch's thread count (a sweep job bounding its threads in this process) leaves the next
-    test the count it found, so no test's speed depends on the order the tests ran in."""
+def _threads_restored() -> Iterator[None]:
+    """A test that changes the threads (``runner.threads=2``, a sweep job's share) leaves the next test torch's count
+    and the thread variables it found, so no test's speed or thread record depends on the order the tests ran in."""
     import torch
 
-    before = torch.get_num_threads()
+    count, env, recorded = torch.get_num_threads(), {v: os.environ.get(v) for v in threads.THREAD_VARS}, \
+        dict(threads._SET)
     yield
-    if torch.get_num_threads() != before:
-        torch.set_num_threads(before)
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    threads._SET.clear()
+    threads._SET.update(recorded)
 
 
 # ---------------------------------------------------------------------------------------------------- scripts

@@ -1,4 +1,5 @@
-"""The test suite's thread policy (tests/conftest.py): one thread per test process unless the user chose."""
+"""The test suite's thread policy (tests/conftest.py): the package's policy from the first test on, so the tests and
+the processes they start run on one thread unless the user chose."""
 
 from __future__ import annotations
 
@@ -7,27 +8,33 @@ import subprocess
 import sys
 
 import torch
-from conftest import apply_thread_policy
 
-
-def test_unset_variables_become_one_and_a_users_value_is_kept():
-    before = torch.get_num_threads()
-    try:
-        env = {"MKL_NUM_THREADS": "3"}
-        apply_thread_policy(env)
-        assert env == {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "3"} and torch.get_num_threads() == 1
-        env = {"OMP_NUM_THREADS": "2,1"}  # nested OpenMP levels: torch takes the outer one
-        apply_thread_policy(env)
-        assert env["MKL_NUM_THREADS"] == "1" and torch.get_num_threads() == 2
-    finally:
-        torch.set_num_threads(before)
+from flwr_vproto import threads
 
 
 def test_this_process_and_its_subprocesses_follow_the_policy():
-    """Under pytest the variables are set (to 1 unless the user set them) and torch uses OMP_NUM_THREADS threads;
-    a subprocess a test starts inherits them."""
-    assert {"OMP_NUM_THREADS", "MKL_NUM_THREADS"} <= set(os.environ)
-    assert torch.get_num_threads() == int(os.environ["OMP_NUM_THREADS"].split(",")[0])
-    out = subprocess.run([sys.executable, "-c", "import os; print(os.environ['OMP_NUM_THREADS'])"],
-                         capture_output=True, text=True, check=True).stdout.strip()
-    assert out == os.environ["OMP_NUM_THREADS"]
+    """Under pytest the thread variables are set (1 unless the user set OMP_NUM_THREADS), torch uses that many
+    threads, and a subprocess a test starts inherits them."""
+    users = threads.default_threads() is None  # the user's OMP_NUM_THREADS stands
+    want = os.environ["OMP_NUM_THREADS"] if users else "1"
+    assert all(os.environ.get(v) == want for v in (threads.THREAD_VARS if not users else ["OMP_NUM_THREADS"]))
+    assert torch.get_num_threads() == int(want.split(",")[0])
+    probe = "import os; print(os.environ['OMP_NUM_THREADS'], os.environ.get('MKL_NUM_THREADS'))"
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout.split()
+    assert out == [want, str(os.environ.get("MKL_NUM_THREADS"))]
+
+
+def test_a_test_that_changes_the_threads_changes_them_for_itself_only():
+    """What ``runner.threads=2`` does inside a test (:func:`flwr_vproto.threads.bound_threads`) is undone after it."""
+    before = (torch.get_num_threads(), {v: os.environ.get(v) for v in threads.THREAD_VARS})
+    threads.bound_threads(before[0] + 1)
+    assert torch.get_num_threads() == before[0] + 1
+
+    test_a_test_that_changes_the_threads_changes_them_for_itself_only.before = before  # read by the next test
+
+
+def test_the_previous_test_left_the_threads_as_it_found_them():
+    before = getattr(test_a_test_that_changes_the_threads_changes_them_for_itself_only, "before", None)
+    if before is None:  # run alone (-k): nothing to check
+        return
+    assert (torch.get_num_threads(), {v: os.environ.get(v) for v in threads.THREAD_VARS}) == before
