@@ -103,7 +103,7 @@ def test_checkpoint_options_are_validated(override, needle):
 
 def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_the_same_metrics(tmp_path):
     """Message protocol (real strategy, real ClientApp, in-process Grid): the active party dies in round 3."""
-    from test_flower_sim import InlineGrid, sim_nodes, small_cfg
+    from conftest import InlineGrid, sim_nodes, small_cfg
 
     from flwr_vproto import messages as M
     from flwr_vproto.client_app import make_client_app
@@ -140,7 +140,7 @@ def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_
 
 def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
     """method.pseudo_gate: the thresholds in transit are part of the server's checkpoint, like the prototypes."""
-    from test_flower_sim import InlineGrid, sim_nodes
+    from conftest import InlineGrid, sim_nodes
 
     from flwr_vproto.client_app import make_client_app
     from flwr_vproto.strategy import VerticalProtoStrategy

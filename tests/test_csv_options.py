@@ -4,12 +4,12 @@ does to the encoded rows, that the defaults change nothing, and that prediction 
 from __future__ import annotations
 
 import logging
-import sys
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import import_script
 
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.data import DataError, load_party, load_vertical_dataset
@@ -230,9 +230,9 @@ def test_centralized_on_csv_joins_the_users_every_file_holds(tmp_path):
 
 
 def test_prediction_fills_new_rows_as_training_did(tmp_path):
-    sys.path.insert(0, str(REPO))
     from flwr_vproto.predict import load_party_model, predict
-    from run_simulation import run_local
+
+    run_local = import_script("run_simulation").run_local
 
     paths = write_pair(tmp_path, n=400, holes={"f": ["NA", "", "NA", "", "NA", "", "NA", "", "NA", ""],
                                                 "city": ["", "", "", ""]})

@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import write_csvs
 
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.data import DataError, clear_cache, dataset_classes, load_party, load_vertical_dataset
@@ -278,26 +279,6 @@ def test_fashion_mnist_idx_reader_on_small_files(tmp_path):
 
 
 # --- csv -----------------------------------------------------------------------------------------------------------
-
-
-def write_csvs(tmp_path: Path, n: int = 300, seed: int = 0) -> list[str]:
-    """Active file (id, age, city, label) and passive file (id, spend, segment); users partly overlap."""
-    rng = np.random.default_rng(seed)
-    users = [f"cust-{k:04d}" for k in rng.permutation(n)]
-    active_users, passive_users = users[: int(0.8 * n)], users[int(0.4 * n):]
-    label = {u: ["no", "yes", "maybe"][k % 3] for k, u in enumerate(users)}
-    pd.DataFrame({
-        "id": active_users,
-        "age": rng.integers(18, 90, len(active_users)),
-        "city": rng.choice(["Paris", "Lyon", "Nice"], len(active_users)),
-        "label": [label[u] for u in active_users],
-    }).to_csv(tmp_path / "bank.csv", index=False)
-    pd.DataFrame({
-        "id": passive_users,
-        "spend": rng.normal(100, 30, len(passive_users)).round(2),
-        "segment": rng.choice(["a", "b"], len(passive_users)),
-    }).sample(frac=1, random_state=1).to_csv(tmp_path / "shop.csv", index=False)
-    return [str(tmp_path / "bank.csv"), str(tmp_path / "shop.csv")]
 
 
 def csv_cfg(paths: list[str], **extra):

@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from test_flower_sim import assert_same_history, run_inline, small_cfg
+from conftest import assert_same_history, run_inline, small_cfg
 
 from flwr_vproto import defences, exchanges
 from flwr_vproto import messages as M

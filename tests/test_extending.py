@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_flower_sim import assert_same_history, run_inline, small_cfg
+from conftest import assert_same_history, import_script, run_inline, small_cfg
 
 from flwr_vproto import run_config as RC
 from flwr_vproto.config import ConfigError, config_from_dict
@@ -136,8 +136,7 @@ def test_the_fields_survive_flowers_run_config_and_hydra():
     assert RC.run_config_from_config()["model.encoder_target"] == "null"
     from hydra import compose, initialize_config_dir
 
-    sys.path.insert(0, str(REPO))
-    from run_simulation import _config
+    _config = import_script("run_simulation")._config
 
     with initialize_config_dir(config_dir=os.fspath(REPO / "flwr_vproto" / "conf"), version_base=None):
         got, _ = _config(compose("config", [

@@ -10,8 +10,8 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
+from conftest import InlineGrid, sim_nodes, small_cfg
 from flwr.app import Array, ConfigRecord, Message
-from test_flower_sim import InlineGrid, sim_nodes, small_cfg
 
 from flwr_vproto import messages as M
 from flwr_vproto.client_app import make_client_app

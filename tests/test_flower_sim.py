@@ -12,16 +12,13 @@ import json
 import math
 import sys
 import tomllib
-import uuid
-from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Context, Error, Message, RecordDict
+from conftest import InlineGrid, assert_same_history, import_script, run_inline, sim_nodes, small_cfg
+from flwr.app import ConfigRecord, RecordDict
 from flwr.common.config import flatten_dict
-from flwr.serverapp import Grid
-from flwr.supercore.task_identity import TaskIdentity
 
 from flwr_vproto import messages as M
 from flwr_vproto import run_config as RC
@@ -33,103 +30,6 @@ from flwr_vproto.results import select_final
 from flwr_vproto.strategy import VerticalProtoStrategy
 
 REPO = Path(__file__).resolve().parents[1]
-SUPERLINK_NODE_ID = 1
-
-
-class InlineGrid(Grid):
-    """A Grid whose nodes run a ClientApp right here; each node keeps its own Context like a SuperNode does.
-
-    ``fault(msg, party_index) -> None | "drop" | "error" | "superlink-error"`` injects failures: a lost reply, an
-    error reply from the node, or the error reply a SuperLink sends for a dead node (from its own node ID).
-    """
-
-    def __init__(self, app, node_configs: list[dict], run_config: dict | None = None,
-                 fault: Callable[[Message, int], str | None] | None = None) -> None:
-        self.app, self.fault = app, fault
-        # What Flower's runtimes set before a ServerApp runs (the Message constructor reads it).
-        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, SUPERLINK_NODE_ID
-        self.contexts = {100 + i: Context(run_id=7, node_id=100 + i, node_config=nc, state=RecordDict(),
-                                          run_config=run_config or {}) for i, nc in enumerate(node_configs)}
-        self.index = {nid: i for i, nid in enumerate(self.contexts)}
-        self.replies: dict[str, Message] = {}
-        self.sent: list[Message] = []
-
-    def set_run(self, run) -> None:  # pragma: no cover - not used by the strategy
-        pass
-
-    @property
-    def run(self):  # pragma: no cover
-        raise NotImplementedError
-
-    def create_message(self, *args, **kwargs):  # pragma: no cover
-        raise NotImplementedError
-
-    def get_node_ids(self) -> Iterable[int]:
-        return list(self.contexts)
-
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        ids = []
-        for msg in messages:
-            mid = uuid.uuid4().hex
-            msg.metadata.__dict__["_message_id"] = mid
-            self.sent.append(msg)
-            nid = msg.metadata.dst_node_id
-            what = self.fault(msg, self.index[nid]) if self.fault else None
-            if what == "drop":
-                pass
-            elif what in ("error", "superlink-error"):
-                reply = Message(Error(code=0, reason="injected failure"), reply_to=msg)
-                if what == "superlink-error":
-                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
-                self.replies[mid] = reply
-            else:
-                try:
-                    self.replies[mid] = self.app(msg, self.contexts[nid])
-                except Exception as exc:  # what a SuperNode does: report the exception as an error reply
-                    self.replies[mid] = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
-            ids.append(mid)
-        return ids
-
-    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
-        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
-
-    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the strategy never uses it
-        raise NotImplementedError
-
-
-def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, method_extra: dict | None = None,
-              **extra):
-    methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,
-                                                        "combine_weight": 1.0}, "local": {"name": "local"}}
-    data = {"name": "digits", "aligned_fraction": 0.2, "num_passive": num_passive, "max_train_users": 500}
-    # The protocol's machinery with gradient rows every round (defence=none); the default sends none.
-    extra["defence"] = {"release_rounds": None, **extra.get("defence", {})}
-    return config_from_dict({"num_rounds": rounds, "eval_every": 2, "dataset": data,
-                             "method": {"batch_size": 64, **methods[method], **(method_extra or {})}, **extra})
-
-
-def sim_nodes(cfg) -> list[dict]:
-    return [{"partition-id": i, "num-partitions": cfg.dataset.num_passive + 1}
-            for i in range(cfg.dataset.num_passive + 1)]
-
-
-def run_inline(cfg, fault=None, nodes=None, timeout=30.0, secret=None, **kwargs):
-    strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, **kwargs)
-    grid = InlineGrid(make_client_app(cfg, active_secret=secret), nodes or sim_nodes(cfg), fault=fault)
-    result = strategy.start(grid=grid)
-    return strategy, result, grid
-
-
-def assert_same_history(flower: list[dict], reference: list[dict], rel: float = 0.0, abs_: float = 0.0) -> None:
-    """Every metric the in-process engine reports, round by round (the Flower engine adds traffic keys)."""
-    assert len(flower) == len(reference)
-    for got, want in zip(flower, reference, strict=True):
-        keys = set(want) - {"seconds"}
-        assert keys <= set(got), f"missing in flower: {sorted(keys - set(got))}"
-        for k in sorted(keys):
-            assert got[k] == pytest.approx(want[k], rel=rel, abs=abs_), (k, got["round"])
-
-
 # ------------------------------------------------------------------------------------------------ config plumbing
 def test_pyproject_run_config_lists_every_config_field_with_its_default():
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text())
@@ -219,8 +119,7 @@ def test_identity_from_node_config():
 def test_hydra_configs_compose_to_valid_configs():
     from hydra import compose, initialize_config_dir
 
-    sys.path.insert(0, str(REPO))
-    from run_simulation import _config
+    _config = import_script("run_simulation")._config
 
     with initialize_config_dir(config_dir=str(REPO / "flwr_vproto" / "conf"), version_base=None):
         cfg, runner = _config(compose("config"))
@@ -423,8 +322,8 @@ def test_centralized_is_inprocess_only_and_global_models_are_refused():
 @pytest.mark.slow
 def test_flower_simulation_matches_inprocess(tmp_path):
     """The real thing: Ray-backed Flower simulation, K=2 passives, against the in-process engine."""
-    sys.path.insert(0, str(REPO))
-    from run_simulation import run_flower, run_local
+    run_simulation = import_script("run_simulation")
+    run_flower, run_local = run_simulation.run_flower, run_simulation.run_local
 
     cfg = small_cfg("vproto", rounds=3, num_passive=2)
     runner = {"timeout": 120, "client_num_cpus": 1}

@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import import_script
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -24,9 +25,8 @@ from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.split_table import main
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO / "scripts"))
-import flwr_run  # noqa: E402
-import local_deployment as deploy  # noqa: E402
+flwr_run = import_script("scripts/flwr_run")
+deploy = import_script("scripts/local_deployment")
 
 
 def write_table(path: Path, n: int = 500, seed: int = 0) -> pd.DataFrame:

@@ -6,17 +6,15 @@ active-only users given passive features, unlabelled rows kept) would make that 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
-
 import numpy as np
 import pytest
+from conftest import import_script
 
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.data import load_vertical_dataset
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
-from bench_label_reference import joined_rows, train_reference  # noqa: E402
+_bench = import_script("benchmarks/bench_label_reference")
+joined_rows, train_reference = _bench.joined_rows, _bench.train_reference
 
 
 def _cfg(**dataset):

@@ -136,7 +136,9 @@ SECRET = bytes(range(32))
 
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
 def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method):
-    from test_flower_sim import M, assert_same_history, run_inline, small_cfg
+    from conftest import assert_same_history, run_inline, small_cfg
+
+    from flwr_vproto import messages as M
 
     def cfg(name, **defence):
         return small_cfg(method, rounds=3, defence=defence, audit={"record": True, "dir": str(tmp_path / name)})
@@ -330,7 +332,7 @@ def test_with_the_noised_labels_held_fixed_no_true_label_changes_a_byte_a_passiv
 
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
 def test_label_dp_gives_the_same_numbers_in_both_engines(method):
-    from test_flower_sim import assert_same_history, run_inline, small_cfg
+    from conftest import assert_same_history, run_inline, small_cfg
 
     cfg = small_cfg(method, rounds=3, defence={"label_epsilon": 1.0})
     strategy, _, _ = run_inline(cfg, secret=SECRET)

@@ -6,13 +6,13 @@ from __future__ import annotations
 import logging
 import re
 import shutil
-import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
 import pandas as pd
 import pytest
+from conftest import InlineGrid, import_script, sim_nodes, small_cfg, write_csvs
 
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.data.csv_files import split_of
@@ -20,13 +20,7 @@ from flwr_vproto.data.types import DataError
 from flwr_vproto.predict import load_party_model, main, predict
 
 REPO = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(REPO))
-sys.path.insert(0, str(REPO / "tests"))
-
-from test_data import write_csvs  # noqa: E402
-from test_flower_sim import InlineGrid, sim_nodes, small_cfg  # noqa: E402
-
-from run_simulation import run_local  # noqa: E402
+run_local = import_script("run_simulation").run_local
 
 RUNNER = {"save_models": True}
 

@@ -215,8 +215,83 @@ def test_curves_mark_the_best_validation_round(tmp_path, monkeypatch):
     data["final"]["best_round"] = 2.0
     (tmp_path / "a" / "results.json").write_text(json.dumps(data))
     figures = []
-    monkeypatch.setattr(report, "_save", lambda plt, fig, path: figures.append(fig))
+    monkeypatch.setattr(report.plots, "_save", lambda plt, fig, path: figures.append(fig))
     report.plot_accuracy_per_round(load_runs([tmp_path]), tmp_path)
     (fig,) = figures
     stars = [ln for ln in fig.axes[0].lines if ln.get_marker() == "*" and len(ln.get_xdata())]
     assert [(float(ln.get_xdata()[0]), float(ln.get_ydata()[0])) for ln in stars] == [(2.0, pytest.approx(0.8))]
+
+
+def _job(sweep: Path, n: int, dataset: str, method: str, seed: int, acc: float, auc: float | None) -> None:
+    """Job ``n`` of a Hydra sweep as run_simulation.py leaves it: results.json and ``.hydra/overrides.yaml``."""
+    job = sweep / str(n)
+    (job / ".hydra").mkdir(parents=True)
+    (job / ".hydra" / "overrides.yaml").write_text(f"- dataset={dataset}\n- method={method}\n- seed={seed}\n")
+    cfg = {"seed": seed, "engine": "inprocess", "dataset": {"name": dataset, "aligned_fraction": 0.05},
+           "method": {"name": method}}
+    final = {"accuracy": acc, "best_round": 2.0, "val_accuracy": acc + 0.01, **({"auc": auc} if auc else {})}
+    (job / "results.json").write_text(json.dumps({
+        "config": cfg, "rounds": [{"round": 2.0, "test/accuracy": acc}], "final": final,
+        "selection": {"metric": "accuracy", "val_score": acc + 0.01}}))
+
+
+def test_printed_report_is_each_datasets_method_table_then_its_own_best_trials(tmp_path, capsys):
+    """A sweep over a binary and a multi-class dataset: what the CLI prints is the method table of each dataset (the
+    one summary.md has), then each dataset's best trials, never one ranking across datasets, and no ``nan``."""
+    sweep, n = tmp_path / "multirun", 0
+    for dataset, binary in (("cancer", True), ("wine", False)):
+        for method, acc in (("vproto", 0.9), ("local", 0.8)):
+            for seed in (0, 1):
+                _job(sweep, n, dataset, method, seed, acc + seed / 100 - (0.3 if binary else 0.0),
+                     acc - 0.1 if binary else None)
+                n += 1
+    assert main([str(sweep), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "nan" not in printed.lower()
+    blocks = printed.split("\n\n")
+    heads = [b.splitlines()[0] for b in blocks if b.strip()]
+    assert heads[1:5] == ["cancer (4 runs):", "cancer, test AUC:", "wine (4 runs):", "best trials by validation "
+                          "score, per dataset (of 8; all: trials.md):"]
+    tables = {b.splitlines()[0]: b.splitlines()[1:] for b in blocks if b.strip()}
+    assert tables["cancer (4 runs):"] == [
+        "| dataset | aligned | vproto | local | gap closed |", "|---|---|---|---|---|",
+        "| cancer | 5% | 0.6050 ± 0.0071 (n=2) | 0.5050 ± 0.0071 (n=2) | — |"]
+    assert tables["wine (4 runs):"][2] == "| wine | 5% | 0.9050 ± 0.0071 (n=2) | 0.8050 ± 0.0071 (n=2) | — |"
+    assert "wine, test AUC:" not in tables  # a multi-class dataset has no AUC: no table of dashes
+    summary = (tmp_path / "out" / "summary.md").read_text()  # the same numbers as the file's table
+    assert "| cancer | 5% | 0.6050 ± 0.0071 (n=2) | 0.5050 ± 0.0071 (n=2) |" in summary
+    assert printed.index("wine (4 runs):") < printed.index("best trials by validation score")
+    ranked = {}
+    for b in blocks:
+        lines = b.splitlines()
+        if lines and lines[0].startswith("| rank |"):
+            ranked[lines[0]] = [ln.split(" | ")[-1] for ln in lines[2:]]
+    # one ranking per dataset, each of its own trials; the test AUC column only where the trials have one
+    assert ranked == {
+        "| rank | trial | val accuracy | test accuracy | test AUC | parameters |": [
+            f"dataset=cancer method={m} seed={s} |" for m, s in (("vproto", 1), ("vproto", 0), ("local", 1),
+                                                                 ("local", 0))],
+        "| rank | trial | val accuracy | test accuracy | parameters |": [
+            f"dataset=wine method={m} seed={s} |" for m, s in (("vproto", 1), ("vproto", 0), ("local", 1),
+                                                               ("local", 0))]}
+    assert "**cancer** (4 trials):" in printed and "**wine** (4 trials):" in printed
+    assert "**wine** (4 trials):" in (tmp_path / "out" / "trials.md").read_text()
+
+
+def test_a_single_dataset_sweep_prints_its_table_and_ranking_without_headings(tmp_path, capsys):
+    for n, (method, seed) in enumerate((("vproto", 0), ("local", 0), ("vproto", 1))):
+        _job(tmp_path / "s", n, "digits", method, seed, 0.5 + n / 10, None)
+    trials = report.load_trials([tmp_path / "s"])
+    assert {t.dataset for t in trials} == {"digits"}
+    assert report.best_trials(trials) == report.trials_table(trials)  # one dataset: the table as it always was
+    assert main([str(tmp_path / "s"), "--out", str(tmp_path / "out")]) == 0
+    printed = capsys.readouterr().out
+    assert "digits (3 runs):\n| dataset | aligned | vproto | local | gap closed |" in printed
+    assert "best trials by validation score (of 3; all: trials.md):\n| rank | trial |" in printed
+    assert "**digits**" not in printed and "nan" not in printed.lower()
+
+
+def test_trials_without_a_score_show_a_dash_not_nan():
+    trials = [report.Trial("s", 0, 0.9, "accuracy", 0.8, 0.7, {}, "adult"),
+              report.Trial("s", 1, 0.8, "accuracy", float("nan"), float("nan"), {}, "adult")]
+    assert report.trials_table(trials).splitlines()[3] == "| 2 | 1 | 0.8000 | — | — | — |"

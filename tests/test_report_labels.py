@@ -66,7 +66,7 @@ def test_table_rows_are_setting_by_method_with_local_as_reference(tmp_path, caps
 def test_plot_has_one_marker_per_method_and_setting_and_local_as_a_line(tmp_path, monkeypatch):
     runs = load_label_runs(_write(tmp_path / "labels.jsonl"))
     figures = []
-    monkeypatch.setattr(report, "_save", lambda plt, fig, path: figures.append((path.name, fig)))
+    monkeypatch.setattr(report.labels, "_save", lambda plt, fig, path: figures.append((path.name, fig)))
     report.plot_label_tradeoff(runs, tmp_path)
     (adult, fig), _ = figures
     assert adult == "label_tradeoff_adult.png" and len(fig.axes) == 2  # one panel per aligned fraction

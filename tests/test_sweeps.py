@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import import_script
 
 from flwr_vproto.report import load_trials, main
 from flwr_vproto.sweeps import (
@@ -102,8 +103,8 @@ def test_shipped_search_space_names_real_options_around_the_default():
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from omegaconf import OmegaConf
 
-    sys.path.insert(0, str(REPO))
-    from run_simulation import _config, optuna_defaults
+    run_simulation = import_script("run_simulation")
+    _config, optuna_defaults = run_simulation._config, run_simulation.optuna_defaults
 
     optuna_defaults()
     with initialize_config_dir(config_dir=str(REPO / "flwr_vproto" / "conf"), version_base=None):

@@ -1,0 +1,211 @@
+"""What every test module shares: the thread policy of the test process, and the helpers several files use.
+
+**Threads.** PyTorch runs one intra-op thread per core by default. On a small machine that other jobs share, those
+threads wait for cores the other jobs hold and the tests crawl (the fast subset: 11 min 48 s against about 2 min
+with ``OMP_NUM_THREADS=1``). So the test process follows the package's own policy (``flwr_vproto/threads.py``,
+README "Threads") from the start: unless the user set ``OMP_NUM_THREADS``, torch and the BLAS/OpenMP pools get one
+thread, and ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS`` are 1 in ``os.environ``, so the
+processes the tests start (``run_simulation.py`` sweeps, Ray workers) inherit the bound. A value the user set is
+kept. The numbers the tests assert do not depend on it (the engines seed every round; a Ray simulation is compared
+with the in-process engine with a tolerance for different thread counts). It is applied in
+:func:`pytest_configure`, not at import, so a benchmark that imports these helpers (``benchmarks/bench_wire.py``)
+keeps its own threads.
+
+**Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
+:func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
+tests (:func:`write_csvs`), and :func:`import_script` for the repository's scripts that are not part of the package
+(``run_simulation.py``, ``benchmarks/*.py``). Test files import them with ``from conftest import ...`` (pytest puts
+this folder on ``sys.path`` for its conftest), instead of importing one test file from another through ``sys.path``.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import sys
+import uuid
+from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pandas as pd
+import pytest
+from flwr.app import Context, Error, Message, RecordDict
+from flwr.serverapp import Grid
+from flwr.supercore.task_identity import TaskIdentity
+
+from flwr_vproto import threads
+from flwr_vproto.client_app import make_client_app
+from flwr_vproto.config import config_from_dict
+from flwr_vproto.strategy import VerticalProtoStrategy
+
+REPO = Path(__file__).resolve().parents[1]
+SUPERLINK_NODE_ID = 1
+
+
+# ---------------------------------------------------------------------------------------------------- threads
+def pytest_configure(config: pytest.Config) -> None:
+    """Before any test runs, the package's own policy (:func:`flwr_vproto.threads.apply_default_threads`, README
+    "Threads"): unless the user set ``OMP_NUM_THREADS``, torch, the BLAS/OpenMP pools already loaded and, through
+    ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``, every process a test starts get one thread."""
+    threads.apply_default_threads()
+
+
+@pytest.fixture(autouse=True)
+def _threads_restored() -> Iterator[None]:
+    """A test that changes the threads (``runner.threads=2``, a sweep job's share) leaves the next test torch's count
+    and the thread variables it found, so no test's speed or thread record depends on the order the tests ran in."""
+    import torch
+
+    count, env, recorded = torch.get_num_threads(), {v: os.environ.get(v) for v in threads.THREAD_VARS}, \
+        dict(threads._SET)
+    yield
+    if torch.get_num_threads() != count:
+        torch.set_num_threads(count)
+    for name, value in env.items():
+        if value is None:
+            os.environ.pop(name, None)
+        else:
+            os.environ[name] = value
+    threads._SET.clear()
+    threads._SET.update(recorded)
+
+
+# ---------------------------------------------------------------------------------------------------- scripts
+def import_script(relative: str) -> ModuleType:
+    """A script of the repository by its path without ``.py`` (``"run_simulation"``,
+    ``"benchmarks/bench_label_reference"``), imported once under its file name as running it would: its own folder
+    is importable, for scripts that import their siblings (``benchmarks/jsonl_runs.py``)."""
+    path = REPO / f"{relative}.py"
+    name = path.stem
+    if name in sys.modules and Path(getattr(sys.modules[name], "__file__", "") or "").resolve() == path:
+        return sys.modules[name]
+    if str(path.parent) not in sys.path and path.parent != REPO:
+        sys.path.append(str(path.parent))
+    spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[name]
+        raise
+    return module
+
+
+# ---------------------------------------------------------------------------------------------------- Flower grid
+class InlineGrid(Grid):
+    """A Grid whose nodes run a ClientApp right here; each node keeps its own Context like a SuperNode does.
+
+    ``fault(msg, party_index) -> None | "drop" | "error" | "superlink-error"`` injects failures: a lost reply, an
+    error reply from the node, or the error reply a SuperLink sends for a dead node (from its own node ID).
+    """
+
+    def __init__(self, app, node_configs: list[dict], run_config: dict | None = None,
+                 fault: Callable[[Message, int], str | None] | None = None) -> None:
+        self.app, self.fault = app, fault
+        # What Flower's runtimes set before a ServerApp runs (the Message constructor reads it).
+        TaskIdentity.run_id, TaskIdentity.task_id, TaskIdentity.node_id = 7, 1, SUPERLINK_NODE_ID
+        self.contexts = {100 + i: Context(run_id=7, node_id=100 + i, node_config=nc, state=RecordDict(),
+                                          run_config=run_config or {}) for i, nc in enumerate(node_configs)}
+        self.index = {nid: i for i, nid in enumerate(self.contexts)}
+        self.replies: dict[str, Message] = {}
+        self.sent: list[Message] = []
+
+    def set_run(self, run) -> None:  # pragma: no cover - not used by the strategy
+        pass
+
+    @property
+    def run(self):  # pragma: no cover
+        raise NotImplementedError
+
+    def create_message(self, *args, **kwargs):  # pragma: no cover
+        raise NotImplementedError
+
+    def get_node_ids(self) -> Iterable[int]:
+        return list(self.contexts)
+
+    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
+        ids = []
+        for msg in messages:
+            mid = uuid.uuid4().hex
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent.append(msg)
+            nid = msg.metadata.dst_node_id
+            what = self.fault(msg, self.index[nid]) if self.fault else None
+            if what == "drop":
+                pass
+            elif what in ("error", "superlink-error"):
+                reply = Message(Error(code=0, reason="injected failure"), reply_to=msg)
+                if what == "superlink-error":
+                    reply.metadata.__dict__["_src_node_id"] = SUPERLINK_NODE_ID
+                self.replies[mid] = reply
+            else:
+                try:
+                    self.replies[mid] = self.app(msg, self.contexts[nid])
+                except Exception as exc:  # what a SuperNode does: report the exception as an error reply
+                    self.replies[mid] = Message(Error(code=1, reason=f"{type(exc).__name__}: {exc}"), reply_to=msg)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, message_ids: Iterable[str]) -> Iterable[Message]:
+        return [self.replies.pop(m) for m in list(message_ids) if m in self.replies]
+
+    def send_and_receive(self, messages, *, timeout=None):  # pragma: no cover - the strategy never uses it
+        raise NotImplementedError
+
+
+def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, method_extra: dict | None = None,
+              **extra):
+    methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,
+                                                        "combine_weight": 1.0}, "local": {"name": "local"}}
+    data = {"name": "digits", "aligned_fraction": 0.2, "num_passive": num_passive, "max_train_users": 500}
+    # The protocol's machinery with gradient rows every round (defence=none); the default sends none.
+    extra["defence"] = {"release_rounds": None, **extra.get("defence", {})}
+    return config_from_dict({"num_rounds": rounds, "eval_every": 2, "dataset": data,
+                             "method": {"batch_size": 64, **methods[method], **(method_extra or {})}, **extra})
+
+
+def sim_nodes(cfg) -> list[dict]:
+    return [{"partition-id": i, "num-partitions": cfg.dataset.num_passive + 1}
+            for i in range(cfg.dataset.num_passive + 1)]
+
+
+def run_inline(cfg, fault=None, nodes=None, timeout=30.0, secret=None, **kwargs):
+    strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, **kwargs)
+    grid = InlineGrid(make_client_app(cfg, active_secret=secret), nodes or sim_nodes(cfg), fault=fault)
+    result = strategy.start(grid=grid)
+    return strategy, result, grid
+
+
+def assert_same_history(flower: list[dict], reference: list[dict], rel: float = 0.0, abs_: float = 0.0) -> None:
+    """Every metric the in-process engine reports, round by round (the Flower engine adds traffic keys)."""
+    assert len(flower) == len(reference)
+    for got, want in zip(flower, reference, strict=True):
+        keys = set(want) - {"seconds"}
+        assert keys <= set(got), f"missing in flower: {sorted(keys - set(got))}"
+        for k in sorted(keys):
+            assert got[k] == pytest.approx(want[k], rel=rel, abs=abs_), (k, got["round"])
+
+
+# ---------------------------------------------------------------------------------------------------- data
+def write_csvs(tmp_path: Path, n: int = 300, seed: int = 0) -> list[str]:
+    """Active file (id, age, city, label) and passive file (id, spend, segment); users partly overlap."""
+    rng = np.random.default_rng(seed)
+    users = [f"cust-{k:04d}" for k in rng.permutation(n)]
+    active_users, passive_users = users[: int(0.8 * n)], users[int(0.4 * n):]
+    label = {u: ["no", "yes", "maybe"][k % 3] for k, u in enumerate(users)}
+    pd.DataFrame({
+        "id": active_users,
+        "age": rng.integers(18, 90, len(active_users)),
+        "city": rng.choice(["Paris", "Lyon", "Nice"], len(active_users)),
+        "label": [label[u] for u in active_users],
+    }).to_csv(tmp_path / "bank.csv", index=False)
+    pd.DataFrame({
+        "id": passive_users,
+        "spend": rng.normal(100, 30, len(passive_users)).round(2),
+        "segment": rng.choice(["a", "b"], len(passive_users)),
+    }).sample(frac=1, random_state=1).to_csv(tmp_path / "shop.csv", index=False)
+    return [str(tmp_path / "bank.csv"), str(tmp_path / "shop.csv")]
