@@ -11,6 +11,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from flwr_vproto.results import per_round
+
 # Options that never make two runs different methods: what the table groups by (for csv the files are the dataset
 # and the overlap, see _csv_overlaps), or how a run was executed (the final metrics do not depend on them).
 _NOT_A_VARIANT = {"seed", "dataset.name", "dataset.aligned_fraction", "method.name", "engine", "device",
@@ -179,7 +181,7 @@ def _from_results(files: list[Path]) -> list[Run]:
         label, axis = overlaps.get(f, ("", math.nan))
         fraction = math.nan if label else float(flat.get("dataset.aligned_fraction", math.nan))
         runs.append(Run(tag, flat["dataset.name"], fraction, int(flat["seed"]), dict(data.get("final") or {}),
-                        slim_history(data.get("rounds") or []), str(f), str(flat.get("engine") or ""), label, axis))
+                        slim_history(per_round(data)), str(f), str(flat.get("engine") or ""), label, axis))
     return runs
 
 
