@@ -82,8 +82,10 @@ def accuracy(args: argparse.Namespace) -> None:
         rounds = ROUNDS[ds]
         for frac in args.fractions:
             for seed in args.seeds:
-                for tag, conf in variants(rounds, sorted(set(args.exchanges)), args.passes, args.schedule,
-                                          not args.no_baselines, args.suffix, args.reach).items():
+                tagged = variants(rounds, sorted(set(args.exchanges)), args.passes, args.schedule,
+                                  not args.no_baselines, args.suffix, args.reach)
+                tagged.update({t: json.loads(js) for t, _, js in (v.partition("=") for v in args.variant)})
+                for tag, conf in tagged.items():
                     jobs.append({"tag": tag, "dataset": ds, "fraction": frac, "seed": seed, "rounds": rounds,
                                  "config": conf})
     rows = run_pending(Path(args.out), jobs, run_one, args.workers)
@@ -99,7 +101,8 @@ def table(rows: list[dict]) -> str:
         if r["tag"] not in tags:
             tags.append(r["tag"])
     xs = sorted((t for t in tags if t.startswith("x")), key=lambda t: (int(t[1:].split("-")[0]), t))
-    order = [t for t in ("default", "vanilla", "local") if t in tags] + xs
+    order = [t for t in ("default", "vanilla", "local") if t in tags] + xs + [t for t in tags if t not in xs and t
+                                                                              not in ("default", "vanilla", "local")]
     lines = ["| dataset | aligned | " + " | ".join(order) + " |", "|---|---|" + "---|" * len(order)]
     for (ds, frac), by in sorted(acc.items()):
         cells = []
@@ -166,6 +169,7 @@ def main() -> None:
     a.add_argument("--reach", type=float, default=None, help="exchange.passive_reach of the x<E> runs")
     a.add_argument("--no-baselines", action="store_true", help="only the x<E> runs with E < num_rounds")
     a.add_argument("--suffix", default="", help="appended to the x<E> tags (e.g. -p3-even)")
+    a.add_argument("--variant", action="append", default=[], help="TAG=JSON: one more run of nested config overrides")
     a.add_argument("--workers", type=int, default=2)
     a.add_argument("--out", default="benchmarks/exchanges.jsonl")
     d = sub.add_parser("deploy")

@@ -169,3 +169,18 @@ def test_progress_names_the_rounds_an_exchange_trained():
     rec = {"round": 2.0, "exchange/first_round": 8.0, "exchange/last_round": 14.0, "val/accuracy": 0.9, "seconds": 3.0}
     assert format_round(rec, 20).startswith("round  14/20 (exchange 2: rounds 8-14)")
     assert format_round({"round": 3.0, "seconds": 1.0}, 20).startswith("round   3/20 |")
+
+
+@pytest.mark.parametrize("preset,count,passes", [("vproto_fewshot", 3, 3), ("vproto_oneshot", 1, 1)])
+def test_the_exchange_presets_compose_with_any_dataset_and_defence(preset, count, passes):
+    from conftest import REPO, import_script
+    from hydra import compose, initialize_config_dir
+
+    _config = import_script("run_simulation")._config
+    with initialize_config_dir(config_dir=str(REPO / "flwr_vproto" / "conf"), version_base=None):
+        for extra in (["dataset=adult", "defence=none"], ["dataset=digits", "defence=gradient_noise"]):
+            cfg, _ = _config(compose("config", [f"method={preset}", *extra]))
+            assert (cfg.method.name, cfg.exchange.count, cfg.exchange.passive_passes) == ("vproto", count, passes)
+            assert cfg.method == config_from_dict({}).method  # vproto's knobs, untouched
+        cfg, _ = _config(compose("config", [f"method={preset}", "exchange.count=2", "method.lr=0.01"]))
+        assert cfg.exchange.count == 2 and cfg.method.lr == 0.01
