@@ -90,6 +90,8 @@ def accuracy(args: argparse.Namespace) -> None:
                                  "config": conf})
     rows = run_pending(Path(args.out), jobs, run_one, args.workers)
     print(table(rows))
+    if args.plots:
+        print("\n".join(str(p) for p in plot(rows, Path(args.plots))))
 
 
 def table(rows: list[dict]) -> str:
@@ -111,6 +113,49 @@ def table(rows: list[dict]) -> str:
             cells.append("" if not v else f"{st.mean(v):.1f} ± {st.pstdev(v):.1f}" if len(v) > 1 else f"{v[0]:.1f}")
         lines.append(f"| {ds} | {frac:g} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
+
+
+def plot(rows: list[dict], folder: Path) -> list[Path]:
+    """Per dataset: mean test accuracy against the number of exchanges (``default`` is one exchange), one line per
+    aligned fraction with its std over seeds, vanilla and local dashed."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    acc: dict[tuple, dict[str, list[float]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        acc[(r["dataset"], r["fraction"])][r["tag"]].append(100 * r["final"]["accuracy"])
+    folder.mkdir(parents=True, exist_ok=True)
+    out = []
+    for ds in sorted({d for d, _ in acc}):
+        fig, ax = plt.subplots(figsize=(6, 4))
+        for (d, frac), by in sorted(acc.items()):
+            if d != ds:
+                continue
+            pts = sorted([(1, by["default"])] + [(int(t[1:]), v) for t, v in by.items()
+                                                  if t[:1] == "x" and t[1:].isdigit()])
+            line = ax.errorbar([e for e, _ in pts], [st.mean(v) for _, v in pts],
+                               yerr=[st.pstdev(v) for _, v in pts], marker="o", capsize=3,
+                               label=f"vproto, {frac:g} aligned")
+            for tag, style in (("vanilla", "--"), ("local", ":")):
+                if by.get(tag):
+                    ax.axhline(st.mean(by[tag]), linestyle=style, color=line[0].get_color(), alpha=0.6,
+                               label=f"{tag}, {frac:g}")
+        ax.set_xscale("log")
+        ticks = sorted({1, *(int(t[1:]) for (d, _), by in acc.items() if d == ds for t in by
+                             if t[:1] == "x" and t[1:].isdigit())})
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("message exchanges after PSI (1: the default; last: one per round)")
+        ax.set_ylabel("test accuracy (%)")
+        ax.set_title(f"{ds}: accuracy against exchanges (rows released when > 1)", fontsize=10)
+        ax.legend(fontsize=7)
+        fig.tight_layout()
+        path = folder / f"exchanges_{ds}.png"
+        fig.savefig(path, dpi=110)
+        plt.close(fig)
+        out.append(path)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ deployment
@@ -170,6 +215,7 @@ def main() -> None:
     a.add_argument("--no-baselines", action="store_true", help="only the x<E> runs with E < num_rounds")
     a.add_argument("--suffix", default="", help="appended to the x<E> tags (e.g. -p3-even)")
     a.add_argument("--variant", action="append", default=[], help="TAG=JSON: one more run of nested config overrides")
+    a.add_argument("--plots", default=None, help="folder for one accuracy-against-exchanges plot per dataset")
     a.add_argument("--workers", type=int, default=2)
     a.add_argument("--out", default="benchmarks/exchanges.jsonl")
     d = sub.add_parser("deploy")
