@@ -1,9 +1,10 @@
 """The active and passive parties: they orchestrate the named parts of the method for one round, and know nothing
 about how messages travel.
 
-The parts themselves (losses, joint logits, calibration) are small pure functions in :mod:`flwr_vproto.method`; a
-party decides which rows, batches and modules each part gets. Both the in-process trainer and the Flower ClientApp
-drive these classes the same way (design §4), so the two engines give the same numbers:
+The parts themselves (losses, joint logits, calibration, prediction and scores) are small pure functions in
+:mod:`flwr_vproto.method`; a party decides which rows, batches and modules each part gets. Both the in-process
+trainer and the Flower ClientApp drive these classes the same way (design §4), so the two engines give the same
+numbers:
 
 * round ``t``, passive ``k``: ``PassiveParty.train_round(t, gradients, prototypes, mask)`` applies the embedding
   gradients of round ``t-1``, trains its encoder with the third loss on its non-aligned rows, and returns this
