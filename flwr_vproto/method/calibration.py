@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import prototypes as P
+from flwr_vproto import prototypes
 from flwr_vproto.method.losses import PrototypeGeometry
 from flwr_vproto.method.scores import classification_scores
 
@@ -118,7 +118,7 @@ def fit_pseudo_gates(
     gates = []
     for z, protos in zip(passive_embeddings, second, strict=True):
         zn = geometry.normalized(z)
-        t = P.gate_threshold(zn, y, protos, mask, kind=geometry.distance, tau=geometry.tau, target=target)
+        t = prototypes.gate_threshold(zn, y, protos, mask, kind=geometry.distance, tau=geometry.tau, target=target)
         gates.append(max(float(floor), t))
     return gates
 
