@@ -777,7 +777,7 @@ class ActiveParty(_Party):
         target = self.calibration.gate_target(y_al, self.num_classes)
         zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
         yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
-        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target,  # type: ignore[arg-type]
+        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target,  # type: ignore
                                       self.calibration.gate_floor)
 
     def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
