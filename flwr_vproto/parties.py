@@ -1,9 +1,10 @@
 """The active and passive parties: they orchestrate the named parts of the method for one round, and know nothing
 about how messages travel.
 
-The parts themselves (losses, joint logits, calibration) are small pure functions in :mod:`flwr_vproto.method`; a
-party decides which rows, batches and modules each part gets. Both the in-process trainer and the Flower ClientApp
-drive these classes the same way (design §4), so the two engines give the same numbers:
+The parts themselves (losses, joint logits, calibration, prediction and scores) are small pure functions in
+:mod:`flwr_vproto.method`; a party decides which rows, batches and modules each part gets. Both the in-process
+trainer and the Flower ClientApp drive these classes the same way (design §4), so the two engines give the same
+numbers:
 
 * round ``t``, passive ``k``: ``PassiveParty.train_round(t, gradients, prototypes, mask)`` applies the embedding
   gradients of round ``t-1``, trains its encoder with the third loss on its non-aligned rows, and returns this
@@ -28,8 +29,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import defences, exchanges, privacy
-from flwr_vproto import prototypes as P
+from flwr_vproto import defences, exchanges, privacy, prototypes
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
 from flwr_vproto.method import pretrain
@@ -39,8 +39,16 @@ from flwr_vproto.method.calibration import (
     Calibration,
     fit_combine_weight,
     fit_pseudo_gates,
-    majority_share,
+    shared_prototype_mask,
     trusted_combine_weight,
+    validation_loss,
+)
+from flwr_vproto.method.evaluation import (
+    active_only_rows,
+    prediction_probs,
+    softmax_probs,
+    split_scores,
+    top1_accuracy,
 )
 from flwr_vproto.method.extra import LossBatch, extra_loss_total, load_extra_losses
 from flwr_vproto.method.joint import JointLogits, joint_logits
@@ -57,7 +65,6 @@ from flwr_vproto.method.losses import (
     proximal_scale,
     supervised_joint_loss,
 )
-from flwr_vproto.method.scores import classification_scores
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
 
 PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with few or no gradient rows (§9, §10)
@@ -653,9 +660,9 @@ class ActiveParty(_Party):
     def _update_first_prototypes(self, al: torch.Tensor) -> None:
         """First prototypes: class means of ``f_A`` over the labelled aligned rows, optionally EMA-smoothed."""
         h = self.geometry.normalized(self._embed(self._x["train"][al]))
-        new, mask = P.class_means(h, self._y["train"][al], self.num_classes)
-        self.protos, self.proto_mask = P.ema_update(self.protos, self.proto_mask, new, mask,
-                                                    self.cfg.method.ema_momentum)
+        new, mask = prototypes.class_means(h, self._y["train"][al], self.num_classes)
+        self.protos, self.proto_mask = prototypes.ema_update(self.protos, self.proto_mask, new, mask,
+                                                             self.cfg.method.ema_momentum)
 
     def _second_prototypes(
         self, zs: list[torch.Tensor], y_al: torch.Tensor, rnd: int, release: bool
@@ -681,34 +688,37 @@ class ActiveParty(_Party):
                 sums = privacy.noisy_class_sums(zn, y_al, self.num_classes, self.cfg.privacy.clip_norm, acc.sigma, gen)
                 new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma, self.cfg.privacy.clip_norm)
             else:
-                new, mask = P.class_means(zn, y_al, self.num_classes)
-            self.second[k], self.second_mask[k] = P.ema_update(self.second[k], self.second_mask[k], new, mask,
-                                                               m.ema_momentum)
+                new, mask = prototypes.class_means(zn, y_al, self.num_classes)
+            self.second[k], self.second_mask[k] = prototypes.ema_update(self.second[k], self.second_mask[k], new,
+                                                                        mask, m.ema_momentum)
             out.append(self.second[k].cpu().numpy().astype(np.float32))
             masks.append(self.second_mask[k].cpu().numpy())
         mask_all = np.logical_and.reduce(masks) if masks else np.zeros(self.num_classes, dtype=bool)
         return out, mask_all
 
-    # ---------------------------------------------------------------- calibration and evaluation
+    # ---------------------------------------------------------------- calibration, evaluation, prediction
+    # Which rows and modules; the parts compute (method/evaluation.py, method/calibration.py).
     def predict_proba(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Class probabilities for the aligned rows of ``split``: joint, active-only and their combination."""
-        rows = torch.as_tensor(self.aligned[split], device=self.device)
-        h = self._embed(self._x[split][rows])
-        out: dict[str, np.ndarray] = {}
+        """Class probabilities for the aligned rows of ``split``: joint, active-only and their combination
+        (:func:`~flwr_vproto.method.evaluation.prediction_probs`)."""
+        x = self._x[split][torch.as_tensor(self.aligned[split], device=self.device)]
+        h = self._embed(x)
+        local = joint = None
         with torch.no_grad():
             if self.uses_local_head:
-                out["local"] = torch.softmax(self.head(h), 1).cpu().numpy()
+                local = self.head(h)
             if self.joint:
                 zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
-                hj = self._embed(self._x[split][rows], self.joint_enc) if self.joint_enc is not None else None
-                hb = self._base_features(self._x[split][rows])
-                out["joint"] = torch.softmax(self._joint_logits(h, zs, self._second_list(), hj, hb), 1).cpu().numpy()
-        if self.joint and self.uses_local_head:
-            w = self.combine_weight
-            out["combined"] = w * out["joint"] + (1 - w) * out["local"]
-        else:
-            out["combined"] = out["joint"] if self.joint else out["local"]
-        return out
+                hj = self._embed(x, self.joint_enc) if self.joint_enc is not None else None
+                joint = self._joint_logits(h, zs, self._second_list(), hj, self._base_features(x))
+        return prediction_probs(local, joint, self.combine_weight)
+
+    def active_only_proba(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """The active-only head's class probabilities for rows ``rows`` of ``split`` (any rows: it needs no
+        passive), e.g. the users only the active party holds."""
+        h = self._embed(self._x[split][torch.as_tensor(rows, device=self.device)])
+        with torch.no_grad():
+            return softmax_probs(self.head(h))
 
     def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
@@ -720,8 +730,7 @@ class ActiveParty(_Party):
     def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
         """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
         validation loss is the lowest so far; returns 1.0 if so, else 0.0 (the ``residual_base_update`` metric)."""
-        loss = classification_scores(local_probs, y, self.num_classes).get("loss", float("inf"))
-        return 1.0 if self.best_val.observe(loss) else 0.0
+        return 1.0 if self.best_val.observe(validation_loss(local_probs, y, self.num_classes)) else 0.0
 
     @property
     def combine_weight(self) -> float:
@@ -742,10 +751,9 @@ class ActiveParty(_Party):
         (``residual_base_update``, ``pseudo_gate{k}``), reported with the validation scores. Call it on every
         evaluation round, then :meth:`evaluate` per split, then :meth:`pseudo_gates`.
         """
-        c = self.calibration
         y = self._labels("val")
         probs = self.predict_proba("val", passive_embeddings)
-        if c.combine_weight == "auto" and "joint" in probs and "local" in probs:
+        if self.calibration.combine_weight == "auto" and "joint" in probs and "local" in probs:
             w = fit_combine_weight(probs["joint"], probs["local"], y)
             if w is not None:  # shrunk toward 0.5 on a few dozen validation rows (calibration.py says why)
                 self._auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
@@ -762,18 +770,15 @@ class ActiveParty(_Party):
         """``method.pseudo_gate``: per passive, the threshold from
         :func:`~flwr_vproto.method.calibration.fit_pseudo_gates` on these validation rows (none before the second
         prototypes exist)."""
-        c = self.calibration
         if any(p is None for p in self.second):
             return
-        masks = [mk for mk in self.second_mask if mk is not None]
-        mask = masks[0].clone()
-        for mk in masks[1:]:
-            mask &= mk
+        mask = shared_prototype_mask([mk for mk in self.second_mask if mk is not None])
         y_al = self._y["train"][torch.as_tensor(self.aligned["train"], device=self.device)]
-        target = majority_share(y_al, self.num_classes) if c.pseudo_gate == "majority" else float(c.pseudo_gate)
+        target = self.calibration.gate_target(y_al, self.num_classes)
         zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
         yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
-        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target, c.gate_floor)  # type: ignore
+        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target,  # type: ignore
+                                      self.calibration.gate_floor)
 
     def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
         """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
@@ -781,21 +786,12 @@ class ActiveParty(_Party):
         Scores only (no side effects): what is fitted on validation rows is fitted by :meth:`calibrate`, called
         first. ``accuracy`` scores the prediction this method ships (combined joint + active-only head when
         enabled) on users every party holds; ``active_only_accuracy`` scores the active-only head on the users only
-        the active party holds.
+        the active party holds (:func:`~flwr_vproto.method.evaluation.split_scores`).
         """
         y = self.data.split(split).y[self.aligned[split]]  # the true labels: scores reach no passive
-        probs = self.predict_proba(split, passive_embeddings)
-        metrics = classification_scores(probs["combined"], y, self.num_classes)
-        if split == "val" and self.cfg.defence.label_epsilon is not None:
-            # What selects the best round (and so whether test rows travel) sees the noised labels only.
-            noised = self._labels("val")
-            known = noised >= 0
-            metrics["selection_accuracy"] = float((probs["combined"][known].argmax(1) == noised[known]).mean())
-        if "joint" in probs and "local" in probs:
-            metrics["combine_weight"] = self.combine_weight
-        for name in ("joint", "local"):
-            if name in probs and len(probs) > 2:
-                metrics[f"{name}_accuracy"] = classification_scores(probs[name], y, self.num_classes)["accuracy"]
+        noised = self._labels("val") if split == "val" and self.cfg.defence.label_epsilon is not None else None
+        metrics = split_scores(self.predict_proba(split, passive_embeddings), y, self.num_classes,
+                               self.combine_weight, selection_labels=noised)
         if self.uses_local_head:
             acc = self._active_only_accuracy(split)
             if acc is not None:
@@ -804,15 +800,11 @@ class ActiveParty(_Party):
 
     def _active_only_accuracy(self, split: str) -> float | None:
         """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
-        mask = np.ones(len(self.data.split(split)), dtype=bool)
-        mask[self.aligned[split]] = False
-        only = np.flatnonzero(mask & (self.data.split(split).y >= 0))
+        data = self.data.split(split)
+        only = active_only_rows(len(data), self.aligned[split], data.y)
         if not only.size:
             return None
-        h = self._embed(self._x[split][torch.as_tensor(only, device=self.device)])
-        with torch.no_grad():
-            p = torch.softmax(self.head(h), 1).cpu().numpy()
-        return float((p.argmax(1) == self.data.split(split).y[only]).mean())
+        return top1_accuracy(self.active_only_proba(split, only), data.y[only])
 
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,

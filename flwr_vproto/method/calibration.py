@@ -2,8 +2,9 @@
 
 Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.pseudo_gate``, ``method.confidence_threshold``
 (the gates' floor) and ``method.residual_base``. Validation rows are how every method picks its round already;
-fitting these few numbers on them too keeps the test rows untouched. ``ActiveParty.calibrate`` runs all three fits;
-``ActiveParty.evaluate`` then only scores.
+fitting these few numbers on them too keeps the test rows untouched. ``ActiveParty.calibrate`` runs all three fits
+(it picks the rows and runs the modules; these functions compute); ``ActiveParty.evaluate`` then only scores
+(:mod:`~flwr_vproto.method.evaluation`).
 """
 
 from __future__ import annotations
@@ -16,8 +17,9 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import prototypes as P
+from flwr_vproto import prototypes
 from flwr_vproto.method.losses import PrototypeGeometry
+from flwr_vproto.method.scores import classification_scores
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,12 @@ class Calibration:
     def from_method(cls, m: Any) -> Calibration:
         return cls(combine_weight=m.combine_weight, pseudo_gate=m.pseudo_gate, gate_floor=m.confidence_threshold,
                    residual_base=m.residual_base)
+
+    def gate_target(self, y_aligned: torch.Tensor, num_classes: int) -> float:
+        """The precision the pseudo-gates aim for: ``majority`` = the most frequent class's share among the labelled
+        aligned training rows ``y_aligned`` (:func:`majority_share`, what guessing that class would reach), else the
+        configured number."""
+        return majority_share(y_aligned, num_classes) if self.pseudo_gate == "majority" else float(self.pseudo_gate)
 
 
 def fit_combine_weight(joint: np.ndarray, local: np.ndarray, y: np.ndarray) -> float | None:
@@ -85,6 +93,18 @@ def majority_share(y: torch.Tensor, num_classes: int) -> float:
     return float(torch.bincount(y, minlength=num_classes).max()) / max(len(y), 1)
 
 
+def shared_prototype_mask(masks: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Classes with a second prototype at every passive (a fresh tensor; the masks are left as they are): a gate is
+    fitted over the classes all passives can pseudo-label, so no passive's threshold rests on a class another lacks.
+    """
+    if not masks:
+        raise ValueError("no second prototypes to gate on")
+    mask = masks[0].clone()
+    for mk in masks[1:]:
+        mask &= mk
+    return mask
+
+
 def fit_pseudo_gates(
     passive_embeddings: Sequence[torch.Tensor], y: torch.Tensor, second: Sequence[torch.Tensor], mask: torch.Tensor,
     geometry: PrototypeGeometry, target: float, floor: float,
@@ -98,9 +118,15 @@ def fit_pseudo_gates(
     gates = []
     for z, protos in zip(passive_embeddings, second, strict=True):
         zn = geometry.normalized(z)
-        t = P.gate_threshold(zn, y, protos, mask, kind=geometry.distance, tau=geometry.tau, target=target)
+        t = prototypes.gate_threshold(zn, y, protos, mask, kind=geometry.distance, tau=geometry.tau, target=target)
         gates.append(max(float(floor), t))
     return gates
+
+
+def validation_loss(local_probs: np.ndarray, y: np.ndarray, num_classes: int) -> float:
+    """The active-only model's log-loss on the labelled validation rows (``inf`` without any): the number
+    :class:`BestValidation` observes, so the residual's frozen base is the head with the lowest one so far."""
+    return classification_scores(local_probs, y, num_classes).get("loss", float("inf"))
 
 
 @dataclass

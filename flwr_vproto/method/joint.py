@@ -14,7 +14,7 @@ from typing import Any
 
 import torch
 
-from flwr_vproto import prototypes as P
+from flwr_vproto import prototypes
 from flwr_vproto.method.losses import PrototypeGeometry
 
 
@@ -49,7 +49,7 @@ def prototype_log_probs(
     A class without a prototype gets the mean of the others' scores: no vote rather than a veto, so a class missing
     from the aligned rows is not ruled out by every passive's classifier.
     """
-    t = -P.distances(geometry.normalized(z), protos, geometry.distance) / geometry.tau
+    t = -prototypes.distances(geometry.normalized(z), protos, geometry.distance) / geometry.tau
     fill = (t * mask).sum(1, keepdim=True) / mask.sum()
     t = torch.where(mask.unsqueeze(0), t, fill)
     return torch.log_softmax(t, dim=1)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from flwr_vproto import prototypes as P
+from flwr_vproto import prototypes
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,17 @@ class PrototypeGeometry:
 
     def normalized(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` as prototype math sees it (L2-normalised rows unless ``normalize`` is off)."""
-        return P.maybe_normalize(z, self.normalize)
+        return prototypes.maybe_normalize(z, self.normalize)
 
     def loss(self, z: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
         """The prototype loss of ``loss_form`` on already-normalised ``z`` (rows labelled ``-1`` skipped)."""
-        return P.prototype_loss(z, labels, protos, mask, kind=self.distance, form=self.loss_form, tau=self.tau)
+        return prototypes.prototype_loss(z, labels, protos, mask, kind=self.distance, form=self.loss_form, tau=self.tau)
 
     def pseudo_labels(
         self, z: torch.Tensor, protos: torch.Tensor, mask: torch.Tensor, threshold: float
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Nearest-prototype labels of already-normalised ``z`` and whether each is above ``threshold``."""
-        return P.pseudo_labels(z, protos, mask, self.distance, self.tau, threshold)
+        return prototypes.pseudo_labels(z, protos, mask, self.distance, self.tau, threshold)
 
 
 # ------------------------------------------------------------------------------------------- supervised joint loss
