@@ -35,7 +35,8 @@ def sweep(tmp_path_factory) -> tuple[Path, str]:
     env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(
         [sys.executable, str(REPO / "run_simulation.py"), "-m", "engine=inprocess", f"method={','.join(METHODS)}",
-         "seed=0,1", "num_rounds=3", "dataset.max_train_users=200", "dataset.aligned_fraction=0.2",
+         "seed=0,1", "num_rounds=3", "exchange.count=3",  # one exchange (and progress line) per round, every method
+         "dataset.max_train_users=200", "dataset.aligned_fraction=0.2",
          "runner.save_models=false", "method.lambda_passive=1.0",  # the passive third loss: pseudo-labels to plot
          f"hydra.sweep.dir={out}"],
         cwd=out.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
