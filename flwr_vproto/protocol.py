@@ -365,6 +365,8 @@ def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None)
         reply.gradients = [to_wire(g, cfg) for g in party.release_gradients(msg.round, list(res.gradients))]
     reply.privacy.update(party.gradient_privacy())
     if msg.final:  # the last round's gradients and prototypes would never be used: nothing leaves
+        if cfg.audit.record and party.joint and msg.round == 1:  # one exchange: the record that nothing left
+            _record(party, msg.round, reply, audit_dir or cfg.audit.dir)
         return reply
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
