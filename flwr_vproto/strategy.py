@@ -139,7 +139,8 @@ class VerticalProtoStrategy(Strategy):
         """
         need = self.cfg.dataset.num_passive + 1
         nodes = relay.nodes(need, f"one active party + dataset.num_passive={need - 1} passive parties")
-        probe = M.encode_probe(Probe(config_fingerprint(self.cfg), __version__, resume_round))
+        probe = M.encode_probe(Probe(fingerprint=config_fingerprint(self.cfg), version=__version__,
+                                     resume_round=resume_round))
         replies = relay.exchange([(n, M.DISCOVER, probe) for n in nodes], "discovery", tolerate_gone=True)
         if len(replies) < need:
             gone = [n.node_id for n in nodes if n.name not in replies]
@@ -194,7 +195,7 @@ class VerticalProtoStrategy(Strategy):
         result = M.decode_intersection(fin.content, [p.index for p in passives])
         active.info.update({"num-classes": result.num_classes,
                             **{M.split_key(M.ALIGNED, s): n for s, n in result.aligned.items()}})
-        return {k: PassiveSetup(pos, result.num_classes) for k, pos in result.positions.items()}
+        return {k: PassiveSetup(positions=pos, num_classes=result.num_classes) for k, pos in result.positions.items()}
 
     # ------------------------------------------------------------------ one round
     def _round(self, relay: Relay, rnd: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> dict[str, float]:
@@ -203,19 +204,23 @@ class VerticalProtoStrategy(Strategy):
         with this exchange, go into ``history[-1]``."""
         cfg, t0, traffic, dtype = self.cfg, time.perf_counter(), Traffic(), self.cfg.wire_dtype
         where, aligned, previous = f"training of round {rnd}", self._aligned(), transit.test_previous
-        sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setups.get(p.index)), dtype))
+        sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setup=setups.get(p.index)),
+                                                  dtype=dtype))
                  for p in self.joint]
         outs = relay.exchange(sends, "training (passive parties)", rnd, traffic) if sends else {}
         dims = [int(p.info["embedding-dim"]) for p in self.joint]
         splits = proto.eval_splits(cfg, rnd)
-        replies = [M.decode_from_passive(outs[p.name].content, p.name, where, aligned, d, splits, previous, dtype)
+        replies = [M.decode_from_passive(outs[p.name].content, p.name, where, rows=aligned, dim=d, splits=splits,
+                                     previous=previous, dtype=dtype)
                    for p, d in zip(self.joint, dims, strict=True)]
-        msg = proto.to_active(rnd, cfg, replies, previous)
+        msg = proto.to_active(rnd, cfg, replies, test_previous=previous)
         rounds = exchanges.rounds_of(cfg, rnd)
-        res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype))], "training (active party)", rnd,
+        res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype=dtype))], "training (active party)",
+                             rnd,
                              traffic, work=len(rounds))[self.active.name]
-        reply = M.decode_from_active(res.content, where, dims, aligned["train"], msg.final, self.num_classes,
-                                     cfg.method.shares_prototypes, dtype, gradients=defences.releases(cfg, rnd),
+        reply = M.decode_from_active(res.content, where, dims=dims, n_train=aligned["train"], final=msg.final,
+                                     num_classes=self.num_classes, shares_prototypes=cfg.method.shares_prototypes,
+                                     dtype=dtype, gradients=defences.releases(cfg, rnd),
                                      earlier=rounds[:-1])
         transit.receive(reply)
         proto.add_previous_test(self.history, reply)
