@@ -44,9 +44,8 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from flwr_vproto import __version__, defences
+from flwr_vproto import __version__, defences, messages
 from flwr_vproto import checkpoint as ck
-from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
@@ -56,7 +55,7 @@ from flwr_vproto.query import register as register_prediction
 from flwr_vproto.run_config import config_fingerprint, config_from_run_config
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, kw_only=True)
 class Identity:
     """Who this node is in the federation, from its node-config."""
 
@@ -73,7 +72,7 @@ class Identity:
         return proto.party_name(self.role, self.index)
 
 
-def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | None = None,
+def identity(node_config: dict[str, Any], num_passive: int, *, model_dir: str | None = None,
              secret: bytes | None = None) -> Identity:
     """Read role and party index from the node-config (deployment keys first, then simulation's partition-id);
     ``secret``: the simulation's ``runner.active_secret`` (the node-config's ``active-secret`` wins)."""
@@ -96,9 +95,10 @@ def identity(node_config: dict[str, Any], num_passive: int, model_dir: str | Non
             raise ValueError(f"node-config active-secret on {proto.party_name(role, int(index))}: only the active "
                              f"party holds the defences' secret")
         secret = defences.parse_secret(str(node_config["active-secret"]), "node-config active-secret")
-    return Identity(role, int(index), None if data_path in (None, "") else str(data_path), model_dir,
-                    str(node_config.get("checkpoint-dir", "")) or None, str(node_config.get("audit-dir", "")) or None,
-                    secret if role == ACTIVE else None)
+    return Identity(role=role, index=int(index), data_path=None if data_path in (None, "") else str(data_path),
+                    model_dir=model_dir, checkpoint_dir=str(node_config.get("checkpoint-dir", "")) or None,
+                    audit_dir=str(node_config.get("audit-dir", "")) or None,
+                    secret=secret if role == ACTIVE else None)
 
 
 def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
@@ -155,28 +155,28 @@ class PartyStore:
     @property
     def facts(self) -> Any:
         """Small facts (role, classes, passives, ready), a ConfigRecord read back as written."""
-        if M.STATE_KEY not in self.context.state:
-            self.context.state[M.STATE_KEY] = ConfigRecord()
-        return self.context.state[M.STATE_KEY]
+        if messages.STATE_KEY not in self.context.state:
+            self.context.state[messages.STATE_KEY] = ConfigRecord()
+        return self.context.state[messages.STATE_KEY]
 
     def reset(self, me: Identity) -> None:
-        self.context.state[M.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
+        self.context.state[messages.STATE_KEY] = ConfigRecord({"role": me.role, "party-index": me.index})
         self._store({})
 
     def _blobs(self) -> dict[str, Any]:
         if self._decoded is None:
-            self._decoded = M.arrays_of(self.context.state.get(M.STATE_ARRAYS))
+            self._decoded = messages.arrays_of(self.context.state.get(messages.STATE_ARRAYS))
         return self._decoded
 
     def _store(self, arrays: dict[str, Any]) -> None:
-        self.context.state[M.STATE_ARRAYS] = M.array_record(arrays)
+        self.context.state[messages.STATE_ARRAYS] = messages.array_record(arrays)
         self._decoded = dict(arrays)
 
     def secrets(self) -> dict[str, bytes]:
-        return M.bytes_of(self.PSI, self._blobs())
+        return messages.bytes_of(self.PSI, self._blobs())
 
     def keep_secrets(self, secrets: dict[str, bytes]) -> None:
-        self._store(M.blobs_of(self.PSI, secrets))
+        self._store(messages.blobs_of(self.PSI, secrets))
 
     def save_party(self, party: ActiveParty | PassiveParty | None, state: dict[str, Any] | None = None,
                    **facts: Any) -> None:
@@ -184,7 +184,7 @@ class PartyStore:
         done with); update the facts."""
         blob = state_to_bytes(party.state_dict() if party is not None else state)
         data = {k: v for k, v in self._blobs().items() if k.startswith(self.DATA + ".")}
-        self._store({self.PARTY: M.bytes_to_array(blob), **data})
+        self._store({self.PARTY: messages.bytes_to_array(blob), **data})
         self.facts.update({"ready": True, **facts})
 
     def data(self, c: Config, me: Identity) -> PartySplits:
@@ -208,7 +208,7 @@ class PartyStore:
 
     def _state(self, me: Identity) -> dict[str, Any]:
         _require(bool(self.facts.get("ready")), f"{me.name}: train before the setup finished")
-        return state_from_bytes(M.array_to_bytes(self._blobs()[self.PARTY]))
+        return state_from_bytes(messages.array_to_bytes(self._blobs()[self.PARTY]))
 
     def load_active(self, c: Config, me: Identity) -> ActiveParty:
         """The active party as the last message left it (a deployment runs each message in a fresh process)."""
@@ -228,7 +228,7 @@ class PartyStore:
 # ------------------------------------------------------------------------------------------------ handlers
 def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message:
     """Role, party index and sizes (no IDs, no features); PSI step 1, or restoring a checkpoint to resume."""
-    probe = M.decode_probe(msg.content)
+    probe = messages.decode_probe(msg.content)
     _require(probe.version in ("", __version__), f"{me.name} runs flwr_vproto {__version__}, the ServerApp "
                                                  f"{probe.version}: install the same flwr_vproto version on every host")
     mine = config_fingerprint(c)
@@ -239,10 +239,10 @@ def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message
     store.reset(me)
     if probe.resume_round is not None:
         info = _resume(store, c, me, probe.resume_round)
-        return Message(M.encode_discovered(info), reply_to=msg)
+        return Message(messages.encode_discovered(info), reply_to=msg)
     info, secrets = proto.discover(c, party_data(c, me.index), me.role, me.index, mine)
     store.keep_secrets(secrets)
-    return Message(M.encode_discovered(info), reply_to=msg)
+    return Message(messages.encode_discovered(info), reply_to=msg)
 
 
 def _resume(store: PartyStore, c: Config, me: Identity, rnd: int) -> proto.Discovered:
@@ -254,9 +254,9 @@ def _resume(store: PartyStore, c: Config, me: Identity, rnd: int) -> proto.Disco
              f"{facts.get('role')} party {facts.get('party-index')}")
     store.save_party(None, saved["party"], **facts)
     data = party_data(c, me.index)
-    return proto.Discovered(me.role, me.index, config_fingerprint(c), [int(s) for s in data.input_shape],
-                            int(c.model.embedding_dim), {s: len(data.split(s)) for s in SPLITS},
-                            resumed_round=rnd)
+    return proto.Discovered(role=me.role, index=me.index, fingerprint=config_fingerprint(c),
+                            input_shape=[int(s) for s in data.input_shape], embedding_dim=int(c.model.embedding_dim),
+                            rows={s: len(data.split(s)) for s in SPLITS}, resumed_round=rnd)
 
 
 def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message:
@@ -264,8 +264,8 @@ def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message
     _require(me.role == PASSIVE, f"{me.name}: psi_peer goes to passive parties only")
     secrets = PartyStore(context).secrets()
     _require("train.secret" in secrets, f"{me.name}: psi_peer before discovery")
-    points = proto.psi_reblind(party_data(c, me.index), secrets, M.decode_hub_points(msg.content))
-    return Message(M.encode_reblinded(points), reply_to=msg)
+    points = proto.psi_reblind(party_data(c, me.index), secrets, messages.decode_hub_points(msg.content))
+    return Message(messages.encode_reblinded(points), reply_to=msg)
 
 
 def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Message:
@@ -274,9 +274,9 @@ def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Messag
     store = PartyStore(context)
     secrets = store.secrets()
     _require("train.secret" in secrets, f"{me.name}: psi_blind before discovery")
-    own = M.decode_blind_request(msg.content)
+    own = messages.decode_blind_request(msg.content)
     store.keep_secrets(proto.psi_blind_peers(c, party_data(c, 0), secrets, own))
-    return Message(M.encode_blinded(len(own)), reply_to=msg)
+    return Message(messages.encode_blinded(len(own)), reply_to=msg)
 
 
 def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Message:
@@ -285,13 +285,13 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
     store = PartyStore(context)
     secrets = store.secrets()
     _require(any(k.startswith("train.double.") for k in secrets), f"{me.name}: psi_finish before psi_blind")
-    reblinded, dims = M.decode_finish_request(msg.content)
+    reblinded, dims = messages.decode_finish_request(msg.content)
     from flwr_vproto.data import dataset_classes
 
     num_classes = int(dataset_classes(c)[0])
-    party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims, me.secret)
+    party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims, secret=me.secret)
     store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
-    return Message(M.encode_intersection(result), reply_to=msg)
+    return Message(messages.encode_intersection(result), reply_to=msg)
 
 
 def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
@@ -299,19 +299,21 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
     store = PartyStore(context)
     party: ActiveParty | PassiveParty
     if me.role == PASSIVE:
-        request = M.decode_to_passive(msg.content)
+        request = messages.decode_to_passive(msg.content)
         if request.setup is not None and not store.facts.get("ready"):  # PSI step 4, with the first round
             _require("train.perm" in store.secrets(), f"{me.name}: first round before PSI")
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
             store.save_party(joined, **{"num-classes": request.setup.num_classes})
         party = store.load_passive(c, me)
-        content = M.encode_from_passive(proto.passive_step(party, request, me.audit_dir), c.wire_dtype)
+        content = messages.encode_from_passive(proto.passive_step(party, request, audit_dir=me.audit_dir),
+                                               dtype=c.wire_dtype)
         rnd, final = request.round, request.final
     else:
         party = store.load_active(c, me)
         passives = [int(k) for k in store.facts["passives"]] if party.joint else []
-        to_active = M.decode_to_active(msg.content, passives)
-        content = M.encode_from_active(proto.active_step(party, to_active, me.audit_dir), c.wire_dtype)
+        to_active = messages.decode_to_active(msg.content, passives)
+        content = messages.encode_from_active(proto.active_step(party, to_active, audit_dir=me.audit_dir),
+                                              dtype=c.wire_dtype)
         rnd, final = to_active.round, to_active.final
     store.save_party(party)
     _after_round(store, party, c, me, rnd, final)
@@ -342,9 +344,9 @@ def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = 
 
     def resolve(context: Context) -> tuple[Config, Identity]:
         if cfg is not None:
-            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir, secret)
+            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir=model_dir, secret=secret)
         base, _ = config_from_run_config(context.run_config)
-        me = identity(context.node_config, base.dataset.num_passive, model_dir)
+        me = identity(context.node_config, base.dataset.num_passive, model_dir=model_dir)
         if base.dataset.name == "csv":
             if me.data_path is None:
                 raise ValueError(f"{me.name}: dataset.name is 'csv' but this node's node-config has no data-path")

@@ -51,7 +51,7 @@ def run_inprocess(
     for rnd in range(start + 1, exchanges.count(cfg) + 1):  # one exchange: one message per party
         t0, previous = time.perf_counter(), transit.test_previous
         replies = [proto.passive_step(p, transit.to_passive(p.index, rnd, cfg)) for p in passives]
-        reply = proto.active_step(active, proto.to_active(rnd, cfg, replies, previous))
+        reply = proto.active_step(active, proto.to_active(rnd, cfg, replies, test_previous=previous))
         transit.receive(reply)
         proto.add_previous_test(history, reply)
         history.append(proto.record(rnd, replies, reply, time.perf_counter() - t0, cfg=cfg))
@@ -76,9 +76,9 @@ def _set_up(cfg: Config, ds: VerticalDataset, secret: bytes | None) -> tuple[Act
     ks = range(1, len(ds.parties))
     reblinded = {k: proto.psi_reblind(ds.parties[k], secrets[k], points[0]) for k in ks}
     hub = proto.psi_blind_peers(cfg, ds.active, secrets[0], {k: points[k] for k in ks})
-    active, result = proto.psi_finish(cfg, ds.active, hub, reblinded, ds.num_classes, _dims(cfg, ds), secret)
-    passives = [proto.passive_join(cfg, ds.parties[k], k, secrets[k], PassiveSetup(result.positions[k],
-                                                                                    ds.num_classes))
+    active, result = proto.psi_finish(cfg, ds.active, hub, reblinded, ds.num_classes, _dims(cfg, ds), secret=secret)
+    passives = [proto.passive_join(cfg, ds.parties[k], k, secrets[k],
+                                   PassiveSetup(positions=result.positions[k], num_classes=ds.num_classes))
                 for k in ks] if proto.is_joint(cfg) else []
     return active, passives
 

@@ -122,7 +122,7 @@ def bytes_of(prefix: str, blobs: Mapping[str, np.ndarray]) -> dict[str, bytes]:
     return {k[len(prefix) + 1:]: array_to_bytes(v) for k, v in blobs.items() if k.startswith(prefix + ".")}
 
 
-def records(arrays: Mapping[str, np.ndarray] | None = None, config: Mapping[str, Any] | None = None,
+def records(*, arrays: Mapping[str, np.ndarray] | None = None, config: Mapping[str, Any] | None = None,
             metrics: Mapping[str, float] | MetricRecord | None = None) -> RecordDict:
     """A message's content from its parts (each record only when given)."""
     content = RecordDict()
@@ -258,8 +258,8 @@ def encode_probe(probe: Probe) -> RecordDict:
 def decode_probe(content: RecordDict) -> Probe:
     conf = config_in(content)
     resume = conf.get(RESUME_ROUND)
-    return Probe(str(conf.get(FINGERPRINT, "")), str(conf.get(VERSION, "")),
-                 None if resume is None else int(resume))
+    return Probe(fingerprint=str(conf.get(FINGERPRINT, "")), version=str(conf.get(VERSION, "")),
+                 resume_round=None if resume is None else int(resume))
 
 
 def _split_points(base: str, points: Mapping[str, bytes]) -> dict[str, np.ndarray]:
@@ -289,9 +289,9 @@ def decode_discovered(content: RecordDict, who: str) -> Discovered:
     """A node's discovery reply, without its blinded points (see :func:`discovered_points`)."""
     conf = check_config(content.get(CONFIG), {ROLE: str, PARTY_INDEX: int, EMBEDDING_DIM: int}, who, "discovery")
     resumed = conf.get(RESUMED_ROUND)
-    return Discovered(str(conf[ROLE]), int(conf[PARTY_INDEX]), str(conf.get(FINGERPRINT, "")),
-                      [int(s) for s in conf.get(INPUT_SHAPE, [])], int(conf[EMBEDDING_DIM]),
-                      {s: int(conf.get(split_key(ROWS, s), 0)) for s in SPLITS},
+    return Discovered(role=str(conf[ROLE]), index=int(conf[PARTY_INDEX]), fingerprint=str(conf.get(FINGERPRINT, "")),
+                      input_shape=[int(s) for s in conf.get(INPUT_SHAPE, [])], embedding_dim=int(conf[EMBEDDING_DIM]),
+                      rows={s: int(conf.get(split_key(ROWS, s), 0)) for s in SPLITS},
                       resumed_round=None if resumed is None else int(resumed))
 
 
@@ -368,8 +368,10 @@ def decode_intersection(content: RecordDict, passives: list[int]) -> Intersectio
                         "active", where)
     arrays = check_arrays(content.get(ARRAYS), {passive_key(k, split_key(POSITIONS, s)): ("int64", (-1,))
                                                 for k in passives for s in SPLITS}, "active", where)
-    return Intersection(int(conf[NUM_CLASSES]), {s: int(conf[split_key(ALIGNED, s)]) for s in SPLITS},
-                        {k: {s: arrays[passive_key(k, split_key(POSITIONS, s))] for s in SPLITS} for k in passives})
+    return Intersection(num_classes=int(conf[NUM_CLASSES]),
+                        aligned={s: int(conf[split_key(ALIGNED, s)]) for s in SPLITS},
+                        positions={k: {s: arrays[passive_key(k, split_key(POSITIONS, s))] for s in SPLITS}
+                                   for k in passives})
 
 
 # ================================================================================================ round codecs
@@ -398,7 +400,7 @@ def _unwire(arr: np.ndarray) -> np.ndarray:
     return np.asarray(arr, dtype=np.float32)
 
 
-def encode_to_passive(msg: ToPassive, dtype: str = "float32") -> RecordDict:
+def encode_to_passive(msg: ToPassive, *, dtype: str = "float32") -> RecordDict:
     conf = _flags(msg.round, msg.splits, msg.final, msg.test_previous)
     arrays: dict[str, np.ndarray] = {}
     if msg.gradients is not None:
@@ -421,14 +423,16 @@ def decode_to_passive(content: RecordDict) -> ToPassive:
     gate = conf.get(PSEUDO_THRESHOLD)
     setup = None
     if NUM_CLASSES in conf:
-        setup = PassiveSetup({s: arrays[split_key(POSITIONS, s)] for s in SPLITS}, int(conf[NUM_CLASSES]))
+        setup = PassiveSetup(positions={s: arrays[split_key(POSITIONS, s)] for s in SPLITS},
+                             num_classes=int(conf[NUM_CLASSES]))
     gradients = None if GRADIENTS not in arrays else _unwire(arrays[GRADIENTS])
-    return ToPassive(rnd, splits, final, gradients, get_matrix(conf, PROTOTYPES),
-                     None if mask is None else np.asarray(mask, dtype=bool),
-                     None if gate is None else float(gate), setup, previous)
+    return ToPassive(round=rnd, splits=splits, final=final, gradients=gradients,
+                     prototypes=get_matrix(conf, PROTOTYPES),
+                     prototype_mask=None if mask is None else np.asarray(mask, dtype=bool),
+                     pseudo_threshold=None if gate is None else float(gate), setup=setup, test_previous=previous)
 
 
-def encode_from_passive(reply: FromPassive, dtype: str = "float32") -> RecordDict:
+def encode_from_passive(reply: FromPassive, *, dtype: str = "float32") -> RecordDict:
     arrays = {EMBEDDINGS: _wire(reply.embeddings, dtype),
               **{split_key(EMBEDDINGS, s): _wire(e, dtype) for s, e in reply.eval_embeddings.items()}}
     if reply.previous_test is not None:
@@ -436,7 +440,7 @@ def encode_from_passive(reply: FromPassive, dtype: str = "float32") -> RecordDic
     return records(arrays=arrays, metrics=reply.metrics)
 
 
-def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping[str, int], dim: int,
+def decode_from_passive(content: RecordDict, who: str, where: str, *, rows: Mapping[str, int], dim: int,
                         splits: tuple[str, ...], previous: bool = False, dtype: str = "float32") -> FromPassive:
     """A passive's round reply, checked against the aligned row counts, its embedding dimension and the wire dtype."""
     expected = {EMBEDDINGS: (dtype, (rows["train"], dim)),
@@ -445,11 +449,12 @@ def decode_from_passive(content: RecordDict, who: str, where: str, rows: Mapping
         expected[split_key(EMBEDDINGS, PREVIOUS_TEST)] = (dtype, (rows["test"], dim))
     arrays = {k: _unwire(v) for k, v in check_arrays(content.get(ARRAYS), expected, who, where).items()}
     metrics = metrics_of(check_metrics(content, who, where))
-    return FromPassive(arrays[EMBEDDINGS], {s: arrays[split_key(EMBEDDINGS, s)] for s in splits},
-                       metrics, arrays.get(split_key(EMBEDDINGS, PREVIOUS_TEST)))
+    return FromPassive(embeddings=arrays[EMBEDDINGS],
+                       eval_embeddings={s: arrays[split_key(EMBEDDINGS, s)] for s in splits},
+                       metrics=metrics, previous_test=arrays.get(split_key(EMBEDDINGS, PREVIOUS_TEST)))
 
 
-def encode_to_active(msg: ToActive, dtype: str = "float32") -> RecordDict:
+def encode_to_active(msg: ToActive, *, dtype: str = "float32") -> RecordDict:
     arrays: dict[str, np.ndarray] = {}
     for k, (emb, evals) in enumerate(zip(msg.embeddings, msg.eval_embeddings, strict=True), start=1):
         arrays[passive_key(k, EMBEDDINGS)] = _wire(emb, dtype)
@@ -467,12 +472,13 @@ def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
     def get(k: int, key: str) -> np.ndarray:
         return _unwire(arrays[passive_key(k, key)])
 
-    return ToActive(rnd, splits, final, [get(k, EMBEDDINGS) for k in passives],
-                    [{s: get(k, split_key(EMBEDDINGS, s)) for s in splits} for k in passives],
-                    [get(k, split_key(EMBEDDINGS, PREVIOUS_TEST)) for k in passives] if previous else None)
+    return ToActive(round=rnd, splits=splits, final=final, embeddings=[get(k, EMBEDDINGS) for k in passives],
+                    eval_embeddings=[{s: get(k, split_key(EMBEDDINGS, s)) for s in splits} for k in passives],
+                    previous_test=[get(k, split_key(EMBEDDINGS, PREVIOUS_TEST)) for k in passives] if previous
+                    else None)
 
 
-def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
+def encode_from_active(reply: FromActive, *, dtype: str = "float32") -> RecordDict:
     metrics = metric_record(reply.train, TRAIN_METRICS)
     for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test),
                          (PREVIOUS_TEST_METRICS, reply.previous_test)):
@@ -493,7 +499,7 @@ def encode_from_active(reply: FromActive, dtype: str = "float32") -> RecordDict:
     return records(arrays=arrays, config=conf, metrics=metrics)
 
 
-def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train: int, final: bool,
+def decode_from_active(content: RecordDict, where: str, *, dims: list[int], n_train: int, final: bool,
                        num_classes: int, shares_prototypes: bool, dtype: str = "float32",
                        gradients: bool | None = None, earlier: Sequence[int] = ()) -> FromActive:
     """The active party's exchange reply: metrics (of the rounds ``earlier`` than the last too), and (not after the
@@ -506,18 +512,18 @@ def decode_from_active(content: RecordDict, where: str, dims: list[int], n_train
     released = (not final) if gradients is None else gradients
     expected = {passive_key(k, GRADIENTS): (dtype, (n_train, d)) for k, d in passives.items()} if released else {}
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
-    reply = FromActive(metrics_of(metrics, TRAIN_METRICS), metrics_of(metrics, PRIVACY_METRICS),
-                       metrics_of(metrics, VAL_METRICS) or None, metrics_of(metrics, TEST_METRICS) or None,
-                       [_unwire(arrays[key]) for key in expected],
+    reply = FromActive(train=metrics_of(metrics, TRAIN_METRICS), privacy=metrics_of(metrics, PRIVACY_METRICS),
+                       val=metrics_of(metrics, VAL_METRICS) or None, test=metrics_of(metrics, TEST_METRICS) or None,
+                       gradients=[_unwire(arrays[key]) for key in expected],
                        previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
     for r in earlier:
         at = LOCAL_ROUND_METRICS.format(r)
         train = metrics_of(metrics, at + TRAIN_METRICS)
         if not train:
             raise _bad(who, where, f"no metrics of round {r}, which this exchange trains")
-        reply.earlier.append(LocalRound(r, train, metrics_of(metrics, at + PRIVACY_METRICS),
-                                        metrics_of(metrics, at + VAL_METRICS) or None,
-                                        metrics_of(metrics, at + TEST_METRICS) or None))
+        reply.earlier.append(LocalRound(round=r, train=train, privacy=metrics_of(metrics, at + PRIVACY_METRICS),
+                                        val=metrics_of(metrics, at + VAL_METRICS) or None,
+                                        test=metrics_of(metrics, at + TEST_METRICS) or None))
     if final or not dims or not shares_prototypes:
         return reply
     conf: Any = content.get(CONFIG)
@@ -554,10 +560,11 @@ def decode_predict_request(content: RecordDict) -> PredictRequest:
     passives = [int(k) for k in conf.get(PASSIVES, [])]
     points = {k: (array_to_bytes(arrays[passive_key(k, REBLINDED)]), array_to_bytes(arrays[passive_key(k, OWN)]))
               for k in passives if passive_key(k, REBLINDED) in arrays}
-    return PredictRequest(str(conf[SOURCE]), passives, array_to_bytes(arrays[HUB]) if HUB in arrays else None,
-                          points, arrays.get(POSITIONS),
-                          {k: arrays[passive_key(k, EMBEDDINGS)] for k in passives
-                           if passive_key(k, EMBEDDINGS) in arrays})
+    return PredictRequest(str(conf[SOURCE]), passives=passives,
+                          hub=array_to_bytes(arrays[HUB]) if HUB in arrays else None, points=points,
+                          positions=arrays.get(POSITIONS),
+                          embeddings={k: arrays[passive_key(k, EMBEDDINGS)] for k in passives
+                                      if passive_key(k, EMBEDDINGS) in arrays})
 
 
 def encode_predict_reply(reply: PredictReply) -> RecordDict:
@@ -585,10 +592,10 @@ def decode_predict_reply(content: RecordDict, passives: list[int] | None = None)
     arrays = arrays_in(content)
     blob = {key: array_to_bytes(arrays[key]) if key in arrays else None for key in (HUB, REBLINDED, OWN)}
     return PredictReply(
-        None if ROLE not in conf else str(conf[ROLE]), int(conf.get(PARTY_INDEX, 0)),
-        None if ROWS not in conf else int(conf[ROWS]), None if METHOD not in conf else str(conf[METHOD]),
-        bool(conf.get(MODEL, True)), blob[HUB], blob[REBLINDED], blob[OWN],
-        None if ALIGNED not in conf else int(conf[ALIGNED]),
-        {k: arrays[passive_key(k, POSITIONS)] for k in passives if passive_key(k, POSITIONS) in arrays},
-        arrays.get(EMBEDDINGS), metrics_of(content.get(METRICS)),
-        None if PREDICTIONS not in conf else str(conf[PREDICTIONS]))
+        role=None if ROLE not in conf else str(conf[ROLE]), index=int(conf.get(PARTY_INDEX, 0)),
+        rows=None if ROWS not in conf else int(conf[ROWS]), method=None if METHOD not in conf else str(conf[METHOD]),
+        model=bool(conf.get(MODEL, True)), hub=blob[HUB], reblinded=blob[REBLINDED], own=blob[OWN],
+        aligned=None if ALIGNED not in conf else int(conf[ALIGNED]),
+        positions={k: arrays[passive_key(k, POSITIONS)] for k in passives if passive_key(k, POSITIONS) in arrays},
+        embeddings=arrays.get(EMBEDDINGS), metrics=metrics_of(content.get(METRICS)),
+        path=None if PREDICTIONS not in conf else str(conf[PREDICTIONS]))

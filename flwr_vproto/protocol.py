@@ -31,7 +31,7 @@ carries the active party's reply to the next exchange's passive messages; what i
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import KW_ONLY, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -106,7 +106,7 @@ class Probe:
     resume_round: int | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class Discovered:
     """A node's answer to discovery: who it is and its sizes; fresh runs add its blinded IDs per split (PSI 1)."""
 
@@ -142,7 +142,7 @@ class PassiveSetup:
     num_classes: int
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToPassive:
     """A passive's one message of a round."""
 
@@ -157,7 +157,7 @@ class ToPassive:
     test_previous: bool = False  # embed the test rows with last round's encoder first (eval_test=best)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FromPassive:
     """A passive's reply: embeddings of its aligned training rows (and, on evaluation rounds, val/test rows)."""
 
@@ -167,7 +167,7 @@ class FromPassive:
     previous_test: np.ndarray | None = None  # test rows by last round's encoder, when asked
 
 
-@dataclass
+@dataclass(kw_only=True)
 class ToActive:
     """The active party's one message of a round: every joint passive's reply, passive 1 first."""
 
@@ -179,7 +179,7 @@ class ToActive:
     previous_test: list[np.ndarray] | None = None  # score last round's test rows first (``[]``: no passive)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class LocalRound:
     """The metrics of one round an exchange trained before its last (the last one's are the reply's own)."""
 
@@ -190,7 +190,7 @@ class LocalRound:
     test: dict[str, float] | None = None
 
 
-@dataclass
+@dataclass(kw_only=True)
 class FromActive:
     """The active party's reply: the metrics of the exchange's last round (``earlier``: of its other rounds) and
     what the passives get next exchange (nothing after the last).
@@ -219,6 +219,7 @@ class PredictRequest:
     embeddings (to the active party)."""
 
     source: str
+    _: KW_ONLY
     passives: list[int] = field(default_factory=list)
     hub: bytes | None = None
     points: dict[int, tuple[bytes, bytes]] = field(default_factory=dict)  # passive -> (re-blinded hub, own blinded)
@@ -226,7 +227,7 @@ class PredictRequest:
     embeddings: dict[int, np.ndarray] = field(default_factory=dict)
 
 
-@dataclass
+@dataclass(kw_only=True)
 class PredictReply:
     """A party's answer to a prediction query message; only the fields of its step are set."""
 
@@ -253,8 +254,8 @@ def discover(cfg: Config, data: PartySplits, role: str, index: int, fingerprint:
     The active party blinds in its row order, a passive in a private random order, so step 2 can run on all parties
     at once. Starting PSI here saves a message round trip, which costs seconds in a deployment.
     """
-    info = Discovered(role, index, fingerprint, [int(s) for s in data.input_shape], int(cfg.model.embedding_dim),
-                      {s: len(data.split(s)) for s in SPLITS})
+    info = Discovered(role=role, index=index, fingerprint=fingerprint, input_shape=[int(s) for s in data.input_shape],
+                      embedding_dim=int(cfg.model.embedding_dim), rows={s: len(data.split(s)) for s in SPLITS})
     secrets: dict[str, bytes] = {}
     for split in SPLITS:
         ids = data.split(split).ids
@@ -295,7 +296,7 @@ def psi_blind_peers(cfg: Config, data: PartySplits, secrets: dict[str, bytes],
 
 
 def psi_finish(cfg: Config, data: PartySplits, secrets: dict[str, bytes], reblinded: dict[int, dict[str, bytes]],
-               num_classes: int, passive_dims: list[int], secret: bytes | None = None
+               num_classes: int, passive_dims: list[int], *, secret: bytes | None = None
                ) -> tuple[ActiveParty, Intersection]:
     """Active, PSI step 3: intersect per split, fix the shared order, and build the active party on its aligned rows.
 
@@ -314,7 +315,8 @@ def psi_finish(cfg: Config, data: PartySplits, secrets: dict[str, bytes], reblin
             positions[k][split] = np.asarray(pos[party_name(PASSIVE, k)], dtype=np.int64)
     party = ActiveParty(data, cfg, num_classes, passive_dims, secret)
     party.set_alignment(aligned)
-    return party, Intersection(num_classes, {s: int(len(r)) for s, r in aligned.items()}, positions)
+    return party, Intersection(num_classes=num_classes, aligned={s: int(len(r)) for s, r in aligned.items()},
+                               positions=positions)
 
 
 def passive_join(cfg: Config, data: PartySplits, index: int, secrets: dict[str, bytes], setup: PassiveSetup
@@ -326,7 +328,7 @@ def passive_join(cfg: Config, data: PartySplits, index: int, secrets: dict[str, 
 
 
 # ================================================================================================ round steps
-def passive_step(party: PassiveParty, msg: ToPassive, audit_dir: str | None = None) -> FromPassive:
+def passive_step(party: PassiveParty, msg: ToPassive, *, audit_dir: str | None = None) -> FromPassive:
     """One round of a passive party: (last round's test rows, when asked,) apply last round's gradients and the third
     loss, then embed. Everything it sends is rounded to ``wire_dtype``.
 
@@ -340,11 +342,12 @@ def passive_step(party: PassiveParty, msg: ToPassive, audit_dir: str | None = No
     previous = to_wire(party.embed("test"), cfg) if msg.test_previous else None
     out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, msg.splits,
                             msg.pseudo_threshold)
-    return FromPassive(to_wire(out.embeddings, cfg), {s: to_wire(e, cfg) for s, e in out.eval_embeddings.items()},
-                       out.metrics, previous)
+    return FromPassive(embeddings=to_wire(out.embeddings, cfg),
+                       eval_embeddings={s: to_wire(e, cfg) for s, e in out.eval_embeddings.items()},
+                       metrics=out.metrics, previous_test=previous)
 
 
-def active_step(party: ActiveParty, msg: ToActive, audit_dir: str | None = None) -> FromActive:
+def active_step(party: ActiveParty, msg: ToActive, *, audit_dir: str | None = None) -> FromActive:
     """One exchange of the active party: each of its rounds trains on the passives' embeddings of this exchange and,
     on evaluation rounds, calibrates and scores (:func:`flwr_vproto.exchanges.rounds_of`); then decide what of the
     last round is released.
@@ -380,7 +383,7 @@ def _train_cached(party: ActiveParty, msg: ToActive, rnd: int) -> LocalRound:
     """Round ``rnd`` of an exchange, before its last: train on the exchange's (cached) embeddings and, on an
     evaluation round, calibrate and score. Nothing of it leaves this party but its metrics (to the server)."""
     res = party.train_round(rnd, msg.embeddings, release=False)
-    out = LocalRound(rnd, res.metrics, {**res.privacy, **party.gradient_privacy()})
+    out = LocalRound(round=rnd, train=res.metrics, privacy={**res.privacy, **party.gradient_privacy()})
     if _round_splits(party.cfg, msg, rnd):
         out.val, out.test = _calibrate_and_score(party, msg.eval_embeddings, _test_rows(party, msg))
     return out
@@ -437,14 +440,15 @@ def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.
     return val, party.evaluate("test", test) if test is not None else None
 
 
-def to_active(rnd: int, cfg: Config, replies: list[FromPassive], test_previous: bool = False) -> ToActive:
+def to_active(rnd: int, cfg: Config, replies: list[FromPassive], *, test_previous: bool = False) -> ToActive:
     """The active party's message of round ``rnd`` from the joint passives' replies (passive 1 first)."""
     previous = [r.previous_test for r in replies] if test_previous else None
-    return ToActive(rnd, eval_splits(cfg, rnd), rnd == exchanges.count(cfg), [r.embeddings for r in replies],
-                    [r.eval_embeddings for r in replies], previous)  # type: ignore[arg-type]
+    return ToActive(round=rnd, splits=eval_splits(cfg, rnd), final=rnd == exchanges.count(cfg),
+                    embeddings=[r.embeddings for r in replies], eval_embeddings=[r.eval_embeddings for r in replies],
+                    previous_test=previous)  # type: ignore[arg-type]
 
 
-def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float,
+def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float, *,
            extra: dict[str, float] | None = None, cfg: Config | None = None) -> dict[str, float]:
     """Exchange ``rnd``'s flat history record (same keys in both engines; the Flower engine adds its traffic): the
     passives' metrics and its last round's. When exchanges train several rounds (``cfg`` given and
@@ -462,7 +466,8 @@ def local_records(cfg: Config, rnd: int, reply: FromActive) -> list[dict[str, fl
     records are the rounds): every round it trained, with the active party's metrics and scores."""
     if not exchanges.blockwise(cfg):
         return []
-    last = LocalRound(exchanges.rounds_of(cfg, rnd)[-1], reply.train, reply.privacy, reply.val, reply.test)
+    last = LocalRound(round=exchanges.rounds_of(cfg, rnd)[-1], train=reply.train, privacy=reply.privacy,
+                      val=reply.val, test=reply.test)
     return [round_record(r.round, r.train, [], r.val, r.test, None,
                          extra={**{f"privacy/{k}": v for k, v in r.privacy.items()}, "exchange": float(rnd)})
             for r in [*reply.earlier, last]]
@@ -498,6 +503,7 @@ class InTransit:
     """
 
     num_passive: int
+    _: KW_ONLY
     gradients: dict[int, np.ndarray] = field(default_factory=dict)
     prototypes: dict[int, np.ndarray] = field(default_factory=dict)
     prototype_mask: np.ndarray | None = None
@@ -518,12 +524,14 @@ class InTransit:
         if reply.pseudo_thresholds is not None:
             self.pseudo_thresholds = dict(enumerate(reply.pseudo_thresholds, start=1))
 
-    def to_passive(self, k: int, rnd: int, cfg: Config, setup: PassiveSetup | None = None) -> ToPassive:
+    def to_passive(self, k: int, rnd: int, cfg: Config, *, setup: PassiveSetup | None = None) -> ToPassive:
         """Passive ``k``'s message of round ``rnd``."""
         proto = self.prototypes.get(k)
-        return ToPassive(rnd, eval_splits(cfg, rnd), rnd == exchanges.count(cfg), self.gradients.get(k), proto,
-                         self.prototype_mask if proto is not None else None, self.pseudo_thresholds.get(k), setup,
-                         self.test_previous)
+        return ToPassive(round=rnd, splits=eval_splits(cfg, rnd), final=rnd == exchanges.count(cfg),
+                         gradients=self.gradients.get(k), prototypes=proto,
+                         prototype_mask=self.prototype_mask if proto is not None else None,
+                         pseudo_threshold=self.pseudo_thresholds.get(k), setup=setup,
+                         test_previous=self.test_previous)
 
     def state(self) -> dict[str, Any]:
         """For the server's checkpoint (:func:`flwr_vproto.checkpoint.server_checkpoint`)."""
@@ -540,7 +548,9 @@ class InTransit:
         """Inverse of :meth:`state` (arrays already numpy)."""
         index = {party_name(PASSIVE, k): k for k in range(1, num_passive + 1)}
         gates = saved.get("pseudo-gates")
-        return cls(num_passive, {index[n]: g for n, g in saved["gradients"].items()},
-                   {index[n]: p for n, p in saved["prototypes"].items()}, saved["prototype-mask"],
-                   {} if gates is None else dict(enumerate((float(g) for g in gates), start=1)),
-                   float(saved.get("best-val", -math.inf)), bool(saved.get("test-previous", False)))
+        return cls(num_passive, gradients={index[n]: g for n, g in saved["gradients"].items()},
+                   prototypes={index[n]: p for n, p in saved["prototypes"].items()},
+                   prototype_mask=saved["prototype-mask"],
+                   pseudo_thresholds={} if gates is None else dict(enumerate((float(g) for g in gates), start=1)),
+                   best_val=float(saved.get("best-val", -math.inf)),
+                   test_previous=bool(saved.get("test-previous", False)))

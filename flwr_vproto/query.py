@@ -116,7 +116,7 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
     context.state[STATE] = ArrayRecord()
     if me.role != "active" and me.model_dir and not (Path(me.model_dir) / f"{me.name}.pt").exists():
         # e.g. method "local", where passives never train; the server decides whether that is an error
-        return _answer(msg, PredictReply(me.role, me.index, model=False))
+        return _answer(msg, PredictReply(role=me.role, index=me.index, model=False))
     named = context.node_config.get(PREDICTION_PATH) if me.role == "active" else None
     if named:  # refuse an existing predictions file before any work
         from flwr_vproto.predict import check_output
@@ -127,7 +127,7 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
             raise DataError(f"{me.name}: {err}") from None
     saved = _saved(me)
     rows = _rows(M.decode_predict_request(msg.content), context, saved, me)
-    reply = PredictReply(me.role, me.index, len(rows), saved.cfg.method.name)
+    reply = PredictReply(role=me.role, index=me.index, rows=len(rows), method=saved.cfg.method.name)
     if me.role == "active":
         hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         reply.hub = hub.blinded_ids()
@@ -249,8 +249,8 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
         peer = relay.exchange([(p, PSI_PEER, peer_ask) for p in passives], "prediction (PSI peers)")
         got = {p.index: M.decode_predict_reply(peer[p.name].content) for p in passives}
         points = {k: (r.reblinded, r.own) for k, r in got.items()}  # type: ignore[misc]
-    fin = relay.exchange([(active, PSI_FINISH, M.encode_predict_request(PredictRequest(source, ks, points=points)))],
-                         "prediction (PSI intersection)")[active.name]
+    finish = M.encode_predict_request(PredictRequest(source, passives=ks, points=points))
+    fin = relay.exchange([(active, PSI_FINISH, finish)], "prediction (PSI intersection)")[active.name]
     positions = M.decode_predict_reply(fin.content, ks).positions
     embeddings: dict[int, np.ndarray] = {}
     if passives:
@@ -258,7 +258,7 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
                  for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
         embeddings = {p.index: M.decode_predict_reply(embedded[p.name].content).embeddings for p in passives}  # type: ignore
-    res = relay.exchange([(active, SCORE, M.encode_predict_request(PredictRequest(source, ks,
+    res = relay.exchange([(active, SCORE, M.encode_predict_request(PredictRequest(source, passives=ks,
                                                                                    embeddings=embeddings)))],
                          "prediction (scoring)")[active.name]
     metrics = M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -56,6 +57,12 @@ class Traffic:
 Send = tuple[PartyNode, str, RecordDict]  # to whom, message type, content
 
 
+def make_message(party: PartyNode, mtype: str, content: RecordDict, *, group: str | int, timeout: float) -> Message:
+    """A message to ``party`` of type ``mtype`` in group ``group`` (the round, or the phase of a setup step), kept by
+    the SuperLink a minute longer than its reply's deadline ``timeout``."""
+    return Message(content, party.node_id, mtype, group_id=str(group), ttl=timeout + 60.0)
+
+
 class Relay:
     """One run's messaging over ``grid``.
 
@@ -82,7 +89,12 @@ class Relay:
                                     f"{self.wait_for_nodes:g} s ({why})")
             time.sleep(0.5)
 
-    def exchange(self, sends: list[Send], phase: str, rnd: int | None = None, traffic: Traffic | None = None,
+    def message(self, party: PartyNode, mtype: str, content: RecordDict, *, group: str | int, work: int = 1
+                ) -> Message:
+        """A message to ``party`` that lives as long as its reply may take (``work`` rounds of ``timeout``)."""
+        return make_message(party, mtype, content, group=group, timeout=self.timeout * max(work, 1))
+
+    def exchange(self, sends: list[Send], phase: str, *, rnd: int | None = None, traffic: Traffic | None = None,
                  tolerate_gone: bool = False, work: int = 1) -> dict[str, Message]:
         """Send one message to each party and wait for every reply; return replies by party name.
 
@@ -92,9 +104,24 @@ class Relay:
         left out of the replies instead of stopping the run (discovery: a killed SuperNode stays listed as online
         until its heartbeats expire, up to a minute, next to the one restarted in its place).
         """
+        group = rnd if rnd is not None else phase
+        return self.send_and_receive([self.message(p, mtype, content, group=group, work=work)
+                                      for p, mtype, content in sends], [p for p, _, _ in sends], phase, rnd=rnd,
+                                     traffic=traffic, tolerate_gone=tolerate_gone, work=work)
+
+    def send_and_receive(self, messages: Iterable[Message], parties: Iterable[PartyNode], phase: str, *,
+                         rnd: int | None = None, traffic: Traffic | None = None, tolerate_gone: bool = False,
+                         work: int = 1) -> dict[str, Message]:
+        """:meth:`exchange` for messages already built (a strategy's ``configure_*`` hooks): each goes to the party
+        of ``parties`` with its destination node; return replies by party name."""
         where = phase + (f" of round {rnd}" if rnd is not None else "")
         timeout = self.timeout * max(work, 1)
-        pending = self._push(sends, where, str(rnd if rnd is not None else phase), timeout)
+        by_node = {p.node_id: p for p in parties}
+        msgs = list(messages)
+        unknown = sorted({m.metadata.dst_node_id for m in msgs} - set(by_node))
+        if unknown:
+            raise ProtocolError(f"{where}: messages addressed to nodes {unknown}, which are not parties of this run")
+        pending = self._push(msgs, [by_node[m.metadata.dst_node_id] for m in msgs], where)
         replies: dict[str, Message] = {}
         deadline = time.monotonic() + timeout
         delay = self.poll_interval
@@ -113,16 +140,15 @@ class Relay:
                 delay = min(delay * 1.5, self.max_poll_interval)
         return replies
 
-    def _push(self, sends: list[Send], where: str, group: str, timeout: float
+    def _push(self, msgs: list[Message], parties: list[PartyNode], where: str
               ) -> dict[str, tuple[PartyNode, RecordDict]]:
-        msgs = [Message(content, p.node_id, mtype, group_id=group, ttl=timeout + 60.0)
-                for p, mtype, content in sends]
+        contents = [m.content for m in msgs]  # before sending: a Grid may take the message over
         ids = list(self.grid.push_messages(msgs))
         if len(ids) != len(msgs) or not all(ids):
-            lost = ([p.name for (p, _, _), i in zip(sends, ids, strict=True) if not i] if len(ids) == len(msgs)
-                    else [p.name for p, _, _ in sends])
+            lost = ([p.name for p, i in zip(parties, ids, strict=True) if not i] if len(ids) == len(msgs)
+                    else [p.name for p in parties])
             raise ProtocolError(f"could not deliver the {where} message to {', '.join(lost)}")
-        return {mid: (p, content) for mid, (p, _, content) in zip(ids, sends, strict=True)}
+        return {mid: (p, content) for mid, p, content in zip(ids, parties, contents, strict=True)}
 
     @staticmethod
     def _accept(reply: Message, party: PartyNode, where: str, tolerate_gone: bool) -> bool:

@@ -1,15 +1,17 @@
 """``VerticalProtoStrategy``: the server side of vertical federated learning with prototypes (design §4).
 
-It subclasses Flower's message-API :class:`~flwr.serverapp.strategy.Strategy` and overrides :meth:`start`, so a
-user runs it like ``FedAvg``: ``strategy.start(grid=grid, initial_arrays=ArrayRecord(), num_rounds=...)`` returns a
-:class:`~flwr.serverapp.strategy.Result`. Unlike horizontal FL there is no global model to aggregate: the server
-only relays the payloads of :mod:`flwr_vproto.protocol` between parties — encode (:mod:`flwr_vproto.messages`) ->
-exchange (:mod:`flwr_vproto.relay`) -> decode — in the order :func:`flwr_vproto.inprocess.run_inprocess` calls the
-same steps, so both engines produce the same per-round metrics.
+It subclasses Flower's message-API :class:`~flwr.serverapp.strategy.Strategy`, so a user runs it like ``FedAvg``:
+``strategy.start(grid=grid)`` returns a :class:`~flwr.serverapp.strategy.Result`. Unlike horizontal FL there is no
+global model to aggregate: the server relays the payloads of :mod:`flwr_vproto.protocol` between parties — encode
+(:mod:`flwr_vproto.messages`) -> send and receive (:mod:`flwr_vproto.relay`) -> decode — in the order
+:func:`flwr_vproto.inprocess.run_inprocess` calls the same steps, so both engines produce the same per-round metrics.
+
+Every step is a public hook a subclass can override or wrap, ``configure_*`` (build the messages of a phase) and
+``aggregate_*`` (decode and check its replies), as FedAvg's ``configure_train`` -> send/receive -> ``aggregate_train``:
 
 Setup (once, three message round trips): discovery (every node: role, party index, sizes; its blinded IDs ride
 along) -> the passives re-blind the active party's points while it blinds theirs -> the active party intersects per
-split and builds its learner; each passive's positions in the shared order ride along with its first round. The
+split and builds its learner; each passive's positions in the shared order ride along with its first exchange. The
 server relays only blinded points, never IDs.
 Exchanges (pipelined, one message per party each; :mod:`flwr_vproto.exchanges` says which rounds each trains, by
 default one, and one in all when no passive could ever receive anything): passives get last exchange's gradients
@@ -27,37 +29,86 @@ from __future__ import annotations
 import dataclasses
 import logging
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from flwr_vproto import __version__, defences, exchanges, privacy
+from flwr_vproto import __version__, defences, exchanges, messages, privacy
 from flwr_vproto import checkpoint as ck
-from flwr_vproto import messages as M
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.privacy import privacy_summary
-from flwr_vproto.protocol import InTransit, PassiveSetup, Probe, ProtocolError
-from flwr_vproto.relay import PartyNode, Relay, Traffic
+from flwr_vproto.protocol import FromActive, FromPassive, InTransit, PassiveSetup, Probe, ProtocolError
+from flwr_vproto.relay import PartyNode, Relay, Traffic, make_message
 from flwr_vproto.results import build_results, format_round
 from flwr_vproto.run_config import config_fingerprint
 
 log = logging.getLogger("flwr")
 
 RoundCallback = Callable[[dict[str, float]], None]
+Replies = Mapping[str, Message]  # replies by party name (``active``, ``passive1``, ...; ``node <id>`` before discovery)
+PHASES = {proto.PASSIVE: "training (passive parties)", proto.ACTIVE: "training (active party)"}  # as errors name them
+
+
+@dataclass
+class Exchange:
+    """The exchange under way (``strategy.current``): what its two phases hand each other.
+
+    ``passives`` is ``None`` until the passive phase is aggregated; ``active`` until the active phase is.
+    """
+
+    round: int
+    started: float = field(default_factory=time.perf_counter)
+    traffic: Traffic = field(default_factory=Traffic)
+    passives: list[FromPassive] | None = None
+    active: FromActive | None = None
+
+    @property
+    def phase(self) -> str:
+        """Which phase ``configure_train`` builds and ``aggregate_train`` decodes next: ``passive`` or ``active``."""
+        return proto.PASSIVE if self.passives is None else proto.ACTIVE
 
 
 class VerticalProtoStrategy(Strategy):
     """Drive one vertical federated run (``vproto``, ``vanilla`` or ``local``) over Flower messages.
 
     ``timeout``: seconds to wait for any one reply; ``wait_for_nodes``: seconds to wait for all ``K + 1``
-    SuperNodes to connect; ``on_round``: called with each round's record (e.g. to print progress);
+    SuperNodes to connect; ``on_round``: called with each exchange's record (e.g. to print progress);
     ``poll_interval`` / ``max_poll_interval``: see :class:`~flwr_vproto.relay.Relay`.
-    After :meth:`start`, ``history`` holds the per-round records and ``results`` the content of ``results.json``.
+    After :meth:`start`, ``history`` holds the per-exchange records and ``results`` the content of ``results.json``.
+
+    **Hooks.** :meth:`start` calls these, in this order; override or wrap any of them (``super()`` first) to add
+    metrics, inspect or change messages, or log. ``configure_*`` return Flower messages (build them with
+    :meth:`message`), ``aggregate_*`` get the replies by party name and return decoded, checked payloads.
+
+    ========================  =========================================================================
+    set-up (once)             ``configure_discovery`` / ``aggregate_discovery`` (sets ``parties``),
+                              ``configure_psi`` / ``aggregate_psi`` (PSI step 2),
+                              ``configure_intersection`` / ``aggregate_intersection`` (PSI step 3)
+    each exchange (a Flower   ``configure_train`` -> send/receive -> ``aggregate_train``, twice: the passive
+    round, ``server_round``)  phase (``configure_passives`` / ``aggregate_passives``: one ``train`` message
+                              per joint passive, its embeddings back), then the active phase
+                              (``configure_active`` / ``aggregate_active``: one ``train`` message to the
+                              active party with every passive's embeddings, every round's metrics and the
+                              passives' next gradients back). ``current.phase`` says which is next.
+                              ``aggregate_train`` returns ``(None, None)`` after the passive phase and
+                              ``(None, the exchange's record)`` after the active one: that record (flat
+                              ``active/``, ``passive<k>/``, ``val/``, ``test/``, ``privacy/``, traffic
+                              keys) is what ``history``, ``on_round`` and ``results.json`` get
+    evaluation                rides with training: on evaluation rounds the passives embed their val/test
+                              rows in their ``train`` reply and the active party scores them in its own,
+                              so ``configure_evaluate`` sends nothing; ``aggregate_evaluate`` gives an
+                              exchange's ``val/`` and ``test/`` metrics from its record (Flower's
+                              ``Result.evaluate_metrics_clientapp``)
+    ========================  =========================================================================
+
+    There is no global model: ``configure_train`` / ``configure_evaluate`` take Flower's ``arrays`` and ``config``
+    for signature compatibility and refuse non-empty ones.
     """
 
     def __init__(
@@ -89,22 +140,9 @@ class VerticalProtoStrategy(Strategy):
         self.parties: list[PartyNode] = []  # the active party first, then passives 1..K
         self.setup_traffic = Traffic()
         self.last_checkpoint = 0  # round of the last complete checkpoint (0: none)
-
-    # ------------------------------------------------------------------ Flower's abstract API (not used by start)
-    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                        grid: Grid) -> Iterable[Message]:
-        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
-
-    def aggregate_train(self, server_round: int,
-                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
-
-    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
-                           grid: Grid) -> Iterable[Message]:
-        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
-
-    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        raise NotImplementedError("VerticalProtoStrategy runs its own message protocol in start()")
+        self.transit = InTransit(cfg.dataset.num_passive)  # what the last active reply hands the next exchange
+        self.setups: dict[int, PassiveSetup] = {}  # PSI step 4 of each passive, sent with the first exchange
+        self.current: Exchange | None = None
 
     def summary(self) -> None:
         c = self.cfg
@@ -127,35 +165,74 @@ class VerticalProtoStrategy(Strategy):
     def num_classes(self) -> int:
         return int(self.active.info["num-classes"])
 
-    def _aligned(self) -> dict[str, int]:
-        return {s: int(self.active.info[M.split_key(M.ALIGNED, s)]) for s in SPLITS}
+    def aligned(self) -> dict[str, int]:
+        """Users every party holds, per split (known after PSI)."""
+        return {s: int(self.active.info[messages.split_key(messages.ALIGNED, s)]) for s in SPLITS}
 
-    # ------------------------------------------------------------------ setup
-    def _discover(self, relay: Relay, resume_round: int | None = None) -> dict[str, dict[str, bytes]]:
-        """Ask every node who it is; require exactly one active party and passives 1..K (sets ``parties``).
+    def message(self, party: PartyNode, mtype: str, content: Any, *, group: str | int, work: int = 1) -> Message:
+        """A message to ``party`` whose lifetime covers its deadline (``work`` rounds of ``timeout``)."""
+        return make_message(party, mtype, content, group=group, timeout=self.timeout * max(work, 1))
 
-        Returns each party's blinded IDs (PSI step 1, riding with discovery). With ``resume_round`` every party
-        instead restores itself from its own checkpoint of that round, and nothing is returned.
-        """
+    def party_of(self, reply: Message) -> PartyNode:
+        """The party a reply came from (by its source node)."""
+        for p in self.parties:
+            if p.node_id == reply.metadata.src_node_id:
+                return p
+        raise ProtocolError(f"a reply from node {reply.metadata.src_node_id}, which is no party of this run")
+
+    # ------------------------------------------------------------------ set-up hooks
+    def configure_discovery(self, nodes: list[PartyNode], resume_round: int | None) -> list[Message]:
+        """Ask every node who it is (and, to resume, to restore its checkpoint of ``resume_round``)."""
+        probe = messages.encode_probe(Probe(fingerprint=config_fingerprint(self.cfg), version=__version__,
+                                            resume_round=resume_round))
+        return [self.message(n, messages.DISCOVER, probe, group="discovery") for n in nodes]
+
+    def aggregate_discovery(self, nodes: list[PartyNode], replies: Replies, resume_round: int | None
+                            ) -> dict[str, dict[str, bytes]]:
+        """Require exactly one active party and passives 1..K (sets ``parties``); return each party's blinded IDs
+        (PSI step 1, riding with discovery; none when resuming)."""
         need = self.cfg.dataset.num_passive + 1
-        nodes = relay.nodes(need, f"one active party + dataset.num_passive={need - 1} passive parties")
-        probe = M.encode_probe(Probe(config_fingerprint(self.cfg), __version__, resume_round))
-        replies = relay.exchange([(n, M.DISCOVER, probe) for n in nodes], "discovery", tolerate_gone=True)
         if len(replies) < need:
             gone = [n.node_id for n in nodes if n.name not in replies]
             raise ProtocolError(f"only {len(replies)} of {need} SuperNodes answered discovery within "
-                                f"{relay.timeout:g} s; nodes {gone} are unavailable or silent")
+                                f"{self.timeout:g} s; nodes {gone} are unavailable or silent")
         found: list[tuple[PartyNode, proto.Discovered, Message]] = []
         for n in (n for n in nodes if n.name in replies):
-            info = M.decode_discovered(replies[n.name].content, n.name)
+            info = messages.decode_discovered(replies[n.name].content, n.name)
             party = PartyNode(n.node_id, info.role, info.index, {
-                "embedding-dim": info.embedding_dim, **{M.split_key(M.ROWS, s): r for s, r in info.rows.items()}})
+                "embedding-dim": info.embedding_dim,
+                **{messages.split_key(messages.ROWS, s): r for s, r in info.rows.items()}})
             found.append((party, info, replies[n.name]))
-            self.setup_traffic.add(party.name, probe, replies[n.name].content)
         self.parties = self._identify([p for p, _, _ in found])
         if resume_round is not None:
             return {}
-        return {p.name: M.discovered_points(reply.content, info) for p, info, reply in found}
+        return {p.name: messages.discovered_points(reply.content, info) for p, info, reply in found}
+
+    def configure_psi(self, points: dict[str, dict[str, bytes]]) -> list[Message]:
+        """PSI step 2, on all parties at once: each passive re-blinds the active party's points while the active
+        party blinds every passive's."""
+        active, passives = self.active, self.parties[1:]
+        hub = messages.encode_hub_points(points[active.name])
+        blind = messages.encode_blind_request({p.index: points[p.name] for p in passives})
+        return [*(self.message(p, messages.PSI_PEER, hub, group="PSI (blinding)") for p in passives),
+                self.message(active, messages.PSI_BLIND, blind, group="PSI (blinding)")]
+
+    def aggregate_psi(self, replies: Replies) -> dict[int, dict[str, bytes]]:
+        """Each passive's re-blinding of the active party's points, by passive index."""
+        return {p.index: messages.decode_reblinded(replies[p.name].content, p.name) for p in self.parties[1:]}
+
+    def configure_intersection(self, reblinded: dict[int, dict[str, bytes]]) -> list[Message]:
+        """PSI step 3, to the active party: every passive's re-blinding and embedding dimension."""
+        finish = messages.encode_finish_request(reblinded, [int(p.info["embedding-dim"]) for p in self.parties[1:]])
+        return [self.message(self.active, messages.PSI_FINISH, finish, group="PSI (intersection)")]
+
+    def aggregate_intersection(self, replies: Replies) -> dict[int, PassiveSetup]:
+        """The active party's intersection (its classes and aligned counts go to ``active.info``); returns each
+        passive's PSI step 4, which goes out with its first exchange."""
+        result = messages.decode_intersection(replies[self.active.name].content, [p.index for p in self.parties[1:]])
+        self.active.info.update({"num-classes": result.num_classes,
+                                 **{messages.split_key(messages.ALIGNED, s): n for s, n in result.aligned.items()}})
+        return {k: PassiveSetup(positions=pos, num_classes=result.num_classes) for k, pos in result.positions.items()}
 
     def _identify(self, parties: list[PartyNode]) -> list[PartyNode]:
         """Exactly one active party, passives 1..K, everyone with the configured embedding size."""
@@ -176,52 +253,130 @@ class VerticalProtoStrategy(Strategy):
                                     f"model.embedding_dim={want_dim}; every party must run with the same model config")
         return [actives[0], *passives]
 
+    def _discover(self, relay: Relay, resume_round: int | None = None) -> dict[str, dict[str, bytes]]:
+        need = self.cfg.dataset.num_passive + 1
+        nodes = relay.nodes(need, f"one active party + dataset.num_passive={need - 1} passive parties")
+        sent = self.configure_discovery(nodes, resume_round)
+        replies = relay.send_and_receive(sent, nodes, "discovery", tolerate_gone=True)
+        points = self.aggregate_discovery(nodes, replies, resume_round)
+        down = {m.metadata.dst_node_id: m.content for m in sent}
+        up = {n.node_id: replies[n.name].content for n in nodes if n.name in replies}
+        for p in self.parties:
+            self.setup_traffic.add(p.name, down[p.node_id], up[p.node_id])
+        return points
+
     def _psi(self, relay: Relay, points: dict[str, dict[str, bytes]]) -> dict[int, PassiveSetup]:
-        """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs.
+        """ECDH-PSI per split, relayed: the server forwards blinded points, never IDs."""
+        t = self.setup_traffic
+        step2 = relay.send_and_receive(self.configure_psi(points), self.parties, "PSI (blinding)", traffic=t)
+        reblinded = self.aggregate_psi(step2)
+        fin = relay.send_and_receive(self.configure_intersection(reblinded), self.parties, "PSI (intersection)",
+                                     traffic=t)
+        return self.aggregate_intersection(fin)
 
-        Step 2 runs on all parties at once: each passive re-blinds the active party's points while the active party
-        blinds every passive's points; step 3 (matching, the shared order) is the active party's alone. Returns each
-        passive's PSI step 4, which goes out with its first round.
-        """
-        active, passives, t = self.active, self.parties[1:], self.setup_traffic
-        hub = M.encode_hub_points(points[active.name])
-        blind = M.encode_blind_request({p.index: points[p.name] for p in passives})
-        step2 = relay.exchange([(p, M.PSI_PEER, hub) for p in passives] + [(active, M.PSI_BLIND, blind)],
-                               "PSI (blinding)", traffic=t)
-        reblinded = {p.index: M.decode_reblinded(step2[p.name].content, p.name) for p in passives}
-        finish = M.encode_finish_request(reblinded, [int(p.info["embedding-dim"]) for p in passives])
-        fin = relay.exchange([(active, M.PSI_FINISH, finish)], "PSI (intersection)", traffic=t)[active.name]
-        result = M.decode_intersection(fin.content, [p.index for p in passives])
-        active.info.update({"num-classes": result.num_classes,
-                            **{M.split_key(M.ALIGNED, s): n for s, n in result.aligned.items()}})
-        return {k: PassiveSetup(pos, result.num_classes) for k, pos in result.positions.items()}
+    # ------------------------------------------------------------------ exchange hooks
+    def configure_passives(self, server_round: int) -> list[Message]:
+        """The passive phase: every joint passive's ``ToPassive`` (last exchange's gradients, prototypes and gate
+        when they travel; its PSI step 4 in exchange 1)."""
+        setups = self.setups if server_round == 1 else {}
+        return [self.message(p, messages.TRAIN, messages.encode_to_passive(
+            self.transit.to_passive(p.index, server_round, self.cfg, setup=setups.get(p.index)),
+            dtype=self.cfg.wire_dtype), group=server_round) for p in self.joint]
 
-    # ------------------------------------------------------------------ one round
-    def _round(self, relay: Relay, rnd: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> dict[str, float]:
+    def aggregate_passives(self, server_round: int, replies: Replies) -> list[FromPassive]:
+        """Every joint passive's embeddings (passive 1 first), checked against the aligned rows, its embedding
+        dimension and the wire dtype."""
+        splits, aligned = proto.eval_splits(self.cfg, server_round), self.aligned()
+        return [messages.decode_from_passive(
+            replies[p.name].content, p.name, f"training of round {server_round}", rows=aligned,
+            dim=int(p.info["embedding-dim"]), splits=splits, previous=self.transit.test_previous,
+            dtype=self.cfg.wire_dtype) for p in self.joint]
+
+    def configure_active(self, server_round: int, passives: list[FromPassive]) -> list[Message]:
+        """The active phase: the active party's ``ToActive`` with every passive's reply; its deadline is
+        ``timeout`` per round the exchange trains."""
+        msg = proto.to_active(server_round, self.cfg, passives, test_previous=self.transit.test_previous)
+        return [self.message(self.active, messages.TRAIN, messages.encode_to_active(msg, dtype=self.cfg.wire_dtype),
+                             group=server_round, work=len(exchanges.rounds_of(self.cfg, server_round)))]
+
+    def aggregate_active(self, server_round: int, replies: Replies) -> FromActive:
+        """The active party's reply: every round's metrics and, when released, each passive's next gradients."""
+        cfg = self.cfg
+        return messages.decode_from_active(
+            replies[self.active.name].content, f"training of round {server_round}",
+            dims=[int(p.info["embedding-dim"]) for p in self.joint], n_train=self.aligned()["train"],
+            final=server_round == exchanges.count(cfg), num_classes=self.num_classes,
+            shares_prototypes=cfg.method.shares_prototypes, dtype=cfg.wire_dtype,
+            gradients=defences.releases(cfg, server_round), earlier=exchanges.rounds_of(cfg, server_round)[:-1])
+
+    # ------------------------------------------------------------------ Flower's hooks
+    def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                        grid: Grid) -> Iterable[Message]:
+        """The messages of exchange ``server_round``'s next phase (``current.phase``): the passives' (none for
+        ``local``), then, once :meth:`aggregate_train` has their replies, the active party's."""
+        _no_global_model(arrays, config)
+        ex = self._exchange_state(server_round)
+        return self.configure_passives(server_round) if ex.passives is None else \
+            self.configure_active(server_round, ex.passives)
+
+    def aggregate_train(self, server_round: int,
+                        replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """Decode the replies of the phase :meth:`configure_train` built. After the passive phase: ``(None,
+        None)``. After the active phase: ``(None, the exchange's record)``; no arrays, there is no global model."""
+        ex = self._exchange_state(server_round)
+        by_party = {self.party_of(m).name: m for m in replies}
+        if ex.passives is None:
+            ex.passives = self.aggregate_passives(server_round, by_party)
+            return None, None
+        ex.active = self.aggregate_active(server_round, by_party)
+        record = proto.record(server_round, ex.passives, ex.active, time.perf_counter() - ex.started, cfg=self.cfg,
+                              extra={"messages": ex.traffic.messages,
+                                     **{f"bytes/{k}": v for k, v in ex.traffic.bytes.items()}})
+        return None, MetricRecord(record)  # type: ignore[arg-type]
+
+    def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
+                           grid: Grid) -> Iterable[Message]:
+        """No messages: evaluation rides with training (the exchange's ``train`` messages carry the val/test
+        embeddings on evaluation rounds and the active party's scores)."""
+        _no_global_model(arrays, config)
+        return []
+
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
+        """Exchange ``server_round``'s ``val/`` and ``test/`` metrics, from its record in ``history`` (test scores
+        that came with the next exchange, ``eval_test=best``, included); ``None`` when it evaluated nothing.
+        ``replies`` are not read: :meth:`configure_evaluate` sends nothing."""
+        rec = next((r for r in self.history if int(r["round"]) == server_round), {})
+        evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
+        return MetricRecord(evals) if evals else None  # type: ignore[arg-type]
+
+    def _exchange_state(self, server_round: int) -> Exchange:
+        if self.current is None or self.current.round != server_round or self.current.active is not None:
+            self.current = Exchange(server_round)
+        return self.current
+
+    # ------------------------------------------------------------------ one exchange
+    def _exchange(self, relay: Relay, rnd: int) -> dict[str, float]:
         """One pipelined exchange, exactly as ``run_inprocess``: passives first, then the active party. Returns the
-        exchange's record (its rounds' records go to ``local_history``); last round's test scores, when they come
-        with this exchange, go into ``history[-1]``."""
-        cfg, t0, traffic, dtype = self.cfg, time.perf_counter(), Traffic(), self.cfg.wire_dtype
-        where, aligned, previous = f"training of round {rnd}", self._aligned(), transit.test_previous
-        sends = [(p, M.TRAIN, M.encode_to_passive(transit.to_passive(p.index, rnd, cfg, setups.get(p.index)), dtype))
-                 for p in self.joint]
-        outs = relay.exchange(sends, "training (passive parties)", rnd, traffic) if sends else {}
-        dims = [int(p.info["embedding-dim"]) for p in self.joint]
-        splits = proto.eval_splits(cfg, rnd)
-        replies = [M.decode_from_passive(outs[p.name].content, p.name, where, aligned, d, splits, previous, dtype)
-                   for p, d in zip(self.joint, dims, strict=True)]
-        msg = proto.to_active(rnd, cfg, replies, previous)
-        rounds = exchanges.rounds_of(cfg, rnd)
-        res = relay.exchange([(self.active, M.TRAIN, M.encode_to_active(msg, dtype))], "training (active party)", rnd,
-                             traffic, work=len(rounds))[self.active.name]
-        reply = M.decode_from_active(res.content, where, dims, aligned["train"], msg.final, self.num_classes,
-                                     cfg.method.shares_prototypes, dtype, gradients=defences.releases(cfg, rnd),
-                                     earlier=rounds[:-1])
-        transit.receive(reply)
-        proto.add_previous_test(self.history, reply)
-        self.local_history.extend(proto.local_records(cfg, rnd, reply))
-        return proto.record(rnd, replies, reply, time.perf_counter() - t0, cfg=cfg, extra={
-            "messages": traffic.messages, **{f"bytes/{k}": v for k, v in traffic.bytes.items()}})
+        exchange's record (its rounds' records go to ``local_history``); last exchange's test scores, when they
+        come with this one, go into ``history[-1]``."""
+        ex = self.current = Exchange(rnd)
+        work = {proto.PASSIVE: 1, proto.ACTIVE: len(exchanges.rounds_of(self.cfg, rnd))}
+        metrics: MetricRecord | None = None
+        for _ in (proto.PASSIVE, proto.ACTIVE):
+            phase = ex.phase
+            sent = list(self.configure_train(rnd, ArrayRecord(), ConfigRecord(), relay.grid))
+            replies = relay.send_and_receive(sent, self.parties, PHASES[phase], rnd=rnd, traffic=ex.traffic,
+                                             work=work[phase]) if sent else {}
+            _, metrics = self.aggregate_train(rnd, replies.values())
+        if ex.active is None or metrics is None:
+            raise ProtocolError(f"round {rnd}: aggregate_train must decode the passive phase, then the active one "
+                                f"(call super().aggregate_train)")
+        self.transit.receive(ex.active)
+        proto.add_previous_test(self.history, ex.active)
+        self.local_history.extend(proto.local_records(self.cfg, rnd, ex.active))
+        if metrics is None:
+            raise ProtocolError(f"aggregate_train returned no record for round {rnd}")
+        return dict(metrics)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
@@ -244,7 +399,7 @@ class VerticalProtoStrategy(Strategy):
 
     def _save_checkpoint(self, rnd: int, transit: InTransit) -> None:
         """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
-        info = {p.name: {k: v for k, v in p.info.items() if k.startswith(M.ALIGNED + ".") or k == "num-classes"}
+        info = {p.name: {k: v for k, v in p.info.items() if k.startswith(messages.ALIGNED + ".") or k == "num-classes"}
                 for p in self.parties}
         ck.save(ck.server_dir(self.cfg), rnd, ck.server_checkpoint(self.cfg, rnd, self.history, transit.state(),
                                                                    **{"party-info": info,
@@ -270,7 +425,7 @@ class VerticalProtoStrategy(Strategy):
         raise err
 
     # ------------------------------------------------------------------ the run
-    def start(  # type: ignore[override]
+    def start(
         self,
         grid: Grid,
         initial_arrays: ArrayRecord | None = None,
@@ -280,11 +435,13 @@ class VerticalProtoStrategy(Strategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
     ) -> Result:
-        """Set up (discovery, PSI) and train ``num_rounds`` rounds (default ``cfg.num_rounds``).
+        """Set up (discovery, PSI) and train ``num_rounds`` rounds (default ``cfg.num_rounds``) in their exchanges.
 
-        ``initial_arrays``, ``train_config``, ``evaluate_config`` and ``evaluate_fn`` exist for signature
-        compatibility with Flower's strategies: in vertical FL each party initialises and keeps its own model and
-        the server holds no model to evaluate, so they must be left unset.
+        Flower's own signature, widened: ``initial_arrays`` may be left out and ``num_rounds`` / ``timeout`` default
+        to the config's and the constructor's (a type-compatible override). ``initial_arrays``, ``train_config``,
+        ``evaluate_config`` and ``evaluate_fn`` exist for compatibility with Flower's strategies: in vertical FL each
+        party initialises and keeps its own model and the server holds no model to evaluate, so they must be left
+        unset (or empty).
         """
         if initial_arrays or train_config or evaluate_config or evaluate_fn is not None:
             raise ValueError("VerticalProtoStrategy has no global model: leave initial_arrays, train_config, "
@@ -300,43 +457,43 @@ class VerticalProtoStrategy(Strategy):
         saved = self._checkpoint_to_resume()
         start = self.last_checkpoint
         points = self._discover(relay, start or None)
-        self.history, self.local_history = [], []
+        self.history, self.local_history, self.current = [], [], None
         if saved is None:
-            setups, transit = self._psi(relay, points), InTransit(self.cfg.dataset.num_passive)
+            self.setups, self.transit = self._psi(relay, points), InTransit(self.cfg.dataset.num_passive)
         else:  # every party restored itself in discovery; PSI's outcome is part of their state
-            setups, transit = {}, self._restore(saved)
+            self.setups, self.transit = {}, self._restore(saved)
             log.info("resumed from the checkpoint of round %d in %s", start, self.cfg.checkpoint.dir)
         setup_seconds = time.perf_counter() - t_setup
         log.info("setup done in %.1f s: %s", setup_seconds,
                  ", ".join(f"{p.name}=node {p.node_id}" for p in self.parties))
-        self._train(relay, start + 1, transit, setups)
+        self._train(relay, start + 1)
         self.results = self._results(setup_seconds, start)
         return self._flower_result()
 
-    def _train(self, relay: Relay, first: int, transit: InTransit, setups: dict[int, PassiveSetup]) -> None:
+    def _train(self, relay: Relay, first: int) -> None:
         """Exchanges ``first..``; a failed one is retried from the last checkpoint when allowed."""
         cfg, rnd, retries, recover = self.cfg, first, self.cfg.checkpoint.retries, False
         while rnd <= exchanges.count(cfg):
             try:
                 if recover:
                     recover = False
-                    transit, rnd = self._recover(relay), self.last_checkpoint + 1
+                    self.transit, rnd = self._recover(relay), self.last_checkpoint + 1
                     continue
-                rec = self._round(relay, rnd, transit, setups if rnd == 1 else {})
+                rec = self._exchange(relay, rnd)
             except ProtocolError as err:
                 retries, recover = self._retry_or_raise(err, retries), True
                 continue
             self.history.append(rec)
             if ck.due(cfg, rnd):  # every party wrote its file before it replied: this one completes the checkpoint
-                self._save_checkpoint(rnd, transit)
+                self._save_checkpoint(rnd, self.transit)
             log.info(format_round(rec, cfg.num_rounds))
             if self.on_round is not None:
                 self.on_round(rec)
             rnd += 1
 
     def _results(self, setup_seconds: float, start: int) -> dict[str, Any]:
-        rows = {p.name: {s: int(p.info[M.split_key(M.ROWS, s)]) for s in SPLITS} for p in self.parties}
-        found = proto.alignment_record(self._aligned(), rows)
+        rows = {p.name: {s: int(p.info[messages.split_key(messages.ROWS, s)]) for s in SPLITS} for p in self.parties}
+        found = proto.alignment_record(self.aligned(), rows)
         return build_results(self.cfg, self.history, local_rounds=self.local_history, extra={
             **privacy_summary(self.cfg, self.history), **defences.defence_summary(self.cfg, self.history),
             "alignment": found, "flower": {
@@ -345,18 +502,26 @@ class VerticalProtoStrategy(Strategy):
                 "setup_messages": self.setup_traffic.messages,
                 "setup_bytes": self.setup_traffic.bytes,
                 "parties": [{"name": p.name, "node_id": p.node_id,
-                             **{k: v for k, v in p.info.items() if k.startswith((M.ROWS + ".", M.ALIGNED + "."))}}
+                             **{k: v for k, v in p.info.items()
+                                if k.startswith((messages.ROWS + ".", messages.ALIGNED + "."))}}
                             for p in self.parties],
             }})
 
     def _flower_result(self) -> Result:
-        """The history as Flower's :class:`Result` (party metrics per round; evaluation metrics where scored)."""
+        """The history as Flower's :class:`Result`: each exchange's party metrics, and its evaluation metrics where
+        it scored any (:meth:`aggregate_evaluate`)."""
         result = Result()
         for rec in self.history:
             rnd = int(rec["round"])
             result.train_metrics_clientapp[rnd] = MetricRecord(
                 {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))})
-            evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
-            if evals:
-                result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)
+            evals = self.aggregate_evaluate(rnd, [])
+            if evals is not None:
+                result.evaluate_metrics_clientapp[rnd] = evals
         return result
+
+
+def _no_global_model(arrays: ArrayRecord, config: ConfigRecord) -> None:
+    if len(arrays) or len(config):
+        raise ValueError("VerticalProtoStrategy has no global model: Flower's arrays and config must be empty "
+                         "(configure the run through Config)")

@@ -231,18 +231,18 @@ def test_prediction_payloads_round_trip_through_their_codecs():
     from flwr_vproto.protocol import PredictReply, PredictRequest
 
     emb = np.arange(6, dtype=np.float32).reshape(3, 2)
-    req = PredictRequest("file", [1, 2], hub=b"\x01\x02", points={1: (b"a", b"bb"), 2: (b"c", b"d")},
+    req = PredictRequest("file", passives=[1, 2], hub=b"\x01\x02", points={1: (b"a", b"bb"), 2: (b"c", b"d")},
                          positions=np.array([2, 0], dtype=np.int64), embeddings={1: emb, 2: emb + 1})
     back = M.decode_predict_request(M.encode_predict_request(req))
     assert (back.source, back.passives, back.hub, back.points) == ("file", [1, 2], b"\x01\x02", req.points)
     assert np.array_equal(back.positions, req.positions) and np.array_equal(back.embeddings[2], emb + 1)
-    reply = PredictReply("active", 0, 5, "vproto", hub=b"h", aligned=3, positions={1: np.array([0, 1])},
-                         metrics={"accuracy": 0.5}, path="/srv/bank/predictions.csv")
+    reply = PredictReply(role="active", index=0, rows=5, method="vproto", hub=b"h", aligned=3,
+                         positions={1: np.array([0, 1])}, metrics={"accuracy": 0.5}, path="/srv/bank/predictions.csv")
     got = M.decode_predict_reply(M.encode_predict_reply(reply), [1])
     assert (got.role, got.rows, got.method, got.model, got.hub, got.aligned) == ("active", 5, "vproto", True, b"h", 3)
     assert got.path == "/srv/bank/predictions.csv"
     assert np.array_equal(got.positions[1], [0, 1]) and got.metrics == {"accuracy": 0.5}
-    bare = M.decode_predict_reply(M.encode_predict_reply(PredictReply("passive", 1, model=False)))
+    bare = M.decode_predict_reply(M.encode_predict_reply(PredictReply(role="passive", index=1, model=False)))
     assert bare.model is False and bare.path is None
 
 
