@@ -150,5 +150,6 @@ def test_own_server_app_example_runs_in_a_flower_simulation(tmp_path):
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-3000:]
     rounds = re.findall(r"^round (\d): validation accuracy (0\.\d+)$", proc.stdout, re.M)
     assert [r for r, _ in rounds] == ["1", "2", "3"], proc.stdout[-2000:]
-    final = re.search(r"^test accuracy (0\.\d+) \(round \d\); 3 rounds of party metrics$", proc.stdout, re.M)
+    assert re.search(r"^exchange 1 done: [\d.]+ s$", proc.stdout, re.M), proc.stdout[-2000:]  # the default: one
+    final = re.search(r"^test accuracy (0\.\d+) \(round \d\); 1 exchange\(s\) of party metrics$", proc.stdout, re.M)
     assert final and float(final.group(1)) > 0.5, proc.stdout[-2000:]
