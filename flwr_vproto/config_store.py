@@ -17,7 +17,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr_vproto.config import Config, RunnerConfig
+from flwr_vproto.config import Config, ModelConfig, RunnerConfig
 
 SCHEMA = "flwr_vproto"
 """The ConfigStore name of :class:`CliConfig` (``conf/config.yaml``'s first default)."""
@@ -26,9 +26,21 @@ HELP_RESOLVER = "flwr_vproto_help"
 
 
 @dataclass
+class _ModelSchema(ModelConfig):
+    """:class:`~flwr_vproto.config.ModelConfig` with its two ``_target_`` mappings untyped for OmegaConf: 2.3 cannot
+    merge an override such as ``model.encoder_target={_target_: my_pkg.MyEncoder}`` into an ``Optional[Dict]`` that
+    is ``None`` (AttributeError inside ``OmegaConf.update``). :func:`~flwr_vproto.config.config_from_dict` still
+    checks their shape."""
+
+    encoder_target: Any = None
+    top_target: Any = None
+
+
+@dataclass
 class CliConfig(Config):
     """What the command line composes: the run's :class:`~flwr_vproto.config.Config` and the ``runner`` block."""
 
+    model: ModelConfig = field(default_factory=_ModelSchema)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
 
@@ -67,7 +79,7 @@ def option_docs(cls: type = CliConfig, prefix: str = "") -> dict[str, str]:
     docs: dict[str, str] = {}
     for klass in reversed(cls.__mro__):
         if dataclasses.is_dataclass(klass):
-            docs.update(_class_docs(klass))
+            docs.update({k: v for k, v in _class_docs(klass).items() if v})
     out: dict[str, str] = {}
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
