@@ -41,6 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
 from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
 from flwr_vproto.sweeps import (
@@ -69,15 +70,20 @@ def _config(cfg: DictConfig) -> tuple[Config, dict[str, Any]]:
 
 
 def _sweep_size() -> int | None:
-    """Number of jobs in this ``-m`` sweep, from the command line as Hydra's basic sweeper expands it."""
+    """Number of jobs in this ``-m`` sweep: the product of the lengths of the command line's sweeps (``a,b``,
+    ``range(...)``) and of ``hydra.sweeper.params``, as Hydra's basic sweeper expands them (its cartesian product)."""
     try:
-        from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
         from hydra.core.override_parser.overrides_parser import OverridesParser
 
         args = [a for a in sys.argv[1:] if not a.startswith("-")]
-        batches = BasicSweeper.split_arguments(OverridesParser.create().parse_overrides(args), None)
-        return sum(len(b) for b in batches)
-    except Exception:  # noqa: BLE001 - another sweeper or launcher: show the job number alone
+        params = HydraConfig.get().sweeper.get("params") or {}
+        overrides = OverridesParser.create().parse_overrides([*[f"{k}={v}" for k, v in params.items()], *args])
+        total = 1
+        for override in overrides:
+            if override.is_sweep_override():
+                total *= len(list(override.sweep_string_iterator()))
+        return total
+    except Exception:  # noqa: BLE001 - another sweeper, a glob sweep: show the job number alone
         return None
 
 
@@ -258,6 +264,7 @@ def _remove_if_unused(out: Path) -> None:
 
 CONF_DIR = Path(__file__).resolve().with_name("conf")
 """The Hydra configs, shipped in the package (an absolute path: the same folder whichever entry point runs)."""
+register_configs()  # conf/config.yaml's first default: the typed schema (flwr_vproto/config_store.py)
 
 
 @hydra.main(config_path=str(CONF_DIR), config_name="config", version_base=None)

@@ -34,12 +34,12 @@ class ConfigError(ValueError):
 class CsvConfig:
     """Where a real user's per-party CSV files are and which columns hold the ID and the label."""
 
-    paths: list[str] = field(default_factory=list)  # active party first, then passives 1..K
-    id_column: str = "id"
-    label_column: str = "label"
+    paths: list[str] = field(default_factory=list)  # one CSV file per party: the active party's first
+    id_column: str = "id"  # the user-ID column of every party's file (PSI aligns users on it)
+    label_column: str = "label"  # the label column of the active party's file
     # The class set, in class-index order; a label outside it is an error naming file, column and value.
     # None = the sorted distinct labels of the active party's file.
-    classes: list[str] | None = None
+    classes: list[str | int] | None = None
     # Empty cells (and pandas' NaN tokens: NA, N/A, NaN, null, ...) in feature columns: "error" refuses them,
     # naming file, column and the tokens seen; "impute" fills numeric ones with the party's training median (plus a
     # 0/1 indicator column each) and text ones with the category "missing".
@@ -57,11 +57,11 @@ class CsvConfig:
 class DatasetConfig:
     """Which data, and how it is split vertically (features) and horizontally (users) between parties."""
 
-    name: str = "digits"
-    aligned_fraction: float = 0.05  # share of the training users that every party holds
-    num_passive: int = 1  # K >= 1
-    # Feature split. Images: None = equal vertical strips (left/right halves for K=1). Tabular (adult): one list of
-    # column names per party, active first; None = the built-in split.
+    name: str = "digits"  # digits | adult | fashion_mnist | csv (your own files: dataset.csv.*)
+    aligned_fraction: float = 0.05  # share of the training users that every party holds (ignored for csv)
+    num_passive: int = 1  # number of passive parties K >= 1 (K + 1 parties in all)
+    # Which party holds which features. Images: None = equal vertical strips (left/right halves for K=1).
+    # Tabular (adult): one list of column names per party, active first; None = the built-in split.
     feature_split: list[list[str]] | None = None
     # Share of the non-aligned training users given to each party (active first), each user to exactly one party.
     # None = equal shares.
@@ -69,8 +69,8 @@ class DatasetConfig:
     active_labels_nonaligned: bool = True  # does the active party know the label of its non-aligned users?
     val_fraction: float = 0.1  # share of the training pool held out as (aligned) validation users
     test_fraction: float = 0.2  # digits and csv only: share of all users held out for testing
-    active_only_test_fraction: float = 0.3  # share of the test users that only the active party holds
-    max_train_users: int | None = None  # subsample the training pool (quick runs, tests)
+    active_only_test_fraction: float = 0.3  # share of the test users only the active party holds (not csv)
+    max_train_users: int | None = None  # subsample the training pool (quick runs, tests; not csv)
     min_aligned: int = 2  # PSI must find at least this many aligned training users, or no training starts
     root: str | None = None  # fashion_mnist: directory of the IDX files (default: the Debian package's)
     csv: CsvConfig = field(default_factory=CsvConfig)
@@ -80,17 +80,17 @@ class DatasetConfig:
 class ModelConfig:
     """Encoders (one per party) and the top model on the active party."""
 
-    encoder: str = "mlp"  # mlp | cnn (cnn only for image data)
-    hidden: list[int] = field(default_factory=lambda: [256])
-    embedding_dim: int = 64
-    top_hidden: list[int] = field(default_factory=lambda: [64])
-    dropout: float = 0.0
+    encoder: str = "mlp"  # mlp (tabular data or flattened image strips) | cnn (image strips only)
+    hidden: list[int] = field(default_factory=lambda: [256])  # hidden layer widths of each mlp encoder
+    embedding_dim: int = 64  # width of each party's embedding (the encoders' output)
+    top_hidden: list[int] = field(default_factory=lambda: [64])  # hidden layer widths of the top model
+    dropout: float = 0.0  # dropout in the encoders and the top model
     # Bring your own model (README "Extending"): {_target_: dotted.path, **kwargs}, or null for the built-in one.
     # Encoder: called as target(input_shape=..., embedding_dim=..., **kwargs) for every party (replaces `encoder`,
     # `hidden`). Top model and active-only head: target(in_features=..., num_classes=..., **kwargs) (replaces
     # `top_hidden`). Either returns a torch.nn.Module; see flwr_vproto.models.make_encoder / make_top_model.
-    encoder_target: dict[str, Any] | None = None
-    top_target: dict[str, Any] | None = None
+    encoder_target: dict[str, Any] | None = None  # {_target_: my_pkg.MyEncoder, ...}: your own encoder, or null
+    top_target: dict[str, Any] | None = None  # {_target_: my_pkg.my_top, ...}: your own top model and head, or null
 
 
 @dataclass
@@ -117,21 +117,23 @@ class MethodConfig:
     the third loss on, second prototypes sent each round).
     """
 
+    # vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its labelled
+    # rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess only)
     name: str = "vproto"
-    lr: float = 1e-3
-    weight_decay: float = 0.0
-    batch_size: int = 256
-    # Prototype losses.
-    distance: str = "sqeuclidean"
-    loss_form: str = "contrastive"
+    lr: float = 1e-3  # learning rate of every party's optimiser
+    weight_decay: float = 0.0  # weight decay of every party's optimiser
+    batch_size: int = 256  # rows per training batch
+    # -- prototype geometry (method/losses.py PrototypeGeometry): first and third losses, pseudo-labels, logits
+    distance: str = "sqeuclidean"  # sqeuclidean | cosine: distance of an embedding to a class prototype
+    loss_form: str = "contrastive"  # contrastive (softmax over all prototypes) | pull (to its own class only)
     normalize: bool = True  # L2-normalise embeddings before prototype math
     lambda_active: float = 1.0  # weight of the first loss (active party, non-aligned rows)
     # Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers accuracy on
     # every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor to learn from.
     lambda_passive: float = 0.0
     tau: float = 0.1  # temperature of the softmax over negative distances
-    confidence_threshold: float = 0.5  # keep a passive pseudo-label only above this confidence
-    ema_momentum: float = 0.0  # 0 = prototypes from this round only
+    confidence_threshold: float = 0.5  # keep a pseudo-label only above this confidence (1st, 3rd loss; gates' floor)
+    ema_momentum: float = 0.0  # EMA of the prototypes (first and second): 0 = this round's class means only
     warmup_rounds: int = 1  # rounds of plain split learning before prototype losses start
     # Active-party gating of the passives' pseudo-labels: "off", or a precision target ("majority" = the share of the
     # most frequent class among the labelled aligned training rows, or a number in (0, 1]). At every evaluation the
@@ -222,8 +224,8 @@ class PrivacyConfig:
 
     noise_multiplier: float = 0.0  # 0 = off (prototypes exact, nothing clipped)
     clip_norm: float = 1.0  # L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)
-    delta: float = 1e-5
-    target_epsilon: float | None = None
+    delta: float = 1e-5  # of the prototypes' (epsilon, delta)
+    target_epsilon: float | None = None  # set (e.g. 4) to calibrate sigma so the run spends at most this epsilon
 
 
 @dataclass
@@ -254,7 +256,7 @@ class DefenceConfig:
     # Gradient rows leave only after the first R rounds; null = every round. Default 0: no row ever leaves, so every
     # byte a passive receives is label-independent (measured: free on adult, BENCHMARKS.md §9).
     release_rounds: int | None = 0
-    release_every: int = 1  # ... and only every k-th round from round 1
+    release_every: int = 1  # gradient rows leave only every k-th round from round 1
 
     @property
     def gaussian(self) -> bool:
@@ -286,17 +288,17 @@ class ExchangeConfig:
       the embeddings' mean norm.
     """
 
-    count: int | None = None
-    schedule: str = "even"
-    passive_passes: int = 1
-    passive_reach: float = 0.1
+    count: int | None = None  # exchanges after PSI; null: 1 when no passive can ever receive anything, else num_rounds
+    schedule: str = "even"  # even | first (the first exchange takes the extra rounds) | last
+    passive_passes: int = 1  # passes a passive takes over each gradient message (> 1: proximal, see passive_reach)
+    passive_reach: float = 0.1  # how far those passes move an embedding along its gradient, relative to the mean norm
 
 
 @dataclass
 class AuditConfig:
     """Record what every passive receives so ``python -m flwr_vproto.audit`` can measure the label leakage."""
 
-    record: bool = False
+    record: bool = False  # the active party records what each passive receives: python -m flwr_vproto.audit <dir>
     dir: str | None = None  # where the active party writes round-<r>.npz (run_simulation.py: null = <run dir>/audit)
 
 
@@ -304,10 +306,10 @@ class AuditConfig:
 class Config:
     """The whole run."""
 
-    engine: str = "flower"
-    seed: int = 0
-    num_rounds: int = 20
-    eval_every: int = 1
+    engine: str = "flower"  # flower (Flower simulation, one ClientApp per party) | inprocess (all in this process)
+    seed: int = 0  # of the data split and every party's initialisation (every party knows it)
+    num_rounds: int = 20  # rounds of training (dataset=digits: 40, conf/dataset/digits.yaml)
+    eval_every: int = 1  # score val/test every N rounds (and always after the last round)
     # Test rows: "best" = embedded, sent and scored only for rounds whose validation accuracy is a new best (they
     # travel with the next round) and after the last round: exactly what `final` reports, at a fraction of the
     # bytes; "every" = at every evaluation round, for test curves.
@@ -315,7 +317,7 @@ class Config:
     # Embeddings and gradients on the wire: "float32" (exact) or "float16" (half the bytes; both engines round the
     # same way, so they still agree).
     wire_dtype: str = "float32"
-    device: str = "auto"
+    device: str = "auto"  # auto | cpu | cuda
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
@@ -329,6 +331,29 @@ class Config:
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
         return dataclasses.asdict(self)
+
+
+@dataclass
+class RunnerConfig:
+    """How the command line (:mod:`flwr_vproto.cli`) runs a job: ``runner.*`` options, not part of what is learned,
+    never in the run config the parties see. The Hydra config only (``flwr run`` has its ``app.*`` keys instead)."""
+
+    timeout: float = 600  # seconds to wait for any one party's reply (engine=flower)
+    client_num_cpus: float = 1  # Ray CPUs per simulated party; with 2 cores, 1 lets two parties run side by side
+    client_num_gpus: float = 0.0  # Ray GPUs per simulated party (e.g. 0.5 to share one GPU)
+    flwr_log_level: str = "ERROR"  # Flower's own log lines (INFO shows every message phase)
+    ray_log_level: str = "ERROR"  # Ray's log lines
+    save_models: bool = True  # write each party's final state to models/<party>.pt in the run directory
+    # The score the command returns (what a sweeper optimises; README "Sweeps"): accuracy (the validation accuracy
+    # at the best-validation-accuracy round) | auc (binary tasks: the round with the best validation AUC).
+    selection_metric: str = "accuracy"
+    # The active party's key of every random draw its defences release (defence.*, privacy.*): 64 hex digits to
+    # reproduce a defended run exactly; null = fresh from the OS each run. Never part of the run config.
+    active_secret: str | None = None
+    # Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher its
+    # share of the cores; else engine=inprocess: 1 (README "Threads") unless OMP_NUM_THREADS is set; engine=flower:
+    # Ray's default. Untyped (Any) so that a bad value gets the command line's own one-line message.
+    threads: Any = None
 
 
 def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:

@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from flwr.app import ConfigRecord
+from flwr.common.config import flatten_dict, unflatten_dict
 
 from flwr_vproto.config import Config, ConfigError, config_from_dict
 
@@ -53,31 +54,29 @@ CONFIG_FIELDS = _fields(Config)
 
 
 def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | float | str]:
-    """A :class:`Config` as Flower run-config: flat dotted keys; lists and ``null`` as JSON strings.
+    """A :class:`Config` as Flower run-config: flat dotted keys (Flower's own ``flatten_dict``); lists, mappings and
+    ``null`` as JSON strings, an optional text option's ``null`` as ``""``.
 
-    This is what ``[tool.flwr.app.config]`` in ``pyproject.toml`` holds (plus :data:`APP_DEFAULTS`); a test keeps
-    the two in sync.
+    That value encoding stays here because Flower's run-config has none: TOML and ``--run-config`` carry only
+    bool/int/float/str, so a list (``model.hidden``), a mapping (``model.encoder_target``, which ``flatten_dict``
+    would otherwise split into dotted keys of its own) or a ``null`` must travel as a string. This is what
+    ``[tool.flwr.app.config]`` in ``pyproject.toml`` holds (plus :data:`APP_DEFAULTS`); a test keeps the two in sync.
     """
-    flat: dict[str, Any] = {}
 
-    def walk(d: Mapping[str, Any], prefix: str) -> None:
-        for k, v in d.items():
-            if isinstance(v, Mapping) and f"{prefix}{k}" not in CONFIG_FIELDS:  # a dict-valued option is a leaf
-                walk(v, f"{prefix}{k}.")
-            else:
-                flat[f"{prefix}{k}"] = v
+    def encode(values: Mapping[str, Any], cls: type, prefix: str) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for f in dataclasses.fields(cls):
+            value, key = values[f.name], f"{prefix}{f.name}"
+            if key not in CONFIG_FIELDS:  # a nested section: walk it
+                default = f.default_factory()  # type: ignore[misc]
+                out[f.name] = encode(value, type(default), f"{key}.")
+                continue
+            kind = CONFIG_FIELDS[key][0]
+            out[f.name] = (("" if value is None else value) if kind == "optional_str"
+                           else json.dumps(value) if kind == "json" else value)
+        return out
 
-    walk((cfg or Config()).to_dict(), "")
-    out: dict[str, bool | int | float | str] = {}
-    for key, value in flat.items():
-        kind = CONFIG_FIELDS[key][0]
-        if kind == "optional_str":
-            out[key] = "" if value is None else value
-        elif kind == "json":
-            out[key] = json.dumps(value)
-        else:
-            out[key] = value
-    return out
+    return flatten_dict(encode((cfg or Config()).to_dict(), Config, ""))
 
 
 @dataclass
@@ -99,7 +98,7 @@ def config_from_run_config(
     left empty (``"[]"``) and each party's path comes from its node-config (``data-path``), filled in here for
     ``party_index``; the other entries get placeholders that nothing opens.
     """
-    nested: dict[str, Any] = {}
+    flat: dict[str, Any] = {}
     app: dict[str, Any] = {}
     for key, value in run_config.items():
         if key.startswith(APP_PREFIX):
@@ -116,11 +115,8 @@ def config_from_run_config(
                 raise ConfigError(f"run-config {key}={value!r}: expected JSON (e.g. [256] or null): {err}") from None
         elif kind == "optional_str" and value == "":
             value = None
-        node = nested
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = value
+        flat[key] = value
+    nested = unflatten_dict(flat)  # Flower's own inverse of its flatten_dict
     data = nested.setdefault("dataset", {})
     if data.get("name") == "csv":
         k = int(data.get("num_passive", Config().dataset.num_passive))

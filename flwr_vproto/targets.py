@@ -2,6 +2,16 @@
 
 Used by ``model.encoder_target``, ``model.top_target`` (:mod:`flwr_vproto.models`) and ``method.extra_losses``
 (:mod:`flwr_vproto.method.extra`). Plain Python: no Hydra or Flower needed at run time.
+
+Why not ``hydra.utils.instantiate`` / ``get_object``: these run inside every party (a deployment's SuperNodes too,
+from Flower's run-config, where no Hydra config exists), and a failure must be one line naming the party, the option
+and the path. Hydra's public locator ``get_object`` logs an ERROR line of its own on every failure and wraps the cause
+in a multi-line ``ImportError`` (its quiet form, ``_locate``, is in ``hydra._internal``), and it reports a missing
+attribute of a module (``flwr_vproto.models.nope``) as a missing module. ``instantiate`` routes the kwargs and the
+package's own arguments through OmegaConf (a tuple ``input_shape`` arrives as a ``ListConfig`` unless converted,
+``${...}`` in a string would be interpolated) and wraps every error in an ``InstantiationException``. What is
+re-written here is the part of ``_target_`` handling the package needs: import, then one call with the contract's
+arguments plus the spec's keys.
 """
 
 from __future__ import annotations

@@ -1,0 +1,149 @@
+"""One source of truth for the options: the dataclasses of ``flwr_vproto/config.py``, registered in Hydra's
+ConfigStore (``flwr_vproto/config_store.py``); ``conf/*.yaml`` hold only presets; ``--help`` documents every option.
+
+``tests/data/composed_configs.json`` is ``Config.to_dict()`` of every preset combination as composed before the
+schema existed (when every yaml file listed every key): the presets must compose to exactly the same runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from conftest import import_script
+
+from flwr_vproto.config import Config, RunnerConfig
+from flwr_vproto.config_store import CliConfig, option_docs
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "flwr_vproto" / "conf"
+SNAPSHOT = json.loads((REPO / "tests" / "data" / "composed_configs.json").read_text())
+METHODS = ["vproto", "vproto_seed", "vproto_fewshot", "vproto_oneshot", "vanilla", "local", "centralized"]
+DATASETS = ["digits", "adult", "fashion_mnist", "csv"]
+MODELS = ["mlp", "cnn"]
+DEFENCES = ["no_gradients", "gradient_noise", "label_dp", "none"]
+
+
+def _flat(d: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in d.items():
+        if isinstance(v, dict) and k not in ("encoder_target", "top_target"):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def _compose_all(keys: list[str]) -> dict:
+    """Compose each snapshot key (its overrides, space-separated) as run_simulation.py does: diff or error line."""
+    from hydra import compose, initialize_config_dir
+
+    _config = import_script("run_simulation")._config
+    base = _flat(Config().to_dict())
+    got = {}
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for key in keys:
+            try:
+                cfg, runner = _config(compose("config", key.split(" ")))
+            except SystemExit as err:
+                got[key] = str(err)
+                continue
+            assert runner == SNAPSHOT["runner"], (key, runner)
+            got[key] = {k: v for k, v in _flat(cfg.to_dict()).items() if base.get(k, "<missing>") != v}
+    return got
+
+
+def _key(method: str, dataset: str, model: str, defence: str, hpo: bool = False) -> str:
+    overrides = [f"method={method}", f"dataset={dataset}", f"model={model}", f"defence={defence}"]
+    overrides += ["+hpo=vproto"] if hpo else []
+    overrides += ["dataset.csv.paths=[a.csv,b.csv]"] if dataset == "csv" else []
+    return " ".join(overrides)
+
+
+def test_the_snapshot_covers_every_preset_and_the_defaults_are_still_the_dataclass_defaults():
+    assert SNAPSHOT["defaults"] == _flat(Config().to_dict())
+    assert SNAPSHOT["runner"] == dataclasses.asdict(RunnerConfig())
+    for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES)):
+        assert sorted(p.stem for p in (CONF / group).glob("*.yaml")) == sorted(names), group
+    want = {_key(*c) for c in itertools.product(METHODS, DATASETS, MODELS, DEFENCES, (False, True))}
+    assert want <= set(SNAPSHOT["configs"])
+
+
+def test_every_preset_composes_as_before_one_of_each():
+    """Fast: each preset once (with the others at their defaults), +hpo, the exchange block, a group re-chosen."""
+    keys = [_key(m, "digits", "mlp", "no_gradients") for m in METHODS]
+    keys += [_key("vproto", d, "mlp", "no_gradients") for d in DATASETS[1:]]
+    keys += [_key("vproto", "digits", "cnn", d) for d in DEFENCES]
+    keys += [_key("vanilla", "adult", "mlp", "gradient_noise", hpo=True), _key("local", "adult", "cnn", "none"),
+             "exchange.count=3 exchange.schedule=first exchange.passive_passes=2", "num_rounds=20",
+             "dataset=csv dataset.csv.paths=[a.csv,b.csv] model=cnn dataset=digits"]
+    got = _compose_all(keys)
+    assert got == {k: SNAPSHOT["configs"][k] for k in keys}
+
+
+@pytest.mark.slow
+def test_every_preset_combination_composes_as_before():
+    """Every method x dataset x model x defence (x +hpo=vproto): the same Config, or the same one-line error."""
+    got = _compose_all(sorted(SNAPSHOT["configs"]))
+    assert got == SNAPSHOT["configs"]
+
+
+def test_group_files_hold_only_what_differs_from_the_dataclass_defaults():
+    defaults = {"dataset": Config().to_dict()["dataset"], "model": Config().to_dict()["model"],
+                "method": Config().to_dict()["method"], "defence": Config().to_dict()["defence"]}
+    for path in sorted(CONF.glob("*/*.yaml")):
+        data = yaml.safe_load(path.read_text()) or {}
+        if path.parent.name == "hpo" or "_global_" in path.read_text().splitlines()[0]:
+            continue
+        data.pop("defaults", None)
+        flat, base = _flat(data), _flat(defaults[path.parent.name])
+        same = sorted(k for k, v in flat.items() if base.get(k) == v)
+        assert not same, f"{path.relative_to(REPO)} repeats dataclass defaults: {same}"
+    top = yaml.safe_load((CONF / "config.yaml").read_text())
+    assert set(top) == {"defaults", "hydra"} and top["defaults"][:2] == ["flwr_vproto", "_self_"]
+
+
+def test_the_schema_types_options_and_rejects_unknown_keys():
+    from hydra import compose, initialize_config_dir
+    from hydra.errors import ConfigCompositionException
+
+    import_script("run_simulation")  # registers the schema
+    with initialize_config_dir(config_dir=str(CONF), version_base=None):
+        for bad in ("method.lamda=1", "method.lr=abc", "model.hidden=abc", "runner.timout=5", "dataset.num_passive=x"):
+            with pytest.raises(ConfigCompositionException):
+                compose("config", [bad])
+        cfg = compose("config", ["model.encoder_target={_target_: a.B, width: 32}", "runner.threads=abc"])
+        assert cfg.model.encoder_target == {"_target_": "a.B", "width": 32} and cfg.runner.threads == "abc"
+
+
+def test_every_option_has_a_description():
+    docs = option_docs()
+    assert set(docs) == set(_flat(dataclasses.asdict(CliConfig())))
+    assert not [k for k, v in docs.items() if not v], "add a comment to these fields in flwr_vproto/config.py"
+
+
+def test_help_lists_every_option_with_its_value_and_description(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "run_simulation.py"), "--help", "dataset=adult"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    lines = proc.stdout.splitlines()
+    for option in option_docs():
+        row = [line for line in lines if line.startswith(f"  {option}=")]
+        assert len(row) == 1, option
+    assert any(line.startswith("  dataset.name=adult ") and "digits | adult" in line for line in lines)
+    assert any(line.startswith("  num_rounds=20 ") for line in lines)  # adult: the dataclass default
+    assert "method: centralized, local, vanilla, vproto" in proc.stdout and "--multirun" in proc.stdout
+    assert not (tmp_path / "outputs").exists()
+
+
+def test_cfg_job_prints_every_option(tmp_path):
+    proc = subprocess.run([sys.executable, str(REPO / "run_simulation.py"), "--cfg", "job"], cwd=tmp_path,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert set(_flat(yaml.safe_load(proc.stdout))) == set(option_docs())
