@@ -374,8 +374,6 @@ class VerticalProtoStrategy(Strategy):
         self.transit.receive(ex.active)
         proto.add_previous_test(self.history, ex.active)
         self.local_history.extend(proto.local_records(self.cfg, rnd, ex.active))
-        if metrics is None:
-            raise ProtocolError(f"aggregate_train returned no record for round {rnd}")
         return dict(metrics)  # type: ignore[arg-type]
 
     # ------------------------------------------------------------------ checkpoints
