@@ -54,7 +54,7 @@ def run_inprocess(
         reply = proto.active_step(active, proto.to_active(rnd, cfg, replies, test_previous=previous))
         transit.receive(reply)
         proto.add_previous_test(history, reply)
-        history.append(proto.record(rnd, replies, reply, time.perf_counter() - t0, cfg=cfg))
+        history.append(proto.record(cfg, rnd, replies, reply, time.perf_counter() - t0))
         local.extend(proto.local_records(cfg, rnd, reply))
         if ck.due(cfg, rnd):
             _save_checkpoint(cfg, rnd, active, passives, transit, history, local)

@@ -448,13 +448,13 @@ def to_active(rnd: int, cfg: Config, replies: list[FromPassive], *, test_previou
                     previous_test=previous)  # type: ignore[arg-type]
 
 
-def record(rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float, *,
-           extra: dict[str, float] | None = None, cfg: Config | None = None) -> dict[str, float]:
+def record(cfg: Config, rnd: int, replies: list[FromPassive], reply: FromActive, seconds: float, *,
+           extra: dict[str, float] | None = None) -> dict[str, float]:
     """Exchange ``rnd``'s flat history record (same keys in both engines; the Flower engine adds its traffic): the
-    passives' metrics and its last round's. When exchanges train several rounds (``cfg`` given and
-    :func:`flwr_vproto.exchanges.blockwise`), ``exchange/first_round`` and ``exchange/last_round`` say which."""
+    passives' metrics and its last round's. When exchanges train several rounds
+    (:func:`flwr_vproto.exchanges.blockwise`), ``exchange/first_round`` and ``exchange/last_round`` say which."""
     span = {}
-    if cfg is not None and exchanges.blockwise(cfg):
+    if exchanges.blockwise(cfg):
         rounds = exchanges.rounds_of(cfg, rnd)
         span = {"exchange/first_round": float(rounds[0]), "exchange/last_round": float(rounds[-1])}
     return round_record(rnd, reply.train, [r.metrics for r in replies], reply.val, reply.test, seconds,

@@ -329,7 +329,7 @@ class VerticalProtoStrategy(Strategy):
             ex.passives = self.aggregate_passives(server_round, by_party)
             return None, None
         ex.active = self.aggregate_active(server_round, by_party)
-        record = proto.record(server_round, ex.passives, ex.active, time.perf_counter() - ex.started, cfg=self.cfg,
+        record = proto.record(self.cfg, server_round, ex.passives, ex.active, time.perf_counter() - ex.started,
                               extra={"messages": ex.traffic.messages,
                                      **{f"bytes/{k}": v for k, v in ex.traffic.bytes.items()}})
         return None, MetricRecord(record)  # type: ignore[arg-type]
