@@ -1,67 +1,95 @@
-"""Bring your own code: import a Hydra-style ``_target_`` (a dotted path) and build from it, with one-line errors.
+"""Bring your own code: a Hydra-style ``_target_`` built by ``hydra.utils.instantiate``, with one-line errors.
 
 Used by ``model.encoder_target``, ``model.top_target`` (:mod:`flwr_vproto.models`) and ``method.extra_losses``
-(:mod:`flwr_vproto.method.extra`). Plain Python: no Hydra or Flower needed at run time.
+(:mod:`flwr_vproto.method.extra`). Every party builds its own, a deployment's SuperNodes too, from the run-config the
+ServerApp sends them, so a target is config data that chooses code to run in another organisation's process. Hydra's
+``instantiate`` is what builds it because it refuses execution-capable targets (``os.system``, ``subprocess.Popen``,
+``builtins.eval`` ...) by a policy kept up to date upstream, resolves nested ``_target_`` keys, and is what a Hydra
+user expects a ``_target_`` to mean.
 
-Why not ``hydra.utils.instantiate`` / ``get_object``: these run inside every party (a deployment's SuperNodes too,
-from Flower's run-config, where no Hydra config exists), and a failure must be one line naming the party, the option
-and the path. Hydra's public locator ``get_object`` logs an ERROR line of its own on every failure and wraps the cause
-in a multi-line ``ImportError`` (its quiet form, ``_locate``, is in ``hydra._internal``), and it reports a missing
-attribute of a module (``flwr_vproto.models.nope``) as a missing module. ``instantiate`` routes the kwargs and the
-package's own arguments through OmegaConf (a tuple ``input_shape`` arrives as a ``ListConfig`` unless converted,
-``${...}`` in a string would be interpolated) and wraps every error in an ``InstantiationException``. What is
-re-written here is the part of ``_target_`` handling the package needs: import, then one call with the contract's
-arguments plus the spec's keys.
+Two things are added around it:
+
+- The spec is built with ``_partial_=True`` (``_convert_="all"``, so keyword values are plain lists and dicts) and
+  the package's own arguments (``input_shape``, ``num_classes`` ...) are passed at the call, untouched: a tuple
+  stays a tuple, a tensor is not copied through OmegaConf.
+- Hydra's errors are several lines with a chained cause (``InstantiationException``); a failure here is one line
+  naming the party, the option and the path (:class:`~flwr_vproto.config.ConfigError`).
 """
 
 from __future__ import annotations
 
-import importlib
-from collections.abc import Mapping
+import functools
+import re
+from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from flwr_vproto.config import ConfigError
 
+# Hydra's locator message, "Error locating target 'a.b.c', ...": the path that failed (a nested one may differ).
+_LOCATING = re.compile(r"^Error locating target '([^']*)'")
 
-def import_target(path: str, option: str, party: str) -> Any:
-    """The object at dotted ``path`` (``package.module.Name``, attributes after the module allowed).
 
-    Raises :class:`~flwr_vproto.config.ConfigError` naming the party, the option and the path when it does not
-    import, e.g. ``passive1: model.encoder_target '_target_' my_pkg.MyEnc does not import: ModuleNotFoundError ...``.
+def _one_line(text: str) -> str:
+    return " ".join(str(text).split())
+
+
+def _instantiation_error(err: Exception, path: str, option: str, party: str) -> ConfigError:
+    """One line for Hydra's ``InstantiationException``: a target that does not import names its root cause (and
+    Hydra's hint, e.g. "Are you sure that module 'my_pkg' is installed?"); a refused target says Hydra's reason."""
+    located = _LOCATING.match(str(err))
+    cause = err.__cause__
+    if located and isinstance(cause, ImportError):
+        failed = located.group(1)
+        root = cause.__cause__ if cause.__cause__ is not None else cause
+        hint = str(cause).splitlines()[-1] if str(cause).splitlines()[-1].startswith("Are you sure") else ""
+        where = "" if failed == path else f" (nested in {path})"
+        return ConfigError(f"{party}: {option} '_target_' {failed}{where} does not import: "
+                           f"{type(root).__name__}: {_one_line(str(root))}" + (f" ({hint})" if hint else ""))
+    return ConfigError(f"{party}: {option} '_target_' {path} is refused by Hydra's instantiate: {_one_line(str(err))}")
+
+
+def target_factory(spec: Mapping[str, Any], option: str, party: str, *,
+                   drop: Collection[str] = ()) -> functools.partial[Any]:
+    """``spec['_target_']`` located and bound to the spec's other keys (less ``drop``), not yet called.
+
+    A ``functools.partial`` from ``hydra.utils.instantiate(spec, _partial_=True)``: calling it calls the target with
+    the spec's keys plus the call's. Raises :class:`~flwr_vproto.config.ConfigError` in one line naming the party,
+    the option and the path when the target does not import or Hydra refuses it, e.g.
+    ``passive1: model.encoder_target '_target_' my_pkg.MyEnc does not import: ModuleNotFoundError: ...``.
     """
-    parts = path.split(".")
-    error: Exception | None = None
-    for cut in range(len(parts) - 1, 0, -1):
-        try:
-            obj: Any = importlib.import_module(".".join(parts[:cut]))
-        except ModuleNotFoundError as err:
-            if error is None:
-                error = err
-            continue
-        except Exception as err:  # noqa: BLE001 - the module itself fails to import: report that
-            error = err
-            break
-        try:
-            for name in parts[cut:]:
-                obj = getattr(obj, name)
-            return obj
-        except AttributeError as err:
-            error = error or err  # a missing module found first says more than a missing attribute
-            break
-    raise ConfigError(f"{party}: {option} '_target_' {path} does not import: {type(error).__name__}: {error}")
+    from hydra.errors import InstantiationException  # imported here: only runs that name a target pay for Hydra
+    from hydra.utils import instantiate
+
+    path = str(spec["_target_"])
+    node = {k: v for k, v in spec.items() if k not in drop}
+    try:
+        return instantiate(node, _partial_=True, _convert_="all")
+    except InstantiationException as err:
+        raise _instantiation_error(err, path, option, party) from err
+    except Exception as err:  # noqa: BLE001 - e.g. OmegaConf refusing a value, or a nested target failing its call
+        raise ConfigError(f"{party}: {option} '_target_' {path} could not be built: "
+                          f"{type(err).__name__}: {_one_line(str(err))}") from err
+
+
+def call_factory(factory: Callable[..., Any], path: str, option: str, party: str, **contract: Any) -> Any:
+    """``factory(**contract)``, any failure of the user's code in one line naming what was being built."""
+    try:
+        return factory(**contract)
+    except Exception as err:  # noqa: BLE001 - any failure of user code: name what was being built
+        bound = getattr(factory, "keywords", None) or {}
+        raise ConfigError(f"{party}: {option} '_target_' {path} failed when called with "
+                          f"{sorted([*contract, *bound])}: {type(err).__name__}: {_one_line(str(err))}") from err
 
 
 def call_target(spec: Mapping[str, Any], option: str, party: str, **contract: Any) -> Any:
-    """Import ``spec['_target_']`` and call it with the ``contract`` arguments plus the spec's other keys."""
+    """Build ``spec['_target_']`` with the ``contract`` arguments plus the spec's other keys.
+
+    The spec may not set a contract argument itself (the package passes those): that is refused in one line rather
+    than silently overridden.
+    """
     path = str(spec["_target_"])
-    target = import_target(path, option, party)
-    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-    clash = sorted(set(kwargs) & set(contract))
+    clash = sorted(set(spec) & set(contract))
     if clash:
         raise ConfigError(f"{party}: {option} sets {clash}, which the package passes itself "
                           f"({', '.join(contract)}); remove them")
-    try:
-        return target(**contract, **kwargs)
-    except Exception as err:  # noqa: BLE001 - any failure of user code: name what was being built
-        raise ConfigError(f"{party}: {option} '_target_' {path} failed when called with "
-                          f"{sorted([*contract, *kwargs])}: {type(err).__name__}: {err}") from err
+    return call_factory(target_factory(spec, option, party), path, option, party, **contract)

@@ -17,7 +17,7 @@ from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.examples.extending import ResidualMLPEncoder
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.models import make_encoder, make_top_model
-from flwr_vproto.targets import import_target
+from flwr_vproto.targets import target_factory
 
 REPO = Path(__file__).resolve().parents[1]
 EX = "flwr_vproto.examples.extending"
@@ -66,13 +66,32 @@ def test_a_custom_loss_term_changes_training_and_its_weight_scales_it():
 
 def test_a_target_that_does_not_import_names_option_party_and_path():
     with pytest.raises(ConfigError, match=r"^passive1: model.encoder_target '_target_' my_pkg.MyEnc does not "
-                                          r"import: ModuleNotFoundError: No module named 'my_pkg'$"):
-        import_target("my_pkg.MyEnc", "model.encoder_target", "passive1")
+                                          r"import: ModuleNotFoundError: No module named 'my_pkg' \(Are you sure "
+                                          r"that module 'my_pkg' is installed\?\)$"):
+        target_factory({"_target_": "my_pkg.MyEnc"}, "model.encoder_target", "passive1")
     with pytest.raises(ConfigError, match=r"^active: method.extra_losses '_target_' flwr_vproto.models.nope does "
-                                          r"not import: AttributeError"):
-        import_target("flwr_vproto.models.nope", "method.extra_losses", "active")
+                                          r"not import: .*Are you sure that 'nope' is importable from module "
+                                          r"'flwr_vproto.models'\?\)$"):
+        target_factory({"_target_": "flwr_vproto.models.nope"}, "method.extra_losses", "active")
+    with pytest.raises(ConfigError, match=r"^active: model.top_target '_target_' nope.x \(nested in "
+                                          r"torch.nn.Linear\) does not import"):
+        target_factory({"_target_": "torch.nn.Linear", "x": {"_target_": "nope.x"}}, "model.top_target", "active")
     cfg = small_cfg("vproto", rounds=1, model={"encoder_target": {"_target_": "my_pkg.MyEnc"}})
     with pytest.raises(ConfigError, match="^active: model.encoder_target '_target_' my_pkg.MyEnc does not import"):
+        run_inprocess(cfg)
+
+
+@pytest.mark.parametrize("path", ["os.system", "subprocess.Popen", "builtins.eval"])
+def test_a_target_that_runs_commands_is_refused_in_one_line(path):
+    """A target is config data that picks code to run in every party's process (a deployment's SuperNodes build
+    their encoders from the run-config the ServerApp sends): Hydra's instantiate refuses execution-capable targets,
+    and the refusal is one line naming the party, the option and the path."""
+    spec = {"_target_": path, "command": "touch /tmp/flwr_vproto_pwned"}
+    with pytest.raises(ConfigError, match=rf"^passive1: model.encoder_target '_target_' {path} is refused by "
+                                          r"Hydra's instantiate: Target .* is blocklisted[^\n]*$"):
+        target_factory(spec, "model.encoder_target", "passive1")
+    cfg = small_cfg("vproto", rounds=1, model={"encoder_target": spec})
+    with pytest.raises(ConfigError, match="is refused by Hydra's instantiate"):
         run_inprocess(cfg)
 
 

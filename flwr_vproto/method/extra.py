@@ -19,7 +19,7 @@ from typing import Any
 
 import torch
 
-from flwr_vproto.targets import import_target
+from flwr_vproto.targets import call_factory, target_factory
 
 
 @dataclass(frozen=True)
@@ -61,13 +61,10 @@ def load_extra_losses(specs: Sequence[Mapping[str, Any]], party: str) -> list[Ex
     out = []
     for spec in specs:
         path = str(spec["_target_"])
-        target = import_target(path, "method.extra_losses", party)
-        kwargs = {k: v for k, v in spec.items() if k not in ("_target_", "weight")}
-        if inspect.isclass(target):
-            term = target(**kwargs)
-        else:
-            def term(batch: LossBatch, _fn: Any = target, _kw: dict[str, Any] = kwargs) -> torch.Tensor:
-                return _fn(batch, **_kw)
+        factory = target_factory(spec, "method.extra_losses", party, drop=("weight",))
+        # A class is built once (its instance is the term); a function is the term, called with its bound kwargs.
+        term = (call_factory(factory, path, "method.extra_losses", party) if inspect.isclass(factory.func)
+                else factory)
         out.append(ExtraLoss(path, float(spec.get("weight", 1.0)), term))
     return out
 
