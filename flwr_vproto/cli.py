@@ -39,6 +39,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
 from flwr_vproto.config import Config, ConfigError, config_from_dict
 from flwr_vproto.config_store import register as register_configs
@@ -217,6 +218,10 @@ def _check_config(cfg: Config, runner: dict[str, Any], out: Path) -> str:
     if cfg.engine == "flower" and cfg.method.name == "centralized":
         raise SystemExit("config error: method=centralized needs every party's raw data in one place; "
                          "run it with engine=inprocess")
+    try:
+        optional.check_accounting(cfg)  # privacy.*, defence=gradient_noise: Opacus (the dp extra)
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
     if (out / "results.json").exists():
         raise SystemExit(f"config error: {out} already holds results.json from an earlier run, which this run would "
                          f"overwrite; give another hydra.run.dir (or move that folder)")

@@ -227,6 +227,11 @@ class PrivacyConfig:
     delta: float = 1e-5  # of the prototypes' (epsilon, delta)
     target_epsilon: float | None = None  # set (e.g. 4) to calibrate sigma so the run spends at most this epsilon
 
+    @property
+    def gaussian(self) -> bool:
+        """Whether the second prototypes are privatised (a noise multiplier or a target epsilon)."""
+        return self.noise_multiplier > 0 or self.target_epsilon is not None
+
 
 @dataclass
 class DefenceConfig:

@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any
 
 from flwr_vproto import checkpoint as ck
-from flwr_vproto import exchanges
+from flwr_vproto import exchanges, optional
 from flwr_vproto import protocol as proto
 from flwr_vproto.centralized import run_centralized
 from flwr_vproto.config import Config
@@ -37,6 +37,7 @@ def run_inprocess(
     ``active_secret``: the active party's 32-byte key of its defences' random draws (``runner.active_secret``);
     ``None`` draws a fresh one, so a defended run is reproducible only when it is given.
     """
+    optional.check_accounting(cfg)  # a missing Opacus (the dp extra) fails here, in one line
     noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
     gradient_noise_multiplier(cfg)  # ... and an unreachable defence.target_epsilon
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)

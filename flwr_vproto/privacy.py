@@ -37,7 +37,7 @@ from typing import Any
 
 import torch
 
-from flwr_vproto import exchanges
+from flwr_vproto import exchanges, optional
 from flwr_vproto.config import Config, ConfigError
 
 COUNT_THRESHOLD_SIGMAS = 2.0  # a class is released when its noisy count exceeds this many count-noise std devs
@@ -48,7 +48,7 @@ ALPHAS = [1 + x / 10.0 for x in range(1, 100)] + list(range(12, 64)) + [80, 96, 
 
 def enabled(cfg: Config) -> bool:
     """Whether the second prototypes are privatised (a noise multiplier or a target epsilon is set)."""
-    return cfg.privacy.noise_multiplier > 0 or cfg.privacy.target_epsilon is not None
+    return cfg.privacy.gaussian
 
 
 def releases_per_round(cfg: Config) -> int:
@@ -85,6 +85,7 @@ def gradient_noise_multiplier(cfg: Config) -> float:
 def _calibrate(target_epsilon: float, delta: float, steps: int, section: str = "privacy") -> float:
     if steps == 0:
         return 0.0  # nothing is ever released
+    optional.require("opacus", f"{section}.target_epsilon")
     from opacus.accountants.utils import get_noise_multiplier
 
     try:
@@ -144,6 +145,7 @@ class Accountant:
     """Opacus's RDP accountant for the prototype releases of one run; its state travels with the active party."""
 
     def __init__(self, sigma: float, delta: float) -> None:
+        optional.require("opacus", "accounting a Gaussian release (privacy.* or defence.*)")
         from opacus.accountants import RDPAccountant
 
         self.sigma, self.delta = float(sigma), float(delta)

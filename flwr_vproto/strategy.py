@@ -37,7 +37,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from flwr_vproto import __version__, defences, exchanges, messages, privacy
+from flwr_vproto import __version__, defences, exchanges, messages, optional, privacy
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config, ConfigError
@@ -128,6 +128,7 @@ class VerticalProtoStrategy(Strategy):
             raise ConfigError("timeout and wait_for_nodes must be > 0 seconds")
         if not 0 < poll_interval <= max_poll_interval:
             raise ConfigError("need 0 < poll_interval <= max_poll_interval (seconds)")
+        optional.check_accounting(cfg)  # a missing Opacus (the dp extra) fails here, in one line
         privacy.noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any message
         privacy.gradient_noise_multiplier(cfg)  # ... and an unreachable defence.target_epsilon
         self.cfg = cfg

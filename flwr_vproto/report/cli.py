@@ -11,7 +11,14 @@ from typing import Any
 
 from .labels import is_labels_file, write_label_report
 from .load import ReportError, _optuna_result, load_runs, load_trials
-from .plots import plot_accuracy_per_round, plot_accuracy_vs_aligned, plot_pseudo_labels, plot_trials
+from .plots import (
+    NO_PLOTS,
+    can_plot,
+    plot_accuracy_per_round,
+    plot_accuracy_vs_aligned,
+    plot_pseudo_labels,
+    plot_trials,
+)
 from .tables import (
     TABLE_NOTE,
     _best_first,
@@ -53,7 +60,9 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
                *[f"- {line}" for line in repeats]]
     if any("auc" in r.final for r in runs):
         md += ["", "Test AUC (binary tasks):", "", markdown_table([r for r in runs if "auc" in r.final], "auc")]
-    plots = [*plot_accuracy_per_round(runs, out), plot_accuracy_vs_aligned(runs, out), *plot_pseudo_labels(runs, out)]
+    draw = can_plot()
+    plots = ([*plot_accuracy_per_round(runs, out), plot_accuracy_vs_aligned(runs, out), *plot_pseudo_labels(runs, out)]
+             if draw else [])
     trials = [t for t in load_trials(paths) if math.isfinite(t.val_score)]
     best = ""
     files = [out / "summary.md", out / "summary.csv"]
@@ -66,11 +75,12 @@ def write_report(paths: Iterable[str | Path], out: str | Path) -> dict[str, Any]
         (out / "trials.md").write_text("\n".join([f"# Trials by validation score ({len(trials)} trials)", "",
                                                  *optuna, *([""] if optuna else []), best_trials(trials, None)])
                                        + "\n")
-        plots.insert(0, plot_trials(trials, out))
+        if draw:
+            plots.insert(0, plot_trials(trials, out))
         files += [out / "trials.md", out / "trials.csv"]
         md[1:1] = ["", f"Best trials of the sweep by validation score, of {len(trials)} (all: trials.md); the test "
                    "score is shown, never used to choose:", "", best, *([""] if optuna else []), *optuna]
-    md += [""] + [f"![{p.stem}]({p.name})" for p in plots]
+    md += [""] + ([f"![{p.stem}]({p.name})" for p in plots] if draw else [f"({NO_PLOTS})"])
     (out / "summary.md").write_text("\n".join(md) + "\n")
     return {"runs": len(runs) + (leak["runs"] if leak else 0), "rows": rows,
             "files": [*files, *plots, *(leak["files"] if leak else [])], "trials": trials, "best_trials": best,

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from .load import ReportError
-from .plots import _legend, _pyplot, _save
+from .plots import NO_PLOTS, _legend, _pyplot, _save, can_plot
 from .tables import _mean_std
 
 # The records of benchmarks/bench_labels.py: the price of protecting the labels (accuracy against attack strength).
@@ -259,9 +259,11 @@ def write_label_report(paths: Iterable[str | Path], out: Path) -> dict[str, Any]
     out.mkdir(parents=True, exist_ok=True)
     pd.DataFrame(label_rows(runs)).to_csv(out / "labels.csv", index=False, float_format="%.6g")
     tables = label_tables(runs)
-    plots = plot_label_tradeoff(runs, out)
+    draw = can_plot()
+    plots = plot_label_tradeoff(runs, out) if draw else []
     (out / "labels.md").write_text("\n".join([f"# Label leakage against accuracy: {len(runs)} runs from "
                                               f"{', '.join(map(str, paths))}", "", tables,
-                                              *[f"![{p.stem}]({p.name})" for p in plots]]) + "\n")
+                                              *([f"![{p.stem}]({p.name})" for p in plots] if draw
+                                                else [f"({NO_PLOTS})"])]) + "\n")
     return {"runs": len(runs), "tables": tables, "files": [out / "labels.md", out / "labels.csv", *plots]}
 

@@ -5,12 +5,27 @@ from __future__ import annotations
 
 import math
 import statistics
+import sys
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
+from flwr_vproto import optional
+
 from .load import Run, Trial
 from .tables import _mean_std, ordered_tags, split_engines
+
+NO_PLOTS = (f"no plots: matplotlib, an optional dependency, is not installed ({optional.install_hint('matplotlib')});"
+            " the tables are complete")
+
+
+def can_plot() -> bool:
+    """Whether the report can draw its PNGs. Without matplotlib (the ``plots`` extra) it writes every table and says
+    so on stderr and in the markdown, rather than failing after the tables."""
+    if optional.installed("matplotlib"):
+        return True
+    print(f"report: warning: {NO_PLOTS}", file=sys.stderr)
+    return False
 
 
 def _pyplot() -> Any:
