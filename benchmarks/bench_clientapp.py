@@ -64,7 +64,7 @@ def prepare(folder: Path) -> None:
     spec.loader.exec_module(deploy)  # type: ignore[union-attr]
     from test_flower_sim import InlineGrid
 
-    from flwr_vproto import messages as M
+    from flwr_vproto import messages
     from flwr_vproto.client_app import make_client_app
     from flwr_vproto.run_config import config_from_run_config, run_config_from_config
     from flwr_vproto.strategy import VerticalProtoStrategy
@@ -78,14 +78,14 @@ def prepare(folder: Path) -> None:
     captured = {}
     push = grid.push_messages
 
-    def capture(messages):
-        messages = list(messages)
-        for m in messages:
-            if m.metadata.message_type == M.TRAIN and M.round_of(m.content) == 3:
+    def capture(outgoing):
+        outgoing = list(outgoing)
+        for m in outgoing:
+            if m.metadata.message_type == messages.TRAIN and messages.round_of(m.content) == 3:
                 nid = m.metadata.dst_node_id
                 captured[grid.index[nid]] = {"state": _records(grid.contexts[nid].state),
                                              "message": _records(m.content), "node_config": nodes[grid.index[nid]]}
-        return push(messages)
+        return push(outgoing)
 
     grid.push_messages = capture
     VerticalProtoStrategy(cfg, timeout=60, wait_for_nodes=1).start(grid=grid)

@@ -36,7 +36,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
-from flwr_vproto import messages as M
+from flwr_vproto import messages
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import DataError
@@ -87,18 +87,18 @@ def _rows(req: PredictRequest, context: Context, saved: SavedParty, me: Any) -> 
 
 
 def _arrays(context: Context) -> dict[str, np.ndarray]:
-    return M.arrays_of(context.state.get(STATE))
+    return messages.arrays_of(context.state.get(STATE))
 
 
 def _keep(context: Context, **arrays: np.ndarray) -> None:
-    context.state[STATE] = M.array_record({**_arrays(context), **arrays})
+    context.state[STATE] = messages.array_record({**_arrays(context), **arrays})
 
 
 def _resume(msg: Message, context: Context, me: Any, needs: str, step: str
             ) -> tuple[PredictRequest, SavedParty, Any, dict[str, np.ndarray]]:
     """A later step of the query: its request, the saved model, the new rows and what earlier steps kept (``needs``
     must be among it, else the steps came out of order)."""
-    req = M.decode_predict_request(msg.content)
+    req = messages.decode_predict_request(msg.content)
     saved = _saved(me)
     rows = _rows(req, context, saved, me)
     kept = _arrays(context)
@@ -108,7 +108,7 @@ def _resume(msg: Message, context: Context, me: Any, needs: str, step: str
 
 
 def _answer(msg: Message, reply: PredictReply) -> Message:
-    return Message(M.encode_predict_reply(reply), reply_to=msg)
+    return Message(messages.encode_predict_reply(reply), reply_to=msg)
 
 
 def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -126,28 +126,29 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
         except DataError as err:
             raise DataError(f"{me.name}: {err}") from None
     saved = _saved(me)
-    rows = _rows(M.decode_predict_request(msg.content), context, saved, me)
+    rows = _rows(messages.decode_predict_request(msg.content), context, saved, me)
     reply = PredictReply(role=me.role, index=me.index, rows=len(rows), method=saved.cfg.method.name)
     if me.role == "active":
         hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         reply.hub = hub.blinded_ids()
-        _keep(context, **M.blobs_of("psi", hub.export_state()))
+        _keep(context, **messages.blobs_of("psi", hub.export_state()))
     return _answer(msg, reply)
 
 
 def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Passive, PSI 2: re-blind the active party's points, blind its own."""
-    req = M.decode_predict_request(msg.content)
+    req = messages.decode_predict_request(msg.content)
     peer = PSIPeer(_rows(req, context, _saved(me), me).ids)
     reblinded, own = peer.respond(req.hub)  # type: ignore[arg-type]
-    _keep(context, **M.blobs_of("psi", peer.export_state()))
+    _keep(context, **messages.blobs_of("psi", peer.export_state()))
     return _answer(msg, PredictReply(reblinded=reblinded, own=own))
 
 
 def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Active, PSI 3: intersect; each passive's positions in the shared order (none aligned: scored alone)."""
     req, saved, rows, kept = _resume(msg, context, me, "psi.secret", "predict_psi_finish before predict_start")
-    hub = PSIHub.from_state(rows.ids, M.bytes_of("psi", kept), order_seed=split_order_seed(saved.cfg.seed, SPLIT))
+    hub = PSIHub.from_state(rows.ids, messages.bytes_of("psi", kept),
+                            order_seed=split_order_seed(saved.cfg.seed, SPLIT))
     for k, (reblinded, own) in req.points.items():
         hub.add_peer(f"passive{k}", reblinded, own)
     try:
@@ -166,7 +167,7 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
 def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
     """Passive: embed its aligned new rows, in the shared order."""
     req, saved, rows, kept = _resume(msg, context, me, "psi.perm", "predict_embed before predict_psi_peer")
-    peer = PSIPeer.from_state(rows.ids, M.bytes_of("psi", kept))
+    peer = PSIPeer.from_state(rows.ids, messages.bytes_of("psi", kept))
     from flwr_vproto.predict import predictor, set_rows
 
     party = predictor(saved, rows)
@@ -239,37 +240,37 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
         raise ValueError(f"source={source!r}: expected one of {SOURCES}")
     relay = Relay(grid, timeout=timeout, wait_for_nodes=wait_for_nodes)
     nodes = relay.nodes(cfg.dataset.num_passive + 1, "prediction: one active party + dataset.num_passive passives")
-    ask = M.encode_predict_request(PredictRequest(source))
+    ask = messages.encode_predict_request(PredictRequest(source))
     replies = relay.exchange([(n, START, ask) for n in nodes], "prediction (start)")
     active, passives, hub = _roles(nodes, replies)
     ks = [p.index for p in passives]
     points: dict[int, tuple[bytes, bytes]] = {}
     if passives:
-        peer_ask = M.encode_predict_request(PredictRequest(source, hub=hub))
+        peer_ask = messages.encode_predict_request(PredictRequest(source, hub=hub))
         peer = relay.exchange([(p, PSI_PEER, peer_ask) for p in passives], "prediction (PSI peers)")
-        got = {p.index: M.decode_predict_reply(peer[p.name].content) for p in passives}
+        got = {p.index: messages.decode_predict_reply(peer[p.name].content) for p in passives}
         points = {k: (r.reblinded, r.own) for k, r in got.items()}  # type: ignore[misc]
-    finish = M.encode_predict_request(PredictRequest(source, passives=ks, points=points))
+    finish = messages.encode_predict_request(PredictRequest(source, passives=ks, points=points))
     fin = relay.exchange([(active, PSI_FINISH, finish)], "prediction (PSI intersection)")[active.name]
-    positions = M.decode_predict_reply(fin.content, ks).positions
+    positions = messages.decode_predict_reply(fin.content, ks).positions
     embeddings: dict[int, np.ndarray] = {}
     if passives:
-        sends = [(p, EMBED, M.encode_predict_request(PredictRequest(source, positions=positions[p.index])))
+        sends = [(p, EMBED, messages.encode_predict_request(PredictRequest(source, positions=positions[p.index])))
                  for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
-        embeddings = {p.index: M.decode_predict_reply(embedded[p.name].content).embeddings for p in passives}  # type: ignore
-    res = relay.exchange([(active, SCORE, M.encode_predict_request(PredictRequest(source, passives=ks,
+        embeddings = {p.index: messages.decode_predict_reply(embedded[p.name].content).embeddings for p in passives}  # type: ignore
+    res = relay.exchange([(active, SCORE, messages.encode_predict_request(PredictRequest(source, passives=ks,
                                                                                    embeddings=embeddings)))],
                          "prediction (scoring)")[active.name]
-    metrics = M.metrics_of(M.check_metrics(res.content, active.name, "prediction (scoring)"))
-    return PredictionRound(metrics, M.decode_predict_reply(res.content).path)
+    metrics = messages.metrics_of(messages.check_metrics(res.content, active.name, "prediction (scoring)"))
+    return PredictionRound(metrics, messages.decode_predict_reply(res.content).path)
 
 
 def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], bytes]:
     """Who is who from the start replies: the active party, the passives that score jointly, the hub's points."""
     active, passives, hub = None, [], b""
     for n in nodes:
-        reply = M.decode_predict_reply(replies[n.name].content)
+        reply = messages.decode_predict_reply(replies[n.name].content)
         party = PartyNode(n.node_id, str(reply.role), reply.index, {"method": reply.method, "model": reply.model})
         if party.role == "active":
             active, hub = party, reply.hub or b""

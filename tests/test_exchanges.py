@@ -10,8 +10,7 @@ import pytest
 import torch
 from conftest import assert_same_history, run_inline, small_cfg
 
-from flwr_vproto import defences, exchanges
-from flwr_vproto import messages as M
+from flwr_vproto import defences, exchanges, messages
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.method.losses import gradient_loss, proximal_gradient_loss, proximal_scale
@@ -89,7 +88,7 @@ def test_few_exchanges_with_gradient_passes_give_the_same_numbers_in_both_engine
     assert [r["exchange"] for r in reference["local_rounds"]] == [1, 1, 2, 2, 2]
     # one message per party per exchange; the passives' gradients came once, after the first exchange
     types = [m.metadata.message_type for m in grid.sent]
-    assert types.count(M.TRAIN) == 2 * 3 and sorted(result.train_metrics_clientapp) == [1, 2]
+    assert types.count(messages.TRAIN) == 2 * 3 and sorted(result.train_metrics_clientapp) == [1, 2]
     aligned = reference["alignment"]["aligned"]["train"]
     assert reference["rounds"][1]["passive1/steps"] == 3 * math.ceil(aligned / cfg.method.batch_size)  # 3 passes
 
@@ -97,9 +96,9 @@ def test_few_exchanges_with_gradient_passes_give_the_same_numbers_in_both_engine
 def test_one_exchange_sends_every_passive_one_message_and_nothing_back():
     cfg = small_cfg(rounds=3, defence={"release_rounds": 0})
     strategy, _, grid = run_inline(cfg)
-    to_passive = [m for m in grid.sent if m.metadata.message_type == M.TRAIN and m.metadata.dst_node_id == 101]
+    to_passive = [m for m in grid.sent if m.metadata.message_type == messages.TRAIN and m.metadata.dst_node_id == 101]
     assert len(to_passive) == 1
-    assert M.GRADIENTS not in M.arrays_in(to_passive[0].content)
+    assert messages.GRADIENTS not in messages.arrays_in(to_passive[0].content)
     assert strategy.results["final"] == run_inprocess(cfg)["final"]
 
 

@@ -13,7 +13,7 @@ import pytest
 from conftest import InlineGrid, sim_nodes, small_cfg
 from flwr.app import Array, ConfigRecord, Message
 
-from flwr_vproto import messages as M
+from flwr_vproto import messages
 from flwr_vproto.client_app import make_client_app
 from flwr_vproto.messages import ProtocolError
 from flwr_vproto.strategy import VerticalProtoStrategy
@@ -26,10 +26,10 @@ class TamperGrid(InlineGrid):
         super().__init__(app, node_configs)
         self.tamper = tamper
 
-    def push_messages(self, messages):
-        messages = list(messages)
-        ids = super().push_messages(messages)
-        for mid, msg in zip(ids, messages, strict=True):
+    def push_messages(self, outgoing):
+        outgoing = list(outgoing)
+        ids = super().push_messages(outgoing)
+        for mid, msg in zip(ids, outgoing, strict=True):
             reply = self.replies.get(mid)
             if reply is not None and not reply.has_error():
                 self.tamper(reply, self.index[msg.metadata.dst_node_id], msg)
@@ -37,7 +37,7 @@ class TamperGrid(InlineGrid):
 
 
 def _round(msg: Message) -> int | None:
-    return msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+    return msg.content[messages.CONFIG].get("round") if messages.CONFIG in msg.content else None
 
 
 def _run(tamper, method_extra=None, **cfg_extra):
@@ -48,7 +48,7 @@ def _run(tamper, method_extra=None, **cfg_extra):
 
 def _set(key: str, value) -> Callable[[Message], None]:
     def change(reply: Message) -> None:
-        arrays = reply.content[M.ARRAYS]
+        arrays = reply.content[messages.ARRAYS]
         if value is None:
             del arrays[key]
         else:
@@ -66,7 +66,8 @@ GARBAGE = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"\x00g
      r"array 'embeddings' holds \d+ NaN/inf"),
     (_set("embeddings", None), r"arrays \['embeddings'\] missing"),
     (_set("embeddings", GARBAGE), "array 'embeddings' does not decode"),
-    (lambda r: r.content[M.ARRAYS].__setitem__("raw-features", Array.from_numpy_ndarray(np.zeros(3, np.float32))),
+    (lambda r: r.content[messages.ARRAYS].__setitem__("raw-features",
+                                                     Array.from_numpy_ndarray(np.zeros(3, np.float32))),
      r"unexpected arrays \['raw-features'\]"),
 ])
 def test_a_corrupt_passive_payload_is_refused_naming_party_and_round(change, match):
@@ -79,12 +80,12 @@ def test_a_corrupt_passive_payload_is_refused_naming_party_and_round(change, mat
 
 
 def _bad_prototypes(reply):
-    conf = reply.content[M.CONFIG]
+    conf = reply.content[messages.CONFIG]
     conf["passive1.prototypes.data"] = conf["passive1.prototypes.data"][:-4]
 
 
 def _nan_gradients(reply):
-    arrays = reply.content[M.ARRAYS]
+    arrays = reply.content[messages.ARRAYS]
     g = arrays["passive1.gradients"].numpy()
     g[0, 0] = np.inf
     arrays["passive1.gradients"] = Array.from_numpy_ndarray(g)
@@ -93,8 +94,8 @@ def _nan_gradients(reply):
 @pytest.mark.parametrize(("change", "match"), [
     (_bad_prototypes, r"'passive1.prototypes' has shape \[10, 64\] and 2556 bytes, expected \[10, 64\] float32"),
     (_nan_gradients, r"array 'passive1.gradients' holds 1 NaN/inf"),
-    (lambda r: r.content[M.CONFIG].__setitem__("prototype-mask", [True]), "'prototype-mask' is not 10 booleans"),
-    (lambda r: r.content.__delitem__(M.METRICS), "no 'metrics' metric record"),
+    (lambda r: r.content[messages.CONFIG].__setitem__("prototype-mask", [True]), "'prototype-mask' is not 10 booleans"),
+    (lambda r: r.content.__delitem__(messages.METRICS), "no 'metrics' metric record"),
 ])
 def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
     def tamper(reply, party, request):
@@ -107,31 +108,31 @@ def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
 
 def test_corrupt_setup_replies_are_refused():
     def no_role(reply, party, request):
-        if party == 1 and request.metadata.message_type == M.DISCOVER:
-            del reply.content[M.CONFIG]["role"]
+        if party == 1 and request.metadata.message_type == messages.DISCOVER:
+            del reply.content[messages.CONFIG]["role"]
 
     with pytest.raises(ProtocolError, match=r"node 101 sent a bad reply during discovery: 'role' is None"):
         _run(no_role)
 
     def bad_own(reply, party, request):
-        if party == 1 and request.metadata.message_type == M.DISCOVER:
-            reply.content[M.ARRAYS]["own.train"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
+        if party == 1 and request.metadata.message_type == messages.DISCOVER:
+            reply.content[messages.ARRAYS]["own.train"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
 
     with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during discovery: array 'own.train' has "
                                             r"dtype float32, expected uint8"):
         _run(bad_own)
 
     def bad_psi(reply, party, request):
-        if party == 1 and request.metadata.message_type == M.PSI_PEER:
-            reply.content[M.ARRAYS]["reblinded.val"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
+        if party == 1 and request.metadata.message_type == messages.PSI_PEER:
+            reply.content[messages.ARRAYS]["reblinded.val"] = Array.from_numpy_ndarray(np.zeros(4, np.float32))
 
     with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during PSI \(blinding\): array "
                                             r"'reblinded.val' has dtype float32, expected uint8"):
         _run(bad_psi)
 
     def no_classes(reply, party, request):
-        if party == 0 and request.metadata.message_type == M.PSI_FINISH:
-            reply.content[M.CONFIG] = ConfigRecord({k: v for k, v in reply.content[M.CONFIG].items()
+        if party == 0 and request.metadata.message_type == messages.PSI_FINISH:
+            reply.content[messages.CONFIG] = ConfigRecord({k: v for k, v in reply.content[messages.CONFIG].items()
                                                     if k != "num-classes"})
 
     with pytest.raises(ProtocolError, match=r"active sent a bad reply during PSI \(intersection\): 'num-classes'"):
@@ -168,7 +169,7 @@ def test_a_failed_round_is_retried_from_the_last_checkpoint_when_configured(tmp_
     failures = []
 
     def fault(msg, party):  # the active party fails its round 3 once (the passive already trained round 3)
-        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        rnd = msg.content[messages.CONFIG].get("round") if messages.CONFIG in msg.content else None
         if party == 0 and rnd == 3 and not failures:
             failures.append(rnd)
             return "error"
@@ -179,14 +180,14 @@ def test_a_failed_round_is_retried_from_the_last_checkpoint_when_configured(tmp_
     grid = InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=fault)
     strategy.start(grid=grid)
     assert failures == [3]
-    assert [m.metadata.message_type for m in grid.sent].count(M.DISCOVER) == 2 * 2  # setup + the retry
+    assert [m.metadata.message_type for m in grid.sent].count(messages.DISCOVER) == 2 * 2  # setup + the retry
     reference = run_inprocess(small_cfg(rounds=4))["rounds"]
     got = [{k: v for k, v in r.items() if k in ref and k != "seconds"} for r, ref in
            zip(strategy.history, reference, strict=True)]
     assert got == [{k: v for k, v in r.items() if k != "seconds"} for r in reference]
 
     def always(msg, party):
-        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        rnd = msg.content[messages.CONFIG].get("round") if messages.CONFIG in msg.content else None
         return "error" if party == 0 and rnd == 3 else None
 
     cfg = small_cfg(rounds=4, checkpoint={"dir": str(tmp_path / "b"), "every": 1, "retries": 1})

@@ -20,7 +20,7 @@ from conftest import InlineGrid, assert_same_history, import_script, run_inline,
 from flwr.app import ConfigRecord, RecordDict
 from flwr.common.config import flatten_dict
 
-from flwr_vproto import messages as M
+from flwr_vproto import messages
 from flwr_vproto import run_config as RC
 from flwr_vproto.client_app import identity, make_client_app
 from flwr_vproto.config import ConfigError, config_from_dict
@@ -78,19 +78,19 @@ def test_run_config_parses_lists_nulls_and_validates():
 
 def test_codecs_round_trip_exactly():
     arrays = {"z": np.random.default_rng(0).random((5, 3)).astype(np.float32), "rows": np.arange(4)}
-    back = M.arrays_of(M.array_record(arrays))
+    back = messages.arrays_of(messages.array_record(arrays))
     assert all(np.array_equal(back[k], v) and back[k].dtype == v.dtype for k, v in arrays.items())
     blob = b"\x00\x01secret-ish bytes"
-    assert M.array_to_bytes(M.bytes_to_array(blob)) == blob
+    assert messages.array_to_bytes(messages.bytes_to_array(blob)) == blob
     conf = ConfigRecord()
-    M.put_matrix(conf, "p", arrays["z"])
-    assert np.array_equal(M.get_matrix(conf, "p"), arrays["z"]) and M.get_matrix(conf, "q") is None
-    rec = M.metric_record({"accuracy": 0.5}, "val.")
-    assert M.metrics_of(rec, "val.") == {"accuracy": 0.5} and M.metrics_of(rec, "test.") == {}
+    messages.put_matrix(conf, "p", arrays["z"])
+    assert np.array_equal(messages.get_matrix(conf, "p"), arrays["z"]) and messages.get_matrix(conf, "q") is None
+    rec = messages.metric_record({"accuracy": 0.5}, "val.")
+    assert messages.metrics_of(rec, "val.") == {"accuracy": 0.5} and messages.metrics_of(rec, "test.") == {}
     cfg = small_cfg("vanilla")
     assert RC.config_of(RC.config_record(cfg)) == cfg
-    assert M.payload_bytes(RecordDict({"a": M.array_record(arrays)})) == sum(
-        len(a.data) for a in M.array_record(arrays).values())
+    assert messages.payload_bytes(RecordDict({"a": messages.array_record(arrays)})) == sum(
+        len(a.data) for a in messages.array_record(arrays).values())
 
 
 def test_csv_paths_come_from_each_nodes_data_path():
@@ -158,8 +158,8 @@ def test_message_protocol_matches_inprocess_exactly(method, num_passive):
     # at most one message per party per round; setup = discovery + PSI (peers, then intersection)
     types = [m.metadata.message_type for m in grid.sent]
     joint = method != "local"
-    assert types.count(M.TRAIN) == 3 * ((num_passive if joint else 0) + 1)
-    assert types.count(M.DISCOVER) == num_passive + 1 and types.count(M.PSI_FINISH) == 1
+    assert types.count(messages.TRAIN) == 3 * ((num_passive if joint else 0) + 1)
+    assert types.count(messages.DISCOVER) == num_passive + 1 and types.count(messages.PSI_FINISH) == 1
     for rec in strategy.history:
         assert rec["messages"] == (num_passive if joint else 0) + 1
         if joint:
@@ -183,8 +183,8 @@ def test_an_embedding_dimension_other_than_the_config_is_refused_naming_the_part
 
     def app(msg, context):  # passive 2 claims another embedding size at discovery
         reply = real(msg, context)
-        if msg.metadata.message_type == M.DISCOVER and context.node_config["partition-id"] == 2:
-            reply.content[M.CONFIG]["embedding-dim"] = 32
+        if msg.metadata.message_type == messages.DISCOVER and context.node_config["partition-id"] == 2:
+            reply.content[messages.CONFIG]["embedding-dim"] = 32
         return reply
 
     strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
@@ -219,8 +219,9 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
     gate = reference[1]["val/pseudo_gate1"]
     assert 0.5 < gate < 1.0  # a real cut: some validation rows are kept, some are not
     assert reference[2]["passive1/pseudo_threshold"] == reference[3]["passive1/pseudo_threshold"] == gate
-    sent = {int(m.content[M.CONFIG]["round"]): m.content[M.CONFIG].get("pseudo-threshold") for m in grid.sent
-            if m.metadata.message_type == M.TRAIN and "pseudo-threshold" in m.content[M.CONFIG]}
+    sent = {int(m.content[messages.CONFIG]["round"]): m.content[messages.CONFIG].get("pseudo-threshold")
+            for m in grid.sent
+            if m.metadata.message_type == messages.TRAIN and "pseudo-threshold" in m.content[messages.CONFIG]}
     assert sent == {2: 1.0, 3: gate, 4: gate}  # a single float per round: the labels stay with the active party
     if once:  # labels fixed at the round start: coverage and accuracy differ from relabelling every batch
         per_batch = run_inprocess(dataclasses.replace(cfg, method=dataclasses.replace(
@@ -241,7 +242,7 @@ def test_parties_save_their_final_models(tmp_path):
 
 def test_a_failing_party_stops_the_run_naming_party_and_round():
     def fault(msg, party):
-        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        rnd = msg.content[messages.CONFIG].get("round") if messages.CONFIG in msg.content else None
         return "error" if (party == 1 and rnd == 2) else None
 
     with pytest.raises(ProtocolError, match=r"passive1 \(node 101\) failed during training .*round 2.*injected"):
@@ -250,7 +251,7 @@ def test_a_failing_party_stops_the_run_naming_party_and_round():
 
 def test_a_dead_node_reported_by_the_superlink_is_named_by_its_message():
     def fault(msg, party):  # the SuperLink answers for the dead active party, from its own node ID
-        return "superlink-error" if party == 0 and msg.metadata.message_type == M.PSI_FINISH else None
+        return "superlink-error" if party == 0 and msg.metadata.message_type == messages.PSI_FINISH else None
 
     with pytest.raises(ProtocolError, match=r"active \(node 100\) failed during PSI \(intersection\)"):
         run_inline(small_cfg(), fault=fault)
@@ -258,7 +259,7 @@ def test_a_dead_node_reported_by_the_superlink_is_named_by_its_message():
 
 def test_a_missing_reply_times_out_naming_party_and_round():
     def fault(msg, party):
-        rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
+        rnd = msg.content[messages.CONFIG].get("round") if messages.CONFIG in msg.content else None
         return "drop" if (party == 0 and rnd == 1) else None
 
     with pytest.raises(ProtocolError, match=r"no reply from active \(node 100\) during training \(active party\) "
@@ -314,7 +315,7 @@ def test_centralized_is_inprocess_only_and_global_models_are_refused():
 
     strategy = VerticalProtoStrategy(small_cfg())
     with pytest.raises(ValueError, match="no global model"):
-        strategy.start(grid=InlineGrid(None, []), initial_arrays=ArrayRecord({"w": M.array_record(
+        strategy.start(grid=InlineGrid(None, []), initial_arrays=ArrayRecord({"w": messages.array_record(
             {"w": np.zeros(2)})["w"]}))
 
 
@@ -345,8 +346,8 @@ def test_second_prototypes_leave_the_active_party_only_for_the_third_loss(method
     which protects them, is refused rather than adding noise for nothing)."""
     cfg = small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive})
     strategy, _, grid = run_inline(cfg)
-    to_passives = [m for m in grid.sent if m.metadata.message_type == M.TRAIN and "prototypes.data" in
-                   m.content[M.CONFIG]]
+    to_passives = [m for m in grid.sent if m.metadata.message_type == messages.TRAIN and "prototypes.data" in
+                   m.content[messages.CONFIG]]
     assert len(to_passives) == (2 if shared else 0)  # rounds 2 and 3 carry round 1's and 2's prototypes
     assert_same_history(strategy.history, run_inprocess(cfg)["rounds"])
     if not shared:
@@ -406,8 +407,8 @@ def test_float16_wire_halves_the_embedding_bytes_and_both_engines_still_agree():
     full, _, _ = run_inline(small_cfg("vproto", rounds=3))
     for key in ("bytes/passive1/up", "bytes/passive1/down"):
         assert _bytes(strategy.history, key) < 0.55 * _bytes(full.history, key)
-    sent = [m.content[M.ARRAYS][M.GRADIENTS].numpy() for m in grid.sent
-            if m.metadata.message_type == M.TRAIN and M.GRADIENTS in m.content.get(M.ARRAYS, {})]
+    sent = [m.content[messages.ARRAYS][messages.GRADIENTS].numpy() for m in grid.sent
+            if m.metadata.message_type == messages.TRAIN and messages.GRADIENTS in m.content.get(messages.ARRAYS, {})]
     assert sent and all(g.dtype == np.float16 for g in sent)
 
 
@@ -425,7 +426,7 @@ def test_after_setup_a_party_trains_from_the_data_it_keeps_not_from_its_file(tmp
     reference = run_inprocess(cfg)["rounds"]
 
     def files_gone_after_setup(msg, party):
-        if M.round_of(msg.content) == 2 and Path(paths[party]).exists():  # each party's process forgets its file
+        if messages.round_of(msg.content) == 2 and Path(paths[party]).exists():  # each party's process forgets its file
             Path(paths[party]).unlink()
             client_app._cached_data.cache_clear()
 

@@ -8,8 +8,7 @@ import torch
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
-from flwr_vproto import privacy
-from flwr_vproto import prototypes as P
+from flwr_vproto import privacy, prototypes
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
@@ -79,12 +78,12 @@ def test_same_generator_seed_same_noise():
 
 def test_without_noise_the_mechanism_gives_the_class_means():
     gen = torch.Generator().manual_seed(5)
-    z = P.maybe_normalize(torch.randn(120, 6, generator=gen), True)
+    z = prototypes.maybe_normalize(torch.randn(120, 6, generator=gen), True)
     y = torch.randint(0, 5, (120,), generator=gen)
     y[y == 4] = 3  # class 4 absent
     sums = privacy.noisy_class_sums(z, y, 5, 1.0, 0.0, gen)
     means, mask = privacy.prototypes_from_noisy(sums, privacy.noisy_counts(y, 5, 0.0, gen), 0.0, 1.0)
-    want, want_mask = P.class_means(z, y, 5)
+    want, want_mask = prototypes.class_means(z, y, 5)
     assert torch.equal(mask, want_mask) and not bool(mask[4])
     assert torch.allclose(means, want, atol=1e-6)
 
@@ -102,7 +101,7 @@ def test_noisy_means_are_projected_onto_the_clip_ball_which_only_brings_them_clo
     gen = torch.Generator().manual_seed(6)
     z = privacy.clip_rows(torch.randn(40, 16, generator=gen) * 3, 0.5)
     y = torch.arange(40) % 4  # 10 rows per class: small counts, heavy noise
-    true, _ = P.class_means(z, y, 4)
+    true, _ = prototypes.class_means(z, y, 4)
     for _ in range(20):
         sums = privacy.noisy_class_sums(z, y, 4, 0.5, 1.0, gen)
         counts = privacy.noisy_counts(y, 4, 1.0, gen)
