@@ -102,6 +102,9 @@ def test_wheel_ships_configs_licence_and_a_working_console_script(tmp_path):
     assert {f"{dist_info}/licenses/LICENSE", f"{dist_info}/licenses/NOTICE"} <= names
     entry_points = zipfile.ZipFile(wheel).read(f"{dist_info}/entry_points.txt").decode()
     assert "flwr-vproto = flwr_vproto.cli:run" in entry_points
+    metadata = zipfile.ZipFile(wheel).read(f"{dist_info}/METADATA").decode()  # heavy optional parts are extras
+    assert 'Requires-Dist: opacus>=1.5; extra == "dp"' in metadata
+    assert 'Requires-Dist: matplotlib>=3.7; extra == "plots"' in metadata
 
     venv = tmp_path / "venv"
     subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
