@@ -11,8 +11,9 @@ numbers:
   round's embeddings of the aligned rows;
 * round ``t``, active: ``ActiveParty.train_round(t, embeddings)`` runs the supervised steps and the first loss and
   returns, per passive, the embedding gradients and the second prototypes for round ``t+1``;
-* on evaluation rounds, active: ``calibrate`` (fits on the validation rows), then ``evaluate`` per split (scores
-  only), then ``pseudo_gates`` (what the calibration fitted for the passives).
+* on evaluation rounds, active: its scoring part (``ActiveParty.scoring``, :mod:`flwr_vproto.scoring`) runs
+  ``calibrate`` (fits on the validation rows), then ``evaluate`` per split (scores only), then ``pseudo_gates``
+  (what the calibration fitted for the passives), reading the party through ``logits`` and ``labels``.
 
 Randomness (initialisation, shuffling, dropout) is derived from ``(seed, party, round)`` only, so a round gives the
 same result whether it runs in this process or in a fresh Flower ClientApp process.
@@ -34,22 +35,7 @@ from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
 from flwr_vproto.method import pretrain
 from flwr_vproto.method.batching import index_batches, num_batches, round_seed
-from flwr_vproto.method.calibration import (
-    BestValidation,
-    Calibration,
-    fit_combine_weight,
-    fit_pseudo_gates,
-    shared_prototype_mask,
-    trusted_combine_weight,
-    validation_loss,
-)
-from flwr_vproto.method.evaluation import (
-    active_only_rows,
-    prediction_probs,
-    softmax_probs,
-    split_scores,
-    top1_accuracy,
-)
+from flwr_vproto.method.calibration import BestValidation
 from flwr_vproto.method.extra import LossBatch, extra_loss_total, load_extra_losses
 from flwr_vproto.method.joint import JointLogits, joint_logits
 from flwr_vproto.method.losses import (
@@ -66,6 +52,7 @@ from flwr_vproto.method.losses import (
     supervised_joint_loss,
 )
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
+from flwr_vproto.scoring import ActiveScoring
 
 PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with few or no gradient rows (§9, §10)
 
@@ -350,7 +337,13 @@ class _RoundTally:
 
 
 class ActiveParty(_Party):
-    """The label holder: encoder ``f_A``, top model ``g`` and (optionally) an active-only head ``h``."""
+    """The label holder: encoder ``f_A``, top model ``g`` and (optionally) an active-only head ``h``.
+
+    This class trains them (:meth:`train_round`) and holds the state of training (prototypes, privacy accountants,
+    the residual's frozen base). What the trained modules do on validation, test and new rows (calibration,
+    evaluation, prediction) is :attr:`scoring`, an :class:`~flwr_vproto.scoring.ActiveScoring` that reads this party
+    through :meth:`logits`, :meth:`labels` and :meth:`second_pairs`.
+    """
 
     def __init__(self, data: PartySplits, cfg: Config, num_classes: int, passive_dims: list[int],
                  secret: bytes | None = None) -> None:
@@ -379,9 +372,7 @@ class ActiveParty(_Party):
         self.geometry = PrototypeGeometry.from_method(cfg.method)
         self.first = FirstLoss.from_method(cfg.method)
         self.joint_part = JointLogits.from_method(cfg.method, has_local_head=self.uses_local_head, joint=self.joint)
-        self.calibration = Calibration.from_method(cfg.method)
         self.extra_losses = load_extra_losses(cfg.method.extra_losses, data.name)
-        self._auto_weight = 0.5  # combine_weight=auto before the first validation
         self.protos: torch.Tensor | None = None  # first prototypes (own space), EMA state
         self.proto_mask: torch.Tensor | None = None
         self.second: list[torch.Tensor | None] = [None] * len(self.passive_dims)  # EMA state per passive
@@ -393,13 +384,10 @@ class ActiveParty(_Party):
         # The Gaussian gradient channel's accountant (defence.noise_multiplier / target_epsilon).
         self.gradient_accountant = (privacy.Accountant(privacy.gradient_noise_multiplier(cfg), cfg.defence.delta)
                                     if defences.gradient_dp(cfg) else None)
-        # defences.flagless: the passives' latest test embeddings, scored on every evaluation round (the test rows
-        # travel only when a passive's encoder may have changed, on a schedule fixed by the config).
-        self.kept_test: list[np.ndarray] | None = None
-        # method.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing until then.
-        self.gates: list[float] = [1.0] * len(self.passive_dims)
         # method.residual_base=best_val: which validation loss the frozen base is from (calibration.BestValidation).
         self.best_val = BestValidation()
+        # Calibration, evaluation and prediction (scoring.py): what the trained modules do on val, test and new rows.
+        self.scoring = ActiveScoring(self)
 
     @property
     def joint(self) -> bool:
@@ -440,6 +428,12 @@ class ActiveParty(_Party):
         if self.residual:
             zero_output_layer(self.top, name)
 
+    def _modules(self) -> list[torch.nn.Module]:
+        return [self.encoder, self.top, self.head, self.proto_weight,
+                *([self.joint_enc] if self.joint_enc is not None else []),
+                *([self.residual_weight] if self.residual_weight is not None else [])]
+
+    # ---------------------------------------------------------------- forward passes (training and scoring)
     def _joint_logits(
         self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         hj: torch.Tensor | None = None, hb: torch.Tensor | None = None,
@@ -456,15 +450,37 @@ class ActiveParty(_Party):
         return joint_logits(self.joint_part, self.top, h, zs, joint_features=hj, residual_logits=residual,
                             residual_weight=w, second=protos, prototype_weights=self.proto_weight.param)
 
-    @property
-    def gated(self) -> bool:
-        """Whether this run gates the passives' pseudo-labels (``method.pseudo_gate`` not ``off``)."""
-        return self.vproto and self.joint and self.cfg.method.pseudo_gate != "off" and self.cfg.method.shares_prototypes
+    def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
+        """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
+        residual uses the live head (that option off, or no calibration yet)."""
+        if self.base is None or not self.best_val.ready:
+            return None
+        return self._embed(x, self.base[0])
 
-    def pseudo_gates(self) -> list[float] | None:
-        """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
-        return list(self.gates) if self.gated else None
+    def second_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
+        """Each passive's second prototypes with their class mask (``None`` until every passive has some)."""
+        if any(p is None for p in self.second):
+            return None
+        return list(zip(self.second, self.second_mask, strict=True))  # type: ignore[arg-type]
 
+    def logits(
+        self, split: str, rows: np.ndarray, passive_embeddings: list[np.ndarray] | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Rows ``rows`` of ``split`` through the modules as they are now (eval mode, no grad): the active-only
+        head's logits and, given the passives' embeddings of the same rows, the joint model's (``None`` without, or
+        without passives). The one forward pass that calibration, scores and prediction (:mod:`flwr_vproto.scoring`)
+        read, so they see exactly the model that trains."""
+        x = self._x[split][torch.as_tensor(rows, device=self.device)]
+        h = self._embed(x)
+        with torch.no_grad():
+            head = self.head(h)
+            if passive_embeddings is None or not self.joint:
+                return head, None
+            zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
+            hj = self._embed(x, self.joint_enc) if self.joint_enc is not None else None
+            return head, self._joint_logits(h, zs, self.second_pairs(), hj, self._base_features(x))
+
+    # ---------------------------------------------------------------- what leaves this party (defence.*)
     def release_gradients(self, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
         """The gradient rows of round ``rnd`` as they leave this party (``defences.releases`` decided they do): with
         the Gaussian channel on, unit rows plus noise from this party's secret, each passive's rows one accounted
@@ -481,16 +497,6 @@ class ActiveParty(_Party):
         """The round record's gradient-channel entries: epsilon spent so far (at ``defence.delta``) and releases."""
         acc = self.gradient_accountant
         return {} if acc is None else {"gradient_epsilon": acc.epsilon(), "gradient_releases": float(acc.steps)}
-
-    def _second_list(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
-        if any(p is None for p in self.second):
-            return None
-        return list(zip(self.second, self.second_mask, strict=True))  # type: ignore[arg-type]
-
-    def _modules(self) -> list[torch.nn.Module]:
-        return [self.encoder, self.top, self.head, self.proto_weight,
-                *([self.joint_enc] if self.joint_enc is not None else []),
-                *([self.residual_weight] if self.residual_weight is not None else [])]
 
     # ---------------------------------------------------------------- training
     def train_round(self, rnd: int, passive_embeddings: list[np.ndarray], release: bool = True) -> ActiveRoundOutput:
@@ -582,7 +588,7 @@ class ActiveParty(_Party):
     def _train_steps(self, rnd: int, plan: _RoundPlan, zs: list[torch.Tensor]) -> _RoundTally:
         """The round's optimizer steps; each sums the supervised, custom, first and local terms that apply."""
         tally = _RoundTally([torch.zeros_like(z) for z in zs], torch.zeros(len(plan.main), device=self.device))
-        second = self._second_list()
+        second = self.second_pairs()
         # The residual's base is frozen all round: one forward pass over the rows of the joint loss.
         hb_main = self._base_features(self._x["train"][plan.main]) if self.joint else None
         self._set_train(True)
@@ -696,137 +702,22 @@ class ActiveParty(_Party):
         mask_all = np.logical_and.reduce(masks) if masks else np.zeros(self.num_classes, dtype=bool)
         return out, mask_all
 
-    # ---------------------------------------------------------------- calibration, evaluation, prediction
-    # Which rows and modules; the parts compute (method/evaluation.py, method/calibration.py).
-    def predict_proba(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, np.ndarray]:
-        """Class probabilities for the aligned rows of ``split``: joint, active-only and their combination
-        (:func:`~flwr_vproto.method.evaluation.prediction_probs`)."""
-        x = self._x[split][torch.as_tensor(self.aligned[split], device=self.device)]
-        h = self._embed(x)
-        local = joint = None
-        with torch.no_grad():
-            if self.uses_local_head:
-                local = self.head(h)
-            if self.joint:
-                zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
-                hj = self._embed(x, self.joint_enc) if self.joint_enc is not None else None
-                joint = self._joint_logits(h, zs, self._second_list(), hj, self._base_features(x))
-        return prediction_probs(local, joint, self.combine_weight)
-
-    def active_only_proba(self, split: str, rows: np.ndarray) -> np.ndarray:
-        """The active-only head's class probabilities for rows ``rows`` of ``split`` (any rows: it needs no
-        passive), e.g. the users only the active party holds."""
-        h = self._embed(self._x[split][torch.as_tensor(rows, device=self.device)])
-        with torch.no_grad():
-            return softmax_probs(self.head(h))
-
-    def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
-        residual uses the live head (that option off, or no calibration yet)."""
-        if self.base is None or not self.best_val.ready:
-            return None
-        return self._embed(x, self.base[0])
-
-    def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
-        """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
-        validation loss is the lowest so far; returns 1.0 if so, else 0.0 (the ``residual_base_update`` metric)."""
-        return 1.0 if self.best_val.observe(validation_loss(local_probs, y, self.num_classes)) else 0.0
-
-    @property
-    def combine_weight(self) -> float:
-        """Weight of the joint model in the shipped prediction: configured, or last fitted on validation rows."""
-        w = self.calibration.combine_weight
-        return self._auto_weight if w == "auto" else float(w)
-
-    def _labels(self, split: str) -> np.ndarray:
-        """Labels of the aligned rows of ``split`` (shared order; ``-1`` where unknown)."""
-        return self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
-
-    def calibrate(self, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
-        """Fit on the validation rows what this method fits there, before scoring or sending anything.
-
-        ``passive_embeddings``: each passive's embeddings of the aligned validation rows. Fits, when configured,
-        the combine weight (``combine_weight=auto``), each passive's pseudo-label gate (``pseudo_gate``) and marks
-        the residual's base (``residual_base=best_val``); returns the metrics of these fits
-        (``residual_base_update``, ``pseudo_gate{k}``), reported with the validation scores. Call it on every
-        evaluation round, then :meth:`evaluate` per split, then :meth:`pseudo_gates`.
-        """
-        y = self._labels("val")
-        probs = self.predict_proba("val", passive_embeddings)
-        if self.calibration.combine_weight == "auto" and "joint" in probs and "local" in probs:
-            w = fit_combine_weight(probs["joint"], probs["local"], y)
-            if w is not None:  # shrunk toward 0.5 on a few dozen validation rows (calibration.py says why)
-                self._auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
-        if self.gated:
-            self._fit_gates(passive_embeddings, y)
-        metrics: dict[str, float] = {}
-        if self.base is not None:
-            metrics["residual_base_update"] = self._track_base(probs["local"], y)
-        if self.gated:
-            metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
-        return metrics
-
-    def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
-        """``method.pseudo_gate``: per passive, the threshold from
-        :func:`~flwr_vproto.method.calibration.fit_pseudo_gates` on these validation rows (none before the second
-        prototypes exist)."""
-        if any(p is None for p in self.second):
-            return
-        mask = shared_prototype_mask([mk for mk in self.second_mask if mk is not None])
-        y_al = self._y["train"][torch.as_tensor(self.aligned["train"], device=self.device)]
-        target = self.calibration.gate_target(y_al, self.num_classes)
-        zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
-        yt = torch.as_tensor(y, dtype=torch.long, device=self.device)
-        self.gates = fit_pseudo_gates(zs, yt, self.second, mask, self.geometry, target,  # type: ignore
-                                      self.calibration.gate_floor)
-
-    def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
-        """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
-
-        Scores only (no side effects): what is fitted on validation rows is fitted by :meth:`calibrate`, called
-        first. ``accuracy`` scores the prediction this method ships (combined joint + active-only head when
-        enabled) on users every party holds; ``active_only_accuracy`` scores the active-only head on the users only
-        the active party holds (:func:`~flwr_vproto.method.evaluation.split_scores`).
-        """
-        y = self.data.split(split).y[self.aligned[split]]  # the true labels: scores reach no passive
-        noised = self._labels("val") if split == "val" and self.cfg.defence.label_epsilon is not None else None
-        metrics = split_scores(self.predict_proba(split, passive_embeddings), y, self.num_classes,
-                               self.combine_weight, selection_labels=noised)
-        if self.uses_local_head:
-            acc = self._active_only_accuracy(split)
-            if acc is not None:
-                metrics["active_only_accuracy"] = acc
-        return metrics
-
-    def _active_only_accuracy(self, split: str) -> float | None:
-        """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
-        data = self.data.split(split)
-        only = active_only_rows(len(data), self.aligned[split], data.y)
-        if not only.size:
-            return None
-        return top1_accuracy(self.active_only_proba(split, only), data.y[only])
-
-    def _extra_state(self) -> dict[str, Any]:
-        return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
-                "second_mask": self.second_mask, "auto_weight": self._auto_weight, "gates": list(self.gates),
-                "base": None if self.base is None else self.base.state_dict(),
-                "base_tracking": self.best_val.to_list(),
-                "privacy": None if self.accountant is None else self.accountant.state_dict(),
-                "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
-                "gradient_privacy": (None if self.gradient_accountant is None
-                                     else self.gradient_accountant.state_dict()),
-                "kept_test": None if self.kept_test is None else [torch.as_tensor(k) for k in self.kept_test]}
-
+    # ---------------------------------------------------------------- labels
     def set_alignment(self, rows: dict[str, np.ndarray]) -> None:
         super().set_alignment(rows)
         self._use_private_labels()
 
+    def labels(self, split: str) -> np.ndarray:
+        """Labels of the aligned rows of ``split`` that this party trains and calibrates on (shared order; ``-1``
+        where unknown; randomised under ``defence.label_epsilon``, whereas scores use ``data``'s true labels)."""
+        return self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
+
     def _use_private_labels(self) -> None:
         """``defence.label_epsilon``: from here on, every aligned training and validation user's label is its
         randomised response for everything this party trains and calibrates on (non-aligned users keep theirs).
-        Scores (:meth:`evaluate`) use the true labels and reach the server only; what selects a round (whose test
-        rows then travel) uses the noised ones (``selection_accuracy``). Drawn from this party's secret, saved with
-        its state, so a fresh process or a resumed run draws the same labels."""
+        Scores (:meth:`flwr_vproto.scoring.ActiveScoring.evaluate`) use the true labels and reach the server only;
+        what selects a round (whose test rows then travel) uses the noised ones (``selection_accuracy``). Drawn from
+        this party's secret, saved with its state, so a fresh process or a resumed run draws the same labels."""
         eps = self.cfg.defence.label_epsilon
         if eps is None:
             return
@@ -838,20 +729,30 @@ class ActiveParty(_Party):
                                                         defences.label_rng(self.secret, split))
             self._y[split] = torch.as_tensor(labels, dtype=torch.long, device=self.device)
 
+    # ---------------------------------------------------------------- state
+    # The hooks of _Party.state_dict, next to the attributes they mirror; the scoring part saves what it fitted and
+    # kept itself. The keys never change, so older checkpoints load.
+    def _extra_state(self) -> dict[str, Any]:
+        return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
+                "second_mask": self.second_mask, **self.scoring.state_dict(),
+                "base": None if self.base is None else self.base.state_dict(),
+                "base_tracking": self.best_val.to_list(),
+                "privacy": None if self.accountant is None else self.accountant.state_dict(),
+                "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
+                "gradient_privacy": (None if self.gradient_accountant is None
+                                     else self.gradient_accountant.state_dict())}
+
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("secret") is not None:
             self.secret = bytes(state["secret"].cpu().numpy().astype(np.uint8).tobytes())
-        self._use_private_labels()
+        self._use_private_labels()  # the secret draws the noised labels
         if self.gradient_accountant is not None and state.get("gradient_privacy") is not None:
             self.gradient_accountant.load_state_dict(state["gradient_privacy"])
-        kept = state.get("kept_test")
-        self.kept_test = None if kept is None else [np.asarray(k.cpu().numpy(), dtype=np.float32) for k in kept]
         self.protos, self.proto_mask = state["protos"], state["proto_mask"]
         self.second, self.second_mask = list(state["second"]), list(state["second_mask"])
-        self._auto_weight = float(state["auto_weight"])
+        self.scoring.load_state_dict(state)
         if self.accountant is not None and state.get("privacy") is not None:
             self.accountant.load_state_dict(state["privacy"])
-        self.gates = [float(g) for g in state.get("gates", self.gates)]
         if self.base is not None and state.get("base") is not None:
             self.base.load_state_dict(state["base"])
             self.best_val = BestValidation.from_list(state["base_tracking"])

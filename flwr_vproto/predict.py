@@ -212,13 +212,11 @@ def score(active: ActiveParty, passive_embeddings: list[np.ndarray], class_names
     probs = np.full((n, active.num_classes), np.nan, dtype=np.float64)
     how = np.full(n, "", dtype=object)
     if aligned.size:
-        probs[aligned] = active.predict_proba(SPLIT, passive_embeddings)["combined"]
+        probs[aligned] = active.scoring.predict_proba(SPLIT, passive_embeddings)["combined"]
         how[aligned] = "joint" if active.joint else "active_only"
     only = np.setdiff1d(np.arange(n), aligned)
     if only.size and active.uses_local_head:
-        h = active._embed(active._x[SPLIT][torch.as_tensor(only, device=active.device)])  # noqa: SLF001
-        with torch.no_grad():
-            probs[only] = torch.softmax(active.head(h), 1).cpu().numpy()
+        probs[only] = active.scoring.active_only_proba(SPLIT, only)
         how[only] = "active_only"
     scored = how != ""
     pred = np.full(n, "", dtype=object)

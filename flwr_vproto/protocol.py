@@ -24,8 +24,8 @@ carries the active party's reply to the next exchange's passive messages; what i
 
 * nothing after the last exchange (it would never be used);
 * second prototypes (and the gates) only when a passive uses them (``method.shares_prototypes``);
-* on evaluation rounds, calibration on the validation rows (:meth:`ActiveParty.calibrate`) comes before scoring
-  validation and test rows, and before the pseudo-label thresholds are read.
+* on evaluation rounds, calibration on the validation rows (``ActiveParty.scoring``, :mod:`flwr_vproto.scoring`)
+  comes before scoring validation and test rows, and before the pseudo-label thresholds are read.
 """
 
 from __future__ import annotations
@@ -357,7 +357,8 @@ def active_step(party: ActiveParty, msg: ToActive, *, audit_dir: str | None = No
     receives is written to ``audit_dir`` (``audit.dir`` unless a deployment's node-config says otherwise).
     """
     cfg = party.cfg
-    previous = None if msg.previous_test is None else party.evaluate("test", msg.previous_test)  # before training
+    previous = (None if msg.previous_test is None  # scored before training
+                else party.scoring.evaluate("test", msg.previous_test))
     *earlier, last = exchanges.rounds_of(cfg, msg.round)
     done = [_train_cached(party, msg, r) for r in earlier]
     res = party.train_round(last, msg.embeddings, release=not msg.final)
@@ -373,7 +374,7 @@ def active_step(party: ActiveParty, msg: ToActive, *, audit_dir: str | None = No
         return reply
     if cfg.method.shares_prototypes and party.joint:  # else no passive uses them: they stay here
         reply.prototypes, reply.prototype_mask = list(res.prototypes), res.prototype_mask
-    reply.pseudo_thresholds = party.pseudo_gates()
+    reply.pseudo_thresholds = party.scoring.pseudo_gates()
     if cfg.audit.record and party.joint:  # every round that releases anything, rows or not
         _record(party, msg.round, reply, audit_dir or cfg.audit.dir)
     return reply
@@ -404,8 +405,8 @@ def _test_rows(party: ActiveParty, msg: ToActive) -> list[np.ndarray] | None:
     if not defences.flagless(party.cfg):
         return sent
     if sent is not None:
-        party.kept_test = sent
-    return party.kept_test
+        party.scoring.kept_test = sent
+    return party.scoring.kept_test
 
 
 def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None) -> None:
@@ -434,10 +435,10 @@ def _record_received(party: PassiveParty, msg: ToPassive, folder: str | None) ->
 def _calibrate_and_score(party: ActiveParty, eval_embeddings: list[dict[str, np.ndarray]],
                          test: list[np.ndarray] | None) -> tuple[dict[str, float], dict[str, float] | None]:
     """Fit what is fitted on validation rows (combine weight, gates, residual base), then score val (and test)."""
-    val_embeddings = [e["val"] for e in eval_embeddings]
-    calibration = party.calibrate(val_embeddings)
-    val = {**party.evaluate("val", val_embeddings), **calibration}
-    return val, party.evaluate("test", test) if test is not None else None
+    scoring, val_embeddings = party.scoring, [e["val"] for e in eval_embeddings]
+    calibration = scoring.calibrate(val_embeddings)
+    val = {**scoring.evaluate("val", val_embeddings), **calibration}
+    return val, scoring.evaluate("test", test) if test is not None else None
 
 
 def to_active(rnd: int, cfg: Config, replies: list[FromPassive], *, test_previous: bool = False) -> ToActive:

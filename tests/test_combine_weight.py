@@ -7,7 +7,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flwr_vproto import parties
+from flwr_vproto import scoring
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.inprocess import run_inprocess
@@ -48,7 +48,7 @@ def test_calibrate_ships_the_shrunk_weight_on_a_small_validation_set(tmp_path, m
     pd.DataFrame({"id": range(300), **{f"f{j}": y + rng.normal(0, 1, 300) for j in range(4)}, "label": y}).to_csv(
         tmp_path / "t.csv", index=False)
     res = split_table(str(tmp_path / "t.csv"), "id", "label", str(tmp_path / "p"), active_share=0.5, aligned=0.2)
-    monkeypatch.setattr(parties, "fit_combine_weight", lambda joint, local, labels: 1.0)
+    monkeypatch.setattr(scoring, "fit_combine_weight", lambda joint, local, labels: 1.0)
     out = run_inprocess(config_from_dict({"engine": "inprocess", "num_rounds": 1, "dataset": {
         "name": "csv", "csv": {"paths": [str(p) for p in res.paths], "split_seed": 0}}}))
     rows = res.counts["val"]

@@ -12,6 +12,7 @@ from flwr_vproto.data import load_vertical_dataset
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.results import per_round
+from flwr_vproto.scoring import ActiveScoring
 
 VANILLA = {"name": "vanilla"}
 
@@ -95,7 +96,7 @@ def test_state_round_trip_continues_identically():
     for pa, aa in ((passive, active), (p2, a2)):
         o = pa.train_round(2, res.gradients[0], res.prototypes[0], res.prototype_mask, ("test",))
         r = aa.train_round(2, [o.embeddings])
-        aa.last = (o.embeddings, r.gradients[0], aa.evaluate("test", [o.eval_embeddings["test"]]))
+        aa.last = (o.embeddings, r.gradients[0], aa.scoring.evaluate("test", [o.eval_embeddings["test"]]))
     np.testing.assert_array_equal(active.last[0], a2.last[0])
     np.testing.assert_array_equal(active.last[1], a2.last[1])
     assert active.last[2] == a2.last[2]
@@ -209,15 +210,15 @@ def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monk
     """method.residual_base=best_val: the joint model's residual builds on a frozen copy of the shared encoder and
     head, taken (at the next round's start) whenever their validation loss reaches a new low."""
     seen: list[tuple[float, float, dict]] = []
-    track = ActiveParty._track_base
+    track = ActiveScoring._track_base
 
     def recording(self, local_probs, y):
         loss = -np.log(np.clip(local_probs[np.arange(len(y)), y], 1e-12, None)).mean()
         updated = track(self, local_probs, y)
-        seen.append((float(loss), updated, {k: v.clone() for k, v in self.encoder.state_dict().items()}))
+        seen.append((float(loss), updated, {k: v.clone() for k, v in self.party.encoder.state_dict().items()}))
         return updated
 
-    monkeypatch.setattr(ActiveParty, "_track_base", recording)
+    monkeypatch.setattr(ActiveScoring, "_track_base", recording)
     res = run_inprocess(cfg_for({"name": "vproto", "residual_base": "best_val"}, rounds=6))
     assert [r["val/residual_base_update"] for r in per_round(res)] == [u for _, u, _ in seen]
     best = np.inf

@@ -224,20 +224,21 @@ def test_evaluate_has_no_side_effects_and_calibrate_fits_what_val_reports():
     res = _trained_active({"name": "vproto", "lambda_passive": 1.0, "pseudo_gate": "majority"})
     active = res["state"]["active"]
     val, test = _val_test_embeddings(res)
-    before = (active.combine_weight, list(active.gates), SimpleNamespace(**vars(active.best_val)))
+    scoring = active.scoring
+    before = (scoring.combine_weight, list(scoring.gates), SimpleNamespace(**vars(active.best_val)))
     state = {k: v.clone() for k, v in active.encoder.state_dict().items()}
-    first = active.evaluate("val", val)
-    assert active.evaluate("val", val) == first and active.evaluate("test", test) == active.evaluate("test", test)
-    assert (active.combine_weight, list(active.gates), vars(active.best_val)) == (before[0], before[1],
-                                                                                  vars(before[2]))
+    first = scoring.evaluate("val", val)
+    assert scoring.evaluate("val", val) == first and scoring.evaluate("test", test) == scoring.evaluate("test", test)
+    assert (scoring.combine_weight, list(scoring.gates), vars(active.best_val)) == (before[0], before[1],
+                                                                                    vars(before[2]))
     assert all(torch.equal(state[k], v) for k, v in active.encoder.state_dict().items())
     assert not any(k.startswith(("pseudo_gate", "residual_base")) for k in first)
-    cal = active.calibrate(val)
-    assert set(cal) == {"residual_base_update", "pseudo_gate1"} and cal["pseudo_gate1"] == active.gates[0]
-    assert active.pseudo_gates() == active.gates
+    cal = scoring.calibrate(val)
+    assert set(cal) == {"residual_base_update", "pseudo_gate1"} and cal["pseudo_gate1"] == scoring.gates[0]
+    assert scoring.pseudo_gates() == scoring.gates
     last = res["rounds"][-1]
     # The engines' sequence gives the keys (and, on the same state, the values) a run reports.
-    merged = {**active.evaluate("val", val), **cal}
+    merged = {**scoring.evaluate("val", val), **cal}
     assert {f"val/{k}" for k in merged} == {k for k in last if k.startswith("val/")}
 
 
@@ -246,4 +247,4 @@ def test_calibrate_without_anything_to_fit_returns_nothing():
                           rounds=2)
     active = res["state"]["active"]
     val, _ = _val_test_embeddings(res)
-    assert active.calibrate(val) == {} and active.pseudo_gates() is None
+    assert active.scoring.calibrate(val) == {} and active.scoring.pseudo_gates() is None

@@ -1,5 +1,6 @@
 """The active party's prediction, evaluation and calibration parts (flwr_vproto/method/evaluation.py and
-calibration.py) on hand-made cases, and ``ActiveParty``'s delegates giving exactly what the parts compute."""
+calibration.py) on hand-made cases, and the active party's scoring (flwr_vproto/scoring.py) giving exactly what the
+parts compute."""
 
 from __future__ import annotations
 
@@ -99,7 +100,7 @@ def test_validation_loss_is_the_log_loss_or_inf_without_labels():
     assert validation_loss(p, np.array([-1, -1]), 2) == float("inf")
 
 
-# ------------------------------------------------------------------------------------------------ the party's delegates
+# ------------------------------------------------------------------------------------------------ the party's scoring
 def test_active_party_scores_what_the_parts_compute():
     """On a trained party: evaluate = split_scores of predict_proba; active_only_accuracy = the head's accuracy on the
     labelled rows of the split that only the active party holds, computed here from its modules directly."""
@@ -112,10 +113,10 @@ def test_active_party_scores_what_the_parts_compute():
     active, passives = res["state"]["active"], res["state"]["passives"]
     assert active.joint and active.uses_local_head
     test = [p.embed("test") for p in passives]
-    probs = active.predict_proba("test", test)
-    w = active.combine_weight
+    probs = active.scoring.predict_proba("test", test)
+    w = active.scoring.combine_weight
     assert np.array_equal(probs["combined"], w * probs["joint"] + (1 - w) * probs["local"])
-    scores = active.evaluate("test", test)
+    scores = active.scoring.evaluate("test", test)
     y = active.data.test.y
     assert scores["accuracy"] == classification_scores(probs["combined"], y[active.aligned["test"]], 10)["accuracy"]
 
@@ -128,4 +129,4 @@ def test_active_party_scores_what_the_parts_compute():
         logits = active.head(active.encoder(torch.as_tensor(active.data.test.x[only], dtype=torch.float32)))
     expected = float((logits.argmax(1).numpy() == y[only]).mean())
     assert scores["active_only_accuracy"] == pytest.approx(expected)
-    assert np.array_equal(active.active_only_proba("test", only), softmax_probs(logits))
+    assert np.array_equal(active.scoring.active_only_proba("test", only), softmax_probs(logits))

@@ -2,9 +2,9 @@
 
 Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.pseudo_gate``, ``method.confidence_threshold``
 (the gates' floor) and ``method.residual_base``. Validation rows are how every method picks its round already;
-fitting these few numbers on them too keeps the test rows untouched. ``ActiveParty.calibrate`` runs all three fits
-(it picks the rows and runs the modules; these functions compute); ``ActiveParty.evaluate`` then only scores
-(:mod:`~flwr_vproto.method.evaluation`).
+fitting these few numbers on them too keeps the test rows untouched. ``ActiveScoring.calibrate``
+(:mod:`flwr_vproto.scoring`) runs all three fits (it picks the rows and reads the party's modules; these functions
+compute); ``ActiveScoring.evaluate`` then only scores (:mod:`~flwr_vproto.method.evaluation`).
 """
 
 from __future__ import annotations

@@ -1,14 +1,14 @@
 """Prediction and scores of the active party: what its probabilities are and how a split is scored, once
-``ActiveParty`` has picked the rows and run its modules on them.
+``ActiveScoring`` (:mod:`flwr_vproto.scoring`) has picked the rows and the party has run its modules on them.
 
 Why a part of its own: these numbers select the round, are what ``results.json`` reports and are what ``predict.py``
 ships, so they must be the same in every engine and free of side effects (calibration, which fits, is
 :mod:`~flwr_vproto.method.calibration`). As functions of logits, probabilities and labels they can be checked on a
 hand-made case without training a party. Keys read: none (the combine weight comes in as a number, from
-``ActiveParty.combine_weight``).
+``ActiveScoring.combine_weight``).
 
 * :func:`prediction_probs`: the active-only head's, the joint model's and the shipped (combined) probabilities;
-* :func:`split_scores`: the scores ``ActiveParty.evaluate`` reports for the aligned rows of a split;
+* :func:`split_scores`: the scores ``ActiveScoring.evaluate`` reports for the aligned rows of a split;
 * :func:`active_only_rows`, :func:`top1_accuracy`: the active-only fallback, scored on the labelled rows only the
   active party holds.
 """

@@ -1,0 +1,209 @@
+"""Calibration, evaluation and prediction of the active party: what it does with its trained modules on validation,
+test and prediction rows, kept apart from how it trains them (:class:`~flwr_vproto.parties.ActiveParty`).
+
+Why a part of its own: these steps train nothing. Calibration fits a few numbers on the validation rows (the combine
+weight, each passive's pseudo-label gate, the mark of the residual's best-validation base); evaluation then only
+scores; prediction is what ``predict.py`` ships. Every one of these numbers selects a round, is reported in
+``results.json`` or leaves the party, so it must be the same in every engine. :class:`ActiveScoring` picks the rows
+and labels and keeps what calibration fitted; the numbers themselves come from the pure functions of
+:mod:`flwr_vproto.method.calibration` and :mod:`flwr_vproto.method.evaluation`. Plain PyTorch, no Flower.
+
+It reads the party through :class:`ScoredParty` only: rows and labels, one forward pass of its modules
+(``logits``), the second prototypes for the gates, and the residual base's tracking. Training state (optimizer,
+first prototypes, privacy accountants) stays out of its reach.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from flwr_vproto.config import Config
+from flwr_vproto.data.types import PartySplits
+from flwr_vproto.method.calibration import (
+    BestValidation,
+    Calibration,
+    fit_combine_weight,
+    fit_pseudo_gates,
+    shared_prototype_mask,
+    trusted_combine_weight,
+    validation_loss,
+)
+from flwr_vproto.method.evaluation import (
+    active_only_rows,
+    prediction_probs,
+    softmax_probs,
+    split_scores,
+    top1_accuracy,
+)
+from flwr_vproto.method.losses import PrototypeGeometry
+
+
+class ScoredParty(Protocol):
+    """What :class:`ActiveScoring` reads of the active party (``ActiveParty`` is one)."""
+
+    cfg: Config
+    data: PartySplits  # the true labels, for scores only (they reach the server, never a passive)
+    aligned: dict[str, np.ndarray]  # split -> aligned rows, in the shared order
+    num_classes: int
+    passive_dims: list[int]
+    device: torch.device
+    geometry: PrototypeGeometry  # how the gates measure distance to a second prototype
+    base: torch.nn.ModuleList | None  # the residual's frozen base (``method.residual_base=best_val``), if any
+    best_val: BestValidation  # when that base is next copied; calibration marks it
+
+    @property
+    def joint(self) -> bool: ...
+
+    @property
+    def uses_local_head(self) -> bool: ...
+
+    @property
+    def vproto(self) -> bool: ...
+
+    def logits(self, split: str, rows: np.ndarray,
+               passive_embeddings: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
+
+    def labels(self, split: str) -> np.ndarray: ...
+
+    def second_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None: ...
+
+
+class ActiveScoring:
+    """The active party's calibration, evaluation and prediction, and what calibration fitted.
+
+    Order on an evaluation round (``protocol.active_step``): :meth:`calibrate` on the validation rows, then
+    :meth:`evaluate` per split (scores only, no side effects), then :meth:`pseudo_gates` (sent with the next round).
+    What it fits (combine weight, gates) and keeps (the passives' latest test embeddings) is party state:
+    :meth:`state_dict` goes into the party's.
+    """
+
+    def __init__(self, party: ScoredParty) -> None:
+        self.party = party
+        self.calibration = Calibration.from_method(party.cfg.method)
+        self.auto_weight = 0.5  # combine_weight=auto before the first validation
+        # method.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing until then.
+        self.gates: list[float] = [1.0] * len(party.passive_dims)
+        # defences.flagless: the passives' latest test embeddings, scored on every evaluation round (the test rows
+        # travel only when a passive's encoder may have changed, on a schedule fixed by the config; protocol.py).
+        self.kept_test: list[np.ndarray] | None = None
+
+    @property
+    def gated(self) -> bool:
+        """Whether this run gates the passives' pseudo-labels (``method.pseudo_gate`` not ``off``; the gates need
+        second prototypes, which exist only when they are shared with the passives)."""
+        m = self.party.cfg.method
+        return self.party.vproto and self.party.joint and m.pseudo_gate != "off" and m.shares_prototypes
+
+    @property
+    def combine_weight(self) -> float:
+        """Weight of the joint model in the shipped prediction: configured, or last fitted on validation rows."""
+        w = self.calibration.combine_weight
+        return self.auto_weight if w == "auto" else float(w)
+
+    def pseudo_gates(self) -> list[float] | None:
+        """Per passive, the confidence threshold to send with its next round (``None`` when gating is off)."""
+        return list(self.gates) if self.gated else None
+
+    # ---------------------------------------------------------------- prediction
+    def predict_proba(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, np.ndarray]:
+        """Class probabilities for the aligned rows of ``split``: joint, active-only and their combination
+        (:func:`~flwr_vproto.method.evaluation.prediction_probs`)."""
+        p = self.party
+        head, joint = p.logits(split, p.aligned[split], passive_embeddings)
+        return prediction_probs(head if p.uses_local_head else None, joint, self.combine_weight)
+
+    def active_only_proba(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """The active-only head's class probabilities for rows ``rows`` of ``split`` (any rows: it needs no
+        passive), e.g. the users only the active party holds."""
+        head, _ = self.party.logits(split, rows)
+        return softmax_probs(head)
+
+    # ---------------------------------------------------------------- calibration
+    def calibrate(self, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
+        """Fit on the validation rows what this method fits there, before scoring or sending anything.
+
+        ``passive_embeddings``: each passive's embeddings of the aligned validation rows. Fits, when configured,
+        the combine weight (``combine_weight=auto``), each passive's pseudo-label gate (``pseudo_gate``) and marks
+        the residual's base (``residual_base=best_val``); returns the metrics of these fits
+        (``residual_base_update``, ``pseudo_gate{k}``), reported with the validation scores. Calibration sees the
+        labels the party trains on (noised under ``defence.label_epsilon``), never the true ones.
+        """
+        y = self.party.labels("val")
+        probs = self.predict_proba("val", passive_embeddings)
+        if self.calibration.combine_weight == "auto" and "joint" in probs and "local" in probs:
+            w = fit_combine_weight(probs["joint"], probs["local"], y)
+            if w is not None:  # shrunk toward 0.5 on a few dozen validation rows (calibration.py says why)
+                self.auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
+        if self.gated:
+            self._fit_gates(passive_embeddings, y)
+        metrics: dict[str, float] = {}
+        if self.party.base is not None:
+            metrics["residual_base_update"] = self._track_base(probs["local"], y)
+        if self.gated:
+            metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
+        return metrics
+
+    def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
+        """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
+        validation loss is the lowest so far; returns 1.0 if so, else 0.0 (the ``residual_base_update`` metric)."""
+        return 1.0 if self.party.best_val.observe(validation_loss(local_probs, y, self.party.num_classes)) else 0.0
+
+    def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
+        """``method.pseudo_gate``: per passive, the threshold from
+        :func:`~flwr_vproto.method.calibration.fit_pseudo_gates` on these validation rows (none before the second
+        prototypes exist)."""
+        p = self.party
+        second = p.second_pairs()
+        if second is None:
+            return
+        mask = shared_prototype_mask([mk for _, mk in second])
+        target = self.calibration.gate_target(torch.as_tensor(p.labels("train"), device=p.device), p.num_classes)
+        zs = [torch.as_tensor(e, dtype=torch.float32, device=p.device) for e in passive_embeddings]
+        yt = torch.as_tensor(y, dtype=torch.long, device=p.device)
+        self.gates = fit_pseudo_gates(zs, yt, [protos for protos, _ in second], mask, p.geometry, target,
+                                      self.calibration.gate_floor)
+
+    # ---------------------------------------------------------------- evaluation
+    def evaluate(self, split: str, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
+        """Accuracy (and AUC for two classes) on the aligned rows of ``split``, plus the active-only fallback.
+
+        Scores only (no side effects): what is fitted on validation rows is fitted by :meth:`calibrate`, called
+        first. ``accuracy`` scores the prediction this method ships (combined joint + active-only head when
+        enabled) on users every party holds; ``active_only_accuracy`` scores the active-only head on the users only
+        the active party holds (:func:`~flwr_vproto.method.evaluation.split_scores`).
+        """
+        p = self.party
+        y = p.data.split(split).y[p.aligned[split]]  # the true labels: scores reach no passive
+        noised = p.labels("val") if split == "val" and p.cfg.defence.label_epsilon is not None else None
+        metrics = split_scores(self.predict_proba(split, passive_embeddings), y, p.num_classes,
+                               self.combine_weight, selection_labels=noised)
+        if p.uses_local_head:
+            acc = self._active_only_accuracy(split)
+            if acc is not None:
+                metrics["active_only_accuracy"] = acc
+        return metrics
+
+    def _active_only_accuracy(self, split: str) -> float | None:
+        """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
+        data = self.party.data.split(split)
+        only = active_only_rows(len(data), self.party.aligned[split], data.y)
+        if not only.size:
+            return None
+        return top1_accuracy(self.active_only_proba(split, only), data.y[only])
+
+    # ---------------------------------------------------------------- state
+    def state_dict(self) -> dict[str, Any]:
+        """What calibration fitted and evaluation kept, under the keys the party's state has always used (older
+        checkpoints load). The residual base's tracking is saved with the base, by the party."""
+        return {"auto_weight": self.auto_weight, "gates": list(self.gates),
+                "kept_test": None if self.kept_test is None else [torch.as_tensor(k) for k in self.kept_test]}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Inverse of :meth:`state_dict`, read from the party's whole state (a state without gates keeps 1.0)."""
+        self.auto_weight = float(state["auto_weight"])
+        self.gates = [float(g) for g in state.get("gates", self.gates)]
+        kept = state.get("kept_test")
+        self.kept_test = None if kept is None else [np.asarray(k.cpu().numpy(), dtype=np.float32) for k in kept]
