@@ -41,7 +41,8 @@ def _instantiation_error(err: Exception, path: str, option: str, party: str) -> 
     if located and isinstance(cause, ImportError):
         failed = located.group(1)
         root = cause.__cause__ if cause.__cause__ is not None else cause
-        hint = str(cause).splitlines()[-1] if str(cause).splitlines()[-1].startswith("Are you sure") else ""
+        last = str(cause).splitlines()[-1]
+        hint = last if last.startswith("Are you sure") else ""
         where = "" if failed == path else f" (nested in {path})"
         return ConfigError(f"{party}: {option} '_target_' {failed}{where} does not import: "
                            f"{type(root).__name__}: {_one_line(str(root))}" + (f" ({hint})" if hint else ""))
