@@ -34,6 +34,7 @@ process can skip.
 from __future__ import annotations
 
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -396,7 +397,7 @@ def _learn_peer(store: PartyStore, context: Context, c: Config, me: Identity, pe
              f"{me.name}: {peer}'s public key did not arrive at set-up (a server or party of another version?)")
     sealing.check_pin(context.node_config.get(pin), static, me.name, peer, pin)
     assert public is not None
-    key = sealing.pair_key(bytes.fromhex(str(store.facts[SEAL_PRIVATE])), public, config_fingerprint(c),
+    key = sealing.pair_key(bytes.fromhex(str(store.facts[SEAL_PRIVATE])), public, run_binding(c),
                            own_static=_static_key(context, me), peer_static=static)
     store.facts[_pair_fact(peer)] = key.hex()
 
@@ -441,8 +442,17 @@ def passive_request(msg: Message, context: Context, c: Config, me: Identity) -> 
                      pseudo_threshold=got.pseudo_threshold, setup=request.setup, test_previous=got.test_previous)
 
 
+def run_binding(c: Config) -> str:
+    """What sealed payloads are bound to besides round, phase, sender and receiver: the run's config, as a resumed
+    run must share it (:func:`flwr_vproto.checkpoint.resume_fingerprint`: ``resume`` and ``checkpoint.*`` left
+    out), so the payloads a checkpoint holds still open after a resume. The Flower run ID is not used for the same
+    reason (a resume is a new Flower run); per-run keys already tie every payload to its run."""
+    text = json.dumps(ck.resume_fingerprint(c), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
 def _aad(c: Config, rnd: int, phase: str, sender: str, receiver: str) -> bytes:
-    return sealing.associated_data(config_fingerprint(c), rnd, phase, sender, receiver)
+    return sealing.associated_data(run_binding(c), rnd, phase, sender, receiver)
 
 
 def _may_carry_previous(c: Config, rnd: int) -> bool:

@@ -202,6 +202,35 @@ def to_passives(grid: InlineGrid, cfg) -> list[tuple[int, object]]:
     return out
 
 
+def pair_key(grid: InlineGrid, party: int, peer: str) -> bytes:
+    """The key party ``party`` (0: active) shares with ``peer``, from its own state (a test playing that party)."""
+    return bytes.fromhex(str(grid.contexts[100 + party].state["vproto"][f"seal.{peer}"]))
+
+
+def unseal(grid: InlineGrid, cfg, blob: bytes, rnd: int, phase: str, sender: str, receiver: str):
+    """A sealed payload opened with the sender's key, as the sender (or its receiver) can: its RecordDict."""
+    from flwr_vproto import messages as codecs
+    from flwr_vproto import sealing
+    from flwr_vproto.client_app import run_binding
+
+    holder, peer = (0, receiver) if sender == "active" else (int(sender[len("passive"):]), "active")
+    aad = sealing.associated_data(run_binding(cfg), rnd, phase, sender, receiver)
+    plain = sealing.open_sealed(pair_key(grid, holder, peer), blob, aad, receiver=receiver, sender=sender,
+                                phase=phase, rnd=rnd)
+    return codecs.from_bytes(plain, sender, "test")
+
+
+def reseal(grid: InlineGrid, cfg, content, rnd: int, phase: str, sender: str, receiver: str) -> bytes:
+    """Inverse of :func:`unseal`: what a (buggy or malicious) party that changed its payload would send."""
+    from flwr_vproto import messages as codecs
+    from flwr_vproto import sealing
+    from flwr_vproto.client_app import run_binding
+
+    holder, peer = (0, receiver) if sender == "active" else (int(sender[len("passive"):]), "active")
+    aad = sealing.associated_data(run_binding(cfg), rnd, phase, sender, receiver)
+    return sealing.seal(pair_key(grid, holder, peer), codecs.to_bytes(content), aad)
+
+
 def assert_same_history(flower: list[dict], reference: list[dict], rel: float = 0.0, abs_: float = 0.0) -> None:
     """Every metric the in-process engine reports, round by round (the Flower engine adds traffic keys)."""
     assert len(flower) == len(reference)
