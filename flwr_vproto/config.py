@@ -355,6 +355,11 @@ class RunnerConfig:
     # The active party's key of every random draw its defences release (defence.*, privacy.*): 64 hex digits to
     # reproduce a defended run exactly; null = fresh from the OS each run. Never part of the run config.
     active_secret: str | None = None
+    # engine=flower: what the active party reports to the server (README "Threat model", design §2): progress =
+    # exchange numbers, timings and sizes, nothing derived from a label (its full record goes to the run's active/
+    # folder, read back here for results.json); full = every metric. A deployment's active party decides this in
+    # its own node-config (server-metrics), never the run config.
+    server_metrics: str = "progress"
     # Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher its
     # share of the cores; else engine=inprocess: 1 (README "Threads") unless OMP_NUM_THREADS is set; engine=flower:
     # Ray's default. Untyped (Any) so that a bad value gets the command line's own one-line message.
