@@ -373,32 +373,20 @@ def _pair_fact(peer: str) -> str:
     return f"seal.{peer}"
 
 
-def _static_key(context: Context, me: Identity) -> bytes | None:
-    """This node's long-term private key (node-config ``key-file``), if it has one."""
-    path = context.node_config.get("key-file")
-    return sealing.read_key_file(str(path), f"{me.name}: node-config key-file") if path else None
-
-
 def _new_keys(store: PartyStore, context: Context, me: Identity) -> dict[str, bytes]:
     """A fresh per-run key pair (the private half stays in this party's state); returns what discovery carries."""
     private = sealing.new_private()
     store.facts[SEAL_PRIVATE] = private.hex()
-    static = _static_key(context, me)
-    return {messages.SEAL_KEY: sealing.public_of(private),
-            **({messages.SEAL_STATIC: sealing.public_of(static)} if static is not None else {})}
+    public, static = sealing.publics(private, context.node_config, me.name)
+    return {messages.SEAL_KEY: public, **({messages.SEAL_STATIC: static} if static is not None else {})}
 
 
 def _learn_peer(store: PartyStore, context: Context, c: Config, me: Identity, peer: str, pin: str,
                 keys: tuple[bytes | None, bytes | None]) -> None:
-    """Derive the key this party shares with ``peer`` from the public keys the server relayed, after checking the
-    long-term one against this node's pin (node-config ``pin``), if any."""
-    public, static = keys
-    _require(public is not None and len(public) == sealing.KEY_BYTES and SEAL_PRIVATE in store.facts,
-             f"{me.name}: {peer}'s public key did not arrive at set-up (a server or party of another version?)")
-    sealing.check_pin(context.node_config.get(pin), static, me.name, peer, pin)
-    assert public is not None
-    key = sealing.pair_key(bytes.fromhex(str(store.facts[SEAL_PRIVATE])), public, run_binding(c),
-                           own_static=_static_key(context, me), peer_static=static)
+    """Derive and keep the key this party shares with ``peer`` (:func:`flwr_vproto.sealing.learn_peer`)."""
+    _require(SEAL_PRIVATE in store.facts, f"{me.name}: set-up message before discovery")
+    key = sealing.learn_peer(bytes.fromhex(str(store.facts[SEAL_PRIVATE])), keys, context.node_config, me.name,
+                             peer, pin, run_binding(c))
     store.facts[_pair_fact(peer)] = key.hex()
 
 

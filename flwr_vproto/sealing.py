@@ -32,7 +32,9 @@ from __future__ import annotations
 import os
 import struct
 import sys
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from cryptography.exceptions import InvalidTag
 from cryptography.hazmat.primitives import hashes
@@ -126,6 +128,30 @@ def pair_key(own_private: bytes, peer_public: bytes, fingerprint: str, *, own_st
         publics += sorted([public_of(own_static), peer_static])
     hkdf = HKDF(algorithm=hashes.SHA256(), length=KEY_BYTES, salt=fingerprint.encode(), info=INFO + b"".join(publics))
     return hkdf.derive(secret)
+
+
+def static_key(node_config: Mapping[str, Any], me: str) -> bytes | None:
+    """This node's long-term private key (node-config ``key-file``), if it has one."""
+    path = node_config.get("key-file")
+    return read_key_file(str(path), f"{me}: node-config key-file") if path else None
+
+
+def publics(private: bytes, node_config: Mapping[str, Any], me: str) -> tuple[bytes, bytes | None]:
+    """What a party announces: its per-run public key and, with a ``key-file``, its long-term one."""
+    static = static_key(node_config, me)
+    return public_of(private), None if static is None else public_of(static)
+
+
+def learn_peer(own_private: bytes, keys: tuple[bytes | None, bytes | None], node_config: Mapping[str, Any],
+               me: str, peer: str, pin: str, binding: str) -> bytes:
+    """The key ``me`` shares with ``peer``, from the public keys the server relayed, once the long-term one has
+    been checked against this node's pin (node-config ``pin``), if any."""
+    public, static = keys
+    if public is None or len(public) != KEY_BYTES:
+        raise ProtocolError(f"{me}: {peer}'s public key did not arrive at set-up (a server or party of another "
+                            f"version?)")
+    check_pin(node_config.get(pin), static, me, peer, pin)
+    return pair_key(own_private, public, binding, own_static=static_key(node_config, me), peer_static=static)
 
 
 # ------------------------------------------------------------------------------------------------ AEAD
