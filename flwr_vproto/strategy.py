@@ -20,6 +20,12 @@ gets all embeddings, trains the exchange's rounds on them, evaluates after evalu
 round's metrics and each passive's next gradients. Each exchange is one Flower round: ``history`` and
 ``results.json``'s ``rounds`` hold one record per exchange, ``local_rounds`` one per round when they differ.
 
+What one party sends another is sealed end to end (:mod:`flwr_vproto.sealing`): the server forwards the passives'
+sealed embeddings to the active party and the active party's sealed gradients / prototypes / gates to each passive,
+checking only that each blob is there; its checkpoint holds ciphertext. It sees the active party's metrics as that
+party's policy allows (node-config ``server-metrics``: ``progress``, the default, reports nothing derived from a
+label; in simulation ``active_results`` reads the active party's own record back, design §2).
+
 Every wait has a deadline; an error reply or a missing reply stops the run with :class:`ProtocolError` naming the
 party, the phase and the round — or, with ``checkpoint.retries``, continues from the last complete checkpoint.
 """
@@ -83,7 +89,9 @@ class VerticalProtoStrategy(Strategy):
 
     ``timeout``: seconds to wait for any one reply; ``wait_for_nodes``: seconds to wait for all ``K + 1``
     SuperNodes to connect; ``on_round``: called with each exchange's record (e.g. to print progress);
-    ``poll_interval`` / ``max_poll_interval``: see :class:`~flwr_vproto.relay.Relay`.
+    ``poll_interval`` / ``max_poll_interval``: see :class:`~flwr_vproto.relay.Relay`; ``active_results``: in
+    simulation (the researcher owns every node), the active party's results folder, read back each exchange when it
+    reports only ``progress`` to the server, so ``history`` and ``results`` hold every metric as under ``full``.
     After :meth:`start`, ``history`` holds the per-exchange records and ``results`` the content of ``results.json``.
 
     **Hooks.** :meth:`start` calls these, in this order; override or wrap any of them (``super()`` first) to add
@@ -96,10 +104,10 @@ class VerticalProtoStrategy(Strategy):
                               ``configure_intersection`` / ``aggregate_intersection`` (PSI step 3)
     each exchange (a Flower   ``configure_train`` -> send/receive -> ``aggregate_train``, twice: the passive
     round, ``server_round``)  phase (``configure_passives`` / ``aggregate_passives``: one ``train`` message
-                              per joint passive, its embeddings back), then the active phase
+                              per joint passive, its sealed embeddings back), then the active phase
                               (``configure_active`` / ``aggregate_active``: one ``train`` message to the
-                              active party with every passive's embeddings, every round's metrics and the
-                              passives' next gradients back). ``current.phase`` says which is next.
+                              active party with every passive's sealed reply, its metrics and the
+                              passives' next payloads, sealed, back). ``current.phase`` says which is next.
                               ``aggregate_train`` returns ``(None, None)`` after the passive phase and
                               ``(None, the exchange's record)`` after the active one: that record (flat
                               ``active/``, ``passive<k>/``, ``val/``, ``test/``, ``privacy/``, traffic
