@@ -30,7 +30,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO / "tests"))
 
 SETTINGS = {
-    "digits-default": {"dataset": {"name": "digits"}},
+    "digits-config-defaults": {"dataset": {"name": "digits"}},  # 20 rounds, 5 %, no rows: 1 exchange
     "digits-none-20": {"dataset": {"name": "digits"}, "defence": {"release_rounds": None}, "exchange": {"count": 20}},
     "adult5-none-20": {"dataset": {"name": "adult", "aligned_fraction": 0.05}, "defence": {"release_rounds": None},
                        "exchange": {"count": 20}},

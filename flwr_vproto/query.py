@@ -139,9 +139,10 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
     _keep(context, **{SEAL_PRIVATE: messages.bytes_to_array(private)})
     answer = _answer(msg, reply)
     public, static = sealing.publics(private, context.node_config, me.name)
-    answer.content[messages.CONFIG][messages.SEAL_KEY] = public
+    conf: Any = answer.content[messages.CONFIG]
+    conf[messages.SEAL_KEY] = public
     if static is not None:
-        answer.content[messages.CONFIG][messages.SEAL_STATIC] = static
+        conf[messages.SEAL_STATIC] = static
     return answer
 
 
@@ -290,13 +291,13 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     points: dict[int, tuple[bytes, bytes]] = {}
     if passives:
         peer_ask = messages.encode_predict_request(PredictRequest(source, hub=hub))
-        peer_ask[messages.CONFIG].update(_keys(active, ""))  # the active party's public keys, relayed
+        _add_config(peer_ask, _keys(active, ""))  # the active party's public keys, relayed
         peer = relay.exchange([(p, PSI_PEER, peer_ask) for p in passives], "prediction (PSI peers)")
         got = {p.index: messages.decode_predict_reply(peer[p.name].content) for p in passives}
         points = {k: (r.reblinded, r.own) for k, r in got.items()}  # type: ignore[misc]
     finish = messages.encode_predict_request(PredictRequest(source, passives=ks, points=points))
     for p in passives:
-        finish[messages.CONFIG].update(_keys(p, messages.passive_key(p.index, "")))
+        _add_config(finish, _keys(p, messages.passive_key(p.index, "")))
     fin = relay.exchange([(active, PSI_FINISH, finish)], "prediction (PSI intersection)")[active.name]
     positions = messages.decode_predict_reply(fin.content, ks).positions
     sealed: dict[str, bytes] = {}
@@ -311,6 +312,10 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     res = relay.exchange([(active, SCORE, score_ask)], "prediction (scoring)")[active.name]
     metrics = messages.metrics_of(messages.check_metrics(res.content, active.name, "prediction (scoring)"))
     return PredictionRound(metrics, messages.decode_predict_reply(res.content).path)
+
+
+def _add_config(content: Any, entries: dict[str, bytes]) -> None:
+    content[messages.CONFIG].update(entries)
 
 
 def _keys(party: PartyNode, prefix: str) -> dict[str, bytes]:

@@ -566,7 +566,8 @@ class VerticalProtoStrategy(Strategy):
 
 
 SEALED_IN_TRANSIT = "sealed"  # the server's checkpoint: each passive's sealed payload for the next exchange
-NOTHING_IN_CLEAR = {"gradients": {}, "prototypes": {}, "prototype-mask": None}  # the checkpoint's clear transit
+# The checkpoint's clear transit: nothing (the payloads in transit are sealed).
+NOTHING_IN_CLEAR: dict[str, Any] = {"gradients": {}, "prototypes": {}, "prototype-mask": None}
 
 
 def _keys(party: PartyNode) -> dict[str, bytes]:
