@@ -32,6 +32,8 @@ sys.path.insert(0, str(REPO / "tests"))
 SETTINGS = {
     "digits-config-defaults": {"dataset": {"name": "digits"}},  # 20 rounds, 5 %, no rows: 1 exchange
     "digits-none-20": {"dataset": {"name": "digits"}, "defence": {"release_rounds": None}, "exchange": {"count": 20}},
+    "digits-none-20-every": {"dataset": {"name": "digits"}, "defence": {"release_rounds": None},
+                             "exchange": {"count": 20}, "eval_test": "every"},  # no padding: test rows every round
     "adult5-none-20": {"dataset": {"name": "adult", "aligned_fraction": 0.05}, "defence": {"release_rounds": None},
                        "exchange": {"count": 20}},
 }
