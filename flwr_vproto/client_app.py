@@ -19,7 +19,19 @@ Who am I (node-config):
     fresh one from the OS at set-up, kept in the node's state and checkpoints). Give it only to reproduce a
     defended run; it never enters the run config, which every passive reads.
 
+  - ``server-metrics`` = ``"progress"`` (default) or ``"full"``, active party only: what it reports to the server.
+    ``progress``: the exchange number and rounds trained, nothing derived from a label; its full record and its own
+    ``results.json`` go to ``results-dir`` (default ``./vproto-results``), never to the server
+    (:mod:`flwr_vproto.ledger`).
+  - ``key-file`` = this node's long-term X25519 private key (``python -m flwr_vproto.sealing keygen PATH`` makes
+    one and prints its public key); ``pin-active-key`` (on a passive) / ``pin-passive-<k>-key`` (on the active
+    party) = the peer's long-term public key, 64 hex digits: any other key the server relays is refused
+    (:mod:`flwr_vproto.sealing`). Without them the per-run keys protect against a curious server, not an active one.
+
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
+
+Everything this party sends another party through the server is sealed to that party (:mod:`flwr_vproto.sealing`):
+the server relays it unread.
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
 
 The learning config comes from a closure in simulation (:func:`make_client_app` with a :class:`Config`) and from
