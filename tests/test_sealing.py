@@ -212,3 +212,24 @@ def test_keygen_writes_an_owner_only_key_file_and_never_overwrites(tmp_path, cap
     assert sealing.main(["keygen", str(path)]) == 1
     with pytest.raises(sealing.KeyFileError, match="key-file='.*': expected 64 hex digits"):
         sealing.read_key_file(Path(tempfile.mkstemp()[1]), "key-file")
+
+
+def test_every_bound_field_and_the_key_matter_and_padding_hides_the_length():
+    a, b = sealing.new_private(), sealing.new_private()
+    key = sealing.pair_key(a, sealing.public_of(b), "run")
+    assert key == sealing.pair_key(b, sealing.public_of(a), "run")  # the same on both sides
+    assert key != sealing.pair_key(a, sealing.public_of(b), "another config")
+    bound = ("run", 3, sealing.EMBEDDINGS, "passive1", "active")
+    blob = sealing.seal(key, b"rows", sealing.associated_data(*bound), size=64)
+    assert len(blob) == len(sealing.seal(key, b"rows and more rows", sealing.associated_data(*bound), size=64))
+    assert blob != sealing.seal(key, b"rows", sealing.associated_data(*bound), size=64)  # a fresh nonce each time
+    who = {"receiver": "active", "sender": "passive1", "phase": sealing.EMBEDDINGS, "rnd": 3}
+    assert sealing.open_sealed(key, blob, sealing.associated_data(*bound), **who) == b"rows"
+    for i, other in enumerate(("other run", 4, sealing.FOR_PASSIVE, "passive2", "passive1")):
+        changed = list(bound)
+        changed[i] = other
+        with pytest.raises(ProtocolError, match="does not open"):
+            sealing.open_sealed(key, blob, sealing.associated_data(*changed), **who)
+    with pytest.raises(ProtocolError, match="does not open"):
+        sealing.open_sealed(sealing.pair_key(a, sealing.public_of(sealing.new_private()), "run"), blob,
+                            sealing.associated_data(*bound), **who)
