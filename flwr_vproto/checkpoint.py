@@ -184,7 +184,9 @@ def save_party(folder: Path, rnd: int, checkpoint: dict[str, Any]) -> Path:
     if secret is not None:
         from flwr_vproto.defences import write_secret_file
 
-        write_secret_file(folder / SECRET_FILE, bytes(secret.cpu().numpy().astype(np.uint8).tobytes()))
+        raw, path = bytes(secret.cpu().numpy().astype(np.uint8).tobytes()), folder / SECRET_FILE
+        if not path.exists() or path.read_text(encoding="ascii").strip() != raw.hex():  # once per run, not per round
+            write_secret_file(path, raw)
     return save(folder, rnd, {**checkpoint, "party": state})
 
 
