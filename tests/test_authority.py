@@ -72,6 +72,15 @@ def test_a_run_config_target_the_node_did_not_allow_is_refused_on_that_node_in_o
             "operator adds it to node-config allow-targets") in line, line
     assert all(m.metadata.message_type.startswith("query.discover") or "discover" in m.metadata.message_type
                for m in grid.sent)  # refused at discovery: nothing was built, no PSI point left
+    # a path: the run config's audit folder outside the node's own root (which opted in to the audit)
+    cfg = small_cfg("vproto", rounds=1, audit={"record": True, "dir": "/etc/cron.d"})
+    opted = {"allow-audit-record": True, "audit-dir": "/srv/audit"}
+    grid = InlineGrid(make_client_app(), [_node("active", 0, **opted), _node("passive", 1, **opted)],
+                      run_config=run_config_from_config(cfg))
+    with pytest.raises(ProtocolError, match=r"active.*audit.dir='/etc/cron.d' is outside this node's node-config "
+                                            r"audit-dir \(/srv/audit\)") as err:
+        VerticalProtoStrategy(cfg, timeout=30.0, wait_for_nodes=1.0).start(grid=grid)
+    assert "\n" not in str(err.value)
     # a passive builds only its encoder: the active party's top model is none of its business
     top = small_cfg("vproto", rounds=1, model={"top_target": {"_target_": "my_pkg.Top"}})
     authorize(top, _me(top))
