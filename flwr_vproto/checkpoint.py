@@ -6,7 +6,8 @@ Layout under ``checkpoint.dir`` (one folder per writer, so in a deployment every
     <dir>/<party>/round-<r>.pt    each party: its models, optimizer, alignment and facts (never sent anywhere)
     <dir>/active/secret.hex       the active party's defences' secret (64 hex digits, mode 0600), never in a blob
 
-A party's folder may be elsewhere (a SuperNode's node-config ``checkpoint-dir``): its state never leaves its
+A deployed party's folder is its SuperNode's node-config ``checkpoint-dir`` (required there, so the run config's
+``checkpoint.dir``, the ServerApp's, chooses no path on a node: ``client_app.authorize``): its state never leaves its
 machine. Every file is written to ``<name>.tmp`` and renamed, so a file that exists is whole. The server writes its
 round-``r`` file only after every party replied for round ``r``, and a party replies only after writing its file,
 so the server's latest file names the last *complete* checkpoint. Each writer keeps its two latest files: a party
