@@ -4,7 +4,7 @@
     python -m flwr_vproto engine=inprocess method=vanilla
     python run_simulation.py engine=inprocess method=vanilla   # the same, from a checkout
     flwr-vproto -m method=vproto,vanilla dataset.aligned_fraction=0.02,0.05 seed=0,1
-    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (README "Sweeps")
+    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (docs/usage.md "Sweeps")
     flwr-vproto --cfg job                              # every option with its value
 
 The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
@@ -318,7 +318,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
     results["selection"] = {"metric": metric, "val_score": score}
-    if threads_by:  # what the job was held to (README "Threads", "Sweeps": launchers)
+    if threads_by:  # what the job was held to (docs/usage.md "Threads", "Sweeps": launchers)
         results["job"] = {"threads": runner.get("threads"), "torch_threads": torch_threads(),
                           "cores": available_cores(), "by": threads_by}
     audit_line = None

@@ -122,7 +122,7 @@ class ModelConfig:
     embedding_dim: int = opt(64, "width of each party's embedding (the encoders' output)")
     top_hidden: list[int] = opt(factory=lambda: [64], help="hidden layer widths of the top model")
     dropout: float = opt(0.0, "dropout in the encoders and the top model")
-    # Bring your own model (README "Extending"): {_target_: dotted.path, **kwargs}, or null for the built-in one.
+    # Bring your own model (docs/extending.md): {_target_: dotted.path, **kwargs}, or null for the built-in one.
     # Encoder: called as target(input_shape=..., embedding_dim=..., **kwargs) for every party (replaces `encoder`,
     # `hidden`). Top model and active-only head: target(in_features=..., num_classes=..., **kwargs) (replaces
     # `top_hidden`). Either returns a torch.nn.Module; see flwr_vproto.models.make_encoder / make_top_model.
@@ -277,7 +277,7 @@ class MethodConfig:
     extra_losses: list[dict[str, Any]] = opt(
         factory=list,
         help="Custom loss terms added to the active party's loss at every supervised step: a list of {_target_: "
-        "dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; README \"Extending\"). [] = none."
+        "dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; docs/extending.md). [] = none."
     )
 
     @property
@@ -324,7 +324,7 @@ class PrivacyConfig:
 
 @dataclass
 class DefenceConfig:
-    """Defences of the active party's labels against what the passives receive (README "Labels", design §6b).
+    """Defences of the active party's labels against what the passives receive (docs/privacy.md, design §6b).
 
     Applied by the active party before anything leaves it, the same in both engines. Every random draw comes from a
     secret only the active party holds (``runner.active_secret`` in simulation, node-config ``active-secret`` in a
@@ -362,7 +362,7 @@ class DefenceConfig:
 
 @dataclass
 class ExchangeConfig:
-    """How often the parties exchange messages, and the local work between exchanges (README "Few exchanges").
+    """How often the parties exchange messages, and the local work between exchanges (docs/usage.md "Few exchanges").
 
     ``num_rounds`` stays the length of training: one *round* is one pass of the active party's training (its
     aligned rows with the passives' embeddings, its non-aligned rows). An *exchange* is one message per party: the
@@ -474,7 +474,7 @@ class RunnerConfig:
     save_models: bool = opt(True, "write each party's final state to models/<party>.pt in the run directory")
     selection_metric: str = opt(
         "accuracy",
-        "The score the command returns (what a sweeper optimises; README \"Sweeps\"): accuracy (the validation "
+        "The score the command returns (what a sweeper optimises; docs/usage.md \"Sweeps\"): accuracy (the validation "
         "accuracy at the best-validation-accuracy round) | auc (binary tasks: the round with the best validation "
         "AUC)."
     )
@@ -486,7 +486,7 @@ class RunnerConfig:
     threads: Any = opt(
         None,
         "Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher "
-        "its share of the cores; else engine=inprocess: 1 (README \"Threads\") unless OMP_NUM_THREADS is set; "
+        "its share of the cores; else engine=inprocess: 1 (docs/usage.md \"Threads\") unless OMP_NUM_THREADS is set; "
         "engine=flower: Ray's default. Untyped (Any) so that a bad value gets the command line's own one-line "
         "message."
     )
