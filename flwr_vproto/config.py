@@ -413,7 +413,9 @@ class Config:
 
     engine: str = opt("flower", "flower (Flower simulation, one ClientApp per party) | inprocess (all in this process)")
     seed: int = opt(0, "of the data split and every party's initialisation (every party knows it)")
-    num_rounds: int | None = opt(
+    # Declared null (Hydra's schema and the run-config show null) and an int in every Config: __post_init__ fills
+    # in the dataset's default.
+    num_rounds: int = opt(
         None, f"rounds of training; null = the dataset's default ({DATASET_ROUNDS_TEXT}, else {DEFAULT_ROUNDS})")
     eval_every: int = opt(1, "score val/test every N rounds (and always after the last round)")
     eval_test: str = opt(

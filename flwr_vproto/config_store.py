@@ -42,6 +42,7 @@ class _ModelSchema(ModelConfig):
 class CliConfig(Config):
     """What the command line composes: the run's :class:`~flwr_vproto.config.Config` and the ``runner`` block."""
 
+    num_rounds: int | None = field(default=None, metadata={"help": option_help(Config, "num_rounds")})
     model: ModelConfig = field(default_factory=_ModelSchema)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 

@@ -46,7 +46,9 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
         if dataclasses.is_dataclass(default):
             out.update(_fields(type(default), f"{name}."))
         else:
-            out[name] = (_field_kind(str(f.type)), None)
+            kind = _field_kind(str(f.type))
+            # a per-dataset default (num_rounds) is declared null: "null" in the run-config, as any optional number
+            out[name] = ("json" if kind == "plain" and f.default is None else kind, None)
     return out
 
 
