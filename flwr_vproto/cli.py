@@ -4,7 +4,7 @@
     python -m flwr_vproto engine=inprocess method=vanilla
     python run_simulation.py engine=inprocess method=vanilla   # the same, from a checkout
     flwr-vproto -m method=vproto,vanilla dataset.aligned_fraction=0.02,0.05 seed=0,1
-    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (README "Sweeps")
+    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (docs/usage.md "Sweeps")
     flwr-vproto --cfg job                              # every option with its value
 
 The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
-from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.config import REPLY_TIMEOUT, Config, ConfigError, config_from_dict
 from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
@@ -126,7 +126,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
     own = out / "active"  # the active party's own folder: what its metrics policy keeps from the server
-    strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
+    strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", REPLY_TIMEOUT)),
                                      on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01,
                                      active_results=own)
     failed: list[BaseException] = []
@@ -175,11 +175,19 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _active_secret(runner: dict[str, Any]) -> bytes | None:
-    """``runner.active_secret``: the active party's key of its defences' random draws, for a reproducible defended
-    run (64 hex digits); ``null`` = fresh from the OS. A runner option, so it never enters the run config."""
-    from flwr_vproto.defences import parse_secret
+    """``runner.active_secret_file``: the active party's key of its defences' random draws, for a reproducible
+    defended run, read from a file only its owner can read (64 hex digits); ``null`` = fresh from the OS.
 
-    return parse_secret(runner.get("active_secret"), "runner.active_secret")
+    A path, never the value: Hydra writes every option and override to ``.hydra/`` in the run folder, so a value
+    given on the command line would sit there in clear. The old ``runner.active_secret`` is refused in one line (the
+    run folder Hydra made for it, holding only ``.hydra/``, is removed by :func:`main`)."""
+    from flwr_vproto.defences import read_secret_file
+
+    if runner.get("active_secret") not in (None, ""):
+        raise ConfigError("runner.active_secret is refused: a value given here is written to the run's .hydra/ "
+                          "files; put the 64 hex digits in a file only you can read (chmod 600) and give "
+                          "runner.active_secret_file=PATH")
+    return read_secret_file(runner.get("active_secret_file"), "runner.active_secret_file")
 
 
 def _bound_job(cfg: Config, runner: dict[str, Any]) -> str:
@@ -299,7 +307,10 @@ def main(dcfg: DictConfig) -> float:
 def _main(dcfg: DictConfig, out: Path) -> float:
     cfg, runner = _config(dcfg)
     metric = _check_config(cfg, runner, out)
-    _active_secret(runner)  # a malformed secret fails here, before any data or engine
+    try:
+        _active_secret(runner)  # a missing, readable or malformed secret file fails here, before any data or engine
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
     threads_by = _bound_job(cfg, runner)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))
@@ -324,7 +335,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
     results["selection"] = {"metric": metric, "val_score": score}
-    if threads_by:  # what the job was held to (README "Threads", "Sweeps": launchers)
+    if threads_by:  # what the job was held to (docs/usage.md "Threads", "Sweeps": launchers)
         results["job"] = {"threads": runner.get("threads"), "torch_threads": torch_threads(),
                           "cores": available_cores(), "by": threads_by}
     audit_line = None
@@ -344,9 +355,52 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     return score
 
 
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+"""Hydra's flags that take the next word as their value (that word is no override)."""
+_DICT_OPTIONS = ("model.encoder_target", "model.top_target")
+"""Options whose value is a mapping of the user's own keys (``model.encoder_target.width=64`` is fine)."""
+
+
+def unknown_option_line(args: list[str]) -> str | None:
+    """One line for the first override that names no option (``dataset.csv.label_colum=x``) with the closest valid
+    keys, or ``None``; Hydra would answer it in eight lines and suggest the ``+`` form, which would only add a key
+    the run then refuses. Group choices (``dataset=adult``), ``+``/``~`` overrides and ``hydra.*`` are Hydra's."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from flwr_vproto.config_store import CliConfig, option_docs
+
+    options = list(option_docs())
+    sections = {o.rsplit(".", i)[0] for o in options for i in range(1, o.count(".") + 1)}
+    groups = {f.name for f in dataclasses.fields(CliConfig)} | {"hpo"}
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in _VALUE_FLAGS)]
+    try:
+        overrides = OverridesParser.create().parse_overrides(words)
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra's own message says where
+        return None
+    for override in overrides:
+        key = override.key_or_group
+        if (override.is_add() or override.is_delete() or override.is_force_add() or "/" in key or "@" in key
+                or key.split(".")[0] == "hydra" or key in options or key in sections or key in groups
+                or key.startswith(tuple(f"{d}." for d in _DICT_OPTIONS))):
+            continue
+        section, _, leaf = key.rpartition(".")
+        siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}
+        close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.5)]
+        close = close or difflib.get_close_matches(key, options + sorted(groups), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "no option is close"
+        return f"config error: unknown option {key!r}: {hint} (every option: --help)"
+    return None
+
+
 def run() -> None:
     """The console script ``flwr-vproto``, ``python -m flwr_vproto`` and ``run_simulation.py``: Hydra's command line
     (overrides, ``-m``, ``--cfg job``, ``--help``) around :func:`main`."""
+    line = unknown_option_line(sys.argv[1:])
+    if line:
+        raise SystemExit(line)
     optuna_defaults()  # hydra/sweeper=optuna maximises the returned validation score
     if {"-m", "--multirun"} & set(sys.argv[1:]):
         patch_optuna_storage()  # before the Optuna sweeper opens a SQLite study (flwr_vproto/sweeps.py)
