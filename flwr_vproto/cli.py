@@ -125,8 +125,10 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     level = str(runner.get("flwr_log_level", "ERROR")).upper()
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
+    own = out / "active"  # the active party's own folder: what its metrics policy keeps from the server
     strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", REPLY_TIMEOUT)),
-                                     on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01)
+                                     on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01,
+                                     active_results=own)
     failed: list[BaseException] = []
     model_dir = str(out / "models") if runner.get("save_models", True) else None
     client_cpus = float(runner.get("client_num_cpus", 1))
@@ -142,7 +144,8 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     }
     _say(f"starting the Flower simulation: {cfg.dataset.num_passive + 1} SuperNodes on Ray, then discovery and "
          f"PSI, then {cfg.num_rounds} rounds in {exchange_count(cfg)} message exchange(s)")
-    client_app = make_client_app(cfg, model_dir, _active_secret(runner))
+    client_app = make_client_app(cfg, model_dir, _active_secret(runner),
+                                 server_metrics=str(runner.get("server_metrics", "progress")), results_dir=str(own))
     run_simulation(server_app=make_server_app(strategy, errors=failed), client_app=client_app,
                    num_supernodes=cfg.dataset.num_passive + 1, backend_config=backend,
                    verbose_logging=level == "DEBUG")
@@ -223,6 +226,9 @@ def _check_config(cfg: Config, runner: dict[str, Any], out: Path) -> str:
                                         cfg.dataset.csv.classes)
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
+    if str(runner.get("server_metrics", "progress")) not in ("progress", "full"):
+        raise SystemExit(f"config error: runner.server_metrics={runner.get('server_metrics')!r}: expected progress "
+                         f"or full")
     if cfg.engine == "flower" and cfg.method.name == "centralized":
         raise SystemExit("config error: method=centralized needs every party's raw data in one place; "
                          "run it with engine=inprocess")

@@ -32,10 +32,22 @@ Who am I (node-config):
     node's state and its checkpoint folder's ``secret.hex``, mode 0600). Give it only to reproduce a defended run.
     A value (the old ``active-secret``) is refused: the key is never in any config.
 
+  - ``server-metrics`` = ``"progress"`` (default) or ``"full"``, active party only: what it reports to the server.
+    ``progress``: the exchange number and rounds trained, nothing derived from a label; its full record and its own
+    ``results.json`` go to ``results-dir`` (default ``./vproto-results``), never to the server
+    (:mod:`flwr_vproto.ledger`).
+  - ``key-file`` = this node's long-term X25519 private key (``python -m flwr_vproto.sealing keygen PATH`` makes
+    one and prints its public key); ``pin-active-key`` (on a passive) / ``pin-passive-<k>-key`` (on the active
+    party) = the peer's long-term public key, 64 hex digits: any other key the server relays is refused
+    (:mod:`flwr_vproto.sealing`). Without them the per-run keys protect against a curious server, not an active one.
+
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
 * **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``. The
   researcher owns every node: the run's config chooses targets and paths, and the runner gives the active party's
   secret (``runner.active_secret_file``).
+
+Everything this party sends another party through the server is sealed to that party (:mod:`flwr_vproto.sealing`):
+the server relays it unread.
 
 The learning config comes from a closure in simulation (:func:`make_client_app` with a :class:`Config`) and from
 the run-config under ``flwr run`` (:func:`flwr_vproto.run_config.config_from_run_config`).
@@ -50,6 +62,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -60,15 +73,19 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from flwr_vproto import __version__, defences, messages, targets
+from flwr_vproto import __version__, defences, exchanges, ledger, messages, sealing, targets
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
-from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, ProtocolError
+from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, FromPassive, InTransit, ProtocolError, ToPassive
 from flwr_vproto.query import register as register_prediction
 from flwr_vproto.run_config import config_fingerprint, config_from_run_config
+
+PROGRESS, FULL = "progress", "full"
+METRICS_POLICIES = (PROGRESS, FULL)  # what the active party reports to the server (design §2)
+DEFAULT_RESULTS_DIR = "vproto-results"  # a deployed active party's results folder without node-config results-dir
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -85,6 +102,8 @@ class Identity:
     deployed: bool = False  # a deployment's node (node-config role): its own authority, see authorize()
     allow_targets: tuple[str, ...] = ()  # node-config allow-targets (deployment)
     allow_audit_record: bool = False  # node-config allow-audit-record (deployment)
+    server_metrics: str = PROGRESS  # active party: what it reports to the server (node-config server-metrics)
+    results_dir: str | None = None  # active party: where it writes its label-derived results (node-config results-dir)
 
     @property
     def name(self) -> str:
@@ -92,10 +111,12 @@ class Identity:
 
 
 def identity(node_config: dict[str, Any], num_passive: int, *, model_dir: str | None = None,
-             secret: bytes | None = None) -> Identity:
+             secret: bytes | None = None, server_metrics: str = PROGRESS, results_dir: str | None = None) -> Identity:
     """Read role and party index from the node-config (deployment keys first, then simulation's partition-id);
     ``secret``: the simulation's, read from ``runner.active_secret_file`` (the node-config's ``active-secret-file``
-    wins)."""
+    wins); ``server_metrics`` / ``results_dir``: the simulation's metrics policy and the active party's results
+    folder (the node-config's ``server-metrics`` / ``results-dir`` win; a deployment's default folder is
+    ``./vproto-results`` under the SuperNode's working directory)."""
     if "role" in node_config:
         role, index, data_path, model_dir = _deployment_identity(node_config, model_dir)
     elif "partition-id" in node_config:
@@ -122,12 +143,14 @@ def identity(node_config: dict[str, Any], num_passive: int, *, model_dir: str | 
         secret = defences.read_secret_file(str(node_config["active-secret-file"]),
                                            f"node-config active-secret-file of {name}")
     deployed = "role" in node_config
+    server_metrics, results_dir = _metrics_policy(node_config, role, server_metrics, results_dir)
     return Identity(role=role, index=int(index), data_path=None if data_path in (None, "") else str(data_path),
                     model_dir=model_dir, checkpoint_dir=str(node_config.get("checkpoint-dir", "")) or None,
                     audit_dir=str(node_config.get("audit-dir", "")) or None,
                     secret=secret if role == ACTIVE else None, deployed=deployed,
                     allow_targets=targets.parse_allow_list(node_config.get(targets.ALLOW_TARGETS), name),
-                    allow_audit_record=_flag(node_config, "allow-audit-record", name))
+                    allow_audit_record=_flag(node_config, "allow-audit-record", name), server_metrics=server_metrics,
+                    results_dir=results_dir)
 
 
 def _flag(node_config: dict[str, Any], key: str, name: str) -> bool:
@@ -181,6 +204,22 @@ def under_root(root: str, path: str | None, option: str, key: str, name: str) ->
         raise ConfigError(f"{name}: {option}={path!r} is outside this node's node-config {key} ({root}); on a "
                           f"deployed node a run-config path is a relative folder under the node's own {key}")
     return base / rel
+
+
+def _metrics_policy(node_config: dict[str, Any], role: str, policy: str, folder: str | None
+                    ) -> tuple[str, str | None]:
+    """The active party's metrics policy and results folder: its node-config's, else the simulation's."""
+    if "server-metrics" in node_config:
+        if role != ACTIVE:
+            raise ValueError("node-config server-metrics on a passive party: only the active party reports metrics")
+        policy = str(node_config["server-metrics"]).strip().lower()
+    if policy not in METRICS_POLICIES:
+        raise ValueError(f"server-metrics={policy!r}: expected one of {METRICS_POLICIES} (node-config server-metrics "
+                         f"in a deployment, runner.server_metrics in simulation)")
+    folder = str(node_config.get("results-dir", "")) or folder
+    if folder is None and "role" in node_config:  # a deployment keeps its label-derived results somewhere
+        folder = DEFAULT_RESULTS_DIR
+    return policy, folder if role == ACTIVE else None
 
 
 def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
@@ -319,12 +358,13 @@ def discover(msg: Message, context: Context, c: Config, me: Identity) -> Message
                                               f"config")
     store = PartyStore(context)
     store.reset(me)
-    if probe.resume_round is not None:
+    policy = {messages.SERVER_METRICS: me.server_metrics} if me.role == ACTIVE else {}
+    if probe.resume_round is not None:  # the pair keys come back with the party's checkpoint
         info = _resume(store, c, me, probe.resume_round)
-        return Message(messages.encode_discovered(info), reply_to=msg)
+        return Message(messages.encode_discovered(info, policy), reply_to=msg)
     info, secrets = proto.discover(c, party_data(c, me.index), me.role, me.index, mine)
     store.keep_secrets(secrets)
-    return Message(messages.encode_discovered(info), reply_to=msg)
+    return Message(messages.encode_discovered(info, {**policy, **_new_keys(store, context, me)}), reply_to=msg)
 
 
 def _resume(store: PartyStore, c: Config, me: Identity, rnd: int) -> proto.Discovered:
@@ -347,6 +387,9 @@ def psi_peer(msg: Message, context: Context, c: Config, me: Identity) -> Message
     secrets = PartyStore(context).secrets()
     _require("train.secret" in secrets, f"{me.name}: psi_peer before discovery")
     points = proto.psi_reblind(party_data(c, me.index), secrets, messages.decode_hub_points(msg.content))
+    store = PartyStore(context)
+    _learn_peer(store, context, c, me, ACTIVE, "pin-active-key", messages.keys_in(msg.content))
+    _forget_private(store)
     return Message(messages.encode_reblinded(points), reply_to=msg)
 
 
@@ -357,6 +400,10 @@ def psi_blind(msg: Message, context: Context, c: Config, me: Identity) -> Messag
     secrets = store.secrets()
     _require("train.secret" in secrets, f"{me.name}: psi_blind before discovery")
     own = messages.decode_blind_request(msg.content)
+    for k in own:
+        _learn_peer(store, context, c, me, proto.party_name(PASSIVE, k), f"pin-passive-{k}-key",
+                    messages.keys_in(msg.content, messages.passive_key(k, "")))
+    _forget_private(store)
     store.keep_secrets(proto.psi_blind_peers(c, party_data(c, 0), secrets, own))
     return Message(messages.encode_blinded(len(own)), reply_to=msg)
 
@@ -373,11 +420,14 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
     num_classes = int(dataset_classes(c)[0])
     party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims, secret=me.secret)
     store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
+    if me.server_metrics == PROGRESS and me.results_dir:
+        ledger.reset(me.results_dir)
     return Message(messages.encode_intersection(result), reply_to=msg)
 
 
 def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
-    """One round of this party (design §4): the one message it gets per round."""
+    """One round of this party (design §4): the one message it gets per round. What comes from or goes to another
+    party is sealed to it (:mod:`flwr_vproto.sealing`); the server relays it unread."""
     store = PartyStore(context)
     party: ActiveParty | PassiveParty
     if me.role == PASSIVE:
@@ -385,21 +435,219 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
         if request.setup is not None and not store.facts.get("ready"):  # PSI step 4, with the first round
             _require("train.perm" in store.secrets(), f"{me.name}: first round before PSI")
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
-            store.save_party(joined, **{"num-classes": request.setup.num_classes})
+            store.save_party(joined, **{"num-classes": request.setup.num_classes,
+                                        "aligned-train": len(request.setup.positions["train"])})
+        _next_round(store, me, request.round)
+        request = passive_request(msg, context, c, me)
         party = store.load_passive(c, me)
-        content = messages.encode_from_passive(proto.passive_step(party, request, audit_dir=me.audit_dir),
-                                               dtype=c.wire_dtype)
+        content = _sealed_embeddings(store, party, c, me, proto.passive_step(party, request, audit_dir=me.audit_dir),
+                                     request.round)
         rnd, final = request.round, request.final
     else:
         party = store.load_active(c, me)
-        passives = [int(k) for k in store.facts["passives"]] if party.joint else []
-        to_active = messages.decode_to_active(msg.content, passives)
-        content = messages.encode_from_active(proto.active_step(party, to_active, audit_dir=me.audit_dir),
-                                              dtype=c.wire_dtype)
+        flags = messages.decode_to_active(msg.content, [])
+        _next_round(store, me, flags.round)
+        to_active, passive_metrics = _opened_embeddings(msg.content, store, party, c, flags.round)
+        reply = proto.active_step(party, to_active, audit_dir=me.audit_dir)
+        content = _active_reply(store, c, me, to_active, reply, passive_metrics)
         rnd, final = to_active.round, to_active.final
+    store.facts["round"] = rnd
     store.save_party(party)
     _after_round(store, party, c, me, rnd, final)
     return Message(content, reply_to=msg)
+
+
+# ------------------------------------------------------------------------------------------------ sealing
+SEAL_PRIVATE = "seal.private"  # facts: this party's per-run X25519 private key (hex) until its pair keys exist
+KEPT_FACTS = ("num-classes", "passives", "passive-dims", "aligned-train", "round", "best-val", "test-previous")
+
+
+def _pair_fact(peer: str) -> str:
+    """facts: the key this party shares with ``peer`` (hex), kept in its state and its own checkpoint."""
+    return f"seal.{peer}"
+
+
+def _new_keys(store: PartyStore, context: Context, me: Identity) -> dict[str, bytes]:
+    """A fresh per-run key pair (the private half stays in this party's state); returns what discovery carries."""
+    private = sealing.new_private()
+    store.facts[SEAL_PRIVATE] = private.hex()
+    public, static = sealing.publics(private, context.node_config, me.name)
+    return {messages.SEAL_KEY: public, **({messages.SEAL_STATIC: static} if static is not None else {})}
+
+
+def _learn_peer(store: PartyStore, context: Context, c: Config, me: Identity, peer: str, pin: str,
+                keys: tuple[bytes | None, bytes | None]) -> None:
+    """Derive and keep the key this party shares with ``peer`` (:func:`flwr_vproto.sealing.learn_peer`)."""
+    _require(SEAL_PRIVATE in store.facts, f"{me.name}: set-up message before discovery")
+    key = sealing.learn_peer(bytes.fromhex(str(store.facts[SEAL_PRIVATE])), keys, context.node_config, me.name,
+                             peer, pin, run_binding(c))
+    store.facts[_pair_fact(peer)] = key.hex()
+
+
+def _forget_private(store: PartyStore) -> None:
+    """Every pair key is derived: the per-run private key is no longer needed anywhere."""
+    if SEAL_PRIVATE in store.facts:
+        del store.facts[SEAL_PRIVATE]
+
+
+def _pair_key(store: PartyStore, me: Identity, peer: str) -> bytes:
+    key = store.facts.get(_pair_fact(peer))
+    _require(isinstance(key, str), f"{me.name}: no key shared with {peer} (training before the set-up finished?)")
+    return bytes.fromhex(str(key))
+
+
+def _next_round(store: PartyStore, me: Identity, rnd: int) -> None:
+    """Rounds come in order: a message of a round this party already trained (a replay) is refused."""
+    last = int(store.facts.get("round", 0))
+    _require(rnd == last + 1, f"{me.name}: a message of round {rnd} after round {last}: refused (a replayed or "
+                              f"out-of-order message)")
+
+
+def passive_request(msg: Message, context: Context, c: Config, me: Identity) -> ToPassive:
+    """A passive's round message, opened: the server's clear flags (round, splits, final, PSI positions) and what
+    the active party sealed for it (every round after the first), checked."""
+    store = PartyStore(context)
+    request = messages.decode_to_passive(msg.content)
+    if request.round == 1:
+        return request
+    where = f"training of round {request.round}"
+    blob = messages.sealed_in(msg.content, [messages.SEALED], "the server", where,
+                              overhead=sealing.OVERHEAD)[messages.SEALED]
+    plain = sealing.open_sealed(_pair_key(store, me, ACTIVE), blob, _aad(c, request.round, sealing.FOR_PASSIVE, ACTIVE,
+                                me.name), receiver=me.name, sender=ACTIVE, phase=sealing.FOR_PASSIVE,
+                                rnd=request.round)
+    got = messages.decode_for_passive(messages.from_bytes(plain, ACTIVE, where), ACTIVE, where,
+                                      n_train=int(store.facts["aligned-train"]), dim=int(c.model.embedding_dim),
+                                      num_classes=int(store.facts["num-classes"]), dtype=c.wire_dtype)
+    return ToPassive(round=request.round, splits=request.splits, final=request.final, gradients=got.gradients,
+                     prototypes=got.prototypes, prototype_mask=got.prototype_mask,
+                     pseudo_threshold=got.pseudo_threshold, setup=request.setup, test_previous=got.test_previous)
+
+
+def run_binding(c: Config) -> str:
+    """What sealed payloads are bound to besides round, phase, sender and receiver: the run's config, as a resumed
+    run must share it (:func:`flwr_vproto.checkpoint.resume_fingerprint`: ``resume`` and ``checkpoint.*`` left
+    out), so the payloads a checkpoint holds still open after a resume. The Flower run ID is not used for the same
+    reason (a resume is a new Flower run); per-run keys already tie every payload to its run."""
+    text = json.dumps(ck.resume_fingerprint(c), sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def _aad(c: Config, rnd: int, phase: str, sender: str, receiver: str) -> bytes:
+    return sealing.associated_data(run_binding(c), rnd, phase, sender, receiver)
+
+
+def _may_carry_previous(c: Config, rnd: int) -> bool:
+    """Whether round ``rnd``'s embeddings may carry last round's test rows (``eval_test=best``: last round scored
+    validation rows only); then the sealed reply is padded as if it did, so its size says nothing of the flag."""
+    return rnd > 1 and proto.eval_splits(c, rnd - 1) == ("val",)
+
+
+def _sealed_embeddings(store: PartyStore, party: PassiveParty, c: Config, me: Identity, reply: FromPassive,
+                       rnd: int) -> Any:
+    """A passive's reply: its embeddings and metrics, sealed to the active party."""
+    inner = messages.to_bytes(messages.encode_from_passive(reply, dtype=c.wire_dtype))
+    size = None
+    if reply.previous_test is None and _may_carry_previous(c, rnd):
+        dummy = np.zeros((len(party.aligned["test"]), int(c.model.embedding_dim)), dtype=np.float32)
+        size = len(messages.to_bytes(messages.encode_from_passive(
+            FromPassive(embeddings=reply.embeddings, eval_embeddings=reply.eval_embeddings, metrics=reply.metrics,
+                        previous_test=dummy), dtype=c.wire_dtype)))
+    blob = sealing.seal(_pair_key(store, me, ACTIVE), inner, _aad(c, rnd, sealing.EMBEDDINGS, me.name, ACTIVE),
+                        size=size)
+    return messages.with_sealed(messages.records(arrays={}), {messages.SEALED: blob})
+
+
+def _opened_embeddings(content: Any, store: PartyStore, party: ActiveParty, c: Config, rnd: int
+                       ) -> tuple[proto.ToActive, list[dict[str, float]]]:
+    """The active party's round message, opened: every joint passive's embeddings (checked against the aligned
+    rows, its dimension and the wire dtype) and its own metrics."""
+    where = f"training of round {rnd}"
+    me_name = ACTIVE
+    passives = [int(k) for k in store.facts["passives"]] if party.joint else []
+    dims = dict(zip([int(k) for k in store.facts["passives"]], [int(d) for d in store.facts["passive-dims"]],
+                    strict=True))
+    previous = bool(store.facts.get("test-previous", False))
+    blobs = messages.sealed_in(content, [messages.passive_key(k, messages.SEALED) for k in passives], "the server",
+                               where, overhead=sealing.OVERHEAD)
+    rows = {s: len(party.aligned[s]) for s in SPLITS}
+    replies = []
+    for k in passives:
+        name = proto.party_name(PASSIVE, k)
+        key = store.facts.get(_pair_fact(name))
+        _require(isinstance(key, str), f"{me_name}: no key shared with {name}")
+        plain = sealing.open_sealed(bytes.fromhex(str(key)), blobs[messages.passive_key(k, messages.SEALED)],
+                                    _aad(c, rnd, sealing.EMBEDDINGS, name, ACTIVE), receiver=ACTIVE, sender=name,
+                                    phase=sealing.EMBEDDINGS, rnd=rnd)
+        replies.append(messages.decode_from_passive(messages.from_bytes(plain, name, where), name, where, rows=rows,
+                                                    dim=dims[k], splits=proto.eval_splits(c, rnd), previous=previous,
+                                                    dtype=c.wire_dtype))
+    return proto.to_active(rnd, c, replies, test_previous=previous), [r.metrics for r in replies]
+
+
+def _active_reply(store: PartyStore, c: Config, me: Identity, msg: proto.ToActive, reply: proto.FromActive,
+                  passive_metrics: list[dict[str, float]]) -> Any:
+    """The active party's reply: to each passive, sealed, what its next round uses (nothing after the last); to
+    the server, the metrics its policy allows (``progress``: none derived from a label; the rest goes to its own
+    results folder, :mod:`flwr_vproto.ledger`)."""
+    transit = InTransit(len(passive_metrics), best_val=float(store.facts.get("best-val", -np.inf)))
+    transit.receive(reply)  # the test-rows flag, decided here on what only this party sees
+    store.facts["best-val"], store.facts["test-previous"] = transit.best_val, transit.test_previous
+    blobs: dict[str, bytes] = {}
+    if not msg.final:
+        for k, name in enumerate((proto.party_name(PASSIVE, k) for k in range(1, len(msg.embeddings) + 1)), 1):
+            nxt = transit.to_passive(k, msg.round + 1, c)
+            inner = messages.to_bytes(messages.encode_for_passive(nxt, dtype=c.wire_dtype))
+            blobs[messages.passive_key(k, messages.SEALED)] = sealing.seal(
+                _pair_key(store, me, name), inner, _aad(c, msg.round + 1, sealing.FOR_PASSIVE, ACTIVE, name))
+    full = messages.full_metrics(reply, passive_metrics)
+    if me.server_metrics == FULL:
+        metrics = full
+    else:
+        metrics = messages.progress_metrics(msg.round, len(exchanges.rounds_of(c, msg.round)))
+        if me.results_dir:
+            ledger.append(me.results_dir, msg.round, full)
+            if msg.final:
+                _write_active_results(c, me.results_dir)
+    return messages.with_sealed(messages.records(metrics=metrics), blobs)
+
+
+def _write_active_results(c: Config, folder: str) -> None:
+    """The active party's own ``results.json`` (metrics policy ``progress``): the same rounds, selection and final
+    metrics the server would have written under ``full``, without the server's timings and traffic."""
+    from flwr_vproto.privacy import privacy_summary
+    from flwr_vproto.results import build_results, write_results
+
+    history, local = active_history(c, ledger.read(folder))
+    write_results(Path(folder) / "results.json", build_results(c, history, local_rounds=local, extra={
+        **privacy_summary(c, history), **defences.defence_summary(c, history)}), exclusive=True)
+
+
+def active_history(c: Config, kept: dict[int, dict[str, float]], *, upto: int | None = None
+                   ) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """Per-exchange and per-round records from the active party's kept metrics (:mod:`flwr_vproto.ledger`), as
+    the server builds them under ``full`` (no seconds, no traffic)."""
+    history: list[dict[str, float]] = []
+    local: list[dict[str, float]] = []
+    for rnd in range(1, (upto or exchanges.count(c)) + 1):
+        if rnd not in kept:
+            break
+        reply, passives = decode_full_metrics(c, rnd, kept[rnd])
+        proto.add_previous_test(history, reply)
+        local.extend(proto.local_records(c, rnd, reply))
+        history.append(proto.record(c, rnd, passives, reply, 0.0))
+        history[-1].pop("seconds")
+    return history, local
+
+
+def decode_full_metrics(c: Config, rnd: int, metrics: Any) -> tuple[proto.FromActive, list[FromPassive]]:
+    """An exchange's ``full`` metrics: the active party's reply (metrics only) and each joint passive's metrics."""
+    reply = messages.decode_active_metrics(metrics, f"training of round {rnd}",
+                                           earlier=exchanges.rounds_of(c, rnd)[:-1])
+    joint = c.dataset.num_passive if proto.is_joint(c) else 0
+    passives = [FromPassive(embeddings=np.zeros((0, 0), np.float32), eval_embeddings={}, metrics=m)
+                for m in messages.passive_metrics_of(metrics, joint)]
+    return reply, passives
 
 
 def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config, me: Identity, rnd: int,
@@ -407,7 +655,7 @@ def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config
     """The party's own files: its checkpoint (before it replies, so the server's file means every party has one)
     and, after the last round, its model."""
     if ck.due(c, rnd):
-        facts = {k: store.facts[k] for k in ("num-classes", "passives", "passive-dims") if k in store.facts}
+        facts = {k: store.facts[k] for k in store.facts if k in KEPT_FACTS or k.startswith("seal.")}
         ck.save_party(ck.party_dir(c, me.name, me.checkpoint_dir), rnd, ck.party_checkpoint(c, party, rnd, facts))
     if final and me.model_dir:
         from flwr_vproto.predict import save_party_model
@@ -420,13 +668,14 @@ def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config
 Handler = Callable[[Message, Context, Config, Identity], Message]
 
 
-def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = None
-              ) -> Callable[[Context], tuple[Config, Identity]]:
+def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = None, server_metrics: str = PROGRESS,
+              results_dir: str | None = None) -> Callable[[Context], tuple[Config, Identity]]:
     """How a message learns its config and identity: the closure's config (simulation) or the run-config."""
 
     def resolve(context: Context) -> tuple[Config, Identity]:
         if cfg is not None:
-            me = identity(context.node_config, cfg.dataset.num_passive, model_dir=model_dir, secret=secret)
+            me = identity(context.node_config, cfg.dataset.num_passive, model_dir=model_dir, secret=secret,
+                          server_metrics=server_metrics, results_dir=results_dir)
             return cfg, authorize(cfg, me)
         base, _ = config_from_run_config(context.run_config)
         me = identity(context.node_config, base.dataset.num_passive, model_dir=model_dir)
@@ -440,16 +689,21 @@ def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = 
 
 
 def make_client_app(cfg: Config | None = None, model_dir: str | None = None,
-                    active_secret: bytes | None = None) -> ClientApp:
+                    active_secret: bytes | None = None, *, server_metrics: str = PROGRESS,
+                    results_dir: str | None = None) -> ClientApp:
     """The ClientApp. ``cfg`` given: simulation (config from this closure); ``None``: config from the run-config.
 
     ``model_dir``: where parties save their final model in simulation (deployment: node-config ``model-dir``).
     ``active_secret``: the active party's 32-byte key of its defences' random draws in simulation (read from
     ``runner.active_secret_file``; deployment: node-config ``active-secret-file``); only the active party's ClientApp
     uses it, and it never enters the run config. ``None``: fresh from the OS at set-up.
+    ``server_metrics`` / ``results_dir``: in simulation, the active party's metrics policy (``progress``: nothing
+    derived from a label reaches the server; ``full``: every metric) and the folder where it writes what the
+    server is not told (``runner.server_metrics``; a deployment's active party reads its node-config
+    ``server-metrics`` / ``results-dir``). ``None``: kept in its state only.
     """
     app = ClientApp()
-    resolve = _resolver(cfg, model_dir, active_secret)
+    resolve = _resolver(cfg, model_dir, active_secret, server_metrics, results_dir)
 
     def handler(fn: Handler) -> Callable[[Message, Context], Message]:
         @functools.wraps(fn)

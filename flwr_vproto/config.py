@@ -490,6 +490,13 @@ class RunnerConfig:
     active_secret: str | None = opt(
         None, "Refused (use active_secret_file): a value here would be written to the run's .hydra/ files."
     )
+    server_metrics: str = opt(
+        "progress",
+        "engine=flower: what the active party reports to the server (docs/design.md §2): progress = exchange numbers "
+        "and rounds trained, nothing derived from a label (its full record goes to the run's active/ folder, read "
+        "back here for results.json); full = every metric. A deployment's active party decides this in its own "
+        "node-config (server-metrics), never the run config."
+    )
     threads: Any = opt(
         None,
         "Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher "

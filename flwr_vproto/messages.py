@@ -19,6 +19,8 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
+from flwr.common.serde import recorddict_from_proto, recorddict_to_proto
+from flwr.proto.recorddict_pb2 import RecordDict as RecordDictProto
 
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.protocol import (
@@ -69,6 +71,12 @@ PREVIOUS_TEST_METRICS = PREVIOUS_TEST + "."
 LOCAL_ROUND_METRICS = "round{}/"  # prefix (of the prefixes above) of an exchange's earlier round's metrics
 SOURCE, METHOD, MODEL = "source", "method", "model"  # prediction: where new rows come from, the saved model
 PREDICTIONS = "predictions"  # prediction: the path of the CSV the active party wrote on its own node
+# Sealing (flwr_vproto.sealing): what the server relays without reading it.
+SEALED = "sealed"  # ArrayRecord key (``passive1.sealed`` when a message carries several): one sealed payload
+SEAL_KEY, SEAL_STATIC = "seal-key", "seal-static"  # ConfigRecord keys: a party's per-run / long-term public key
+SERVER_METRICS = "server-metrics"  # discovery, active party: the metrics policy it reports under (progress | full)
+PROGRESS_METRICS = "progress."  # prefix of the label-free metrics the active party reports under ``progress``
+PASSIVE_METRICS = "passive{}."  # prefix of passive k's own metrics, which the active party reports under ``full``
 
 
 def split_key(base: str, split: str) -> str:
@@ -275,10 +283,11 @@ def _points_base(role: str) -> str:
     return HUB if role == "active" else OWN
 
 
-def encode_discovered(info: Discovered) -> RecordDict:
+def encode_discovered(info: Discovered, extra: Mapping[str, Any] | None = None) -> RecordDict:
+    """``extra``: the Flower layer's own facts (the party's public keys, the active party's metrics policy)."""
     conf: dict[str, Any] = {ROLE: info.role, PARTY_INDEX: info.index, FINGERPRINT: info.fingerprint,
                             INPUT_SHAPE: info.input_shape, EMBEDDING_DIM: info.embedding_dim,
-                            **{split_key(ROWS, s): n for s, n in info.rows.items()}}
+                            **{split_key(ROWS, s): n for s, n in info.rows.items()}, **(extra or {})}
     if info.resumed_round is not None:
         conf[RESUMED_ROUND] = info.resumed_round
     arrays = _split_points(_points_base(info.role), info.points) if info.points else None
@@ -303,9 +312,21 @@ def discovered_points(content: RecordDict, info: Discovered) -> dict[str, bytes]
     return _points_of(arrays, base)
 
 
-def encode_hub_points(points: Mapping[str, bytes]) -> RecordDict:
-    """PSI step 2, to each passive: the active party's blinded IDs."""
-    return records(arrays=_split_points(HUB, points))
+def encode_hub_points(points: Mapping[str, bytes], keys: Mapping[str, bytes] | None = None) -> RecordDict:
+    """PSI step 2, to each passive: the active party's blinded IDs (and its public keys, :data:`SEAL_KEY`)."""
+    return records(arrays=_split_points(HUB, points), config=dict(keys) if keys else None)
+
+
+def public_keys(conf: Any, prefix: str = "") -> tuple[bytes | None, bytes | None]:
+    """A party's per-run and long-term public keys as a message carries them (``None``: absent)."""
+    if conf is None:
+        return None, None
+    got = [conf.get(prefix + key) for key in (SEAL_KEY, SEAL_STATIC)]
+    return tuple(v if isinstance(v, bytes) else None for v in got)  # type: ignore[return-value]
+
+
+def keys_in(content: RecordDict, prefix: str = "") -> tuple[bytes | None, bytes | None]:
+    return public_keys(content.get(CONFIG), prefix)
 
 
 def decode_hub_points(content: RecordDict) -> dict[str, bytes]:
@@ -333,9 +354,11 @@ def _decode_per_passive(content: RecordDict, base: str) -> dict[int, dict[str, b
             for k in config_in(content)[PASSIVES]}
 
 
-def encode_blind_request(own: Mapping[int, Mapping[str, bytes]]) -> RecordDict:
-    """PSI step 2, to the active party: every passive's own blinded IDs."""
-    return _encode_per_passive(OWN, own, {})
+def encode_blind_request(own: Mapping[int, Mapping[str, bytes]],
+                         keys: Mapping[int, Mapping[str, bytes]] | None = None) -> RecordDict:
+    """PSI step 2, to the active party: every passive's own blinded IDs (and public keys, ``passive1.seal-key``)."""
+    conf = {passive_key(k, n): v for k, ks in (keys or {}).items() for n, v in ks.items()}
+    return _encode_per_passive(OWN, own, conf)
 
 
 def decode_blind_request(content: RecordDict) -> dict[int, dict[str, bytes]]:
@@ -479,15 +502,7 @@ def decode_to_active(content: RecordDict, passives: list[int]) -> ToActive:
 
 
 def encode_from_active(reply: FromActive, *, dtype: str = "float32") -> RecordDict:
-    metrics = metric_record(reply.train, TRAIN_METRICS)
-    for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test),
-                         (PREVIOUS_TEST_METRICS, reply.previous_test)):
-        metrics.update(metric_record(part or {}, prefix))
-    for r in reply.earlier:
-        where = LOCAL_ROUND_METRICS.format(r.round)
-        for prefix, part in ((TRAIN_METRICS, r.train), (PRIVACY_METRICS, r.privacy), (VAL_METRICS, r.val),
-                             (TEST_METRICS, r.test)):
-            metrics.update(metric_record(part or {}, where + prefix))
+    metrics = active_metric_record(reply)
     conf: dict[str, Any] = {}
     for k, proto in enumerate(reply.prototypes, start=1):
         put_matrix(conf, passive_key(k, PROTOTYPES), proto)
@@ -499,6 +514,21 @@ def encode_from_active(reply: FromActive, *, dtype: str = "float32") -> RecordDi
     return records(arrays=arrays, config=conf, metrics=metrics)
 
 
+def active_metric_record(reply: FromActive) -> MetricRecord:
+    """Every metric of an active party's exchange reply (label-derived ones included), as the server reads them
+    under the ``full`` metrics policy."""
+    metrics = metric_record(reply.train, TRAIN_METRICS)
+    for prefix, part in ((PRIVACY_METRICS, reply.privacy), (VAL_METRICS, reply.val), (TEST_METRICS, reply.test),
+                         (PREVIOUS_TEST_METRICS, reply.previous_test)):
+        metrics.update(metric_record(part or {}, prefix))
+    for r in reply.earlier:
+        where = LOCAL_ROUND_METRICS.format(r.round)
+        for prefix, part in ((TRAIN_METRICS, r.train), (PRIVACY_METRICS, r.privacy), (VAL_METRICS, r.val),
+                             (TEST_METRICS, r.test)):
+            metrics.update(metric_record(part or {}, where + prefix))
+    return metrics
+
+
 def decode_from_active(content: RecordDict, where: str, *, dims: list[int], n_train: int, final: bool,
                        num_classes: int, shares_prototypes: bool, dtype: str = "float32",
                        gradients: bool | None = None, earlier: Sequence[int] = ()) -> FromActive:
@@ -507,23 +537,12 @@ def decode_from_active(content: RecordDict, where: str, *, dims: list[int], n_tr
     (``gradients``, default: not final) and, when they travel, its second prototypes, the class mask and gates, all
     finite."""
     who = "active"
-    metrics = check_metrics(content, who, where)
     passives = dict(enumerate(dims, start=1))  # passive index -> embedding dimension
     released = (not final) if gradients is None else gradients
     expected = {passive_key(k, GRADIENTS): (dtype, (n_train, d)) for k, d in passives.items()} if released else {}
     arrays = check_arrays(content.get(ARRAYS), expected, who, where)
-    reply = FromActive(train=metrics_of(metrics, TRAIN_METRICS), privacy=metrics_of(metrics, PRIVACY_METRICS),
-                       val=metrics_of(metrics, VAL_METRICS) or None, test=metrics_of(metrics, TEST_METRICS) or None,
-                       gradients=[_unwire(arrays[key]) for key in expected],
-                       previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
-    for r in earlier:
-        at = LOCAL_ROUND_METRICS.format(r)
-        train = metrics_of(metrics, at + TRAIN_METRICS)
-        if not train:
-            raise _bad(who, where, f"no metrics of round {r}, which this exchange trains")
-        reply.earlier.append(LocalRound(round=r, train=train, privacy=metrics_of(metrics, at + PRIVACY_METRICS),
-                                        val=metrics_of(metrics, at + VAL_METRICS) or None,
-                                        test=metrics_of(metrics, at + TEST_METRICS) or None))
+    reply = decode_active_metrics(check_metrics(content, who, where), where, earlier=earlier)
+    reply.gradients = [_unwire(arrays[key]) for key in expected]
     if final or not dims or not shares_prototypes:
         return reply
     conf: Any = content.get(CONFIG)
@@ -540,6 +559,124 @@ def decode_from_active(content: RecordDict, where: str, *, dims: list[int], n_tr
     if all(g is not None for g in gates):
         reply.pseudo_thresholds = [float(g) for g in gates]
     return reply
+
+
+def decode_active_metrics(metrics: Mapping[str, Any], where: str, *, earlier: Sequence[int] = ()) -> FromActive:
+    """The metrics of an active party's exchange reply (:func:`active_metric_record`), without its payloads."""
+    who = "active"
+    reply = FromActive(train=metrics_of(metrics, TRAIN_METRICS), privacy=metrics_of(metrics, PRIVACY_METRICS),
+                       val=metrics_of(metrics, VAL_METRICS) or None, test=metrics_of(metrics, TEST_METRICS) or None,
+                       previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)
+    for r in earlier:
+        at = LOCAL_ROUND_METRICS.format(r)
+        train = metrics_of(metrics, at + TRAIN_METRICS)
+        if not train:
+            raise _bad(who, where, f"no metrics of round {r}, which this exchange trains")
+        reply.earlier.append(LocalRound(round=r, train=train, privacy=metrics_of(metrics, at + PRIVACY_METRICS),
+                                        val=metrics_of(metrics, at + VAL_METRICS) or None,
+                                        test=metrics_of(metrics, at + TEST_METRICS) or None))
+    return reply
+
+
+# ================================================================================================ sealed payloads
+def to_bytes(content: RecordDict) -> bytes:
+    """A message content as bytes (Flower's own protobuf serialisation), to be sealed."""
+    return recorddict_to_proto(content).SerializeToString()
+
+
+def from_bytes(data: bytes, who: str, where: str) -> RecordDict:
+    """Inverse of :func:`to_bytes` (an opened payload)."""
+    try:
+        return recorddict_from_proto(RecordDictProto.FromString(data))
+    except Exception as err:  # noqa: BLE001 - garbage fails in many ways inside protobuf
+        raise _bad(who, where, f"an opened payload does not decode ({type(err).__name__})") from None
+
+
+def with_sealed(content: RecordDict, blobs: Mapping[str, bytes]) -> RecordDict:
+    """``content`` with sealed payloads added, each a uint8 array (Flower chunks them like any array)."""
+    if blobs:
+        arrays = content.get(ARRAYS)
+        if not isinstance(arrays, ArrayRecord):
+            arrays = ArrayRecord()
+        for key, blob in blobs.items():
+            arrays[key] = Array.from_numpy_ndarray(bytes_to_array(blob))
+        content[ARRAYS] = arrays
+    return content
+
+
+def sealed_in(content: RecordDict, keys: Sequence[str], who: str, where: str, *, overhead: int) -> dict[str, bytes]:
+    """The sealed payloads ``keys`` of a message, as bytes: present, uint8 and at least ``overhead`` long (all that
+    whoever relays them can check)."""
+    record = content.get(ARRAYS)
+    out = {}
+    for key in keys:
+        if not isinstance(record, ArrayRecord) or key not in record:
+            raise _bad(who, where, f"sealed payload '{key}' missing")
+        try:
+            arr = record[key].numpy()
+        except Exception as err:  # noqa: BLE001
+            raise _bad(who, where, f"sealed payload '{key}' does not decode ({type(err).__name__})") from None
+        if arr.dtype != np.uint8 or arr.ndim != 1 or len(arr) < overhead:
+            raise _bad(who, where, f"sealed payload '{key}' is not a byte string of at least {overhead} bytes")
+        out[key] = array_to_bytes(arr)
+    return out
+
+
+def encode_for_passive(msg: ToPassive, *, dtype: str = "float32") -> RecordDict:
+    """What the active party seals for one passive's next round: gradient rows, second prototypes and mask, gate,
+    and the test-rows flag as a one-byte array, so the sealed length never depends on it."""
+    content = encode_to_passive(ToPassive(round=msg.round, splits=(), final=msg.final, gradients=msg.gradients,
+                                          prototypes=msg.prototypes, prototype_mask=msg.prototype_mask,
+                                          pseudo_threshold=msg.pseudo_threshold), dtype=dtype)
+    return with_sealed(content, {TEST_PREVIOUS: bytes([int(bool(msg.test_previous))])})
+
+
+def decode_for_passive(content: RecordDict, who: str, where: str, *, n_train: int, dim: int, num_classes: int,
+                       dtype: str = "float32") -> ToPassive:
+    """Inverse of :func:`encode_for_passive`, checked by the passive that opened it (sizes, finiteness, ranges);
+    only the payload fields are set."""
+    arrays_rec = content.get(ARRAYS)
+    present = set(arrays_rec) if isinstance(arrays_rec, ArrayRecord) else set()
+    expected: dict[str, tuple[str, tuple[int, ...]]] = {TEST_PREVIOUS: ("uint8", (1,))}
+    if GRADIENTS in present:
+        expected[GRADIENTS] = (dtype, (n_train, dim))
+    arrays = check_arrays(arrays_rec, expected, who, where)
+    conf: Any = content.get(CONFIG) or {}
+    out = ToPassive(round=0, splits=(), final=False, test_previous=bool(arrays[TEST_PREVIOUS][0]))
+    if GRADIENTS in arrays:
+        out.gradients = _unwire(arrays[GRADIENTS])
+    if f"{PROTOTYPES}.data" in conf:
+        out.prototypes = check_matrix(conf, PROTOTYPES, (num_classes, dim), who, where)
+        mask = conf.get(PROTOTYPE_MASK)
+        if not isinstance(mask, list) or len(mask) != num_classes or not all(isinstance(b, bool) for b in mask):
+            raise _bad(who, where, f"'{PROTOTYPE_MASK}' is not {num_classes} booleans")
+        out.prototype_mask = np.asarray(mask, dtype=bool)
+    gate = conf.get(PSEUDO_THRESHOLD)
+    if gate is not None:
+        if not isinstance(gate, float) or not 0.0 <= gate <= 1.0:
+            raise _bad(who, where, f"'{PSEUDO_THRESHOLD}' is not a number in [0, 1]")
+        out.pseudo_threshold = float(gate)
+    return out
+
+
+def full_metrics(reply: FromActive, passive_metrics: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """Everything the active party can report of an exchange (``full`` policy): its own metrics and each passive's
+    (which reach it sealed), ``passive1.<name>``."""
+    out = {k: float(v) for k, v in active_metric_record(reply).items()}  # type: ignore[arg-type]
+    for k, metrics in enumerate(passive_metrics, start=1):
+        out.update({PASSIVE_METRICS.format(k) + n: float(v) for n, v in metrics.items()})
+    return out
+
+
+def passive_metrics_of(metrics: Mapping[str, Any], num_passive: int) -> list[dict[str, float]]:
+    """Inverse of :func:`full_metrics`' passive part."""
+    return [metrics_of(metrics, PASSIVE_METRICS.format(k)) for k in range(1, num_passive + 1)]
+
+
+def progress_metrics(rnd: int, rounds: int) -> dict[str, float]:
+    """What the active party reports under ``progress`` (the default): nothing derived from a label, only which
+    exchange it finished and how many rounds it trained."""
+    return {PROGRESS_METRICS + "exchange": float(rnd), PROGRESS_METRICS + "rounds": float(rounds)}
 
 
 # ================================================================================================ prediction codecs

@@ -1,7 +1,8 @@
 """Prediction as a Flower query round: each party scores new users from its own saved model, on its own node.
 
 The same steps as :func:`flwr_vproto.predict.predict`, but every party runs on its own SuperNode and only blinded
-PSI points and embeddings travel (through the server, which sees nothing else):
+PSI points, public keys and sealed embeddings travel (through the server, which cannot read the embeddings: each
+passive seals them to the active party with a key from this query's X25519 key pairs, :mod:`flwr_vproto.sealing`):
 
 1. ``query.predict_start`` (every node): load its saved model (``<model-dir>/<party>.pt``) and its new rows; the
    active party blinds its new users' IDs (PSI step 1).
@@ -36,7 +37,7 @@ from flwr.app import ArrayRecord, Context, Message
 from flwr.clientapp import ClientApp
 from flwr.serverapp import Grid
 
-from flwr_vproto import messages
+from flwr_vproto import messages, sealing
 from flwr_vproto.alignment import split_order_seed
 from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config
 from flwr_vproto.data.types import DataError
@@ -58,6 +59,8 @@ EMBED = "query.predict_embed"
 SCORE = "query.predict_score"
 STATE = "vproto.predict"  # context.state key of this query's arrays (the training state is left alone)
 SOURCES = ("held-out", "file")
+SEAL_PRIVATE = "seal.private"  # this query's X25519 private key, in STATE until the pair keys are derived
+BINDING = "flwr_vproto prediction"  # what a prediction payload is bound to besides the per-query keys
 PREDICTION_PATH = "prediction-path"  # node-config key: where the active party writes its predictions CSV
 
 log = logging.getLogger("flwr")
@@ -132,7 +135,25 @@ def start(msg: Message, context: Context, c: Config, me: Any) -> Message:
         hub = PSIHub(rows.ids, order_seed=split_order_seed(saved.cfg.seed, SPLIT))
         reply.hub = hub.blinded_ids()
         _keep(context, **messages.blobs_of("psi", hub.export_state()))
-    return _answer(msg, reply)
+    private = sealing.new_private()  # this query's key pair: the embeddings reach the active party sealed
+    _keep(context, **{SEAL_PRIVATE: messages.bytes_to_array(private)})
+    answer = _answer(msg, reply)
+    public, static = sealing.publics(private, context.node_config, me.name)
+    conf: Any = answer.content[messages.CONFIG]
+    conf[messages.SEAL_KEY] = public
+    if static is not None:
+        conf[messages.SEAL_STATIC] = static
+    return answer
+
+
+def _learn(context: Context, me: Any, peer: str, pin: str, keys: tuple[bytes | None, bytes | None]) -> None:
+    """Keep the key this party shares with ``peer`` for this query (:func:`flwr_vproto.sealing.learn_peer`)."""
+    kept = _arrays(context)
+    if SEAL_PRIVATE not in kept:
+        raise ProtocolError(f"{me.name}: prediction PSI before predict_start")
+    key = sealing.learn_peer(messages.array_to_bytes(kept[SEAL_PRIVATE]), keys, context.node_config, me.name, peer,
+                             pin, BINDING)
+    _keep(context, **{f"seal.{peer}": messages.bytes_to_array(key)})
 
 
 def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -140,6 +161,7 @@ def psi_peer(msg: Message, context: Context, c: Config, me: Any) -> Message:
     req = messages.decode_predict_request(msg.content)
     peer = PSIPeer(_rows(req, context, _saved(me), me).ids)
     reblinded, own = peer.respond(req.hub)  # type: ignore[arg-type]
+    _learn(context, me, "active", "pin-active-key", messages.keys_in(msg.content))
     _keep(context, **messages.blobs_of("psi", peer.export_state()))
     return _answer(msg, PredictReply(reblinded=reblinded, own=own))
 
@@ -151,6 +173,9 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Any) -> Message:
                             order_seed=split_order_seed(saved.cfg.seed, SPLIT))
     for k, (reblinded, own) in req.points.items():
         hub.add_peer(f"passive{k}", reblinded, own)
+    for k in req.passives:
+        _learn(context, me, f"passive{k}", f"pin-passive-{k}-key", messages.keys_in(msg.content,
+                                                                                  messages.passive_key(k, "")))
     try:
         if not req.passives:  # method "local": the active party scores every user alone
             raise PSIError("intersection is empty (no passive party)")
@@ -172,7 +197,25 @@ def embed(msg: Message, context: Context, c: Config, me: Any) -> Message:
 
     party = predictor(saved, rows)
     set_rows(party, np.asarray(peer.rows_from_positions(req.positions), dtype=np.int64))  # type: ignore[arg-type]
-    return _answer(msg, PredictReply(embeddings=party.embed(SPLIT)))
+    inner = messages.to_bytes(messages.records(arrays={messages.EMBEDDINGS: party.embed(SPLIT)}))
+    blob = sealing.seal(messages.array_to_bytes(kept["seal.active"]), inner,
+                        sealing.associated_data(BINDING, 0, sealing.PREDICTION, me.name, "active"))
+    return Message(messages.with_sealed(messages.records(arrays={}), {messages.SEALED: blob}), reply_to=msg)
+
+
+def _opened(content: Any, kept: dict[str, np.ndarray], k: int, rows: int) -> np.ndarray:
+    """Passive ``k``'s sealed prediction embeddings, opened and checked (one row per aligned user, finite)."""
+    name, where = f"passive{k}", "prediction (scoring)"
+    blob = messages.sealed_in(content, [messages.passive_key(k, messages.SEALED)], "the server", where,
+                              overhead=sealing.OVERHEAD)[messages.passive_key(k, messages.SEALED)]
+    if f"seal.{name}" not in kept:
+        raise ProtocolError(f"active: no key shared with {name} in this prediction query")
+    plain = sealing.open_sealed(messages.array_to_bytes(kept[f"seal.{name}"]), blob,
+                                sealing.associated_data(BINDING, 0, sealing.PREDICTION, name, "active"),
+                                receiver="active", sender=name, phase=sealing.PREDICTION, rnd=0)
+    inner = messages.from_bytes(plain, name, where)
+    return messages.check_arrays(inner.get(messages.ARRAYS), {messages.EMBEDDINGS: ("float32", (rows, -1))}, name,
+                                 where)[messages.EMBEDDINGS]
 
 
 def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
@@ -182,7 +225,8 @@ def score_rows(msg: Message, context: Context, c: Config, me: Any) -> Message:
 
     party = predictor(saved, rows)
     set_rows(party, kept["aligned"])
-    result = score(party, [req.embeddings[k] for k in req.passives], saved.class_names or [])  # type: ignore
+    embeddings = [_opened(msg.content, kept, k, len(kept["aligned"])) for k in req.passives]
+    result = score(party, embeddings, saved.class_names or [])  # type: ignore
     named = context.node_config.get(PREDICTION_PATH)
     out = Path(str(named)) if named else Path(me.model_dir) / OUTPUT_NAMES[req.source]
     try:
@@ -247,23 +291,37 @@ def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", time
     points: dict[int, tuple[bytes, bytes]] = {}
     if passives:
         peer_ask = messages.encode_predict_request(PredictRequest(source, hub=hub))
+        _add_config(peer_ask, _keys(active, ""))  # the active party's public keys, relayed
         peer = relay.exchange([(p, PSI_PEER, peer_ask) for p in passives], "prediction (PSI peers)")
         got = {p.index: messages.decode_predict_reply(peer[p.name].content) for p in passives}
         points = {k: (r.reblinded, r.own) for k, r in got.items()}  # type: ignore[misc]
     finish = messages.encode_predict_request(PredictRequest(source, passives=ks, points=points))
+    for p in passives:
+        _add_config(finish, _keys(p, messages.passive_key(p.index, "")))
     fin = relay.exchange([(active, PSI_FINISH, finish)], "prediction (PSI intersection)")[active.name]
     positions = messages.decode_predict_reply(fin.content, ks).positions
-    embeddings: dict[int, np.ndarray] = {}
+    sealed: dict[str, bytes] = {}
     if passives:
         sends = [(p, EMBED, messages.encode_predict_request(PredictRequest(source, positions=positions[p.index])))
                  for p in passives]
         embedded = relay.exchange(sends, "prediction (embeddings)")
-        embeddings = {p.index: messages.decode_predict_reply(embedded[p.name].content).embeddings for p in passives}  # type: ignore
-    res = relay.exchange([(active, SCORE, messages.encode_predict_request(PredictRequest(source, passives=ks,
-                                                                                   embeddings=embeddings)))],
-                         "prediction (scoring)")[active.name]
+        sealed = {messages.passive_key(p.index, messages.SEALED): messages.sealed_in(
+            embedded[p.name].content, [messages.SEALED], p.name, "prediction (embeddings)",
+            overhead=sealing.OVERHEAD)[messages.SEALED] for p in passives}  # relayed unread
+    score_ask = messages.with_sealed(messages.encode_predict_request(PredictRequest(source, passives=ks)), sealed)
+    res = relay.exchange([(active, SCORE, score_ask)], "prediction (scoring)")[active.name]
     metrics = messages.metrics_of(messages.check_metrics(res.content, active.name, "prediction (scoring)"))
     return PredictionRound(metrics, messages.decode_predict_reply(res.content).path)
+
+
+def _add_config(content: Any, entries: dict[str, bytes]) -> None:
+    content[messages.CONFIG].update(entries)
+
+
+def _keys(party: PartyNode, prefix: str) -> dict[str, bytes]:
+    """A party's public keys from its start reply, as the next message relays them (``prefix``: whose)."""
+    public, static = party.info["keys"]
+    return {prefix + k: v for k, v in ((messages.SEAL_KEY, public), (messages.SEAL_STATIC, static)) if v is not None}
 
 
 def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNode, list[PartyNode], bytes]:
@@ -271,7 +329,9 @@ def _roles(nodes: list[PartyNode], replies: dict[str, Message]) -> tuple[PartyNo
     active, passives, hub = None, [], b""
     for n in nodes:
         reply = messages.decode_predict_reply(replies[n.name].content)
-        party = PartyNode(n.node_id, str(reply.role), reply.index, {"method": reply.method, "model": reply.model})
+        public, static = messages.keys_in(replies[n.name].content)
+        party = PartyNode(n.node_id, str(reply.role), reply.index, {"method": reply.method, "model": reply.model,
+                                                                   "keys": (public, static)})
         if party.role == "active":
             active, hub = party, reply.hub or b""
         else:

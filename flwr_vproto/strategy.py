@@ -20,6 +20,12 @@ gets all embeddings, trains the exchange's rounds on them, evaluates after evalu
 round's metrics and each passive's next gradients. Each exchange is one Flower round: ``history`` and
 ``results.json``'s ``rounds`` hold one record per exchange, ``local_rounds`` one per round when they differ.
 
+What one party sends another is sealed end to end (:mod:`flwr_vproto.sealing`): the server forwards the passives'
+sealed embeddings to the active party and the active party's sealed gradients / prototypes / gates to each passive,
+checking only that each blob is there; its checkpoint holds ciphertext. It sees the active party's metrics as that
+party's policy allows (node-config ``server-metrics``: ``progress``, the default, reports nothing derived from a
+label; in simulation ``active_results`` reads the active party's own record back, design §2).
+
 Every wait has a deadline; an error reply or a missing reply stops the run with :class:`ProtocolError` naming the
 party, the phase and the round — or, with ``checkpoint.retries``, continues from the last complete checkpoint.
 """
@@ -31,19 +37,21 @@ import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
+import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result, Strategy
 
-from flwr_vproto import __version__, defences, exchanges, messages, optional, privacy
+from flwr_vproto import __version__, defences, exchanges, ledger, messages, optional, privacy, sealing
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
 from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.privacy import privacy_summary
-from flwr_vproto.protocol import FromActive, FromPassive, InTransit, PassiveSetup, Probe, ProtocolError
+from flwr_vproto.protocol import FromActive, FromPassive, PassiveSetup, Probe, ProtocolError
 from flwr_vproto.relay import PartyNode, Relay, Traffic, make_message
 from flwr_vproto.results import build_results, format_round
 from flwr_vproto.run_config import config_fingerprint
@@ -65,8 +73,10 @@ class Exchange:
     round: int
     started: float = field(default_factory=time.perf_counter)
     traffic: Traffic = field(default_factory=Traffic)
-    passives: list[FromPassive] | None = None
-    active: FromActive | None = None
+    passives: dict[int, bytes] | None = None  # each joint passive's sealed reply (to the active party), by index
+    active: FromActive | None = None  # the active party's reply as far as its metrics policy lets the server see it
+    passive_metrics: list[FromPassive] = field(default_factory=list)  # passives' metrics, via the active party
+    sealed: dict[int, bytes] = field(default_factory=dict)  # what the active party sealed for each passive
 
     @property
     def phase(self) -> str:
@@ -79,7 +89,9 @@ class VerticalProtoStrategy(Strategy):
 
     ``timeout``: seconds to wait for any one reply; ``wait_for_nodes``: seconds to wait for all ``K + 1``
     SuperNodes to connect; ``on_round``: called with each exchange's record (e.g. to print progress);
-    ``poll_interval`` / ``max_poll_interval``: see :class:`~flwr_vproto.relay.Relay`.
+    ``poll_interval`` / ``max_poll_interval``: see :class:`~flwr_vproto.relay.Relay`; ``active_results``: in
+    simulation (the researcher owns every node), the active party's results folder, read back each exchange when it
+    reports only ``progress`` to the server, so ``history`` and ``results`` hold every metric as under ``full``.
     After :meth:`start`, ``history`` holds the per-exchange records and ``results`` the content of ``results.json``.
 
     **Hooks.** :meth:`start` calls these, in this order; override or wrap any of them (``super()`` first) to add
@@ -92,10 +104,10 @@ class VerticalProtoStrategy(Strategy):
                               ``configure_intersection`` / ``aggregate_intersection`` (PSI step 3)
     each exchange (a Flower   ``configure_train`` -> send/receive -> ``aggregate_train``, twice: the passive
     round, ``server_round``)  phase (``configure_passives`` / ``aggregate_passives``: one ``train`` message
-                              per joint passive, its embeddings back), then the active phase
+                              per joint passive, its sealed embeddings back), then the active phase
                               (``configure_active`` / ``aggregate_active``: one ``train`` message to the
-                              active party with every passive's embeddings, every round's metrics and the
-                              passives' next gradients back). ``current.phase`` says which is next.
+                              active party with every passive's sealed reply, its metrics and the
+                              passives' next payloads, sealed, back). ``current.phase`` says which is next.
                               ``aggregate_train`` returns ``(None, None)`` after the passive phase and
                               ``(None, the exchange's record)`` after the active one: that record (flat
                               ``active/``, ``passive<k>/``, ``val/``, ``test/``, ``privacy/``, traffic
@@ -120,6 +132,7 @@ class VerticalProtoStrategy(Strategy):
         on_round: RoundCallback | None = None,
         poll_interval: float = 0.005,
         max_poll_interval: float = 0.1,
+        active_results: str | Path | None = None,
     ) -> None:
         if cfg.method.name == "centralized":
             raise ConfigError("method 'centralized' needs every party's raw data in one place; it exists only "
@@ -141,7 +154,9 @@ class VerticalProtoStrategy(Strategy):
         self.parties: list[PartyNode] = []  # the active party first, then passives 1..K
         self.setup_traffic = Traffic()
         self.last_checkpoint = 0  # round of the last complete checkpoint (0: none)
-        self.transit = InTransit(cfg.dataset.num_passive)  # what the last active reply hands the next exchange
+        self.transit: dict[int, bytes] = {}  # what the last active reply sealed for each passive's next exchange
+        self.active_results = None if active_results is None else Path(active_results)
+        self.server_metrics = "full"  # the active party's metrics policy, as it says at discovery
         self.setups: dict[int, PassiveSetup] = {}  # PSI step 4 of each passive, sent with the first exchange
         self.current: Exchange | None = None
 
@@ -200,11 +215,15 @@ class VerticalProtoStrategy(Strategy):
         found: list[tuple[PartyNode, proto.Discovered, Message]] = []
         for n in (n for n in nodes if n.name in replies):
             info = messages.decode_discovered(replies[n.name].content, n.name)
+            public, static = messages.keys_in(replies[n.name].content)
             party = PartyNode(n.node_id, info.role, info.index, {
                 "embedding-dim": info.embedding_dim,
-                **{messages.split_key(messages.ROWS, s): r for s, r in info.rows.items()}})
+                **{messages.split_key(messages.ROWS, s): r for s, r in info.rows.items()},
+                **{k: v for k, v in ((messages.SEAL_KEY, public), (messages.SEAL_STATIC, static)) if v is not None}})
             found.append((party, info, replies[n.name]))
         self.parties = self._identify([p for p, _, _ in found])
+        active_reply = next(r for p, _, r in found if p.role == proto.ACTIVE)
+        self.server_metrics = str(messages.config_in(active_reply.content).get(messages.SERVER_METRICS, "full"))
         if resume_round is not None:
             return {}
         return {p.name: messages.discovered_points(reply.content, info) for p, info, reply in found}
@@ -213,8 +232,9 @@ class VerticalProtoStrategy(Strategy):
         """PSI step 2, on all parties at once: each passive re-blinds the active party's points while the active
         party blinds every passive's."""
         active, passives = self.active, self.parties[1:]
-        hub = messages.encode_hub_points(points[active.name])
-        blind = messages.encode_blind_request({p.index: points[p.name] for p in passives})
+        hub = messages.encode_hub_points(points[active.name], _keys(active))
+        blind = messages.encode_blind_request({p.index: points[p.name] for p in passives},
+                                              {p.index: _keys(p) for p in passives})
         return [*(self.message(p, messages.PSI_PEER, hub, group="PSI (blinding)") for p in passives),
                 self.message(active, messages.PSI_BLIND, blind, group="PSI (blinding)")]
 
@@ -277,38 +297,60 @@ class VerticalProtoStrategy(Strategy):
 
     # ------------------------------------------------------------------ exchange hooks
     def configure_passives(self, server_round: int) -> list[Message]:
-        """The passive phase: every joint passive's ``ToPassive`` (last exchange's gradients, prototypes and gate
-        when they travel; its PSI step 4 in exchange 1)."""
+        """The passive phase: every joint passive's message: the round's flags (its PSI step 4 in exchange 1) and
+        what the active party sealed for it last exchange (gradients, prototypes, gate, test-rows flag)."""
         setups = self.setups if server_round == 1 else {}
-        return [self.message(p, messages.TRAIN, messages.encode_to_passive(
-            self.transit.to_passive(p.index, server_round, self.cfg, setup=setups.get(p.index)),
-            dtype=self.cfg.wire_dtype), group=server_round) for p in self.joint]
+        out = []
+        for p in self.joint:
+            flags = proto.ToPassive(round=server_round, splits=proto.eval_splits(self.cfg, server_round),
+                                    final=server_round == exchanges.count(self.cfg), setup=setups.get(p.index))
+            sealed = {messages.SEALED: self.transit[p.index]} if p.index in self.transit else {}
+            content = messages.with_sealed(messages.encode_to_passive(flags), sealed)
+            out.append(self.message(p, messages.TRAIN, content, group=server_round))
+        return out
 
-    def aggregate_passives(self, server_round: int, replies: Replies) -> list[FromPassive]:
-        """Every joint passive's embeddings (passive 1 first), checked against the aligned rows, its embedding
-        dimension and the wire dtype."""
-        splits, aligned = proto.eval_splits(self.cfg, server_round), self.aligned()
-        return [messages.decode_from_passive(
-            replies[p.name].content, p.name, f"training of round {server_round}", rows=aligned,
-            dim=int(p.info["embedding-dim"]), splits=splits, previous=self.transit.test_previous,
-            dtype=self.cfg.wire_dtype) for p in self.joint]
+    def aggregate_passives(self, server_round: int, replies: Replies) -> dict[int, bytes]:
+        """Every joint passive's sealed reply (its embeddings and metrics, for the active party's eyes only), by
+        passive index; the server can check only that it is there."""
+        where = f"training of round {server_round}"
+        return {p.index: messages.sealed_in(replies[p.name].content, [messages.SEALED], p.name, where,
+                                            overhead=sealing.OVERHEAD)[messages.SEALED] for p in self.joint}
 
-    def configure_active(self, server_round: int, passives: list[FromPassive]) -> list[Message]:
-        """The active phase: the active party's ``ToActive`` with every passive's reply; its deadline is
-        ``timeout`` per round the exchange trains."""
-        msg = proto.to_active(server_round, self.cfg, passives, test_previous=self.transit.test_previous)
-        return [self.message(self.active, messages.TRAIN, messages.encode_to_active(msg, dtype=self.cfg.wire_dtype),
-                             group=server_round, work=len(exchanges.rounds_of(self.cfg, server_round)))]
+    def configure_active(self, server_round: int, passives: dict[int, bytes]) -> list[Message]:
+        """The active phase: the round's flags and every passive's sealed reply; its deadline is ``timeout`` per
+        round the exchange trains."""
+        flags = proto.ToActive(round=server_round, splits=proto.eval_splits(self.cfg, server_round),
+                               final=server_round == exchanges.count(self.cfg), embeddings=[], eval_embeddings=[])
+        content = messages.with_sealed(messages.encode_to_active(flags),
+                                       {messages.passive_key(k, messages.SEALED): b for k, b in passives.items()})
+        return [self.message(self.active, messages.TRAIN, content, group=server_round,
+                             work=len(exchanges.rounds_of(self.cfg, server_round)))]
 
     def aggregate_active(self, server_round: int, replies: Replies) -> FromActive:
-        """The active party's reply: every round's metrics and, when released, each passive's next gradients."""
-        cfg = self.cfg
-        return messages.decode_from_active(
-            replies[self.active.name].content, f"training of round {server_round}",
-            dims=[int(p.info["embedding-dim"]) for p in self.joint], n_train=self.aligned()["train"],
-            final=server_round == exchanges.count(cfg), num_classes=self.num_classes,
-            shares_prototypes=cfg.method.shares_prototypes, dtype=cfg.wire_dtype,
-            gradients=defences.releases(cfg, server_round), earlier=exchanges.rounds_of(cfg, server_round)[:-1])
+        """The active party's reply: what each passive gets next exchange, sealed (kept in ``transit``), and the
+        metrics its policy reports (``progress``: none derived from a label; in simulation, with
+        ``active_results``, the rest is read back from the active party's own record)."""
+        cfg, where = self.cfg, f"training of round {server_round}"
+        content = replies[self.active.name].content
+        final = server_round == exchanges.count(cfg)
+        keys = [] if final else [messages.passive_key(p.index, messages.SEALED) for p in self.joint]
+        sealed = messages.sealed_in(content, keys, proto.ACTIVE, where, overhead=sealing.OVERHEAD)
+        metrics = dict(messages.check_metrics(content, proto.ACTIVE, where))
+        if self.server_metrics != "full" and self.active_results is not None:
+            kept = ledger.read(self.active_results).get(server_round)
+            if kept is None:
+                raise ProtocolError(f"active: no record of round {server_round} in {self.active_results} "
+                                    f"(runner's read-back of the active party's results)")
+            metrics.update(kept)
+        reply = messages.decode_active_metrics(metrics, where, earlier=exchanges.rounds_of(cfg, server_round)[:-1])
+        joint = len(self.joint)
+        passive_metrics = [FromPassive(embeddings=np.zeros((0, 0), np.float32), eval_embeddings={}, metrics=m)
+                           for m in messages.passive_metrics_of(metrics, joint)]
+        if self.current is not None and self.current.round == server_round:
+            self.current.passive_metrics = passive_metrics
+            self.current.sealed = {p.index: sealed[messages.passive_key(p.index, messages.SEALED)]
+                                   for p in self.joint if not final}
+        return reply
 
     # ------------------------------------------------------------------ Flower's hooks
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
@@ -330,7 +372,7 @@ class VerticalProtoStrategy(Strategy):
             ex.passives = self.aggregate_passives(server_round, by_party)
             return None, None
         ex.active = self.aggregate_active(server_round, by_party)
-        record = proto.record(self.cfg, server_round, ex.passives, ex.active, time.perf_counter() - ex.started,
+        record = proto.record(self.cfg, server_round, ex.passive_metrics, ex.active, time.perf_counter() - ex.started,
                               extra={"messages": ex.traffic.messages,
                                      **{f"bytes/{k}": v for k, v in ex.traffic.bytes.items()}})
         return None, MetricRecord(record)  # type: ignore[arg-type]
@@ -372,7 +414,7 @@ class VerticalProtoStrategy(Strategy):
         if ex.active is None or metrics is None:
             raise ProtocolError(f"round {rnd}: aggregate_train must decode the passive phase, then the active one "
                                 f"(call super().aggregate_train)")
-        self.transit.receive(ex.active)
+        self.transit = ex.sealed
         proto.add_previous_test(self.history, ex.active)
         self.local_history.extend(proto.local_records(self.cfg, rnd, ex.active))
         return dict(metrics)  # type: ignore[arg-type]
@@ -388,24 +430,27 @@ class VerticalProtoStrategy(Strategy):
         self.last_checkpoint = ck.latest_server_round(self.cfg)
         return ck.load_server_state(self.cfg, self.last_checkpoint)
 
-    def _restore(self, saved: dict[str, Any]) -> InTransit:
-        """History and party facts from the server's checkpoint; returns the payloads in transit."""
+    def _restore(self, saved: dict[str, Any]) -> dict[int, bytes]:
+        """History and party facts from the server's checkpoint; returns the sealed payloads in transit."""
         for p in self.parties:
             p.info.update(saved["party-info"].get(p.name, {}))
         self.history = list(saved["history"])
         self.local_history = list(saved.get(ck.LOCAL_HISTORY, []))
-        return InTransit.from_state(self.cfg.dataset.num_passive, ck.transit_of(saved))
+        index = {proto.party_name(proto.PASSIVE, k): k for k in range(1, self.cfg.dataset.num_passive + 1)}
+        return {index[n]: ck.array(t).tobytes() for n, t in saved.get(SEALED_IN_TRANSIT, {}).items()}
 
-    def _save_checkpoint(self, rnd: int, transit: InTransit) -> None:
-        """The server's part of round ``rnd``'s checkpoint: history and the payloads the next round relays."""
+    def _save_checkpoint(self, rnd: int, transit: dict[int, bytes]) -> None:
+        """The server's part of round ``rnd``'s checkpoint: history and the sealed payloads the next round relays."""
         info = {p.name: {k: v for k, v in p.info.items() if k.startswith(messages.ALIGNED + ".") or k == "num-classes"}
                 for p in self.parties}
-        ck.save(ck.server_dir(self.cfg), rnd, ck.server_checkpoint(self.cfg, rnd, self.history, transit.state(),
-                                                                   **{"party-info": info,
+        sealed = {proto.party_name(proto.PASSIVE, k): ck.tensor(messages.bytes_to_array(b).copy())
+                  for k, b in transit.items()}
+        ck.save(ck.server_dir(self.cfg), rnd, ck.server_checkpoint(self.cfg, rnd, self.history, NOTHING_IN_CLEAR,
+                                                                   **{"party-info": info, SEALED_IN_TRANSIT: sealed,
                                                                       ck.LOCAL_HISTORY: self.local_history}))
         self.last_checkpoint = rnd
 
-    def _recover(self, relay: Relay) -> InTransit:
+    def _recover(self, relay: Relay) -> dict[int, bytes]:
         """After a failed round: re-discover the nodes (a restarted SuperNode is a new node) and restore everyone."""
         saved = ck.load(ck.server_dir(self.cfg), self.last_checkpoint, ck.SERVER)
         self._discover(relay, self.last_checkpoint)
@@ -458,7 +503,7 @@ class VerticalProtoStrategy(Strategy):
         points = self._discover(relay, start or None)
         self.history, self.local_history, self.current = [], [], None
         if saved is None:
-            self.setups, self.transit = self._psi(relay, points), InTransit(self.cfg.dataset.num_passive)
+            self.setups, self.transit = self._psi(relay, points), {}
         else:  # every party restored itself in discovery; PSI's outcome is part of their state
             self.setups, self.transit = {}, self._restore(saved)
             log.info("resumed from the checkpoint of round %d in %s", start, self.cfg.checkpoint.dir)
@@ -518,6 +563,16 @@ class VerticalProtoStrategy(Strategy):
             if evals is not None:
                 result.evaluate_metrics_clientapp[rnd] = evals
         return result
+
+
+SEALED_IN_TRANSIT = "sealed"  # the server's checkpoint: each passive's sealed payload for the next exchange
+# The checkpoint's clear transit: nothing (the payloads in transit are sealed).
+NOTHING_IN_CLEAR: dict[str, Any] = {"gradients": {}, "prototypes": {}, "prototype-mask": None}
+
+
+def _keys(party: PartyNode) -> dict[str, bytes]:
+    """A party's public keys as it sent them at discovery, to relay to its peers."""
+    return {k: party.info[k] for k in (messages.SEAL_KEY, messages.SEAL_STATIC) if k in party.info}
 
 
 def _no_global_model(arrays: ArrayRecord, config: ConfigRecord) -> None:

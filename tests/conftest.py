@@ -23,6 +23,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import sys
+import tempfile
 import uuid
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -173,11 +174,61 @@ def sim_nodes(cfg) -> list[dict]:
             for i in range(cfg.dataset.num_passive + 1)]
 
 
-def run_inline(cfg, fault=None, nodes=None, timeout=30.0, secret=None, **kwargs):
-    strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, **kwargs)
-    grid = InlineGrid(make_client_app(cfg, active_secret=secret), nodes or sim_nodes(cfg), fault=fault)
+def run_inline(cfg, fault=None, nodes=None, timeout=30.0, secret=None, server_metrics="progress", **kwargs):
+    """The strategy and the ClientApp over an :class:`InlineGrid`; under the default metrics policy the strategy
+    reads the active party's own record back (a temporary folder), as ``run_simulation.py`` does."""
+    results = tempfile.mkdtemp(prefix="vproto-active-")
+    strategy = VerticalProtoStrategy(cfg, timeout=timeout, wait_for_nodes=1.0, active_results=results, **kwargs)
+    grid = InlineGrid(make_client_app(cfg, active_secret=secret, server_metrics=server_metrics, results_dir=results),
+                      nodes or sim_nodes(cfg), fault=fault)
     result = strategy.start(grid=grid)
     return strategy, result, grid
+
+
+def to_passives(grid: InlineGrid, cfg) -> list[tuple[int, object]]:
+    """Every training message a passive received, as ``(passive index, ToPassive)``, opened with that passive's own
+    key: what the passive sees (the server relays only the clear flags and a sealed blob)."""
+    from flwr_vproto import messages as codecs
+    from flwr_vproto.client_app import identity, passive_request
+
+    out = []
+    for m in grid.sent:
+        if m.metadata.message_type != codecs.TRAIN:
+            continue
+        ctx = grid.contexts[m.metadata.dst_node_id]
+        me = identity(ctx.node_config, cfg.dataset.num_passive)
+        if me.role == "passive":
+            out.append((me.index, passive_request(m, ctx, cfg, me)))
+    return out
+
+
+def pair_key(grid: InlineGrid, party: int, peer: str) -> bytes:
+    """The key party ``party`` (0: active) shares with ``peer``, from its own state (a test playing that party)."""
+    return bytes.fromhex(str(grid.contexts[100 + party].state["vproto"][f"seal.{peer}"]))
+
+
+def unseal(grid: InlineGrid, cfg, blob: bytes, rnd: int, phase: str, sender: str, receiver: str):
+    """A sealed payload opened with the sender's key, as the sender (or its receiver) can: its RecordDict."""
+    from flwr_vproto import messages as codecs
+    from flwr_vproto import sealing
+    from flwr_vproto.client_app import run_binding
+
+    holder, peer = (0, receiver) if sender == "active" else (int(sender[len("passive"):]), "active")
+    aad = sealing.associated_data(run_binding(cfg), rnd, phase, sender, receiver)
+    plain = sealing.open_sealed(pair_key(grid, holder, peer), blob, aad, receiver=receiver, sender=sender,
+                                phase=phase, rnd=rnd)
+    return codecs.from_bytes(plain, sender, "test")
+
+
+def reseal(grid: InlineGrid, cfg, content, rnd: int, phase: str, sender: str, receiver: str) -> bytes:
+    """Inverse of :func:`unseal`: what a (buggy or malicious) party that changed its payload would send."""
+    from flwr_vproto import messages as codecs
+    from flwr_vproto import sealing
+    from flwr_vproto.client_app import run_binding
+
+    holder, peer = (0, receiver) if sender == "active" else (int(sender[len("passive"):]), "active")
+    aad = sealing.associated_data(run_binding(cfg), rnd, phase, sender, receiver)
+    return sealing.seal(pair_key(grid, holder, peer), codecs.to_bytes(content), aad)
 
 
 def assert_same_history(flower: list[dict], reference: list[dict], rel: float = 0.0, abs_: float = 0.0) -> None:

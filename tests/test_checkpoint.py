@@ -117,15 +117,16 @@ def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_
         rnd = msg.content[M.CONFIG].get("round") if M.CONFIG in msg.content else None
         return "error" if (party == 0 and rnd == 3) else None
 
+    own = str(tmp_path / "active-results")  # the active party's own record (metrics policy progress), read back
     with pytest.raises(ProtocolError, match=r"active \(node 100\) failed during training \(active party\) of round 3"
                                             r".*last complete checkpoint is round 2 in .*resume=true"):
-        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1).start(
-            grid=InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=fault))
+        VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1, active_results=own).start(
+            grid=InlineGrid(make_client_app(cfg, results_dir=own), sim_nodes(cfg), fault=fault))
     assert ck.rounds_in(tmp_path / "server") == [1, 2] and ck.rounds_in(tmp_path / "passive1") == [2, 3]
 
     resumed_cfg = small_cfg(rounds=4, checkpoint=ckconf, resume=True)
-    strategy = VerticalProtoStrategy(resumed_cfg, timeout=30, wait_for_nodes=1)
-    grid = InlineGrid(make_client_app(resumed_cfg), sim_nodes(resumed_cfg))  # new nodes: empty context.state
+    strategy = VerticalProtoStrategy(resumed_cfg, timeout=30, wait_for_nodes=1, active_results=own)
+    grid = InlineGrid(make_client_app(resumed_cfg, results_dir=own), sim_nodes(resumed_cfg))  # new nodes: empty state
     result = strategy.start(grid=grid)
     types = [m.metadata.message_type for m in grid.sent]
     assert M.PSI_PEER not in types and M.PSI_FINISH not in types and types.count(M.TRAIN) == 2 * 2
@@ -150,8 +151,9 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
                     checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
 
     def flower(c):
-        strategy = VerticalProtoStrategy(c, timeout=30, wait_for_nodes=1)
-        strategy.start(grid=InlineGrid(make_client_app(c), sim_nodes(c)))  # fresh nodes: empty context.state
+        own = str(tmp_path / "active-results")  # the active party's own record, read back (policy progress)
+        strategy = VerticalProtoStrategy(c, timeout=30, wait_for_nodes=1, active_results=own)
+        strategy.start(grid=InlineGrid(make_client_app(c, results_dir=own), sim_nodes(c)))  # fresh nodes
         return [{k: v for k, v in r.items() if k in ref} for r, ref in zip(strategy.history, full["rounds"],
                                                                           strict=True)]
 
@@ -161,7 +163,10 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
         if engine == "flower":
             assert _strip(flower(cfg(engine))) == _strip(full["rounds"])
         saved = ck.load(tmp_path / engine / "server", 2, "server")
-        assert saved["pseudo-gates"] == [full["rounds"][1]["val/pseudo_gate1"]]
+        if engine == "inprocess":
+            assert saved["pseudo-gates"] == [full["rounds"][1]["val/pseudo_gate1"]]
+        else:  # the Flower server holds only what the active party sealed for the passive: no gate in clear
+            assert "pseudo-gates" not in saved and set(saved["sealed"]) == {"passive1"}
         (tmp_path / engine / "server" / "round-4.pt").unlink()  # the latest complete checkpoint is now round 2
         resumed = run_inprocess(cfg(engine, resume=True))["rounds"] if engine == "inprocess" else flower(
             cfg(engine, resume=True))

@@ -44,6 +44,13 @@ RUN_TIMEOUT = 600.0
 ENV = {"OMP_NUM_THREADS": "1"}
 
 
+def _reporting(nodes: list[str]) -> list[str]:
+    """The active party's node-config also says it reports every metric to the server (``server-metrics="full"``;
+    the default, ``progress``, keeps the label-derived ones on its node): these tests compare the server's results
+    with the in-process engine's."""
+    return [nodes[0] + ' server-metrics="full"', *nodes[1:]]
+
+
 def _deploy(workdir: Path, num_passive: int = 2) -> dict:
     """One deployment (1 active + ``num_passive`` passives) running one 2-round ``flwr run``, then a prediction
     query round with the saved models; all stopped after. (The killed and TLS deployments run one passive.)"""
@@ -51,7 +58,7 @@ def _deploy(workdir: Path, num_passive: int = 2) -> dict:
     run_config = {"dataset.name": "csv", "dataset.num_passive": num_passive, "num_rounds": 2,
                   "dataset.aligned_fraction": 0.2, "method.batch_size": 64,
                   "defence.release_rounds": "null"}  # gradient rows travel too (the killed run keeps the default)
-    dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, workdir / "models"), env=ENV)
+    dep = deploy.LocalDeployment(workdir / "flwr", _reporting(deploy.node_configs(paths, workdir / "models")), env=ENV)
     try:
         dep.start()
         results = dep.run_app(run_config, workdir / "results", timeout=RUN_TIMEOUT)
@@ -92,7 +99,8 @@ def _kill_and_resume(workdir: Path) -> dict:
     run_config = {"dataset.name": "csv", "dataset.num_passive": 1, "num_rounds": 3, "dataset.aligned_fraction": 0.2,
                   "method.batch_size": 64, "checkpoint.dir": str(ckdir), "checkpoint.every": 1,
                   "exchange.count": 3, "app.timeout": KILL_TIMEOUT}  # one exchange per round: 3 checkpoints
-    dep = deploy.LocalDeployment(workdir / "flwr", deploy.node_configs(paths, None, workdir / "parties"), env=ENV)
+    dep = deploy.LocalDeployment(workdir / "flwr", _reporting(deploy.node_configs(paths, None, workdir / "parties")),
+                                 env=ENV)
     out: dict = {"paths": paths, "ckdir": ckdir, "parties": workdir / "parties"}
     try:
         dep.start()

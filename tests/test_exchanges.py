@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pytest
 import torch
-from conftest import assert_same_history, run_inline, small_cfg
+from conftest import assert_same_history, run_inline, small_cfg, to_passives
 
 from flwr_vproto import defences, exchanges, messages
 from flwr_vproto.config import ConfigError, config_from_dict
@@ -97,9 +97,9 @@ def test_few_exchanges_with_gradient_passes_give_the_same_numbers_in_both_engine
 def test_one_exchange_sends_every_passive_one_message_and_nothing_back():
     cfg = small_cfg(rounds=3, defence={"release_rounds": 0})
     strategy, _, grid = run_inline(cfg)
-    to_passive = [m for m in grid.sent if m.metadata.message_type == messages.TRAIN and m.metadata.dst_node_id == 101]
+    to_passive = [r for _, r in to_passives(grid, cfg)]
     assert len(to_passive) == 1
-    assert messages.GRADIENTS not in messages.arrays_in(to_passive[0].content)
+    assert to_passive[0].gradients is None and messages.SEALED not in messages.arrays_in(grid.sent[-2].content)
     assert strategy.results["final"] == run_inprocess(cfg)["final"]
 
 

@@ -10,10 +10,10 @@ from collections.abc import Callable
 
 import numpy as np
 import pytest
-from conftest import InlineGrid, sim_nodes, small_cfg
+from conftest import InlineGrid, reseal, sim_nodes, small_cfg, unseal
 from flwr.app import Array, ConfigRecord, Message
 
-from flwr_vproto import messages
+from flwr_vproto import messages, sealing
 from flwr_vproto.client_app import make_client_app
 from flwr_vproto.messages import ProtocolError
 from flwr_vproto.strategy import VerticalProtoStrategy
@@ -43,7 +43,33 @@ def _round(msg: Message) -> int | None:
 def _run(tamper, method_extra=None, **cfg_extra):
     cfg = small_cfg(rounds=3, method_extra=method_extra, **cfg_extra)
     strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
-    return strategy.start(grid=TamperGrid(make_client_app(cfg), sim_nodes(cfg), tamper))
+    grid = TamperGrid(make_client_app(cfg), sim_nodes(cfg), tamper)
+    grid.cfg = cfg
+    GRID[:] = [grid]
+    return strategy.start(grid=grid)
+
+
+GRID: list[TamperGrid] = []  # the grid of the run under way (its parties' keys play the tampering party)
+
+
+class _Inner:
+    """A sealed payload opened, in the shape the ``change`` functions take (``.content``)."""
+
+    def __init__(self, content) -> None:
+        self.content = content
+
+
+def _as_party(change, rnd: int, phase: str, sender: str, receiver: str, key: str):
+    """``change`` applied by the sending party itself, inside its sealed payload ``key`` (what a buggy or
+    malicious party can do; anyone else's change does not open at all)."""
+    def tamper(grid, reply):
+        arrays = reply.content[messages.ARRAYS]
+        blob = messages.array_to_bytes(arrays[key].numpy())
+        inner = _Inner(unseal(grid, grid.cfg, blob, rnd, phase, sender, receiver))
+        change(inner)
+        arrays[key] = Array.from_numpy_ndarray(messages.bytes_to_array(
+            reseal(grid, grid.cfg, inner.content, rnd, phase, sender, receiver)))
+    return tamper
 
 
 def _set(key: str, value) -> Callable[[Message], None]:
@@ -71,9 +97,12 @@ GARBAGE = Array(dtype="float32", shape=(3,), stype="numpy.ndarray", data=b"\x00g
      r"unexpected arrays \['raw-features'\]"),
 ])
 def test_a_corrupt_passive_payload_is_refused_naming_party_and_round(change, match):
+    """The active party checks what it opened (the server sees only a sealed blob)."""
+    sealed_change = _as_party(change, 2, sealing.EMBEDDINGS, "passive1", "active", messages.SEALED)
+
     def tamper(reply, party, request):
         if party == 1 and _round(request) == 2:
-            change(reply)
+            sealed_change(GRID[0], reply)
 
     with pytest.raises(ProtocolError, match=r"passive1 sent a bad reply during training of round 2: " + match):
         _run(tamper)
@@ -81,29 +110,42 @@ def test_a_corrupt_passive_payload_is_refused_naming_party_and_round(change, mat
 
 def _bad_prototypes(reply):
     conf = reply.content[messages.CONFIG]
-    conf["passive1.prototypes.data"] = conf["passive1.prototypes.data"][:-4]
+    conf["prototypes.data"] = conf["prototypes.data"][:-4]
 
 
 def _nan_gradients(reply):
     arrays = reply.content[messages.ARRAYS]
-    g = arrays["passive1.gradients"].numpy()
+    g = arrays["gradients"].numpy()
     g[0, 0] = np.inf
-    arrays["passive1.gradients"] = Array.from_numpy_ndarray(g)
+    arrays["gradients"] = Array.from_numpy_ndarray(g)
 
 
 @pytest.mark.parametrize(("change", "match"), [
-    (_bad_prototypes, r"'passive1.prototypes' has shape \[10, 64\] and 2556 bytes, expected \[10, 64\] float32"),
-    (_nan_gradients, r"array 'passive1.gradients' holds 1 NaN/inf"),
+    (_bad_prototypes, r"'prototypes' has shape \[10, 64\] and 2556 bytes, expected \[10, 64\] float32"),
+    (_nan_gradients, r"array 'gradients' holds 1 NaN/inf"),
     (lambda r: r.content[messages.CONFIG].__setitem__("prototype-mask", [True]), "'prototype-mask' is not 10 booleans"),
-    (lambda r: r.content.__delitem__(messages.METRICS), "no 'metrics' metric record"),
 ])
 def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
+    """A passive checks what the active party sealed for it, when it opens it in the next round."""
+    sealed_change = _as_party(change, 2, sealing.FOR_PASSIVE, "active", "passive1", "passive1.sealed")
+
     def tamper(reply, party, request):
         if party == 0 and _round(request) == 1:
-            change(reply)
+            sealed_change(GRID[0], reply)
 
-    with pytest.raises(ProtocolError, match=r"active sent a bad reply during training of round 1: " + match):
+    with pytest.raises(ProtocolError, match=r"passive1 \(node 101\) failed during training \(passive parties\) of "
+                                            r"round 2: .*active sent a bad reply during training of round 2: " + match):
         _run(tamper, method_extra={"lambda_passive": 1.0})  # the passives' third loss: prototypes travel
+
+
+def test_an_active_reply_without_metrics_is_refused_naming_the_round():
+    def tamper(reply, party, request):
+        if party == 0 and _round(request) == 1:
+            reply.content.__delitem__(messages.METRICS)
+
+    with pytest.raises(ProtocolError, match=r"active sent a bad reply during training of round 1: no 'metrics' "
+                                            r"metric record"):
+        _run(tamper)
 
 
 def test_corrupt_setup_replies_are_refused():
@@ -176,8 +218,8 @@ def test_a_failed_round_is_retried_from_the_last_checkpoint_when_configured(tmp_
         return None
 
     cfg = small_cfg(rounds=4, checkpoint={"dir": str(tmp_path / "a"), "every": 1, "retries": 1})
-    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
-    grid = InlineGrid(make_client_app(cfg), sim_nodes(cfg), fault=fault)
+    strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1, active_results=tmp_path / "active")
+    grid = InlineGrid(make_client_app(cfg, results_dir=str(tmp_path / "active")), sim_nodes(cfg), fault=fault)
     strategy.start(grid=grid)
     assert failures == [3]
     assert [m.metadata.message_type for m in grid.sent].count(messages.DISCOVER) == 2 * 2  # setup + the retry

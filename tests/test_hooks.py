@@ -7,6 +7,8 @@ Each test drives the real strategy and ClientApp through :class:`~conftest.Inlin
 from __future__ import annotations
 
 import inspect
+import tempfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,24 +24,26 @@ from flwr_vproto.strategy import VerticalProtoStrategy
 
 
 def _run(strategy: VerticalProtoStrategy) -> tuple[VerticalProtoStrategy, object, InlineGrid]:
-    grid = InlineGrid(make_client_app(strategy.cfg), sim_nodes(strategy.cfg))
+    results = tempfile.mkdtemp(prefix="vproto-active-")  # the active party's own record, read back as in simulation
+    strategy.active_results = Path(results)
+    grid = InlineGrid(make_client_app(strategy.cfg, results_dir=results), sim_nodes(strategy.cfg))
     return strategy, strategy.start(grid=grid), grid
 
 
 class EmbeddingNorms(VerticalProtoStrategy):
-    """Adds a metric to each exchange's record: the mean row norm of every passive's training embeddings (what the
-    server relays, so it can be measured without reading any label)."""
+    """Adds a metric to each exchange's record: the size of every passive's sealed reply (what the server relays:
+    it cannot read the embeddings inside, only measure them)."""
 
     def aggregate_passives(self, server_round, replies):
         passives = super().aggregate_passives(server_round, replies)
-        self.norms = [float(np.linalg.norm(r.embeddings, axis=1).mean()) for r in passives]
+        self.norms = [float(len(blob)) for _, blob in sorted(passives.items())]
         return passives
 
     def aggregate_train(self, server_round, replies):
         arrays, metrics = super().aggregate_train(server_round, replies)
         if metrics is not None:  # after the active phase: the exchange's record
             for k, norm in enumerate(self.norms, start=1):
-                metrics[f"server/passive{k}_embedding_norm"] = norm
+                metrics[f"server/passive{k}_sealed_bytes"] = norm
         return arrays, metrics
 
 
@@ -53,7 +57,7 @@ def test_a_metric_added_by_a_hook_reaches_every_record_and_the_numbers_do_not_mo
     assert strategy.results["final"] == reference["final"]
     assert len(strategy.history) == len(reference["rounds"]) == (2 if extra else 4)  # one record per exchange
     for rec in [*strategy.history, *strategy.results["rounds"], *seen]:
-        assert rec["server/passive1_embedding_norm"] > 0 and rec["server/passive2_embedding_norm"] > 0
+        assert rec["server/passive1_sealed_bytes"] > 0 and rec["server/passive2_sealed_bytes"] > 0
     if extra:  # the exchange's rounds are kept as they were
         local = [{k: v for k, v in r.items() if k != "seconds"} for r in strategy.results["local_rounds"]]
         assert local == [{k: v for k, v in r.items() if k != "seconds"} for r in reference["local_rounds"]]

@@ -137,9 +137,8 @@ SECRET = bytes(range(32))
 
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
 def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method):
-    from conftest import assert_same_history, run_inline, small_cfg
+    from conftest import assert_same_history, run_inline, small_cfg, to_passives
 
-    from flwr_vproto import messages
 
     def cfg(name, **defence):
         return small_cfg(method, rounds=3, defence=defence, audit={"record": True, "dir": str(tmp_path / name)})
@@ -149,10 +148,9 @@ def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_it
     assert_same_history(strategy.history, run_inprocess(defended, active_secret=SECRET)["rounds"])
     run_inprocess(cfg("off"))  # round 1 trains the same either way; only what leaves differs
     raw = np.load(tmp_path / "off" / "round-1.npz")["passive1.gradients"]
-    sent = [m for m in grid.sent if m.metadata.message_type == messages.TRAIN and messages.round_of(m.content) == 2
-            and messages.GRADIENTS in m.content[messages.ARRAYS]]
+    sent = [r for _, r in to_passives(grid, defended) if r.round == 2 and r.gradients is not None]
     assert len(sent) == 1
-    wire = sent[0].content[messages.ARRAYS][messages.GRADIENTS].numpy()
+    wire = sent[0].gradients
     expected = defences.gaussian_rows(raw, 2.0, defences.gradient_rng(SECRET, 1, 1))
     assert np.array_equal(wire, expected) and not np.allclose(wire, raw)
     assert all(r["privacy/gradient_epsilon"] > 0 for r in strategy.history)  # every round reports it

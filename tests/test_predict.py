@@ -108,7 +108,7 @@ def test_query_round_over_flower_messages_matches_inprocess(tmp_path, method):
 
     cfg = small_cfg(method, rounds=3)
     strategy = VerticalProtoStrategy(cfg, timeout=30, wait_for_nodes=1)
-    grid = InlineGrid(make_client_app(cfg, str(tmp_path)), sim_nodes(cfg))
+    grid = InlineGrid(make_client_app(cfg, str(tmp_path), server_metrics="full"), sim_nodes(cfg))  # results below
     strategy.start(grid=grid)
     grid.sent.clear()
     done = predict_over_grid(grid, cfg, timeout=30, wait_for_nodes=1)
@@ -160,7 +160,8 @@ def test_query_round_in_a_flower_simulation(tmp_path, monkeypatch):
 
     backend = {"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                "init_args": {"logging_level": "ERROR", "log_to_driver": False, "include_dashboard": False}}
-    run_simulation(server_app=app, client_app=make_client_app(cfg, str(tmp_path)), num_supernodes=2,
+    run_simulation(server_app=app, client_app=make_client_app(cfg, str(tmp_path), server_metrics="full"),
+                   num_supernodes=2,
                    backend_config=backend)
     acc, only = reported(strategy.results)
     assert out["accuracy"] == pytest.approx(acc, abs=1e-6)
@@ -178,12 +179,16 @@ def test_deployment_apps_train_then_predict_from_run_config(tmp_path, caplog):
     from flwr_vproto.server_app import make_server_app
 
     cfg = small_cfg(rounds=2)
-    nodes = [{"role": "active", "party-index": 0, "model-dir": str(tmp_path / "bank")},
+    nodes = [{"role": "active", "party-index": 0, "model-dir": str(tmp_path / "bank"),
+              "results-dir": str(tmp_path / "bank-results")},
              {"role": "passive", "party-index": 1, "model-dir": str(tmp_path / "shop")}]
     run_config = {**run_config_from_config(cfg), "app.output-dir": str(tmp_path / "server")}
     grid = InlineGrid(make_client_app(), nodes, run_config=run_config)
     make_server_app()(grid, Context(run_id=7, node_id=1, node_config={}, state=RecordDict(), run_config=run_config))
-    results = __import__("json").loads((tmp_path / "server" / "results.json").read_text())
+    assert "final" not in __import__("json").loads((tmp_path / "server" / "results.json").read_text()) or \
+        not __import__("json").loads((tmp_path / "server" / "results.json").read_text())["final"]
+    # metrics policy progress (the default): the label-derived results are on the active party's node
+    results = __import__("json").loads((tmp_path / "bank-results" / "results.json").read_text())
     assert sorted(p.name for p in (tmp_path / "bank").iterdir()) == ["active.pt"]
     predict_config = {**run_config, "app.predict": "held-out"}
     for ctx in grid.contexts.values():

@@ -1,4 +1,5 @@
-"""What reaches the server in a whole simulated run holds no raw ID, no raw feature row and no label array.
+"""What reaches the server in a whole simulated run holds no raw ID, no raw feature row, no label array and (the
+default metrics policy) no label-derived metric; party-to-party payloads are sealed.
 
 The ServerApp's Grid is wrapped so every message it sends or receives is recorded, then every payload (array data
 as sent and decoded, bytes, strings, numbers and lists of config and metric records, error texts) is searched for
@@ -102,8 +103,12 @@ def test_nothing_private_reaches_the_server(monkeypatch):
 
     ds = load_vertical_dataset(cfg)
     aligned = align_dataset(ds, cfg.seed)
-    # the recorder sees real payloads: this round's embeddings of the passive party are on the wire
-    assert any(m.content.get("arrays") and "embeddings" in m.content["arrays"] for m in messages if m.has_content())
+    # the recorder sees real payloads: the passive's embeddings travel, sealed to the active party (their bytes are
+    # nowhere in clear: tests/test_sealing.py searches for them), and under the default metrics policy the active
+    # party reports nothing derived from a label
+    assert any(m.content.get("arrays") and "sealed" in m.content["arrays"] for m in messages if m.has_content())
+    reported = {k for m in messages if m.has_content() and "metrics" in m.content for k in m.content["metrics"]}
+    assert reported == {"progress.exchange", "progress.rounds"}
 
     # 1. IDs: no ID string, no unblinded ID hash
     all_ids = {str(i) for p in ds.parties for s in SPLITS for i in p.split(s).ids}
