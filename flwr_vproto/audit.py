@@ -263,10 +263,12 @@ def _pairs(embeddings: Mapping[int, np.ndarray], prototypes: Mapping[int, np.nda
 
 def _score(scores: np.ndarray, y: np.ndarray, num_classes: int) -> float:
     """Plain AUC of class 1's score minus class 0's (binary: the attacker knows which prototype is which class) or
-    accuracy of the largest score; NaN where a class never had a prototype (binary) or one class is missing."""
+    accuracy of the largest score (a class that never had a prototype scores lowest: binary AUC 0.5 when one never
+    had any); NaN when the users hold one class only."""
+    scores = np.nan_to_num(scores, neginf=-1e30)  # a class that never had a prototype: never chosen
     if num_classes == 2:
         diff = scores[:, 1] - scores[:, 0]
-        if np.unique(y).size != 2 or not np.isfinite(diff).all():
+        if np.unique(y).size != 2:
             return math.nan
         from sklearn.metrics import roc_auc_score
 
@@ -332,6 +334,37 @@ def prototype_attacks(embeddings: Mapping[int, np.ndarray], prototypes: Mapping[
             f"prototype_nearest_last_{metric}": _score(nearest_prototype_scores(pairs[-1:], num_classes), y,
                                                        num_classes),
             f"prototype_inversion_{metric}": _score(inversion_scores(pairs, num_classes), y, num_classes)}
+
+
+def known_prototype_attack(embeddings: Mapping[int, np.ndarray], labels: np.ndarray, num_classes: int,
+                           normalize: bool = True, counts: tuple[int, ...] = KNOWN_LABELS,
+                           draws: int = KNOWN_DRAWS) -> dict[str, float]:
+    """The baseline the prototype attacks are judged against: a passive that knows ``m`` labels and receives no
+    prototype builds its own, the class means of those ``m`` users' embeddings in every round, and scores the other
+    users by nearest prototype averaged over all rounds (``known{m}_prototype_*``; mean over ``draws`` draws)."""
+    labels = np.asarray(labels)
+    known = labels >= 0
+    y = labels[known]
+    zs = {r: (_unit(z) if normalize else np.asarray(z, dtype=np.float64))[known] for r, z in embeddings.items()}
+    metric = "auc" if num_classes == 2 else "accuracy"
+    out: dict[str, float] = {}
+    for m in counts:
+        used = min(m, len(y) // 2)
+        if used < max(4, np.unique(y).size) or not zs:
+            continue
+        scores = []
+        for draw in range(draws):
+            train = np.zeros(len(y), dtype=bool)
+            train[_known_users(y, used, np.random.default_rng([_KNOWN_STREAM, m, draw]))] = True
+            pairs = []
+            for z in zs.values():
+                present = np.array([bool((y[train] == c).any()) for c in range(num_classes)])
+                p = np.stack([z[train][y[train] == c].mean(axis=0) if present[c] else np.zeros(z.shape[1])
+                              for c in range(num_classes)])
+                pairs.append((z[~train], p, present))
+            scores.append(_score(nearest_prototype_scores(pairs, num_classes), y[~train], num_classes))
+        out[f"known{m}_prototype_{metric}"] = float(np.nanmean(scores))
+    return out
 
 
 # ------------------------------------------------------------------------------------------------ known labels
@@ -689,7 +722,8 @@ def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None, 
         sent, masks = view_prototypes(view)
         if sent and view.embeddings:
             protos.append({"passive": view.name, **prototype_attacks(view.embeddings, sent, masks, labels,
-                                                                      num_classes, normalize)})
+                                                                      num_classes, normalize),
+                           **known_prototype_attack(view.embeddings, labels, num_classes, normalize)})
         if not view.rows:
             if view.features is not None:  # the baseline: a passive that knows m labels and its own features
                 known.append({"passive": view.name, **known_label_attack({}, labels, num_classes, view.features)})
@@ -799,7 +833,8 @@ def summarise_attacker(report: Mapping[str, Any], num_classes: int) -> dict[str,
         worst(report["known_label"], f"known{m}_rows_{metric}")
         if f"known{m}_features_{metric}" not in out:  # no rows: the baseline alone
             worst(report["known_label"], f"known{m}_features_{metric}")
-    for key in ("prototype_nearest", "prototype_nearest_last", "prototype_inversion"):
+    for key in ("prototype_nearest", "prototype_nearest_last", "prototype_inversion", *(f"known{m}_prototype"
+                                                                                        for m in KNOWN_LABELS)):
         worst(report.get("prototypes", []), f"{key}_{metric}")
     worst(report["replay"], f"replay_{metric}")
     worst(report["replay"], "replay_scale")

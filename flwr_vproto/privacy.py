@@ -112,9 +112,10 @@ def _calibrate(target_epsilon: float, delta: float, steps: int, section: str = "
             return float(get_noise_multiplier(target_epsilon=target_epsilon, target_delta=delta, sample_rate=1.0,
                                               steps=steps, accountant="rdp", epsilon_tolerance=0.01, alphas=ALPHAS))
     except ValueError as err:
-        what = "prototype" if section == "privacy" else "gradient-row"
+        what = ("prototype releases" if section == "privacy"
+                else "gradient-row releases (one round's rows, given that round's model)")
         raise ConfigError(f"{section}.target_epsilon={target_epsilon}: cannot be reached with delta={delta} over "
-                          f"{steps} {what} releases ({err})") from None
+                          f"{steps} {what} ({err})") from None
 
 
 def clip_rows(z: torch.Tensor, clip_norm: float) -> torch.Tensor:
