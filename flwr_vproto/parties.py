@@ -710,8 +710,9 @@ class ActiveParty(_Party):
         """Second prototypes: per passive, class means of its received embeddings, in its own space.
 
         With privacy on, the means come from clipped, noised class sums and noised counts (privacy.py, noise for one
-        changed label), and a round whose prototypes are released is charged ``K + 1`` Gaussian steps. The EMA and everything downstream
-        (the passives' third loss, this party's prototype classifier) see only the noisy values.
+        changed label), and a round whose prototypes are released is charged ``K + 1`` Gaussian steps. The EMA and
+        everything downstream (the passives' third loss, this party's prototype classifier) see only the noisy
+        values.
         """
         m = self.cfg.method
         out: list[np.ndarray] = []
