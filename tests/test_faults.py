@@ -103,7 +103,8 @@ def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
             change(reply)
 
     with pytest.raises(ProtocolError, match=r"active sent a bad reply during training of round 1: " + match):
-        _run(tamper, method_extra={"lambda_passive": 1.0})  # the passives' third loss: prototypes travel
+        _run(tamper, method_extra={"lambda_passive": 1.0},  # the passives' third loss: prototypes travel
+             privacy={"clear_prototypes": True})
 
 
 def test_corrupt_setup_replies_are_refused():
