@@ -230,8 +230,7 @@ def describe(summary: dict[str, Any]) -> str | None:
         parts.append(f"no gradient row leaves the active party ({why}), no selection flag: "
                      "nothing a passive receives depends on a label (0-label-DP)")
     elif d.get("planned_releases") == 0:
-        parts.append("no gradient row leaves the active party, no selection flag" if summary.get("privacy", {})
-                     .get("epsilon") is not None else "no gradient row leaves the active party")
+        parts.append("no gradient row leaves the active party")
     elif d.get("release_rounds") is not None or d.get("release_every", 1) > 1:
         parts.append(f"gradient rows released {d['planned_releases']} times without noise (no guarantee)")
     if prototypes:

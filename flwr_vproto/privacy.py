@@ -233,4 +233,4 @@ def describe(summary: dict[str, Any]) -> str | None:
                 "recover its shared users' labels from them; no bound")
     return (f"second prototypes: Gaussian, sigma {p['noise_multiplier']:.3g}, clip {p['clip_norm']:g}; label-change "
             f"epsilon {p['epsilon']:.3g} at delta {p['delta']:g} over {p['steps']} releases (every round, all "
-            "passives; mask and thresholds post-processing, no selection flag)")
+            "passives; the class mask is post-processing; no threshold, no selection flag)")
