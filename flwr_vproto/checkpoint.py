@@ -4,14 +4,21 @@ Layout under ``checkpoint.dir`` (one folder per writer, so in a deployment every
 
     <dir>/server/round-<r>.pt     the strategy: round, history, relayed gradients and second prototypes
     <dir>/<party>/round-<r>.pt    each party: its models, optimizer, alignment and facts (never sent anywhere)
+    <dir>/active/secret.hex       the active party's defences' secret (64 hex digits, mode 0600), never in a blob
 
-A party's folder may be elsewhere (a SuperNode's node-config ``checkpoint-dir``): its state never leaves its
+A deployed party's folder is its SuperNode's node-config ``checkpoint-dir`` (required there, so the run config's
+``checkpoint.dir``, the ServerApp's, chooses no path on a node: ``client_app.authorize``): its state never leaves its
 machine. Every file is written to ``<name>.tmp`` and renamed, so a file that exists is whole. The server writes its
 round-``r`` file only after every party replied for round ``r``, and a party replies only after writing its file,
 so the server's latest file names the last *complete* checkpoint. Each writer keeps its two latest files: a party
 may have written round ``r`` while the server, killed before writing it, still needs round ``r - every``.
 
 Files are :func:`torch.save` dicts of tensors and plain values, loaded with ``weights_only`` (no pickled code).
+The active party's secret (the key of every random draw its defences release, :mod:`flwr_vproto.defences`) is taken
+out of its state before the blob is written and kept in :data:`SECRET_FILE` beside it, readable by its owner only:
+a blob copied elsewhere (to inspect it, to back it up) carries no secret, and :func:`load_party_state` puts it back,
+so a resumed run draws exactly what the interrupted one would have. The file is also a valid
+``runner.active_secret_file`` / node-config ``active-secret-file`` to reproduce the run.
 Learning code only: no Flower here.
 """
 
@@ -30,6 +37,8 @@ from flwr_vproto.config import Config
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
 
 SERVER = "server"
+SECRET_FILE = "secret.hex"  # in the active party's checkpoint folder: its secret, mode 0600
+SECRET_KEY = "secret"  # the key of the secret in the active party's state dict (parties.py)
 _NAME = re.compile(r"^round-(\d+)\.pt$")
 
 
@@ -160,10 +169,46 @@ def array(t: torch.Tensor) -> np.ndarray:
 
 
 def party_checkpoint(cfg: Config, party: Any, rnd: int, facts: dict[str, Any]) -> dict[str, Any]:
-    """A party's checkpoint (same format for both engines): its state, what it knows of the run, the config."""
+    """A party's checkpoint (same format for both engines): its state, what it knows of the run, the config.
+
+    The state still holds the active party's secret: :func:`save_party` takes it out before writing."""
     role = "active" if party.index == 0 else "passive"
     return {"round": rnd, "party": party.state_dict(), "config": resume_fingerprint(cfg),
             "facts": {"role": role, "party-index": party.index, **facts}}
+
+
+def save_party(folder: Path, rnd: int, checkpoint: dict[str, Any]) -> Path:
+    """Write a :func:`party_checkpoint`: the secret (active party) to :data:`SECRET_FILE`, mode 0600, the rest to
+    the round's blob."""
+    state = dict(checkpoint["party"])
+    secret = state.pop(SECRET_KEY, None)
+    if secret is not None:
+        from flwr_vproto.defences import write_secret_file
+
+        raw, path = bytes(secret.cpu().numpy().astype(np.uint8).tobytes()), folder / SECRET_FILE
+        if not path.exists() or path.read_text(encoding="ascii").strip() != raw.hex():  # once per run, not per round
+            write_secret_file(path, raw)
+    return save(folder, rnd, {**checkpoint, "party": state})
+
+
+def _restore_secret(saved: dict[str, Any], folder: Path, who: str) -> None:
+    """Put the active party's secret back into its loaded state, from :data:`SECRET_FILE` (a checkpoint written
+    before the file existed holds it in the blob). Without it a resumed run would draw other noise: refused."""
+    if saved.get("facts", {}).get("role") != "active" or saved["party"].get(SECRET_KEY) is not None:
+        return
+    from flwr_vproto.config import ConfigError
+    from flwr_vproto.defences import read_secret_file
+
+    path = folder / SECRET_FILE
+    if not path.exists():
+        raise CheckpointError(f"{who}: the checkpoint in {folder} has no {SECRET_FILE}, the active party's secret; "
+                              f"without it a resumed run would not draw the noise the interrupted one would have")
+    try:
+        secret = read_secret_file(path, f"{who}'s checkpoint secret")
+    except ConfigError as err:
+        raise CheckpointError(str(err)) from None
+    assert secret is not None
+    saved["party"][SECRET_KEY] = torch.as_tensor(np.frombuffer(secret, dtype=np.uint8).copy())
 
 
 def server_checkpoint(cfg: Config, rnd: int, history: list[dict[str, float]], transit: dict[str, Any],
@@ -195,6 +240,7 @@ def load_party_state(cfg: Config, name: str, rnd: int, override: str | None = No
     folder = party_dir(cfg, name, override)
     saved = load(folder, rnd, name)
     check_same_run(saved["config"], cfg, name, folder)
+    _restore_secret(saved, folder, name)
     return saved
 
 

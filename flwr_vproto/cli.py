@@ -172,11 +172,19 @@ def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
 
 
 def _active_secret(runner: dict[str, Any]) -> bytes | None:
-    """``runner.active_secret``: the active party's key of its defences' random draws, for a reproducible defended
-    run (64 hex digits); ``null`` = fresh from the OS. A runner option, so it never enters the run config."""
-    from flwr_vproto.defences import parse_secret
+    """``runner.active_secret_file``: the active party's key of its defences' random draws, for a reproducible
+    defended run, read from a file only its owner can read (64 hex digits); ``null`` = fresh from the OS.
 
-    return parse_secret(runner.get("active_secret"), "runner.active_secret")
+    A path, never the value: Hydra writes every option and override to ``.hydra/`` in the run folder, so a value
+    given on the command line would sit there in clear. The old ``runner.active_secret`` is refused in one line (the
+    run folder Hydra made for it, holding only ``.hydra/``, is removed by :func:`main`)."""
+    from flwr_vproto.defences import read_secret_file
+
+    if runner.get("active_secret") not in (None, ""):
+        raise ConfigError("runner.active_secret is refused: a value given here is written to the run's .hydra/ "
+                          "files; put the 64 hex digits in a file only you can read (chmod 600) and give "
+                          "runner.active_secret_file=PATH")
+    return read_secret_file(runner.get("active_secret_file"), "runner.active_secret_file")
 
 
 def _bound_job(cfg: Config, runner: dict[str, Any]) -> str:
@@ -293,7 +301,10 @@ def main(dcfg: DictConfig) -> float:
 def _main(dcfg: DictConfig, out: Path) -> float:
     cfg, runner = _config(dcfg)
     metric = _check_config(cfg, runner, out)
-    _active_secret(runner)  # a malformed secret fails here, before any data or engine
+    try:
+        _active_secret(runner)  # a missing, readable or malformed secret file fails here, before any data or engine
+    except ConfigError as err:
+        raise SystemExit(f"config error: {err}") from None
     threads_by = _bound_job(cfg, runner)
     if cfg.checkpoint.every and cfg.checkpoint.dir is None:  # default: this run's folder
         cfg = dataclasses.replace(cfg, checkpoint=dataclasses.replace(cfg.checkpoint, dir=str(out / "checkpoints")))

@@ -3,24 +3,39 @@ decode -> :mod:`flwr_vproto.protocol` step -> encode.
 
 Who am I (node-config):
 
-* **deployment** (``flower-supernode --node-config ...``):
+* **deployment** (``flower-supernode --node-config ...``). The node is its own authority: nothing in the run config
+  (which the run's submitter writes) chooses code the node runs or a path it writes; the node-config does
+  (:func:`authorize`, checked at every message, before any work; a refusal is one line naming the party, the
+  option and the node-config key to set):
 
   - ``role`` = ``"active"`` or ``"passive"`` (required);
   - ``party-index`` = ``0`` for the active party, ``1..K`` for passives (required);
   - ``data-path`` = this party's CSV file (required for ``dataset.name = "csv"``, ignored otherwise);
   - ``model-dir`` = folder where this party saves its final model as ``<party>.pt`` (optional; nothing is saved
-    without it). The model never leaves the party.
-  - ``checkpoint-dir`` = folder of this party's checkpoints (optional; default ``<checkpoint.dir>/<party>``, see
-    ``flwr_vproto/checkpoint.py``). Checkpoints never leave the party either.
-  - ``audit-dir`` = this party's folder for ``audit.record`` (optional; default ``audit.dir``): the active party
-    writes what it sent each passive with the true labels, a passive what it received and its own features, for
-    ``python -m flwr_vproto.audit``. Nothing there leaves the party.
-  - ``active-secret`` = the active party's key of its defences' random draws, 64 hex digits (optional; default: a
-    fresh one from the OS at set-up, kept in the node's state and checkpoints). Give it only to reproduce a
-    defended run; it never enters the run config, which every passive reads.
+    without it). The model never leaves the party; it holds the weights and what prediction needs, no secret.
+  - ``checkpoint-dir`` = the folder of this party's checkpoints (required when the run config turns checkpoints on,
+    ``checkpoint.every`` > 0, or asks to ``resume``). The run config's ``checkpoint.dir`` is the ServerApp's folder
+    only: a deployed node never writes there. Checkpoints never leave the party.
+  - ``audit-dir`` = this party's root for ``audit.record`` (required with it): the active party writes what it
+    sent each passive with the true labels, a passive what it received and its own features, for
+    ``python -m flwr_vproto.audit``. The run config's ``audit.dir``, if set, must be a relative path inside it
+    (``audit-dir/<audit.dir>``); an absolute one or one that climbs out with ``..`` is refused. Nothing there leaves
+    the party.
+  - ``allow-audit-record`` = ``true`` to let the run config's ``audit.record`` make this node write its raw
+    features (a passive) or its true labels (the active party) to ``audit-dir``; default ``false``: refused.
+  - ``allow-targets`` = the ``_target_`` paths this node builds (``model.encoder_target``, ``model.top_target``,
+    ``method.extra_losses``, nested targets too), comma-separated: ``my_pkg.MyEnc`` allows that path exactly,
+    ``my_pkg.*`` any path under ``my_pkg.`` whose object is defined under it (``my_pkg.os.system`` is not); no other
+    wildcard. Default: none but the package's own model classes (:data:`flwr_vproto.targets.BUILT_IN`).
+  - ``active-secret-file`` = a file holding the active party's key of its defences' random draws, 64 hex digits,
+    readable by its owner only (``chmod 600``) (optional; default: a fresh one from the OS at set-up, kept in the
+    node's state and its checkpoint folder's ``secret.hex``, mode 0600). Give it only to reproduce a defended run.
+    A value (the old ``active-secret``) is refused: the key is never in any config.
 
   e.g. ``--node-config 'role="passive" party-index=1 data-path="/data/shop.csv" model-dir="/models"'``.
-* **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``.
+* **simulation**: Flower's ``partition-id``; partition 0 is the active party, ``k`` the passive ``k``. The
+  researcher owns every node: the run's config chooses targets and paths, and the runner gives the active party's
+  secret (``runner.active_secret_file``).
 
 The learning config comes from a closure in simulation (:func:`make_client_app` with a :class:`Config`) and from
 the run-config under ``flwr run`` (:func:`flwr_vproto.run_config.config_from_run_config`).
@@ -33,6 +48,7 @@ process can skip.
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import json
 from collections.abc import Callable
@@ -44,10 +60,10 @@ import numpy as np
 from flwr.app import ConfigRecord, Context, Message
 from flwr.clientapp import ClientApp
 
-from flwr_vproto import __version__, defences, messages
+from flwr_vproto import __version__, defences, messages, targets
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
-from flwr_vproto.config import Config
+from flwr_vproto.config import Config, ConfigError
 from flwr_vproto.data.types import SPLITS, DataError, PartyData, PartySplits
 from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, state_to_bytes
 from flwr_vproto.protocol import ACTIVE, PASSIVE, ROLES, ProtocolError
@@ -64,8 +80,11 @@ class Identity:
     data_path: str | None = None
     model_dir: str | None = None
     checkpoint_dir: str | None = None
-    audit_dir: str | None = None  # this party's audit.record folder (node-config audit-dir)
-    secret: bytes | None = None  # the active party's defences' key (node-config active-secret; simulation: closure)
+    audit_dir: str | None = None  # this party's audit.record folder (node-config audit-dir, the root in a deployment)
+    secret: bytes | None = None  # the active party's defences' key (node-config active-secret-file, or the runner)
+    deployed: bool = False  # a deployment's node (node-config role): its own authority, see authorize()
+    allow_targets: tuple[str, ...] = ()  # node-config allow-targets (deployment)
+    allow_audit_record: bool = False  # node-config allow-audit-record (deployment)
 
     @property
     def name(self) -> str:
@@ -75,7 +94,8 @@ class Identity:
 def identity(node_config: dict[str, Any], num_passive: int, *, model_dir: str | None = None,
              secret: bytes | None = None) -> Identity:
     """Read role and party index from the node-config (deployment keys first, then simulation's partition-id);
-    ``secret``: the simulation's ``runner.active_secret`` (the node-config's ``active-secret`` wins)."""
+    ``secret``: the simulation's, read from ``runner.active_secret_file`` (the node-config's ``active-secret-file``
+    wins)."""
     if "role" in node_config:
         role, index, data_path, model_dir = _deployment_identity(node_config, model_dir)
     elif "partition-id" in node_config:
@@ -90,15 +110,77 @@ def identity(node_config: dict[str, Any], num_passive: int, *, model_dir: str | 
         raise ValueError(f"node-config: the active party has party-index 0, got {index}")
     if role == PASSIVE and not 1 <= index <= num_passive:
         raise ValueError(f"node-config: passive party-index {index} outside 1..{num_passive} (dataset.num_passive)")
+    name = proto.party_name(role, int(index))
     if "active-secret" in node_config:
+        raise ValueError(f"node-config active-secret on {name} is refused: a value in a config is copied where its "
+                         f"owner does not decide; put the 64 hex digits in a file only the node's user can read "
+                         f"(chmod 600) and set active-secret-file=PATH")
+    if node_config.get("active-secret-file"):
         if role != ACTIVE:
-            raise ValueError(f"node-config active-secret on {proto.party_name(role, int(index))}: only the active "
-                             f"party holds the defences' secret")
-        secret = defences.parse_secret(str(node_config["active-secret"]), "node-config active-secret")
+            raise ValueError(f"node-config active-secret-file on {name}: only the active party holds the defences' "
+                             f"secret")
+        secret = defences.read_secret_file(str(node_config["active-secret-file"]),
+                                           f"node-config active-secret-file of {name}")
+    deployed = "role" in node_config
     return Identity(role=role, index=int(index), data_path=None if data_path in (None, "") else str(data_path),
                     model_dir=model_dir, checkpoint_dir=str(node_config.get("checkpoint-dir", "")) or None,
                     audit_dir=str(node_config.get("audit-dir", "")) or None,
-                    secret=secret if role == ACTIVE else None)
+                    secret=secret if role == ACTIVE else None, deployed=deployed,
+                    allow_targets=targets.parse_allow_list(node_config.get(targets.ALLOW_TARGETS), name),
+                    allow_audit_record=_flag(node_config, "allow-audit-record", name))
+
+
+def _flag(node_config: dict[str, Any], key: str, name: str) -> bool:
+    """A yes/no node-config key: TOML's ``true``/``false`` (or the same words as a string); absent = ``false``."""
+    value = node_config.get(key, False)
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    if not isinstance(value, bool):
+        raise ValueError(f"{name}: node-config {key}={value!r}: expected true or false")
+    return value
+
+
+def authorize(c: Config, me: Identity) -> Identity:
+    """A deployed node's own say over what the run config asks of it; ``me`` with its paths resolved.
+
+    Refused in one line naming the party, the option and the node-config key: a ``_target_`` the node does not
+    allow (``allow-targets``); checkpoints without the node's own ``checkpoint-dir``; ``audit.record`` without
+    ``allow-audit-record=true`` and an ``audit-dir``, or with an ``audit.dir`` outside it. In simulation (no
+    ``role`` in the node-config) the researcher owns every node: nothing to check.
+    """
+    if not me.deployed:
+        return me
+    targets.check_allowed(c, me.role, me.name, me.allow_targets)
+    if (c.checkpoint.every > 0 or c.resume) and not me.checkpoint_dir:
+        why = f"checkpoint.every={c.checkpoint.every}" if c.checkpoint.every > 0 else "resume=true"
+        raise ConfigError(f"{me.name}: {why} but this node's node-config has no checkpoint-dir; a deployed node "
+                          f"writes its checkpoints only under its own folder (the run config's checkpoint.dir is the "
+                          f"ServerApp's): set node-config checkpoint-dir")
+    if not c.audit.record:
+        return me
+    if not me.allow_audit_record:
+        what = "its true labels" if me.role == ACTIVE else "its raw features"
+        raise ConfigError(f"{me.name}: audit.record=true would make this node write {what} to disk, and it has not "
+                          f"opted in: set node-config allow-audit-record=true (and audit-dir) to allow it")
+    if not me.audit_dir:
+        raise ConfigError(f"{me.name}: audit.record=true but this node's node-config has no audit-dir, the root "
+                          f"under which it writes the audit: set node-config audit-dir")
+    return dataclasses.replace(me, audit_dir=str(under_root(me.audit_dir, c.audit.dir, "audit.dir", "audit-dir",
+                                                            me.name)))
+
+
+def under_root(root: str, path: str | None, option: str, key: str, name: str) -> Path:
+    """A run-config ``path`` resolved inside a node's ``root`` (node-config ``key``): ``None`` is the root itself, a
+    relative path a folder under it; an absolute path, or one whose ``..`` climbs out, is refused in one line."""
+    base = Path(root)
+    if path is None or path == "":
+        return base
+    rel = Path(path)
+    inside = base.resolve() / rel
+    if rel.is_absolute() or not inside.resolve().is_relative_to(base.resolve()):
+        raise ConfigError(f"{name}: {option}={path!r} is outside this node's node-config {key} ({root}); on a "
+                          f"deployed node a run-config path is a relative folder under the node's own {key}")
+    return base / rel
 
 
 def _deployment_identity(node_config: dict[str, Any], model_dir: str | None) -> tuple[str, Any, Any, str | None]:
@@ -326,7 +408,7 @@ def _after_round(store: PartyStore, party: ActiveParty | PassiveParty, c: Config
     and, after the last round, its model."""
     if ck.due(c, rnd):
         facts = {k: store.facts[k] for k in ("num-classes", "passives", "passive-dims") if k in store.facts}
-        ck.save(ck.party_dir(c, me.name, me.checkpoint_dir), rnd, ck.party_checkpoint(c, party, rnd, facts))
+        ck.save_party(ck.party_dir(c, me.name, me.checkpoint_dir), rnd, ck.party_checkpoint(c, party, rnd, facts))
     if final and me.model_dir:
         from flwr_vproto.predict import save_party_model
 
@@ -344,14 +426,15 @@ def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = 
 
     def resolve(context: Context) -> tuple[Config, Identity]:
         if cfg is not None:
-            return cfg, identity(context.node_config, cfg.dataset.num_passive, model_dir=model_dir, secret=secret)
+            me = identity(context.node_config, cfg.dataset.num_passive, model_dir=model_dir, secret=secret)
+            return cfg, authorize(cfg, me)
         base, _ = config_from_run_config(context.run_config)
         me = identity(context.node_config, base.dataset.num_passive, model_dir=model_dir)
         if base.dataset.name == "csv":
             if me.data_path is None:
                 raise ValueError(f"{me.name}: dataset.name is 'csv' but this node's node-config has no data-path")
             base, _ = config_from_run_config(context.run_config, party_index=me.index, data_path=me.data_path)
-        return base, me
+        return base, authorize(base, me)
 
     return resolve
 
@@ -361,9 +444,9 @@ def make_client_app(cfg: Config | None = None, model_dir: str | None = None,
     """The ClientApp. ``cfg`` given: simulation (config from this closure); ``None``: config from the run-config.
 
     ``model_dir``: where parties save their final model in simulation (deployment: node-config ``model-dir``).
-    ``active_secret``: the active party's 32-byte key of its defences' random draws in simulation
-    (``runner.active_secret``; deployment: node-config ``active-secret``); only the active party's ClientApp uses
-    it, and it never enters the run config. ``None``: fresh from the OS at set-up.
+    ``active_secret``: the active party's 32-byte key of its defences' random draws in simulation (read from
+    ``runner.active_secret_file``; deployment: node-config ``active-secret-file``); only the active party's ClientApp
+    uses it, and it never enters the run config. ``None``: fresh from the OS at set-up.
     """
     app = ClientApp()
     resolve = _resolver(cfg, model_dir, active_secret)

@@ -244,8 +244,8 @@ class DefenceConfig:
     """Defences of the active party's labels against what the passives receive (README "Labels", design §6b).
 
     Applied by the active party before anything leaves it, the same in both engines. Every random draw comes from a
-    secret only the active party holds (``runner.active_secret`` in simulation, node-config ``active-secret`` in a
-    deployment, else fresh from the OS), never from ``seed``, which every party knows.
+    secret only the active party holds (a file: ``runner.active_secret_file`` in simulation, node-config
+    ``active-secret-file`` in a deployment; else fresh from the OS), never from ``seed``, which every party knows.
 
     * ``label_epsilon``: epsilon-label-DP of the aligned users (the users a passive shares) by k-ary randomised
       response: each aligned training and validation user's label is replaced, once per run, by itself with
@@ -358,8 +358,12 @@ class RunnerConfig:
     # The score the command returns (what a sweeper optimises; README "Sweeps"): accuracy (the validation accuracy
     # at the best-validation-accuracy round) | auc (binary tasks: the round with the best validation AUC).
     selection_metric: str = "accuracy"
-    # The active party's key of every random draw its defences release (defence.*, privacy.*): 64 hex digits to
-    # reproduce a defended run exactly; null = fresh from the OS each run. Never part of the run config.
+    # A file holding the active party's key of every random draw its defences release (defence.*, privacy.*): 64
+    # hex digits, readable by its owner only (chmod 600), to reproduce a defended run exactly; null = fresh from the
+    # OS each run. Never part of the run config; the key itself is written to no file of the run but the active
+    # party's checkpoint secret.hex (mode 0600).
+    active_secret_file: str | None = None
+    # Refused (use active_secret_file): a value here would be written to the run's .hydra/ files.
     active_secret: str | None = None
     # Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher its
     # share of the cores; else engine=inprocess: 1 (README "Threads") unless OMP_NUM_THREADS is set; engine=flower:

@@ -23,7 +23,10 @@ labels (:mod:`flwr_vproto.audit` measures how much). A passive is honest but cur
 from __future__ import annotations
 
 import math
+import os
 import secrets
+import stat
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -43,19 +46,51 @@ def new_secret() -> bytes:
     return secrets.token_bytes(SECRET_BYTES)
 
 
-def parse_secret(text: str | bytes | None, where: str) -> bytes | None:
-    """A secret given explicitly for a reproducible experiment: 64 hex digits (``where`` names the option)."""
-    if text is None or text == "" or isinstance(text, bytes):
-        return text or None
+def read_secret_file(path: str | os.PathLike[str] | None, where: str) -> bytes | None:
+    """The secret from a file only its owner can read (``where`` names the option, e.g. ``runner.active_secret_file``).
+
+    A file, never a value: a value in a config lands in files the run writes (``.hydra/``) or every passive reads
+    (the run config). The file holds the 64 hex digits (surrounding whitespace ignored); one with any permission for
+    group or others (like ssh's keys: ``chmod 600 PATH``), a missing file or another format is refused in one line
+    that never shows the file's content. ``None`` / ``""``: no file (a fresh secret)."""
+    if path is None or str(path) == "":
+        return None
+    file = Path(path).expanduser()
     try:
-        raw = bytes.fromhex(str(text).strip())
+        mode = file.stat().st_mode
+        if not stat.S_ISREG(mode):
+            raise ConfigError(f"invalid {where}={path}: not a regular file")
+        if mode & 0o077:
+            raise ConfigError(f"invalid {where}={path}: permissions {stat.S_IMODE(mode):04o} let group or others "
+                              f"read or change the secret; `chmod 600 {path}`")
+        text = file.read_text(encoding="ascii").strip()
+    except (OSError, UnicodeDecodeError) as err:
+        raise ConfigError(f"invalid {where}={path}: cannot read it ({type(err).__name__})") from None
+    try:
+        raw = bytes.fromhex(text)
     except ValueError:
         raw = b""
-    if len(raw) != SECRET_BYTES:
-        raise ConfigError(f"invalid {where}: expected {2 * SECRET_BYTES} hex digits (e.g. from "
-                          f"`python -c 'import secrets; print(secrets.token_hex(32))'`), got {len(str(text))} "
-                          f"characters")
+    if len(raw) != SECRET_BYTES or len(text) != 2 * SECRET_BYTES:
+        raise ConfigError(f"invalid {where}={path}: expected the file to hold {2 * SECRET_BYTES} hex digits (e.g. "
+                          f"`python -c 'import secrets; print(secrets.token_hex(32))' > {path}; chmod 600 {path}`), "
+                          f"it holds {len(text)} characters")
     return raw
+
+
+def write_secret_file(path: str | os.PathLike[str], secret: bytes) -> Path:
+    """Write ``secret`` as 64 hex digits to ``path``, readable and writable by its owner only (mode 0600), atomically
+    (created 0600 before any byte is written, then renamed over ``path``); :func:`read_secret_file` reads it back."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.unlink(missing_ok=True)
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w", encoding="ascii") as fh:
+        fh.write(secret.hex() + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    return path
 
 
 def secret_rng(secret: bytes, stream: int, *keys: int) -> np.random.Generator:

@@ -34,8 +34,9 @@ def run_inprocess(
 ) -> dict[str, Any]:
     """Train ``cfg.method.name`` on ``dataset`` (default: the configured one); return ``results.json`` content.
 
-    ``active_secret``: the active party's 32-byte key of its defences' random draws (``runner.active_secret``);
-    ``None`` draws a fresh one, so a defended run is reproducible only when it is given.
+    ``active_secret``: the active party's 32-byte key of its defences' random draws (read from
+    ``runner.active_secret_file``); ``None`` draws a fresh one, so a defended run is reproducible only when it is
+    given.
     """
     optional.check_accounting(cfg)  # a missing Opacus (the dp extra) fails here, in one line
     noise_multiplier(cfg)  # an unreachable privacy.target_epsilon fails here, before any data is loaded
@@ -111,6 +112,6 @@ def _save_checkpoint(cfg: Config, rnd: int, active: ActiveParty, passives: list[
     facts = {"num-classes": active.num_classes, "passives": list(range(1, k + 1)),
              "passive-dims": [cfg.model.embedding_dim] * k}
     for p in [*passives, active]:
-        ck.save(ck.party_dir(cfg, p.data.name), rnd, ck.party_checkpoint(cfg, p, rnd, facts))
+        ck.save_party(ck.party_dir(cfg, p.data.name), rnd, ck.party_checkpoint(cfg, p, rnd, facts))
     ck.save(ck.server_dir(cfg), rnd, ck.server_checkpoint(cfg, rnd, history, transit.state(),
                                                           **{ck.LOCAL_HISTORY: local}))

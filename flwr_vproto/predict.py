@@ -51,8 +51,22 @@ parties' CSV files); when it exists the next free name is written, ``predictions
 
 
 # ------------------------------------------------------------------------------------------------ model files
+# Party state that training needs and prediction does not; left out of a model file, which may travel further than
+# the party's checkpoints: the active party's defences' secret (with it and the rows it received, a passive removes
+# the noise), the optimizer's moments (running sums of gradients), which training rows PSI aligned, the privacy
+# accountants, and the passives' latest test embeddings the active party kept for scoring.
+NOT_FOR_PREDICTION = ("secret", "optimizer", "aligned", "privacy", "gradient_privacy", "kept_test")
+
+
+def prediction_state(party: ActiveParty | PassiveParty) -> dict[str, Any]:
+    """``party``'s state less :data:`NOT_FOR_PREDICTION`: the weights and what scoring fitted (prototypes,
+    calibration, the residual's base). :func:`predictor` fills the rest from the rebuilt party's own fresh state."""
+    return {k: v for k, v in party.state_dict().items() if k not in NOT_FOR_PREDICTION}
+
+
 def save_party_model(party: ActiveParty | PassiveParty, path: str | Path) -> Path:
-    """Write ``party``'s model with everything prediction needs (config, shapes, classes, encoders)."""
+    """Write ``party``'s model with everything prediction needs (config, shapes, classes, encoders) and nothing
+    else (:func:`prediction_state`)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     active = isinstance(party, ActiveParty)
@@ -66,7 +80,7 @@ def save_party_model(party: ActiveParty | PassiveParty, path: str | Path) -> Pat
         "role": party.data.role, "index": party.index, "num_classes": int(party.num_classes),
         "input_shape": [int(s) for s in party.data.input_shape],
         "passive_dims": [int(d) for d in party.passive_dims] if active else [],
-        "class_names": class_names, "preprocessing": pre, "state": party.state_dict(),
+        "class_names": class_names, "preprocessing": pre, "state": prediction_state(party),
     }
     path.write_bytes(state_to_bytes(payload))
     return path
@@ -184,7 +198,7 @@ def predictor(saved: SavedParty, rows: PartyData) -> ActiveParty | PassiveParty:
         party: ActiveParty | PassiveParty = (
             ActiveParty(data, saved.cfg, saved.num_classes, saved.passive_dims) if active
             else PassiveParty(data, saved.cfg, saved.index, saved.num_classes))
-    party.load_state_dict(saved.state)
+    party.load_state_dict({**party.state_dict(), **saved.state})  # a model file lacks NOT_FOR_PREDICTION
     return party
 
 

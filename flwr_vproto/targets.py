@@ -14,6 +14,11 @@ Two things are added around it:
   stays a tuple, a tensor is not copied through OmegaConf.
 - Hydra's errors are several lines with a chained cause (``InstantiationException``); a failure here is one line
   naming the party, the option and the path (:class:`~flwr_vproto.config.ConfigError`).
+
+Hydra's blocklist is, in Hydra's own words, not a complete security boundary. So a deployed node is its own
+authority (:func:`check_allowed`): it builds a target only if its node-config ``allow-targets`` names it
+(``client_app.py``); in simulation the researcher owns every node, and the runner allows what the config names.
+The package's own model classes (:data:`BUILT_IN`) need no allowance.
 """
 
 from __future__ import annotations
@@ -24,6 +29,12 @@ from collections.abc import Callable, Collection, Mapping
 from typing import Any
 
 from flwr_vproto.config import ConfigError
+
+ALLOW_TARGETS = "allow-targets"  # the node-config key of a deployed node's allow-list
+BUILT_IN = frozenset({"flwr_vproto.models.MLPEncoder", "flwr_vproto.models.CNNEncoder"})
+"""The package's own model classes: a node needs no allowance to build them (exact paths only)."""
+# An allow-list entry: a dotted path (exactly that target) or a dotted prefix ending ".*" (anything under it).
+_ENTRY = re.compile(r"^[A-Za-z_]\w*(\.[A-Za-z_]\w*)*(\.\*)?$")
 
 # Hydra's locator message, "Error locating target 'a.b.c', ...": the path that failed (a nested one may differ).
 _LOCATING = re.compile(r"^Error locating target '([^']*)'")
@@ -94,3 +105,75 @@ def call_target(spec: Mapping[str, Any], option: str, party: str, **contract: An
         raise ConfigError(f"{party}: {option} sets {clash}, which the package passes itself "
                           f"({', '.join(contract)}); remove them")
     return call_factory(target_factory(spec, option, party), path, option, party, **contract)
+
+
+# ------------------------------------------------------------------------------------------------ a node's authority
+def parse_allow_list(value: Any, party: str) -> tuple[str, ...]:
+    """Node-config ``allow-targets``: comma-separated entries, each ``pkg.mod.Name`` (that target exactly) or
+    ``pkg.*`` (every target whose path starts with ``pkg.``, at any depth). No other wildcard: ``pkg*`` or ``*`` is
+    refused in one line, so an entry never allows more than it reads as."""
+    entries = tuple(e.strip() for e in str(value or "").split(",") if e.strip())
+    bad = [e for e in entries if not _ENTRY.match(e)]
+    if bad:
+        raise ConfigError(f"{party}: node-config {ALLOW_TARGETS} entry {bad[0]!r}: expected a dotted path "
+                          f"('my_pkg.MyEnc') or a dotted prefix ending in '.*' ('my_pkg.*')")
+    return entries
+
+
+def party_targets(cfg: Any, role: str) -> list[tuple[str, str]]:
+    """``(option, path)`` of every ``_target_`` a party of ``role`` would build, nested ones included (Hydra
+    builds those too): a passive builds only its encoder, the active party also its top model and loss terms."""
+    specs: list[tuple[str, Any]] = [("model.encoder_target", cfg.model.encoder_target)]
+    if role == "active":
+        specs += [("model.top_target", cfg.model.top_target), ("method.extra_losses", cfg.method.extra_losses)]
+    found: list[tuple[str, str]] = []
+
+    def walk(option: str, node: Any) -> None:
+        if isinstance(node, Mapping):
+            if "_target_" in node:
+                found.append((option, str(node["_target_"])))
+            for value in node.values():
+                walk(option, value)
+        elif isinstance(node, (list, tuple)):
+            for value in node:
+                walk(option, value)
+
+    for option, spec in specs:
+        walk(option, spec)
+    return found
+
+
+def _real_module(path: str) -> str | None:
+    """The module that really defines ``path``'s object (``None``: it does not import, or names no module).
+
+    ``my_pkg.os.system`` reads as ``my_pkg.*`` but is ``os.system``: a prefix entry allows what is *defined* under
+    it, not what is merely reachable through it."""
+    from hydra.utils import get_object
+
+    try:
+        obj = get_object(path)
+    except Exception:  # noqa: BLE001 - a target that does not import fails later with its own one-line error
+        return None
+    module = getattr(obj, "__module__", None)
+    return module if isinstance(module, str) else None
+
+
+def allowed(path: str, entries: Collection[str]) -> bool:
+    """Whether a node whose ``allow-targets`` are ``entries`` builds ``path`` (see :func:`parse_allow_list`)."""
+    if path in BUILT_IN or path in entries:
+        return True
+    prefixes = [e[:-1] for e in entries if e.endswith(".*") and path.startswith(e[:-1])]  # "my_pkg.*": "my_pkg."
+    if not prefixes:
+        return False
+    module = _real_module(path)
+    return module is None or any((module + ".").startswith(p) for p in prefixes)
+
+
+def check_allowed(cfg: Any, role: str, party: str, entries: Collection[str]) -> None:
+    """Refuse, in one line naming the party, the option, the target and the node-config key, any ``_target_`` this
+    party would build that its node does not allow. Nothing is imported for a target no entry allows."""
+    for option, path in party_targets(cfg, role):
+        if not allowed(path, entries):
+            have = f" (it allows {', '.join(entries)})" if entries else ""
+            raise ConfigError(f"{party}: {option} '_target_' {path} is not allowed on this node{have}: its operator "
+                              f"adds it to node-config {ALLOW_TARGETS} (e.g. {ALLOW_TARGETS}=\"{path}\") to run it")
