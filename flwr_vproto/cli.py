@@ -4,7 +4,7 @@
     python -m flwr_vproto engine=inprocess method=vanilla
     python run_simulation.py engine=inprocess method=vanilla   # the same, from a checkout
     flwr-vproto -m method=vproto,vanilla dataset.aligned_fraction=0.02,0.05 seed=0,1
-    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (README "Sweeps")
+    flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (docs/usage.md "Sweeps")
     flwr-vproto --cfg job                              # every option with its value
 
 The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
-from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.config import REPLY_TIMEOUT, Config, ConfigError, config_from_dict
 from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
@@ -125,7 +125,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
     level = str(runner.get("flwr_log_level", "ERROR")).upper()
     logging.getLogger("flwr").setLevel(level)
     os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")  # silences a FutureWarning; we ask for no GPU
-    strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", 600)),
+    strategy = VerticalProtoStrategy(cfg, timeout=float(runner.get("timeout", REPLY_TIMEOUT)),
                                      on_round=_print_round(cfg.num_rounds), max_poll_interval=0.01)
     failed: list[BaseException] = []
     model_dir = str(out / "models") if runner.get("save_models", True) else None
@@ -329,7 +329,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     except SweepError as err:
         raise SystemExit(f"config error: {err}") from None
     results["selection"] = {"metric": metric, "val_score": score}
-    if threads_by:  # what the job was held to (README "Threads", "Sweeps": launchers)
+    if threads_by:  # what the job was held to (docs/usage.md "Threads", "Sweeps": launchers)
         results["job"] = {"threads": runner.get("threads"), "torch_threads": torch_threads(),
                           "cores": available_cores(), "by": threads_by}
     audit_line = None
@@ -350,9 +350,52 @@ def _main(dcfg: DictConfig, out: Path) -> float:
     return score
 
 
+_VALUE_FLAGS = {"--cfg", "-c", "--package", "-p", "--config-path", "-cp", "--config-name", "-cn", "--config-dir",
+                "-cd", "--info", "-i", "--shell-completion", "-sc", "--experimental-rerun"}
+"""Hydra's flags that take the next word as their value (that word is no override)."""
+_DICT_OPTIONS = ("model.encoder_target", "model.top_target")
+"""Options whose value is a mapping of the user's own keys (``model.encoder_target.width=64`` is fine)."""
+
+
+def unknown_option_line(args: list[str]) -> str | None:
+    """One line for the first override that names no option (``dataset.csv.label_colum=x``) with the closest valid
+    keys, or ``None``; Hydra would answer it in eight lines and suggest the ``+`` form, which would only add a key
+    the run then refuses. Group choices (``dataset=adult``), ``+``/``~`` overrides and ``hydra.*`` are Hydra's."""
+    import difflib
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from flwr_vproto.config_store import CliConfig, option_docs
+
+    options = list(option_docs())
+    sections = {o.rsplit(".", i)[0] for o in options for i in range(1, o.count(".") + 1)}
+    groups = {f.name for f in dataclasses.fields(CliConfig)} | {"hpo"}
+    words = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] not in _VALUE_FLAGS)]
+    try:
+        overrides = OverridesParser.create().parse_overrides(words)
+    except Exception:  # noqa: BLE001 - a malformed override: Hydra's own message says where
+        return None
+    for override in overrides:
+        key = override.key_or_group
+        if (override.is_add() or override.is_delete() or override.is_force_add() or "/" in key or "@" in key
+                or key.split(".")[0] == "hydra" or key in options or key in sections or key in groups
+                or key.startswith(tuple(f"{d}." for d in _DICT_OPTIONS))):
+            continue
+        section, _, leaf = key.rpartition(".")
+        siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}
+        close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.5)]
+        close = close or difflib.get_close_matches(key, options + sorted(groups), n=3, cutoff=0.6)
+        hint = f"did you mean {' or '.join(close)}?" if close else "no option is close"
+        return f"config error: unknown option {key!r}: {hint} (every option: --help)"
+    return None
+
+
 def run() -> None:
     """The console script ``flwr-vproto``, ``python -m flwr_vproto`` and ``run_simulation.py``: Hydra's command line
     (overrides, ``-m``, ``--cfg job``, ``--help``) around :func:`main`."""
+    line = unknown_option_line(sys.argv[1:])
+    if line:
+        raise SystemExit(line)
     optuna_defaults()  # hydra/sweeper=optuna maximises the returned validation score
     if {"-m", "--multirun"} & set(sys.argv[1:]):
         patch_optuna_storage()  # before the Optuna sweeper opens a SQLite study (flwr_vproto/sweeps.py)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -25,6 +25,31 @@ ENCODERS = ("mlp", "cnn")
 DEVICES = ("auto", "cpu", "cuda")
 IMAGE_WIDTHS = {"digits": 8, "fashion_mnist": 28}  # pixels cut into one vertical strip per party
 
+# Per-dataset defaults, the one place they are set: every entry point (Hydra's run_simulation.py / flwr-vproto,
+# Flower's run-config of `flwr run`, config_from_dict) leaves these options null unless the user sets them, and
+# Config fills them in from here. digits: at 20 rounds the active-only head is still learning (test accuracy 0.79,
+# seed 0); at 40 the quick start reaches BENCHMARKS.md §1's digits figure.
+DEFAULT_ROUNDS = 20
+DATASET_ROUNDS = {"digits": 40}
+DATASET_ROUNDS_TEXT = ", ".join(f"{k} {v}" for k, v in DATASET_ROUNDS.items())
+REPLY_TIMEOUT = 600.0
+"""Seconds to wait for any one party's reply (``runner.timeout``, ``app.timeout``, the strategy's default)."""
+WAIT_FOR_NODES = 120.0
+"""Seconds to wait for every SuperNode to connect (``app.wait-for-nodes``, the strategy's default)."""
+
+
+def opt(default: Any = dataclasses.MISSING, help: str = "", *, factory: Callable[[], Any] | None = None) -> Any:
+    """A config field with its ``--help`` description in the field's metadata (read by
+    :func:`flwr_vproto.config_store.option_docs`): one source for the default and what the option does."""
+    if factory is not None:
+        return field(default_factory=factory, metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
+def option_help(cls: type, name: str) -> str:
+    """The description of field ``name`` of dataclass ``cls`` (its ``opt`` metadata)."""
+    return {f.name: f.metadata.get("help", "") for f in dataclasses.fields(cls)}[name]
+
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or out of range; the message names the option."""
@@ -34,45 +59,57 @@ class ConfigError(ValueError):
 class CsvConfig:
     """Where a real user's per-party CSV files are and which columns hold the ID and the label."""
 
-    paths: list[str] = field(default_factory=list)  # one CSV file per party: the active party's first
-    id_column: str = "id"  # the user-ID column of every party's file (PSI aligns users on it)
-    label_column: str = "label"  # the label column of the active party's file
-    # The class set, in class-index order; a label outside it is an error naming file, column and value.
-    # None = the sorted distinct labels of the active party's file.
-    classes: list[str | int] | None = None
-    # Empty cells (and pandas' NaN tokens: NA, N/A, NaN, null, ...) in feature columns: "error" refuses them,
-    # naming file, column and the tokens seen; "impute" fills numeric ones with the party's training median (plus a
-    # 0/1 indicator column each) and text ones with the category "missing".
-    missing: str = "error"
-    # Standardisation of numeric columns: "column" (each by its own mean/std) or "global" (one mean/std over all of
-    # a party's numeric values: pixel-like data, where near-constant columns would blow up).
-    scaling: str = "column"
-    clip: float | None = None  # clip standardised numeric values to [-clip, clip]; None = no clipping
-    # Seed of the keyed-hash train/val/test split; None = the run's seed. Set it (the split helper prints it) to
-    # sweep training seeds over one set of files whose val/test users were chosen for that split seed.
-    split_seed: int | None = None
+    paths: list[str] = opt(factory=list, help="one CSV file per party: the active party's first")
+    id_column: str = opt("id", "the user-ID column of every party's file (PSI aligns users on it)")
+    label_column: str = opt("label", "the label column of the active party's file")
+    classes: list[str | int] | None = opt(
+        None,
+        "The class set, in class-index order; a label outside it is an error naming file, column and value. None "
+        "= the sorted distinct labels of the active party's file."
+    )
+    missing: str = opt(
+        "error",
+        "Empty cells (and pandas' NaN tokens: NA, N/A, NaN, null, ...) in feature columns: \"error\" refuses them, "
+        "naming file, column and the tokens seen; \"impute\" fills numeric ones with the party's training median "
+        "(plus a 0/1 indicator column each) and text ones with the category \"missing\"."
+    )
+    scaling: str = opt(
+        "column",
+        "Standardisation of numeric columns: \"column\" (each by its own mean/std) or \"global\" (one mean/std over "
+        "all of a party's numeric values: pixel-like data, where near-constant columns would blow up)."
+    )
+    clip: float | None = opt(None, "clip standardised numeric values to [-clip, clip]; None = no clipping")
+    split_seed: int | None = opt(
+        None,
+        "Seed of the keyed-hash train/val/test split; None = the run's seed. Set it (the split helper prints it) "
+        "to sweep training seeds over one set of files whose val/test users were chosen for that split seed."
+    )
 
 
 @dataclass
 class DatasetConfig:
     """Which data, and how it is split vertically (features) and horizontally (users) between parties."""
 
-    name: str = "digits"  # digits | adult | fashion_mnist | csv (your own files: dataset.csv.*)
-    aligned_fraction: float = 0.05  # share of the training users that every party holds (ignored for csv)
-    num_passive: int = 1  # number of passive parties K >= 1 (K + 1 parties in all)
-    # Which party holds which features. Images: None = equal vertical strips (left/right halves for K=1).
-    # Tabular (adult): one list of column names per party, active first; None = the built-in split.
-    feature_split: list[list[str]] | None = None
-    # Share of the non-aligned training users given to each party (active first), each user to exactly one party.
-    # None = equal shares.
-    nonaligned_shares: list[float] | None = None
-    active_labels_nonaligned: bool = True  # does the active party know the label of its non-aligned users?
-    val_fraction: float = 0.1  # share of the training pool held out as (aligned) validation users
-    test_fraction: float = 0.2  # digits and csv only: share of all users held out for testing
-    active_only_test_fraction: float = 0.3  # share of the test users only the active party holds (not csv)
-    max_train_users: int | None = None  # subsample the training pool (quick runs, tests; not csv)
-    min_aligned: int = 2  # PSI must find at least this many aligned training users, or no training starts
-    root: str | None = None  # fashion_mnist: directory of the IDX files (default: the Debian package's)
+    name: str = opt("digits", "digits | adult | fashion_mnist | csv (your own files: dataset.csv.*)")
+    aligned_fraction: float = opt(0.05, "share of the training users that every party holds (ignored for csv)")
+    num_passive: int = opt(1, "number of passive parties K >= 1 (K + 1 parties in all)")
+    feature_split: list[list[str]] | None = opt(
+        None,
+        "Which party holds which features. Images: None = equal vertical strips (left/right halves for K=1). "
+        "Tabular (adult): one list of column names per party, active first; None = the built-in split."
+    )
+    nonaligned_shares: list[float] | None = opt(
+        None,
+        "Share of the non-aligned training users given to each party (active first), each user to exactly one "
+        "party. None = equal shares."
+    )
+    active_labels_nonaligned: bool = opt(True, "does the active party know the label of its non-aligned users?")
+    val_fraction: float = opt(0.1, "share of the training pool held out as (aligned) validation users")
+    test_fraction: float = opt(0.2, "digits and csv only: share of all users held out for testing")
+    active_only_test_fraction: float = opt(0.3, "share of the test users only the active party holds (not csv)")
+    max_train_users: int | None = opt(None, "subsample the training pool (quick runs, tests; not csv)")
+    min_aligned: int = opt(2, "PSI must find at least this many aligned training users, or no training starts")
+    root: str | None = opt(None, "fashion_mnist: directory of the IDX files (default: the Debian package's)")
     csv: CsvConfig = field(default_factory=CsvConfig)
 
 
@@ -80,17 +117,20 @@ class DatasetConfig:
 class ModelConfig:
     """Encoders (one per party) and the top model on the active party."""
 
-    encoder: str = "mlp"  # mlp (tabular data or flattened image strips) | cnn (image strips only)
-    hidden: list[int] = field(default_factory=lambda: [256])  # hidden layer widths of each mlp encoder
-    embedding_dim: int = 64  # width of each party's embedding (the encoders' output)
-    top_hidden: list[int] = field(default_factory=lambda: [64])  # hidden layer widths of the top model
-    dropout: float = 0.0  # dropout in the encoders and the top model
-    # Bring your own model (README "Extending"): {_target_: dotted.path, **kwargs}, or null for the built-in one.
+    encoder: str = opt("mlp", "mlp (tabular data or flattened image strips) | cnn (image strips only)")
+    hidden: list[int] = opt(factory=lambda: [256], help="hidden layer widths of each mlp encoder")
+    embedding_dim: int = opt(64, "width of each party's embedding (the encoders' output)")
+    top_hidden: list[int] = opt(factory=lambda: [64], help="hidden layer widths of the top model")
+    dropout: float = opt(0.0, "dropout in the encoders and the top model")
+    # Bring your own model (docs/extending.md): {_target_: dotted.path, **kwargs}, or null for the built-in one.
     # Encoder: called as target(input_shape=..., embedding_dim=..., **kwargs) for every party (replaces `encoder`,
     # `hidden`). Top model and active-only head: target(in_features=..., num_classes=..., **kwargs) (replaces
     # `top_hidden`). Either returns a torch.nn.Module; see flwr_vproto.models.make_encoder / make_top_model.
-    encoder_target: dict[str, Any] | None = None  # {_target_: my_pkg.MyEncoder, ...}: your own encoder, or null
-    top_target: dict[str, Any] | None = None  # {_target_: my_pkg.my_top, ...}: your own top model and head, or null
+    encoder_target: dict[str, Any] | None = opt(None, "{_target_: my_pkg.MyEncoder, ...}: your own encoder, or null")
+    top_target: dict[str, Any] | None = opt(
+        None,
+        "{_target_: my_pkg.my_top, ...}: your own top model and head, or null"
+    )
 
 
 @dataclass
@@ -117,82 +157,128 @@ class MethodConfig:
     the third loss on, second prototypes sent each round).
     """
 
-    # vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its labelled
-    # rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess only)
-    name: str = "vproto"
-    lr: float = 1e-3  # learning rate of every party's optimiser
-    weight_decay: float = 0.0  # weight decay of every party's optimiser
-    batch_size: int = 256  # rows per training batch
+    name: str = opt(
+        "vproto",
+        "vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its "
+        "labelled rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess "
+        "only)"
+    )
+    lr: float = opt(1e-3, "learning rate of every party's optimiser")
+    weight_decay: float = opt(0.0, "weight decay of every party's optimiser")
+    batch_size: int = opt(256, "rows per training batch")
     # -- prototype geometry (method/losses.py PrototypeGeometry): first and third losses, pseudo-labels, logits
-    distance: str = "sqeuclidean"  # sqeuclidean | cosine: distance of an embedding to a class prototype
-    loss_form: str = "contrastive"  # contrastive (softmax over all prototypes) | pull (to its own class only)
-    normalize: bool = True  # L2-normalise embeddings before prototype math
-    lambda_active: float = 1.0  # weight of the first loss (active party, non-aligned rows)
-    # Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers accuracy on
-    # every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor to learn from.
-    lambda_passive: float = 0.0
-    tau: float = 0.1  # temperature of the softmax over negative distances
-    confidence_threshold: float = 0.5  # keep a pseudo-label only above this confidence (1st, 3rd loss; gates' floor)
-    ema_momentum: float = 0.0  # EMA of the prototypes (first and second): 0 = this round's class means only
-    warmup_rounds: int = 1  # rounds of plain split learning before prototype losses start
-    # Active-party gating of the passives' pseudo-labels: "off", or a precision target ("majority" = the share of the
-    # most frequent class among the labelled aligned training rows, or a number in (0, 1]). At every evaluation the
-    # active party scores each passive's nearest-second-prototype classifier on the validation rows and sends that
-    # passive the lowest confidence threshold whose kept rows reach the target (never below confidence_threshold).
-    pseudo_gate: float | str = "off"
-    # Pseudo-label the passives' non-aligned rows once per round with the round-start encoder (the one the gate
-    # scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' confidence mid-round.
-    pseudo_label_once: bool = False
-    # Passes over the aligned rows per round for the supervised (joint) loss. null: cycle the aligned batches
-    # alongside every batch of non-aligned rows (many passes when few users are aligned: the top model over-fits);
-    # an integer k: k passes, the remaining steps of the round train only on non-aligned rows.
-    aligned_passes: int | None = 1
-    # The joint model gets its own active encoder, trained end-to-end by the supervised loss on the aligned rows (as
-    # in vanilla split learning), while the shared encoder keeps serving the active-only head and the prototypes.
-    joint_encoder: bool = True
-    # Weight of the active-only head's logits in the residual joint model: "fixed" (1) or "learned" (a scalar
-    # trained with the top model, starting at 1).
-    residual_weight: str = "learned"
-    # Which active-only model the residual joint model builds on: "live" (the head as it trains, every round) or
-    # "best_val" (a frozen copy of the shared encoder and head from the evaluation with the lowest validation loss
-    # so far; the live head until the first evaluation). A base that keeps moving, or keeps over-fitting, shifts the
-    # joint logits under the correction the top model learned for it.
-    residual_base: str = "best_val"
-    # At the start of round warmup_rounds + 1 the joint encoder takes the weights of the shared active encoder,
-    # which has by then learned from all the active party's labelled rows (a warm start on its own rows).
-    joint_warm_start: bool = True
-    # Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows (aligned
-    # and non-aligned; no labels needed) before its first round; 0 = none.
-    passive_pretrain_epochs: int = 5
-    # What that pre-training is (flwr_vproto/method/pretrain.py): "dae" (denoising autoencoder), "contrastive"
-    # (NT-Xent between two random views: SCARF feature corruption for tables, shifts/noise/cutout for images),
-    # "dae+contrastive" (the autoencoder's epochs, then the contrastive ones) or "none".
-    passive_pretrain: str = "dae"
-    # ... and at least this many optimiser steps (epochs raised to reach it), so a small passive is not starved
-    # (5 epochs of digits' 679 rows are 15 steps). null = auto: 500 when no gradient row ever reaches the passive
-    # (defence.release_rounds=0, the default: pre-training is all it learns) or when exchanges train several rounds
-    # each (few gradient messages: exchange.*), else 0. Measured in BENCHMARKS.md §9 and §10.
-    passive_pretrain_min_steps: int | None = None
-    # Active-only head trained on all the active party's labelled rows; at prediction the joint and the active-only
-    # probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only).
-    local_head: bool = True
-    # "auto" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss).
-    combine_weight: float | str = "auto"
-    # The top model learns a correction on top of the active-only head's logits (``g(...) + h(f_A)``, with ``h``
-    # not trained through this path and ``g`` starting at zero), so the joint model starts where the active party
-    # alone is and only moves away from it where the passive embeddings help.
-    joint_residual: bool = True
-    # Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second
-    # prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no training
-    # rows beyond those that made the prototypes.
-    prototype_logits: bool = True
-    # Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns only from
-    # all the active party's labelled rows (active-only head, first loss) and the top model learns on top of it, so
-    # over-fitting the aligned rows cannot degrade the active party's own representation.
-    joint_trains_active_encoder: bool = False
-    # Custom loss terms added to the active party's loss at every supervised step: a list of
-    # {_target_: dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; README "Extending"). [] = none.
-    extra_losses: list[dict[str, Any]] = field(default_factory=list)
+    distance: str = opt("sqeuclidean", "sqeuclidean | cosine: distance of an embedding to a class prototype")
+    loss_form: str = opt("contrastive", "contrastive (softmax over all prototypes) | pull (to its own class only)")
+    normalize: bool = opt(True, "L2-normalise embeddings before prototype math")
+    lambda_active: float = opt(1.0, "weight of the first loss (active party, non-aligned rows)")
+    lambda_passive: float = opt(
+        0.0,
+        "Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers "
+        "accuracy on every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor "
+        "to learn from."
+    )
+    tau: float = opt(0.1, "temperature of the softmax over negative distances")
+    confidence_threshold: float = opt(
+        0.5,
+        "keep a pseudo-label only above this confidence (1st, 3rd loss; gates' floor)"
+    )
+    ema_momentum: float = opt(0.0, "EMA of the prototypes (first and second): 0 = this round's class means only")
+    warmup_rounds: int = opt(1, "rounds of plain split learning before prototype losses start")
+    pseudo_gate: float | str = opt(
+        "off",
+        "Active-party gating of the passives' pseudo-labels: \"off\", or a precision target (\"majority\" = the share"
+        " of the most frequent class among the labelled aligned training rows, or a number in (0, 1]). At every "
+        "evaluation the active party scores each passive's nearest-second-prototype classifier on the validation "
+        "rows and sends that passive the lowest confidence threshold whose kept rows reach the target (never "
+        "below confidence_threshold)."
+    )
+    pseudo_label_once: bool = opt(
+        False,
+        "Pseudo-label the passives' non-aligned rows once per round with the round-start encoder (the one the "
+        "gate scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' "
+        "confidence mid-round."
+    )
+    aligned_passes: int | None = opt(
+        1,
+        "Passes over the aligned rows per round for the supervised (joint) loss. null: cycle the aligned batches "
+        "alongside every batch of non-aligned rows (many passes when few users are aligned: the top model "
+        "over-fits); an integer k: k passes, the remaining steps of the round train only on non-aligned rows."
+    )
+    joint_encoder: bool = opt(
+        True,
+        "The joint model gets its own active encoder, trained end-to-end by the supervised loss on the aligned "
+        "rows (as in vanilla split learning), while the shared encoder keeps serving the active-only head and the"
+        " prototypes."
+    )
+    residual_weight: str = opt(
+        "learned",
+        "Weight of the active-only head's logits in the residual joint model: \"fixed\" (1) or \"learned\" (a scalar "
+        "trained with the top model, starting at 1)."
+    )
+    residual_base: str = opt(
+        "best_val",
+        "Which active-only model the residual joint model builds on: \"live\" (the head as it trains, every round) "
+        "or \"best_val\" (a frozen copy of the shared encoder and head from the evaluation with the lowest "
+        "validation loss so far; the live head until the first evaluation). A base that keeps moving, or keeps "
+        "over-fitting, shifts the joint logits under the correction the top model learned for it."
+    )
+    joint_warm_start: bool = opt(
+        True,
+        "At the start of round warmup_rounds + 1 the joint encoder takes the weights of the shared active "
+        "encoder, which has by then learned from all the active party's labelled rows (a warm start on its own "
+        "rows)."
+    )
+    passive_pretrain_epochs: int = opt(
+        5,
+        "Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows "
+        "(aligned and non-aligned; no labels needed) before its first round; 0 = none."
+    )
+    passive_pretrain: str = opt(
+        "dae",
+        "What that pre-training is (flwr_vproto/method/pretrain.py): \"dae\" (denoising autoencoder), \"contrastive\""
+        " (NT-Xent between two random views: SCARF feature corruption for tables, shifts/noise/cutout for "
+        "images), \"dae+contrastive\" (the autoencoder's epochs, then the contrastive ones) or \"none\"."
+    )
+    passive_pretrain_min_steps: int | None = opt(
+        None,
+        "... and at least this many optimiser steps (epochs raised to reach it), so a small passive is not "
+        "starved (5 epochs of digits' 679 rows are 15 steps). null = auto: 500 when no gradient row ever reaches "
+        "the passive (defence.release_rounds=0, the default: pre-training is all it learns) or when exchanges "
+        "train several rounds each (few gradient messages: exchange.*), else 0. Measured in BENCHMARKS.md §9 and "
+        "§10."
+    )
+    local_head: bool = opt(
+        True,
+        "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
+        "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
+    )
+    combine_weight: float | str = opt(
+        "auto",
+        "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss)."
+    )
+    joint_residual: bool = opt(
+        True,
+        "The top model learns a correction on top of the active-only head's logits (``g(...) + h(f_A)``, with "
+        "``h`` not trained through this path and ``g`` starting at zero), so the joint model starts where the "
+        "active party alone is and only moves away from it where the passive embeddings help."
+    )
+    prototype_logits: bool = opt(
+        True,
+        "Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second"
+        " prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no "
+        "training rows beyond those that made the prototypes."
+    )
+    joint_trains_active_encoder: bool = opt(
+        False,
+        "Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns "
+        "only from all the active party's labelled rows (active-only head, first loss) and the top model learns "
+        "on top of it, so over-fitting the aligned rows cannot degrade the active party's own representation."
+    )
+    extra_losses: list[dict[str, Any]] = opt(
+        factory=list,
+        help="Custom loss terms added to the active party's loss at every supervised step: a list of {_target_: "
+        "dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; docs/extending.md). [] = none."
+    )
 
     @property
     def shares_prototypes(self) -> bool:
@@ -205,11 +291,14 @@ class MethodConfig:
 class CheckpointConfig:
     """Where and how often every party and the server save their state (``flwr_vproto/checkpoint.py``)."""
 
-    dir: str | None = None  # folder of this run's checkpoints (run_simulation.py: null = <run dir>/checkpoints)
-    every: int = 0  # save every N rounds (0 = never)
-    # Flower engine: when a round fails (a party errs, dies or stays silent), re-discover the nodes and continue from
-    # the last complete checkpoint, at most this many times per run (0 = stop with an error naming the checkpoint).
-    retries: int = 0
+    dir: str | None = opt(None, "folder of this run's checkpoints (run_simulation.py: null = <run dir>/checkpoints)")
+    every: int = opt(0, "save every N rounds (0 = never)")
+    retries: int = opt(
+        0,
+        "Flower engine: when a round fails (a party errs, dies or stays silent), re-discover the nodes and "
+        "continue from the last complete checkpoint, at most this many times per run (0 = stop with an error "
+        "naming the checkpoint)."
+    )
 
 
 @dataclass
@@ -225,13 +314,12 @@ class PrivacyConfig:
     acknowledges clear prototypes.
     """
 
-    noise_multiplier: float = 0.0  # 0 = off (prototypes exact, nothing clipped)
-    clip_norm: float = 1.0  # L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)
-    delta: float = 1e-5  # of the prototypes' (epsilon, delta)
-    target_epsilon: float | None = None  # set (e.g. 4) to calibrate sigma so the run spends at most this epsilon
-    # Send the second prototypes without noise, acknowledged (``privacy=none``): they give a passive its shared
-    # users' labels (design §6b). Without it, a run that sends clear prototypes is refused.
-    clear_prototypes: bool = False
+    noise_multiplier: float = opt(0.0, "0 = off (prototypes exact, nothing clipped)")
+    clip_norm: float = opt(1.0, "L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)")
+    delta: float = opt(1e-5, "of the prototypes' (epsilon, delta)")
+    target_epsilon: float | None = opt(None, "set (e.g. 4) to calibrate sigma so the run spends at most this epsilon")
+    clear_prototypes: bool = opt(False, "send the second prototypes without noise, acknowledged (privacy=none): they "
+                                        "give a passive its shared users' labels; else such a run is refused")
 
     @property
     def gaussian(self) -> bool:
@@ -241,7 +329,7 @@ class PrivacyConfig:
 
 @dataclass
 class DefenceConfig:
-    """Defences of the active party's labels against what the passives receive (README "Labels", design §6b).
+    """Defences of the active party's labels against what the passives receive (docs/privacy.md, design §6b).
 
     Applied by the active party before anything leaves it, the same in both engines. Every random draw comes from a
     secret only the active party holds (a file: ``runner.active_secret_file`` in simulation, node-config
@@ -260,14 +348,16 @@ class DefenceConfig:
       round) and only every ``release_every``-th round from round 1; the passives' encoders stay frozen otherwise.
     """
 
-    label_epsilon: float | None = None  # null = off
-    noise_multiplier: float = 0.0  # sigma of the Gaussian gradient channel; 0 = off (unless target_epsilon)
-    target_epsilon: float | None = None  # null = use noise_multiplier; else sigma calibrated for the whole run
-    delta: float = 1e-5  # of the gradient channel's (epsilon, delta)
-    # Gradient rows leave only after the first R rounds; null = every round. Default 0: no row ever leaves, so every
-    # byte a passive receives is label-independent (measured: free on adult, BENCHMARKS.md §9).
-    release_rounds: int | None = 0
-    release_every: int = 1  # gradient rows leave only every k-th round from round 1
+    label_epsilon: float | None = opt(None, "null = off")
+    noise_multiplier: float = opt(0.0, "sigma of the Gaussian gradient channel; 0 = off (unless target_epsilon)")
+    target_epsilon: float | None = opt(None, "null = use noise_multiplier; else sigma calibrated for the whole run")
+    delta: float = opt(1e-5, "of the gradient channel's (epsilon, delta)")
+    release_rounds: int | None = opt(
+        0,
+        "Gradient rows leave only after the first R rounds; null = every round. Default 0: no row ever leaves, so"
+        " every byte a passive receives is label-independent (measured: free on adult, BENCHMARKS.md §9)."
+    )
+    release_every: int = opt(1, "gradient rows leave only every k-th round from round 1")
 
     @property
     def gaussian(self) -> bool:
@@ -277,7 +367,7 @@ class DefenceConfig:
 
 @dataclass
 class ExchangeConfig:
-    """How often the parties exchange messages, and the local work between exchanges (README "Few exchanges").
+    """How often the parties exchange messages, and the local work between exchanges (docs/usage.md "Few exchanges").
 
     ``num_rounds`` stays the length of training: one *round* is one pass of the active party's training (its
     aligned rows with the passives' embeddings, its non-aligned rows). An *exchange* is one message per party: the
@@ -299,49 +389,83 @@ class ExchangeConfig:
       the embeddings' mean norm.
     """
 
-    count: int | None = None  # exchanges after PSI; null: 1 when no passive can ever receive anything, else num_rounds
-    schedule: str = "even"  # even | first (the first exchange takes the extra rounds) | last
-    passive_passes: int = 1  # passes a passive takes over each gradient message (> 1: proximal, see passive_reach)
-    passive_reach: float = 0.1  # how far those passes move an embedding along its gradient, relative to the mean norm
+    count: int | None = opt(
+        None,
+        "exchanges after PSI; null: 1 when no passive can ever receive anything, else num_rounds"
+    )
+    schedule: str = opt("even", "even | first (the first exchange takes the extra rounds) | last")
+    passive_passes: int = opt(1, "passes a passive takes over each gradient message (> 1: proximal, see passive_reach)")
+    passive_reach: float = opt(
+        0.1,
+        "how far those passes move an embedding along its gradient, relative to the mean norm"
+    )
 
 
 @dataclass
 class AuditConfig:
     """Record what every passive receives so ``python -m flwr_vproto.audit`` can measure the label leakage."""
 
-    record: bool = False  # the active party records what each passive receives: python -m flwr_vproto.audit <dir>
-    dir: str | None = None  # where the active party writes round-<r>.npz (run_simulation.py: null = <run dir>/audit)
+    record: bool = opt(False, "the active party records what each passive receives: python -m flwr_vproto.audit <dir>")
+    dir: str | None = opt(
+        None,
+        "where the active party writes round-<r>.npz (run_simulation.py: null = <run dir>/audit)"
+    )
 
 
 @dataclass
 class Config:
     """The whole run."""
 
-    engine: str = "flower"  # flower (Flower simulation, one ClientApp per party) | inprocess (all in this process)
-    seed: int = 0  # of the data split and every party's initialisation (every party knows it)
-    num_rounds: int = 20  # rounds of training (dataset=digits: 40, conf/dataset/digits.yaml)
-    eval_every: int = 1  # score val/test every N rounds (and always after the last round)
-    # Test rows: "best" = embedded, sent and scored only for rounds whose validation accuracy is a new best (they
-    # travel with the next round) and after the last round: exactly what `final` reports, at a fraction of the
-    # bytes; "every" = at every evaluation round, for test curves.
-    eval_test: str = "best"
-    # Embeddings and gradients on the wire: "float32" (exact) or "float16" (half the bytes; both engines round the
-    # same way, so they still agree).
-    wire_dtype: str = "float32"
-    device: str = "auto"  # auto | cpu | cuda
+    engine: str = opt("flower", "flower (Flower simulation, one ClientApp per party) | inprocess (all in this process)")
+    seed: int = opt(0, "of the data split and every party's initialisation (every party knows it)")
+    # Declared null (Hydra's schema and the run-config show null) and an int in every Config: __post_init__ fills
+    # in the dataset's default.
+    num_rounds: int = opt(
+        None, f"rounds of training; null = the dataset's default ({DATASET_ROUNDS_TEXT}, else {DEFAULT_ROUNDS})")
+    eval_every: int = opt(1, "score val/test every N rounds (and always after the last round)")
+    eval_test: str = opt(
+        "best",
+        "Test rows: \"best\" = embedded, sent and scored only for rounds whose validation accuracy is a new best "
+        "(they travel with the next round) and after the last round: exactly what `final` reports, at a fraction "
+        "of the bytes; \"every\" = at every evaluation round, for test curves."
+    )
+    wire_dtype: str = opt(
+        "float32",
+        "Embeddings and gradients on the wire: \"float32\" (exact) or \"float16\" (half the bytes; both engines round"
+        " the same way, so they still agree)."
+    )
+    device: str = opt("auto", "auto | cpu | cuda")
     dataset: DatasetConfig = field(default_factory=DatasetConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
-    resume: bool = False  # continue from the last complete checkpoint in checkpoint.dir
+    resume: bool = opt(False, "continue from the last complete checkpoint in checkpoint.dir")
     privacy: PrivacyConfig = field(default_factory=PrivacyConfig)
     defence: DefenceConfig = field(default_factory=DefenceConfig)
     audit: AuditConfig = field(default_factory=AuditConfig)
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
+    def __post_init__(self) -> None:
+        """Fill the per-dataset defaults (:data:`DATASET_ROUNDS`) that the user left null."""
+        if self.num_rounds is None:
+            self.num_rounds = dataset_rounds(getattr(self.dataset, "name", None))
+
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
         return dataclasses.asdict(self)
+
+
+def dataset_rounds(dataset: str | None) -> int:
+    """``num_rounds`` when the user gives none: the dataset's own default, else :data:`DEFAULT_ROUNDS`."""
+    return DATASET_ROUNDS.get(str(dataset), DEFAULT_ROUNDS)
+
+
+def declared_defaults() -> dict[str, Any]:
+    """Every option's default as declared, per-dataset ones still null: what an entry point hands on when the user
+    sets nothing (``[tool.flwr.app.config]`` in pyproject.toml; Hydra's schema reads the same field defaults)."""
+    data = Config().to_dict()
+    data["num_rounds"] = None
+    return data
 
 
 @dataclass
@@ -349,26 +473,35 @@ class RunnerConfig:
     """How the command line (:mod:`flwr_vproto.cli`) runs a job: ``runner.*`` options, not part of what is learned,
     never in the run config the parties see. The Hydra config only (``flwr run`` has its ``app.*`` keys instead)."""
 
-    timeout: float = 600  # seconds to wait for any one party's reply (engine=flower)
-    client_num_cpus: float = 1  # Ray CPUs per simulated party; with 2 cores, 1 lets two parties run side by side
-    client_num_gpus: float = 0.0  # Ray GPUs per simulated party (e.g. 0.5 to share one GPU)
-    flwr_log_level: str = "ERROR"  # Flower's own log lines (INFO shows every message phase)
-    ray_log_level: str = "ERROR"  # Ray's log lines
-    save_models: bool = True  # write each party's final state to models/<party>.pt in the run directory
-    # The score the command returns (what a sweeper optimises; README "Sweeps"): accuracy (the validation accuracy
-    # at the best-validation-accuracy round) | auc (binary tasks: the round with the best validation AUC).
-    selection_metric: str = "accuracy"
-    # A file holding the active party's key of every random draw its defences release (defence.*, privacy.*): 64
-    # hex digits, readable by its owner only (chmod 600), to reproduce a defended run exactly; null = fresh from the
-    # OS each run. Never part of the run config; the key itself is written to no file of the run but the active
-    # party's checkpoint secret.hex (mode 0600).
-    active_secret_file: str | None = None
-    # Refused (use active_secret_file): a value here would be written to the run's .hydra/ files.
-    active_secret: str | None = None
-    # Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher its
-    # share of the cores; else engine=inprocess: 1 (README "Threads") unless OMP_NUM_THREADS is set; engine=flower:
-    # Ray's default. Untyped (Any) so that a bad value gets the command line's own one-line message.
-    threads: Any = None
+    timeout: float = opt(REPLY_TIMEOUT, "seconds to wait for any one party's reply (engine=flower)")
+    client_num_cpus: float = opt(1, "Ray CPUs per simulated party; with 2 cores, 1 lets two parties run side by side")
+    client_num_gpus: float = opt(0.0, "Ray GPUs per simulated party (e.g. 0.5 to share one GPU)")
+    flwr_log_level: str = opt("ERROR", "Flower's own log lines (INFO shows every message phase)")
+    ray_log_level: str = opt("ERROR", "Ray's log lines")
+    save_models: bool = opt(True, "write each party's final state to models/<party>.pt in the run directory")
+    selection_metric: str = opt(
+        "accuracy",
+        "The score the command returns (what a sweeper optimises; docs/usage.md \"Sweeps\"): accuracy (the validation "
+        "accuracy at the best-validation-accuracy round) | auc (binary tasks: the round with the best validation "
+        "AUC)."
+    )
+    active_secret_file: str | None = opt(
+        None,
+        "A file holding the active party's key of every random draw its defences release (defence.*, privacy.*): 64 "
+        "hex digits, readable by its owner only (chmod 600), to reproduce a defended run exactly; null = fresh from "
+        "the OS each run. Never part of the run config; the key is written to no file of the run but the active "
+        "party's checkpoint secret.hex (mode 0600)."
+    )
+    active_secret: str | None = opt(
+        None, "Refused (use active_secret_file): a value here would be written to the run's .hydra/ files."
+    )
+    threads: Any = opt(
+        None,
+        "Threads of this job (torch, BLAS/OpenMP; engine=flower: Ray's CPUs). null = under a parallel launcher "
+        "its share of the cores; else engine=inprocess: 1 (docs/usage.md \"Threads\") unless OMP_NUM_THREADS is set; "
+        "engine=flower: Ray's default. Untyped (Any) so that a bad value gets the command line's own one-line "
+        "message."
+    )
 
 
 def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:

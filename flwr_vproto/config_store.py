@@ -5,19 +5,21 @@
   every option (``method.lr=abc`` or a misspelt ``method.lamda=1`` fail at composition, naming the key) and the
   yaml files hold only presets: what a group option changes from the dataclass defaults.
   :func:`~flwr_vproto.config.config_from_dict` still checks every range and combination afterwards (one line each).
-* :func:`option_docs` reads each field's comment in ``config.py`` (the comment on its line, else the comment block
-  right above it): the one-line descriptions that ``--help`` (:func:`help_text`) prints next to each value.
+* :func:`option_docs` reads each field's description from its metadata (``opt(default, help)`` in ``config.py``):
+  ``--help`` (:func:`help_text`) prints its first sentence next to each value.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import inspect
+import os
 import re
+import sys
+import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr_vproto.config import Config, ModelConfig, RunnerConfig
+from flwr_vproto.config import Config, ModelConfig, RunnerConfig, dataset_rounds, option_help
 
 SCHEMA = "flwr_vproto"
 """The ConfigStore name of :class:`CliConfig` (``conf/config.yaml``'s first default)."""
@@ -32,14 +34,15 @@ class _ModelSchema(ModelConfig):
     is ``None`` (AttributeError inside ``OmegaConf.update``). :func:`~flwr_vproto.config.config_from_dict` still
     checks their shape."""
 
-    encoder_target: Any = None
-    top_target: Any = None
+    encoder_target: Any = field(default=None, metadata={"help": option_help(ModelConfig, "encoder_target")})
+    top_target: Any = field(default=None, metadata={"help": option_help(ModelConfig, "top_target")})
 
 
 @dataclass
 class CliConfig(Config):
     """What the command line composes: the run's :class:`~flwr_vproto.config.Config` and the ``runner`` block."""
 
+    num_rounds: int | None = field(default=None, metadata={"help": option_help(Config, "num_rounds")})
     model: ModelConfig = field(default_factory=_ModelSchema)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
@@ -54,46 +57,24 @@ def register() -> None:
         OmegaConf.register_new_resolver(HELP_RESOLVER, _help_resolver)
 
 
-_FIELD = re.compile(r"^    (\w+): [^=]+(?:=.*?)?(?:  # (.*))?$")
-_COMMENT = re.compile(r"^    # ?(.*)$")
-
-
-def _class_docs(cls: type) -> dict[str, str]:
-    """Field name -> its comment in the class source (same line, else the comment lines right above it)."""
-    docs: dict[str, str] = {}
-    block: list[str] = []
-    for line in inspect.getsource(cls).splitlines():
-        comment = _COMMENT.match(line)
-        if comment:
-            block.append(comment.group(1).strip())
-            continue
-        match = _FIELD.match(line)
-        if match and match.group(1) in {f.name for f in dataclasses.fields(cls)}:
-            docs[match.group(1)] = (match.group(2) or " ".join(block)).strip()
-        block = []
-    return docs
-
-
 def option_docs(cls: type = CliConfig, prefix: str = "") -> dict[str, str]:
-    """Dotted option -> its full description, for every leaf field of ``cls`` (nested dataclasses walked)."""
-    docs: dict[str, str] = {}
-    for klass in reversed(cls.__mro__):
-        if dataclasses.is_dataclass(klass):
-            docs.update({k: v for k, v in _class_docs(klass).items() if v})
+    """Dotted option -> its full description (the field's ``opt`` metadata), for every leaf field of ``cls``
+    (nested dataclasses walked; a field a subclass re-declares keeps its base class's description)."""
     out: dict[str, str] = {}
     for f in dataclasses.fields(cls):
         default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
         if dataclasses.is_dataclass(default):
             out.update(option_docs(type(default), f"{prefix}{f.name}."))
         else:
-            out[f"{prefix}{f.name}"] = docs.get(f.name, "")
+            out[f"{prefix}{f.name}"] = f.metadata.get("help") or next(
+                (g.metadata.get("help", "") for k in cls.__mro__[1:] if dataclasses.is_dataclass(k)
+                 for g in dataclasses.fields(k) if g.name == f.name), "")
     return out
 
 
-def one_line(text: str, width: int = 78) -> str:
-    """The first sentence of ``text``, cut to ``width`` characters."""
-    sentence = re.split(r"(?<=[a-z0-9)\]])(?<!e\.g)(?<!i\.e)\. ", text, maxsplit=1)[0].rstrip(".")
-    return sentence if len(sentence) <= width else sentence[: width - 3].rstrip() + "..."
+def first_sentence(text: str) -> str:
+    """The first sentence of ``text`` (never cut: ``--help`` wraps it)."""
+    return re.split(r"(?<=[a-z0-9)\]])(?<!e\.g)(?<!i\.e)\. ", text, maxsplit=1)[0].rstrip(".")
 
 
 def _value(value: Any) -> str:
@@ -105,28 +86,51 @@ def _value(value: Any) -> str:
     return "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value)
 
 
-def help_text(values: dict[str, Any]) -> str:
-    """``option=value  description`` for every option (``values``: the composed config, nested), in field order."""
+def help_text(values: dict[str, Any], width: int = 118) -> str:
+    """``option=value  description`` for every option (``values``: the composed config, nested), in field order; a
+    per-dataset default left null shows the value the run will use (``num_rounds``)."""
     rows = []
     for name, doc in option_docs().items():
         node: Any = values
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        rows.append((f"{name}={_value(node)}", one_line(doc)))
-    width = min(38, max(len(r[0]) for r in rows))
-    return "\n".join(f"  {opt:<{width}}  {doc}" if len(opt) <= width else f"  {opt}\n  {'':<{width}}  {doc}"
-                     for opt, doc in rows)
+        if name == "num_rounds" and node is None:
+            node = dataset_rounds((values.get("dataset") or {}).get("name"))
+        rows.append((f"{name}={_value(node)}", first_sentence(doc)))
+    col = min(38, max(len(r[0]) for r in rows))
+    lines = []
+    for opt, doc in rows:
+        wrapped = textwrap.wrap(doc, max(40, width - col - 4)) or [""]
+        if len(opt) > col:
+            lines.append(f"  {opt}")
+            wrapped_first = wrapped
+        else:
+            lines.append(f"  {opt:<{col}}  {wrapped[0]}")
+            wrapped_first = wrapped[1:]
+        lines += [f"  {'':<{col}}  {w}" for w in wrapped_first]
+    return "\n".join(lines)
+
+
+def program_name(argv0: str | None = None) -> str:
+    """How the user started this command line: ``flwr-vproto``, ``python -m flwr_vproto`` or ``python
+    run_simulation.py`` (``--help`` shows that one)."""
+    base = os.path.basename(argv0 if argv0 is not None else sys.argv[0])
+    if base.endswith(".py") and base != "__main__.py":
+        return f"python {base}"
+    if base in ("__main__.py", "-m", "-c", ""):
+        return "python -m flwr_vproto"
+    return base
 
 
 TEMPLATE = """flwr-vproto: vertical federated learning on Flower that also learns from the non-aligned users.
 
-  python run_simulation.py [group=preset ...] [option=value ...]   (= flwr-vproto = python -m flwr_vproto)
+  {prog} [group=preset ...] [option=value ...]
   -m / --multirun: a sweep (option=a,b ... or +hpo=vproto for Optuna); --cfg job: the composed config
 
 == Presets (config groups, conf/<group>/<preset>.yaml) ==
 $APP_CONFIG_GROUPS
 
-== Options (value with this command line's presets, then what it does; README "Using it") ==
+== Options (value with this command line's presets, then what it does; docs/usage.md) ==
 {options}
 
 == Hydra's own flags ==
@@ -139,4 +143,5 @@ def _help_resolver(*, _root_: Any) -> str:
 
     values = OmegaConf.to_container(OmegaConf.masked_copy(_root_, [k for k in _root_ if k != "hydra"]),
                                     resolve=False, throw_on_missing=False)
-    return TEMPLATE.replace("{options}", help_text(values).replace("$", "$$"))  # type: ignore[arg-type]
+    text = TEMPLATE.replace("{prog}", program_name())
+    return text.replace("{options}", help_text(values).replace("$", "$$"))  # type: ignore[arg-type]

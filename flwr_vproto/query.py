@@ -38,7 +38,7 @@ from flwr.serverapp import Grid
 
 from flwr_vproto import messages
 from flwr_vproto.alignment import split_order_seed
-from flwr_vproto.config import Config
+from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config
 from flwr_vproto.data.types import DataError
 from flwr_vproto.protocol import JOINT_METHODS, PredictReply, PredictRequest, ProtocolError
 from flwr_vproto.psi import PSIError, PSIHub, PSIPeer
@@ -228,8 +228,8 @@ class PredictionRound:
                                                   " (on the active party's node)")
 
 
-def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", timeout: float = 600.0,
-                      wait_for_nodes: float = 120.0) -> PredictionRound:
+def predict_over_grid(grid: Grid, cfg: Config, *, source: str = "held-out", timeout: float = REPLY_TIMEOUT,
+                      wait_for_nodes: float = WAIT_FOR_NODES) -> PredictionRound:
     """Server side: run the prediction query over ``grid``'s parties; return the active party's counts/accuracy
     and the path of the predictions CSV it wrote.
 

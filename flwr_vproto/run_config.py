@@ -15,14 +15,14 @@ from typing import Any
 from flwr.app import ConfigRecord
 from flwr.common.config import flatten_dict, unflatten_dict
 
-from flwr_vproto.config import Config, ConfigError, config_from_dict
+from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError, config_from_dict, declared_defaults
 
 # ------------------------------------------------------------------------------------------------ app settings
 APP_PREFIX = "app."
 APP_DEFAULTS: dict[str, Any] = {
     "app.output-dir": "",  # where the ServerApp writes results.json ("" = ./outputs/flwr-run-<run id>)
-    "app.timeout": 600.0,  # seconds to wait for any one reply before the run stops with an error
-    "app.wait-for-nodes": 120.0,  # seconds to wait for all SuperNodes to connect
+    "app.timeout": REPLY_TIMEOUT,  # seconds to wait for any one reply before the run stops with an error
+    "app.wait-for-nodes": WAIT_FOR_NODES,  # seconds to wait for all SuperNodes to connect
     "app.predict": "",  # "" = train; "held-out" or "file" = the prediction query round instead (flwr_vproto.query)
 }
 
@@ -46,7 +46,9 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
         if dataclasses.is_dataclass(default):
             out.update(_fields(type(default), f"{name}."))
         else:
-            out[name] = (_field_kind(str(f.type)), None)
+            kind = _field_kind(str(f.type))
+            # a per-dataset default (num_rounds) is declared null: "null" in the run-config, as any optional number
+            out[name] = ("json" if kind == "plain" and f.default is None else kind, None)
     return out
 
 
@@ -55,7 +57,9 @@ CONFIG_FIELDS = _fields(Config)
 
 def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | float | str]:
     """A :class:`Config` as Flower run-config: flat dotted keys (Flower's own ``flatten_dict``); lists, mappings and
-    ``null`` as JSON strings, an optional text option's ``null`` as ``""``.
+    ``null`` as JSON strings, an optional text option's ``null`` as ``""``. Without ``cfg``: the declared defaults
+    (:func:`~flwr_vproto.config.declared_defaults`: a per-dataset default such as ``num_rounds`` stays ``null``, so
+    ``flwr run --run-config "dataset.name='adult'"`` gets adult's default as ``run_simulation.py dataset=adult`` does).
 
     That value encoding stays here because Flower's run-config has none: TOML and ``--run-config`` carry only
     bool/int/float/str, so a list (``model.hidden``), a mapping (``model.encoder_target``, which ``flatten_dict``
@@ -76,7 +80,7 @@ def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | 
                            else json.dumps(value) if kind == "json" else value)
         return out
 
-    return flatten_dict(encode((cfg or Config()).to_dict(), Config, ""))
+    return flatten_dict(encode(cfg.to_dict() if cfg is not None else declared_defaults(), Config, ""))
 
 
 @dataclass
@@ -84,8 +88,8 @@ class AppSettings:
     """Run-config keys of the Flower apps themselves (``app.*``), not of the learning."""
 
     output_dir: str = ""
-    timeout: float = 600.0
-    wait_for_nodes: float = 120.0
+    timeout: float = REPLY_TIMEOUT
+    wait_for_nodes: float = WAIT_FOR_NODES
     predict: str = ""  # "": train; "held-out" | "file": score new users with the saved models instead
 
 

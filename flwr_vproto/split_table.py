@@ -270,7 +270,7 @@ def main(argv: list[str] | None = None) -> int:
           f"file")
     for path, cols in zip(res.paths, res.columns, strict=True):
         print(f"  {path}: {len(cols)} feature column(s)")
-    print("Train on them in a deployment (flwr run; scripts/README.md): start each party's SuperNode with")
+    print("Train on them in a deployment (flwr run; docs/deployment.md): start each party's SuperNode with")
     for path, node_config in zip(res.paths, res.node_configs, strict=True):
         print(f"  --node-config {shlex.quote(node_config)}    # {path.name}")
     print("then")

@@ -40,7 +40,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr_vproto import __version__, defences, exchanges, messages, optional, privacy
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
-from flwr_vproto.config import Config, ConfigError
+from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.privacy import privacy_summary
 from flwr_vproto.protocol import FromActive, FromPassive, InTransit, PassiveSetup, Probe, ProtocolError
@@ -115,8 +115,8 @@ class VerticalProtoStrategy(Strategy):
         self,
         cfg: Config,
         *,
-        timeout: float = 600.0,
-        wait_for_nodes: float = 120.0,
+        timeout: float = REPLY_TIMEOUT,
+        wait_for_nodes: float = WAIT_FOR_NODES,
         on_round: RoundCallback | None = None,
         poll_interval: float = 0.005,
         max_poll_interval: float = 0.1,

@@ -30,10 +30,11 @@ def test_the_schedule_cuts_the_rounds_into_exchanges_that_cover_each_round_once(
 
 
 def test_auto_is_one_exchange_exactly_when_no_passive_can_ever_change():
+    # else one per round: digits' default of 40 rounds (flwr_vproto/config.py DATASET_ROUNDS)
     assert exchanges.count(config_from_dict({})) == 1  # the default: defence=no_gradients
-    assert exchanges.count(config_from_dict({"defence": {"release_rounds": None}})) == 20
-    assert exchanges.count(config_from_dict({"defence": {"release_rounds": 2}})) == 20
-    assert exchanges.count(config_from_dict({"method": {"lambda_passive": 1.0}})) == 20  # prototypes are shared
+    assert exchanges.count(config_from_dict({"defence": {"release_rounds": None}})) == 40
+    assert exchanges.count(config_from_dict({"defence": {"release_rounds": 2}})) == 40
+    assert exchanges.count(config_from_dict({"method": {"lambda_passive": 1.0}})) == 40  # prototypes are shared
     assert exchanges.count(config_from_dict({"exchange": {"count": 4}, "defence": {"release_rounds": None}})) == 4
 
 
@@ -129,7 +130,8 @@ def test_a_checkpoint_written_before_exchanges_existed_resumes_only_as_it_ran(tm
     exchange per round, and is refused, naming the option, where it would now train in one."""
     from flwr_vproto import checkpoint as ck
 
-    per_round = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": None}})
+    per_round = config_from_dict({"checkpoint": {"dir": str(tmp_path)}, "defence": {"release_rounds": None},
+                                  "num_rounds": 20})
     old = ck.resume_fingerprint(per_round)
     del old["exchange"]  # as written by a version without it
     ck.check_same_run(old, per_round, "server", tmp_path)

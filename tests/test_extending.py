@@ -172,9 +172,9 @@ def test_the_fields_survive_flowers_run_config_and_hydra():
 
 
 def test_the_readme_examples_run_as_written_in_both_engines(tmp_path, monkeypatch):
-    """README "Extending": its two code blocks, saved as my_pkg/models.py and my_pkg/losses.py, run as configured."""
-    readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("## Extending"):readme.index("## Layout")]
+    """docs/extending.md: its two code blocks, saved as my_pkg/models.py and my_pkg/losses.py, run as configured."""
+    page = (REPO / "docs" / "extending.md").read_text()
+    section = page[page.index("## Your own models and loss terms"):page.index("## Your own ServerApp")]
     blocks = [b.split("```", 1)[0] for b in section.split("```python\n")[1:]]
     assert len(blocks) == 2 and "# my_pkg/models.py" in blocks[0] and "# my_pkg/losses.py" in blocks[1]
     pkg = tmp_path / "my_pkg"

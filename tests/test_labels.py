@@ -125,7 +125,8 @@ def test_defences_are_refused_where_nothing_is_sent_or_where_they_would_not_cove
 
     with pytest.raises(ConfigError, match=r"defence.target_epsilon=0.001: cannot be reached with delta=1e-05 over "
                                           r"1 gradient-row releases \(one round's rows, given that round's model\)"):
-        gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.001, "release_rounds": None}}))
+        gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.001, "release_rounds": None},
+                                                   "num_rounds": 20}))
     with pytest.raises(ConfigError, match=r"defence.release_rounds=0: expected null or > 0 with the Gaussian"):
         config_from_dict({"defence": {"noise_multiplier": 1.0}})  # the default sends no rows: nothing to noise
 

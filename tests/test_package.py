@@ -80,6 +80,20 @@ def test_entry_points_compose_the_same_config(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------------------- the wheel
+def _see_these_dependencies(venv: Path) -> None:
+    """Let a throwaway venv import this interpreter's installed dependencies (no network to install them), whether
+    the tests run in a venv (as README's test command does) or not.
+
+    ``python -m venv --system-site-packages`` would not do inside a venv: the new venv is based on the *base*
+    interpreter and sees its site-packages, not the outer venv's (hydra, flwr and torch missing there). A ``.pth``
+    file listing this interpreter's site-packages folders puts them after the venv's own, where the wheel goes; the
+    ``.pth`` files inside them (this checkout's editable install among them) are not run, so ``flwr_vproto`` comes
+    from the wheel."""
+    site_dirs = [p for p in sys.path if Path(p).name in ("site-packages", "dist-packages") and Path(p).is_dir()]
+    (own,) = (venv / "lib").glob("python3*/site-packages")
+    (own / "_outer_dependencies.pth").write_text("".join(f"{d}\n" for d in site_dirs))
+
+
 @pytest.mark.slow
 def test_wheel_ships_configs_licence_and_a_working_console_script(tmp_path):
     """Build the wheel from the files a release holds, install it into a throwaway venv and run ``flwr-vproto``
@@ -107,8 +121,8 @@ def test_wheel_ships_configs_licence_and_a_working_console_script(tmp_path):
     assert 'Requires-Dist: matplotlib>=3.7; extra == "plots"' in metadata
 
     venv = tmp_path / "venv"
-    subprocess.run([sys.executable, "-m", "venv", "--system-site-packages", str(venv)], check=True, timeout=300)
-    # --ignore-installed: the checkout's own (editable) install is visible through the system site-packages
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    _see_these_dependencies(venv)
     pip = subprocess.run([str(venv / "bin" / "pip"), "install", "-q", "--no-deps", "--no-index", "--ignore-installed",
                           str(wheel)], capture_output=True, text=True, timeout=300)
     assert pip.returncode == 0, pip.stderr[-3000:]
@@ -121,6 +135,8 @@ def test_wheel_ships_configs_licence_and_a_working_console_script(tmp_path):
     script = str(venv / "bin" / "flwr-vproto")
     helped = subprocess.run([script, "--help"], cwd=elsewhere, env=env, capture_output=True, text=True, timeout=120)
     assert helped.returncode == 0 and helped.stdout.startswith("flwr-vproto: "), helped.stderr[-2000:]
+    assert "\n  flwr-vproto [group=preset ...] [option=value ...]\n" in helped.stdout  # the command the user ran
+    assert "run_simulation.py [group" not in helped.stdout and "...\n" not in helped.stdout  # no description cut
     assert "dataset: adult, csv, digits, fashion_mnist" in helped.stdout  # the presets, shipped in the wheel
     assert "  exchange.count=null " in helped.stdout  # every option, with a description
     job = subprocess.run([script, "--cfg", "job", "dataset=adult", "seed=3"], cwd=elsewhere, env=env,
@@ -133,9 +149,9 @@ def test_wheel_ships_configs_licence_and_a_working_console_script(tmp_path):
 
 # ---------------------------------------------------------------------------------------------------- README
 def _readme_server_app() -> str:
-    """The code block under README's "Your own ServerApp" heading."""
-    text = (REPO / "README.md").read_text()
-    section = text[text.index("### Your own ServerApp"):]
+    """The code block under docs/extending.md's "Your own ServerApp" heading."""
+    text = (REPO / "docs" / "extending.md").read_text()
+    section = text[text.index("## Your own ServerApp"):]
     return re.search(r"```python\n(.*?)```", section, re.S).group(1)
 
 
@@ -143,7 +159,7 @@ def test_readme_quotes_the_example_server_app():
     example = (REPO / "flwr_vproto" / "examples" / "own_server_app.py").read_text()
     quoted = _readme_server_app()
     assert "VerticalProtoStrategy(" in quoted and "make_client_app(" in quoted
-    assert quoted in example  # README shows the file's code, which the test below runs
+    assert quoted in example  # the docs show the file's code, which the test below runs
 
 
 @pytest.mark.slow
