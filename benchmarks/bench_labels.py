@@ -60,8 +60,8 @@ def run_one(job: dict) -> dict:
         if joint:  # rows_rounds 0: no row ever received, nothing to attack beyond the passive's own features
             leak = audit_folder(folder, _classes(cfg), seed=cfg.seed)["summary"]
     defence = res.get("defence") or {}
-    if "gradient_epsilon" in defence:
-        leak["gradient_epsilon"] = float(defence["gradient_epsilon"])
+    if "release_epsilon_given_model" in defence:  # one round's rows, given that round's model (not the run's)
+        leak["gradient_release_epsilon"] = float(defence["release_epsilon_given_model"])
     return {**job, "final": res["final"], "audit": leak, "seconds": seconds}
 
 

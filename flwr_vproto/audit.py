@@ -28,6 +28,13 @@ The attacks scored here:
 * **known labels** (:func:`known_label_attack`): with ``m`` labels the passive fits a logistic regression on its
   own features plus the round-averaged rows and predicts the rest; reported next to the same model on its features
   only, so the number that matters — the advantage the messages give — is explicit.
+* **second prototypes** (:func:`prototype_attacks`, ``method=vproto_seed``): the passive holds its own embeddings of
+  the aligned users (it computed them) and each round's prototypes, the class means of those embeddings. It scores
+  **nearest prototype** (each user's distance to every class prototype, averaged over all rounds kept) and
+  **inversion** (solve ``sum_i a_ic z_i = n_c p_c`` for every round at once, the class sizes ``n_c`` themselves
+  solved from the mean embedding, min-norm least squares; each user takes the class with the largest ``a_ic``):
+  with clear prototypes and enough rounds the second reads every label. Reported next to the known-label baseline
+  on features only (a passive that knows ``m`` labels and receives nothing).
 * **replay** (:func:`replay_attack`): noise drawn from a generator the run config determines can be regenerated and
   subtracted. The replay fits the scale of the old code's noise streams (constants below) to the received rows; a
   working replay finds a large scale and reads the labels off the residual.
@@ -62,9 +69,11 @@ import numpy as np
 
 LABELS = "labels"  # npz entry: true labels of the aligned training users (shared order), for scoring only
 CHANNEL = "channel."  # round-<r>.npz entries with this prefix: other things the active party released that round
+EMBEDDINGS = "embeddings"  # passive<k>/embeddings-<r>.npz entry: what passive k sent in round r (aligned training)
 FEATURES = "features"  # passive<k>/features.npz entry: the passive's own features of the aligned training users
 _ROUND_FILE = re.compile(r"^round-(\d+)\.npz$")
 _RECEIVED_FILE = re.compile(r"^received-(\d+)\.npz$")
+_EMBEDDINGS_FILE = re.compile(r"^embeddings-(\d+)\.npz$")
 _PASSIVE_DIR = re.compile(r"^passive(\d+)$")
 
 MULTIROUND_KEPT = (1, 2, 5, 10)  # rounds kept by the multi-round attacker (plus "all"), those available
@@ -234,6 +243,130 @@ def multiround_attack(rows_by_round: Mapping[int, np.ndarray], labels: np.ndarra
     return out
 
 
+# ------------------------------------------------------------------------------------------------ prototypes
+def _unit(z: np.ndarray) -> np.ndarray:
+    return z / np.maximum(np.linalg.norm(z, axis=1, keepdims=True), 1e-12)
+
+
+def _pairs(embeddings: Mapping[int, np.ndarray], prototypes: Mapping[int, np.ndarray],
+           masks: Mapping[int, np.ndarray], normalize: bool) -> list[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+    """Per round with both: (the passive's embeddings as the active party's prototype math saw them, the prototypes
+    made from them, their class mask)."""
+    out = []
+    for r in sorted(set(embeddings) & set(prototypes)):
+        z = np.asarray(embeddings[r], dtype=np.float64)
+        p = np.asarray(prototypes[r], dtype=np.float64).reshape(len(prototypes[r]), -1)
+        m = np.asarray(masks.get(r, np.abs(p).sum(axis=1) > 0), dtype=bool)
+        out.append((_unit(z) if normalize else z, p, m))
+    return out
+
+
+def _score(scores: np.ndarray, y: np.ndarray, num_classes: int) -> float:
+    """Plain AUC of class 1's score minus class 0's (binary: the attacker knows which prototype is which class) or
+    accuracy of the largest score (a class that never had a prototype scores lowest: binary AUC 0.5 when one never
+    had any); NaN when the users hold one class only."""
+    scores = np.nan_to_num(scores, neginf=-1e30)  # a class that never had a prototype: never chosen
+    if num_classes == 2:
+        diff = scores[:, 1] - scores[:, 0]
+        if np.unique(y).size != 2:
+            return math.nan
+        from sklearn.metrics import roc_auc_score
+
+        return float(roc_auc_score(y == 1, diff))
+    return float(np.mean(np.argmax(scores, axis=1) == y))
+
+
+def nearest_prototype_scores(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int
+                             ) -> np.ndarray:
+    """``(n, C)``: minus each user's squared distance to each class prototype, averaged over the rounds where that
+    class has one (``-inf`` where never)."""
+    total = np.zeros((len(pairs[0][0]), num_classes))
+    seen = np.zeros(num_classes)
+    for z, p, m in pairs:
+        d = ((z[:, None, :] - p[None, :, :]) ** 2).sum(axis=2)
+        total[:, m] -= d[:, m]
+        seen[m] += 1
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(seen > 0, total / np.maximum(seen, 1), -np.inf)
+
+
+def inversion_scores(pairs: list[tuple[np.ndarray, np.ndarray, np.ndarray]], num_classes: int) -> np.ndarray:
+    """``(n, C)``: the min-norm least-squares solution ``a_c`` of ``Z_r^T a_c = n_c p_rc`` stacked over every round
+    where class ``c`` has a prototype. The class shares come from ``mean(Z_r) = sum_c f_c p_rc`` (least squares over
+    every round, clipped at 0, normalised), ``n_c = f_c n``: all of it from what the passive holds."""
+    n = len(pairs[0][0])
+    cls = np.flatnonzero(np.logical_or.reduce([m for _, _, m in pairs]))
+    if len(cls) == 0:
+        return np.zeros((n, num_classes))
+    full = [(z, p) for z, p, m in pairs if m[cls].all()]  # rounds where every class has a prototype
+    f = np.full(len(cls), 1.0 / len(cls))
+    if full:
+        a = np.concatenate([p[cls].T for _, p in full])  # (R d, |cls|)
+        b = np.concatenate([z.mean(axis=0) for z, _ in full])
+        f = np.clip(np.linalg.lstsq(a, b, rcond=None)[0], 0.0, None)
+        f = f / f.sum() if f.sum() > 0 else np.full(len(cls), 1.0 / len(cls))
+    scores = np.full((n, num_classes), -np.inf)
+    for j, c in enumerate(cls):
+        rounds = [(z, p) for z, p, m in pairs if m[c]]
+        mat = np.concatenate([z.T for z, _ in rounds])  # (R d, n)
+        rhs = np.concatenate([f[j] * n * p[c] for _, p in rounds])
+        scores[:, c] = np.linalg.lstsq(mat, rhs, rcond=None)[0]
+    return scores
+
+
+def prototype_attacks(embeddings: Mapping[int, np.ndarray], prototypes: Mapping[int, np.ndarray],
+                      masks: Mapping[int, np.ndarray], labels: np.ndarray, num_classes: int,
+                      normalize: bool = True) -> dict[str, float]:
+    """The passive's attacks on the second prototypes (rounds where it holds both its embeddings and the
+    prototypes made from them): nearest prototype and inversion over all rounds kept, and nearest prototype on
+    the last round alone. Binary: AUC (``*_auc``, the attacker knows which class each prototype is); multi-class:
+    accuracy."""
+    pairs = _pairs(embeddings, prototypes, masks, normalize)
+    if not pairs:
+        return {}
+    labels = np.asarray(labels)
+    known = labels >= 0
+    y = labels[known]
+    metric = "auc" if num_classes == 2 else "accuracy"
+    pairs = [(z[known], p, m) for z, p, m in pairs]
+    return {"prototype_pairs": float(len(pairs)),
+            f"prototype_nearest_{metric}": _score(nearest_prototype_scores(pairs, num_classes), y, num_classes),
+            f"prototype_nearest_last_{metric}": _score(nearest_prototype_scores(pairs[-1:], num_classes), y,
+                                                       num_classes),
+            f"prototype_inversion_{metric}": _score(inversion_scores(pairs, num_classes), y, num_classes)}
+
+
+def known_prototype_attack(embeddings: Mapping[int, np.ndarray], labels: np.ndarray, num_classes: int,
+                           normalize: bool = True, counts: tuple[int, ...] = KNOWN_LABELS,
+                           draws: int = KNOWN_DRAWS) -> dict[str, float]:
+    """The baseline the prototype attacks are judged against: a passive that knows ``m`` labels and receives no
+    prototype builds its own, the class means of those ``m`` users' embeddings in every round, and scores the other
+    users by nearest prototype averaged over all rounds (``known{m}_prototype_*``; mean over ``draws`` draws)."""
+    labels = np.asarray(labels)
+    known = labels >= 0
+    y = labels[known]
+    zs = {r: (_unit(z) if normalize else np.asarray(z, dtype=np.float64))[known] for r, z in embeddings.items()}
+    metric = "auc" if num_classes == 2 else "accuracy"
+    out: dict[str, float] = {}
+    for m in counts:
+        used = min(m, len(y) // 2)
+        if used < max(4, np.unique(y).size) or not zs:
+            continue
+        scores = []
+        for draw in range(draws):
+            train = np.zeros(len(y), dtype=bool)
+            train[_known_users(y, used, np.random.default_rng([_KNOWN_STREAM, m, draw]))] = True
+            pairs = []
+            for z in zs.values():
+                present = np.array([bool((y[train] == c).any()) for c in range(num_classes)])
+                p = np.stack([z[train][y[train] == c].mean(axis=0) if present[c] else np.zeros(z.shape[1])
+                              for c in range(num_classes)])
+                pairs.append((z[~train], p, present))
+            scores.append(_score(nearest_prototype_scores(pairs, num_classes), y[~train], num_classes))
+        out[f"known{m}_prototype_{metric}"] = float(np.nanmean(scores))
+    return out
+
+
 # ------------------------------------------------------------------------------------------------ known labels
 def _fit_score(x_train: np.ndarray, y_train: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, binary: bool
                ) -> float:
@@ -281,13 +414,19 @@ def known_label_attack(rows_by_round: Mapping[int, np.ndarray], labels: np.ndarr
     labels = np.asarray(labels)
     known = labels >= 0
     y = labels[known]
-    rows = np.mean([np.asarray(rows_by_round[r], dtype=np.float64)[known] for r in sorted(rows_by_round)], axis=0)
-    rows = rows - rows.mean(axis=0)
-    rows = rows @ _top_directions(rows, min(rows.shape[1], 2 * max(2, num_classes))).T
     feats = None if features is None else np.asarray(features, dtype=np.float64).reshape(len(labels), -1)[known]
-    inputs = {"rows": rows}
+    inputs: dict[str, np.ndarray] = {}
+    if rows_by_round:  # else (no row ever sent) the features-only baseline alone
+        rows = np.mean([np.asarray(rows_by_round[r], dtype=np.float64)[known] for r in sorted(rows_by_round)],
+                       axis=0)
+        rows = rows - rows.mean(axis=0)
+        inputs["rows"] = rows @ _top_directions(rows, min(rows.shape[1], 2 * max(2, num_classes))).T
     if feats is not None:
-        inputs.update({"features": feats, "both": np.concatenate([feats, rows], axis=1)})
+        inputs["features"] = feats
+        if rows_by_round:
+            inputs["both"] = np.concatenate([feats, inputs["rows"]], axis=1)
+    if not inputs:
+        return {}
     binary = num_classes == 2
     metric = "auc" if binary else "accuracy"
     out: dict[str, float] = {}
@@ -303,10 +442,12 @@ def known_label_attack(rows_by_round: Mapping[int, np.ndarray], labels: np.ndarr
                 scores[name].append(_fit_score(x[train], y[train], x[~train], y[~train], binary))
         mean = {name: float(np.nanmean(v)) if not all(map(math.isnan, v)) else math.nan for name, v in scores.items()}
         out[f"known{m}_used"] = float(used)
-        out[f"known{m}_rows_{metric}"] = mean["rows"]
-        if feats is not None:
-            out[f"known{m}_{metric}"] = mean["both"]
+        if "rows" in mean:
+            out[f"known{m}_rows_{metric}"] = mean["rows"]
+        if "features" in mean:
             out[f"known{m}_features_{metric}"] = mean["features"]
+        if "both" in mean:
+            out[f"known{m}_{metric}"] = mean["both"]
             out[f"known{m}_advantage"] = mean["both"] - mean["features"]
     return out
 
@@ -424,6 +565,13 @@ def record_received(folder: str | Path, passive: int, rnd: int,
     return _save(Path(folder) / f"passive{passive}" / f"received-{rnd}.npz", arrays)
 
 
+def record_embeddings(folder: str | Path, passive: int, rnd: int, embeddings: np.ndarray) -> Path:
+    """Write ``passive<k>/embeddings-<r>.npz``: the embeddings of its aligned training users passive ``k`` sent in
+    round ``rnd`` (it computed them, so it holds them); the prototypes of round ``rnd`` are their class means."""
+    return _save(Path(folder) / f"passive{passive}" / f"embeddings-{rnd}.npz",
+                 {EMBEDDINGS: np.asarray(embeddings, dtype=np.float32)})
+
+
 def record_features(folder: str | Path, passive: int, features: np.ndarray) -> Path:
     """Write ``passive<k>/features.npz``: passive ``k``'s own features of its aligned training users, flattened to
     2-D, in the shared order (row ``i`` is the user of gradient row ``i``). The known-label attack's baseline: what
@@ -453,6 +601,7 @@ class PassiveView:
     sent_prototypes: dict[int, np.ndarray] = field(default_factory=dict)
     received: dict[int, dict[str, np.ndarray]] = field(default_factory=dict)
     features: np.ndarray | None = None
+    embeddings: dict[int, np.ndarray] = field(default_factory=dict)  # round -> what it sent (aligned training)
     notes: list[str] = field(default_factory=list)
 
     @property
@@ -488,6 +637,9 @@ def read_folder(folder: str | Path) -> tuple[np.ndarray, dict[int, PassiveView],
                 if r := _RECEIVED_FILE.match(p.name):
                     with np.load(p) as data:
                         view.received[int(r.group(1))] = {k: data[k] for k in data.files}
+                elif r := _EMBEDDINGS_FILE.match(p.name):
+                    with np.load(p) as data:
+                        view.embeddings[int(r.group(1))] = data[EMBEDDINGS]
             if (sub / "features.npz").is_file():
                 with np.load(sub / "features.npz") as data:
                     view.features = data[FEATURES]
@@ -545,11 +697,21 @@ def channel_report(view: PassiveView) -> dict[str, Any]:
 
 
 # ------------------------------------------------------------------------------------------------ the audit
-def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None) -> dict[str, Any]:
-    """Score a recorded folder: ``{"rounds", "multiround", "known_label", "replay", "channels", "strongest",
-    "summary"}``. ``seed`` (the run's) enables the replay check; ``None`` skips it."""
+def view_prototypes(view: PassiveView) -> tuple[dict[int, np.ndarray], dict[int, np.ndarray]]:
+    """The prototypes made from the embeddings passive ``k`` sent in round ``r`` (received with round ``r + 1``, or
+    as the active party recorded them sent after round ``r``), keyed ``r``, and their class masks."""
+    got = {r - 1: v["prototypes"] for r, v in view.received.items() if "prototypes" in v}
+    masks = {r - 1: v["prototype_mask"] for r, v in view.received.items() if "prototype_mask" in v}
+    return (got, masks) if got else (dict(view.sent_prototypes), {})
+
+
+def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None, normalize: bool = True
+                 ) -> dict[str, Any]:
+    """Score a recorded folder: ``{"rounds", "multiround", "known_label", "replay", "prototypes", "channels",
+    "strongest", "summary"}``. ``seed`` (the run's) enables the replay check; ``None`` skips it. ``normalize``
+    (``method.normalize``): the prototypes are means of unit embeddings."""
     labels, views, active_channels = read_folder(folder)
-    rows, multi, known, replay = [], [], [], []
+    rows, multi, known, replay, protos = [], [], [], [], []
     channels: dict[str, Any] = {"active": {name: _values({r: c[name] for r, c in active_channels.items()
                                                           if name in c})
                                            for name in sorted({n for c in active_channels.values() for n in c})}}
@@ -557,7 +719,14 @@ def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None) 
         for rnd, g in view.rows.items():
             rows.append({"round": rnd, "passive": view.name, **attack(g, labels, num_classes)})
         channels[view.name] = channel_report(view)
+        sent, masks = view_prototypes(view)
+        if sent and view.embeddings:
+            protos.append({"passive": view.name, **prototype_attacks(view.embeddings, sent, masks, labels,
+                                                                      num_classes, normalize),
+                           **known_prototype_attack(view.embeddings, labels, num_classes, normalize)})
         if not view.rows:
+            if view.features is not None:  # the baseline: a passive that knows m labels and its own features
+                known.append({"passive": view.name, **known_label_attack({}, labels, num_classes, view.features)})
             continue
         multi += [{"passive": view.name, **r} for r in multiround_attack(view.rows, labels, num_classes)]
         known.append({"passive": view.name, **known_label_attack(view.rows, labels, num_classes, view.features)})
@@ -565,7 +734,7 @@ def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None) 
             replay.append({**replay_attack(view.rows, seed, k, labels), "passive": view.name})
     rows.sort(key=lambda r: (r["round"], r["passive"]))
     report: dict[str, Any] = {"rounds": rows, "multiround": multi, "known_label": known, "replay": replay,
-                              "channels": channels}
+                              "prototypes": protos, "channels": channels}
     report["strongest"] = strongest(report, num_classes)
     # Rounds whose rows some passive received (0: no gradient row ever left, e.g. defence=no_gradients).
     rows_rounds = float(max((len(v.rows) for v in views.values()), default=0))
@@ -662,6 +831,11 @@ def summarise_attacker(report: Mapping[str, Any], num_classes: int) -> dict[str,
                 if not math.isnan(top[key]):
                     out[key] = float(top[key])
         worst(report["known_label"], f"known{m}_rows_{metric}")
+        if f"known{m}_features_{metric}" not in out:  # no rows: the baseline alone
+            worst(report["known_label"], f"known{m}_features_{metric}")
+    for key in ("prototype_nearest", "prototype_nearest_last", "prototype_inversion", *(f"known{m}_prototype"
+                                                                                        for m in KNOWN_LABELS)):
+        worst(report.get("prototypes", []), f"{key}_{metric}")
     worst(report["replay"], f"replay_{metric}")
     worst(report["replay"], "replay_scale")
     worst(report["replay"], "replay_chance")
@@ -669,7 +843,7 @@ def summarise_attacker(report: Mapping[str, Any], num_classes: int) -> dict[str,
     worst(report["replay"], f"noreplay_{metric}")
     channels = [c for name, c in report["channels"].items() if name != "active"]
     worst(channels, "test_previous_rounds")
-    protos = [c["prototypes"]["rounds"] for c in channels if "prototypes" in c]
+    protos = [c["prototypes"]["rounds"] for c in channels if "prototypes" in c]  # (rounds sent)
     if protos:
         out["prototype_rounds"] = float(max(protos))
     thresholds = [c["pseudo_threshold"] for c in channels if "pseudo_threshold" in c]
@@ -699,8 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.audit_dir) if args.audit_dir else run / "audit"
     num_classes = args.classes or _num_classes(results, results_path)
     seed = results.get("config", {}).get("seed")
+    normalize = bool((results.get("config", {}).get("method") or {}).get("normalize", True))
     try:
-        report = audit_folder(folder, num_classes, seed=None if seed is None else int(seed))
+        report = audit_folder(folder, num_classes, seed=None if seed is None else int(seed), normalize=normalize)
     except FileNotFoundError as err:
         raise SystemExit(f"audit error: {err}") from None
     results["audit"] = report["summary"]
@@ -731,16 +906,23 @@ def format_summary(summary: Mapping[str, float], strongest_attack: Mapping[str, 
         return ", ".join(f"{k} {summary[k]:.3f}" for k in keys if k in summary)
 
     others = join(["prototype_rounds", "test_previous_rounds", "pseudo_threshold_rounds"])
+    protos = join([k for k in summary if k.startswith("prototype_") and k != "prototype_rounds"])
+    known = join([k for k in summary if k.startswith("known")])
     if summary.get("rows_rounds", 1.0) == 0:
+        if protos:
+            return "\n".join([f"label-leakage audit: no gradient row reached any passive; other channels: {others}",
+                              f"  second prototypes (all rounds kept): {protos}",
+                              f"  known labels (model on features only): {known}"])
         return ("label-leakage audit: no gradient row reached any passive (nothing label-dependent to attack"
                 + (f"; other channels: {others}" if others else "") + ")")
     lines = ["label-leakage audit (worst round/passive): " + join([k for k in _ROUND_KEYS])]
     multi = join([k for k in summary if k.startswith("multiround_") and k != "multiround_rounds"])
     if multi:
         lines.append(f"  every round kept ({summary.get('multiround_rounds', 0):.0f}): {multi}")
-    known = join([k for k in summary if k.startswith("known")])
     if known:
         lines.append(f"  known labels (model on features + averaged rows vs features only): {known}")
+    if protos:
+        lines.append(f"  second prototypes (all rounds kept): {protos}")
     replay = join([k for k in summary if k.startswith(("replay_", "noreplay_"))])
     if replay:
         lines.append(f"  replay of config-seeded noise: {replay}")

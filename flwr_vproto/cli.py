@@ -344,7 +344,8 @@ def _main(dcfg: DictConfig, out: Path) -> float:
         from flwr_vproto.audit import format_summary as format_audit
         from flwr_vproto.data import dataset_classes
 
-        summary = audit_folder(cfg.audit.dir, dataset_classes(cfg)[0], seed=cfg.seed)["summary"]  # type: ignore[arg-type]
+        summary = audit_folder(cfg.audit.dir, dataset_classes(cfg)[0], seed=cfg.seed,
+                               normalize=cfg.method.normalize)["summary"]  # type: ignore[arg-type]
         results["audit"] = summary
         audit_line = format_audit(summary)
     path = write_results(out / "results.json", results, exclusive=True)  # never overwrites: results-2.json beside

@@ -306,15 +306,20 @@ class PrivacyConfig:
     """Differential privacy of the second prototypes, the one label-dependent thing a passive party receives.
 
     Each embedding is clipped to norm ``clip_norm``; the per-class sums and counts get Gaussian noise of standard
-    deviation ``noise_multiplier * clip_norm`` and ``noise_multiplier`` (see :mod:`flwr_vproto.privacy`). Opacus's
-    RDP accountant tracks the spent epsilon at ``delta``. ``target_epsilon`` set: the noise multiplier is calibrated
-    so that the whole run spends at most that epsilon (then ``noise_multiplier`` must stay 0).
+    deviation ``noise_multiplier * sqrt(2) * clip_norm`` and ``noise_multiplier * sqrt(2)``: changing one aligned
+    user's label moves them by at most that much without the noise multiplier (label DP, see
+    :mod:`flwr_vproto.privacy`). Opacus's RDP accountant tracks the spent label-change epsilon at ``delta``.
+    ``target_epsilon`` set: the noise multiplier is calibrated so that the whole run spends at most that epsilon
+    (then ``noise_multiplier`` must stay 0). ``method=vproto_seed`` selects ``privacy=dp``; ``privacy=none``
+    acknowledges clear prototypes.
     """
 
     noise_multiplier: float = opt(0.0, "0 = off (prototypes exact, nothing clipped)")
     clip_norm: float = opt(1.0, "L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)")
     delta: float = opt(1e-5, "of the prototypes' (epsilon, delta)")
     target_epsilon: float | None = opt(None, "set (e.g. 4) to calibrate sigma so the run spends at most this epsilon")
+    clear_prototypes: bool = opt(False, "send the second prototypes without noise, acknowledged (privacy=none): they "
+                                        "give a passive its shared users' labels; else such a run is refused")
 
     @property
     def gaussian(self) -> bool:
@@ -565,6 +570,22 @@ def validate(cfg: Config) -> None:
     _validate_privacy(cfg.privacy, cfg.method)
     _validate_defence(cfg)
     _validate_exchange(cfg)
+    _validate_clear_prototypes(cfg)
+
+
+def _validate_clear_prototypes(cfg: Config) -> None:
+    """Second prototypes sent in clear give a passive its shared users' labels (it solves them against its own
+    aligned embeddings; design §6b): refused unless noised (``privacy.*``), computed from randomised labels
+    (``defence.label_epsilon``) or acknowledged (``privacy=none``). One exchange sends none (the last one's are never
+    sent)."""
+    exchanges = cfg.exchange.count if cfg.exchange.count is not None else cfg.num_rounds
+    if (cfg.method.shares_prototypes and exchanges > 1 and not cfg.privacy.gaussian
+            and cfg.defence.label_epsilon is None and not cfg.privacy.clear_prototypes):
+        raise ConfigError(
+            f"method.lambda_passive={cfg.method.lambda_passive}: the third loss sends each passive its second "
+            "prototypes, which in clear give it its shared users' labels; use privacy=dp (DP prototypes, "
+            "method=vproto_seed's preset), privacy.target_epsilon=..., defence=label_dp, or acknowledge with "
+            "privacy=none (privacy.clear_prototypes=true)")
 
 
 def _validate_run(cfg: Config) -> None:
@@ -787,6 +808,13 @@ def _validate_privacy(p: PrivacyConfig, t: MethodConfig) -> None:
     """``privacy.*``: noise, clipping, accounting; only where prototypes are sent at all."""
     _validate_gaussian("privacy", p, "0 = no noise", "well below 1 / number of aligned users (e.g. 1e-5)")
     _check(_is_num(p.clip_norm) and p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "a number > 0")
+    _check(isinstance(p.clear_prototypes, bool), "privacy.clear_prototypes", p.clear_prototypes, "true or false")
+    if p.gaussian:
+        _check(not p.clear_prototypes, "privacy.clear_prototypes", p.clear_prototypes,
+               "false with privacy.noise_multiplier/target_epsilon (the prototypes are noised, not clear)")
+        _check(t.pseudo_gate == "off", "method.pseudo_gate", t.pseudo_gate,
+               "'off' with DP prototypes (privacy.*): the gates are fitted on true validation labels, outside the "
+               "prototypes' accounting, and would travel to the passives")
     if not t.shares_prototypes:  # noise on prototypes that never leave the active party would only cost accuracy
         for key, value, off in (("target_epsilon", p.target_epsilon, None),
                                 ("noise_multiplier", p.noise_multiplier, 0)):

@@ -9,11 +9,13 @@ labels (:mod:`flwr_vproto.audit` measures how much). A passive is honest but cur
   by k-ary randomised response, and everything the active party trains, calibrates or selects on sees only those
   labels for aligned users. Whatever the passives receive is then a post-processing of the noised labels (and of
   data that is not those users' labels), so it is ``epsilon``-label-DP for every aligned user's label.
-* **The Gaussian gradient channel** (:func:`gaussian_rows`): each row is scaled to unit L2 norm (a bound that does
-  not depend on any label) and gets ``N(0, (2 sigma)^2)`` on every coordinate. Replacing one user's label moves only
-  that user's row by at most 2 in L2 norm *for the active party's model of that round*, so one release is a
-  Gaussian mechanism with noise multiplier ``sigma``; the releases of a run are composed with Opacus's RDP accountant
-  (:class:`flwr_vproto.privacy.Accountant`). What this does not cover is in design §6b.
+* **The Gaussian gradient channel** (:func:`gaussian_rows`): the rows come from one snapshot of the model after the
+  round's training, each the gradient of its own user's loss (``ActiveParty.snapshot_rows``), are scaled to unit L2
+  norm (a bound that depends on no label) and get ``N(0, (2 sigma)^2)`` on every coordinate. *Given that round's
+  model*, changing one user's label moves only that user's row, by at most 2, so one round's rows to all ``K``
+  passives are ``K`` Gaussian mechanisms with noise multiplier ``sigma``: (:func:`release_epsilon`, delta)-label-DP
+  given the model. That is all it claims: the model itself learns from the labels between releases, so the run's
+  transcript is **not** bounded and no run-level epsilon is printed (design §6b).
 * **Fewer releases** (:func:`releases`): rows leave only after the rounds of a schedule; the passive's encoder is
   frozen in the others. Each release costs privacy budget and gives a passive one more noisy copy to average.
 """
@@ -161,6 +163,14 @@ def gradient_rng(secret: bytes, rnd: int, passive: int) -> np.random.Generator:
     return secret_rng(secret, GRADIENT_STREAM, rnd, passive)
 
 
+def release_epsilon(cfg: Config) -> float:
+    """The bound of one round's released rows to all passives, *given that round's model*: ``K`` Gaussian releases
+    of noise multiplier ``sigma`` composed (Opacus RDP) at ``defence.delta``. Not a bound on the run."""
+    from flwr_vproto.privacy import gradient_noise_multiplier, per_release_epsilon
+
+    return per_release_epsilon(gradient_noise_multiplier(cfg), float(cfg.defence.delta), cfg.dataset.num_passive)
+
+
 # ------------------------------------------------------------------------------------------------ schedule
 def releases(cfg: Config, exchange: int) -> bool:
     """Whether exchange ``exchange``'s gradient rows leave the active party (rows of its last round, applied by the
@@ -176,8 +186,7 @@ def releases(cfg: Config, exchange: int) -> bool:
 
 
 def planned_releases(cfg: Config) -> int:
-    """Gaussian-mechanism steps over the whole run: one per passive per releasing exchange (every passive's rows are
-    a release over the same users, so colluding passives are covered too)."""
+    """Gradient-row releases over the whole run: one per passive per releasing exchange."""
     return cfg.dataset.num_passive * sum(releases(cfg, i) for i in range(1, exchanges.count(cfg) + 1))
 
 
@@ -187,13 +196,15 @@ def scheduled(cfg: Config) -> bool:
 
 
 def flagless(cfg: Config) -> bool:
-    """Whether no selection flag travels to the passives (the Gaussian channel or a release schedule is on).
+    """Whether no selection flag travels to the passives (the Gaussian channel, a release schedule or DP second
+    prototypes is on).
 
     The ``test_previous`` flag says "last round's validation accuracy was a new best", a decision on true labels
     that neither the Gaussian channel's accounting nor "no rows at all" would cover. Instead the test rows travel on
     a schedule fixed by the config (:func:`passive_changes`) and the active party scores its latest ones every
-    evaluation round."""
-    return gradient_dp(cfg) or scheduled(cfg)
+    evaluation round. Under DP prototypes (``privacy.*``) the flag would be the one label-dependent byte outside
+    their accounting."""
+    return gradient_dp(cfg) or scheduled(cfg) or (cfg.method.shares_prototypes and cfg.privacy.gaussian)
 
 
 def passive_changes(cfg: Config, exchange: int) -> bool:
@@ -204,8 +215,9 @@ def passive_changes(cfg: Config, exchange: int) -> bool:
 
 # ------------------------------------------------------------------------------------------------ reporting
 def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, Any]:
-    """``results.json``'s ``defence`` entry (a defence or a release schedule on): what protects the labels, and
-    the gradient channel's epsilon spent (at ``delta``, over every release of the run, all passives together)."""
+    """``results.json``'s ``defence`` entry (a defence or a release schedule on): what protects the labels; for the
+    gradient channel its noise multiplier and the per-round bound given that round's model (``transcript_bounded``
+    false: no epsilon of the run)."""
     from flwr_vproto.privacy import gradient_noise_multiplier
 
     d = cfg.defence
@@ -218,35 +230,48 @@ def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
                              "release_every": d.release_every, "planned_releases": planned_releases(cfg),
                              "exchanges": exchanges.count(cfg), "label_free": label_free}
     # The label-DP epsilon of every byte a passive receives, where one holds: 0 when nothing sent depends on a label,
-    # label_epsilon under randomised response (everything sent is computed from the noised labels); else null.
+    # label_epsilon under randomised response (everything sent is computed from the noised labels), the DP
+    # prototypes' label-change epsilon when they are all that depends on a label (no gradient row, no flag:
+    # flagless); the smaller where both hold; else null.
     every_byte = 0.0 if entry["label_free"] else d.label_epsilon
+    proto = [h["privacy/epsilon"] for h in history if "privacy/epsilon" in h]
+    if cfg.privacy.gaussian and planned_releases(cfg) == 0 and not entry["label_free"]:
+        spent = proto[-1] if proto else 0.0
+        every_byte = spent if every_byte is None else min(every_byte, spent)
     entry["every_byte_epsilon"] = None if every_byte is None else float(every_byte)
     if gradient_dp(cfg):
-        spent = [h["privacy/gradient_epsilon"] for h in history if "privacy/gradient_epsilon" in h]
         entry.update({"noise_multiplier": gradient_noise_multiplier(cfg), "delta": d.delta,
-                      "target_epsilon": d.target_epsilon, "gradient_epsilon": spent[-1] if spent else 0.0})
+                      "target_epsilon": d.target_epsilon, "release_epsilon_given_model": release_epsilon(cfg),
+                      "transcript_bounded": False})
     return {"defence": entry}
 
 
 def describe(summary: dict[str, Any]) -> str | None:
     """One line for the run's closing summary: the labels' protection with its accounting (``None``: no defence)."""
-    d = summary.get("defence")
-    if not d:
+    from flwr_vproto.privacy import describe as describe_prototypes
+
+    d, prototypes = summary.get("defence") or {}, describe_prototypes(summary)
+    if not d and not prototypes:
         return None
-    parts = []
+    parts = [] if d else ["gradient rows released every round without noise (no guarantee)"]
     if d.get("noise_multiplier") is not None:
-        parts.append(f"gradient rows: Gaussian, sigma {d['noise_multiplier']:.3g}, epsilon {d['gradient_epsilon']:.3g} "
-                     f"at delta {d['delta']:g} over {d['planned_releases']} releases")
+        parts.append(f"gradient rows: Gaussian, sigma {d['noise_multiplier']:.3g}, {d['planned_releases']} releases; "
+                     f"each round's rows epsilon {d['release_epsilon_given_model']:.3g} at delta {d['delta']:g} given "
+                     "that round's model only: the model learns from the labels between releases, so the run is "
+                     "not bounded")
     elif d.get("label_free"):
         why = ("defence.release_rounds=0" if d.get("release_rounds") == 0
                else "one exchange: the passives never hear back")
         parts.append(f"no gradient row leaves the active party ({why}), no selection flag: "
                      "nothing a passive receives depends on a label (0-label-DP)")
     elif d.get("planned_releases") == 0:
-        parts.append("no gradient row leaves the active party, but the third loss sends second prototypes "
-                     "(privacy.* bounds them)")
+        parts.append("no gradient row leaves the active party")
     elif d.get("release_rounds") is not None or d.get("release_every", 1) > 1:
         parts.append(f"gradient rows released {d['planned_releases']} times without noise (no guarantee)")
+    if prototypes:
+        parts.append(prototypes)
     if d.get("label_epsilon") is not None:
         parts.append(f"labels: randomised response, epsilon {d['label_epsilon']:g} for every byte")
+    if d.get("every_byte_epsilon") is not None and d.get("label_epsilon") is None and not d.get("label_free"):
+        parts.append(f"every byte a passive receives: label-change epsilon {d['every_byte_epsilon']:.3g}")
     return "label protection (aligned users, against each passive): " + "; ".join(parts)

@@ -493,10 +493,41 @@ class ActiveParty(_Party):
         acc.step(len(out))
         return out
 
+    def snapshot_rows(self, zs: list[torch.Tensor], labels: torch.Tensor | None = None) -> list[np.ndarray]:
+        """Each passive's gradient rows from one snapshot of the model, after the round's training: in eval mode
+        (no dropout, batch norm on running statistics), row ``i`` is the gradient of user ``i``'s own loss with
+        respect to the embedding ``z_i`` it was computed from, the second prototypes a constant of the model. No
+        row depends on another user's label or embedding, so, *given the model*, changing one user's label moves
+        only that user's row (by at most 2 once scaled to unit norm): the premise of the Gaussian channel's
+        per-release bound (``defences.gaussian_rows``). ``labels``: the aligned training users' labels (default:
+        those this party trains on; a test flips one)."""
+        al = torch.as_tensor(self.aligned["train"], device=self.device)
+        x = self._x["train"][al]
+        y = self._y["train"][al] if labels is None else labels.to(self.device)
+        if not self.joint or len(al) == 0:
+            return [np.zeros((len(al), z.shape[1]), dtype=np.float32) for z in zs]
+        self._set_train(False)
+        second = self.second_pairs()
+        with torch.no_grad():
+            h = self.encoder(x)
+            hj = self.joint_enc(x) if self.joint_enc is not None else None
+            hb = self._base_features(x)
+        z_in = [z.detach().clone().requires_grad_(True) for z in zs]
+        logits = self._joint_logits(h, z_in, second, hj, hb)
+        loss = torch.nn.functional.cross_entropy(logits, y, ignore_index=-1, reduction="sum")
+        rows = torch.autograd.grad(loss, z_in, allow_unused=True)
+        return [(torch.zeros_like(z) if g is None else g).detach().cpu().numpy().astype(np.float32)
+                for z, g in zip(z_in, rows, strict=True)]
+
     def gradient_privacy(self) -> dict[str, float]:
-        """The round record's gradient-channel entries: epsilon spent so far (at ``defence.delta``) and releases."""
+        """The round record's gradient-channel entries: the noise multiplier and the bound one round's rows (all
+        passives) satisfy *given that round's model* (at ``defence.delta``), and the releases so far. Not an
+        epsilon of the run: the model learns from the labels between releases (design §6b)."""
         acc = self.gradient_accountant
-        return {} if acc is None else {"gradient_epsilon": acc.epsilon(), "gradient_releases": float(acc.steps)}
+        if acc is None:
+            return {}
+        return {"gradient_sigma": acc.sigma, "gradient_release_epsilon": defences.release_epsilon(self.cfg),
+                "gradient_releases": float(acc.steps)}
 
     # ---------------------------------------------------------------- training
     def train_round(self, rnd: int, passive_embeddings: list[np.ndarray], release: bool = True) -> ActiveRoundOutput:
@@ -519,8 +550,11 @@ class ActiveParty(_Party):
             protos, mask = [], np.zeros(self.num_classes, dtype=bool)
         plan = self._plan_round(rnd, al, gen)
         tally = self._train_steps(rnd, plan, zs)
-        grads = [(gs / tally.visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32)
-                 for gs in tally.grad_sum]
+        if self.gradient_accountant is not None:  # the Gaussian channel: rows whose sensitivity is known
+            grads = self.snapshot_rows(zs)
+        else:
+            grads = [(gs / tally.visits.clamp(min=1).unsqueeze(1)).cpu().numpy().astype(np.float32)
+                     for gs in tally.grad_sum]
         steps = plan.steps
         metrics = {k: v / steps for k, v in tally.sums.items() if steps and v != 0.0}
         metrics["steps"] = float(steps)
@@ -675,9 +709,10 @@ class ActiveParty(_Party):
     ) -> tuple[list[np.ndarray], np.ndarray]:
         """Second prototypes: per passive, class means of its received embeddings, in its own space.
 
-        With privacy on, the means come from clipped, noised class sums and noised counts (privacy.py), and a
-        round whose prototypes are released is charged ``K + 1`` Gaussian steps. The EMA and everything downstream
-        (the passives' third loss, this party's prototype classifier) see only the noisy values.
+        With privacy on, the means come from clipped, noised class sums and noised counts (privacy.py, noise for one
+        changed label), and a round whose prototypes are released is charged ``K + 1`` Gaussian steps. The EMA and
+        everything downstream (the passives' third loss, this party's prototype classifier) see only the noisy
+        values.
         """
         m = self.cfg.method
         out: list[np.ndarray] = []

@@ -342,6 +342,8 @@ def passive_step(party: PassiveParty, msg: ToPassive, *, audit_dir: str | None =
     previous = to_wire(party.embed("test"), cfg) if msg.test_previous else None
     out = party.train_round(msg.round, msg.gradients, msg.prototypes, msg.prototype_mask, msg.splits,
                             msg.pseudo_threshold)
+    if cfg.audit.record and cfg.method.shares_prototypes:  # what the prototypes made from them are attacked with
+        audit.record_embeddings(audit_dir or cfg.audit.dir, party.index, msg.round, out.embeddings)  # type: ignore
     return FromPassive(embeddings=to_wire(out.embeddings, cfg),
                        eval_embeddings={s: to_wire(e, cfg) for s, e in out.eval_embeddings.items()},
                        metrics=out.metrics, previous_test=previous)

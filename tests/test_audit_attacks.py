@@ -157,7 +157,8 @@ def test_audit_folder_reads_the_passive_view_and_reports_every_attack_and_channe
                                                "splits": "val" if r < 6 else "val,test"})
     audit.record_features(tmp_path, 1, feats)
     report = audit.audit_folder(tmp_path, 2, seed=SEED)
-    assert set(report) == {"rounds", "multiround", "known_label", "replay", "channels", "strongest", "summary"}
+    assert set(report) == {"rounds", "multiround", "known_label", "replay", "prototypes", "channels", "strongest",
+                           "summary"}
     assert len(report["rounds"]) == 12 and {r["passive"] for r in report["multiround"]} == {"passive1", "passive2"}
     one, two = report["channels"]["passive1"], report["channels"]["passive2"]
     assert one["rows_from"] == "received" and two["rows_from"] == "sent" and one["features"] and not two["features"]

@@ -148,7 +148,7 @@ def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
 
     def cfg(folder: str = "inprocess", **extra):
         return _cfg(method={"batch_size": 64, "pseudo_gate": 0.8, "lambda_passive": 1.0},
-                    checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
+                    privacy={"clear_prototypes": True}, checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
 
     def flower(c):
         own = str(tmp_path / "active-results")  # the active party's own record, read back (policy progress)

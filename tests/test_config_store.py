@@ -72,7 +72,8 @@ def test_the_snapshot_covers_every_preset_and_the_defaults_are_still_the_datacla
     assert {**SNAPSHOT["defaults"], "num_rounds": 40} == _flat(Config().to_dict())
     assert {**SNAPSHOT["defaults"], "num_rounds": None} == _flat(declared_defaults())
     assert SNAPSHOT["runner"] == dataclasses.asdict(RunnerConfig())
-    for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES)):
+    for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES),
+                         ("privacy", ["dp", "none"])):
         assert sorted(p.stem for p in (CONF / group).glob("*.yaml")) == sorted(names), group
     want = {_key(*c) for c in itertools.product(METHODS, DATASETS, MODELS, DEFENCES, (False, True))}
     assert want <= set(SNAPSHOT["configs"])
@@ -98,7 +99,7 @@ def test_every_preset_combination_composes_as_before():
 
 
 def test_group_files_hold_only_what_differs_from_the_dataclass_defaults():
-    defaults = {k: declared_defaults()[k] for k in ("dataset", "model", "method", "defence")}
+    defaults = {k: declared_defaults()[k] for k in ("dataset", "model", "method", "defence", "privacy")}
     for path in sorted(CONF.glob("*/*.yaml")):
         data = yaml.safe_load(path.read_text()) or {}
         if path.parent.name == "hpo" or "_global_" in path.read_text().splitlines()[0]:

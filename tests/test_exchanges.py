@@ -34,7 +34,8 @@ def test_auto_is_one_exchange_exactly_when_no_passive_can_ever_change():
     assert exchanges.count(config_from_dict({})) == 1  # the default: defence=no_gradients
     assert exchanges.count(config_from_dict({"defence": {"release_rounds": None}})) == 40
     assert exchanges.count(config_from_dict({"defence": {"release_rounds": 2}})) == 40
-    assert exchanges.count(config_from_dict({"method": {"lambda_passive": 1.0}})) == 40  # prototypes are shared
+    assert exchanges.count(config_from_dict({"method": {"lambda_passive": 1.0},  # prototypes are shared
+                                             "privacy": {"clear_prototypes": True}})) == 40
     assert exchanges.count(config_from_dict({"exchange": {"count": 4}, "defence": {"release_rounds": None}})) == 4
 
 
@@ -60,7 +61,9 @@ def test_releases_and_their_accounting_count_exchanges_not_rounds():
     eps20 = config_from_dict({"num_rounds": 20, "defence": {"target_epsilon": 1.0, "release_rounds": None}})
     from flwr_vproto.privacy import gradient_noise_multiplier
 
-    assert gradient_noise_multiplier(eps5) < gradient_noise_multiplier(eps20)  # fewer releases: less noise
+    # target_epsilon bounds one round's rows given that round's model: the same noise however many releases
+    assert gradient_noise_multiplier(eps5) == gradient_noise_multiplier(eps20)
+    assert defences.planned_releases(eps5) < defences.planned_releases(eps20)  # fewer releases: fewer noisy copies
 
 
 # ------------------------------------------------------------------------------------------------ the numbers

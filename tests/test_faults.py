@@ -135,7 +135,8 @@ def test_a_corrupt_active_payload_is_refused_naming_the_round(change, match):
 
     with pytest.raises(ProtocolError, match=r"passive1 \(node 101\) failed during training \(passive parties\) of "
                                             r"round 2: .*active sent a bad reply during training of round 2: " + match):
-        _run(tamper, method_extra={"lambda_passive": 1.0})  # the passives' third loss: prototypes travel
+        _run(tamper, method_extra={"lambda_passive": 1.0},  # the passives' third loss: prototypes travel
+             privacy={"clear_prototypes": True})
 
 
 def test_an_active_reply_without_metrics_is_refused_naming_the_round():

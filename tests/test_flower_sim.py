@@ -217,7 +217,8 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
                                                                           "max_train_users": 500},
                             "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once,
                                        "lambda_passive": 1.0, "passive_pretrain_epochs": 0},
-                            "defence": {"release_rounds": None}})
+                            "defence": {"release_rounds": None},
+                            "privacy": {"clear_prototypes": True}})  # gates fitted on true labels: clear, acknowledged
     strategy, _, grid = run_inline(cfg)
     reference = run_inprocess(cfg)["rounds"]
     assert_same_history(strategy.history, reference)
@@ -350,7 +351,8 @@ def test_flower_simulation_matches_inprocess(tmp_path):
 def test_second_prototypes_leave_the_active_party_only_for_the_third_loss(method, lambda_passive, shared):
     """Only the passives' third loss uses their second prototypes: otherwise they are never sent (and privacy.*,
     which protects them, is refused rather than adding noise for nothing)."""
-    cfg = small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive})
+    cfg = small_cfg(method, rounds=3, method_extra={"lambda_passive": lambda_passive},
+                    privacy={"clear_prototypes": shared})  # sent in clear: acknowledged (else refused)
     strategy, _, grid = run_inline(cfg)
     with_prototypes = [r for _, r in to_passives(grid, cfg) if r.prototypes is not None]
     assert len(with_prototypes) == (2 if shared else 0)  # rounds 2 and 3 carry round 1's and 2's prototypes

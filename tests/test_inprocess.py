@@ -22,8 +22,10 @@ THIRD = {"name": "vproto", "lambda_passive": 1.0}  # the passive third loss is o
 
 def cfg_for(method=None, rounds=3, **dataset):
     ds = {"name": "digits", "aligned_fraction": 0.2, **dataset}
+    # the third loss's prototypes leave in clear: acknowledged (privacy.clear_prototypes), else refused
     return config_from_dict({"engine": "inprocess", "num_rounds": rounds, "dataset": ds,
-                             "method": {"batch_size": 64, "warmup_rounds": 1, **(method or {"name": "vproto"})}})
+                             "method": {"batch_size": 64, "warmup_rounds": 1, **(method or {"name": "vproto"})},
+                             "privacy": {"clear_prototypes": method is THIRD}})
 
 
 def finite(history):

@@ -124,7 +124,7 @@ def test_defences_are_refused_where_nothing_is_sent_or_where_they_would_not_cove
     from flwr_vproto.privacy import gradient_noise_multiplier
 
     with pytest.raises(ConfigError, match=r"defence.target_epsilon=0.001: cannot be reached with delta=1e-05 over "
-                                          r"19 gradient-row releases"):
+                                          r"1 gradient-row releases \(one round's rows, given that round's model\)"):
         gradient_noise_multiplier(config_from_dict({"defence": {"target_epsilon": 0.001, "release_rounds": None},
                                                    "num_rounds": 20}))
     with pytest.raises(ConfigError, match=r"defence.release_rounds=0: expected null or > 0 with the Gaussian"):
@@ -136,9 +136,20 @@ SECRET = bytes(range(32))
 
 
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
-def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method):
+def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method,
+                                                                                            monkeypatch):
     from conftest import assert_same_history, run_inline, small_cfg, to_passives
 
+    from flwr_vproto.parties import ActiveParty
+
+    before_noise: dict[int, np.ndarray] = {}  # the snapshot rows as they reach the Gaussian mechanism
+    release = ActiveParty.release_gradients
+
+    def spy(self, rnd, gradients):
+        before_noise[rnd] = np.asarray(gradients[0])
+        return release(self, rnd, gradients)
+
+    monkeypatch.setattr(ActiveParty, "release_gradients", spy)
 
     def cfg(name, **defence):
         return small_cfg(method, rounds=3, defence=defence, audit={"record": True, "dir": str(tmp_path / name)})
@@ -146,14 +157,15 @@ def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_it
     defended = cfg("on", noise_multiplier=2.0)
     strategy, _, grid = run_inline(defended, secret=SECRET)
     assert_same_history(strategy.history, run_inprocess(defended, active_secret=SECRET)["rounds"])
-    run_inprocess(cfg("off"))  # round 1 trains the same either way; only what leaves differs
-    raw = np.load(tmp_path / "off" / "round-1.npz")["passive1.gradients"]
+    raw = before_noise[1]  # the model snapshot's rows (tests/test_ledger.py checks what they depend on)
     sent = [r for _, r in to_passives(grid, defended) if r.round == 2 and r.gradients is not None]
     assert len(sent) == 1
     wire = sent[0].gradients
     expected = defences.gaussian_rows(raw, 2.0, defences.gradient_rng(SECRET, 1, 1))
     assert np.array_equal(wire, expected) and not np.allclose(wire, raw)
-    assert all(r["privacy/gradient_epsilon"] > 0 for r in strategy.history)  # every round reports it
+    # every round reports the noise multiplier and the per-round bound given the model, no run-level epsilon
+    assert all(r["privacy/gradient_sigma"] == 2.0 and r["privacy/gradient_release_epsilon"] > 0
+               and "privacy/gradient_epsilon" not in r for r in strategy.history)
 
 
 def test_the_noise_comes_from_the_active_partys_secret_never_from_the_run_config(tmp_path):
@@ -195,19 +207,23 @@ def test_a_resumed_defended_run_draws_the_noise_of_its_own_secret(tmp_path):
     resumed = run_inprocess(cfg(resume=True))
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in full["rounds"]]
     assert [{k: v for k, v in r.items() if k != "seconds"} for r in resumed["rounds"]] == strip
-    assert resumed["defence"]["gradient_epsilon"] == full["defence"]["gradient_epsilon"] > 0
+    assert resumed["defence"] == full["defence"] and full["defence"]["release_epsilon_given_model"] > 0
 
 
 # ------------------------------------------------------------------------------------------------ accounting
-def test_the_gradient_channel_is_accounted_over_every_release_and_target_epsilon_picks_sigma():
+def test_target_epsilon_is_the_bound_of_one_rounds_rows_given_the_model_and_picks_sigma():
     from flwr_vproto.privacy import Accountant, gradient_noise_multiplier
 
     cfg = config_from_dict({"num_rounds": 10, "defence": {"target_epsilon": 3.0, "release_rounds": 4}})
     assert defences.planned_releases(cfg) == 4
     sigma = gradient_noise_multiplier(cfg)
     acc = Accountant(sigma, 1e-5)
-    acc.step(4)
-    assert 2.9 < acc.epsilon() <= 3.0
+    acc.step(1)  # one passive: one Gaussian release per round
+    assert 2.9 < acc.epsilon() <= 3.0 and defences.release_epsilon(cfg) == pytest.approx(acc.epsilon())
+    two_cfg = config_from_dict({"num_rounds": 10, "dataset": {"num_passive": 2},
+                                "defence": {"target_epsilon": 3.0, "release_rounds": 4}})
+    assert gradient_noise_multiplier(two_cfg) > sigma  # two passives: the round's two releases share the bound
+    assert 2.9 < defences.release_epsilon(two_cfg) <= 3.0
     every_other = config_from_dict({"num_rounds": 10, "defence": {"release_every": 3, "release_rounds": None}})
     assert [r for r in range(1, 11) if defences.releases(every_other, r)] == [1, 4, 7]  # never the last round
     two = config_from_dict({"num_rounds": 10, "dataset": {"num_passive": 2}, "defence": {"release_rounds": 4}})
@@ -225,6 +241,8 @@ def test_results_state_each_defences_guarantee():
     assert summary(release_rounds=None, label_epsilon=0.5)["every_byte_epsilon"] == 0.5
     gaussian = summary(release_rounds=2, target_epsilon=1.0)
     assert gaussian["every_byte_epsilon"] is None and gaussian["planned_releases"] == 2 and gaussian["delta"] == 1e-5
+    assert gaussian["transcript_bounded"] is False and "gradient_epsilon" not in gaussian
+    assert "not bounded" in defences.describe({"defence": gaussian})
     assert defence_summary(config_from_dict({"defence": {"release_rounds": None}}), []) == {}  # defence=none
 
 

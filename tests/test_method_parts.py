@@ -211,7 +211,8 @@ def _trained_active(method: dict, rounds: int = 3):
 
     cfg = config_from_dict({"engine": "inprocess", "num_rounds": rounds, "dataset": {"name": "digits",
                             "aligned_fraction": 0.2, "max_train_users": 400},
-                            "method": {"batch_size": 64, **method}})
+                            "method": {"batch_size": 64, **method},
+                            "privacy": {"clear_prototypes": method.get("lambda_passive", 0) > 0}})
     return run_inprocess(cfg)
 
 

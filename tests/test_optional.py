@@ -69,7 +69,7 @@ def test_the_command_line_says_it_before_loading_data(tmp_path):
                           timeout=120)
     assert proc.returncode == 1, proc.stderr[-2000:]
     last = proc.stderr.strip().splitlines()[-1]
-    assert last.startswith("config error: defence.noise_multiplier=0 / defence.target_epsilon=1.0 (the Gaussian "
+    assert last.startswith("config error: defence.noise_multiplier=0 / defence.target_epsilon=0.55 (the Gaussian "
                            "gradient channel, defence=gradient_noise) needs opacus"), proc.stderr[-2000:]
     assert not (tmp_path / "run" / "results.json").exists()
 

@@ -15,6 +15,8 @@ from flwr_vproto.parties import state_from_bytes, state_to_bytes
 
 
 def cfg_for(rounds=3, method="vproto", **priv):
+    if method == "vproto" and not priv.get("noise_multiplier") and priv.get("target_epsilon") is None:
+        priv = {**priv, "clear_prototypes": True}  # the non-private reference: clear prototypes, acknowledged
     return config_from_dict({"engine": "inprocess", "num_rounds": rounds,
                              "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 600},
                              # the passives' third loss, which the prototypes feed, on freshly initialised encoders
@@ -41,30 +43,34 @@ def test_clipping_bounds_every_row_and_keeps_short_rows():
         assert torch.allclose(clipped[long].norm(dim=1), torch.full((int(long.sum()),), c), rtol=1e-5)
 
 
-def test_one_user_moves_the_class_sums_by_at_most_the_clip_norm():
-    """Sensitivity under add/remove-one: the difference of the (noise-free) class sums is one clipped row."""
+def test_one_changed_label_moves_the_class_sums_by_at_most_sqrt2_clip_norm():
+    """Sensitivity under changing one label (label DP): the (noise-free) class sums move by one clipped row out of
+    one class and into another, at most sqrt(2) C; the counts by sqrt(2)."""
     gen = torch.Generator().manual_seed(1)
     z = torch.randn(200, 8, generator=gen) * 5
     y = torch.randint(0, 4, (200,), generator=gen)
     for i in range(0, 200, 17):
-        keep = torch.arange(200) != i
+        other = y.clone()
+        other[i] = (y[i] + 1 + i % 3) % 4
         a = privacy.noisy_class_sums(z, y, 4, 0.7, 0.0, gen)
-        b = privacy.noisy_class_sums(z[keep], y[keep], 4, 0.7, 0.0, gen)
-        assert float((a - b).norm()) <= 0.7 * (1 + 1e-5)
+        b = privacy.noisy_class_sums(z, other, 4, 0.7, 0.0, gen)
+        assert float((a - b).norm()) <= privacy.LABEL_CHANGE * 0.7 * (1 + 1e-5)
+        counts = privacy.noisy_counts(y, 4, 0.0, gen) - privacy.noisy_counts(other, 4, 0.0, gen)
+        assert float(counts.norm()) == pytest.approx(privacy.LABEL_CHANGE)
 
 
-def test_noise_scale_is_sigma_times_clip_norm():
+def test_noise_scale_is_sigma_times_the_label_change_sensitivity():
     gen = torch.Generator().manual_seed(2)
     z = torch.randn(300, 400, generator=gen)
     y = torch.randint(0, 10, (300,), generator=gen)
     exact = privacy.noisy_class_sums(z, y, 10, 0.5, 0.0, gen)
     for sigma in (0.8, 3.0):
         noise = privacy.noisy_class_sums(z, y, 10, 0.5, sigma, torch.Generator().manual_seed(3)) - exact
-        # 4000 draws: the sample std is within 5 % of sigma * C (about 4.5 standard errors), mean near 0
-        assert float(noise.std()) == pytest.approx(sigma * 0.5, rel=0.05)
+        # 4000 draws: the sample std is within 5 % of sigma sqrt(2) C (about 4.5 standard errors), mean near 0
+        assert float(noise.std()) == pytest.approx(sigma * math.sqrt(2) * 0.5, rel=0.05)
         assert abs(float(noise.mean())) < 0.1 * sigma * 0.5
         counts = privacy.noisy_counts(torch.zeros(0, dtype=torch.long), 4000, sigma, torch.Generator().manual_seed(4))
-        assert float(counts.std()) == pytest.approx(sigma, rel=0.05)  # counts: sensitivity 1, std sigma
+        assert float(counts.std()) == pytest.approx(sigma * math.sqrt(2), rel=0.05)  # sensitivity sqrt(2)
 
 
 def test_same_generator_seed_same_noise():
@@ -91,10 +97,13 @@ def test_without_noise_the_mechanism_gives_the_class_means():
 def test_classes_with_a_small_noisy_count_get_no_prototype():
     counts = torch.tensor([100.0, 5.0, -3.0, 20.5])
     means, mask = privacy.prototypes_from_noisy(torch.ones(4, 2), counts, sigma=10.0, clip_norm=1.0)
-    assert mask.tolist() == [True, False, False, True]  # threshold max(2 sigma, sigma sqrt(2)) = 20
-    assert torch.equal(means[~mask], torch.zeros(2, 2))
-    _, mask = privacy.prototypes_from_noisy(torch.ones(4, 64), counts, sigma=10.0, clip_norm=1.0)
-    assert mask.tolist() == [True, False, False, False]  # d = 64: sigma sqrt(d) = 80
+    # the counts' noise std is s = sigma sqrt(2) = 14.1: threshold max(2 s, s sqrt(d=2)) = 28.3
+    assert mask.tolist() == [True, False, False, False]
+    assert torch.equal(means[~mask], torch.zeros(3, 2))
+    _, mask = privacy.prototypes_from_noisy(torch.ones(4, 2), counts, sigma=7.0, clip_norm=1.0)
+    assert mask.tolist() == [True, False, False, True]  # s = 9.9: threshold 19.8
+    _, mask = privacy.prototypes_from_noisy(torch.ones(4, 64), counts, sigma=7.0, clip_norm=1.0)
+    assert mask.tolist() == [True, False, False, False]  # d = 64: s sqrt(d) = 79.2
 
 
 def test_noisy_means_are_projected_onto_the_clip_ball_which_only_brings_them_closer():
@@ -173,7 +182,8 @@ def test_noise_multiplier_zero_is_the_non_private_run_exactly():
     plain = run_inprocess(cfg_for(rounds=3))
     off = run_inprocess(cfg_for(rounds=3, noise_multiplier=0.0, clip_norm=0.1, delta=0.01))
     assert strip(off["rounds"]) == strip(plain["rounds"])
-    assert "privacy" not in off and not any(k.startswith("privacy/") for k in off["rounds"][0])
+    assert off["privacy"] == {"clear_prototypes": True, "epsilon": None, "steps": 4}  # said, not bounded
+    assert not any(k.startswith("privacy/") for k in off["rounds"][0])
 
 
 def test_noise_changes_the_prototypes_and_the_training():

@@ -38,6 +38,7 @@ def sweep(tmp_path_factory) -> tuple[Path, str]:
          "seed=0,1", "num_rounds=3", "exchange.count=3",  # one exchange (and progress line) per round, every method
          "dataset.max_train_users=200", "dataset.aligned_fraction=0.2",
          "runner.save_models=false", "method.lambda_passive=1.0",  # the passive third loss: pseudo-labels to plot
+         "privacy=none",  # ... its prototypes in clear, acknowledged
          f"hydra.sweep.dir={out}"],
         cwd=out.parent, env=env, capture_output=True, text=True, timeout=600, check=False)
     assert proc.returncode == 0, proc.stderr[-3000:]

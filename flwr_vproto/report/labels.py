@@ -192,7 +192,8 @@ def label_tables(runs: list[LabelRun]) -> str:
                          else f"{r['majority_share']:.4f}")
             cells.append("0 (no rows)" if no_rows else _pm([x.audit.get("known100_advantage", math.nan)
                                                           for x in runs_here]))
-            cells.append("0 (no rows)" if no_rows else _pm([x.audit.get("gradient_epsilon", math.nan)
+            cells.append("0 (no rows)" if no_rows else _pm([x.audit.get("gradient_release_epsilon",
+                                                                      x.audit.get("gradient_epsilon", math.nan))
                                                           for x in runs_here]))
             out.append("| " + " | ".join(cells) + " |")
         out.append("")
