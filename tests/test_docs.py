@@ -19,6 +19,8 @@ from typing import Any
 import pytest
 from conftest import import_script
 
+import flwr_vproto
+
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "flwr_vproto" / "conf"
 README = REPO / "README.md"
@@ -94,7 +96,7 @@ def test_readme_is_a_front_door():
         assert steps[:2] == ["python3 -m venv .venv", ". .venv/bin/activate"], line
         assert [s for s in steps if s.startswith("pip ")][0] == "pip install torch==2.13.0", line
     assert first[0].endswith("python run_simulation.py") and first[1].endswith("python -m pytest -q")
-    for heading in ("## Quick start", "## Label protection", "## Results", "## Glossary"):
+    for heading in ("## Quick start", "## Threat model and label protection", "## Results", "## Glossary"):
         assert heading in lines, heading
 
 
@@ -138,7 +140,7 @@ def _check_overrides(args: list[str]) -> None:
     import_script("run_simulation")._config(cfg)  # SystemExit("config error: ...") if bad
 
 
-_GROUPS = {"dataset", "model", "method", "defence"}
+_GROUPS = {p.name for p in (Path(flwr_vproto.__file__).parent / "conf").iterdir() if p.is_dir()}  # the preset groups
 _COMPOSED: dict[tuple[str, ...], Any] = {}
 
 
@@ -267,12 +269,12 @@ def test_readmes_label_protection_figures_are_benchmarks_section_9():
     rows = {(r[0], r[1]): r for r in table_rows(section, "**adult, 5% aligned**")}
     none, default = rows[("none", "vproto")], rows[("no_gradients", "vproto")]
     gauss = rows[("gauss_e1_first3", "vproto")]
-    paragraph = README.read_text().split("## Label protection")[1].split("## ")[0]
+    paragraph = " ".join(README.read_text().split("## Threat model and label protection")[1].split("## ")[0].split())
     mean = lambda cell: cell.split(" ± ")[0]  # noqa: E731
-    assert f"AUC {mean(none[5])} (adult, 5 % aligned; chance {none[6]})" in paragraph
-    assert f"({mean(default[3])} against {mean(none[3])}, {none[2]} seeds)" in paragraph
+    assert f"AUC {mean(none[5])} (chance {none[6]})" in paragraph
+    assert f"({mean(default[3])} against {mean(none[3])}, {none[2]} seeds, adult 5 %)" in paragraph
     assert f"{float(mean(none[3])) - float(mean(default[3])):.4f} of test accuracy" in paragraph
-    assert f"ε = {mean(gauss[8])}, the same {mean(gauss[3])} with the strongest attack at {mean(gauss[5])}" in paragraph
+    assert f"the same {mean(gauss[3])}, strongest attack {mean(gauss[5])}" in paragraph
 
 
 # Figures stated in docs/ only, by the page that measured them (not quoted from BENCHMARKS.md).
