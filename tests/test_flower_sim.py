@@ -143,7 +143,7 @@ def test_hydra_configs_compose_to_valid_configs():
                 cfg, _ = _config(compose("config", [f"method={method}", f"dataset={dataset}"]))
                 assert (cfg.method.name, cfg.dataset.name) == (method, dataset)
         assert _config(compose("config", ["method=vanilla"]))[0].method.local_head is False
-        assert _config(compose("config", ["defence=gradient_noise"]))[0].defence.target_epsilon == 1.0
+        assert _config(compose("config", ["defence=gradient_noise"]))[0].defence.target_epsilon == 0.55
         assert _config(compose("config", ["defence=label_dp"]))[0].defence.label_epsilon == 1.0
         cfg, _ = _config(compose("config", ["dataset=csv", "dataset.csv.paths=[a.csv,b.csv]", "model=cnn",
                                             "dataset=digits"]))
