@@ -167,13 +167,18 @@ def authorize(c: Config, me: Identity) -> Identity:
     """A deployed node's own say over what the run config asks of it; ``me`` with its paths resolved.
 
     Refused in one line naming the party, the option and the node-config key: a ``_target_`` the node does not
-    allow (``allow-targets``); checkpoints without the node's own ``checkpoint-dir``; ``audit.record`` without
-    ``allow-audit-record=true`` and an ``audit-dir``, or with an ``audit.dir`` outside it. In simulation (no
-    ``role`` in the node-config) the researcher owns every node: nothing to check.
+    allow (``allow-targets``); a data folder (``dataset.root``: the node's ``data-path`` says where it reads);
+    checkpoints without the node's own ``checkpoint-dir``; ``audit.record`` without ``allow-audit-record=true`` and
+    an ``audit-dir``, or with an ``audit.dir`` outside it. In simulation (no ``role`` in the node-config) the
+    researcher owns every node: nothing to check.
     """
     if not me.deployed:
         return me
     targets.check_allowed(c, me.role, me.name, me.allow_targets)
+    if c.dataset.root is not None:
+        raise ConfigError(f"{me.name}: dataset.root={c.dataset.root!r} would choose the folder this node reads its "
+                          f"data from; on a deployed node that is the node's own: leave dataset.root unset and set "
+                          f"node-config data-path")
     if (c.checkpoint.every > 0 or c.resume) and not me.checkpoint_dir:
         why = f"checkpoint.every={c.checkpoint.every}" if c.checkpoint.every > 0 else "resume=true"
         raise ConfigError(f"{me.name}: {why} but this node's node-config has no checkpoint-dir; a deployed node "
@@ -683,7 +688,10 @@ def _resolver(cfg: Config | None, model_dir: str | None, secret: bytes | None = 
             if me.data_path is None:
                 raise ValueError(f"{me.name}: dataset.name is 'csv' but this node's node-config has no data-path")
             base, _ = config_from_run_config(context.run_config, party_index=me.index, data_path=me.data_path)
-        return base, authorize(base, me)
+        me = authorize(base, me)  # before the node's own data folder replaces the (refused) run-config one
+        if base.dataset.name == "fashion_mnist" and me.data_path is not None:
+            base = dataclasses.replace(base, dataset=dataclasses.replace(base.dataset, root=me.data_path))
+        return base, me
 
     return resolve
 

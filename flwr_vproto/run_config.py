@@ -162,5 +162,6 @@ def config_fingerprint(cfg: Config) -> str:
     """A short hash of everything parties must agree on (not the per-node data paths): catches mixed configs."""
     d = cfg.to_dict()
     d["dataset"]["csv"]["paths"] = len(d["dataset"]["csv"]["paths"])
+    d["dataset"]["root"] = None  # fashion_mnist's folder: each deployed node's own data-path
     d.pop("engine", None)
     return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]

@@ -119,6 +119,11 @@ def test_run_config_paths_resolve_under_the_nodes_own_roots_or_are_refused(tmp_p
                                           r"checkpoint-dir.*set node-config checkpoint-dir$"):
         authorize(ckpt, _me(ckpt))
     assert authorize(ckpt, _me(ckpt, **{"checkpoint-dir": str(tmp_path)})).checkpoint_dir == str(tmp_path)
+    # a data folder: the node's own data-path, never the run config's dataset.root
+    data = small_cfg("vproto", rounds=1, dataset={"name": "fashion_mnist", "root": "/home/bank/secret"})
+    with pytest.raises(ConfigError, match=r"^passive1: dataset.root='/home/bank/secret' would choose the folder this "
+                                          r"node reads its data from; .*set node-config data-path$"):
+        authorize(data, _me(data))
     # simulation (partition-id): the researcher owns every node, the config decides
     sim = identity({"partition-id": 1}, 1)
     assert authorize(audit, sim) is sim and authorize(ckpt, sim) is sim

@@ -61,8 +61,8 @@ def _server_bytes(grid: Recording) -> bytes:
 def test_the_server_sees_no_embedding_gradient_prototype_or_label_derived_metric(monkeypatch):
     """Default policy (progress): the passives' embeddings, the gradient rows and second prototypes the active party
     computed, and every label-derived metric are nowhere in what the server handled; the numbers do not move."""
-    cfg = small_cfg(rounds=3, method_extra={"lambda_passive": 1.0},  # third loss: second prototypes travel too,
-                    privacy={"clear_prototypes": True})  # in clear to the passive, so the server's bytes can be searched
+    # third loss: second prototypes travel too, in clear to the passive, so the server's bytes can be searched
+    cfg = small_cfg(rounds=3, method_extra={"lambda_passive": 1.0}, privacy={"clear_prototypes": True})
     seen: list[tuple[proto.ToActive, proto.FromActive]] = []
     step = proto.active_step
 
