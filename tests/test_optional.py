@@ -102,4 +102,5 @@ def test_the_extras_are_declared_and_dev_installs_them():
     extras = project["optional-dependencies"]
     assert extras["dp"][0].startswith("opacus") and extras["plots"][0].startswith("matplotlib")
     assert optional.EXTRAS == {"opacus": "dp", "matplotlib": "plots"}
-    assert "flwr-vproto[dp,plots,sweeps]" in extras["all"] and any(e.startswith("flwr-vproto[all") for e in extras["dev"])
+    assert "flwr-vproto[dp,plots,sweeps]" in extras["all"]
+    assert any(e.startswith("flwr-vproto[all") for e in extras["dev"])
