@@ -69,7 +69,9 @@ def split_scores(
     metrics = classification_scores(probs["combined"], y, num_classes)
     if selection_labels is not None:
         known = selection_labels >= 0
-        metrics["selection_accuracy"] = float((probs["combined"][known].argmax(1) == selection_labels[known]).mean())
+        noised = classification_scores(probs["combined"], selection_labels, num_classes)
+        metrics["selection_accuracy"] = noised.get("accuracy", float("nan"))
+        metrics["selection_loss"] = noised.get("loss", float("nan"))  # breaks ties of selection_accuracy
     if "joint" in probs and "local" in probs:
         metrics["combine_weight"] = combine_weight
     for name in ("joint", "local"):
