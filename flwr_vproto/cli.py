@@ -12,8 +12,8 @@ shipped inside the package so that an installed wheel needs no checkout) and the
 
 ``engine=flower`` runs the parties as Flower ClientApps on ``K + 1`` simulated SuperNodes (Ray backend) driven by
 :class:`~flwr_vproto.strategy.VerticalProtoStrategy`; ``engine=inprocess`` runs the same parties in this process
-(:func:`~flwr_vproto.inprocess.run_inprocess`), the reference and the only engine for ``method=centralized`` and ``gbdt_*``. Both
-print one line per round and report the same per-round metrics.
+(:func:`~flwr_vproto.inprocess.run_inprocess`), the reference and the only engine for ``method=centralized`` and
+the LightGBM baselines (``gbdt_*``). Both print one line per round and report the same per-round metrics.
 
 ``main`` returns the *validation* score of the selected round (``runner.selection_metric``: accuracy, or AUC for a
 binary task), which is what Hydra's sweepers (Optuna) optimise; the test score is only written to results.json.
