@@ -46,8 +46,9 @@ def split_engines(runs: Iterable[Run]) -> bool:
 def groups(runs: Iterable[Run]) -> dict[RowKey, dict[str, list[Run]]]:
     """``(dataset, axis, overlap label, engine) -> tag -> runs``: the rows of the tables.
 
-    When engines are mixed (:func:`split_engines`) each engine has its own rows; ``centralized`` and tree runs (in-process
-    only, the same bound whichever engine trains the others) join every engine's row of their dataset and overlap.
+    When engines are mixed (:func:`split_engines`) each engine has its own rows; ``centralized`` and tree runs
+    (in-process only, the same whichever engine trains the others) join every engine's row of their dataset and
+    overlap.
     """
     runs = list(runs)
     split = split_engines(runs)
