@@ -135,6 +135,26 @@ def summarise(rows: list[dict]) -> str:
     return markdown_table(_from_jsonl_rows(rows))
 
 
+def seconds_table(rows: list[dict]) -> str:
+    """Markdown: mean seconds per run (and the mean 1-minute load at its start) per dataset, fraction and method."""
+    from statistics import mean
+
+    cells: dict[tuple[str, float], dict[str, list[dict]]] = {}
+    for r in rows:
+        cells.setdefault((r["dataset"], r["fraction"]), {}).setdefault(r["tag"], []).append(r)
+    tags = [t for t in ALL_METHODS if any(t in c for c in cells.values())]
+    lines = ["| dataset | aligned | " + " | ".join(tags) + " |", "|" + "---|" * (len(tags) + 2)]
+    for (ds, frac), by_tag in sorted(cells.items()):
+        parts = []
+        for t in tags:
+            rs = by_tag.get(t, [])
+            loads = [r["load"][0] for r in rs if "load" in r]
+            parts.append(f"{mean(r['seconds'] for r in rs):.0f} s (n={len(rs)}"
+                         + (f", load {mean(loads):.1f})" if loads else ")") if rs else "")
+        lines.append(f"| {ds} | {frac:.0%} | " + " | ".join(parts) + " |")
+    return "\n".join(lines)
+
+
 def _from_jsonl_rows(rows: list[dict]) -> list:
     return [Run(r["tag"], r["dataset"], r["fraction"], r["seed"], r["final"], r.get("history") or []) for r in rows]
 
@@ -185,6 +205,8 @@ def main() -> None:
                     jobs.append(job)
     rows = run_pending(out, jobs, run_one, args.workers)
     print(summarise(rows))
+    print(markdown_table(_from_jsonl_rows(rows), metric="auc"))
+    print(seconds_table(rows))
 
 
 if __name__ == "__main__":
