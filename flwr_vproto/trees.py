@@ -61,9 +61,11 @@ def _flat(x: np.ndarray) -> np.ndarray:
 
 def _shared_rows(active: PartySplits, passives: list[PartySplits], split: str) -> np.ndarray:
     """Rows of the active party's ``split`` whose user every passive holds too."""
+    from flwr_vproto.data.load import held_by
+
     keep = np.ones(len(active.split(split)), dtype=bool)
     for p in passives:
-        keep &= np.isin(active.split(split).ids, p.split(split).ids)
+        keep &= held_by(active.split(split).ids, p.split(split).ids)
     return np.flatnonzero(keep)
 
 

@@ -77,6 +77,13 @@ def _check_party(cfg: Config, party_index: int) -> None:
                         f"(dataset.num_passive)")
 
 
+def held_by(ids: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Whether each of ``ids`` is among ``others`` (string IDs: a set lookup; ``np.isin`` on object arrays compares
+    every pair, minutes on a table of tens of thousands of users)."""
+    pool = set(others.tolist())
+    return np.fromiter((u in pool for u in ids.tolist()), dtype=bool, count=len(ids))
+
+
 def csv_central_view(cfg: Config, parties: list[PartySplits], all_rows: bool = False) -> CentralView:
     """Simulation only: every party's columns of one's own CSV files joined in one process.
 
@@ -100,7 +107,7 @@ def csv_central_view(cfg: Config, parties: list[PartySplits], all_rows: bool = F
         splits = [p.split(name) for p in parties]
         labels = np.asarray(splits[0].y)
         keep = labels >= 0
-        held = [np.isin(splits[0].ids, data.ids) for data in splits[1:]]
+        held = [held_by(splits[0].ids, data.ids) for data in splits[1:]]
         if not (all_rows and name == "train"):
             for h in held:
                 keep &= h
