@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from itertools import product
 from typing import Any
 
@@ -156,8 +156,8 @@ def run_trees(cfg: Config, ds: VerticalDataset, on_round: RoundCallback | None =
     return build_results(cfg, history, extra={"trees": trees, "alignment": found})
 
 
-def describe_setting(results: dict[str, Any], best_round: int) -> str:
+def describe_setting(results: Mapping[str, Any], best_round: int) -> str:
     """``num_leaves 16, min_child_samples 20, 212 trees``: the selected setting, for the closing summary."""
-    rec = next((r for r in results.get("rounds") or [] if int(r["round"]) == best_round), {})
+    rec: Mapping[str, float] = next((r for r in results.get("rounds") or [] if int(r["round"]) == best_round), {})
     return ", ".join(f"{k} {int(rec[f'active/{k}'])}" for k in ("num_leaves", "min_child_samples", "trees")
                      if f"active/{k}" in rec)
