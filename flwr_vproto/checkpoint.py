@@ -232,7 +232,8 @@ def transit_of(saved: dict[str, Any]) -> dict[str, Any]:
     return {"gradients": {k: array(v) for k, v in saved["gradients"].items()},
             "prototypes": {k: array(v) for k, v in saved["prototypes"].items()},
             "prototype-mask": None if mask is None else array(mask).astype(bool),
-            **{k: saved[k] for k in ("pseudo-gates", "best-val", "test-previous") if saved.get(k) is not None}}
+            **{k: saved[k] for k in ("pseudo-gates", "best-val", "best-val-loss", "test-previous")
+               if saved.get(k) is not None}}
 
 
 def load_party_state(cfg: Config, name: str, rnd: int, override: str | None = None) -> dict[str, Any]:

@@ -12,8 +12,8 @@ shipped inside the package so that an installed wheel needs no checkout) and the
 
 ``engine=flower`` runs the parties as Flower ClientApps on ``K + 1`` simulated SuperNodes (Ray backend) driven by
 :class:`~flwr_vproto.strategy.VerticalProtoStrategy`; ``engine=inprocess`` runs the same parties in this process
-(:func:`~flwr_vproto.inprocess.run_inprocess`), the reference and the only engine for ``method=centralized``. Both
-print one line per round and report the same per-round metrics.
+(:func:`~flwr_vproto.inprocess.run_inprocess`), the reference and the only engine for ``method=centralized`` and
+the LightGBM baselines (``gbdt_*``). Both print one line per round and report the same per-round metrics.
 
 ``main`` returns the *validation* score of the selected round (``runner.selection_metric``: accuracy, or AUC for a
 binary task), which is what Hydra's sweepers (Optuna) optimise; the test score is only written to results.json.
@@ -41,7 +41,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
-from flwr_vproto.config import REPLY_TIMEOUT, Config, ConfigError, config_from_dict
+from flwr_vproto.config import INPROCESS_ONLY, REPLY_TIMEOUT, Config, ConfigError, config_from_dict
 from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
@@ -157,7 +157,7 @@ def run_flower(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]
 
 
 def run_local(cfg: Config, runner: dict[str, Any], out: Path) -> dict[str, Any]:
-    """All parties in this process (the reference engine; also ``centralized``)."""
+    """All parties in this process (the reference engine; also ``centralized`` and the tree baselines)."""
     from flwr_vproto.checkpoint import CheckpointError
     from flwr_vproto.inprocess import run_inprocess
     from flwr_vproto.predict import save_party_model
@@ -229,8 +229,8 @@ def _check_config(cfg: Config, runner: dict[str, Any], out: Path) -> str:
     if str(runner.get("server_metrics", "progress")) not in ("progress", "full"):
         raise SystemExit(f"config error: runner.server_metrics={runner.get('server_metrics')!r}: expected progress "
                          f"or full")
-    if cfg.engine == "flower" and cfg.method.name == "centralized":
-        raise SystemExit("config error: method=centralized needs every party's raw data in one place; "
+    if cfg.engine == "flower" and cfg.method.name in INPROCESS_ONLY:
+        raise SystemExit(f"config error: method={cfg.method.name} needs every party's raw data in one place; "
                          "run it with engine=inprocess")
     try:
         optional.check_accounting(cfg)  # privacy.*, defence=gradient_noise: Opacus (the dp extra)

@@ -16,7 +16,9 @@ from typing import Any
 from flwr_vproto.adult_columns import COLUMNS, PASSIVE_COLUMNS
 
 DATASETS = ("digits", "adult", "fashion_mnist", "csv")
-METHODS = ("vproto", "vanilla", "local", "centralized")
+METHODS = ("vproto", "vanilla", "local", "centralized", "gbdt_local", "gbdt_aligned", "gbdt_centralized")
+# Baselines that need every party's raw data (or, for gbdt_local, are no protocol at all): engine=inprocess only.
+INPROCESS_ONLY = ("centralized", "gbdt_local", "gbdt_aligned", "gbdt_centralized")
 ENGINES = ("flower", "inprocess")
 DISTANCES = ("sqeuclidean", "cosine")
 LOSS_FORMS = ("pull", "contrastive")
@@ -161,6 +163,8 @@ class MethodConfig:
         "vproto",
         "vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its "
         "labelled rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess "
+        "only) | gbdt_local, gbdt_aligned, gbdt_centralized (LightGBM baselines: the active party's columns and "
+        "rows; all columns on the aligned users, i.e. lossless SecureBoost; all columns and rows; engine=inprocess "
         "only)"
     )
     lr: float = opt(1e-3, "learning rate of every party's optimiser")
@@ -706,8 +710,8 @@ def _validate_method(cfg: Config) -> None:
     ck = cfg.checkpoint
     t = cfg.method
     _check(t.name in METHODS, "method.name", t.name, f"one of {METHODS}")
-    _check(t.name != "centralized" or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
-           "0 and resume=false for method centralized (the upper bound is not checkpointed)")
+    _check(t.name not in INPROCESS_ONLY or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
+           f"0 and resume=false for method {t.name} (the baselines are not checkpointed)")
     _check(_is_num(t.lr) and t.lr > 0, "method.lr", t.lr, "a number > 0")
     _check(_is_num(t.weight_decay) and t.weight_decay >= 0, "method.weight_decay", t.weight_decay, "a number >= 0")
     _check(_is_int(t.batch_size) and t.batch_size >= 1, "method.batch_size", t.batch_size, "an integer >= 1")

@@ -3,7 +3,8 @@
 ``run_inprocess`` is a loop over the steps of :mod:`flwr_vproto.protocol` — the same steps, in the same order, that
 the Flower ClientApps run on their messages — handing each payload straight to the next step. It has no protocol
 rule of its own. For ``centralized`` (the upper bound, every party's raw data in one place, so simulation only) it
-calls :func:`flwr_vproto.centralized.run_centralized`.
+calls :func:`flwr_vproto.centralized.run_centralized`, for the LightGBM baselines (``gbdt_local``, ``gbdt_aligned``,
+``gbdt_centralized``, simulation only too) :func:`flwr_vproto.trees.run_trees`.
 """
 
 from __future__ import annotations
@@ -24,6 +25,7 @@ from flwr_vproto.parties import ActiveParty, PassiveParty
 from flwr_vproto.privacy import gradient_noise_multiplier, noise_multiplier, privacy_summary
 from flwr_vproto.protocol import ACTIVE, PASSIVE, InTransit, PassiveSetup
 from flwr_vproto.results import build_results
+from flwr_vproto.trees import TREE_METHODS, run_trees
 
 RoundCallback = Callable[[dict[str, float]], None]
 
@@ -45,6 +47,8 @@ def run_inprocess(
     if cfg.method.name == "centralized":
         history = run_centralized(cfg, ds, on_round)
         return build_results(cfg, history)
+    if cfg.method.name in TREE_METHODS:
+        return run_trees(cfg, ds, on_round)
     start = ck.latest_server_round(cfg) if cfg.resume else 0
     active, passives = _set_up(cfg, ds, active_secret) if start == 0 else _parties(cfg, ds)
     transit, history, local = InTransit(len(ds.passives)), [], []

@@ -496,6 +496,11 @@ def selection_accuracy(val: dict[str, float]) -> float:
     return float(val.get("selection_accuracy", val.get("accuracy", -math.inf)))
 
 
+def selection_loss(val: dict[str, float]) -> float:
+    """The validation loss that breaks ties of :func:`selection_accuracy` (same labels); ``inf`` if not scored."""
+    return float(val.get("selection_loss", val.get("loss", math.inf)))
+
+
 
 @dataclass
 class InTransit:
@@ -511,15 +516,19 @@ class InTransit:
     prototypes: dict[int, np.ndarray] = field(default_factory=dict)
     prototype_mask: np.ndarray | None = None
     pseudo_thresholds: dict[int, float] = field(default_factory=dict)
-    best_val: float = -math.inf  # eval_test=best: the best validation accuracy so far (ties keep the earlier round)
+    best_val: float = -math.inf  # eval_test=best: the best validation accuracy so far
+    best_val_loss: float = math.inf  # ... and its validation loss (a tie in accuracy goes to the lower loss)
     test_previous: bool = False  # the next round brings the test rows of this one (a new best without them)
 
     def receive(self, reply: FromActive) -> None:
         """Keep what ``reply`` releases for the next round (a final round releases nothing), and whether the next
-        round must bring this round's test rows (its validation accuracy is a new best and they did not come)."""
-        accuracy = selection_accuracy(reply.val or {})
-        self.test_previous = accuracy > self.best_val and reply.test is None
-        self.best_val = max(self.best_val, accuracy)
+        round must bring this round's test rows (a new best, as :func:`flwr_vproto.results.select_final` ranks
+        rounds: higher validation accuracy, or the same with a lower validation loss; and they did not come)."""
+        accuracy, loss = selection_accuracy(reply.val or {}), selection_loss(reply.val or {})
+        better = accuracy > self.best_val or (accuracy == self.best_val and loss < self.best_val_loss)
+        self.test_previous = better and reply.test is None
+        if better:
+            self.best_val, self.best_val_loss = accuracy, loss
         self.gradients = dict(enumerate(reply.gradients, start=1))  # none this round (schedule, final): none next
         if reply.prototypes:
             self.prototypes = dict(enumerate(reply.prototypes, start=1))
@@ -544,7 +553,7 @@ class InTransit:
                 "prototypes": {names[k]: p for k, p in self.prototypes.items()},
                 "prototype-mask": self.prototype_mask,
                 **({"pseudo-gates": [float(g) for g in gates]} if gates and None not in gates else {}),
-                "best-val": self.best_val, "test-previous": self.test_previous}
+                "best-val": self.best_val, "best-val-loss": self.best_val_loss, "test-previous": self.test_previous}
 
     @classmethod
     def from_state(cls, num_passive: int, saved: dict[str, Any]) -> InTransit:
@@ -556,4 +565,5 @@ class InTransit:
                    prototype_mask=saved["prototype-mask"],
                    pseudo_thresholds={} if gates is None else dict(enumerate((float(g) for g in gates), start=1)),
                    best_val=float(saved.get("best-val", -math.inf)),
+                   best_val_loss=float(saved.get("best-val-loss", math.inf)),
                    test_previous=bool(saved.get("test-previous", False)))

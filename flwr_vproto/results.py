@@ -37,7 +37,8 @@ def round_record(
 
 
 def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
-    """Test metrics at the round with the best validation accuracy (ties: the earlier round).
+    """Test metrics at the round with the best validation accuracy (ties: the lower validation loss, then the
+    earlier round).
 
     This is the evaluation protocol of the benchmark: every method is trained for the same rounds and reported at
     its own best validation round, so no method is judged at an arbitrary stopping point.
@@ -46,7 +47,10 @@ def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     if not evaluated:
         return {}
     # Under label DP the selection sees the noised validation labels (what it decides travels to the passives).
-    best = max(evaluated, key=lambda h: (h.get("val/selection_accuracy", h["val/accuracy"]), -h["round"]))
+    # A tie (e.g. rounds that all predict the majority class) goes to the better-calibrated round, never blindly to
+    # the earliest one; under label DP the loss is the one on the noised labels too, when recorded.
+    best = max(evaluated, key=lambda h: (h.get("val/selection_accuracy", h["val/accuracy"]),
+                                         -h.get("val/selection_loss", h.get("val/loss", math.inf)), -h["round"]))
     final = {k[len("test/"):]: v for k, v in best.items() if k.startswith("test/")}
     final["best_round"] = best["round"]
     final["val_accuracy"] = best["val/accuracy"]
@@ -77,6 +81,9 @@ def format_round(rec: Mapping[str, float], num_rounds: int, elapsed: float | Non
     if "exchange/last_round" in rec:
         parts = [f"round {int(rec['exchange/last_round']):>3}/{num_rounds} (exchange {int(rec['round'])}: rounds "
                  f"{int(rec['exchange/first_round'])}-{int(rec['exchange/last_round'])})"]
+    elif "active/num_leaves" in rec:  # a LightGBM baseline: one "round" per hyper-parameter setting
+        parts = [f"setting {int(rec['round']):>2}: num_leaves {int(rec['active/num_leaves'])}, min_child_samples "
+                 f"{int(rec['active/min_child_samples'])}, {int(rec['active/trees'])} trees"]
     else:
         parts = [f"round {int(rec['round']):>3}/{num_rounds}"]
     for key, label in (("active/sup_loss", "sup"), ("active/local_loss", "local"), ("active/first_loss", "first")):
@@ -199,6 +206,11 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     if "auc" in final:
         head += f", AUC {_acc(final, 'auc')}"
     best = f"best round {int(final['best_round'])} of {num_rounds} by validation {metric}"
+    if "trees" in results:  # a LightGBM baseline: its "rounds" are the hyper-parameter settings tried
+        from flwr_vproto.trees import describe_setting
+
+        best = (f"best of {len(rounds)} LightGBM settings by validation {metric}: "
+                f"{describe_setting(results, int(final['best_round']))}")
     sel = results.get("selection") or {}
     score = sel.get("val_score", final.get("val_accuracy"))
     if score is not None:

@@ -48,7 +48,7 @@ from flwr.serverapp.strategy import Result, Strategy
 from flwr_vproto import __version__, defences, exchanges, ledger, messages, optional, privacy, sealing
 from flwr_vproto import checkpoint as ck
 from flwr_vproto import protocol as proto
-from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError
+from flwr_vproto.config import INPROCESS_ONLY, REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError
 from flwr_vproto.data.types import SPLITS
 from flwr_vproto.privacy import privacy_summary
 from flwr_vproto.protocol import FromActive, FromPassive, PassiveSetup, Probe, ProtocolError
@@ -134,8 +134,8 @@ class VerticalProtoStrategy(Strategy):
         max_poll_interval: float = 0.1,
         active_results: str | Path | None = None,
     ) -> None:
-        if cfg.method.name == "centralized":
-            raise ConfigError("method 'centralized' needs every party's raw data in one place; it exists only "
+        if cfg.method.name in INPROCESS_ONLY:
+            raise ConfigError(f"method '{cfg.method.name}' needs every party's raw data in one place; it exists only "
                               "in simulation: run it with engine=inprocess")
         if timeout <= 0 or wait_for_nodes <= 0:
             raise ConfigError("timeout and wait_for_nodes must be > 0 seconds")

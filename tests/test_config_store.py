@@ -24,7 +24,8 @@ from flwr_vproto.config_store import CliConfig, option_docs
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "flwr_vproto" / "conf"
 SNAPSHOT = json.loads((REPO / "tests" / "data" / "composed_configs.json").read_text())
-METHODS = ["vproto", "vproto_seed", "vproto_fewshot", "vproto_oneshot", "vanilla", "local", "centralized"]
+METHODS = ["vproto", "vproto_seed", "vproto_fewshot", "vproto_oneshot", "vanilla", "local", "centralized", "gbdt_local",
+           "gbdt_aligned", "gbdt_centralized"]
 DATASETS = ["digits", "adult", "fashion_mnist", "csv"]
 MODELS = ["mlp", "cnn"]
 DEFENCES = ["no_gradients", "gradient_noise", "label_dp", "none"]
@@ -143,7 +144,8 @@ def test_help_lists_every_option_with_its_value_and_description(tmp_path):
     assert any(line.startswith("  num_rounds=20 ") for line in lines)  # adult's default (digits: 40)
     assert lines[2].startswith("  python run_simulation.py [group=preset ...]")  # the command as the user ran it
     assert not [line for line in lines if line.rstrip().endswith("...")], "descriptions are wrapped, never cut"
-    assert "method: centralized, local, vanilla, vproto" in proc.stdout and "--multirun" in proc.stdout
+    methods = "centralized, gbdt_aligned, gbdt_centralized, gbdt_local, local, vanilla, vproto"
+    assert f"method: {methods}" in proc.stdout and "--multirun" in proc.stdout
     assert not (tmp_path / "outputs").exists()
 
 

@@ -199,7 +199,10 @@ def test_split_seed_decouples_the_split_from_the_training_seed(tmp_path):
     assert list(pinned.train.ids) != list(base.train.ids)  # rows still shuffled by the run's seed
 
 
-def test_centralized_on_csv_joins_the_users_every_file_holds(tmp_path):
+def test_centralized_on_csv_trains_on_every_labelled_user_and_scores_the_joined_ones(tmp_path):
+    """Issue 28: the upper bound trains on every user whose label the active party knows (not only the aligned
+    ones); a passive that lacks a user gives zeros and a 0 in its "holds this user" column (the active block's
+    last); validation and test users are those every file holds, as for every method."""
     paths = write_pair(tmp_path)
     frame = pd.read_csv(paths[1], dtype=str)
     frame = frame[frame["id"].str[1:].astype(int) % 3 != 0]  # the passive lacks a third of the users
@@ -210,16 +213,21 @@ def test_centralized_on_csv_joins_the_users_every_file_holds(tmp_path):
     assert load_vertical_dataset(cfg(paths)).central is None  # only built for method centralized
     ds = load_vertical_dataset(cfg(paths, method="centralized"))
     c = ds.central
-    assert c is not None and c.input_shapes == [p.input_shape for p in ds.parties]
+    assert c is not None and c.input_shapes == [(ds.active.input_shape[0] + 1,), ds.passives[0].input_shape]
     for s in ("train", "val", "test"):
         active, passive = ds.active.split(s), ds.passives[0].split(s)
-        joined = [u for u, y in zip(active.ids, active.y, strict=True) if u in set(passive.ids) and y >= 0]
-        assert len(c.y[s]) == len(joined) > 0
-        assert "u1" not in joined
-        # each row is the active's then the passive's encoded features of one joined user, with its label
+        held = set(passive.ids)
+        users = [u for u, y in zip(active.ids, active.y, strict=True) if y >= 0 and (s == "train" or u in held)]
+        assert len(c.y[s]) == len(users) > 0
+        assert "u1" not in users
+        if s == "train":
+            assert any(u not in held for u in users)  # non-aligned users train too
+        # each row: the active's encoded features, "does the passive hold it", the passive's features (or zeros)
         by_a = {u: (x, y) for u, x, y in zip(active.ids, active.x, active.y, strict=True)}
         by_p = dict(zip(passive.ids, passive.x, strict=True))
-        rows = {tuple(np.concatenate([by_a[u][0], by_p[u]]).round(5)): by_a[u][1] for u in joined}
+        zeros = np.zeros(passive.x.shape[1], dtype=np.float32)
+        rows = {tuple(np.concatenate([by_a[u][0], [u in held], by_p.get(u, zeros)]).astype(np.float32).round(5)):
+                by_a[u][1] for u in users}
         got = {tuple(r.round(5)): int(y) for r, y in zip(c.x[s], c.y[s], strict=True)}
         assert got == rows
     out = run_inprocess(cfg(paths, method="centralized", num_rounds=2), ds)

@@ -123,7 +123,8 @@ def test_gap_closed_and_table_format():
     assert gap_closed({"vproto": 0.9, "vanilla": 0.8, "local": 0.7, "centralized": 0.8}) is None
 
 
-@pytest.mark.parametrize("records", ["methods.jsonl", "methods_40_rounds.jsonl", "methods_protected.jsonl"])
+@pytest.mark.parametrize("records", ["methods.jsonl", "methods_40_rounds.jsonl", "methods_protected.jsonl",
+                                     "methods_trees.jsonl"])
 def test_shipped_benchmark_table_is_the_one_in_benchmarks_md(records):
     runs = load_runs([REPO / "benchmarks" / records])
     text = (REPO / "BENCHMARKS.md").read_text()

@@ -77,21 +77,29 @@ def _check_party(cfg: Config, party_index: int) -> None:
                         f"(dataset.num_passive)")
 
 
-def _positions(ids: np.ndarray, wanted: np.ndarray) -> np.ndarray:
-    """Row index in ``ids`` of each of ``wanted`` (all present)."""
-    where = {u: k for k, u in enumerate(ids.tolist())}
-    return np.array([where[u] for u in wanted.tolist()], dtype=np.int64)
+def held_by(ids: np.ndarray, others: np.ndarray) -> np.ndarray:
+    """Whether each of ``ids`` is among ``others`` (string IDs: a set lookup; ``np.isin`` on object arrays compares
+    every pair, minutes on a table of tens of thousands of users)."""
+    pool = set(others.tolist())
+    return np.fromiter((u in pool for u in ids.tolist()), dtype=bool, count=len(ids))
 
 
-def csv_central_view(cfg: Config, parties: list[PartySplits]) -> CentralView:
-    """Simulation only: the ``centralized`` upper bound on one's own CSV files, every party's file in one process.
+def csv_central_view(cfg: Config, parties: list[PartySplits], all_rows: bool = False) -> CentralView:
+    """Simulation only: every party's columns of one's own CSV files joined in one process.
 
-    Per split (as the keyed hash assigns users), the inner join on the ID of the users **every** party holds in that
-    split and whose label the active party knows (``y >= 0``): train = the aligned training users (non-aligned
-    users lack some party's features, so no model with all features can learn from them), val and test = the
-    validation and test users every file holds (the users vproto scores jointly). Each user's row is the parties'
-    encoded features concatenated in party order (each party's encoder fitted on its own training rows, as in
-    federated training). Training rows are in a seeded random order; val/test rows in the active party's order.
+    Validation and test users (as the keyed hash assigns them): those **every** party holds and whose label the
+    active party knows (``y >= 0``): the users vproto validates and scores jointly. Training users:
+
+    * ``all_rows=False`` (``gbdt_aligned``): the aligned users only (every party holds them);
+    * ``all_rows=True`` (``centralized``, ``gbdt_centralized``: the all-rows upper bound): every training user whose
+      label the active party knows, aligned or not. A party that does not hold a user gives that user zeros (its
+      encoded columns' training mean: numbers are standardised, categories one-hot), and one 0/1 column per passive
+      party, appended to the active party's block, says whether that passive holds the user. The passives' own
+      non-aligned users have no label in any file, so no model can learn from them.
+
+    Each user's row is the parties' encoded features concatenated in party order (each party's encoder fitted on its
+    own training rows, as in federated training). Training rows are in a seeded random order; val/test rows in the
+    active party's order.
     """
     x: dict[str, np.ndarray] = {}
     y: dict[str, np.ndarray] = {}
@@ -99,24 +107,45 @@ def csv_central_view(cfg: Config, parties: list[PartySplits]) -> CentralView:
         splits = [p.split(name) for p in parties]
         labels = np.asarray(splits[0].y)
         keep = labels >= 0
-        for data in splits[1:]:
-            keep &= np.isin(splits[0].ids, data.ids)
+        held = [held_by(splits[0].ids, data.ids) for data in splits[1:]]
+        if not (all_rows and name == "train"):
+            for h in held:
+                keep &= h
         ids = splits[0].ids[keep]
-        if name == "train":
-            ids = ids[rng_for(cfg.seed, CENTRAL).permutation(len(ids))]
-        rows = [_positions(data.ids, ids) for data in splits]
-        x[name] = np.ascontiguousarray(np.concatenate(
-            [data.x[r].reshape(len(ids), -1) for data, r in zip(splits, rows, strict=True)], axis=1), dtype=np.float32)
-        y[name] = labels[rows[0]].astype(np.int64)
+        order = rng_for(cfg.seed, CENTRAL).permutation(len(ids)) if name == "train" else np.arange(len(ids))
+        ids = ids[order]
+        blocks = [splits[0].x[np.flatnonzero(keep)[order]].reshape(len(ids), -1)]
+        if all_rows:
+            blocks.append(np.stack([h[keep][order] for h in held], axis=1).astype(np.float32))
+        for data in splits[1:]:
+            where = {u: k for k, u in enumerate(data.ids.tolist())}
+            flat = data.x.reshape(len(data), -1)
+            block = np.zeros((len(ids), flat.shape[1]), dtype=np.float32)
+            rows = [(i, where[u]) for i, u in enumerate(ids.tolist()) if u in where]
+            if rows:
+                mine, theirs = map(np.array, zip(*rows, strict=True))
+                block[mine] = flat[theirs]
+            blocks.append(block)
+        x[name] = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
+        y[name] = labels[keep][order].astype(np.int64)
     if len(y["train"]) < 2:
-        raise DataError(f"method centralized: only {len(y['train'])} labelled training user(s) appear in every CSV "
-                        f"file ({', '.join(cfg.dataset.csv.paths)}); it trains on those users only")
-    return CentralView(x=x, y=y, input_shapes=[p.input_shape for p in parties])
+        raise DataError(f"method {cfg.method.name}: only {len(y['train'])} labelled training user(s) "
+                        f"{'' if all_rows else 'appear in every CSV file '}({', '.join(cfg.dataset.csv.paths)}); it "
+                        f"trains on those users only")
+    shapes = [p.input_shape for p in parties]
+    if all_rows:  # the passives' "holds this user" columns travel in the active party's block
+        shapes[0] = (int(np.prod(shapes[0])) + len(parties) - 1,)
+    return CentralView(x=x, y=y, input_shapes=shapes)
+
+
+CENTRAL_METHODS = ("centralized", "gbdt_centralized")
+"""Methods that train on the all-rows view (``VerticalDataset.central``); csv builds it only for them."""
 
 
 def load_vertical_dataset(cfg: Config) -> VerticalDataset:
     """All parties' data (active first) and the centralized view: always for simulated datasets, and for csv only
-    when ``method.name`` is ``centralized`` (it joins every party's file in one process); deterministic in cfg."""
+    for the methods that train on it (:data:`CENTRAL_METHODS`: it joins every party's file in one process);
+    deterministic in cfg."""
     _check_feature_split(cfg)
     if cfg.dataset.name != "csv":
         return copy.deepcopy(_cached_simulation(cfg, with_central=True))
@@ -128,7 +157,7 @@ def load_vertical_dataset(cfg: Config) -> VerticalDataset:
     if len(common) < 2:
         raise DataError(f"only {len(common)} training user ID(s) appear in every CSV file "
                         f"({', '.join(cfg.dataset.csv.paths)}); vertical training needs at least 2 aligned users")
-    central = csv_central_view(cfg, parties) if cfg.method.name == "centralized" else None
+    central = csv_central_view(cfg, parties, all_rows=True) if cfg.method.name in CENTRAL_METHODS else None
     return VerticalDataset(parties=parties, num_classes=num_classes, class_names=class_names, central=central)
 
 

@@ -60,7 +60,7 @@ class PartySplits:
 @dataclass
 class CentralView:
     """Simulation only: users with all parties' features, for the ``centralized`` upper bound (simulated data:
-    every user; csv: the users every file holds, see :func:`flwr_vproto.data.load.csv_central_view`)."""
+    every user; csv: every user the active file labels, see :func:`flwr_vproto.data.load.csv_central_view`)."""
 
     x: dict[str, np.ndarray]  # split -> (n, sum of d_k) float32, features of all parties concatenated
     y: dict[str, np.ndarray]  # split -> (n,) int64
@@ -74,7 +74,7 @@ class VerticalDataset:
     parties: list[PartySplits]
     num_classes: int
     class_names: list[str]
-    central: CentralView | None = None  # csv: None unless method.name is centralized
+    central: CentralView | None = None  # csv: None unless method.name is centralized or gbdt_centralized
 
     @property
     def active(self) -> PartySplits:

@@ -64,12 +64,14 @@ def split_scores(
 
     ``selection_labels``: the labels the active party trains and calibrates on when they differ from ``y``
     (``defence.label_epsilon``: randomised response). What selects the best round (and so whether test rows travel)
-    must see only those, so they get their own ``selection_accuracy``; the true-label scores reach the server only.
+    must see only those, so they get their own ``selection_accuracy`` (and ``selection_loss``, which breaks its ties);
+    the true-label scores reach the server only.
     """
     metrics = classification_scores(probs["combined"], y, num_classes)
     if selection_labels is not None:
-        known = selection_labels >= 0
-        metrics["selection_accuracy"] = float((probs["combined"][known].argmax(1) == selection_labels[known]).mean())
+        noised = classification_scores(probs["combined"], selection_labels, num_classes)
+        metrics["selection_accuracy"] = noised.get("accuracy", float("nan"))
+        metrics["selection_loss"] = noised.get("loss", float("nan"))  # breaks ties of selection_accuracy
     if "joint" in probs and "local" in probs:
         metrics["combine_weight"] = combine_weight
     for name in ("joint", "local"):

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from flwr_vproto import optional
+from flwr_vproto.config import INPROCESS_ONLY
 
 from .load import Run, Trial
 from .tables import _mean_std, ordered_tags, split_engines
@@ -80,7 +81,7 @@ def _lines(runs: list[Run]) -> list[tuple[str, list[Run]]]:
     out = []
     for tag in ordered_tags(runs):
         mine = [r for r in runs if r.tag == tag]
-        engines = sorted({r.engine for r in mine}) if split and mine[0].method != "centralized" else [""]
+        engines = sorted({r.engine for r in mine}) if split and mine[0].method not in INPROCESS_ONLY else [""]
         for engine in engines:
             out.append((f"{tag} ({engine or '?'})" if engine else tag,
                         [r for r in mine if not engine or r.engine == engine]))

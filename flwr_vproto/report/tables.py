@@ -8,9 +8,12 @@ import statistics
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from flwr_vproto.config import INPROCESS_ONLY
+
 from .load import Run, Trial
 
 GAP_METHODS = ("vproto", "vanilla", "local", "centralized")
+TREE_METHODS = ("gbdt_local", "gbdt_aligned", "gbdt_centralized")  # flwr_vproto/trees.py, after the four
 # What the method table's cells are: the line above it in summary.md and in the printed report.
 TABLE_NOTE = ("Test accuracy at each run's best validation round, mean ± std over seeds; gap closed = "
               "(vproto − max(vanilla, local)) / (centralized − max(vanilla, local)) on the means.")
@@ -21,35 +24,38 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
 
 
 def ordered_tags(runs: Iterable[Run]) -> list[str]:
-    """The four methods of design §6 first, in their order, then any other tag alphabetically."""
+    """The four methods of design §6 first, in their order, then the tree baselines, then any other tag
+    alphabetically."""
     present = {r.tag for r in runs}
-    return [t for t in GAP_METHODS if t in present] + sorted(present - set(GAP_METHODS))
+    known = GAP_METHODS + TREE_METHODS
+    return [t for t in known if t in present] + sorted(present - set(known))
 
 
 RowKey = tuple[str, float, str, str]  # dataset, axis position, overlap label, engine ("" unless engines are mixed)
 
 
 def split_engines(runs: Iterable[Run]) -> bool:
-    """Whether the runs hold more than one engine (centralized aside: it has only the in-process one).
+    """Whether the runs hold more than one engine (centralized and the trees aside: only the in-process one).
 
     The engines are meant to give the same numbers for the same config and seed, so a Flower run and an in-process
     run of one seed are one seed run twice, not two seeds: mixed, each engine gets its own rows.
     """
-    return len({r.engine for r in runs if r.method != "centralized"}) > 1
+    return len({r.engine for r in runs if r.method not in INPROCESS_ONLY}) > 1
 
 
 def groups(runs: Iterable[Run]) -> dict[RowKey, dict[str, list[Run]]]:
     """``(dataset, axis, overlap label, engine) -> tag -> runs``: the rows of the tables.
 
-    When engines are mixed (:func:`split_engines`) each engine has its own rows; ``centralized`` runs (in-process
-    only, the same bound whichever engine trains the others) join every engine's row of their dataset and overlap.
+    When engines are mixed (:func:`split_engines`) each engine has its own rows; ``centralized`` and tree runs
+    (in-process only, the same whichever engine trains the others) join every engine's row of their dataset and
+    overlap.
     """
     runs = list(runs)
     split = split_engines(runs)
     out: dict[RowKey, dict[str, list[Run]]] = {}
     bounds = []
     for r in runs:
-        if split and r.method == "centralized":
+        if split and r.method in INPROCESS_ONLY:
             bounds.append(r)
             continue
         out.setdefault((r.dataset, r.axis, r.overlap_label, r.engine if split else ""), {}).setdefault(

@@ -1,0 +1,163 @@
+"""Tree baselines: LightGBM on the same users, columns, validation and test split as every method (design §6).
+
+What a practitioner would train before joining (or instead of) a vertical federation, each early-stopped on the
+validation users' log-loss, with a small hyper-parameter grid chosen on the validation users:
+
+* ``gbdt_local``: the active party's columns, every user whose label it knows (aligned and its own non-aligned
+  users): what the bank reaches alone.
+* ``gbdt_aligned``: every party's columns on the aligned users only: what a lossless vertical tree protocol
+  (SecureBoost, as FATE and SecretFlow run it) reaches, since it trains exactly the trees of this joined table.
+* ``gbdt_centralized``: every column and every labelled training user in one place (the ``centralized`` view).
+
+``gbdt_aligned`` and ``gbdt_centralized`` join every party's raw rows in one process, so, like ``centralized``,
+they exist only in simulation (``engine=inprocess``); so does ``gbdt_local`` (a harness baseline, not a protocol).
+Validation users and test users are those every party holds, as for every method (the test score is on the users
+every party holds). Features are each party's encoded columns (one-hot categories, scaled numbers; image strips
+flattened to pixels). LightGBM is an optional dependency (the ``trees`` extra): a missing one fails in one line.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Callable, Mapping
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from flwr_vproto.config import Config
+from flwr_vproto.data.types import SPLITS, DataError, PartySplits, VerticalDataset
+from flwr_vproto.method.scores import classification_scores
+from flwr_vproto.results import build_results, round_record
+from flwr_vproto.threads import DEFAULT_THREADS
+
+RoundCallback = Callable[[dict[str, float]], None]
+TREE_METHODS = ("gbdt_local", "gbdt_aligned", "gbdt_centralized")
+LEARNING_RATE = 0.05
+NUM_LEAVES = (4, 16, 64)
+MIN_CHILD_SAMPLES = (5, 20, 50)
+MAX_TREES = 2000
+EARLY_STOPPING = 50  # trees without a better validation log-loss before a setting stops
+
+Split = tuple[np.ndarray, np.ndarray]  # (features, labels)
+
+
+def grid() -> list[dict[str, int]]:
+    """The hyper-parameter settings tried, in order (``round`` k of the history is setting k)."""
+    return [{"num_leaves": nl, "min_child_samples": mcs} for nl, mcs in product(NUM_LEAVES, MIN_CHILD_SAMPLES)]
+
+
+def lightgbm_threads() -> int:
+    """The project's thread policy (:mod:`flwr_vproto.threads`): the job's ``OMP_NUM_THREADS`` (the user's, or what
+    ``runner.threads`` / a launcher's share / the default bound), else :data:`DEFAULT_THREADS`."""
+    value = os.environ.get("OMP_NUM_THREADS", "").strip()
+    return int(value) if value.isdigit() and int(value) >= 1 else DEFAULT_THREADS
+
+
+def _flat(x: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(x.reshape(len(x), -1), dtype=np.float32)
+
+
+def _shared_rows(active: PartySplits, passives: list[PartySplits], split: str) -> np.ndarray:
+    """Rows of the active party's ``split`` whose user every passive holds too."""
+    from flwr_vproto.data.load import held_by
+
+    keep = np.ones(len(active.split(split)), dtype=bool)
+    for p in passives:
+        keep &= held_by(active.split(split).ids, p.split(split).ids)
+    return np.flatnonzero(keep)
+
+
+def local_view(ds: VerticalDataset) -> dict[str, Split]:
+    """The active party's columns: every labelled training user; validation and test users every party holds."""
+    a = ds.active
+    out: dict[str, Split] = {}
+    for s in SPLITS:
+        rows = np.arange(len(a.split(s))) if s == "train" else _shared_rows(a, ds.passives, s)
+        x, y = _flat(a.split(s).x[rows]), np.asarray(a.split(s).y)[rows]
+        out[s] = (x[y >= 0], y[y >= 0].astype(np.int64))
+    return out
+
+
+def joined_view(cfg: Config, ds: VerticalDataset, all_rows: bool) -> dict[str, Split]:
+    """Every party's columns. ``all_rows=False``: the users every party holds (training: the aligned users);
+    ``all_rows=True``: the ``centralized`` view (every labelled training user; see
+    :func:`flwr_vproto.data.load.csv_central_view` for csv files)."""
+    from flwr_vproto.data.load import csv_central_view
+
+    if all_rows:
+        c = ds.central if ds.central is not None else csv_central_view(cfg, ds.parties, all_rows=True)
+    else:
+        c = csv_central_view(cfg, ds.parties)
+    return {s: (_flat(c.x[s]), c.y[s]) for s in SPLITS}
+
+
+def tree_view(cfg: Config, ds: VerticalDataset) -> dict[str, Split]:
+    """The rows and columns of ``cfg.method.name`` (one of :data:`TREE_METHODS`)."""
+    name = cfg.method.name
+    view = local_view(ds) if name == "gbdt_local" else joined_view(cfg, ds, all_rows=name == "gbdt_centralized")
+    for s in SPLITS:
+        if len(view[s][1]) == 0:
+            raise DataError(f"method {name}: no labelled {s} user in its view of the data")
+    return view
+
+
+def _params(cfg: Config, num_classes: int, setting: dict[str, int]) -> dict[str, Any]:
+    multi = num_classes > 2
+    return {"objective": "multiclass" if multi else "binary", **({"num_class": num_classes} if multi else {}),
+            "metric": "multi_logloss" if multi else "binary_logloss", "learning_rate": LEARNING_RATE,
+            **setting, "seed": cfg.seed, "deterministic": True, "force_col_wise": True,
+            "num_threads": lightgbm_threads(), "verbosity": -1}
+
+
+def _probs(booster: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    p = np.asarray(booster.predict(x, num_iteration=booster.best_iteration))
+    return np.column_stack([1 - p, p]) if num_classes == 2 else p
+
+
+def fit_setting(cfg: Config, view: dict[str, Split], num_classes: int, setting: dict[str, int]
+                ) -> tuple[Any, dict[str, dict[str, float]]]:
+    """One grid setting, early-stopped on the validation users: the booster and its val/test scores."""
+    import lightgbm as lgb
+
+    (xt, yt), (xv, yv) = view["train"], view["val"]
+    train = lgb.Dataset(xt, yt, params={"verbosity": -1})
+    booster = lgb.train(_params(cfg, num_classes, setting), train, num_boost_round=MAX_TREES,
+                        valid_sets=[lgb.Dataset(xv, yv, reference=train)],
+                        callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
+    scores = {s: classification_scores(_probs(booster, view[s][0], num_classes), view[s][1], num_classes)
+              for s in ("val", "test")}
+    return booster, scores
+
+
+def run_trees(cfg: Config, ds: VerticalDataset, on_round: RoundCallback | None = None) -> dict[str, Any]:
+    """Train every grid setting; return ``results.json`` content. History record k is setting k; ``final`` is the
+    setting with the best validation accuracy (ties: the lower validation loss), as for every method's rounds."""
+    from flwr_vproto import optional
+
+    optional.require("lightgbm", f"method={cfg.method.name} (the tree baselines)")
+    view = tree_view(cfg, ds)
+    history = []
+    for k, setting in enumerate(grid(), start=1):
+        t0 = time.perf_counter()
+        booster, scores = fit_setting(cfg, view, ds.num_classes, setting)
+        rec = round_record(k, {**setting, "trees": booster.best_iteration or booster.current_iteration()}, [],
+                           scores["val"], scores["test"], time.perf_counter() - t0)
+        history.append(rec)
+        if on_round:
+            on_round(rec)
+    rows = {s: len(view[s][1]) for s in SPLITS}
+    aligned = {s: len(_shared_rows(ds.active, ds.passives, s)) for s in SPLITS}
+    found = {"aligned": aligned, "rows": {p.name: {s: len(p.split(s)) for s in SPLITS} for p in ds.parties}}
+    trees = {"library": "lightgbm", "learning_rate": LEARNING_RATE, "max_trees": MAX_TREES,
+             "early_stopping": EARLY_STOPPING, "settings": len(history), "rows": rows,
+             "columns": int(view["train"][0].shape[1]), "threads": lightgbm_threads()}
+    return build_results(cfg, history, extra={"trees": trees, "alignment": found})
+
+
+def describe_setting(results: Mapping[str, Any], best_round: int) -> str:
+    """``num_leaves 16, min_child_samples 20, 212 trees``: the selected setting, for the closing summary."""
+    rec: Mapping[str, float] = next((r for r in results.get("rounds") or [] if int(r["round"]) == best_round), {})
+    return ", ".join(f"{k} {int(rec[f'active/{k}'])}" for k in ("num_leaves", "min_child_samples", "trees")
+                     if f"active/{k}" in rec)
