@@ -506,8 +506,9 @@ def selection_loss(val: dict[str, float]) -> float:
 class InTransit:
     """What the active party's reply hands to the passives' next round, held by whoever relays it.
 
-    The server holds it in a deployment (it cannot read embeddings' meaning, only relay them); its checkpoint holds
-    it too, so a resumed run sends exactly what the interrupted one would have.
+    The in-process engine hands it from one step to the next and checkpoints it, so a resumed run sends exactly what
+    the interrupted one would have. Over Flower the active party's ClientApp builds it and seals each passive's part
+    (design §4 "Sealed"): the server relays and checkpoints only ciphertext it cannot open.
     """
 
     num_passive: int
