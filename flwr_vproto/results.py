@@ -192,9 +192,13 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     rounds = results.get("rounds") or []
     cfg = results.get("config") or {}
     num_rounds = int(cfg.get("num_rounds") or (rounds[-1]["round"] if rounds else 0))
+    aligned = ((results.get("alignment") or {}).get("aligned") or {}).get("train")
+    tail = ([f"{int(aligned)} aligned training users"] if aligned is not None else []) + \
+        ([format_elapsed(elapsed)] if elapsed is not None else [])
+    where = f"results: {path}" if path is not None else ""
+    last = ", ".join(tail) + (f" -> {where}" if where and tail else where)
     if not final:
-        return [f"final: no evaluated round ({len(rounds)} round(s) recorded)"
-                + (f" -> {path}" if path is not None else "")]
+        return [_no_scores(rounds)] + ([last] if last else [])
     head = f"final: test accuracy {_acc(final, 'accuracy')}"
     parts = []
     if "joint_accuracy" in final:
@@ -217,15 +221,18 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
         best += f" ({float(score):.4f})"
     if "active_only_accuracy" in final:
         best += f"; users only the active party holds: {_acc(final, 'active_only_accuracy')} (active-only head)"
-    aligned = ((results.get("alignment") or {}).get("aligned") or {}).get("train")
-    tail = []
-    if aligned is not None:
-        tail.append(f"{int(aligned)} aligned training users")
-    if elapsed is not None:
-        tail.append(format_elapsed(elapsed))
-    where = f"results: {path}" if path is not None else ""
-    last = ", ".join(tail) + (f" -> {where}" if where and tail else where)
     return [head, best, *_protection(results, cfg)] + ([last] if last else [])
+
+
+def _no_scores(rounds: list[Mapping[str, Any]]) -> str:
+    """The first closing line of a run without scores: under the active party's ``server-metrics=progress`` (its
+    records hold ``progress.*``) the scores stay on its node, in its own ``results.json``; else none was evaluated."""
+    from flwr_vproto.messages import PROGRESS_METRICS
+
+    if any(k.startswith(PROGRESS_METRICS) for r in rounds for k in r):
+        return (f"final: the scores stay with the active party (its server-metrics=progress): see the results.json "
+                f"in its node-config results-dir; {len(rounds)} exchange(s) run")
+    return f"final: no evaluated round ({len(rounds)} round(s) recorded)"
 
 
 def _protection(results: Mapping[str, Any], cfg: Mapping[str, Any]) -> list[str]:

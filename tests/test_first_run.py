@@ -170,6 +170,11 @@ def test_format_summary_names_the_joint_model_the_active_only_head_the_round_and
         "(active-only head)",
         "65 aligned training users, 47s -> results: out/results.json"]
     assert format_summary({"final": {}, "rounds": []})[0].startswith("final: no evaluated round")
+    # server-metrics=progress: the server's summary points at the active party's own results, and still counts
+    progress = format_summary({"final": {}, "rounds": [{"round": 1, "progress.exchange": 1.0, "progress.rounds": 1.0}],
+                               "alignment": {"aligned": {"train": 12}}}, path="out/results.json")
+    assert progress[0].startswith("final: the scores stay with the active party (its server-metrics=progress)")
+    assert progress[1] == "12 aligned training users -> results: out/results.json"
 
 
 RAY_REASON = (
