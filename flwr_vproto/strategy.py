@@ -7,7 +7,10 @@ global model to aggregate: the server relays the payloads of :mod:`flwr_vproto.p
 :func:`flwr_vproto.inprocess.run_inprocess` calls the same steps, so both engines produce the same per-round metrics.
 
 Every step is a public hook a subclass can override or wrap, ``configure_*`` (build the messages of a phase) and
-``aggregate_*`` (decode and check its replies), as FedAvg's ``configure_train`` -> send/receive -> ``aggregate_train``:
+``aggregate_*`` (decode and check its replies), called in turn by the strategy's own loop as FedAvg's round calls
+``configure_train`` -> send/receive -> ``aggregate_train``. Flower's ``configure_train`` / ``aggregate_train`` /
+``configure_evaluate`` / ``aggregate_evaluate`` are refused in one line naming these hooks (and a Flower strategy
+wrapper, which has no global model to work on, in one line naming the wrapper).
 
 Setup (once, three message round trips): discovery (every node: role, party index, sizes; its blinded IDs ride
 along) -> the passives re-blind the active party's points while it blinds theirs -> the active party intersects per
@@ -17,8 +20,10 @@ Exchanges (pipelined, one message per party each; :mod:`flwr_vproto.exchanges` s
 default one, and one in all when no passive could ever receive anything): passives get last exchange's gradients
 (and the second prototypes when their third loss uses them) and reply with their embeddings; then the active party
 gets all embeddings, trains the exchange's rounds on them, evaluates after evaluation rounds, and replies with every
-round's metrics and each passive's next gradients. Each exchange is one Flower round: ``history`` and
-``results.json``'s ``rounds`` hold one record per exchange, ``local_rounds`` one per round when they differ.
+round's metrics and each passive's next gradients (``configure_passives`` / ``aggregate_passives``, then
+``configure_active`` / ``aggregate_active``, then ``exchange_record``). Each exchange is one Flower round:
+``history`` and ``results.json``'s ``rounds`` hold one record per exchange, ``local_rounds`` one per round when they
+differ.
 
 What one party sends another is sealed end to end (:mod:`flwr_vproto.sealing`): the server forwards the passives'
 sealed embeddings to the active party and the active party's sealed gradients / prototypes / gates to each passive,
@@ -33,6 +38,7 @@ party, the phase and the round — or, with ``checkpoint.retries``, continues fr
 from __future__ import annotations
 
 import dataclasses
+import inspect
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -65,9 +71,10 @@ PHASES = {proto.PASSIVE: "training (passive parties)", proto.ACTIVE: "training (
 
 @dataclass
 class Exchange:
-    """The exchange under way (``strategy.current``): what its two phases hand each other.
+    """The exchange under way (``strategy.current``): what its phases hand each other, for hooks to read.
 
-    ``passives`` is ``None`` until the passive phase is aggregated; ``active`` until the active phase is.
+    ``passives`` is ``None`` until :meth:`~VerticalProtoStrategy.aggregate_passives` returns; ``active``,
+    ``passive_metrics`` and ``sealed`` are set by :meth:`~VerticalProtoStrategy.aggregate_active`.
     """
 
     round: int
@@ -77,11 +84,6 @@ class Exchange:
     active: FromActive | None = None  # the active party's reply as far as its metrics policy lets the server see it
     passive_metrics: list[FromPassive] = field(default_factory=list)  # passives' metrics, via the active party
     sealed: dict[int, bytes] = field(default_factory=dict)  # what the active party sealed for each passive
-
-    @property
-    def phase(self) -> str:
-        """Which phase ``configure_train`` builds and ``aggregate_train`` decodes next: ``passive`` or ``active``."""
-        return proto.PASSIVE if self.passives is None else proto.ACTIVE
 
 
 class VerticalProtoStrategy(Strategy):
@@ -96,31 +98,34 @@ class VerticalProtoStrategy(Strategy):
 
     **Hooks.** :meth:`start` calls these, in this order; override or wrap any of them (``super()`` first) to add
     metrics, inspect or change messages, or log. ``configure_*`` return Flower messages (build them with
-    :meth:`message`), ``aggregate_*`` get the replies by party name and return decoded, checked payloads.
+    :meth:`message`), ``aggregate_*`` get the replies by party name and return decoded, checked payloads;
+    ``current`` (an :class:`Exchange`) holds what the exchange's phases have handed each other so far.
 
     ========================  =========================================================================
     set-up (once)             ``configure_discovery`` / ``aggregate_discovery`` (sets ``parties``),
                               ``configure_psi`` / ``aggregate_psi`` (PSI step 2),
                               ``configure_intersection`` / ``aggregate_intersection`` (PSI step 3)
-    each exchange (a Flower   ``configure_train`` -> send/receive -> ``aggregate_train``, twice: the passive
-    round, ``server_round``)  phase (``configure_passives`` / ``aggregate_passives``: one ``train`` message
-                              per joint passive, its sealed embeddings back), then the active phase
-                              (``configure_active`` / ``aggregate_active``: one ``train`` message to the
-                              active party with every passive's sealed reply, its metrics and the
-                              passives' next payloads, sealed, back). ``current.phase`` says which is next.
-                              ``aggregate_train`` returns ``(None, None)`` after the passive phase and
-                              ``(None, the exchange's record)`` after the active one: that record (flat
-                              ``active/``, ``passive<k>/``, ``val/``, ``test/``, ``privacy/``, traffic
-                              keys) is what ``history``, ``on_round`` and ``results.json`` get
-    evaluation                rides with training: on evaluation rounds the passives embed their val/test
-                              rows in their ``train`` reply and the active party scores them in its own,
-                              so ``configure_evaluate`` sends nothing; ``aggregate_evaluate`` gives an
-                              exchange's ``val/`` and ``test/`` metrics from its record (Flower's
-                              ``Result.evaluate_metrics_clientapp``)
+    passive phase (each       ``configure_passives(server_round)``: one ``train`` message per joint passive
+    exchange, a Flower        (none for ``local``) -> send/receive -> ``aggregate_passives(server_round,
+    round, ``server_round``)  replies)``: each passive's sealed reply, by passive index
+    active phase              ``configure_active(server_round, passives)``: one ``train`` message to the
+                              active party with every passive's sealed reply -> send/receive ->
+                              ``aggregate_active(server_round, replies)``: its metrics (a ``FromActive``;
+                              the passives' next payloads, sealed, go to ``current.sealed``)
+    the exchange's record     ``exchange_record(server_round, exchange)``: the flat record (``active/``,
+                              ``passive<k>/``, ``val/``, ``test/``, ``privacy/``, traffic keys) that
+                              ``history``, ``on_round``, ``results.json`` and ``Result`` get
+    evaluation                rides with the active phase: on evaluation rounds the passives embed their
+                              val/test rows in their ``train`` reply and the active party scores them in
+                              its own; the record's ``val/`` and ``test/`` metrics are also Flower's
+                              ``Result.evaluate_metrics_clientapp``
     ========================  =========================================================================
 
-    There is no global model: ``configure_train`` / ``configure_evaluate`` take Flower's ``arrays`` and ``config``
-    for signature compatibility and refuse non-empty ones.
+    Flower's ``configure_train`` / ``aggregate_train`` / ``configure_evaluate`` / ``aggregate_evaluate`` raise a
+    one-line ``TypeError`` naming the hooks above: Flower's loop makes one round trip around a global model per
+    round, an exchange makes two and has none. So a Flower strategy wrapper (e.g.
+    ``DifferentialPrivacyClientSideFixedClipping``) is refused when its ``start`` first calls this strategy
+    (:meth:`summary`), in one line naming it, before any message is sent.
     """
 
     def __init__(
@@ -161,6 +166,10 @@ class VerticalProtoStrategy(Strategy):
         self.current: Exchange | None = None
 
     def summary(self) -> None:
+        """Log the run's settings; the first call a Flower strategy wrapper makes (its ``start``), so it is
+        refused there, before any message is sent."""
+        if _wrapper_calling(self) is not None:
+            raise _refuse(self, "summary")
         c = self.cfg
         overlap = ("aligned users: as PSI finds them in the files" if c.dataset.name == "csv"
                    else f"aligned_fraction={c.dataset.aligned_fraction}")
@@ -327,9 +336,10 @@ class VerticalProtoStrategy(Strategy):
                              work=len(exchanges.rounds_of(self.cfg, server_round)))]
 
     def aggregate_active(self, server_round: int, replies: Replies) -> FromActive:
-        """The active party's reply: what each passive gets next exchange, sealed (kept in ``transit``), and the
-        metrics its policy reports (``progress``: none derived from a label; in simulation, with
-        ``active_results``, the rest is read back from the active party's own record)."""
+        """The active party's reply: the metrics its policy reports (``progress``: none derived from a label; in
+        simulation, with ``active_results``, the rest is read back from the active party's own record). What each
+        passive gets next exchange, sealed, and the passives' metrics go to ``current.sealed`` and
+        ``current.passive_metrics`` (the exchange's loop then keeps the former in ``transit``)."""
         cfg, where = self.cfg, f"training of round {server_round}"
         content = replies[self.active.name].content
         final = server_round == exchanges.count(cfg)
@@ -352,72 +362,60 @@ class VerticalProtoStrategy(Strategy):
                                    for p in self.joint if not final}
         return reply
 
-    # ------------------------------------------------------------------ Flower's hooks
+    def exchange_record(self, server_round: int, exchange: Exchange) -> dict[str, float]:
+        """Exchange ``server_round``'s record, once both phases are aggregated: flat ``active/``, ``passive<k>/``,
+        ``val/``, ``test/``, ``privacy/`` and traffic keys, the same as the in-process engine's plus the traffic.
+        What ``history``, ``on_round``, ``results.json`` and Flower's ``Result`` get: add a metric here."""
+        assert exchange.active is not None, "exchange_record runs after aggregate_active"
+        return proto.record(self.cfg, server_round, exchange.passive_metrics, exchange.active,
+                            time.perf_counter() - exchange.started,
+                            extra={"messages": exchange.traffic.messages,
+                                   **{f"bytes/{k}": v for k, v in exchange.traffic.bytes.items()}})
+
+    # ------------------------------------------------------------------ Flower's hooks: refused
     def configure_train(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                         grid: Grid) -> Iterable[Message]:
-        """The messages of exchange ``server_round``'s next phase (``current.phase``): the passives' (none for
-        ``local``), then, once :meth:`aggregate_train` has their replies, the active party's."""
-        _no_global_model(arrays, config)
-        ex = self._exchange_state(server_round)
-        return self.configure_passives(server_round) if ex.passives is None else \
-            self.configure_active(server_round, ex.passives)
+        """Refused: an exchange is two phases, not Flower's one train round (see :func:`_refuse`)."""
+        raise _refuse(self, "configure_train")
 
     def aggregate_train(self, server_round: int,
                         replies: Iterable[Message]) -> tuple[ArrayRecord | None, MetricRecord | None]:
-        """Decode the replies of the phase :meth:`configure_train` built. After the passive phase: ``(None,
-        None)``. After the active phase: ``(None, the exchange's record)``; no arrays, there is no global model."""
-        ex = self._exchange_state(server_round)
-        by_party = {self.party_of(m).name: m for m in replies}
-        if ex.passives is None:
-            ex.passives = self.aggregate_passives(server_round, by_party)
-            return None, None
-        ex.active = self.aggregate_active(server_round, by_party)
-        record = proto.record(self.cfg, server_round, ex.passive_metrics, ex.active, time.perf_counter() - ex.started,
-                              extra={"messages": ex.traffic.messages,
-                                     **{f"bytes/{k}": v for k, v in ex.traffic.bytes.items()}})
-        return None, MetricRecord(record)  # type: ignore[arg-type]
+        """Refused, as :meth:`configure_train`."""
+        raise _refuse(self, "aggregate_train")
 
     def configure_evaluate(self, server_round: int, arrays: ArrayRecord, config: ConfigRecord,
                            grid: Grid) -> Iterable[Message]:
-        """No messages: evaluation rides with training (the exchange's ``train`` messages carry the val/test
-        embeddings on evaluation rounds and the active party's scores)."""
-        _no_global_model(arrays, config)
-        return []
+        """Refused: evaluation rides with the active phase (its ``val/`` and ``test/`` metrics are in the
+        exchange's record, and in ``Result.evaluate_metrics_clientapp``)."""
+        raise _refuse(self, "configure_evaluate")
 
     def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
-        """Exchange ``server_round``'s ``val/`` and ``test/`` metrics, from its record in ``history`` (test scores
-        that came with the next exchange, ``eval_test=best``, included); ``None`` when it evaluated nothing.
-        ``replies`` are not read: :meth:`configure_evaluate` sends nothing."""
-        rec = next((r for r in self.history if int(r["round"]) == server_round), {})
-        evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
-        return MetricRecord(evals) if evals else None  # type: ignore[arg-type]
-
-    def _exchange_state(self, server_round: int) -> Exchange:
-        if self.current is None or self.current.round != server_round or self.current.active is not None:
-            self.current = Exchange(server_round)
-        return self.current
+        """Refused, as :meth:`configure_evaluate`."""
+        raise _refuse(self, "aggregate_evaluate")
 
     # ------------------------------------------------------------------ one exchange
     def _exchange(self, relay: Relay, rnd: int) -> dict[str, float]:
-        """One pipelined exchange, exactly as ``run_inprocess``: passives first, then the active party. Returns the
-        exchange's record (its rounds' records go to ``local_history``); last exchange's test scores, when they
-        come with this one, go into ``history[-1]``."""
+        """One pipelined exchange, exactly as ``run_inprocess``: the passive phase, then the active phase, each
+        configure -> send/receive -> aggregate; then its record. The exchange's rounds go to ``local_history``;
+        last exchange's test scores, when they come with this one, go into ``history[-1]``."""
         ex = self.current = Exchange(rnd)
-        work = {proto.PASSIVE: 1, proto.ACTIVE: len(exchanges.rounds_of(self.cfg, rnd))}
-        metrics: MetricRecord | None = None
-        for _ in (proto.PASSIVE, proto.ACTIVE):
-            phase = ex.phase
-            sent = list(self.configure_train(rnd, ArrayRecord(), ConfigRecord(), relay.grid))
-            replies = relay.send_and_receive(sent, self.parties, PHASES[phase], rnd=rnd, traffic=ex.traffic,
-                                             work=work[phase]) if sent else {}
-            _, metrics = self.aggregate_train(rnd, replies.values())
-        if ex.active is None or metrics is None:
-            raise ProtocolError(f"round {rnd}: aggregate_train must decode the passive phase, then the active one "
-                                f"(call super().aggregate_train)")
+        replies = self._send(relay, self.configure_passives(rnd), proto.PASSIVE, ex)
+        ex.passives = self.aggregate_passives(rnd, replies)
+        replies = self._send(relay, self.configure_active(rnd, ex.passives), proto.ACTIVE, ex)
+        ex.active = self.aggregate_active(rnd, replies)
+        record = self.exchange_record(rnd, ex)
         self.transit = ex.sealed
         proto.add_previous_test(self.history, ex.active)
         self.local_history.extend(proto.local_records(self.cfg, rnd, ex.active))
-        return dict(metrics)  # type: ignore[arg-type]
+        return record
+
+    def _send(self, relay: Relay, sent: list[Message], phase: str, ex: Exchange) -> dict[str, Message]:
+        """Send one phase's messages and wait for every reply (by party name); the active phase's deadline is
+        ``timeout`` per round the exchange trains. No messages (``local``'s passive phase): no replies."""
+        if not sent:
+            return {}
+        work = len(exchanges.rounds_of(self.cfg, ex.round)) if phase == proto.ACTIVE else 1
+        return relay.send_and_receive(sent, self.parties, PHASES[phase], rnd=ex.round, traffic=ex.traffic, work=work)
 
     # ------------------------------------------------------------------ checkpoints
     def _checkpoint_to_resume(self) -> dict[str, Any] | None:
@@ -552,16 +550,16 @@ class VerticalProtoStrategy(Strategy):
             }})
 
     def _flower_result(self) -> Result:
-        """The history as Flower's :class:`Result`: each exchange's party metrics, and its evaluation metrics where
-        it scored any (:meth:`aggregate_evaluate`)."""
+        """The history as Flower's :class:`Result`: each exchange's party metrics, and its ``val/`` and ``test/``
+        metrics where it scored any (test scores that came with the next exchange, ``eval_test=best``, included)."""
         result = Result()
         for rec in self.history:
             rnd = int(rec["round"])
             result.train_metrics_clientapp[rnd] = MetricRecord(
                 {k: v for k, v in rec.items() if k.startswith(("active/", "passive"))})
-            evals = self.aggregate_evaluate(rnd, [])
-            if evals is not None:
-                result.evaluate_metrics_clientapp[rnd] = evals
+            evals = {k: v for k, v in rec.items() if k.startswith(("val/", "test/"))}
+            if evals:
+                result.evaluate_metrics_clientapp[rnd] = MetricRecord(evals)  # type: ignore[arg-type]
         return result
 
 
@@ -575,7 +573,37 @@ def _keys(party: PartyNode) -> dict[str, bytes]:
     return {k: party.info[k] for k in (messages.SEAL_KEY, messages.SEAL_STATIC) if k in party.info}
 
 
-def _no_global_model(arrays: ArrayRecord, config: ConfigRecord) -> None:
-    if len(arrays) or len(config):
-        raise ValueError("VerticalProtoStrategy has no global model: Flower's arrays and config must be empty "
-                         "(configure the run through Config)")
+HOOKS = ("configure_passives / aggregate_passives (the passive phase), configure_active / aggregate_active (the "
+         "active phase) or exchange_record (the exchange's record)")
+
+
+def _refuse(strategy: VerticalProtoStrategy, hook: str) -> TypeError:
+    """The one-line refusal of Flower's ``hook``, naming the strategy wrapper that called it, if one did.
+
+    Why refuse: Flower's ``configure_train`` -> send/receive -> ``aggregate_train`` is one round trip around a
+    global model; an exchange here is two round trips (the passives, then the active party) and no party sends
+    arrays to aggregate, so Flower's loop cannot drive it and a wrapper (differential privacy's clipping, say) has
+    nothing to clip. :meth:`VerticalProtoStrategy.start` runs the exchange hooks itself.
+    """
+    wrapper = _wrapper_calling(strategy)
+    if wrapper is not None:
+        return TypeError(f"{type(wrapper).__name__} cannot wrap {type(strategy).__name__}: it works on a global "
+                         "model's arrays, and in vertical FL there is none (each party keeps its own model, the "
+                         "server relays sealed embeddings); call strategy.start(grid=grid) on the strategy itself "
+                         "and protect labels with its defence.* / privacy.* options")
+    return TypeError(f"{type(strategy).__name__} does not use Flower's {hook}: an exchange is a passive phase then "
+                     f"an active phase, run by start(); override {HOOKS} instead")
+
+
+def _wrapper_calling(strategy: VerticalProtoStrategy) -> Strategy | None:
+    """The Flower strategy that called ``strategy``'s method (past its own frames, ``super()`` chains included): a
+    wrapper delegating to it (``self.strategy.configure_train(...)``); ``None`` when no other strategy did."""
+    frame, seen_own = inspect.currentframe(), False
+    while frame is not None:
+        caller = frame.f_locals.get("self")
+        if caller is strategy:
+            seen_own = True
+        elif seen_own:
+            return caller if isinstance(caller, Strategy) else None
+        frame = frame.f_back
+    return None
