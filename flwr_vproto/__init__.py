@@ -9,7 +9,9 @@ The public API, importable from here (README "Your own ServerApp")::
 * :class:`Config`, :func:`config_from_dict`, :func:`config_from_run_config`, :class:`ConfigError`: the one validated
   config of every engine, from a dict (Hydra, your code) or from Flower's run-config (``flwr run``);
 * :func:`run_inprocess`: every party in this process (the reference engine, no Flower);
-* :class:`LossBatch`: what a custom loss term of ``method.extra_losses`` receives (README "Extending").
+* :class:`LossBatch`: what a custom loss term of ``method.extra_losses`` receives (README "Extending");
+* :func:`simulation_backend`: Flower's ``run_simulation`` ``backend_config`` for these parties (one CPU each by
+  default), for a ServerApp of your own.
 
 The names load on first use (module ``__getattr__``), so ``import flwr_vproto`` stays cheap: no torch, no Flower
 until a name that needs them is asked for. ``__version__`` is a plain attribute.
@@ -33,6 +35,7 @@ _EXPORTS = {
     "config_from_run_config": "flwr_vproto.run_config",
     "run_inprocess": "flwr_vproto.inprocess",
     "LossBatch": "flwr_vproto.method.extra",
+    "simulation_backend": "flwr_vproto.threads",
 }
 
 __all__ = [  # the names of _EXPORTS (tests/test_package.py checks that they agree)
@@ -45,6 +48,7 @@ __all__ = [  # the names of _EXPORTS (tests/test_package.py checks that they agr
     "make_client_app",
     "make_server_app",
     "run_inprocess",
+    "simulation_backend",
 ]
 
 if _TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come from __getattr__
@@ -55,6 +59,7 @@ if _TYPE_CHECKING:  # for type checkers and IDEs; at run time the names come fro
     from flwr_vproto.run_config import config_from_run_config
     from flwr_vproto.server_app import make_server_app
     from flwr_vproto.strategy import VerticalProtoStrategy
+    from flwr_vproto.threads import simulation_backend
 
 
 def __getattr__(name: str) -> _Any:

@@ -12,7 +12,8 @@ The rule, in order:
 2. ``OMP_NUM_THREADS`` set by the user: their number stands, nothing is changed;
 3. otherwise :data:`DEFAULT_THREADS`.
 
-``engine=flower`` is left alone: Ray already gives each simulated party ``runner.client_num_cpus`` threads.
+``engine=flower`` is left alone: Ray already gives each simulated party ``runner.client_num_cpus`` threads. A
+ServerApp of your own launched with Flower's ``run_simulation`` gets the same from :func:`simulation_backend`.
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Mapping
+from typing import Any
 
 DEFAULT_THREADS = 1
 """Threads of the in-process engine and the tools unless told otherwise (measured: README "Threads")."""
@@ -72,3 +74,21 @@ def torch_threads() -> int | None:
     """torch's intra-op threads as they are now, or ``None`` if torch is not loaded (for results.json's record)."""
     torch = sys.modules.get("torch")
     return None if torch is None else int(torch.get_num_threads())
+
+
+def simulation_backend(threads: int | None = None) -> dict[str, Any]:
+    """``backend_config`` for Flower's ``run_simulation`` with this package's ClientApp: each SuperNode a Ray actor
+    of ``threads`` CPUs and no GPU, ``threads`` by this module's rule (an explicit number, else the user's
+    ``OMP_NUM_THREADS``, else :data:`DEFAULT_THREADS`).
+
+    Why: Flower's default gives each actor 2 CPUs, so on a 2-core machine one actor runs the parties in turn, and
+    one exchange of ``examples/own_server_app.py`` took a minute instead of seconds (BENCHMARKS.md "Your own
+    ServerApp")::
+
+        run_simulation(server_app=app, client_app=client_app, num_supernodes=2, backend_config=simulation_backend())
+    """
+    if threads is None:
+        threads = default_threads() or int(os.environ["OMP_NUM_THREADS"].strip())
+    if int(threads) < 1:
+        raise ValueError(f"threads must be >= 1, got {threads}")
+    return {"client_resources": {"num_cpus": int(threads), "num_gpus": 0.0}}

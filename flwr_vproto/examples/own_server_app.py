@@ -44,5 +44,8 @@ client_app = make_client_app(CFG, server_metrics="full")
 if __name__ == "__main__":
     from flwr.simulation import run_simulation
 
+    from flwr_vproto import simulation_backend
+
+    # simulation_backend(): one CPU per party (Flower's default, 2, runs the parties in turn on a small machine)
     run_simulation(server_app=app, client_app=client_app, num_supernodes=CFG.dataset.num_passive + 1,
-                   backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0}})
+                   backend_config=simulation_backend())
