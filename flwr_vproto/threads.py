@@ -76,19 +76,25 @@ def torch_threads() -> int | None:
     return None if torch is None else int(torch.get_num_threads())
 
 
-def simulation_backend(threads: int | None = None) -> dict[str, Any]:
+def simulation_backend(threads: int | None = None, environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """``backend_config`` for Flower's ``run_simulation`` with this package's ClientApp: each SuperNode a Ray actor
     of ``threads`` CPUs and no GPU, ``threads`` by this module's rule (an explicit number, else the user's
-    ``OMP_NUM_THREADS``, else :data:`DEFAULT_THREADS`).
+    ``OMP_NUM_THREADS``, its outer level when nested, else :data:`DEFAULT_THREADS`).
 
-    Why: Flower's default gives each actor 2 CPUs, so on a 2-core machine one actor runs the parties in turn, and
-    one exchange of ``examples/own_server_app.py`` took a minute instead of seconds (BENCHMARKS.md "Your own
-    ServerApp")::
+    Why: Flower's default gives each actor 2 CPUs, so on a 2-core machine one actor runs the parties in turn, each
+    on 2 threads; one exchange of ``examples/own_server_app.py`` took minutes instead of seconds (BENCHMARKS.md
+    "Your own ServerApp")::
 
         run_simulation(server_app=app, client_app=client_app, num_supernodes=2, backend_config=simulation_backend())
     """
     if threads is None:
-        threads = default_threads() or int(os.environ["OMP_NUM_THREADS"].strip())
+        threads = default_threads(environ)
+    if threads is None:  # the user's OMP_NUM_THREADS stands
+        users = (os.environ if environ is None else environ)["OMP_NUM_THREADS"]
+        try:
+            threads = int(users.split(",")[0])
+        except ValueError:
+            raise ValueError(f"OMP_NUM_THREADS={users!r} is not a number of threads") from None
     if int(threads) < 1:
         raise ValueError(f"threads must be >= 1, got {threads}")
     return {"client_resources": {"num_cpus": int(threads), "num_gpus": 0.0}}

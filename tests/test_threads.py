@@ -31,6 +31,22 @@ def test_default_is_one_thread_unless_the_user_set_omp_num_threads(monkeypatch):
         threads.bound_threads(0)
 
 
+def test_simulation_backend_gives_each_party_the_policys_cpus_and_no_gpu():
+    """Flower's run_simulation resources for a ServerApp of your own (README "Your own ServerApp")."""
+    def cpus(backend):
+        assert backend["client_resources"]["num_gpus"] == 0.0
+        return backend["client_resources"]["num_cpus"]
+
+    assert cpus(threads.simulation_backend(environ={})) == threads.DEFAULT_THREADS == 1
+    assert cpus(threads.simulation_backend(environ={"OMP_NUM_THREADS": "3"})) == 3  # the user's number stands
+    assert cpus(threads.simulation_backend(environ={"OMP_NUM_THREADS": "4,1"})) == 4  # nested: the outer level
+    assert cpus(threads.simulation_backend(2, environ={"OMP_NUM_THREADS": "3"})) == 2  # an explicit number first
+    with pytest.raises(ValueError, match="OMP_NUM_THREADS='many' is not a number of threads"):
+        threads.simulation_backend(environ={"OMP_NUM_THREADS": "many"})
+    with pytest.raises(ValueError, match="threads must be >= 1, got 0"):
+        threads.simulation_backend(0)
+
+
 _PROBE = """
 import json, os, numpy, torch, threadpoolctl
 from flwr_vproto.threads import apply_default_threads
