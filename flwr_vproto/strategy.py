@@ -168,7 +168,7 @@ class VerticalProtoStrategy(Strategy):
     def summary(self) -> None:
         """Log the run's settings; the first call a Flower strategy wrapper makes (its ``start``), so it is
         refused there, before any message is sent."""
-        if _wrapper_calling(self) is not None:
+        if _wrapper_calling(self, "summary") is not None:
             raise _refuse(self, "summary")
         c = self.cfg
         overlap = ("aligned users: as PSI finds them in the files" if c.dataset.name == "csv"
@@ -585,7 +585,7 @@ def _refuse(strategy: VerticalProtoStrategy, hook: str) -> TypeError:
     arrays to aggregate, so Flower's loop cannot drive it and a wrapper (differential privacy's clipping, say) has
     nothing to clip. :meth:`VerticalProtoStrategy.start` runs the exchange hooks itself.
     """
-    wrapper = _wrapper_calling(strategy)
+    wrapper = _wrapper_calling(strategy, hook)
     if wrapper is not None:
         return TypeError(f"{type(wrapper).__name__} cannot wrap {type(strategy).__name__}: it works on a global "
                          "model's arrays, and in vertical FL there is none (each party keeps its own model, the "
@@ -595,15 +595,16 @@ def _refuse(strategy: VerticalProtoStrategy, hook: str) -> TypeError:
                      f"an active phase, run by start(); override {HOOKS} instead")
 
 
-def _wrapper_calling(strategy: VerticalProtoStrategy) -> Strategy | None:
-    """The Flower strategy that called ``strategy``'s method (past its own frames, ``super()`` chains included): a
-    wrapper delegating to it (``self.strategy.configure_train(...)``); ``None`` when no other strategy did."""
-    frame, seen_own = inspect.currentframe(), False
+def _wrapper_calling(strategy: VerticalProtoStrategy, hook: str) -> Strategy | None:
+    """The Flower strategy whose method called ``strategy.<hook>`` (past ``super()`` chains of ``hook``): a wrapper
+    delegating to it (``self.strategy.configure_train(...)``); ``None`` when the caller is no other strategy (this
+    strategy's own :meth:`~VerticalProtoStrategy.start`, your code, or a strategy of yours that calls ``start``)."""
+    frame, inside = inspect.currentframe(), False
     while frame is not None:
-        caller = frame.f_locals.get("self")
-        if caller is strategy:
-            seen_own = True
-        elif seen_own:
-            return caller if isinstance(caller, Strategy) else None
+        own = frame.f_locals.get("self") is strategy and frame.f_code.co_name == hook
+        if inside and not own:
+            caller = frame.f_locals.get("self")
+            return caller if isinstance(caller, Strategy) and caller is not strategy else None
+        inside = inside or own
         frame = frame.f_back
     return None

@@ -194,9 +194,31 @@ def test_the_typed_payloads_of_the_hooks_are_keyword_only():
     assert messages.decode_to_passive(messages.encode_to_passive(msg)) == msg
 
 
+class Yours(Strategy):
+    """A strategy of yours that runs ours inside its own ``start`` (composition, not a wrapper): not refused."""
+
+    def __init__(self, inner: VerticalProtoStrategy) -> None:
+        self.inner = inner
+
+    def start(self, grid, *args, **kwargs):  # type: ignore[override]
+        return self.inner.start(grid=grid)
+
+    def configure_train(self, *args):  # pragma: no cover - Flower's abstract hooks, unused here
+        raise NotImplementedError
+
+    aggregate_train = configure_evaluate = aggregate_evaluate = summary = configure_train
+
+
+class LoudSummary(VerticalProtoStrategy):
+    def summary(self) -> None:
+        super().summary()  # a super() chain of summary is the strategy's own call, not a wrapper's
+
+
 def test_flowers_train_and_evaluate_hooks_refuse_in_one_line_and_result_keeps_the_evaluation_metrics():
     cfg = small_cfg(rounds=2)
-    strategy, result, _ = _run(VerticalProtoStrategy(cfg, timeout=30.0, wait_for_nodes=1.0))
+    strategy = LoudSummary(cfg, timeout=30.0, wait_for_nodes=1.0, active_results=tempfile.mkdtemp())
+    result = Yours(strategy).start(InlineGrid(make_client_app(cfg, results_dir=str(strategy.active_results)),
+                                              sim_nodes(cfg)))
     assert not getattr(VerticalProtoStrategy, "__abstractmethods__", set())
     evaluated = [int(r["round"]) for r in strategy.history if "val/accuracy" in r]
     assert evaluated and sorted(result.evaluate_metrics_clientapp) == evaluated
