@@ -8,9 +8,9 @@
     flwr-vproto --cfg job                              # every option with its value
     flwr-vproto deploy --help                          # deployment: certs, app, connect, local, submit
 
-``flwr-vproto deploy ...`` is not Hydra's: :func:`run` hands it to :mod:`flwr_vproto.deploy` before Hydra reads
-the command line. The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
-shipped inside the package so that an installed wheel needs no checkout) and the same results.
+The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
+shipped inside the package so that an installed wheel needs no checkout) and the same results. ``flwr-vproto deploy
+...`` is not Hydra's: :func:`run` hands it to :mod:`flwr_vproto.deploy` before Hydra reads the command line.
 
 ``engine=flower`` runs the parties as Flower ClientApps on ``K + 1`` simulated SuperNodes (Ray backend) driven by
 :class:`~flwr_vproto.strategy.VerticalProtoStrategy`; ``engine=inprocess`` runs the same parties in this process
