@@ -11,8 +11,7 @@ from __future__ import annotations
 import shlex
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
+from conftest import write_table
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
@@ -22,18 +21,6 @@ from flwr_vproto.deploy import submit as flwr_run
 from flwr_vproto.deploy.app import write_app
 from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.split_table import main
-
-
-def write_table(path: Path, n: int = 500, seed: int = 0) -> pd.DataFrame:
-    """A user's own table: an ID column that is not ``id`` (with a space), a label column that is not ``label``."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    frame = pd.DataFrame({"customer no": [f"c{k:05d}" for k in rng.permutation(n)],
-                          **{f"f{j}": (y * (j % 3) + rng.normal(0, 1, n)).round(3) for j in range(6)},
-                          "defaulted": np.array(["no", "yes"])[y]})
-    frame.to_csv(path, index=False)
-    return frame
-
 
 DEPLOY = "python -m flwr_vproto.deploy"
 
