@@ -270,6 +270,9 @@ def main(argv: list[str] | None = None) -> int:
     print("then write the Flower app folder (once) and submit the run (flwr run --stream; exit 1 if the run fails):")
     print(f"  {DEPLOY_PROGRAM} app {APP_FOLDER}")
     print(f"  {DEPLOY_PROGRAM} submit {APP_FOLDER} <superlink> --run-config {shlex.quote(res.run_config)}")
+    print("Or try that deployment on this machine (a SuperLink and SuperNodes on loopback, stopped after the run):")
+    print(f"  {DEPLOY_PROGRAM} local {' '.join(shlex.quote(str(p.resolve())) for p in res.paths)} --run-config "
+          f"{shlex.quote(res.run_config)}")
     print("Or in one process (Flower simulation; add engine=inprocess for the in-process engine):")
     print(f"  {res.command}")
     return 0

@@ -35,6 +35,11 @@ def printed_forms(out: str) -> tuple[list[str], list[str], list[str], list[str]]
     return nodes, app, submit, shlex.split(lines[-1])
 
 
+def capsys_out(tmp_path: Path) -> list[str]:
+    """What :func:`split` printed last (kept beside the parties' files)."""
+    return (tmp_path / "printed.txt").read_text().splitlines()
+
+
 def split(tmp_path: Path, capsys, **extra: str) -> tuple[list[str], list[str], list[str], list[str]]:
     write_table(tmp_path / "own.csv")
     args = [str(tmp_path / "own.csv"), "--id", "customer no", "--label", "defaulted", "--active-share", "0.5",
@@ -42,7 +47,9 @@ def split(tmp_path: Path, capsys, **extra: str) -> tuple[list[str], list[str], l
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v]
     assert main(args) == 0
-    return printed_forms(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    (tmp_path / "printed.txt").write_text(out)
+    return printed_forms(out)
 
 
 def test_the_printed_flwr_run_form_names_every_csv_option_and_loads_each_party(tmp_path, capsys):
@@ -52,6 +59,10 @@ def test_the_printed_flwr_run_form_names_every_csv_option_and_loads_each_party(t
     nodes, app, flwr, hydra = split(tmp_path, capsys, val_fraction="0.15", passives="2")
     assert app == [*DEPLOY.split(), "app", "vproto-app"] and flwr[:5] == [*DEPLOY.split(), "submit", "vproto-app"]
     assert flwr[5] == "<superlink>"
+    local = next(shlex.split(ln.strip()) for ln in capsys_out(tmp_path) if f"{DEPLOY} local " in ln)
+    assert local[4:-2] == [str((tmp_path / "parties" / f"own.{p}.csv").resolve())
+                           for p in ("active", "passive1", "passive2")]
+    assert local[-2:] == flwr[-2:]  # the same run-config
     assert hydra[:3] == ["python", "-m", "flwr_vproto"]  # what run_simulation.py does, from any directory
     overrides = parse_config_args([flwr[flwr.index("--run-config") + 1]])
     hydra_set = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(hydra[3:])}

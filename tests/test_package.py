@@ -246,9 +246,10 @@ def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json
                            "defaulted", "--active-share", "0.5", "--aligned", "0.1", "--out", "parties"], cwd=work)
     assert split.returncode == 0, split.stderr[-2000:]
     assert str(REPO) not in split.stdout and "checkout" not in split.stdout, split.stdout
-    lines = [shlex.split(ln.strip()) for ln in split.stdout.splitlines()]
-    app = next(w for w in lines if w[:4] == ["python", "-m", "flwr_vproto.deploy", "app"])
-    submit = next(w for w in lines if w[:4] == ["python", "-m", "flwr_vproto.deploy", "submit"])
+    lines = [shlex.split(ln) for ln in map(str.strip, split.stdout.splitlines())
+             if ln.startswith("python -m flwr_vproto.deploy ")]
+    app = next(w for w in lines if w[3] == "app")
+    submit = next(w for w in lines if w[3] == "submit")
     assert installed.run(app, cwd=work).returncode == 0 and (work / app[-1] / "pyproject.toml").is_file()
 
     serving = subprocess.Popen([str(installed.venv / "bin" / "flwr-vproto"), "deploy", "local", "--serve",
