@@ -234,9 +234,9 @@ def _last_line(text: str) -> str:
 def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json(installed, tmp_path):
     """Outside any checkout, with only the wheel: ``split_table`` cuts a table into two party files and prints the
     commands; ``deploy local --serve`` starts a SuperLink and a SuperNode per file; the printed ``deploy app`` and
-    ``deploy submit`` (one round) train to ``results.json`` (exit 0); a data error and a config error exit 1 with
-    their one line last, while Flower 1.42's own ``flwr run --stream`` exits 0 for the same failed run (why
-    ``submit`` exists); Ctrl-C stops every process."""
+    ``deploy submit`` (two rounds, one exchange) train to ``results.json`` (exit 0); a data error and a config error
+    exit 1 with their one line last, while Flower 1.42's own ``flwr run --stream`` exits 0 for the same failed run
+    (why ``submit`` exists); Ctrl-C stops every process."""
     from conftest import write_table
 
     work = installed.elsewhere / "deploy"
@@ -268,11 +268,12 @@ def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json
             args[args.index("<superlink>")] = "loopback"
             return installed.run(args, cwd=work, timeout=600, env={"FLWR_HOME": cli_home})
 
-        ok = submitted(f"{run_config} num_rounds=1 method.batch_size=64 app.output-dir=\"{work / 'results'}\"")
+        ok = submitted(f"{run_config} num_rounds=2 method.batch_size=64 app.output-dir=\"{work / 'results'}\"")
         assert ok.returncode == 0 and (work / "results" / "results.json").exists(), ok.stdout[-3000:]
         assert "aligned training users" in _last_line(ok.stdout), ok.stdout[-2000:]
         results = json.loads((work / "results" / "results.json").read_text())
-        assert [int(r["round"]) for r in results["rounds"]] == [1]
+        assert [int(r["round"]) for r in results["rounds"]] == [1]  # one exchange of rounds 1-2 (the default)
+        assert results["rounds"][0]["exchange/last_round"] == 2
         assert [p["name"] for p in results["flower"]["parties"]] == ["active", "passive1"]
 
         bad = run_config.replace('label_column="defaulted"', 'label_column="nope"')
