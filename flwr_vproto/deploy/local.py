@@ -235,7 +235,8 @@ class LocalDeployment:
     def _check_alive(self) -> None:
         for proc in self.started:
             if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(proc.args[:1])} exited with code {proc.returncode}; logs in "
+                exe = proc.args[0] if isinstance(proc.args, list) else proc.args
+                raise RuntimeError(f"{Path(str(exe)).name} exited with code {proc.returncode}; logs in "
                                    f"{self.workdir}")
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
