@@ -128,3 +128,17 @@ def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
     err = deploy.RunFailed(7, "finished:failed", log)
     assert err.line == "data error: active (node 7) during discovery: /d/a.csv: no label column 'nope'"
     assert str(err).splitlines()[0] == f"run 7 ended (finished:failed) without results: {err.line}"
+
+
+def test_deploy_local_refuses_a_missing_file_or_a_lone_party_in_one_line_before_starting_anything(tmp_path, capsys):
+    from flwr_vproto.deploy.cli import main as deploy_main
+
+    bank = tmp_path / "bank.csv"
+    bank.write_text("id,label\n1,a\n")
+    work = tmp_path / "work"
+    for args, said in (([str(bank), str(tmp_path / "shop.csv")], f"{tmp_path / 'shop.csv'}: CSV file not found"),
+                       ([str(bank)], "give every party's CSV file (the active party's first), at least two")):
+        assert deploy_main(["local", *args, "--workdir", str(work)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"local error: {said}") and len(err.splitlines()) == 1, err
+    assert not work.exists()  # nothing started, nothing written
