@@ -403,7 +403,9 @@ def run_local(csvs: list[str], passives: int = 1, run_config: list[str] | None =
         certs, keys = work / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
     settings: dict[str, Any] = {"dataset.name": "csv", "dataset.num_passive": len(paths) - 1, **overrides}
     results_dir = Path(str(settings.pop("app.output-dir", "") or work / "results")).resolve()
-    with LocalDeployment(work / "flwr", node_configs(paths, work / "models"), certs, keys) as dep:
+    nodes = node_configs(paths, work / "models")
+    nodes[0] += f' results-dir="{work / "active"}"'  # the active party's own results.json, scores included
+    with LocalDeployment(work / "flwr", nodes, certs, keys) as dep:
         if keep_serving:
             serve(dep, paths)
             return 0
@@ -420,5 +422,6 @@ def run_local(csvs: list[str], passives: int = 1, run_config: list[str] | None =
         print(format_round(rec, num_rounds))
     for line in format_summary(results, results_dir / "results.json"):  # what the ServerApp logged last
         print(line)
-    print(f"finished in {time.perf_counter() - t0:.1f} s; models in {work / 'models'}, logs in {work / 'flwr'}")
+    print(f"finished in {time.perf_counter() - t0:.1f} s; the active party's own results (its scores): "
+          f"{work / 'active' / 'results.json'}; models in {work / 'models'}, logs in {work / 'flwr'}")
     return 0
