@@ -15,7 +15,6 @@ message; each child is a fresh ``python`` that times its imports and then the ha
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import pickle
@@ -58,14 +57,11 @@ def _content(saved: dict):
 
 def prepare(folder: Path) -> None:
     """Two rounds on an in-process grid; keep each party's state and its round-3 message."""
-    spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
-    deploy = importlib.util.module_from_spec(spec)
-    sys.modules["local_deployment"] = deploy
-    spec.loader.exec_module(deploy)  # type: ignore[union-attr]
     from test_flower_sim import InlineGrid
 
     from flwr_vproto import messages
     from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.deploy import local as deploy
     from flwr_vproto.run_config import config_from_run_config, run_config_from_config
     from flwr_vproto.strategy import VerticalProtoStrategy
 

@@ -3,7 +3,7 @@
 1. **Simulation**: ``run_simulation.py engine=flower`` and ``engine=inprocess`` on the same config (default: adult,
    20 rounds), each as its own process, alternating, ``--repeats`` times. Reported: whole-process wall time and
    its ratio (goal <= 1.25x), setup and training-loop time, messages and payload bytes per round per party.
-2. **Deployment** on loopback (``scripts/local_deployment.py``: ``flower-superlink`` + one ``flower-supernode`` per
+2. **Deployment** on loopback (:mod:`flwr_vproto.deploy.local`: ``flower-superlink`` + one ``flower-supernode`` per
    party, ``flwr run``; per-party CSV files from digits): seconds and messages per round, next to a trivial
    Flower app on the same kind of deployment whose round is one tiny message to one node and its reply, the floor
    of what any Flower round costs there (Flower 1.42 starts a process per message).
@@ -16,7 +16,6 @@ The machine may be shared: the load average is recorded before and after each pa
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import platform
@@ -29,10 +28,7 @@ from statistics import median
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
-deploy = importlib.util.module_from_spec(_spec)
-sys.modules["local_deployment"] = deploy
-_spec.loader.exec_module(deploy)  # type: ignore[union-attr]
+from flwr_vproto.deploy import local as deploy  # noqa: E402 - after REPO; the package, not a script
 
 
 def load() -> str:

@@ -15,7 +15,7 @@ aligned fraction and seed:
     python benchmarks/bench_exchanges.py accuracy --datasets adult digits fashion_mnist --fractions 0.01 0.05 \
         --seeds 0 1 2 --exchanges 2 3 5 10 --out benchmarks/exchanges.jsonl
 
-Deployment (``scripts/local_deployment.py``: a SuperLink and one SuperNode per party on loopback, ``flwr run``),
+Deployment (``flwr_vproto/deploy/local.py``: a SuperLink and one SuperNode per party on loopback, ``flwr run``),
 digits and adult as per-party CSV files, the same config in one exchange (today's default) and one exchange per
 round (the default before it), one after the other in one benchmark run: wall time from ``flwr run`` to
 ``results.json``, messages and bytes.
@@ -29,7 +29,6 @@ import argparse
 import json
 import os
 import statistics as st
-import sys
 import tempfile
 import time
 from collections import defaultdict
@@ -164,8 +163,7 @@ def _load() -> str:
 
 
 def deploy(args: argparse.Namespace) -> None:
-    sys.path.insert(0, str(REPO / "scripts"))
-    import local_deployment as dep
+    from flwr_vproto.deploy import local as dep
 
     rows = []
     for ds in args.datasets:

@@ -6,9 +6,11 @@
     flwr-vproto -m method=vproto,vanilla dataset.aligned_fraction=0.02,0.05 seed=0,1
     flwr-vproto -m +hpo=vproto engine=inprocess dataset=adult     # Optuna search (docs/usage.md "Sweeps")
     flwr-vproto --cfg job                              # every option with its value
+    flwr-vproto deploy --help                          # deployment: certs, app, connect, local, submit
 
 The three spellings are one program (:func:`run`): the same Hydra overrides, the same config (``flwr_vproto/conf``,
-shipped inside the package so that an installed wheel needs no checkout) and the same results.
+shipped inside the package so that an installed wheel needs no checkout) and the same results. ``flwr-vproto deploy
+...`` is not Hydra's: :func:`run` hands it to :mod:`flwr_vproto.deploy` before Hydra reads the command line.
 
 ``engine=flower`` runs the parties as Flower ClientApps on ``K + 1`` simulated SuperNodes (Ray backend) driven by
 :class:`~flwr_vproto.strategy.VerticalProtoStrategy`; ``engine=inprocess`` runs the same parties in this process
@@ -398,7 +400,12 @@ def unknown_option_line(args: list[str]) -> str | None:
 
 def run() -> None:
     """The console script ``flwr-vproto``, ``python -m flwr_vproto`` and ``run_simulation.py``: Hydra's command line
-    (overrides, ``-m``, ``--cfg job``, ``--help``) around :func:`main`."""
+    (overrides, ``-m``, ``--cfg job``, ``--help``) around :func:`main`; ``deploy ...`` goes to
+    :mod:`flwr_vproto.deploy` (docs/deployment.md), which Hydra never parses."""
+    if sys.argv[1:2] == ["deploy"]:
+        from flwr_vproto.deploy.cli import main as deploy
+
+        raise SystemExit(deploy(sys.argv[2:]))
     line = unknown_option_line(sys.argv[1:])
     if line:
         raise SystemExit(line)

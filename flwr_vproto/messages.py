@@ -562,8 +562,12 @@ def decode_from_active(content: RecordDict, where: str, *, dims: list[int], n_tr
 
 
 def decode_active_metrics(metrics: Mapping[str, Any], where: str, *, earlier: Sequence[int] = ()) -> FromActive:
-    """The metrics of an active party's exchange reply (:func:`active_metric_record`), without its payloads."""
+    """The metrics of an active party's exchange reply (:func:`active_metric_record`), without its payloads. Under
+    the ``progress`` policy, with nothing read back (a deployment), the reply holds no round's metrics: the earlier
+    rounds of the exchange are then not asked for (their scores stay on the active party's node too)."""
     who = "active"
+    if not metrics_of(metrics, TRAIN_METRICS) and any(str(k).startswith(PROGRESS_METRICS) for k in metrics):
+        earlier = ()
     reply = FromActive(train=metrics_of(metrics, TRAIN_METRICS), privacy=metrics_of(metrics, PRIVACY_METRICS),
                        val=metrics_of(metrics, VAL_METRICS) or None, test=metrics_of(metrics, TEST_METRICS) or None,
                        previous_test=metrics_of(metrics, PREVIOUS_TEST_METRICS) or None)

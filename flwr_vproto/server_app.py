@@ -17,7 +17,7 @@ ClientApp's wrapped traceback. A config error in the run-config ends the log the
 Either way the ServerApp then raises, so the run's status is ``finished:failed`` (``flwr ls``), and Flower's own
 report of that exception (its traceback and ``Exit Code: 201 ...``) is left out of the log (:class:`OneLineFailure`):
 the one line stays the last. ``flwr run --stream`` itself exits 0 whatever the run's status in Flower 1.42;
-``scripts/flwr_run.py`` is ``flwr run --stream`` that exits 1 when the run failed (docs/deployment.md).
+``flwr-vproto deploy submit`` is ``flwr run --stream`` that exits 1 when the run failed (docs/deployment.md).
 """
 
 from __future__ import annotations

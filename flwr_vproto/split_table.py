@@ -20,10 +20,12 @@ with leading zeros, ``NA`` tokens and all), apart from surrounding spaces, which
 is keyed by ``--seed``: the printed command passes it as ``dataset.csv.split_seed``, so training seeds can be swept
 over the same files.
 
-It prints two ways to train on the files, both with absolute paths so they work from any directory: a deployment
-(``flwr run``: each party's SuperNode with its ``--node-config``, then the run-config, which must name the ID and
-label columns and the split seed, since a SuperNode reads only its own ``data-path``) and one process
-(``python -m flwr_vproto ...``, the Hydra command of ``run_simulation.py``), the last line.
+It prints two ways to train on the files, both with absolute data paths and the installed package's commands, so
+they work from any directory and need no checkout: a deployment (each party's SuperNode with its ``--node-config``,
+then ``python -m flwr_vproto.deploy app vproto-app`` writes the Flower app folder and ``python -m flwr_vproto.deploy
+submit vproto-app <superlink> --run-config ...`` runs ``flwr run`` on it; the run-config must name the ID and label
+columns and the split seed, since a SuperNode reads only its own ``data-path``) and one process (``python -m
+flwr_vproto ...``, the Hydra command of ``run_simulation.py``), the last line.
 """
 
 from __future__ import annotations
@@ -98,6 +100,8 @@ def _feature_split(features: list[str], active_columns: list[str] | None, active
 
 
 HYDRA_PROGRAM = "python -m flwr_vproto"  # what run_simulation.py does, from any directory (the package's __main__)
+DEPLOY_PROGRAM = "python -m flwr_vproto.deploy"  # = flwr-vproto deploy: works from an install, no checkout
+APP_FOLDER = "vproto-app"  # the Flower app folder `deploy app` writes (relative: where the user runs flwr)
 
 
 def hydra_command(paths: list[Path], id_column: str, label_column: str, seed: int, val_fraction: float,
@@ -149,16 +153,6 @@ def flwr_run_config(num_passive: int, id_column: str, label_column: str, seed: i
     if test_fraction != _DEFAULTS.test_fraction:
         parts.append(f"dataset.test_fraction={test_fraction}")
     return " ".join(parts)
-
-
-def app_dir() -> str:
-    """The flwr_vproto app (the folder with its ``pyproject.toml``) that ``flwr run`` sends, absolute; a
-    placeholder when the package is installed without its checkout."""
-    root = Path(__file__).resolve().parents[1]
-    toml = root / "pyproject.toml"
-    if toml.is_file() and 'name = "flwr-vproto"' in toml.read_text(encoding="utf-8"):
-        return str(root)
-    return "<your flwr_vproto checkout>"
 
 
 def split_table(
@@ -273,8 +267,12 @@ def main(argv: list[str] | None = None) -> int:
     print("Train on them in a deployment (flwr run; docs/deployment.md): start each party's SuperNode with")
     for path, node_config in zip(res.paths, res.node_configs, strict=True):
         print(f"  --node-config {shlex.quote(node_config)}    # {path.name}")
-    print("then")
-    print(f"  flwr run {shlex.quote(app_dir())} <superlink> --stream --run-config {shlex.quote(res.run_config)}")
+    print("then write the Flower app folder (once) and submit the run (flwr run --stream; exit 1 if the run fails):")
+    print(f"  {DEPLOY_PROGRAM} app {APP_FOLDER}")
+    print(f"  {DEPLOY_PROGRAM} submit {APP_FOLDER} <superlink> --run-config {shlex.quote(res.run_config)}")
+    print("Or try that deployment on this machine (a SuperLink and SuperNodes on loopback, stopped after the run):")
+    print(f"  {DEPLOY_PROGRAM} local {' '.join(shlex.quote(str(p.resolve())) for p in res.paths)} --run-config "
+          f"{shlex.quote(res.run_config)}")
     print("Or in one process (Flower simulation; add engine=inprocess for the in-process engine):")
     print(f"  {res.command}")
     return 0

@@ -13,9 +13,10 @@ keeps its own threads.
 
 **Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
 :func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
-tests (:func:`write_csvs`), and :func:`import_script` for the repository's scripts that are not part of the package
-(``run_simulation.py``, ``benchmarks/*.py``). Test files import them with ``from conftest import ...`` (pytest puts
-this folder on ``sys.path`` for its conftest), instead of importing one test file from another through ``sys.path``.
+tests (:func:`write_csvs`), the one table of the split tests (:func:`write_table`), and :func:`import_script` for
+the repository's scripts that are not part of the package (``run_simulation.py``, ``benchmarks/*.py``). Test
+files import them with ``from conftest import ...`` (pytest puts this folder on ``sys.path`` for its conftest),
+instead of importing one test file from another through ``sys.path``.
 """
 
 from __future__ import annotations
@@ -260,3 +261,14 @@ def write_csvs(tmp_path: Path, n: int = 300, seed: int = 0) -> list[str]:
         "segment": rng.choice(["a", "b"], len(passive_users)),
     }).sample(frac=1, random_state=1).to_csv(tmp_path / "shop.csv", index=False)
     return [str(tmp_path / "bank.csv"), str(tmp_path / "shop.csv")]
+
+
+def write_table(path: Path, n: int = 500, seed: int = 0) -> pd.DataFrame:
+    """A user's own table: an ID column that is not ``id`` (with a space), a label column that is not ``label``."""
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 2, n)
+    frame = pd.DataFrame({"customer no": [f"c{k:05d}" for k in rng.permutation(n)],
+                          **{f"f{j}": (y * (j % 3) + rng.normal(0, 1, n)).round(3) for j in range(6)},
+                          "defaulted": np.array(["no", "yes"])[y]})
+    frame.to_csv(path, index=False)
+    return frame

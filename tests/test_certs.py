@@ -1,21 +1,18 @@
-"""``scripts/make_certs.py``: a CA, a SuperLink certificate it signed for the right hosts, SuperNode key pairs in the
-format Flower 1.42 loads (``load_ssh_private_key`` / ``load_ssh_public_key`` of an EC key on a NIST curve)."""
+"""``flwr-vproto deploy certs`` (:mod:`flwr_vproto.deploy.certs`): a CA, a SuperLink certificate it signed for the
+right hosts, SuperNode key pairs in the format Flower 1.42 loads (``load_ssh_private_key`` /
+``load_ssh_public_key`` of an EC key on a NIST curve)."""
 
 from __future__ import annotations
 
-import importlib.util
 import ipaddress
-from pathlib import Path
 
 import pytest
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("make_certs", REPO / "scripts" / "make_certs.py")
-certs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(certs)  # type: ignore[union-attr]
+from flwr_vproto.deploy import certs
+from flwr_vproto.deploy.cli import main
 
 
 def test_make_certs(tmp_path):
@@ -41,3 +38,12 @@ def test_make_certs(tmp_path):
     with pytest.raises(SystemExit, match="exists; pass --force"):
         certs.make_certs(tmp_path)
     assert certs.make_certs(tmp_path, force=True)["ca"].read_bytes() != ca.public_bytes(serialization.Encoding.PEM)
+
+
+def test_the_certs_command_makes_an_organisations_own_key_pair_only(tmp_path, capsys):
+    assert main(["certs", str(tmp_path), "--keys-only", "--supernodes", "bank"]) == 0
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["bank.key", "bank.pub"]  # no CA, no certificate
+    assert f"bank-key: {tmp_path / 'bank.key'}" in capsys.readouterr().out
+    public = serialization.load_ssh_public_key((tmp_path / "bank.pub").read_bytes())
+    assert public.public_numbers() == serialization.load_ssh_private_key(
+        (tmp_path / "bank.key").read_bytes(), None).public_key().public_numbers()

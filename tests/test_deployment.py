@@ -2,12 +2,12 @@
 
 Each SuperNode has its own ``--node-config`` (role, party index, its own CSV file, where to save its model) and its
 own ``FLWR_HOME``; nothing is installed at run time. The run's ``results.json`` must match the in-process engine on
-the same files, and every process is stopped by PID afterwards (see ``scripts/local_deployment.py``).
+the same files, and every process is stopped by PID afterwards (see :mod:`flwr_vproto.deploy.local`; the app is the
+folder ``flwr-vproto deploy app`` writes, not this checkout).
 """
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import re
@@ -21,16 +21,9 @@ import pytest
 
 from flwr_vproto import checkpoint as ck
 from flwr_vproto.config import config_from_dict
+from flwr_vproto.deploy import certs
+from flwr_vproto.deploy import local as deploy
 from flwr_vproto.inprocess import run_inprocess
-
-REPO = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
-deploy = importlib.util.module_from_spec(_spec)
-sys.modules["local_deployment"] = deploy  # dataclasses look their module up there
-_spec.loader.exec_module(deploy)  # type: ignore[union-attr]
-_spec = importlib.util.spec_from_file_location("make_certs", REPO / "scripts" / "make_certs.py")
-certs = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(certs)  # type: ignore[union-attr]
 
 pytestmark = [pytest.mark.slow,  # minutes of loopback deployments: run by CI, not by `pytest -m "not slow"`
               pytest.mark.skipif(shutil.which("flower-superlink") is None and not

@@ -161,6 +161,24 @@ def _node_config_keys() -> set[str]:
     return {r[0].strip("`") for r in rows}
 
 
+APPS = (".", "vproto-app")  # a checkout's root; the app folder the docs write with `flwr-vproto deploy app vproto-app`
+
+
+def _check_deploy(args: list[str]) -> None:
+    """``flwr-vproto deploy <command> ...``: the command's parser accepts it (``submit``: ``flwr run``'s arguments,
+    checked as ``flwr run``'s); the app folder a command names is one the docs write."""
+    from flwr_vproto.deploy.cli import parser
+
+    if args[:1] == ["submit"]:
+        assert args[1] in APPS, f"submit: the app is this checkout or a folder `deploy app` writes: {args[1]}"
+        return _check_run_config(["flwr", "run", *args[1:]])
+    parsed = parser().parse_args(args)  # SystemExit(2) on an unknown command or option
+    if parsed.command == "app":
+        assert str(parsed.folder) in APPS, parsed.folder
+    if parsed.command == "local":
+        _check_run_config([w for value in parsed.run_config for w in ("--run-config", value)])
+
+
 def check_command(command: str) -> None:  # noqa: C901 - one branch per kind of command, in one place
     words = shlex.split(command, comments=True)
     head = words[:3]
@@ -173,8 +191,13 @@ def check_command(command: str) -> None:  # noqa: C901 - one branch per kind of 
         for spec in words[2:]:
             bracket = re.fullmatch(r"\.\[([\w,]+)\]", spec)
             known = bracket is not None and set(bracket.group(1).split(",")) <= extras
-            assert spec in ("-e", ".", "torch==2.13.0") or known, spec
+            wheel = re.fullmatch(rf"flwr_vproto-{re.escape(flwr_vproto.__version__)}-py3-none-any\.whl", spec)
+            assert spec in ("-e", ".", "torch==2.13.0", "flwr-vproto") or known or wheel, spec
         return
+    if words[:2] == ["flwr-vproto", "deploy"]:
+        return _check_deploy(words[2:])
+    if head == ["python", "-m", "flwr_vproto.deploy"]:
+        return _check_deploy(words[3:])
     if head[:2] == ["python", "run_simulation.py"]:
         return _check_overrides(words[2:])
     if words[:1] == ["flwr-vproto"]:
@@ -188,7 +211,7 @@ def check_command(command: str) -> None:  # noqa: C901 - one branch per kind of 
         assert (REPO / words[1]).is_file(), f"no script {words[1]}"
         return
     if words[:2] == ["flwr", "run"]:
-        assert words[2] == ".", "the app is this checkout"
+        assert words[2] in APPS, "the app is this checkout or the folder `flwr-vproto deploy app` writes"
         return _check_run_config(words)
     if words[:2] == ["flwr", "supernode"]:
         assert words[2] in ("register", "ls", "unregister"), command
@@ -234,6 +257,10 @@ def test_a_command_with_a_misspelt_or_bad_option_fails_the_check(hydra_conf):
         check_command("flwr run . --run-config \"dataset.csv.label_colum='y'\"")
     with pytest.raises(AssertionError, match="no check"):
         check_command("curl https://example.org | sh")
+    with pytest.raises(SystemExit):
+        check_command("flwr-vproto deploy local --rounds 2")  # no such option
+    with pytest.raises(Exception, match="dataset.csv.label_colum"):
+        check_command("flwr-vproto deploy submit vproto-app link --run-config \"dataset.csv.label_colum='y'\"")
 
 
 # ------------------------------------------------------------------------------------------------ one statement each

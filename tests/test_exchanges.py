@@ -188,3 +188,21 @@ def test_the_exchange_presets_compose_with_any_dataset_and_defence(preset, count
             assert cfg.method == config_from_dict({}).method  # vproto's knobs, untouched
         cfg, _ = _config(compose("config", [f"method={preset}", "exchange.count=2", "method.lr=0.01"]))
         assert cfg.exchange.count == 2 and cfg.method.lr == 0.01
+
+
+def test_a_deployed_exchange_of_several_rounds_under_progress_completes():
+    """A deployment reads nothing back from the active party: under the default ``progress`` policy its reply to an
+    exchange of two rounds holds only the exchange number and rounds trained, and the run completes with that
+    (it used to stop asking for round 1's metrics, so a default deployment of more than one round failed)."""
+    from conftest import InlineGrid, sim_nodes
+
+    from flwr_vproto.client_app import make_client_app
+    from flwr_vproto.strategy import VerticalProtoStrategy
+
+    cfg = small_cfg(rounds=2, exchange={"count": 1})
+    strategy = VerticalProtoStrategy(cfg, timeout=60, wait_for_nodes=1.0)  # no active_results: as deployed
+    strategy.start(grid=InlineGrid(make_client_app(cfg), sim_nodes(cfg)))
+    assert [int(r["round"]) for r in strategy.history] == [1]
+    assert strategy.history[0]["exchange/last_round"] == 2.0 and "val/accuracy" not in strategy.history[0]
+    with pytest.raises(messages.ProtocolError, match="no metrics of round 1"):  # a full reply must still hold them
+        messages.decode_active_metrics({"train.sup_loss": 0.5}, "training of round 2", earlier=[1])

@@ -1,6 +1,6 @@
 """A user's first runs (issue 14): bad inputs fail before any engine starts with one line, runs never share a folder
 or overwrite results.json, failed runs leave no folder behind, every run ends with its summary; the deployment
-helpers (one-line party errors in the ServerApp log, scripts/connect.py)."""
+helpers (one-line party errors in the ServerApp log, ``flwr-vproto deploy connect``)."""
 
 from __future__ import annotations
 
@@ -206,17 +206,15 @@ def test_a_partys_error_becomes_one_line_naming_the_party_and_the_file():
     assert party_error_line(plain) == f"error: {plain}"
 
 
-def test_connect_writes_the_superlink_connection_in_flowers_format(tmp_path, monkeypatch):
+def test_connect_writes_the_superlink_connection_in_flowers_format(tmp_path, monkeypatch, capsys):
+    from flwr_vproto.deploy.cli import main as deploy
+
     monkeypatch.setenv("FLWR_HOME", str(tmp_path / "home"))
     ca = tmp_path / "ca.pem"
     ca.write_text("not checked here")
-    script = REPO / "scripts" / "connect.py"
-    cmd = [sys.executable, str(script), "--name", "mylink", "--address", "127.0.0.1:9093", "--insecure"]
-    env = {**os.environ, "FLWR_TELEMETRY_ENABLED": "0", "FLWR_DISABLE_UPDATE_CHECK": "1"}
-    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120).returncode == 0
-    cmd = [sys.executable, str(script), "--name", "tls", "--address", "link.example.org:9093", "--root-certificates",
-           str(ca), "--no-default"]
-    assert subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120).returncode == 0
+    assert deploy(["connect", "--name", "mylink", "--address", "127.0.0.1:9093", "--insecure"]) == 0
+    assert deploy(["connect", "--name", "tls", "--address", "link.example.org:9093", "--root-certificates", str(ca),
+                   "--no-default"]) == 0
     config = tomllib.loads((tmp_path / "home" / "config.toml").read_text())["superlink"]
     assert config["default"] == "mylink" and "local" in config  # Flower's own default connection is kept
     assert config["mylink"] == {"address": "127.0.0.1:9093", "insecure": True}
@@ -225,9 +223,10 @@ def test_connect_writes_the_superlink_connection_in_flowers_format(tmp_path, mon
     from flwr.cli.flower_config import read_superlink_connection  # Flower itself reads it back
 
     assert read_superlink_connection("tls").root_certificates == str(ca.resolve())
-    bad = subprocess.run([sys.executable, str(script), "--name", "x", "--address", "no-port", "--insecure"], env=env,
-                         capture_output=True, text=True, timeout=120)
-    assert bad.returncode != 0 and bad.stderr.strip().startswith("connect error: --address 'no-port'"), bad.stderr
+    capsys.readouterr()
+    assert deploy(["connect", "--name", "x", "--address", "no-port", "--insecure"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("connect error: --address 'no-port'") and len(err.splitlines()) == 1, err
 
 
 @pytest.mark.slow

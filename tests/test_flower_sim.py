@@ -10,7 +10,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import sys
 import tomllib
 from pathlib import Path
 
@@ -422,14 +421,8 @@ def test_float16_wire_halves_the_embedding_bytes_and_both_engines_still_agree():
 
 
 def test_after_setup_a_party_trains_from_the_data_it_keeps_not_from_its_file(tmp_path):
-    import importlib.util
-
     from flwr_vproto import client_app
-
-    spec = importlib.util.spec_from_file_location("local_deployment", REPO / "scripts" / "local_deployment.py")
-    deploy = importlib.util.module_from_spec(spec)
-    sys.modules["local_deployment"] = deploy
-    spec.loader.exec_module(deploy)
+    from flwr_vproto.deploy import local as deploy
     paths = deploy.write_party_csvs(tmp_path / "data", 1, max_train_users=400)
     cfg = small_cfg("vproto", rounds=3, dataset={"name": "csv", "aligned_fraction": 0.2, "csv": {"paths": paths}})
     reference = run_inprocess(cfg)["rounds"]

@@ -1,69 +1,68 @@
 """Issue 22, item 6: the split helper's ``flwr run`` form works for the user's own CSV files, and a failed
-``flwr run`` says so (exit status 1 through ``scripts/flwr_run.py``, its one-line error the log's last line).
+``flwr run`` says so (exit status 1 through ``flwr-vproto deploy submit``, its one-line error the log's last line).
 
-The fast tests parse what ``python -m flwr_vproto.split_table`` prints exactly as Flower parses it and load every
-party's data from it as a deployed ClientApp does; the slow test runs it on a loopback deployment.
+These tests parse what ``python -m flwr_vproto.split_table`` prints exactly as Flower parses it and load every
+party's data from it as a deployed ClientApp does; ``tests/test_package.py`` runs the printed commands on a
+loopback deployment from the wheel, outside any checkout.
 """
 
 from __future__ import annotations
 
-import re
 import shlex
-import subprocess
-import sys
 from pathlib import Path
 
-import numpy as np
-import pandas as pd
-import pytest
-from conftest import import_script
+from conftest import write_table
 from flwr.common.config import get_fused_config_from_dir, parse_config_args
 from hydra.core.override_parser.overrides_parser import OverridesParser
 
 from flwr_vproto.data import load_party
+from flwr_vproto.deploy import local as deploy
+from flwr_vproto.deploy import submit as flwr_run
+from flwr_vproto.deploy.app import write_app
 from flwr_vproto.run_config import config_from_run_config
 from flwr_vproto.split_table import main
 
-REPO = Path(__file__).resolve().parents[1]
-flwr_run = import_script("scripts/flwr_run")
-deploy = import_script("scripts/local_deployment")
+DEPLOY = "python -m flwr_vproto.deploy"
 
 
-def write_table(path: Path, n: int = 500, seed: int = 0) -> pd.DataFrame:
-    """A user's own table: an ID column that is not ``id`` (with a space), a label column that is not ``label``."""
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 2, n)
-    frame = pd.DataFrame({"customer no": [f"c{k:05d}" for k in rng.permutation(n)],
-                          **{f"f{j}": (y * (j % 3) + rng.normal(0, 1, n)).round(3) for j in range(6)},
-                          "defaulted": np.array(["no", "yes"])[y]})
-    frame.to_csv(path, index=False)
-    return frame
-
-
-def printed_forms(out: str) -> tuple[list[str], list[str], list[str]]:
-    """From the split helper's output: each SuperNode's ``--node-config`` value, the ``flwr run`` command and the
-    Hydra command, each as its shell words."""
+def printed_forms(out: str) -> tuple[list[str], list[str], list[str], list[str]]:
+    """From the split helper's output: each SuperNode's ``--node-config`` value, the command writing the app folder,
+    the ``submit`` command and the Hydra command, each as its shell words."""
     lines = [ln.strip() for ln in out.strip().splitlines()]
     nodes = [shlex.split(ln, comments=True)[1] for ln in lines if ln.startswith("--node-config ")]
-    flwr = next(shlex.split(ln) for ln in lines if ln.startswith("flwr run "))
-    return nodes, flwr, shlex.split(lines[-1])
+    app = next(shlex.split(ln) for ln in lines if ln.startswith(f"{DEPLOY} app "))
+    submit = next(shlex.split(ln) for ln in lines if ln.startswith(f"{DEPLOY} submit "))
+    return nodes, app, submit, shlex.split(lines[-1])
 
 
-def split(tmp_path: Path, capsys, **extra: str) -> tuple[list[str], list[str], list[str]]:
+def capsys_out(tmp_path: Path) -> list[str]:
+    """What :func:`split` printed last (kept beside the parties' files)."""
+    return (tmp_path / "printed.txt").read_text().splitlines()
+
+
+def split(tmp_path: Path, capsys, **extra: str) -> tuple[list[str], list[str], list[str], list[str]]:
     write_table(tmp_path / "own.csv")
     args = [str(tmp_path / "own.csv"), "--id", "customer no", "--label", "defaulted", "--active-share", "0.5",
             "--aligned", "0.1", "--seed", "3", "--out", str(tmp_path / "parties")]
     for k, v in extra.items():
         args += [f"--{k.replace('_', '-')}", v]
     assert main(args) == 0
-    return printed_forms(capsys.readouterr().out)
+    out = capsys.readouterr().out
+    (tmp_path / "printed.txt").write_text(out)
+    return printed_forms(out)
 
 
 def test_the_printed_flwr_run_form_names_every_csv_option_and_loads_each_party(tmp_path, capsys):
     """The run-config names every option the Hydra command sets (the paths aside: each node-config's data-path),
-    with the same values, parsed by Flower's own parser; each party's data then loads from its node-config alone."""
-    nodes, flwr, hydra = split(tmp_path, capsys, val_fraction="0.15", passives="2")
-    assert flwr[:2] == ["flwr", "run"] and Path(flwr[2]) == REPO and "--stream" in flwr
+    with the same values, parsed by Flower's own parser; each party's data then loads from its node-config alone.
+    Every command is the installed package's (no checkout path): the app folder is written by ``deploy app``."""
+    nodes, app, flwr, hydra = split(tmp_path, capsys, val_fraction="0.15", passives="2")
+    assert app == [*DEPLOY.split(), "app", "vproto-app"] and flwr[:5] == [*DEPLOY.split(), "submit", "vproto-app"]
+    assert flwr[5] == "<superlink>"
+    local = next(shlex.split(ln.strip()) for ln in capsys_out(tmp_path) if f"{DEPLOY} local " in ln)
+    assert local[4:-2] == [str((tmp_path / "parties" / f"own.{p}.csv").resolve())
+                           for p in ("active", "passive1", "passive2")]
+    assert local[-2:] == flwr[-2:]  # the same run-config
     assert hydra[:3] == ["python", "-m", "flwr_vproto"]  # what run_simulation.py does, from any directory
     overrides = parse_config_args([flwr[flwr.index("--run-config") + 1]])
     hydra_set = {o.key_or_group: o.value() for o in OverridesParser.create().parse_overrides(hydra[3:])}
@@ -72,7 +71,8 @@ def test_the_printed_flwr_run_form_names_every_csv_option_and_loads_each_party(t
     assert overrides == hydra_set, (overrides, hydra_set)  # every CSV option, same values
     assert {"dataset.csv.id_column", "dataset.csv.label_column", "dataset.csv.split_seed"} <= set(overrides)
 
-    fused = get_fused_config_from_dir(REPO, overrides)  # what the ServerApp and every ClientApp read
+    folder = write_app(tmp_path / app[-1])  # what the printed `deploy app` writes
+    fused = get_fused_config_from_dir(folder, overrides)  # what the ServerApp and every ClientApp read
     base, _ = config_from_run_config(fused)
     assert (base.dataset.csv.id_column, base.dataset.csv.label_column) == ("customer no", "defaulted")
     val_users = []
@@ -130,51 +130,15 @@ def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
     assert str(err).splitlines()[0] == f"run 7 ended (finished:failed) without results: {err.line}"
 
 
-# ------------------------------------------------------------------------------------------- loopback (slow)
-def _last_line(text: str) -> str:
-    """The last line that says something: ANSI colours removed (Flower colours its level names), and Flower's empty
-    ``INFO :`` line after a completed run skipped."""
-    lines = re.sub(r"\x1b\[[0-9;]*m", "", text).splitlines()
-    return [ln.strip() for ln in lines if re.sub(r"^\s*[A-Z]+\s*:", "", ln).strip()][-1]
+def test_deploy_local_refuses_a_missing_file_or_a_lone_party_in_one_line_before_starting_anything(tmp_path, capsys):
+    from flwr_vproto.deploy.cli import main as deploy_main
 
-
-@pytest.mark.slow
-@pytest.mark.skipif(__import__("shutil").which("flower-superlink") is None
-                    and not (Path(sys.executable).parent / "flower-superlink").exists(),
-                    reason="Flower's deployment executables are not installed")
-def test_printed_flwr_run_form_trains_and_a_failed_run_exits_1_with_its_error_last(tmp_path, capsys):
-    """On loopback: SuperNodes started with the printed node-configs, the printed run-config (one round) trains
-    through ``scripts/flwr_run.py`` (exit 0); a data error and a config error exit 1 with their one line last,
-    while Flower 1.42's own ``flwr run --stream`` exits 0 for the same failed run (why the wrapper exists)."""
-    nodes, flwr, _ = split(tmp_path, capsys)
-    run_config = flwr[flwr.index("--run-config") + 1]
-    dep = deploy.LocalDeployment(tmp_path / "flwr", nodes, env={"OMP_NUM_THREADS": "1"})
-    env = None
-    try:
-        dep.start()
-        env = dep._env("cli")
-
-        def wrapped(config: str) -> subprocess.CompletedProcess:
-            return subprocess.run([sys.executable, str(REPO / "scripts" / "flwr_run.py"), flwr[2], "loopback",
-                                   "--run-config", config], env=env, capture_output=True, text=True, timeout=300,
-                                  cwd=tmp_path)
-
-        ok = wrapped(f"{run_config} num_rounds=1 method.batch_size=64 app.output-dir=\"{tmp_path / 'results'}\"")
-        assert ok.returncode == 0 and (tmp_path / "results" / "results.json").exists(), ok.stdout[-3000:]
-        assert "aligned training users" in _last_line(ok.stdout), ok.stdout[-2000:]
-
-        bad = run_config.replace('label_column="defaulted"', 'label_column="nope"')
-        assert bad != run_config
-        data = wrapped(bad)
-        assert data.returncode == 1, data.stdout[-3000:]
-        assert re.match(r"ERROR\s*:\s+data error: active \(node \d+\) during discovery: \S+active\.csv: the active "
-                        r"party's file has no label column 'nope'", _last_line(data.stdout)), data.stdout[-3000:]
-        config = wrapped(f"{run_config} method.name=\"nope\"")
-        assert config.returncode == 1, config.stdout[-3000:]
-        assert re.match(r"ERROR\s*:\s+config error: invalid method.name='nope'", _last_line(config.stdout)), \
-            config.stdout[-3000:]
-        plain = subprocess.run(["flwr", "run", flwr[2], "loopback", "--stream", "--run-config", bad],
-                               env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-        assert plain.returncode == 0 and "data error: active" in _last_line(plain.stdout), plain.stdout[-3000:]
-    finally:
-        dep.stop()
+    bank = tmp_path / "bank.csv"
+    bank.write_text("id,label\n1,a\n")
+    work = tmp_path / "work"
+    for args, said in (([str(bank), str(tmp_path / "shop.csv")], f"{tmp_path / 'shop.csv'}: CSV file not found"),
+                       ([str(bank)], "give every party's CSV file (the active party's first), at least two")):
+        assert deploy_main(["local", *args, "--workdir", str(work)]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith(f"local error: {said}") and len(err.splitlines()) == 1, err
+    assert not work.exists()  # nothing started, nothing written

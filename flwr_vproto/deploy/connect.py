@@ -1,18 +1,17 @@
 """Write a SuperLink connection into ``$FLWR_HOME/config.toml`` (default ``~/.flwr``), the file ``flwr run`` reads.
 
-    python scripts/connect.py --name bank-and-shop --address 127.0.0.1:9093 --insecure
-    python scripts/connect.py --name bank-and-shop --address superlink.example.org:9093 --root-certificates ca.pem
+    flwr-vproto deploy connect --name bank-and-shop --address 127.0.0.1:9093 --insecure
+    flwr-vproto deploy connect --name bank-and-shop --address superlink.example.org:9093 --root-certificates ca.pem
 
 Flower 1.42 keeps SuperLink connections in that file (``[superlink.<name>]`` tables and ``[superlink] default``),
 not in ``pyproject.toml``. This writes the table with Flower's own code (``flwr.cli.flower_config``), so the format
 is Flower's: ``address`` plus ``insecure = true`` or the absolute path of ``root-certificates``. Other connections in
-the file are kept; the new one becomes the default unless ``--no-default`` is given. Afterwards ``flwr run .
---stream`` (or ``flwr run . <name> --stream``) uses it.
+the file are kept; the new one becomes the default unless ``--no-default`` is given. Afterwards ``flwr run <app>
+--stream`` (or ``flwr run <app> <name> --stream``, ``flwr-vproto deploy submit <app> <name>``) uses it.
 """
 
 from __future__ import annotations
 
-import argparse
 import re
 from pathlib import Path
 
@@ -48,25 +47,3 @@ def connect(name: str, address: str, root_certificates: str | None = None, insec
     if default:
         set_default_superlink_connection(name)
     return read_flower_config()[1]
-
-
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--name", required=True, help="the connection's name, e.g. bank-and-shop")
-    parser.add_argument("--address", required=True, help="the SuperLink's Control API, host:port (e.g. host:9093)")
-    security = parser.add_mutually_exclusive_group(required=True)
-    security.add_argument("--root-certificates", help="the CA certificate (PEM) that signed the SuperLink's (TLS)")
-    security.add_argument("--insecure", action="store_true", help="no TLS (loopback or a trusted network only)")
-    parser.add_argument("--no-default", action="store_true", help="do not make it the default connection")
-    args = parser.parse_args(argv)
-    try:
-        path = connect(args.name, args.address, args.root_certificates, args.insecure, default=not args.no_default)
-    except ValueError as err:
-        raise SystemExit(f"connect error: {err}") from None
-    use = "flwr run . --stream" if not args.no_default else f"flwr run . {args.name} --stream"
-    print(f"wrote [superlink.{args.name}] ({args.address}) to {path}; run with: {use}")
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,15 +1,22 @@
 """A real Flower deployment on loopback: one SuperLink, one SuperNode per party, ``flwr run``, then stop it all.
 
-Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py``, and runnable by hand::
+    flwr-vproto deploy local bank.csv shop.csv --run-config "num_rounds=2"   # your files, the active party's first
+    flwr-vproto deploy local --passives 2                # digits cut into per-party CSV files, a try-out
+    flwr-vproto deploy local bank.csv shop.csv --serve   # keep it running; submit runs from another shell
+    flwr-vproto deploy local --tls                       # TLS + SuperNode authentication (certificates from certs)
 
-    python scripts/local_deployment.py --passives 1 --rounds 2        # digits split into per-party CSV files
-    python scripts/local_deployment.py --tls                          # TLS + SuperNode authentication
-    python scripts/local_deployment.py --set dataset.csv.label_column=nope   # a failed run: exit 1, its error line
+One run (``--run-config`` as ``flwr run``'s, over the app's defaults and ``dataset.name="csv"``) goes from ``flwr
+run`` to ``results.json`` in ``<workdir>/results``; the run's rounds and summary are printed, and a failed run exits 1
+with its last log line (its one-line error). With ``--serve`` nothing is run: the SuperLink and SuperNodes stay up
+until Ctrl-C, and the command prints how to submit to them. The app is the Flower app folder written by
+:func:`flwr_vproto.deploy.app.write_app` into the workdir: the installed package, no checkout.
 
 Every process gets its own ``FLWR_HOME``; telemetry, update checks and runtime dependency installation are off
 (``FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1`` plus ``--disable-runtime-dependency-installation`` on the
-SuperLink; SuperNodes install nothing unless given ``--allow-runtime-dependency-installation``), so the app runs
-in this Python environment. Processes are stopped by the PIDs this script started, never by name.
+SuperLink; SuperNodes install nothing unless given ``--allow-runtime-dependency-installation``), so the apps run
+in this Python environment (its ``bin`` first on ``PATH``, where the SuperLink and SuperNodes look for
+``flwr-serverapp``/``flwr-clientapp``). Processes are stopped by the PIDs this module started, never by name.
+Used by ``tests/test_deployment.py`` and ``benchmarks/bench_engines.py`` too.
 
 Each SuperNode's ``--node-config`` says who it is (see ``flwr_vproto/client_app.py``)::
 
@@ -18,17 +25,14 @@ Each SuperNode's ``--node-config`` says who it is (see ``flwr_vproto/client_app.
 
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
-import shutil
 import signal
 import socket
 import ssl
 import subprocess
 import sys
-import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,7 +40,8 @@ from typing import Any
 
 import numpy as np
 
-REPO = Path(__file__).resolve().parents[1]
+from flwr_vproto.deploy import flower_bin
+
 QUIET_ENV = {
     "FLWR_TELEMETRY_ENABLED": "0",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
@@ -52,12 +57,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def _bin(name: str) -> str:
-    """A Flower executable next to this Python (the same environment), else on PATH."""
-    here = Path(sys.executable).parent / name
-    return str(here) if here.exists() else (shutil.which(name) or name)
 
 
 def write_party_csvs(folder: Path, num_passive: int = 1, seed: int = 0, max_train_users: int | None = None,
@@ -108,10 +107,11 @@ class RunFailed(RuntimeError):
 class LocalDeployment:
     """SuperLink + SuperNodes on loopback under ``workdir``; use as a context manager (stops everything).
 
-    ``tls``: a folder made by ``scripts/make_certs.py``. The SuperLink then serves TLS only
-    (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) with SuperNode authentication (``--enable-supernode-auth``);
-    SuperNode ``i`` authenticates with ``node_keys[i]`` (its ``.pub`` next to it is registered with
-    ``flwr supernode register`` before it starts) and trusts ``ca.pem``, as does the CLI.
+    ``tls``: a folder made by :func:`flwr_vproto.deploy.certs.make_certs` (``flwr-vproto deploy certs``). The
+    SuperLink then serves TLS only (``--ssl-ca-certfile/--ssl-certfile/--ssl-keyfile``) with SuperNode
+    authentication (``--enable-supernode-auth``); SuperNode ``i`` authenticates with ``node_keys[i]`` (its
+    ``.pub`` next to it is registered with ``flwr supernode register`` before it starts) and trusts ``ca.pem``, as
+    does the CLI.
     """
 
     workdir: Path
@@ -123,9 +123,11 @@ class LocalDeployment:
     supernodes: dict[int, subprocess.Popen] = field(default_factory=dict)
     port: int = 0
     last_run_id: int | None = None  # the run the latest submit() started (its log: self.log(self.last_run_id))
+    app: Path | None = None  # the Flower app ``flwr run`` sends; default: written into ``<workdir>/app`` at start
 
     def _env(self, home: str) -> dict[str, str]:
-        env = {**os.environ, **QUIET_ENV, **self.env, "FLWR_HOME": str(self.workdir / home)}
+        path = os.pathsep.join([str(Path(sys.executable).parent), os.environ.get("PATH", "")])
+        env = {**os.environ, **QUIET_ENV, "PATH": path, **self.env, "FLWR_HOME": str(self.workdir / home)}
         (self.workdir / home).mkdir(parents=True, exist_ok=True)
         return env
 
@@ -148,16 +150,20 @@ class LocalDeployment:
         security = ["--insecure"] if plain else ["--root-certificates", str(self.tls / "ca.pem")]  # type: ignore
         if key is not None:
             security += ["--auth-supernode-private-key", str(key)]
-        return [_bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
+        return [flower_bin("flower-supernode"), *security, "--superlink", f"127.0.0.1:{self.port}",
                 "--port", str(free_port()), "--node-config", node_config]
 
     def start(self, timeout: float = 60.0) -> LocalDeployment:
         """Start the SuperLink, wait until it answers, register the SuperNodes' keys (TLS), start the SuperNodes."""
         import httpx
 
+        from flwr_vproto.deploy.app import write_app
+
         self.workdir.mkdir(parents=True, exist_ok=True)
+        if self.app is None:
+            self.app = write_app(self.workdir / "app")
         self.port = free_port()
-        self._spawn([_bin("flower-superlink"), *self._superlink_security(), "--host", "127.0.0.1",
+        self._spawn([flower_bin("flower-superlink"), *self._superlink_security(), "--host", "127.0.0.1",
                      "--port", str(self.port), "--disable-runtime-dependency-installation"],
                     "superlink", "superlink.log")
         scheme, verify = ("http", True) if self.tls is None else (
@@ -229,17 +235,19 @@ class LocalDeployment:
     def _check_alive(self) -> None:
         for proc in self.started:
             if proc.poll() is not None:
-                raise RuntimeError(f"{' '.join(proc.args[:1])} exited with code {proc.returncode}; logs in "
+                exe = proc.args[0] if isinstance(proc.args, list) else proc.args
+                raise RuntimeError(f"{Path(str(exe)).name} exited with code {proc.returncode}; logs in "
                                    f"{self.workdir}")
 
     def flwr(self, *args: str, timeout: float = 120.0) -> subprocess.CompletedProcess:
         """Run the ``flwr`` CLI against this SuperLink (connection ``loopback``)."""
-        return subprocess.run([_bin("flwr"), *args], env=self._env("cli"), capture_output=True, text=True,
-                              timeout=timeout, cwd=REPO)
+        return subprocess.run([flower_bin("flwr"), *args], env=self._env("cli"), capture_output=True, text=True,
+                              timeout=timeout, cwd=self.workdir)
 
     def run_app(self, run_config: dict[str, Any], results_dir: Path, timeout: float = 300.0,
-                app: Path = REPO) -> dict[str, Any]:
-        """``flwr run`` an app (default: this repository) with ``run_config`` overrides; return its ``results.json``.
+                app: Path | None = None) -> dict[str, Any]:
+        """``flwr run`` an app (default: :attr:`app`, flwr_vproto's) with ``run_config`` overrides; return its
+        ``results.json``.
 
         The app must write ``results.json`` into the run-config's ``app.output-dir``.
         """
@@ -252,11 +260,11 @@ class LocalDeployment:
                 raise RunFailed(run_id, status, self.log(run_id))
         return json.loads(target.read_text())
 
-    def submit(self, run_config: dict[str, Any], results_dir: Path, app: Path = REPO) -> int:
+    def submit(self, run_config: dict[str, Any], results_dir: Path, app: Path | None = None) -> int:
         """Start ``flwr run`` with ``run_config`` overrides (``app.output-dir`` = ``results_dir``); its run ID."""
         overrides = " ".join(f"{k}={json.dumps(v)}" for k, v in
                              {**run_config, "app.output-dir": str(results_dir)}.items())
-        res = self.flwr("run", str(app), "loopback", "--run-config", overrides, "--format", "json")
+        res = self.flwr("run", str(app or self.app), "loopback", "--run-config", overrides, "--format", "json")
         if res.returncode != 0:
             raise RuntimeError(f"flwr run failed ({res.returncode}):\n{res.stdout}\n{res.stderr}")
         self.last_run_id = int(json.loads(res.stdout[res.stdout.index("{"):])["run-id"])
@@ -339,57 +347,81 @@ def node_configs(paths: list[str], model_dir: Path | None = None, checkpoint_roo
     return out
 
 
-def main() -> int:
-    """Run one deployment; 0 when the run completed, 1 (its last log line on stderr) when it failed."""
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--passives", type=int, default=1)
-    parser.add_argument("--rounds", type=int, default=2)
-    parser.add_argument("--method", default="vproto")
-    parser.add_argument("--workdir", type=Path, default=None, help="default: a temporary folder, removed after")
-    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                        help="a run-config override (JSON value, else a string), e.g. --set num_rounds=1; repeatable")
-    parser.add_argument("--tls", action="store_true",
-                        help="TLS and SuperNode authentication (certificates and keys from scripts/make_certs.py)")
-    args = parser.parse_args()
-    tmp = args.workdir or Path(tempfile.mkdtemp(prefix="vproto-deploy-"))
-    paths = write_party_csvs(tmp / "data", args.passives)
-    tls, keys = None, None
-    if args.tls:
-        sys.path.insert(0, str(Path(__file__).parent))
-        from make_certs import make_certs
+def parse_run_config(values: list[str]) -> dict[str, Any]:
+    """``--run-config`` strings (Flower's syntax: ``key=value`` pairs, TOML values) as one dict."""
+    from flwr.common.config import parse_config_args
 
-        made = make_certs(tmp / "certs", supernodes=[f"party{i}" for i in range(len(paths))], force=True)
-        tls, keys = tmp / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
-    run_config: dict[str, Any] = {"dataset.name": "csv", "dataset.num_passive": args.passives,
-                                  "num_rounds": args.rounds, "method.name": args.method}
-    for item in args.set:
-        key, sep, value = item.partition("=")
-        if not sep:
-            parser.error(f"--set {item!r}: expected KEY=VALUE")
-        try:
-            run_config[key] = json.loads(value)
-        except ValueError:
-            run_config[key] = value  # a bare string
-    with LocalDeployment(tmp / "flwr", node_configs(paths, tmp / "models"), tls, keys) as dep:
+    try:
+        return dict(parse_config_args(values))
+    except Exception as err:  # noqa: BLE001 - Flower raises several kinds; one line names the option
+        raise ValueError(f"--run-config {' '.join(values)!r}: {err}") from None
+
+
+def serve(dep: LocalDeployment, csvs: list[str]) -> None:
+    """Print how to submit runs to ``dep`` (already started), then wait until Ctrl-C or ``SIGTERM``."""
+    stop = {"now": False}
+
+    def on_signal(signum: int, frame: object) -> None:
+        stop["now"] = True
+
+    previous = signal.signal(signal.SIGTERM, on_signal)
+    cli_home = dep.workdir / "cli"
+    print(f"SuperLink on 127.0.0.1:{dep.port} ({'TLS' if dep.tls else 'insecure'}), {len(dep.node_configs)} "
+          f"SuperNodes ({', '.join(Path(c).name for c in csvs)}); logs in {dep.workdir}", flush=True)
+    print(f"connection 'loopback' in {cli_home / 'config.toml'}; from another shell:", flush=True)
+    print(f"  FLWR_HOME={cli_home} flwr-vproto deploy submit {dep.app} loopback --run-config "
+          f"\"dataset.name='csv' dataset.num_passive={len(csvs) - 1}\"", flush=True)
+    print("Ctrl-C stops them all.", flush=True)
+    try:
+        while not stop["now"]:
+            dep._check_alive()
+            time.sleep(0.5)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
+def run_local(csvs: list[str], passives: int = 1, run_config: list[str] | None = None, workdir: Path | None = None,
+              tls: bool = False, keep_serving: bool = False) -> int:
+    """``flwr-vproto deploy local``: start, run once (or serve), stop; 0 when the run completed, 1 (its last log line
+    on stderr) when it failed."""
+    work = Path(workdir or "vproto-local").expanduser().resolve()
+    missing = [p for p in csvs if not Path(p).is_file()]
+    if missing:
+        raise ValueError(f"{missing[0]}: CSV file not found")
+    if len(csvs) == 1:
+        raise ValueError("give every party's CSV file (the active party's first), at least two, or none for digits")
+    overrides = parse_run_config(run_config or [])
+    paths = [str(Path(p).resolve()) for p in csvs] or write_party_csvs(work / "data", passives)
+    keys = None
+    certs = None
+    if tls:
+        from flwr_vproto.deploy.certs import make_certs
+
+        made = make_certs(work / "certs", supernodes=[f"party{i}" for i in range(len(paths))], force=True)
+        certs, keys = work / "certs", [made[f"party{i}-key"] for i in range(len(paths))]
+    settings: dict[str, Any] = {"dataset.name": "csv", "dataset.num_passive": len(paths) - 1, **overrides}
+    results_dir = Path(str(settings.pop("app.output-dir", "") or work / "results")).resolve()
+    nodes = node_configs(paths, work / "models")
+    nodes[0] += f' results-dir="{work / "active"}"'  # the active party's own results.json, scores included
+    with LocalDeployment(work / "flwr", nodes, certs, keys) as dep:
+        if keep_serving:
+            serve(dep, paths)
+            return 0
         t0 = time.perf_counter()
         try:
-            results = dep.run_app(run_config, tmp / "results")
-        except RunFailed as err:  # exit 1 with the run's own last line (its one-line error), as flwr_run.py does
+            results = dep.run_app(settings, results_dir, timeout=3600.0)
+        except RunFailed as err:  # exit 1 with the run's own last line (its one-line error), as submit does
             print(str(err).splitlines()[0], file=sys.stderr)
-            if args.workdir is None:
-                shutil.rmtree(tmp, ignore_errors=True)
             return 1
     from flwr_vproto.results import format_round, format_summary
 
+    num_rounds = int((results.get("config") or {}).get("num_rounds") or len(results["rounds"]))
     for rec in results["rounds"]:
-        print(format_round(rec, args.rounds))
-    for line in format_summary(results, tmp / "results" / "results.json"):  # what the ServerApp logged last
+        print(format_round(rec, num_rounds))
+    for line in format_summary(results, results_dir / "results.json"):  # what the ServerApp logged last
         print(line)
-    print(f"finished in {time.perf_counter() - t0:.1f} s; results and models in {tmp}")
-    if args.workdir is None:
-        shutil.rmtree(tmp, ignore_errors=True)
+    print(f"finished in {time.perf_counter() - t0:.1f} s; the active party's own results (its scores): "
+          f"{work / 'active' / 'results.json'}; models in {work / 'models'}, logs in {work / 'flwr'}")
     return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())

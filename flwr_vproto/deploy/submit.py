@@ -1,8 +1,9 @@
 """``flwr run --stream`` that exits 1 when the run failed (Flower 1.42's own exits 0 whatever the run's status).
 
-    python scripts/flwr_run.py . bank-and-shop --run-config "dataset.name='csv' app.output-dir='/results'"
-    python scripts/flwr_run.py .                          # the default SuperLink connection (e.g. `local`)
+    flwr-vproto deploy submit vproto-app bank-and-shop --run-config "dataset.name='csv' app.output-dir='/results'"
+    flwr-vproto deploy submit vproto-app            # the default SuperLink connection (e.g. `local`)
 
+``vproto-app`` is the folder ``flwr-vproto deploy app vproto-app`` wrote (any Flower app folder will do).
 The arguments are ``flwr run``'s: the app, optionally the SuperLink connection, then its options (``--stream`` is
 added). The log is printed as ``flwr run --stream`` prints it; when the run has ended the script asks the SuperLink
 for the run's status (``flwr ls <connection> --run-id <id> --format json``) and exits 0 only for
@@ -21,19 +22,17 @@ from __future__ import annotations
 import json
 import os
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
+
+from flwr_vproto.deploy import flower_bin
 
 STARTED = re.compile(r"Successfully started run (\d+)")
 OK_STATUS = "finished:completed"
 
 
 def _flwr() -> str:
-    """The ``flwr`` CLI of this Python environment (next to the interpreter), else the one on ``PATH``."""
-    here = Path(sys.executable).parent / "flwr"
-    return str(here) if here.exists() else (shutil.which("flwr") or "flwr")
+    return flower_bin("flwr")
 
 
 def superlink_of(args: list[str]) -> list[str]:
@@ -62,12 +61,9 @@ def run_status(run_id: int, superlink: list[str], env: dict[str, str] | None = N
         return ""
 
 
-def main(argv: list[str] | None = None) -> int:
+def submit(argv: list[str]) -> int:
     """Run ``flwr run <argv> --stream``, echo its output, return 0 only if the run completed."""
-    args = list(sys.argv[1:] if argv is None else argv)
-    if any(a in ("-h", "--help") for a in args):
-        print(__doc__)
-        return 0
+    args = list(argv)
     if "--stream" not in args:
         args.append("--stream")
     env = dict(os.environ)
@@ -85,6 +81,3 @@ def main(argv: list[str] | None = None) -> int:
         return code or 1
     return 0 if run_status(run_id, superlink_of(args), env) == OK_STATUS else 1
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())

@@ -1,6 +1,6 @@
 """Make the TLS certificates and SuperNode keys of a Flower deployment (``cryptography``, no ``openssl`` needed).
 
-    python scripts/make_certs.py certs/ --hosts superlink.example.org 10.0.0.5 --supernodes bank shop
+    flwr-vproto deploy certs certs/ --hosts superlink.example.org 10.0.0.5 --supernodes bank shop
 
 writes into ``certs/``:
 
@@ -21,7 +21,6 @@ Private keys are written with mode 0600. Existing files are not overwritten unle
 
 from __future__ import annotations
 
-import argparse
 import datetime as dt
 import ipaddress
 import os
@@ -117,28 +116,3 @@ def make_certs(folder: Path, hosts: list[str] | None = None, supernodes: list[st
     for node in supernodes or []:
         out[f"{node}-key"], out[f"{node}-pub"] = make_supernode_keys(folder, node, force)
     return out
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("folder", type=Path)
-    parser.add_argument("--hosts", nargs="*", default=[],
-                        help="DNS names / IPs the SuperLink is reached at (localhost and 127.0.0.1 always)")
-    parser.add_argument("--supernodes", nargs="*", default=[], help="names of SuperNode key pairs to make")
-    parser.add_argument("--days", type=int, default=365, help="validity of the certificates")
-    parser.add_argument("--keys-only", action="store_true",
-                        help="only the --supernodes key pairs (an organisation making its own), no CA or certificate")
-    parser.add_argument("--force", action="store_true", help="replace existing files")
-    args = parser.parse_args()
-    if args.keys_only:
-        args.folder.mkdir(parents=True, exist_ok=True)
-        made = {f"{n}-{kind}": p for n in args.supernodes
-                for kind, p in zip(("key", "pub"), make_supernode_keys(args.folder, n, args.force), strict=True)}
-    else:
-        made = make_certs(args.folder, args.hosts, args.supernodes, args.days, args.force)
-    for name, path in made.items():
-        print(f"{name:>16}: {path}")
-
-
-if __name__ == "__main__":
-    main()
