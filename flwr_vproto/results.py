@@ -198,7 +198,7 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     where = f"results: {path}" if path is not None else ""
     last = ", ".join(tail) + (f" -> {where}" if where and tail else where)
     if not final:
-        return [_no_scores(rounds)] + ([last] if last else [])
+        return [_no_scores(results)] + ([last] if last else [])
     head = f"final: test accuracy {_acc(final, 'accuracy')}"
     parts = []
     if "joint_accuracy" in final:
@@ -224,12 +224,15 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     return [head, best, *_protection(results, cfg)] + ([last] if last else [])
 
 
-def _no_scores(rounds: list[Mapping[str, Any]]) -> str:
-    """The first closing line of a run without scores: under the active party's ``server-metrics=progress`` (its
-    records hold ``progress.*``) the scores stay on its node, in its own ``results.json``; else none was evaluated."""
+def _no_scores(results: Mapping[str, Any]) -> str:
+    """The first closing line of a run without scores: under the active party's ``server-metrics=progress`` (the
+    server's results say so, or its records hold only ``progress.*``) the scores stay on that party's node, in its own
+    ``results.json``; else none was evaluated."""
     from flwr_vproto.messages import PROGRESS_METRICS
 
-    if any(k.startswith(PROGRESS_METRICS) for r in rounds for k in r):
+    rounds = results.get("rounds") or []
+    policy = (results.get("flower") or {}).get("server_metrics")
+    if policy == "progress" or any(str(k).startswith(PROGRESS_METRICS) for r in rounds for k in r):
         return (f"final: the scores stay with the active party (its server-metrics=progress): see the results.json "
                 f"in its node-config results-dir; {len(rounds)} exchange(s) run")
     return f"final: no evaluated round ({len(rounds)} round(s) recorded)"

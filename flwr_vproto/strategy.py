@@ -539,6 +539,7 @@ class VerticalProtoStrategy(Strategy):
         return build_results(self.cfg, self.history, local_rounds=self.local_history, extra={
             **privacy_summary(self.cfg, self.history), **defences.defence_summary(self.cfg, self.history),
             "alignment": found, "flower": {
+                "server_metrics": self.server_metrics,  # the active party's policy: under progress, no scores here
                 "setup_seconds": setup_seconds,
                 **({"resumed_from_round": start} if start else {}),
                 "setup_messages": self.setup_traffic.messages,

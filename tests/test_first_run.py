@@ -175,6 +175,10 @@ def test_format_summary_names_the_joint_model_the_active_only_head_the_round_and
                                "alignment": {"aligned": {"train": 12}}}, path="out/results.json")
     assert progress[0].startswith("final: the scores stay with the active party (its server-metrics=progress)")
     assert progress[1] == "12 aligned training users -> results: out/results.json"
+    # a deployment's server records only its own exchange keys: the policy the active party announced says it
+    deployed = format_summary({"final": {}, "rounds": [{"round": 1, "exchange/seconds": 2.0}],
+                               "flower": {"server_metrics": "progress"}})
+    assert deployed[0].startswith("final: the scores stay with the active party")
 
 
 RAY_REASON = (
