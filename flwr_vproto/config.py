@@ -11,7 +11,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from flwr_vproto.adult_columns import COLUMNS, PASSIVE_COLUMNS
 
@@ -534,7 +534,7 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
                "checkpoint": CheckpointConfig, "privacy": PrivacyConfig, "defence": DefenceConfig,
                "audit": AuditConfig, "exchange": ExchangeConfig}.get(name)
-        if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
+        if sub is not None and dataclasses.is_dataclass(field_default(fields[name])):
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
             kwargs[name] = value
@@ -553,11 +553,19 @@ def _check(cond: bool, option: str, value: Any, expected: str) -> None:
         raise ConfigError(f"invalid {option}={value!r}: expected {expected}")
 
 
-def _is_int(v: Any) -> bool:
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value: its ``default_factory()`` (a nested section) or its ``default``."""
+    factory = f.default_factory
+    if callable(factory):
+        return factory()
+    return f.default
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

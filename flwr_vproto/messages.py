@@ -107,7 +107,7 @@ def arrays_in(content: RecordDict) -> dict[str, np.ndarray]:
 
 def config_in(content: RecordDict) -> Mapping[str, Any]:
     """A message's config record (Flower types its values as a union; the codecs below read them as they wrote)."""
-    return content[CONFIG]  # type: ignore[return-value]
+    return content[CONFIG]
 
 
 def bytes_to_array(data: bytes) -> np.ndarray:
@@ -182,8 +182,9 @@ def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where:
     if not isinstance(config, ConfigRecord) or f"{key}.data" not in config or f"{key}.shape" not in config:
         raise _bad(who, where, f"'{key}' missing")
     data, got = config[f"{key}.data"], config[f"{key}.shape"]
-    if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:
-        raise _bad(who, where, f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
+    if (not isinstance(data, bytes) or not isinstance(got, list) or list(got) != list(shape)
+            or len(data) != 4 * shape[0] * shape[1]):
+        raise _bad(who, where, f"'{key}' has shape {got!r} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
                                f"expected {list(shape)} float32")
     matrix = np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
     if not np.isfinite(matrix).all():

@@ -15,7 +15,15 @@ from typing import Any
 from flwr.app import ConfigRecord
 from flwr.common.config import flatten_dict, unflatten_dict
 
-from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError, config_from_dict, declared_defaults
+from flwr_vproto.config import (
+    REPLY_TIMEOUT,
+    WAIT_FOR_NODES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    declared_defaults,
+    field_default,
+)
 
 # ------------------------------------------------------------------------------------------------ app settings
 APP_PREFIX = "app."
@@ -42,7 +50,7 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
     out: dict[str, tuple[str, type | None]] = {}
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
+        default = field_default(f)
         if dataclasses.is_dataclass(default):
             out.update(_fields(type(default), f"{name}."))
         else:
@@ -72,7 +80,7 @@ def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | 
         for f in dataclasses.fields(cls):
             value, key = values[f.name], f"{prefix}{f.name}"
             if key not in CONFIG_FIELDS:  # a nested section: walk it
-                default = f.default_factory()  # type: ignore[misc]
+                default = field_default(f)
                 out[f.name] = encode(value, type(default), f"{key}.")
                 continue
             kind = CONFIG_FIELDS[key][0]
@@ -150,7 +158,7 @@ def config_from_run_config(
 
 def config_record(cfg: Config) -> ConfigRecord:
     """A :class:`Config` as a ConfigRecord (the run-config form), e.g. to ship it inside a message."""
-    return ConfigRecord(run_config_from_config(cfg))
+    return ConfigRecord({**run_config_from_config(cfg)})  # a copy typed as ConfigRecord's values
 
 
 def config_of(record: Mapping[str, Any]) -> Config:

@@ -176,7 +176,7 @@ class ActiveScoring:
         the active party holds (:func:`~flwr_vproto.method.evaluation.split_scores`).
         """
         p = self.party
-        y = p.data.split(split).y[p.aligned[split]]  # the true labels: scores reach no passive
+        y = p.data.split(split).labels()[p.aligned[split]]  # the true labels: scores reach no passive
         noised = p.labels("val") if split == "val" and p.cfg.defence.label_epsilon is not None else None
         metrics = split_scores(self.predict_proba(split, passive_embeddings), y, p.num_classes,
                                self.combine_weight, selection_labels=noised)
@@ -189,10 +189,11 @@ class ActiveScoring:
     def _active_only_accuracy(self, split: str) -> float | None:
         """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
         data = self.party.data.split(split)
-        only = active_only_rows(len(data), self.party.aligned[split], data.y)
+        y = data.labels()
+        only = active_only_rows(len(data), self.party.aligned[split], y)
         if not only.size:
             return None
-        return top1_accuracy(self.active_only_proba(split, only), data.y[only])
+        return top1_accuracy(self.active_only_proba(split, only), y[only])
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -113,7 +113,7 @@ def _csv_overlaps(loaded: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> 
       the files, labelled with the counts' range (``"198-212 users"``).
     * Nothing known: the row is the files, labelled by the active file's folder.
     """
-    info = {}
+    info: dict[Path, dict[str, Any]] = {}
     for f, data, flat in loaded:
         if flat["dataset.name"] != "csv":
             continue
@@ -157,7 +157,9 @@ def _from_results(files: list[Path]) -> list[Run]:
         except json.JSONDecodeError as err:
             raise ReportError(f"{f}: not a results.json of run_simulation.py ({err})") from None
         cfg = data.get("config") if isinstance(data, dict) else None
-        flat = _flatten(cfg) if isinstance(cfg, Mapping) else {}
+        if not isinstance(cfg, Mapping):
+            cfg = {}
+        flat = _flatten(cfg)
         missing = [k for k in ("dataset.name", "method.name", "seed") if k not in flat]
         if missing:
             raise ReportError(f"{f}: not a results.json of run_simulation.py (no config.{missing[0]})")
@@ -261,7 +263,9 @@ def _val_score(data: Mapping[str, Any]) -> tuple[float, str]:
 def _dataset_of(data: Mapping[str, Any]) -> str:
     """The dataset a results.json trained on, named as the method table names it (csv: :func:`csv_dataset_name`)."""
     cfg = data.get("config") if isinstance(data, Mapping) else None
-    name = str(((cfg or {}).get("dataset") or {}).get("name") or "") if isinstance(cfg, Mapping) else ""
+    if not isinstance(cfg, Mapping):
+        return ""
+    name = str((cfg.get("dataset") or {}).get("name") or "")
     return csv_dataset_name(cfg) if name == "csv" else name
 
 
