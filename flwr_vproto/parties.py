@@ -770,7 +770,7 @@ class ActiveParty(_Party):
 
     # ---------------------------------------------------------------- state
     # The hooks of _Party.state_dict, next to the attributes they mirror; the scoring part saves what it fitted and
-    # kept itself. The keys never change, so older checkpoints load.
+    # kept itself. A change of keys is a new checkpoint format (checkpoint.FORMAT).
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
                 "second_mask": self.second_mask, **self.scoring.state_dict(),

@@ -197,14 +197,14 @@ class ActiveScoring:
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """What calibration fitted and evaluation kept, under the keys the party's state has always used (older
-        checkpoints load). The residual base's tracking is saved with the base, by the party."""
+        """What calibration fitted and evaluation kept, in the party's state (checkpoint.FORMAT fixes the keys).
+        The residual base's tracking is saved with the base, by the party."""
         return {"auto_weight": self.auto_weight, "gates": list(self.gates),
                 "kept_test": None if self.kept_test is None else [torch.as_tensor(k) for k in self.kept_test]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`, read from the party's whole state (a state without gates keeps 1.0)."""
+        """Inverse of :meth:`state_dict`, read from the party's whole state."""
         self.auto_weight = float(state["auto_weight"])
-        self.gates = [float(g) for g in state.get("gates", self.gates)]
+        self.gates = [float(g) for g in state["gates"]]
         kept = state.get("kept_test")
         self.kept_test = None if kept is None else [np.asarray(k.cpu().numpy(), dtype=np.float32) for k in kept]
