@@ -135,6 +135,17 @@ class ModelConfig:
     )
 
 
+# What every baseline (method=vanilla, local, centralized) changes from the method.* defaults: the plain joint model,
+# none of vproto's parts. The presets take it from here: config_store.register stores it as the config
+# flwr_vproto_baseline, which conf/method/<baseline>.yaml lists first, so each preset file holds only its name.
+PLAIN_JOINT_MODEL: dict[str, Any] = {
+    "lambda_passive": 1.0, "joint_encoder": False, "residual_weight": "fixed", "residual_base": "live",
+    "joint_warm_start": False, "passive_pretrain_epochs": 0, "local_head": False, "combine_weight": 1.0,
+    "joint_residual": False, "prototype_logits": False, "joint_trains_active_encoder": True,
+}
+BASELINES = ("vanilla", "local", "centralized")
+
+
 @dataclass
 class MethodConfig:
     """The training method and every knob of the prototype losses (design §3).

@@ -19,10 +19,21 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr_vproto.config import Config, ModelConfig, RunnerConfig, dataset_rounds, field_default, option_help
+from flwr_vproto.config import (
+    PLAIN_JOINT_MODEL,
+    Config,
+    ModelConfig,
+    RunnerConfig,
+    dataset_rounds,
+    field_default,
+    option_help,
+)
 
 SCHEMA = "flwr_vproto"
 """The ConfigStore name of :class:`CliConfig` (``conf/config.yaml``'s first default)."""
+BASELINE = "flwr_vproto_baseline"
+"""The ConfigStore name (no group: ``--help`` lists no preset for it) of what the baselines change from the
+``method.*`` defaults (:data:`~flwr_vproto.config.PLAIN_JOINT_MODEL`)."""
 HELP_RESOLVER = "flwr_vproto_help"
 """``hydra.help.template: ${flwr_vproto_help:}`` in ``conf/config.yaml``: the option list of ``--help``."""
 
@@ -55,6 +66,8 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=SCHEMA, node=CliConfig)
+    # what the baseline presets share (conf/method/{vanilla,local,centralized}.yaml list it first)
+    ConfigStore.instance().store(name=BASELINE, node=dict(PLAIN_JOINT_MODEL))
     if not OmegaConf.has_resolver(HELP_RESOLVER):
         OmegaConf.register_new_resolver(HELP_RESOLVER, _help_resolver)
 
