@@ -8,8 +8,9 @@ value fails with a message naming the option instead of surfacing later as a sha
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypeGuard
 
@@ -536,10 +537,8 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
-        raise ConfigError(
-            f"unknown config option(s) {', '.join(where + u for u in unknown)}; "
-            f"known: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"unknown config option(s) {', '.join(where + u for u in unknown)}: "
+                          f"{unknown_option_hint(where + unknown[0], [where + f for f in fields])}")
     kwargs = {}
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
@@ -562,6 +561,22 @@ def config_from_dict(data: Mapping[str, Any] | None = None) -> Config:
 def _check(cond: bool, option: str, value: Any, expected: str) -> None:
     if not cond:
         raise ConfigError(f"invalid {option}={value!r}: expected {expected}")
+
+
+def closest_options(key: str, options: Iterable[str]) -> list[str]:
+    """Up to three valid options closest to a misspelt dotted ``key``: first among its own section's (same prefix),
+    else among all."""
+    options = sorted(options)
+    section, _, leaf = key.rpartition(".")
+    siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}
+    close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.5)]
+    return close or difflib.get_close_matches(key, options, n=3, cutoff=0.6)
+
+
+def unknown_option_hint(key: str, options: Iterable[str]) -> str:
+    """``did you mean a or b?`` for a misspelt ``key`` (one line, never the whole list of options)."""
+    close = closest_options(key, options)
+    return f"did you mean {' or '.join(close)}?" if close else "no option is close"
 
 
 def field_default(f: dataclasses.Field[Any]) -> Any:

@@ -23,6 +23,7 @@ from flwr_vproto.config import (
     config_from_dict,
     declared_defaults,
     field_default,
+    unknown_option_hint,
 )
 
 # ------------------------------------------------------------------------------------------------ app settings
@@ -117,8 +118,8 @@ def config_from_run_config(
             app[key] = value
             continue
         if key not in CONFIG_FIELDS:
-            raise ConfigError(f"unknown run-config key {key!r}; known: {', '.join(sorted(CONFIG_FIELDS))}, "
-                              f"{', '.join(APP_DEFAULTS)}")
+            raise ConfigError(f"unknown run-config key {key!r}: {unknown_option_hint(key, CONFIG_FIELDS)} (every "
+                              f"key: [tool.flwr.app.config] in the app's pyproject.toml)")
         kind = CONFIG_FIELDS[key][0]
         if isinstance(value, str) and kind == "json":
             try:
@@ -141,7 +142,8 @@ def config_from_run_config(
         csv["paths"] = paths
     unknown = sorted(set(app) - set(APP_DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}; known app keys: {', '.join(APP_DEFAULTS)}")
+        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}: "
+                          f"{unknown_option_hint(unknown[0], APP_DEFAULTS)} (app keys: {', '.join(APP_DEFAULTS)})")
     merged = {**APP_DEFAULTS, **app}
     try:
         settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
