@@ -322,8 +322,8 @@ def public_keys(conf: Any, prefix: str = "") -> tuple[bytes | None, bytes | None
     """A party's per-run and long-term public keys as a message carries them (``None``: absent)."""
     if conf is None:
         return None, None
-    got = [conf.get(prefix + key) for key in (SEAL_KEY, SEAL_STATIC)]
-    return tuple(v if isinstance(v, bytes) else None for v in got)  # type: ignore[return-value]
+    per_run, static = (conf.get(prefix + key) for key in (SEAL_KEY, SEAL_STATIC))
+    return (per_run if isinstance(per_run, bytes) else None), (static if isinstance(static, bytes) else None)
 
 
 def keys_in(content: RecordDict, prefix: str = "") -> tuple[bytes | None, bytes | None]:
