@@ -646,8 +646,8 @@ def read_folder(folder: str | Path) -> tuple[np.ndarray, dict[int, PassiveView],
     for view in views.values():
         got = {r: v["gradients"] for r, v in sorted(view.received.items()) if "gradients" in v}
         view.rows, view.source = (got, "received") if got else (dict(sorted(view.sent.items())), "sent")
-        for r in [r for r, g in view.rows.items() if g.ndim != 2 or g.shape[0] != len(labels)]:
-            view.notes.append(f"round {r}: {view.rows.pop(r).shape} rows for {len(labels)} labels, left out")
+        for rnd in [rnd for rnd, g in view.rows.items() if g.ndim != 2 or g.shape[0] != len(labels)]:
+            view.notes.append(f"round {rnd}: {view.rows.pop(rnd).shape} rows for {len(labels)} labels, left out")
         if view.features is not None and view.features.shape[0] != len(labels):
             view.notes.append(f"features: {view.features.shape[0]} rows for {len(labels)} labels, left out")
             view.features = None
@@ -802,7 +802,7 @@ def summarise_attacker(report: Mapping[str, Any], num_classes: int) -> dict[str,
         if values:
             out[name or key] = max(values)
 
-    last = {}  # per passive, the multi-round row with every round kept
+    last: dict[str, Mapping[str, Any]] = {}  # per passive, the multi-round row with every round kept
     for r in report["multiround"]:
         if r["rounds_kept"] >= last.get(r["passive"], {}).get("rounds_kept", 0):
             last[r["passive"]] = r

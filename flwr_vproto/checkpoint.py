@@ -37,6 +37,10 @@ from flwr_vproto.config import Config
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
 
 SERVER = "server"
+# Every file's layout and its config fingerprint's keys (resume_fingerprint): bump it when either changes (a new
+# option included). A file of another format is refused (load), never translated: files without a number are 1.
+FORMAT = 2
+FORMAT_KEY = "format"
 SECRET_FILE = "secret.hex"  # in the active party's checkpoint folder: its secret, mode 0600
 SECRET_KEY = "secret"  # the key of the secret in the active party's state dict (parties.py)
 _NAME = re.compile(r"^round-(\d+)\.pt$")
@@ -90,7 +94,7 @@ def save(folder: Path, rnd: int, state: dict[str, Any], keep: int = 2) -> Path:
     target = _path(folder, rnd)
     tmp = target.with_name(target.name + ".tmp")
     with open(tmp, "wb") as fh:
-        fh.write(state_to_bytes(state))
+        fh.write(state_to_bytes({FORMAT_KEY: FORMAT, **state}))
         fh.flush()
         os.fsync(fh.fileno())
     os.replace(tmp, target)
@@ -107,36 +111,27 @@ def load(folder: Path, rnd: int, who: str) -> dict[str, Any]:
         raise CheckpointError(f"{who}: no checkpoint of round {rnd} in {folder} (it has rounds {have or 'none'}); "
                               f"was it written by this run?")
     try:
-        return state_from_bytes(path.read_bytes())
+        saved = state_from_bytes(path.read_bytes())
     except Exception as err:  # noqa: BLE001 - any unreadable file is reported the same way
         raise CheckpointError(f"{who}: checkpoint {path} is unreadable: {err}") from None
+    got = saved.get(FORMAT_KEY, 1)
+    if got != FORMAT:
+        raise CheckpointError(f"{who}: checkpoint {path} is of format {got}; this version reads format {FORMAT} only "
+                              f"(resume with the version that wrote it, or start afresh)")
+    return saved
 
 
-# Options added with a default that changes what an older run did: a checkpoint written before them ran as if they
-# had this value (every gradient row released, before defence.release_rounds existed and defaulted to 0).
-BEHAVIOUR_BEFORE_OPTION: dict[str, Any] = {
-    "defence.release_rounds": None,
-    "exchange.count": lambda cfg: cfg.num_rounds,  # one exchange per round, before exchange.* existed
-}
 LOCAL_HISTORY = "local-history"  # the server's checkpoint: results.json's local_rounds so far
 
 
 def check_same_run(saved: dict[str, Any], cfg: Config, who: str, path: Path) -> None:
     """Refuse to resume from a checkpoint of another configuration (other data, method, seed, ...)."""
-    want, defaults = resume_fingerprint(cfg), resume_fingerprint(Config())
-    missing = object()
-
-    def diff(a: Any, b: Any, default: Any, prefix: str = "") -> list[str]:
-        if b is missing:  # an option added after the checkpoint was written: the same run if it has its default
-            b = {} if isinstance(a, dict) else BEHAVIOUR_BEFORE_OPTION.get(prefix[:-1], default)  # a section: by key
-            b = b(cfg) if callable(b) else b
+    def diff(a: Any, b: Any, prefix: str = "") -> list[str]:
         if isinstance(a, dict) and isinstance(b, dict):
-            default = default if isinstance(default, dict) else {}
-            return [d for k in sorted(set(a) | set(b))
-                    for d in diff(a.get(k), b.get(k, missing), default.get(k), f"{prefix}{k}.")]
+            return [d for k in sorted(set(a) | set(b)) for d in diff(a.get(k), b.get(k), f"{prefix}{k}.")]
         return [] if a == b else [f"{prefix[:-1]} (checkpoint {b!r}, now {a!r})"]
 
-    changed = diff(want, saved, defaults)
+    changed = diff(resume_fingerprint(cfg), saved)
     if changed:
         raise CheckpointError(f"{who}: the checkpoint in {path} was written with another config: "
                               f"{'; '.join(changed[:5])}; resume needs the same config")
@@ -192,9 +187,9 @@ def save_party(folder: Path, rnd: int, checkpoint: dict[str, Any]) -> Path:
 
 
 def _restore_secret(saved: dict[str, Any], folder: Path, who: str) -> None:
-    """Put the active party's secret back into its loaded state, from :data:`SECRET_FILE` (a checkpoint written
-    before the file existed holds it in the blob). Without it a resumed run would draw other noise: refused."""
-    if saved.get("facts", {}).get("role") != "active" or saved["party"].get(SECRET_KEY) is not None:
+    """Put the active party's secret back into its loaded state, from :data:`SECRET_FILE`. Without it a resumed run
+    would draw other noise: refused."""
+    if saved["facts"]["role"] != "active":
         return
     from flwr_vproto.config import ConfigError
     from flwr_vproto.defences import read_secret_file

@@ -101,8 +101,8 @@ def unwrap_reason(reason: str) -> tuple[str, str]:
         found = [_EXC_LINE.match(ln) for ln in lines]
         hits = [f for f in found if f and "ClientAppException" not in f.group(1) and "RayTaskError" not in f.group(1)]
         ours = [f for f in hits if f.group(1) in DATA_ERRORS]
-        best = (ours or hits or [None])[-1]
-        if best is not None:
+        if ours or hits:
+            best = (ours or hits)[-1]
             return best.group(1), best.group(2)
     return cls, text
 

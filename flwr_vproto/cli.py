@@ -341,13 +341,13 @@ def _main(dcfg: DictConfig, out: Path) -> float:
         results["job"] = {"threads": runner.get("threads"), "torch_threads": torch_threads(),
                           "cores": available_cores(), "by": threads_by}
     audit_line = None
-    if cfg.audit.record:  # score what the passives received (python -m flwr_vproto.audit does the same later)
+    if cfg.audit.record and cfg.audit.dir is not None:  # score what the passives received
         from flwr_vproto.audit import audit_folder
         from flwr_vproto.audit import format_summary as format_audit
         from flwr_vproto.data import dataset_classes
 
         summary = audit_folder(cfg.audit.dir, dataset_classes(cfg)[0], seed=cfg.seed,
-                               normalize=cfg.method.normalize)["summary"]  # type: ignore[arg-type]
+                               normalize=cfg.method.normalize)["summary"]
         results["audit"] = summary
         audit_line = format_audit(summary)
     path = write_results(out / "results.json", results, exclusive=True)  # never overwrites: results-2.json beside

@@ -64,7 +64,7 @@ import dataclasses
 import functools
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -304,14 +304,14 @@ class PartyStore:
     def keep_secrets(self, secrets: dict[str, bytes]) -> None:
         self._store(messages.blobs_of(self.PSI, secrets))
 
-    def save_party(self, party: ActiveParty | PassiveParty | None, state: dict[str, Any] | None = None,
-                   **facts: Any) -> None:
-        """Store the learner's state (``party``'s, or a saved ``state``) next to the kept data (the PSI secrets are
+    def save_party(self, party: ActiveParty | PassiveParty | dict[str, Any],
+                   facts: Mapping[str, Any] | None = None) -> None:
+        """Store the learner's state (``party``'s, or a saved state dict) next to the kept data (the PSI secrets are
         done with); update the facts."""
-        blob = state_to_bytes(party.state_dict() if party is not None else state)
+        blob = state_to_bytes(party if isinstance(party, dict) else party.state_dict())
         data = {k: v for k, v in self._blobs().items() if k.startswith(self.DATA + ".")}
         self._store({self.PARTY: messages.bytes_to_array(blob), **data})
-        self.facts.update({"ready": True, **facts})
+        self.facts.update({"ready": True, **(facts or {})})
 
     def data(self, c: Config, me: Identity) -> PartySplits:
         """The party's encoded data: kept in the state after the first load, rebuilt from it without the file."""
@@ -379,7 +379,7 @@ def _resume(store: PartyStore, c: Config, me: Identity, rnd: int) -> proto.Disco
     _require((facts.get("role"), facts.get("party-index")) == (me.role, me.index),
              f"{me.name}: the checkpoint in {ck.party_dir(c, me.name, me.checkpoint_dir)} belongs to "
              f"{facts.get('role')} party {facts.get('party-index')}")
-    store.save_party(None, saved["party"], **facts)
+    store.save_party(saved["party"], facts)
     data = party_data(c, me.index)
     return proto.Discovered(role=me.role, index=me.index, fingerprint=config_fingerprint(c),
                             input_shape=[int(s) for s in data.input_shape], embedding_dim=int(c.model.embedding_dim),
@@ -424,7 +424,7 @@ def psi_finish(msg: Message, context: Context, c: Config, me: Identity) -> Messa
 
     num_classes = int(dataset_classes(c)[0])
     party, result = proto.psi_finish(c, party_data(c, 0), secrets, reblinded, num_classes, dims, secret=me.secret)
-    store.save_party(party, **{"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
+    store.save_party(party, {"num-classes": num_classes, "passives": list(reblinded), "passive-dims": dims})
     if me.server_metrics == PROGRESS and me.results_dir:
         ledger.reset(me.results_dir)
     return Message(messages.encode_intersection(result), reply_to=msg)
@@ -440,8 +440,8 @@ def train(msg: Message, context: Context, c: Config, me: Identity) -> Message:
         if request.setup is not None and not store.facts.get("ready"):  # PSI step 4, with the first round
             _require("train.perm" in store.secrets(), f"{me.name}: first round before PSI")
             joined = proto.passive_join(c, party_data(c, me.index), me.index, store.secrets(), request.setup)
-            store.save_party(joined, **{"num-classes": request.setup.num_classes,
-                                        "aligned-train": len(request.setup.positions["train"])})
+            store.save_party(joined, {"num-classes": request.setup.num_classes,
+                                      "aligned-train": len(request.setup.positions["train"])})
         _next_round(store, me, request.round)
         request = passive_request(msg, context, c, me)
         party = store.load_passive(c, me)

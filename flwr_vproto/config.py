@@ -8,10 +8,11 @@ value fails with a message naming the option instead of surfacing later as a sha
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import math
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeGuard
 
 from flwr_vproto.adult_columns import COLUMNS, PASSIVE_COLUMNS
 
@@ -133,6 +134,17 @@ class ModelConfig:
         None,
         "{_target_: my_pkg.my_top, ...}: your own top model and head, or null"
     )
+
+
+# What every baseline (method=vanilla, local, centralized) changes from the method.* defaults: the plain joint model,
+# none of vproto's parts. The presets take it from here: config_store.register stores it as the config
+# flwr_vproto_baseline, which conf/method/<baseline>.yaml lists first, so each preset file holds only its name.
+PLAIN_JOINT_MODEL: dict[str, Any] = {
+    "lambda_passive": 1.0, "joint_encoder": False, "residual_weight": "fixed", "residual_base": "live",
+    "joint_warm_start": False, "passive_pretrain_epochs": 0, "local_head": False, "combine_weight": 1.0,
+    "joint_residual": False, "prototype_logits": False, "joint_trains_active_encoder": True,
+}
+BASELINES = ("vanilla", "local", "centralized")
 
 
 @dataclass
@@ -525,16 +537,14 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
-        raise ConfigError(
-            f"unknown config option(s) {', '.join(where + u for u in unknown)}; "
-            f"known: {', '.join(sorted(fields))}"
-        )
+        raise ConfigError(f"unknown config option(s) {', '.join(where + u for u in unknown)}: "
+                          f"{unknown_option_hint(where + unknown[0], [where + f for f in fields])}")
     kwargs = {}
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
                "checkpoint": CheckpointConfig, "privacy": PrivacyConfig, "defence": DefenceConfig,
                "audit": AuditConfig, "exchange": ExchangeConfig}.get(name)
-        if sub is not None and dataclasses.is_dataclass(fields[name].default_factory()):  # type: ignore[misc]
+        if sub is not None and dataclasses.is_dataclass(field_default(fields[name])):
             kwargs[name] = _build(sub, value, f"{path}.{name}" if path else name)
         else:
             kwargs[name] = value
@@ -553,11 +563,35 @@ def _check(cond: bool, option: str, value: Any, expected: str) -> None:
         raise ConfigError(f"invalid {option}={value!r}: expected {expected}")
 
 
-def _is_int(v: Any) -> bool:
+def closest_options(key: str, options: Iterable[str]) -> list[str]:
+    """Up to three valid options closest to a misspelt dotted ``key``: first among its own section's (same prefix),
+    else among all."""
+    options = sorted(options)
+    section, _, leaf = key.rpartition(".")
+    siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}
+    close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.5)]
+    return close or difflib.get_close_matches(key, options, n=3, cutoff=0.6)
+
+
+def unknown_option_hint(key: str, options: Iterable[str]) -> str:
+    """``did you mean a or b?`` for a misspelt ``key`` (one line, never the whole list of options)."""
+    close = closest_options(key, options)
+    return f"did you mean {' or '.join(close)}?" if close else "no option is close"
+
+
+def field_default(f: dataclasses.Field[Any]) -> Any:
+    """A dataclass field's default value: its ``default_factory()`` (a nested section) or its ``default``."""
+    factory = f.default_factory
+    if callable(factory):
+        return factory()
+    return f.default
+
+
+def _is_int(v: Any) -> TypeGuard[int]:
     return isinstance(v, int) and not isinstance(v, bool)
 
 
-def _is_num(v: Any) -> bool:
+def _is_num(v: Any) -> TypeGuard[int | float]:
     return isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
 
 

@@ -19,10 +19,21 @@ import textwrap
 from dataclasses import dataclass, field
 from typing import Any
 
-from flwr_vproto.config import Config, ModelConfig, RunnerConfig, dataset_rounds, option_help
+from flwr_vproto.config import (
+    PLAIN_JOINT_MODEL,
+    Config,
+    ModelConfig,
+    RunnerConfig,
+    dataset_rounds,
+    field_default,
+    option_help,
+)
 
 SCHEMA = "flwr_vproto"
 """The ConfigStore name of :class:`CliConfig` (``conf/config.yaml``'s first default)."""
+BASELINE = "flwr_vproto_baseline"
+"""The ConfigStore name (no group: ``--help`` lists no preset for it) of what the baselines change from the
+``method.*`` defaults (:data:`~flwr_vproto.config.PLAIN_JOINT_MODEL`)."""
 HELP_RESOLVER = "flwr_vproto_help"
 """``hydra.help.template: ${flwr_vproto_help:}`` in ``conf/config.yaml``: the option list of ``--help``."""
 
@@ -42,7 +53,9 @@ class _ModelSchema(ModelConfig):
 class CliConfig(Config):
     """What the command line composes: the run's :class:`~flwr_vproto.config.Config` and the ``runner`` block."""
 
-    num_rounds: int | None = field(default=None, metadata={"help": option_help(Config, "num_rounds")})
+    # Hydra's schema must allow null here; Config.__post_init__ turns it into the dataset's default (an int)
+    num_rounds: int | None = field(  # type: ignore[assignment]
+        default=None, metadata={"help": option_help(Config, "num_rounds")})
     model: ModelConfig = field(default_factory=_ModelSchema)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
@@ -53,6 +66,8 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=SCHEMA, node=CliConfig)
+    # what the baseline presets share (conf/method/{vanilla,local,centralized}.yaml list it first)
+    ConfigStore.instance().store(name=BASELINE, node=dict(PLAIN_JOINT_MODEL))
     if not OmegaConf.has_resolver(HELP_RESOLVER):
         OmegaConf.register_new_resolver(HELP_RESOLVER, _help_resolver)
 
@@ -62,7 +77,7 @@ def option_docs(cls: type = CliConfig, prefix: str = "") -> dict[str, str]:
     (nested dataclasses walked; a field a subclass re-declares keeps its base class's description)."""
     out: dict[str, str] = {}
     for f in dataclasses.fields(cls):
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
+        default = field_default(f)
         if dataclasses.is_dataclass(default):
             out.update(option_docs(type(default), f"{prefix}{f.name}."))
         else:

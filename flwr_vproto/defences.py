@@ -26,6 +26,7 @@ import math
 import os
 import secrets
 import stat
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
@@ -246,7 +247,7 @@ def defence_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
     return {"defence": entry}
 
 
-def describe(summary: dict[str, Any]) -> str | None:
+def describe(summary: Mapping[str, Any]) -> str | None:
     """One line for the run's closing summary: the labels' protection with its accounting (``None``: no defence)."""
     from flwr_vproto.privacy import describe as describe_prototypes
 

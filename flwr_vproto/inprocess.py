@@ -45,13 +45,14 @@ def run_inprocess(
     gradient_noise_multiplier(cfg)  # ... and an unreachable defence.target_epsilon
     ds = dataset if dataset is not None else load_vertical_dataset(cfg)
     if cfg.method.name == "centralized":
-        history = run_centralized(cfg, ds, on_round)
-        return build_results(cfg, history)
+        return build_results(cfg, run_centralized(cfg, ds, on_round))
     if cfg.method.name in TREE_METHODS:
         return run_trees(cfg, ds, on_round)
     start = ck.latest_server_round(cfg) if cfg.resume else 0
     active, passives = _set_up(cfg, ds, active_secret) if start == 0 else _parties(cfg, ds)
-    transit, history, local = InTransit(len(ds.passives)), [], []
+    transit = InTransit(len(ds.passives))
+    history: list[dict[str, float]] = []
+    local: list[dict[str, float]] = []
     if start:  # every party from its own file, the payloads in transit and the histories from the server's
         transit, history, local = _resume(cfg, start, active, passives)
     for rnd in range(start + 1, exchanges.count(cfg) + 1):  # one exchange: one message per party

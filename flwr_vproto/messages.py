@@ -107,7 +107,7 @@ def arrays_in(content: RecordDict) -> dict[str, np.ndarray]:
 
 def config_in(content: RecordDict) -> Mapping[str, Any]:
     """A message's config record (Flower types its values as a union; the codecs below read them as they wrote)."""
-    return content[CONFIG]  # type: ignore[return-value]
+    return content[CONFIG]
 
 
 def bytes_to_array(data: bytes) -> np.ndarray:
@@ -182,8 +182,9 @@ def check_matrix(config: Any, key: str, shape: tuple[int, int], who: str, where:
     if not isinstance(config, ConfigRecord) or f"{key}.data" not in config or f"{key}.shape" not in config:
         raise _bad(who, where, f"'{key}' missing")
     data, got = config[f"{key}.data"], config[f"{key}.shape"]
-    if not isinstance(data, bytes) or list(got) != list(shape) or len(data) != 4 * shape[0] * shape[1]:
-        raise _bad(who, where, f"'{key}' has shape {got} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
+    if (not isinstance(data, bytes) or not isinstance(got, list) or list(got) != list(shape)
+            or len(data) != 4 * shape[0] * shape[1]):
+        raise _bad(who, where, f"'{key}' has shape {got!r} and {len(data) if isinstance(data, bytes) else '?'} bytes, "
                                f"expected {list(shape)} float32")
     matrix = np.frombuffer(data, dtype=np.float32).reshape(shape).copy()
     if not np.isfinite(matrix).all():
@@ -321,8 +322,8 @@ def public_keys(conf: Any, prefix: str = "") -> tuple[bytes | None, bytes | None
     """A party's per-run and long-term public keys as a message carries them (``None``: absent)."""
     if conf is None:
         return None, None
-    got = [conf.get(prefix + key) for key in (SEAL_KEY, SEAL_STATIC)]
-    return tuple(v if isinstance(v, bytes) else None for v in got)  # type: ignore[return-value]
+    per_run, static = (conf.get(prefix + key) for key in (SEAL_KEY, SEAL_STATIC))
+    return (per_run if isinstance(per_run, bytes) else None), (static if isinstance(static, bytes) else None)
 
 
 def keys_in(content: RecordDict, prefix: str = "") -> tuple[bytes | None, bytes | None]:

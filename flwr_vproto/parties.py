@@ -459,9 +459,12 @@ class ActiveParty(_Party):
 
     def second_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None:
         """Each passive's second prototypes with their class mask (``None`` until every passive has some)."""
-        if any(p is None for p in self.second):
-            return None
-        return list(zip(self.second, self.second_mask, strict=True))  # type: ignore[arg-type]
+        pairs = []
+        for second, mask in zip(self.second, self.second_mask, strict=True):
+            if second is None or mask is None:
+                return None
+            pairs.append((second, mask))
+        return pairs
 
     def logits(
         self, split: str, rows: np.ndarray, passive_embeddings: list[np.ndarray] | None = None
@@ -730,10 +733,11 @@ class ActiveParty(_Party):
                 new, mask = privacy.prototypes_from_noisy(sums, counts, acc.sigma, self.cfg.privacy.clip_norm)
             else:
                 new, mask = prototypes.class_means(zn, y_al, self.num_classes)
-            self.second[k], self.second_mask[k] = prototypes.ema_update(self.second[k], self.second_mask[k], new,
-                                                                        mask, m.ema_momentum)
-            out.append(self.second[k].cpu().numpy().astype(np.float32))
-            masks.append(self.second_mask[k].cpu().numpy())
+            second, second_mask = prototypes.ema_update(self.second[k], self.second_mask[k], new, mask,
+                                                        m.ema_momentum)
+            self.second[k], self.second_mask[k] = second, second_mask
+            out.append(second.cpu().numpy().astype(np.float32))
+            masks.append(second_mask.cpu().numpy())
         mask_all = np.logical_and.reduce(masks) if masks else np.zeros(self.num_classes, dtype=bool)
         return out, mask_all
 
@@ -766,7 +770,7 @@ class ActiveParty(_Party):
 
     # ---------------------------------------------------------------- state
     # The hooks of _Party.state_dict, next to the attributes they mirror; the scoring part saves what it fitted and
-    # kept itself. The keys never change, so older checkpoints load.
+    # kept itself. A change of keys is a new checkpoint format (checkpoint.FORMAT).
     def _extra_state(self) -> dict[str, Any]:
         return {"protos": self.protos, "proto_mask": self.proto_mask, "second": self.second,
                 "second_mask": self.second_mask, **self.scoring.state_dict(),

@@ -79,7 +79,7 @@ def save_party_model(party: ActiveParty | PassiveParty, path: str | Path) -> Pat
         "format": MODEL_FORMAT, "config": party.cfg.to_dict(), "name": party.data.name,
         "role": party.data.role, "index": party.index, "num_classes": int(party.num_classes),
         "input_shape": [int(s) for s in party.data.input_shape],
-        "passive_dims": [int(d) for d in party.passive_dims] if active else [],
+        "passive_dims": [int(d) for d in party.passive_dims] if isinstance(party, ActiveParty) else [],
         "class_names": class_names, "preprocessing": pre, "state": prediction_state(party),
     }
     path.write_bytes(state_to_bytes(payload))

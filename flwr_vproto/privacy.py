@@ -38,6 +38,7 @@ from __future__ import annotations
 import functools
 import math
 import warnings
+from collections.abc import Mapping
 from typing import Any
 
 import torch
@@ -223,7 +224,7 @@ def privacy_summary(cfg: Config, history: list[dict[str, float]]) -> dict[str, A
     }}
 
 
-def describe(summary: dict[str, Any]) -> str | None:
+def describe(summary: Mapping[str, Any]) -> str | None:
     """One line for the run's closing summary about the second prototypes (``None``: none left the active party)."""
     p = summary.get("privacy")
     if not p:

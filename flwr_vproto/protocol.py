@@ -44,7 +44,8 @@ from flwr_vproto.parties import ActiveParty, PassiveParty
 from flwr_vproto.psi import PSIHub, PSIPeer
 from flwr_vproto.results import round_record
 
-ACTIVE, PASSIVE = "active", "passive"
+ACTIVE: str = "active"
+PASSIVE: str = "passive"
 ROLES = (ACTIVE, PASSIVE)
 JOINT_METHODS = ("vproto", "vanilla")  # methods whose active party trains with the passives' embeddings
 
@@ -416,7 +417,7 @@ def _record(party: ActiveParty, rnd: int, reply: FromActive, folder: str | None)
     if folder is None:
         raise ValueError("audit.record=true needs audit.dir (or, in a deployment, the active party's node-config "
                          "audit-dir): the folder where the active party writes what each passive receives")
-    labels = party.data.train.y[party.aligned["train"]]
+    labels = party.data.train.labels()[party.aligned["train"]]
     audit.record_round(folder, rnd, reply.gradients, labels, reply.prototypes or None)
 
 
@@ -549,11 +550,11 @@ class InTransit:
     def state(self) -> dict[str, Any]:
         """For the server's checkpoint (:func:`flwr_vproto.checkpoint.server_checkpoint`)."""
         names = {k: party_name(PASSIVE, k) for k in range(1, self.num_passive + 1)}
-        gates = [self.pseudo_thresholds.get(k) for k in names]
+        gates = [g for k in names if (g := self.pseudo_thresholds.get(k)) is not None]
         return {"gradients": {names[k]: g for k, g in self.gradients.items()},
                 "prototypes": {names[k]: p for k, p in self.prototypes.items()},
                 "prototype-mask": self.prototype_mask,
-                **({"pseudo-gates": [float(g) for g in gates]} if gates and None not in gates else {}),
+                **({"pseudo-gates": [float(g) for g in gates]} if gates and len(gates) == len(names) else {}),
                 "best-val": self.best_val, "best-val-loss": self.best_val_loss, "test-previous": self.test_previous}
 
     @classmethod

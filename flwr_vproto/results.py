@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -36,7 +36,7 @@ def round_record(
     return rec
 
 
-def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
+def select_final(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Test metrics at the round with the best validation accuracy (ties: the lower validation loss, then the
     earlier round).
 

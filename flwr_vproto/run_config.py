@@ -15,7 +15,16 @@ from typing import Any
 from flwr.app import ConfigRecord
 from flwr.common.config import flatten_dict, unflatten_dict
 
-from flwr_vproto.config import REPLY_TIMEOUT, WAIT_FOR_NODES, Config, ConfigError, config_from_dict, declared_defaults
+from flwr_vproto.config import (
+    REPLY_TIMEOUT,
+    WAIT_FOR_NODES,
+    Config,
+    ConfigError,
+    config_from_dict,
+    declared_defaults,
+    field_default,
+    unknown_option_hint,
+)
 
 # ------------------------------------------------------------------------------------------------ app settings
 APP_PREFIX = "app."
@@ -42,7 +51,7 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
     out: dict[str, tuple[str, type | None]] = {}
     for f in dataclasses.fields(cls):
         name = f"{prefix}{f.name}"
-        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else f.default  # type: ignore
+        default = field_default(f)
         if dataclasses.is_dataclass(default):
             out.update(_fields(type(default), f"{name}."))
         else:
@@ -72,7 +81,7 @@ def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | 
         for f in dataclasses.fields(cls):
             value, key = values[f.name], f"{prefix}{f.name}"
             if key not in CONFIG_FIELDS:  # a nested section: walk it
-                default = f.default_factory()  # type: ignore[misc]
+                default = field_default(f)
                 out[f.name] = encode(value, type(default), f"{key}.")
                 continue
             kind = CONFIG_FIELDS[key][0]
@@ -109,8 +118,8 @@ def config_from_run_config(
             app[key] = value
             continue
         if key not in CONFIG_FIELDS:
-            raise ConfigError(f"unknown run-config key {key!r}; known: {', '.join(sorted(CONFIG_FIELDS))}, "
-                              f"{', '.join(APP_DEFAULTS)}")
+            raise ConfigError(f"unknown run-config key {key!r}: {unknown_option_hint(key, CONFIG_FIELDS)} (every "
+                              f"key: [tool.flwr.app.config] in the app's pyproject.toml)")
         kind = CONFIG_FIELDS[key][0]
         if isinstance(value, str) and kind == "json":
             try:
@@ -133,7 +142,8 @@ def config_from_run_config(
         csv["paths"] = paths
     unknown = sorted(set(app) - set(APP_DEFAULTS))
     if unknown:
-        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}; known app keys: {', '.join(APP_DEFAULTS)}")
+        raise ConfigError(f"unknown run-config key(s) {', '.join(unknown)}: "
+                          f"{unknown_option_hint(unknown[0], APP_DEFAULTS)} (app keys: {', '.join(APP_DEFAULTS)})")
     merged = {**APP_DEFAULTS, **app}
     try:
         settings = AppSettings(output_dir=str(merged["app.output-dir"]), timeout=float(merged["app.timeout"]),
@@ -150,7 +160,7 @@ def config_from_run_config(
 
 def config_record(cfg: Config) -> ConfigRecord:
     """A :class:`Config` as a ConfigRecord (the run-config form), e.g. to ship it inside a message."""
-    return ConfigRecord(run_config_from_config(cfg))
+    return ConfigRecord({**run_config_from_config(cfg)})  # a copy typed as ConfigRecord's values
 
 
 def config_of(record: Mapping[str, Any]) -> Config:

@@ -176,7 +176,7 @@ class ActiveScoring:
         the active party holds (:func:`~flwr_vproto.method.evaluation.split_scores`).
         """
         p = self.party
-        y = p.data.split(split).y[p.aligned[split]]  # the true labels: scores reach no passive
+        y = p.data.split(split).labels()[p.aligned[split]]  # the true labels: scores reach no passive
         noised = p.labels("val") if split == "val" and p.cfg.defence.label_epsilon is not None else None
         metrics = split_scores(self.predict_proba(split, passive_embeddings), y, p.num_classes,
                                self.combine_weight, selection_labels=noised)
@@ -189,21 +189,22 @@ class ActiveScoring:
     def _active_only_accuracy(self, split: str) -> float | None:
         """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
         data = self.party.data.split(split)
-        only = active_only_rows(len(data), self.party.aligned[split], data.y)
+        y = data.labels()
+        only = active_only_rows(len(data), self.party.aligned[split], y)
         if not only.size:
             return None
-        return top1_accuracy(self.active_only_proba(split, only), data.y[only])
+        return top1_accuracy(self.active_only_proba(split, only), y[only])
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:
-        """What calibration fitted and evaluation kept, under the keys the party's state has always used (older
-        checkpoints load). The residual base's tracking is saved with the base, by the party."""
+        """What calibration fitted and evaluation kept, in the party's state (checkpoint.FORMAT fixes the keys).
+        The residual base's tracking is saved with the base, by the party."""
         return {"auto_weight": self.auto_weight, "gates": list(self.gates),
                 "kept_test": None if self.kept_test is None else [torch.as_tensor(k) for k in self.kept_test]}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
-        """Inverse of :meth:`state_dict`, read from the party's whole state (a state without gates keeps 1.0)."""
+        """Inverse of :meth:`state_dict`, read from the party's whole state."""
         self.auto_weight = float(state["auto_weight"])
-        self.gates = [float(g) for g in state.get("gates", self.gates)]
+        self.gates = [float(g) for g in state["gates"]]
         kept = state.get("kept_test")
         self.kept_test = None if kept is None else [np.asarray(k.cpu().numpy(), dtype=np.float32) for k in kept]

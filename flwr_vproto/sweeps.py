@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 SELECTION_METRICS = ("accuracy", "auc")
@@ -45,7 +45,7 @@ def check_selection_metric(metric: Any, dataset: str, classes: Any = None) -> st
     return str(metric)
 
 
-def select_by(history: list[Mapping[str, float]], metric: str) -> dict[str, float]:
+def select_by(history: Sequence[Mapping[str, float]], metric: str) -> dict[str, float]:
     """Test metrics at the round with the best validation ``metric`` (ties: the earlier round).
 
     Same protocol as :func:`flwr_vproto.results.select_final` (which is this with ``accuracy`` and stays the
@@ -178,6 +178,6 @@ def patch_optuna_storage() -> bool:
         with self.engine.begin() as conn:
             alembic.migration.MigrationContext.configure(conn).stamp(self._create_alembic_script(), revision)
 
-    rdb._VersionManager._set_alembic_revision = _set_alembic_revision
+    rdb._VersionManager._set_alembic_revision = _set_alembic_revision  # type: ignore[method-assign]  # the patch
     _PATCHED = True
     return True

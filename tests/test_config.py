@@ -91,6 +91,22 @@ def test_unknown_keys_are_rejected_with_their_dotted_name():
         config_from_dict({"dataset": {"csv": {"idcol": "x"}}})
 
 
+@pytest.mark.parametrize("build", ["dict", "run-config"])
+def test_a_misspelt_key_is_answered_in_one_line_with_the_closest_valid_keys(build):
+    """As python run_simulation.py answers it (tests/test_defaults.py): config_from_dict and Flower's run-config path
+    (flwr_vproto/run_config.py) name the closest keys, not the list of every option."""
+    from flwr_vproto.run_config import config_from_run_config, run_config_from_config
+
+    with pytest.raises(ConfigError) as err:
+        if build == "dict":
+            config_from_dict({"dataset": {"csv": {"label_colum": "x"}}})
+        else:
+            config_from_run_config({**run_config_from_config(), "dataset.csv.label_colum": "x"})
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 200, message
+    assert "dataset.csv.label_colum" in message and "did you mean dataset.csv.label_column" in message
+
+
 def test_round_trip_through_dict():
     cfg = config_from_dict({"seed": 3, "dataset": {"name": "adult", "aligned_fraction": 0.02}})
     assert config_from_dict(cfg.to_dict()) == cfg

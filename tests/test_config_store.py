@@ -18,7 +18,7 @@ import pytest
 import yaml
 from conftest import import_script
 
-from flwr_vproto.config import Config, RunnerConfig, declared_defaults
+from flwr_vproto.config import BASELINES, PLAIN_JOINT_MODEL, Config, MethodConfig, RunnerConfig, declared_defaults
 from flwr_vproto.config_store import CliConfig, option_docs
 
 REPO = Path(__file__).resolve().parents[1]
@@ -111,6 +111,14 @@ def test_group_files_hold_only_what_differs_from_the_dataclass_defaults():
         assert not same, f"{path.relative_to(REPO)} repeats dataclass defaults: {same}"
     top = yaml.safe_load((CONF / "config.yaml").read_text())
     assert set(top) == {"defaults", "hydra"} and top["defaults"][:2] == ["flwr_vproto", "_self_"]
+
+
+def test_the_baseline_presets_say_only_their_name_and_take_the_plain_joint_model_from_code():
+    for name in BASELINES:
+        data = yaml.safe_load((CONF / "method" / f"{name}.yaml").read_text())
+        assert data == {"defaults": ["/flwr_vproto_baseline@_here_", "_self_"], "name": name}
+    defaults = MethodConfig()
+    assert all(getattr(defaults, k) != v for k, v in PLAIN_JOINT_MODEL.items())  # only what differs
 
 
 def test_the_schema_types_options_and_rejects_unknown_keys():

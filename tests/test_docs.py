@@ -182,7 +182,7 @@ def _check_deploy(args: list[str]) -> None:
 def check_command(command: str) -> None:  # noqa: C901 - one branch per kind of command, in one place
     words = shlex.split(command, comments=True)
     head = words[:3]
-    if words[:1] in (["export"], ["cd"], ["."], ["apt-get"], ["mkdocs"]) or words[:2] == ["ruff", "check"]:
+    if words[:1] in (["export"], ["cd"], ["."], ["apt-get"], ["mkdocs"], ["mypy"]) or words[:2] == ["ruff", "check"]:
         return
     if words[:3] in (["python3", "-m", "venv"], ["python", "-m", "pytest"]):
         return

@@ -92,6 +92,6 @@ def source(cfg: Config) -> SimulatedSource:
         numeric = [c for c in cols if c in NUMERIC]
         categorical = [c for c in cols if c not in NUMERIC]
         blocks.append(RawBlock(train=train[cols], test=test[cols],
-                               make_encoder=lambda n=numeric, c=categorical: TabularEncoder(n, c)))
+                               make_encoder=functools.partial(TabularEncoder, numeric, categorical)))
     return SimulatedSource(y_train=train[LABEL].to_numpy(), y_test=test[LABEL].to_numpy(), class_names=CLASS_NAMES,
                            blocks=blocks)

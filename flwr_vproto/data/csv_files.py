@@ -34,6 +34,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -176,7 +177,7 @@ def _canonical_number(v: float) -> str:
 
 
 def label_classes(
-    labels: pd.Series, path: str, label_column: str, classes: list[str] | None = None
+    labels: pd.Series, path: str, label_column: str, classes: Sequence[str | int] | None = None
 ) -> tuple[list[str], dict[str, int]]:
     """Class names and a map from each raw label string to its class index.
 

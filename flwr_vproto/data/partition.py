@@ -19,6 +19,7 @@ shares does not change which users are validation or aligned users.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -227,9 +228,10 @@ def partition(source: SimulatedSource, cfg: Config, with_central: bool = True) -
 
         labels: dict[str, np.ndarray | None] = {"train": None, "val": None, "test": None}
         if active:
-            labels = {"train": y_tr[rows["train"]].copy(), "val": y_tr[rows["val"]], "test": y_te[rows["test"]]}
+            train_labels = y_tr[rows["train"]].copy()
             if not d.active_labels_nonaligned:
-                labels["train"][np.isin(rows["train"], plan.nonaligned[0])] = -1
+                train_labels[np.isin(rows["train"], plan.nonaligned[0])] = -1
+            labels = {"train": train_labels, "val": y_tr[rows["val"]], "test": y_te[rows["test"]]}
         parties.append(PartySplits(
             name="active" if active else f"passive{p}",
             role="active" if active else "passive",
@@ -248,10 +250,11 @@ def partition(source: SimulatedSource, cfg: Config, with_central: bool = True) -
     central_rows = {"train": (central_train, "train"), "val": (plan.val, "train"), "test": (plan.test_shared, "test")}
     central_x: dict[str, np.ndarray] = {}
     central_y: dict[str, np.ndarray] = {}
-    for split, (rows, pool) in central_rows.items():
-        blocks = [enc.transform(take(getattr(b, pool), rows)) for enc, b in zip(encoders, source.blocks, strict=True)]
+    for split, (split_rows, pool) in central_rows.items():
+        blocks = [enc.transform(take(getattr(b, pool), split_rows))
+                  for enc, b in zip(encoders, source.blocks, strict=True)]
         central_x[split] = np.ascontiguousarray(np.concatenate(blocks, axis=1), dtype=np.float32)
-        central_y[split] = (y_tr if pool == "train" else y_te)[rows].astype(np.int64)
+        central_y[split] = (y_tr if pool == "train" else y_te)[split_rows].astype(np.int64)
     dataset.central = CentralView(x=central_x, y=central_y, input_shapes=[p.input_shape for p in parties])
     return dataset
 
@@ -289,6 +292,6 @@ def image_blocks(train: np.ndarray, test: np.ndarray, num_parties: int, max_valu
         blocks.append(RawBlock(
             train=train[:, :, lo:hi].reshape(len(train), -1).astype(np.float32) / np.float32(max_value),
             test=test[:, :, lo:hi].reshape(len(test), -1).astype(np.float32) / np.float32(max_value),
-            make_encoder=lambda c=columns: ImageStripEncoder(height, len(c), c),
+            make_encoder=functools.partial(ImageStripEncoder, height, len(columns), columns),
         ))
     return blocks

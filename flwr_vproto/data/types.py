@@ -34,6 +34,12 @@ class PartyData:
     def __len__(self) -> int:
         return int(self.x.shape[0])
 
+    def labels(self) -> np.ndarray:
+        """``y``, on the active party; a passive party holds no labels, so asking for them is an error."""
+        if self.y is None:
+            raise ValueError("a passive party's data holds no labels (only the active party's split has y)")
+        return self.y
+
 
 @dataclass
 class PartySplits:

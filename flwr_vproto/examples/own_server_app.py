@@ -29,9 +29,11 @@ def main(grid: Grid, context: Context) -> None:
     strategy = VerticalProtoStrategy(cfg, on_round=lambda rec: print(  # once per message exchange (a Flower round)
         f"exchange {rec['round']:.0f} done: {rec['seconds']:.1f} s"))
     result = strategy.start(grid=grid)  # discovery, PSI, then cfg.num_rounds rounds in exchanges; Flower's Result
-    for rec in per_round(strategy.results):  # every round of training (by default all in one exchange)
+    results = strategy.results  # the content of results.json, set by start()
+    assert results is not None
+    for rec in per_round(results):  # every round of training (by default all in one exchange)
         print(f"round {rec['round']:.0f}: validation accuracy {rec.get('val/accuracy', float('nan')):.4f}")
-    final = strategy.results["final"]  # the content of results.json: test metrics at the best validation round
+    final = results["final"]  # test metrics at the best validation round
     print(f"test accuracy {final['accuracy']:.4f} (round {final['best_round']:.0f}); "
           f"{len(result.train_metrics_clientapp)} exchange(s) of party metrics")
 

@@ -127,15 +127,16 @@ def contrastive(
     last epoch's mean loss.
     """
     x = x.flatten(1)
-    image = input_shape is not None and len(input_shape) == 3 and min(input_shape[1:]) >= 2
+    image_shape = (tuple(input_shape) if input_shape is not None and len(input_shape) == 3
+                   and min(input_shape[1:]) >= 2 else None)
     width = max(hidden) if hidden else embedding_dim
     head = mlp([embedding_dim, width, embedding_dim]).to(device)
     opt = torch.optim.Adam([*encoder.parameters(), *head.parameters()], lr=lr)
     encoder.train(True)
 
     def view(rows: torch.Tensor) -> torch.Tensor:
-        if image:
-            return image_view(rows, tuple(input_shape), gen)  # type: ignore[arg-type]
+        if image_shape is not None:
+            return image_view(rows, image_shape, gen)
         return scarf_view(rows, x, corruption, gen)
 
     last = 0.0

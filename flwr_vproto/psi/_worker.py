@@ -27,7 +27,7 @@ import signal
 import subprocess
 import sys
 import threading
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import IO, Any
 
 from nacl.bindings import crypto_scalarmult
@@ -98,7 +98,9 @@ def blind(secret: bytes, points: bytes, offset: int, what: str) -> bytes:
         raise _locate_failure(secret, pts, offset, what) from None
 
 
-KERNELS = {"hash_blind": hash_blind, "blind": blind}
+# a kernel: (secret, items, offset of the first item, what) -> packed points; items are IDs or packed points
+Kernel = Callable[[bytes, Any, int, str], bytes]
+KERNELS: dict[str, Kernel] = {"hash_blind": hash_blind, "blind": blind}
 
 
 # --------------------------------------------------------------------------------------------------------------------
@@ -267,6 +269,7 @@ def _worker_main() -> None:
             kernel, secret, items, offset, what = _read(inp)
         except EOFError:
             return
+        reply: tuple[bool, bytes | str]
         try:
             reply = (True, KERNELS[kernel](secret, items, offset, what))
         except KernelError as exc:

@@ -94,8 +94,8 @@ def csv_dataset_name(cfg: Mapping[str, Any]) -> str:
 
 
 def _aligned_train(data: Mapping[str, Any]) -> int | None:
-    """The aligned training users PSI found (``alignment.aligned.train``); None in results.json written before it
-    was recorded (and for ``centralized``, which runs no PSI)."""
+    """The aligned training users PSI found (``alignment.aligned.train``); None for ``centralized``, which runs no
+    PSI."""
     try:
         return int(data["alignment"]["aligned"]["train"])
     except (KeyError, TypeError, ValueError):
@@ -107,13 +107,13 @@ def _csv_overlaps(loaded: list[tuple[Path, dict[str, Any], dict[str, Any]]]) -> 
 
     * ``dataset.csv.split_seed`` set (what ``split_table`` prints): the row is the measured aligned count,
       ``alignment.aligned.train`` (``"212 users"``). Every seed of one split finds the same users.
-    * A run that did not record it (``centralized``: no PSI; results.json of older versions) takes the count of the
+    * A run that did not record it (``centralized``: no PSI) takes the count of the
       runs on the same files with the same split, preferring those of the same sweep folder.
     * ``split_seed`` null: each seed re-draws the split, so the count moves a little from seed to seed; the row is
       the files, labelled with the counts' range (``"198-212 users"``).
     * Nothing known: the row is the files, labelled by the active file's folder.
     """
-    info = {}
+    info: dict[Path, dict[str, Any]] = {}
     for f, data, flat in loaded:
         if flat["dataset.name"] != "csv":
             continue
@@ -157,7 +157,9 @@ def _from_results(files: list[Path]) -> list[Run]:
         except json.JSONDecodeError as err:
             raise ReportError(f"{f}: not a results.json of run_simulation.py ({err})") from None
         cfg = data.get("config") if isinstance(data, dict) else None
-        flat = _flatten(cfg) if isinstance(cfg, Mapping) else {}
+        if not isinstance(cfg, Mapping):
+            cfg = {}
+        flat = _flatten(cfg)
         missing = [k for k in ("dataset.name", "method.name", "seed") if k not in flat]
         if missing:
             raise ReportError(f"{f}: not a results.json of run_simulation.py (no config.{missing[0]})")
@@ -251,7 +253,8 @@ def _job_overrides(job_dir: Path) -> dict[str, str]:
 
 
 def _val_score(data: Mapping[str, Any]) -> tuple[float, str]:
-    """The score run_simulation.py returned (``selection``), or the validation accuracy of older results."""
+    """The score run_simulation.py returned (``selection``), or the validation accuracy (``flwr run``'s results.json
+    has no ``selection``)."""
     sel = data.get("selection") or {}
     if "val_score" in sel:
         return float(sel["val_score"]), str(sel.get("metric", "accuracy"))
@@ -261,7 +264,9 @@ def _val_score(data: Mapping[str, Any]) -> tuple[float, str]:
 def _dataset_of(data: Mapping[str, Any]) -> str:
     """The dataset a results.json trained on, named as the method table names it (csv: :func:`csv_dataset_name`)."""
     cfg = data.get("config") if isinstance(data, Mapping) else None
-    name = str(((cfg or {}).get("dataset") or {}).get("name") or "") if isinstance(cfg, Mapping) else ""
+    if not isinstance(cfg, Mapping):
+        return ""
+    name = str((cfg.get("dataset") or {}).get("name") or "")
     return csv_dataset_name(cfg) if name == "csv" else name
 
 
