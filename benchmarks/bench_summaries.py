@@ -96,7 +96,7 @@ def run_case(name: str, out: Path, extra: dict) -> dict:
 # ------------------------------------------------------------------------------------------ small validation sets
 SUBSAMPLE = {"digits": {"dataset": {"name": "digits"}},
              "adult5": {"dataset": {"name": "adult", "aligned_fraction": 0.05}}}
-SIZES = (10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 144)
+SIZES = (10, 15, 20, 25, 30, 40, 50, 60, 80, 100, 144, 200, 300, 500, 1000, 2000)
 
 
 def per_user_history(name: str) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
