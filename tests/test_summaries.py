@@ -68,4 +68,4 @@ def test_the_summary_reports_for_the_active_partys_own_users_what_its_saved_mode
     assert final["own_validation_users"] > final["aligned_validation_users"]
     # few aligned validation users here: said on the same line, and the last round (the saved joint model) reported
     assert final["too_few_aligned_validation"] == 1.0 and final["best_round"] == cfg.num_rounds
-    assert "too few (< 50) to choose a round by" in line
+    assert f"too few (< {MIN_ALIGNED_VALIDATION}) to choose a round by" in line
