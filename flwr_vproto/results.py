@@ -36,20 +36,22 @@ def round_record(
     return rec
 
 
-MIN_ALIGNED_VALIDATION = 100
-"""Fewer labelled aligned validation users than this are too few to select the joint model's round by; the run then
-reports its last round, the round its saved models are from. Measured (BENCHMARKS.md "Summaries on small tables"):
-best-validation-accuracy selection on ``n`` of a run's own validation users (the same users every round) picks a
-round whose test accuracy is below the last round's on average for every ``n`` under 80 on digits (0.01-0.36
-points) and every ``n`` up to 2000 on adult 5 % (0.38-0.92 points under 100, 0.05-0.32 from 144 to 2000). 100 keeps
-every run with a built-in dataset (digits: 144 aligned validation users, fashion_mnist and adult: thousands) on the
-rule its published numbers were measured with."""
+MIN_VALIDATION_USERS = 100
+"""Fewer labelled validation users than this are too few to select a round by: with fewer aligned ones the run
+reports the joint model's last round (the round its saved models are from); with fewer of the active party's own,
+its active-only model is the last round's (:meth:`flwr_vproto.scoring.ActiveScoring.select_active_only`).
+
+Measured (BENCHMARKS.md "Summaries on small tables"): best-validation-accuracy selection on ``n`` of a run's own
+validation users (the same users every round) picks a round whose test accuracy is below the last round's on
+average for every ``n`` under 80 on digits (0.01-0.36 points) and every ``n`` up to 2000 on adult 5 % (0.38-0.92
+points under 100, 0.05-0.32 from 144 to 2000). 100 keeps every run with a built-in dataset (digits: 144 aligned
+validation users, fashion_mnist and adult: thousands) on the rule its published numbers were measured with."""
 
 
 def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     """Test metrics at the round with the best validation accuracy (ties: the lower validation loss, then the
     earlier round), or at the last round when the aligned validation users are too few to choose by
-    (:data:`MIN_ALIGNED_VALIDATION`; ``too_few_aligned_validation`` is then 1.0). The users only the active party
+    (:data:`MIN_VALIDATION_USERS`; ``too_few_aligned_validation`` is then 1.0). The users only the active party
     holds are reported as its kept active-only model scores them (``active_only_accuracy``: the model prediction
     ships, chosen on all its own labelled validation users at ``active_only_round``).
 
@@ -60,7 +62,7 @@ def select_final(history: list[Mapping[str, float]]) -> dict[str, float]:
     if not evaluated:
         return {}
     users = aligned_validation_users(evaluated)
-    if users is not None and users < MIN_ALIGNED_VALIDATION:
+    if users is not None and users < MIN_VALIDATION_USERS:
         best, too_few = evaluated[-1], True
     else:
         # Under label DP the selection sees the noised validation labels (what it decides travels to the passives).
@@ -258,7 +260,7 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     if final.get("too_few_aligned_validation"):
         best = (f"round {int(final['best_round'])} of {num_rounds}, the last: only "
                 f"{int(final['aligned_validation_users'])} aligned validation users, too few (< "
-                f"{MIN_ALIGNED_VALIDATION}) to choose a round by; its validation {metric}")
+                f"{MIN_VALIDATION_USERS}) to choose a round by; its validation {metric}")
     if "trees" in results:  # a LightGBM baseline: its "rounds" are the hyper-parameter settings tried
         from flwr_vproto.trees import describe_setting
 
@@ -270,9 +272,11 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
         best += f" ({float(score):.4f})"
     if "active_only_accuracy" in final:
         best += f"; users only the active party holds: {_acc(final, 'active_only_accuracy')} (active-only head"
-        if "active_only_round" in final:
-            best += (f" of round {int(final['active_only_round'])}, chosen on the active party's "
-                     f"{int(final['own_validation_users'])} validation users")
+        own = int(final.get("own_validation_users", 0))
+        if "active_only_round" in final and own < MIN_VALIDATION_USERS:
+            best += f" of round {int(final['active_only_round'])}, the last: its {own} validation users are too few"
+        elif "active_only_round" in final:
+            best += f" of round {int(final['active_only_round'])}, chosen on the active party's {own} validation users"
         best += ")"
     return [head, best, *_protection(results, cfg)] + ([last] if last else [])
 

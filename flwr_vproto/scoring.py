@@ -39,6 +39,7 @@ from flwr_vproto.method.evaluation import (
     top1_accuracy,
 )
 from flwr_vproto.method.losses import PrototypeGeometry
+from flwr_vproto.results import MIN_VALIDATION_USERS
 
 
 class ScoredParty(Protocol):
@@ -164,7 +165,9 @@ class ActiveScoring:
     def select_active_only(self) -> dict[str, float]:
         """Keep the active-only model if it is the best so far on **all** the active party's labelled validation
         users (aligned or not: every one it holds, many more than the aligned ones when few users are shared), by
-        accuracy, ties to the lower log-loss (as :func:`flwr_vproto.results.select_final` ranks rounds). This model
+        accuracy, ties to the lower log-loss (as :func:`flwr_vproto.results.select_final` ranks rounds), or every
+        time when they are fewer than :data:`~flwr_vproto.results.MIN_VALIDATION_USERS` (too few to choose by, as for
+        the joint model: the last round's model is then kept). This model
         then predicts the users only the active party holds (``predict.py``) and is what ``final`` reports for them.
 
         Returns ``own_users``, ``own_accuracy``, ``own_loss`` (the live head on those users, labels as it trains on
@@ -178,7 +181,8 @@ class ActiveScoring:
         acc = float((probs.argmax(1) == y[rows]).mean())
         loss = validation_loss(probs, y[rows], p.num_classes)
         best_acc, best_loss = p.chosen_only_score
-        kept = acc > best_acc or (acc == best_acc and loss < best_loss)
+        few = rows.size < MIN_VALIDATION_USERS  # too few to choose by: the latest model is kept (the last round's)
+        kept = few or acc > best_acc or (acc == best_acc and loss < best_loss)
         if kept:
             p.keep_active_only(acc, loss)
         return {"own_users": float(rows.size), "own_accuracy": acc, "own_loss": loss,
