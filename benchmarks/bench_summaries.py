@@ -87,7 +87,8 @@ def run_case(name: str, out: Path, extra: dict) -> dict:
     start = time.time()
     res = run_local(cfg, {"save_models": True}, out / name / "run")
     seconds = time.time() - start
-    pred = predict(out / name / "run" / "models", test_users(paths, seed, cfg, out / name))
+    files = test_users(paths, seed, cfg, out / name)
+    pred = predict(out / name / "run" / "models", files if cfg.method.name != "local" else files[:1])
     history = [{"round": int(r["round"]), **{k: r[k] for k in KEEP if k in r}} for r in per_round(res)]
     return {"case": name, "extra": extra, "seconds": round(seconds, 1), "summary": format_summary(res),
             "final": res["final"], "alignment": res.get("alignment"), "predict": pred.metrics, "history": history}
