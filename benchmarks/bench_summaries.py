@@ -166,6 +166,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out", default="/tmp/summaries/bench", help="folder for the CSVs and runs")
     ap.add_argument("--cases", nargs="+", default=list(CASES), choices=list(CASES))
     ap.add_argument("--method", default="vproto")
+    ap.add_argument("--extra", default="{}", help='more config as JSON, e.g. \'{"defence": {"name": "none"}}\'')
     ap.add_argument("--subsample", nargs="+", choices=list(SUBSAMPLE), default=None,
                     help="instead: how best-validation selection fares on n of the run's validation users")
     args = ap.parse_args(argv)
@@ -175,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps({"subsample": name, "rows": rows}), flush=True)
         return 0
     for name in args.cases:
-        line = run_case(name, Path(args.out) / args.method, {"method": {"name": args.method}})
+        extra = {"method": {"name": args.method}, **json.loads(args.extra)}
+        line = run_case(name, Path(args.out) / args.method / str(abs(hash(args.extra))), extra)
         print(json.dumps(line, default=float), flush=True)
         print(name, *line["summary"], f"predict: {line['predict']}", sep="\n  ", file=sys.stderr)
     return 0
