@@ -171,7 +171,8 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     assert [p["name"] for p in results["flower"]["parties"]] == names
     assert sorted(p.name for p in models.iterdir() if p.suffix == ".pt") == [f"{n}.pt" for n in names]
     # the prediction query round on the same deployment: the saved models (the last round's; the active-only model
-    # kept on the active party's validation users) score the held-out test users as the run reported; the predictions CSV stays on the active party's node, the server gets counts
+    # kept on the active party's validation users) score the held-out test users as the run reported; the
+    # predictions CSV stays on the active party's node, the server gets counts
     metrics = out["prediction"]["metrics"]
     last = results["rounds"][-1]
     assert metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-6)
