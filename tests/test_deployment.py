@@ -183,7 +183,7 @@ def test_flwr_run_on_a_loopback_deployment_then_a_prediction_round(deployments):
     # the ServerApp's log ends with the same summary as run_simulation.py (flwr_vproto.results.format_summary)
     final, log = results["final"], out["log"]
     assert f"final: test accuracy {final['accuracy']:.4f}" in log, log[-3000:]
-    assert f"best round {int(final['best_round'])} of 2" in log and "results.json" in log, log[-3000:]
+    assert f"round {int(final['best_round'])} of 2" in log and "results.json" in log, log[-3000:]
     assert f"{results['alignment']['aligned']['train']} aligned training users" in log, log[-3000:]
     status, log, folder = out["bad"]
     assert status == "finished:failed" and not folder.exists(), (status, log[-3000:])
