@@ -386,6 +386,11 @@ class ActiveParty(_Party):
                                     if defences.gradient_dp(cfg) else None)
         # method.residual_base=best_val: which validation loss the frozen base is from (calibration.BestValidation).
         self.best_val = BestValidation()
+        # The active-only model that predicts the users only this party holds: frozen copies of the shared encoder and
+        # the head from the evaluation that scored best on all this party's labelled validation users
+        # (scoring.ActiveScoring.select_active_only); the live head until the first evaluation.
+        self.chosen_only: torch.nn.ModuleList | None = None
+        self.chosen_only_score: tuple[float, float] = (-math.inf, math.inf)  # its validation accuracy and loss
         # Calibration, evaluation and prediction (scoring.py): what the trained modules do on val, test and new rows.
         self.scoring = ActiveScoring(self)
 
@@ -434,6 +439,26 @@ class ActiveParty(_Party):
                 *([self.residual_weight] if self.residual_weight is not None else [])]
 
     # ---------------------------------------------------------------- forward passes (training and scoring)
+    def keep_active_only(self, accuracy: float, loss: float) -> None:
+        """Copy the shared encoder and the head as they are now into :attr:`chosen_only` (their validation accuracy
+        and loss on all this party's labelled validation users): the model shipped for the users only it holds."""
+        if self.chosen_only is None:
+            pair = torch.nn.ModuleList([self.encoder, self.head])
+            self.chosen_only = copy.deepcopy(pair).eval().requires_grad_(False)
+        else:
+            self.chosen_only[0].load_state_dict(self.encoder.state_dict())
+            self.chosen_only[1].load_state_dict(self.head.state_dict())
+        self.chosen_only_score = (float(accuracy), float(loss))
+
+    def chosen_only_logits(self, split: str, rows: np.ndarray) -> torch.Tensor:
+        """Rows ``rows`` of ``split`` through :attr:`chosen_only` (the live encoder and head before any is kept)."""
+        if self.chosen_only is None:
+            return self.logits(split, rows)[0]
+        x = self._x[split][torch.as_tensor(rows, device=self.device)]
+        h = self._embed(x, self.chosen_only[0])
+        with torch.no_grad():
+            return self.chosen_only[1](h)
+
     def _joint_logits(
         self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
         hj: torch.Tensor | None = None, hb: torch.Tensor | None = None,
@@ -751,6 +776,11 @@ class ActiveParty(_Party):
         where unknown; randomised under ``defence.label_epsilon``, whereas scores use ``data``'s true labels)."""
         return self._y[split][torch.as_tensor(self.aligned[split], device=self.device)].cpu().numpy()
 
+    def own_labels(self, split: str) -> np.ndarray:
+        """Labels of every row of ``split`` this party holds, aligned or not, as it trains on them (``-1`` where
+        unknown; the aligned ones randomised under ``defence.label_epsilon``)."""
+        return self._y[split].cpu().numpy()
+
     def _use_private_labels(self) -> None:
         """``defence.label_epsilon``: from here on, every aligned training and validation user's label is its
         randomised response for everything this party trains and calibrates on (non-aligned users keep theirs).
@@ -776,6 +806,8 @@ class ActiveParty(_Party):
                 "second_mask": self.second_mask, **self.scoring.state_dict(),
                 "base": None if self.base is None else self.base.state_dict(),
                 "base_tracking": self.best_val.to_list(),
+                "chosen_only": None if self.chosen_only is None else self.chosen_only.state_dict(),
+                "chosen_only_score": list(self.chosen_only_score),
                 "privacy": None if self.accountant is None else self.accountant.state_dict(),
                 "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
                 "gradient_privacy": (None if self.gradient_accountant is None
@@ -795,6 +827,9 @@ class ActiveParty(_Party):
         if self.base is not None and state.get("base") is not None:
             self.base.load_state_dict(state["base"])
             self.best_val = BestValidation.from_list(state["base_tracking"])
+        if state.get("chosen_only") is not None:
+            self.keep_active_only(*state["chosen_only_score"])  # builds the module, then takes the saved weights
+            self.chosen_only.load_state_dict(state["chosen_only"])  # type: ignore[union-attr]
 
 
 class _ParamHolder(torch.nn.Module):

@@ -19,7 +19,10 @@ their parties. Input per party: its rows as a CSV file in its training format (`
 feature columns, the active party's label column optional), or, with no files, the held-out test users of the
 built-in dataset the models were trained on. When the active party's rows carry labels, accuracy is reported too,
 and on the held-out test users it equals the test accuracy the training run reported for its last round
-(``final.last_round_accuracy`` in ``results.json``; the saved models are the last round's).
+(``final.last_round_accuracy`` in ``results.json``; the saved models are the last round's), and on the users only the
+active party holds it equals ``final.active_only_accuracy``: those are scored by the active-only model the active
+party kept on all its own labelled validation users (:meth:`flwr_vproto.scoring.ActiveScoring.select_active_only`),
+which the model file carries.
 """
 
 from __future__ import annotations
@@ -219,7 +222,8 @@ class Prediction:
 
 
 def score(active: ActiveParty, passive_embeddings: list[np.ndarray], class_names: list[str]) -> Prediction:
-    """Active party: joint prediction for its aligned rows, active-only head for the others (as in evaluation)."""
+    """Active party: joint prediction for its aligned rows (as in evaluation), the kept active-only model
+    (:meth:`flwr_vproto.scoring.ActiveScoring.chosen_only_proba`) for the others."""
     data = active.data.split(SPLIT)
     aligned = active.aligned[SPLIT]
     n = len(data)
@@ -230,7 +234,7 @@ def score(active: ActiveParty, passive_embeddings: list[np.ndarray], class_names
         how[aligned] = "joint" if active.joint else "active_only"
     only = np.setdiff1d(np.arange(n), aligned)
     if only.size and active.uses_local_head:
-        probs[only] = active.scoring.active_only_proba(SPLIT, only)
+        probs[only] = active.scoring.chosen_only_proba(SPLIT, only)  # the model kept on all its validation users
         how[only] = "active_only"
     scored = how != ""
     pred = np.full(n, "", dtype=object)

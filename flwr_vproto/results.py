@@ -36,9 +36,24 @@ def round_record(
     return rec
 
 
+MIN_VALIDATION_USERS = 100
+"""Fewer labelled validation users than this are too few to select a round by: with fewer aligned ones the run
+reports the joint model's last round (the round its saved models are from); with fewer of the active party's own,
+its active-only model is the last round's (:meth:`flwr_vproto.scoring.ActiveScoring.select_active_only`).
+
+Measured (BENCHMARKS.md "Summaries on small tables"): best-validation-accuracy selection on ``n`` of a run's own
+validation users (the same users every round) picks a round whose test accuracy is below the last round's on
+average for every ``n`` under 80 on digits (0.01-0.36 points) and every ``n`` up to 2000 on adult 5 % (0.38-0.92
+points under 100, 0.05-0.32 from 144 to 2000). 100 keeps every run with a built-in dataset (digits: 144 aligned
+validation users, fashion_mnist and adult: thousands) on the rule its published numbers were measured with."""
+
+
 def select_final(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
     """Test metrics at the round with the best validation accuracy (ties: the lower validation loss, then the
-    earlier round).
+    earlier round), or at the last round when the aligned validation users are too few to choose by
+    (:data:`MIN_VALIDATION_USERS`; ``too_few_aligned_validation`` is then 1.0). The users only the active party
+    holds are reported as its kept active-only model scores them (``active_only_accuracy``: the model prediction
+    ships, chosen on all its own labelled validation users at ``active_only_round``).
 
     This is the evaluation protocol of the benchmark: every method is trained for the same rounds and reported at
     its own best validation round, so no method is judged at an arbitrary stopping point.
@@ -46,17 +61,49 @@ def select_final(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
     evaluated = [h for h in history if "val/accuracy" in h]
     if not evaluated:
         return {}
-    # Under label DP the selection sees the noised validation labels (what it decides travels to the passives).
-    # A tie (e.g. rounds that all predict the majority class) goes to the better-calibrated round, never blindly to
-    # the earliest one; under label DP the loss is the one on the noised labels too, when recorded.
-    best = max(evaluated, key=lambda h: (h.get("val/selection_accuracy", h["val/accuracy"]),
-                                         -h.get("val/selection_loss", h.get("val/loss", math.inf)), -h["round"]))
-    final = {k[len("test/"):]: v for k, v in best.items() if k.startswith("test/")}
+    users = aligned_validation_users(evaluated)
+    if users is not None and users < MIN_VALIDATION_USERS:
+        best, too_few = evaluated[-1], True
+    else:
+        # Under label DP the selection sees the noised validation labels (what it decides travels to the passives).
+        # A tie (e.g. rounds that all predict the majority class) goes to the better-calibrated round, never
+        # blindly to the earliest one; under label DP the loss is the one on the noised labels too, when recorded.
+        best = max(evaluated, key=lambda h: (h.get("val/selection_accuracy", h["val/accuracy"]),
+                                             -h.get("val/selection_loss", h.get("val/loss", math.inf)), -h["round"]))
+        too_few = False
+    final = {k[len("test/"):]: v for k, v in best.items()
+             if k.startswith("test/") and k != "test/chosen_active_only_accuracy"}
     final["best_round"] = best["round"]
     final["val_accuracy"] = best["val/accuracy"]
     last = evaluated[-1]
     final["last_round_accuracy"] = last.get("test/accuracy", math.nan)
+    if users is not None:
+        final["aligned_validation_users"] = float(users)
+        final["too_few_aligned_validation"] = 1.0 if too_few else 0.0  # 1.0: the last round is reported
+    final.update(_active_only_final(history))
     return final
+
+
+def aligned_validation_users(evaluated: list[Mapping[str, float]]) -> int | None:
+    """How many labelled aligned validation users scored the rounds (``val/aligned_users``), if recorded."""
+    counts = [h["val/aligned_users"] for h in evaluated if "val/aligned_users" in h]
+    return int(counts[-1]) if counts else None
+
+
+def _active_only_final(history: Sequence[Mapping[str, float]]) -> dict[str, float]:
+    """The users only the active party holds, as its kept active-only model scores them (the last test score of
+    that model: the model saved at the end), and the round it was kept at, with its score on the active party's
+    own validation users. Nothing when the method keeps none (no active-only head, or an older history)."""
+    out: dict[str, float] = {}
+    chosen = [h for h in history if "test/chosen_active_only_accuracy" in h]
+    if chosen:
+        out["active_only_accuracy"] = chosen[-1]["test/chosen_active_only_accuracy"]
+    kept = [h for h in history if h.get("val/active_only_kept")]
+    if kept:
+        out["active_only_round"] = kept[-1]["round"]
+        out["active_only_val_accuracy"] = kept[-1]["val/own_accuracy"]
+        out["own_validation_users"] = kept[-1]["val/own_users"]
+    return out
 
 
 def per_round(results: Mapping[str, Any]) -> list[dict[str, float]]:
@@ -210,6 +257,10 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     if "auc" in final:
         head += f", AUC {_acc(final, 'auc')}"
     best = f"best round {int(final['best_round'])} of {num_rounds} by validation {metric}"
+    if final.get("too_few_aligned_validation"):
+        best = (f"round {int(final['best_round'])} of {num_rounds}, the last: only "
+                f"{int(final['aligned_validation_users'])} aligned validation users, too few (< "
+                f"{MIN_VALIDATION_USERS}) to choose a round by; its validation {metric}")
     if "trees" in results:  # a LightGBM baseline: its "rounds" are the hyper-parameter settings tried
         from flwr_vproto.trees import describe_setting
 
@@ -220,7 +271,13 @@ def format_summary(results: Mapping[str, Any], path: str | Path | None = None, e
     if score is not None:
         best += f" ({float(score):.4f})"
     if "active_only_accuracy" in final:
-        best += f"; users only the active party holds: {_acc(final, 'active_only_accuracy')} (active-only head)"
+        best += f"; users only the active party holds: {_acc(final, 'active_only_accuracy')} (active-only head"
+        own = int(final.get("own_validation_users", 0))
+        if "active_only_round" in final and own < MIN_VALIDATION_USERS:
+            best += f" of round {int(final['active_only_round'])}, the last: its {own} validation users are too few"
+        elif "active_only_round" in final:
+            best += f" of round {int(final['active_only_round'])}, chosen on the active party's {own} validation users"
+        best += ")"
     return [head, best, *_protection(results, cfg)] + ([last] if last else [])
 
 

@@ -39,6 +39,7 @@ from flwr_vproto.method.evaluation import (
     top1_accuracy,
 )
 from flwr_vproto.method.losses import PrototypeGeometry
+from flwr_vproto.results import MIN_VALIDATION_USERS
 
 
 class ScoredParty(Protocol):
@@ -53,6 +54,7 @@ class ScoredParty(Protocol):
     geometry: PrototypeGeometry  # how the gates measure distance to a second prototype
     base: torch.nn.ModuleList | None  # the residual's frozen base (``method.residual_base=best_val``), if any
     best_val: BestValidation  # when that base is next copied; calibration marks it
+    chosen_only_score: tuple[float, float]  # validation accuracy and loss of the kept active-only model
 
     @property
     def joint(self) -> bool: ...
@@ -67,6 +69,12 @@ class ScoredParty(Protocol):
                passive_embeddings: list[np.ndarray] | None = None) -> tuple[torch.Tensor, torch.Tensor | None]: ...
 
     def labels(self, split: str) -> np.ndarray: ...
+
+    def own_labels(self, split: str) -> np.ndarray: ...
+
+    def keep_active_only(self, accuracy: float, loss: float) -> None: ...
+
+    def chosen_only_logits(self, split: str, rows: np.ndarray) -> torch.Tensor: ...
 
     def second_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None: ...
 
@@ -121,6 +129,12 @@ class ActiveScoring:
         head, _ = self.party.logits(split, rows)
         return softmax_probs(head)
 
+    def chosen_only_proba(self, split: str, rows: np.ndarray) -> np.ndarray:
+        """Class probabilities of the active-only model kept by :meth:`select_active_only` (the live head before
+        the first evaluation) for rows ``rows`` of ``split``: what prediction ships for the users only the active
+        party holds, and what ``chosen_active_only_accuracy`` scores."""
+        return softmax_probs(self.party.chosen_only_logits(split, rows))
+
     # ---------------------------------------------------------------- calibration
     def calibrate(self, passive_embeddings: list[np.ndarray]) -> dict[str, float]:
         """Fit on the validation rows what this method fits there, before scoring or sending anything.
@@ -139,12 +153,40 @@ class ActiveScoring:
                 self.auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
         if self.gated:
             self._fit_gates(passive_embeddings, y)
-        metrics: dict[str, float] = {}
+        metrics: dict[str, float] = {"aligned_users": float(int((y >= 0).sum()))}
+        if self.party.uses_local_head:
+            metrics.update(self.select_active_only())
         if self.party.base is not None:
             metrics["residual_base_update"] = self._track_base(probs["local"], y)
         if self.gated:
             metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
         return metrics
+
+    def select_active_only(self) -> dict[str, float]:
+        """Keep the active-only model if it is the best so far on **all** the active party's labelled validation
+        users (aligned or not: every one it holds, many more than the aligned ones when few users are shared), by
+        accuracy, ties to the lower log-loss (as :func:`flwr_vproto.results.select_final` ranks rounds), or every
+        time when they are fewer than :data:`~flwr_vproto.results.MIN_VALIDATION_USERS` (too few to choose by, as for
+        the joint model: the last round's model is then kept). This model
+        then predicts the users only the active party holds (``predict.py``) and is what ``final`` reports for them.
+
+        Returns ``own_users``, ``own_accuracy``, ``own_loss`` (the live head on those users, labels as it trains on
+        them) and ``active_only_kept`` (1.0 when this evaluation's model was kept)."""
+        p = self.party
+        y = p.own_labels("val")
+        rows = np.flatnonzero(y >= 0)
+        if not rows.size:
+            return {}
+        probs = self.active_only_proba("val", rows)
+        acc = float((probs.argmax(1) == y[rows]).mean())
+        loss = validation_loss(probs, y[rows], p.num_classes)
+        best_acc, best_loss = p.chosen_only_score
+        few = rows.size < MIN_VALIDATION_USERS  # too few to choose by: the latest model is kept (the last round's)
+        kept = few or acc > best_acc or (acc == best_acc and loss < best_loss)
+        if kept:
+            p.keep_active_only(acc, loss)
+        return {"own_users": float(rows.size), "own_accuracy": acc, "own_loss": loss,
+                "active_only_kept": 1.0 if kept else 0.0}
 
     def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
         """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
@@ -182,18 +224,23 @@ class ActiveScoring:
                                self.combine_weight, selection_labels=noised)
         if p.uses_local_head:
             acc = self._active_only_accuracy(split)
+            chosen = self._active_only_accuracy(split, chosen=True) if split == "test" else None
             if acc is not None:
                 metrics["active_only_accuracy"] = acc
+            if chosen is not None:  # what prediction ships for these users (select_active_only's model)
+                metrics["chosen_active_only_accuracy"] = chosen
         return metrics
 
-    def _active_only_accuracy(self, split: str) -> float | None:
-        """Accuracy of the active-only head on the labelled rows of ``split`` that only the active party holds."""
+    def _active_only_accuracy(self, split: str, chosen: bool = False) -> float | None:
+        """Accuracy of the active-only head (``chosen``: of the model :meth:`select_active_only` kept, which
+        prediction ships) on the labelled rows of ``split`` that only the active party holds."""
         data = self.party.data.split(split)
         y = data.labels()
         only = active_only_rows(len(data), self.party.aligned[split], y)
         if not only.size:
             return None
-        return top1_accuracy(self.active_only_proba(split, only), y[only])
+        probs = self.chosen_only_proba(split, only) if chosen else self.active_only_proba(split, only)
+        return top1_accuracy(probs, y[only])
 
     # ---------------------------------------------------------------- state
     def state_dict(self) -> dict[str, Any]:

@@ -95,7 +95,8 @@ def test_readme_is_a_front_door():
         steps = [s.strip() for s in line.split("&&")]
         assert steps[:2] == ["python3 -m venv .venv", ". .venv/bin/activate"], line
         assert [s for s in steps if s.startswith("pip ")][0] == "pip install torch==2.13.0", line
-    assert first[0].endswith("python run_simulation.py") and first[1].endswith("python -m pytest -q -n 2 --dist loadfile")
+    assert first[0].endswith("python run_simulation.py")
+    assert first[1].endswith("python -m pytest -q -n 2 --dist loadfile")
     for heading in ("## Quick start", "## Threat model and label protection", "## Results", "## Glossary"):
         assert heading in lines, heading
 
