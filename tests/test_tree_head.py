@@ -139,3 +139,30 @@ def test_without_lightgbm_the_option_fails_in_one_line(monkeypatch):
     with pytest.raises(ConfigError, match=r"^method.head=gbdt .* needs lightgbm.*pip install 'flwr-vproto\[trees\]'"):
         optional.check_accounting(config_from_dict({"dataset": ADULT, "method": {"head": "gbdt"}}))
     optional.check_accounting(config_from_dict({"dataset": ADULT}))  # the network head needs nothing more
+
+
+def test_saved_models_predict_new_users_with_the_same_trees(tmp_path, monkeypatch):
+    """The trees travel in the active party's model file: prediction on new raw rows (the held-out test users, in
+    new files) gives the accuracy the run reported, joint and active-only, without refitting."""
+    import pandas as pd
+    from conftest import import_script
+
+    from flwr_vproto.data.csv_files import split_of
+    from flwr_vproto.predict import predict
+
+    paths = write_csvs(tmp_path, n=400)
+    c = cfg({"name": "csv", "csv": {"paths": paths}}, rounds=1)
+    results = import_script("run_simulation").run_local(c, {"save_models": True}, tmp_path / "run")
+    new = []
+    for k, p in enumerate(paths):
+        frame = pd.read_csv(p, dtype=str)
+        new.append(str(tmp_path / f"new{k}.csv"))
+        frame[split_of(frame["id"].to_numpy(), c.seed, 0.2, 0.1) == "test"].to_csv(new[-1], index=False)
+    fits = []
+    fit = trees.fit_head
+    monkeypatch.setattr(trees, "fit_head", lambda *a: fits.append(1) or fit(*a))
+    pred = predict(tmp_path / "run" / "models", new, tmp_path / "pred.csv")
+    last = results["rounds"][-1]
+    assert not fits
+    assert pred.metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-12)
+    assert pred.metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-12)
