@@ -261,7 +261,7 @@ class MethodConfig:
         "nn",
         "What the active-only head is: \"nn\" (a small network on the shared active encoder) or \"gbdt\" (tables "
         "only: LightGBM on the active party's own columns and every labelled row it holds, early-stopped on its "
-        "validation rows, fitted once before round 1; the residual joint model then corrects the trees' margin, "
+        "validation rows, fitted once in round 1; the residual joint model then corrects the trees' margin, "
         "i.e. boosting with a base margin; needs lightgbm, the `trees` extra). Either way it learns from the active "
         "party's own rows and labels only, and nothing of it leaves that party."
     )
