@@ -25,6 +25,7 @@ DISTANCES = ("sqeuclidean", "cosine")
 LOSS_FORMS = ("pull", "contrastive")
 PRETRAIN_OPTIONS = ("dae", "contrastive", "dae+contrastive", "none")  # method.passive_pretrain
 ENCODERS = ("mlp", "cnn")
+HEADS = ("nn", "gbdt")  # method.head: the active-only head's kind
 DEVICES = ("auto", "cpu", "cuda")
 IMAGE_WIDTHS = {"digits": 8, "fashion_mnist": 28}  # pixels cut into one vertical strip per party
 
@@ -267,6 +268,14 @@ class MethodConfig:
         True,
         "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
         "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
+    )
+    head: str = opt(
+        "nn",
+        "What the active-only head is: \"nn\" (a small network on the shared active encoder) or \"gbdt\" (tables "
+        "only: LightGBM on the active party's own columns and every labelled row it holds, early-stopped on its "
+        "validation rows, fitted once in round 1; the residual joint model then corrects the trees' margin, "
+        "i.e. boosting with a base margin; needs lightgbm, the `trees` extra). Either way it learns from the active "
+        "party's own rows and labels only, and nothing of it leaves that party."
     )
     combine_weight: float | str = opt(
         "auto",
@@ -604,6 +613,7 @@ def validate(cfg: Config) -> None:
     _validate_model(cfg.model, cfg.dataset)
     _validate_method(cfg)
     _validate_method_parts(cfg.method)
+    _validate_head(cfg)
     _validate_extra_losses(cfg.method)
     _validate_privacy(cfg.privacy, cfg.method)
     _validate_defence(cfg)
@@ -790,6 +800,7 @@ def _validate_method_parts(t: MethodConfig) -> None:
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")
     _check(isinstance(t.joint_residual, bool), "method.joint_residual", t.joint_residual, "true or false")
+    _check(t.head in HEADS, "method.head", t.head, f"one of {HEADS}")
     if t.joint_residual and t.name == "vproto":
         _check(t.local_head, "method.joint_residual", t.joint_residual,
                "false when method.local_head is false (the residual is taken on the active-only head)")
@@ -799,6 +810,19 @@ def _validate_method_parts(t: MethodConfig) -> None:
     if t.combine_weight != 1 and t.name == "vproto":
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")
+
+
+def _validate_head(cfg: Config) -> None:
+    """``method.head=gbdt``: trees on the active party's columns, so tables only, and a vproto run that has the
+    head (the other methods have none, or train the network head alone)."""
+    t = cfg.method
+    if t.head != "gbdt":
+        return
+    _check(cfg.dataset.name not in IMAGE_WIDTHS, "method.head", t.head,
+           f"'nn' on {cfg.dataset.name} (the tree head is for tables: adult or csv; images keep the network head)")
+    _check(t.name == "vproto" and t.local_head, "method.head", t.head,
+           f"'nn' unless method.name=vproto with method.local_head=true (got method.name={t.name}, "
+           f"method.local_head={t.local_head})")
 
 
 def _check_target(spec: Any, option: str, allow_weight: bool) -> None:

@@ -47,6 +47,8 @@ def check_accounting(cfg: Config) -> None:
                           f"{cfg.privacy.target_epsilon} (DP prototypes)")
     if cfg.method.name.startswith("gbdt_"):
         require("lightgbm", f"method={cfg.method.name} (the LightGBM baselines)")
+    if cfg.method.head == "gbdt":
+        require("lightgbm", "method.head=gbdt (the active party's tree head)")
     if cfg.defence.gaussian:
         require("opacus", f"defence.noise_multiplier={cfg.defence.noise_multiplier:g} / defence.target_epsilon="
                           f"{cfg.defence.target_epsilon} (the Gaussian gradient channel, defence=gradient_noise)")

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import defences, exchanges, privacy, prototypes
+from flwr_vproto import defences, exchanges, optional, privacy, prototypes, trees
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
 from flwr_vproto.method import pretrain
@@ -391,6 +391,9 @@ class ActiveParty(_Party):
         # (scoring.ActiveScoring.select_active_only); the live head until the first evaluation.
         self.chosen_only: torch.nn.ModuleList | None = None
         self.chosen_only_score: tuple[float, float] = (-math.inf, math.inf)  # its validation accuracy and loss
+        # method.head=gbdt: the tree head's model (LightGBM's text) and its logits per split (_tree_logits).
+        self._tree_bytes: bytes | None = None
+        self._tree_cache: dict[str, torch.Tensor] = {}
         # Calibration, evaluation and prediction (scoring.py): what the trained modules do on val, test and new rows.
         self.scoring = ActiveScoring(self)
 
@@ -413,6 +416,13 @@ class ActiveParty(_Party):
     def residual(self) -> bool:
         return self.uses_local_head and self.joint and self.cfg.method.joint_residual
 
+    @property
+    def tree_head(self) -> bool:
+        """``method.head=gbdt``: the active-only logits are a LightGBM model's margin on this party's own columns
+        (:meth:`_tree_logits`); the network head still trains the shared encoder (first prototypes, the joint
+        encoder's warm start) but no longer predicts."""
+        return self.uses_local_head and self.joint and self.cfg.method.head == "gbdt"
+
     def _build_extra(self) -> None:
         d, name = self.cfg.model.embedding_dim, self.data.name
         self.top = make_top_model(d + sum(self.passive_dims), self.num_classes, self.cfg.model, name).to(self.device)
@@ -429,7 +439,8 @@ class ActiveParty(_Party):
         # method.residual_base=best_val: frozen copies of the shared encoder and the head, taken when the head's
         # validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
         self.base = (copy.deepcopy(torch.nn.ModuleList([self.encoder, self.head])).eval().requires_grad_(False)
-                     if self.residual and self.cfg.method.residual_base == "best_val" else None)
+                     if self.residual and self.cfg.method.residual_base == "best_val" and not self.tree_head
+                     else None)
         if self.residual:
             zero_output_layer(self.top, name)
 
@@ -451,7 +462,11 @@ class ActiveParty(_Party):
         self.chosen_only_score = (float(accuracy), float(loss))
 
     def chosen_only_logits(self, split: str, rows: np.ndarray) -> torch.Tensor:
-        """Rows ``rows`` of ``split`` through :attr:`chosen_only` (the live encoder and head before any is kept)."""
+        """Rows ``rows`` of ``split`` through :attr:`chosen_only` (the live encoder and head before any is kept);
+        with ``method.head=gbdt`` the trees, which are the active-only model and never change after fitting."""
+        tm = self._tree_logits(split, rows)
+        if tm is not None:
+            return tm
         if self.chosen_only is None:
             return self.logits(split, rows)[0]
         x = self._x[split][torch.as_tensor(rows, device=self.device)]
@@ -461,19 +476,49 @@ class ActiveParty(_Party):
 
     def _joint_logits(
         self, h: torch.Tensor, zs: list[torch.Tensor], protos: list[tuple[torch.Tensor, torch.Tensor]] | None = None,
-        hj: torch.Tensor | None = None, hb: torch.Tensor | None = None,
+        hj: torch.Tensor | None = None, hb: torch.Tensor | None = None, tm: torch.Tensor | None = None,
     ) -> torch.Tensor:
         """Joint logits with this party's modules (:func:`flwr_vproto.method.joint.joint_logits`).
 
         ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``); ``hb`` the
         frozen base encoder's (``method.residual_base=best_val``), whose head then gives the residual's logits in
-        place of the live head's; ``protos`` the second prototypes and masks."""
+        place of the live head's; ``tm`` the tree head's logits of the same rows (``method.head=gbdt``), which
+        then are the residual's base; ``protos`` the second prototypes and masks."""
         def residual(hd: torch.Tensor) -> torch.Tensor:
+            if tm is not None:
+                return tm
             return self.head(hd) if hb is None else self.base[1](hb)  # type: ignore[index]
 
         w = self.residual_weight.param if self.residual_weight is not None else 1.0
         return joint_logits(self.joint_part, self.top, h, zs, joint_features=hj, residual_logits=residual,
                             residual_weight=w, second=protos, prototype_weights=self.proto_weight.param)
+
+    def _tree_logits(self, split: str, rows: np.ndarray | torch.Tensor) -> torch.Tensor | None:
+        """The tree head's logits of rows ``rows`` of ``split`` (``None`` without a tree head): its margin, computed
+        once per split over every row of this party and kept (the trees never change after their fit)."""
+        if not self.tree_head:
+            return None
+        if split not in self._tree_cache:
+            booster = trees.head_from_bytes(self._tree_model())
+            self._tree_cache[split] = torch.as_tensor(
+                trees.head_margin(booster, self.data.split(split).x, self.num_classes), device=self.device)
+        return self._tree_cache[split][torch.as_tensor(rows, device=self.device)]
+
+    def _tree_model(self) -> bytes:
+        """The tree head's model (``method.head=gbdt``), fitted at first use on this party's own columns: every
+        labelled training row it holds (aligned or not), early-stopped on its labelled validation rows, with the
+        labels it trains on (randomised ones under ``defence.label_epsilon``). Deterministic, so a party rebuilt
+        elsewhere would fit the same trees; it loads them from its state instead."""
+        if self._tree_bytes is None:
+            optional.require("lightgbm", "method.head=gbdt (the active party's tree head)")
+            view = {}
+            for split in ("train", "val"):
+                y = self._y[split].cpu().numpy()
+                keep = np.flatnonzero(y >= 0)
+                view[split] = (np.asarray(self.data.split(split).x)[keep], y[keep])
+            booster = trees.fit_head(view["train"], view["val"], self.num_classes, self.cfg.seed)
+            self._tree_bytes = trees.head_to_bytes(booster)
+        return self._tree_bytes
 
     def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
         """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
@@ -500,13 +545,14 @@ class ActiveParty(_Party):
         read, so they see exactly the model that trains."""
         x = self._x[split][torch.as_tensor(rows, device=self.device)]
         h = self._embed(x)
+        tm = self._tree_logits(split, rows)
         with torch.no_grad():
-            head = self.head(h)
+            head = self.head(h) if tm is None else tm
             if passive_embeddings is None or not self.joint:
                 return head, None
             zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
             hj = self._embed(x, self.joint_enc) if self.joint_enc is not None else None
-            return head, self._joint_logits(h, zs, self.second_pairs(), hj, self._base_features(x))
+            return head, self._joint_logits(h, zs, self.second_pairs(), hj, self._base_features(x), tm)
 
     # ---------------------------------------------------------------- what leaves this party (defence.*)
     def release_gradients(self, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
@@ -541,7 +587,7 @@ class ActiveParty(_Party):
             hj = self.joint_enc(x) if self.joint_enc is not None else None
             hb = self._base_features(x)
         z_in = [z.detach().clone().requires_grad_(True) for z in zs]
-        logits = self._joint_logits(h, z_in, second, hj, hb)
+        logits = self._joint_logits(h, z_in, second, hj, hb, self._tree_logits("train", self.aligned["train"]))
         loss = torch.nn.functional.cross_entropy(logits, y, ignore_index=-1, reduction="sum")
         rows = torch.autograd.grad(loss, z_in, allow_unused=True)
         return [(torch.zeros_like(z) if g is None else g).detach().cpu().numpy().astype(np.float32)
@@ -696,7 +742,8 @@ class ActiveParty(_Party):
         logits = None
         if self.joint:
             hj = self.joint_enc(x) if self.joint_enc is not None else None
-            logits = self._joint_logits(h, z_in, second, hj, None if hb_main is None else hb_main[b])
+            tm = self._tree_logits("train", rows.cpu().numpy())
+            logits = self._joint_logits(h, z_in, second, hj, None if hb_main is None else hb_main[b], tm)
             sup = supervised_joint_loss(logits, y)
             loss = loss + sup
             tally.sums["sup_loss"] += float(sup.detach())
@@ -811,7 +858,9 @@ class ActiveParty(_Party):
                 "privacy": None if self.accountant is None else self.accountant.state_dict(),
                 "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
                 "gradient_privacy": (None if self.gradient_accountant is None
-                                     else self.gradient_accountant.state_dict())}
+                                     else self.gradient_accountant.state_dict()),
+                "tree_head": (None if self._tree_bytes is None
+                              else torch.as_tensor(np.frombuffer(self._tree_bytes, dtype=np.uint8).copy()))}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("secret") is not None:
@@ -830,6 +879,9 @@ class ActiveParty(_Party):
         if state.get("chosen_only") is not None:
             self.keep_active_only(*state["chosen_only_score"])  # builds the module, then takes the saved weights
             self.chosen_only.load_state_dict(state["chosen_only"])  # type: ignore[union-attr]
+        if state.get("tree_head") is not None:
+            self._tree_bytes = bytes(state["tree_head"].cpu().numpy().astype(np.uint8).tobytes())
+            self._tree_cache = {}
 
 
 class _ParamHolder(torch.nn.Module):

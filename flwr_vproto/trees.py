@@ -104,11 +104,7 @@ def tree_view(cfg: Config, ds: VerticalDataset) -> dict[str, Split]:
 
 
 def _params(cfg: Config, num_classes: int, setting: dict[str, int]) -> dict[str, Any]:
-    multi = num_classes > 2
-    return {"objective": "multiclass" if multi else "binary", **({"num_class": num_classes} if multi else {}),
-            "metric": "multi_logloss" if multi else "binary_logloss", "learning_rate": LEARNING_RATE,
-            **setting, "seed": cfg.seed, "deterministic": True, "force_col_wise": True,
-            "num_threads": lightgbm_threads(), "verbosity": -1}
+    return {**_params_seeded(cfg.seed, num_classes, setting), "num_threads": lightgbm_threads()}
 
 
 def _probs(booster: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
@@ -161,3 +157,63 @@ def describe_setting(results: Mapping[str, Any], best_round: int) -> str:
     rec: Mapping[str, float] = next((r for r in results.get("rounds") or [] if int(r["round"]) == best_round), {})
     return ", ".join(f"{k} {int(rec[f'active/{k}'])}" for k in ("num_leaves", "min_child_samples", "trees")
                      if f"active/{k}" in rec)
+
+
+# ------------------------------------------------------------------------------------------------ tree head
+HEAD_THREADS = 1
+"""Threads of the active party's tree head (``method.head=gbdt``): one, whatever the job's share, so the booster, and
+with it every joint logit built on its margin, is the same bit for bit in the in-process trainer and in a Flower
+ClientApp whose thread budget differs (LightGBM's ``deterministic`` holds for a fixed thread count only)."""
+
+
+def fit_head(train: Split, val: Split, num_classes: int, seed: int) -> Any:
+    """``method.head=gbdt``: the active party's active-only head as LightGBM on its own columns and every labelled
+    training row it holds (``train``), early-stopped on its labelled validation rows (``val``), over :func:`grid`;
+    the setting with the lowest validation log-loss wins (the head is a base margin the joint model corrects, so its
+    calibration matters more than its accuracy). Returns the booster."""
+    import lightgbm as lgb
+
+    (xt, yt), (xv, yv) = train, val
+    if len(yv) == 0:
+        raise ValueError("method.head=gbdt: the active party has no labelled validation row to early-stop on")
+    best: tuple[float, int, Any] | None = None
+    for k, setting in enumerate(grid()):
+        params = {**_params_seeded(seed, num_classes, setting), "num_threads": HEAD_THREADS}
+        train_set = lgb.Dataset(xt, yt, params={"verbosity": -1})
+        booster = lgb.train(params, train_set, num_boost_round=MAX_TREES,
+                            valid_sets=[lgb.Dataset(xv, yv, reference=train_set)],
+                            callbacks=[lgb.early_stopping(EARLY_STOPPING, verbose=False)])
+        loss = classification_scores(_probs(booster, xv, num_classes), yv, num_classes)["loss"]
+        if best is None or loss < best[0]:
+            best = (loss, k, booster)
+    assert best is not None
+    return best[2]
+
+
+def _params_seeded(seed: int, num_classes: int, setting: dict[str, int]) -> dict[str, Any]:
+    multi = num_classes > 2
+    return {"objective": "multiclass" if multi else "binary", **({"num_class": num_classes} if multi else {}),
+            "metric": "multi_logloss" if multi else "binary_logloss", "learning_rate": LEARNING_RATE,
+            **setting, "seed": seed, "deterministic": True, "force_col_wise": True, "verbosity": -1}
+
+
+def head_margin(booster: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
+    """The tree head's logits of rows ``x``, ``(n, num_classes)`` float32: the raw margin (binary: ``[0, m]``, whose
+    softmax is the booster's probability); ``booster`` as :func:`head_from_bytes` loads it (its early-stopped trees
+    only)."""
+    m = np.asarray(booster.predict(_flat(x), raw_score=True), dtype=np.float64)
+    if num_classes == 2:
+        m = np.column_stack([np.zeros(len(m)), m])
+    return m.reshape(len(x), num_classes).astype(np.float32)
+
+
+def head_to_bytes(booster: Any) -> bytes:
+    """The booster as text (LightGBM's model string) up to its early-stopped iteration, for the party's state: a
+    fresh process loads it (no refit), and the process that fitted it scores through the same loaded copy."""
+    return str(booster.model_to_string(num_iteration=booster.best_iteration or -1)).encode()
+
+
+def head_from_bytes(data: bytes) -> Any:
+    import lightgbm as lgb
+
+    return lgb.Booster(model_str=data.decode())

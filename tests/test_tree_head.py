@@ -1,0 +1,168 @@
+"""``method.head=gbdt`` (issue 28 item 2): the active-only head as LightGBM on the active party's own columns and
+labelled rows, the residual joint model correcting its margin. It learns from that party's rows only, nothing of
+it reaches a passive, both engines give the same numbers, and it is refused in one line where it cannot run."""
+
+from __future__ import annotations
+
+import dataclasses
+import sys
+
+import numpy as np
+import pytest
+from conftest import assert_same_history, run_inline, write_csvs
+
+from flwr_vproto import optional, protocol, trees
+from flwr_vproto.alignment import align_dataset
+from flwr_vproto.config import ConfigError, config_from_dict
+from flwr_vproto.data import load_vertical_dataset
+from flwr_vproto.inprocess import run_inprocess
+
+ADULT = {"name": "adult", "aligned_fraction": 0.1}
+SECRET = b"\x07" * 32
+
+
+@pytest.fixture(autouse=True)
+def small_grid(monkeypatch):
+    """One setting and few trees: the tests check the plumbing, not LightGBM."""
+    monkeypatch.setattr(trees, "NUM_LEAVES", (4,))
+    monkeypatch.setattr(trees, "MIN_CHILD_SAMPLES", (20,))
+    monkeypatch.setattr(trees, "MAX_TREES", 40)
+
+
+@pytest.fixture
+def tables(tmp_path):
+    """A tiny table (conftest.write_csvs: 240 bank users, 3 classes, 180 held by the shop too)."""
+    return {"name": "csv", "csv": {"paths": write_csvs(tmp_path)}}
+
+
+def cfg(data, head="gbdt", rounds=2, **extra):
+    return config_from_dict({"engine": "inprocess", "seed": 0, "num_rounds": rounds, "eval_every": 1,
+                             "dataset": data, "method": {"name": "vproto", "head": head, "batch_size": 64,
+                                                         "passive_pretrain": "none"}, **extra})
+
+
+def _payloads(monkeypatch, c, ds) -> list:
+    """Every field of every message a passive receives in an in-process run, in order (as in test_labels.py)."""
+    seen: list = []
+    step = protocol.passive_step
+
+    def spy(party, msg, *args):
+        for f in dataclasses.fields(msg):
+            value = getattr(msg, f.name)
+            if f.name == "setup" and value is not None:
+                value = [np.ascontiguousarray(v).tobytes() for v in value.positions.values()]
+            seen.append(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray) else value)
+        return step(party, msg, *args)
+
+    monkeypatch.setattr(protocol, "passive_step", spy)
+    res = run_inprocess(c, dataset=ds, active_secret=SECRET)
+    monkeypatch.setattr(protocol, "passive_step", step)
+    return [seen, res]
+
+
+def test_the_tree_head_learns_from_the_active_partys_rows_only_and_is_the_active_only_model(monkeypatch, tables):
+    """Fitted once, on the active party's columns and every labelled training row it holds (aligned or not),
+    early-stopped on its labelled validation rows; its margin is the active-only prediction."""
+    c = cfg(tables)
+    ds = load_vertical_dataset(c)
+    fits = []
+    fit = trees.fit_head
+
+    def spy(train, val, num_classes, seed):
+        fits.append((train, val))
+        return fit(train, val, num_classes, seed)
+
+    monkeypatch.setattr(trees, "fit_head", spy)
+    res = run_inprocess(c, dataset=ds)
+    assert len(fits) == 1
+    (xt, yt), (xv, yv) = fits[0]
+    a = ds.active
+    labelled = a.train.y >= 0
+    assert xt.shape == (int(labelled.sum()), a.train.x.shape[1])  # own columns, every labelled row
+    assert np.array_equal(xt, a.train.x[labelled]) and np.array_equal(yt, a.train.y[labelled])
+    aligned = len(set(a.train.ids) & set(ds.passives[0].train.ids))
+    assert aligned < len(yt)  # the non-aligned rows are in
+    assert np.array_equal(yv, a.val.y[a.val.y >= 0])
+    # The active-only scores are the trees' (LightGBM alone on the same rows), not the network head's.
+    booster = trees.head_from_bytes(trees.head_to_bytes(fit(fits[0][0], fits[0][1], 3, 0)))
+    margin = trees.head_margin(booster, a.val.x, 3)
+    keep = (a.val.y >= 0) & np.isin(a.val.ids, ds.passives[0].val.ids)  # scored on the users both hold
+    want = float((margin.argmax(1)[keep] == a.val.y[keep]).mean())
+    assert res["rounds"][-1]["val/local_accuracy"] == pytest.approx(want)
+
+
+def test_nothing_label_dependent_reaches_a_passive_and_the_tree_is_not_refit_per_message(monkeypatch, tables):
+    """By default (no gradient row released) changing the active party's labels of half the aligned training and
+    validation users, which moves the trees, changes no byte any passive receives; the control (gradient rows
+    every round) does. The Flower ClientApp, which rebuilds the party from its state every message, gives the
+    in-process numbers without refitting the trees."""
+    c = cfg(tables)
+    ds = load_vertical_dataset(c)
+    aligned = align_dataset(ds, c.seed, c.dataset.min_aligned)[0]
+    import copy
+
+    changed = copy.deepcopy(ds)
+    for split in ("train", "val"):
+        y = changed.active.split(split).y
+        rows = aligned[split][::2]
+        y[rows] = (y[rows] + 1) % ds.num_classes
+    base, res = _payloads(monkeypatch, c, ds)
+    other, res_changed = _payloads(monkeypatch, c, changed)
+    assert res["rounds"][-1]["test/loss"] != res_changed["rounds"][-1]["test/loss"]  # the labels did matter
+    assert base == other
+    leaky = cfg(tables, defence={"release_rounds": None})
+    assert _payloads(monkeypatch, leaky, ds)[0] != _payloads(monkeypatch, leaky, changed)[0]
+
+    fits = []
+    fit = trees.fit_head
+    monkeypatch.setattr(trees, "fit_head", lambda *a: fits.append(1) or fit(*a))
+    strategy, _, _ = run_inline(cfg(tables, rounds=3), secret=SECRET)
+    assert len(fits) == 1  # fitted in round 1, loaded from the party's state after
+    assert_same_history(strategy.history, run_inprocess(cfg(tables, rounds=3), active_secret=SECRET)["rounds"])
+
+
+@pytest.mark.parametrize(("override", "words"), [
+    ({"dataset": {"name": "digits"}}, "invalid method.head='gbdt': expected 'nn' on digits"),
+    ({"method": {"name": "vanilla", "head": "gbdt", "local_head": False, "combine_weight": 1.0}},
+     "unless method.name=vproto"),
+    ({"method": {"name": "vproto", "head": "tree"}}, "invalid method.head='tree': expected one of"),
+])
+def test_the_option_is_refused_in_one_line_where_it_cannot_run(override, words):
+    raw = {"engine": "inprocess", "dataset": ADULT, "method": {"name": "vproto", "head": "gbdt"}, **override}
+    with pytest.raises(ConfigError) as err:
+        config_from_dict(raw)
+    assert words in str(err.value) and "\n" not in str(err.value)
+
+
+def test_without_lightgbm_the_option_fails_in_one_line(monkeypatch):
+    monkeypatch.setitem(sys.modules, "lightgbm", None)
+    with pytest.raises(ConfigError, match=r"^method.head=gbdt .* needs lightgbm.*pip install 'flwr-vproto\[trees\]'"):
+        optional.check_accounting(config_from_dict({"dataset": ADULT, "method": {"head": "gbdt"}}))
+    optional.check_accounting(config_from_dict({"dataset": ADULT}))  # the network head needs nothing more
+
+
+def test_saved_models_predict_new_users_with_the_same_trees(tmp_path, monkeypatch):
+    """The trees travel in the active party's model file: prediction on new raw rows (the held-out test users, in
+    new files) gives the accuracy the run reported, joint and active-only, without refitting."""
+    import pandas as pd
+    from conftest import import_script
+
+    from flwr_vproto.data.csv_files import split_of
+    from flwr_vproto.predict import predict
+
+    paths = write_csvs(tmp_path, n=400)
+    c = cfg({"name": "csv", "csv": {"paths": paths}}, rounds=1)
+    results = import_script("run_simulation").run_local(c, {"save_models": True}, tmp_path / "run")
+    new = []
+    for k, p in enumerate(paths):
+        frame = pd.read_csv(p, dtype=str)
+        new.append(str(tmp_path / f"new{k}.csv"))
+        frame[split_of(frame["id"].to_numpy(), c.seed, 0.2, 0.1) == "test"].to_csv(new[-1], index=False)
+    fits = []
+    fit = trees.fit_head
+    monkeypatch.setattr(trees, "fit_head", lambda *a: fits.append(1) or fit(*a))
+    pred = predict(tmp_path / "run" / "models", new, tmp_path / "pred.csv")
+    last = results["rounds"][-1]
+    assert not fits
+    assert pred.metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-12)
+    assert pred.metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-12)
