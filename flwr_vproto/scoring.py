@@ -141,8 +141,10 @@ class ActiveScoring:
 
         ``passive_embeddings``: each passive's embeddings of the aligned validation rows. Fits, when configured,
         the combine weight (``combine_weight=auto``), each passive's pseudo-label gate (``pseudo_gate``) and marks
-        the residual's base (``residual_base=best_val``); returns the metrics of these fits
-        (``residual_base_update``, ``pseudo_gate{k}``), reported with the validation scores. Calibration sees the
+        the residual's base (``residual_base=best_val``) and keeps the active-only model (:meth:`select_active_only`);
+        returns the metrics of these fits (``residual_base_update``, ``pseudo_gate{k}``, ``own_*``,
+        ``active_only_kept``) and ``aligned_users`` (how many labelled aligned validation users selection has),
+        reported with the validation scores. Calibration sees the
         labels the party trains on (noised under ``defence.label_epsilon``), never the true ones.
         """
         y = self.party.labels("val")

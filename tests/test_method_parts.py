@@ -235,7 +235,9 @@ def test_evaluate_has_no_side_effects_and_calibrate_fits_what_val_reports():
     assert all(torch.equal(state[k], v) for k, v in active.encoder.state_dict().items())
     assert not any(k.startswith(("pseudo_gate", "residual_base")) for k in first)
     cal = scoring.calibrate(val)
-    assert set(cal) == {"residual_base_update", "pseudo_gate1"} and cal["pseudo_gate1"] == scoring.gates[0]
+    assert set(cal) == {"residual_base_update", "pseudo_gate1", "aligned_users", "own_users", "own_accuracy",
+                        "own_loss", "active_only_kept"} and cal["pseudo_gate1"] == scoring.gates[0]
+    assert cal["aligned_users"] == int((active.labels("val") >= 0).sum())
     assert scoring.pseudo_gates() == scoring.gates
     last = res["rounds"][-1]
     # The engines' sequence gives the keys (and, on the same state, the values) a run reports.
@@ -248,4 +250,6 @@ def test_calibrate_without_anything_to_fit_returns_nothing():
                           rounds=2)
     active = res["state"]["active"]
     val, _ = _val_test_embeddings(res)
-    assert active.scoring.calibrate(val) == {} and active.scoring.pseudo_gates() is None
+    # nothing fitted: only the count of labelled aligned validation users that round selection reads
+    assert active.scoring.calibrate(val) == {"aligned_users": float(len(val[0]))}
+    assert active.scoring.pseudo_gates() is None
