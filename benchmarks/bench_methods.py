@@ -58,7 +58,7 @@ def run_one(job: dict) -> dict:
     from flwr_vproto.config import config_from_dict
     from flwr_vproto.inprocess import run_inprocess
 
-    method = {**ALL_METHODS[job["method"]], **job.get("method_overrides", {})}
+    method = _merge(ALL_METHODS[job["method"]], job.get("method_overrides", {}))
     base = {
         "engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
         "dataset": {**dataset_config(job["dataset"], job["fraction"], job["seed"], job["method"],
