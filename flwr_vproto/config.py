@@ -335,6 +335,17 @@ MOVED: dict[str, str] = {f"method.{k}": f"method.research.{k}" for k in RESEARCH
 saying where it went (:func:`moved_line`), never a silent default."""
 
 
+def nest_moved(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``method`` block written before the move (flat ``aligned_passes``, ...) with its moved keys nested under
+    ``research``, for the benchmark records and commands that predate it (``benchmarks/*.jsonl``'s
+    ``method_overrides``, ``--variant`` JSON); a user's config gets :func:`moved_line` instead."""
+    out = {k: v for k, v in method.items() if f"method.{k}" not in MOVED}
+    moved = {k: v for k, v in method.items() if f"method.{k}" in MOVED}
+    if moved:
+        out["research"] = {**(out.get("research") or {}), **moved}
+    return out
+
+
 def moved_line(key: str) -> str | None:
     """``method.tau moved to method.research.tau`` for an old path (:data:`MOVED`), else ``None``."""
     return f"{key} moved to {MOVED[key]}" if key in MOVED else None
@@ -368,7 +379,7 @@ class PrivacyConfig:
     """
 
     noise_multiplier: float = opt(0.0, "0 = off (prototypes exact, nothing clipped)")
-    clip_norm: float = opt(1.0, "L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)")
+    clip_norm: float = opt(1.0, "L2 bound per embedding (after method.research.normalize; 1 = no-op on unit-norm rows)")
     delta: float = opt(1e-5, "of the prototypes' (epsilon, delta)")
     target_epsilon: float | None = opt(None, "set (e.g. 4) to calibrate sigma so the run spends at most this epsilon")
     clear_prototypes: bool = opt(False, "send the second prototypes without noise, acknowledged (privacy=none): they "
