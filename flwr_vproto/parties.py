@@ -231,8 +231,7 @@ class PassiveParty(_Party):
 
     def _pretrain(self, epochs: int) -> float:
         """``method.research.passive_pretrain`` for ``method.passive_pretrain_epochs`` epochs on all this party's
-        training
-        rows (they need no labels), so the few aligned rows fine-tune features instead of learning them
+        training rows (they need no labels), so the few aligned rows fine-tune features instead of learning them
         (:mod:`flwr_vproto.method.pretrain`). ``dae+contrastive`` runs the autoencoder, then the contrastive epochs.
 
         The helper modules and their optimisers live only there; returns the last epoch's mean loss (of the last
@@ -437,13 +436,11 @@ class ActiveParty(_Party):
         self.joint_enc = (make_encoder(self.data.input_shape, self.cfg.model, name).to(self.device)
                           if self.vproto and self.joint and self.cfg.method.research.joint_encoder else None)
         # method.research.residual_weight=learned: the joint model learns how much of the active-only head's logits to
-        # keep
-        # (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
+        # keep (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
         self.residual_weight = (_ParamHolder(torch.nn.Parameter(torch.ones(1, device=self.device)))
                                 if self.residual and self.cfg.method.research.residual_weight == "learned" else None)
         # method.research.residual_base=best_val: frozen copies of the shared encoder and the head, taken when the
-        # head's
-        # validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
+        # head's validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
         self.base = (copy.deepcopy(torch.nn.ModuleList([self.encoder, self.head])).eval().requires_grad_(False)
                      if self.residual and self.cfg.method.research.residual_base == "best_val" and not self.tree_head
                      else None)
@@ -487,11 +484,9 @@ class ActiveParty(_Party):
         """Joint logits with this party's modules (:func:`flwr_vproto.method.joint.joint_logits`).
 
         ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.research.joint_encoder``);
-        ``hb`` the
-        frozen base encoder's (``method.research.residual_base=best_val``), whose head then gives the residual's logits
-        in
-        place of the live head's; ``tm`` the tree head's logits of the same rows (``method.head=gbdt``), which
-        then are the residual's base; ``protos`` the second prototypes and masks."""
+        ``hb`` the frozen base encoder's (``method.research.residual_base=best_val``), whose head then gives the
+        residual's logits in place of the live head's; ``tm`` the tree head's logits of the same rows
+        (``method.head=gbdt``), which then are the residual's base; ``protos`` the second prototypes and masks."""
         def residual(hd: torch.Tensor) -> torch.Tensor:
             if tm is not None:
                 return tm
@@ -667,8 +662,7 @@ class ActiveParty(_Party):
 
     def _start_round(self, rnd: int) -> None:
         """Module swaps due at a round's start: the joint encoder's warm start (``method.research.joint_warm_start``)
-        and
-        the copy of the model the last calibration scored best into the residual's frozen base."""
+        and the copy of the model the last calibration scored best into the residual's frozen base."""
         m = self.cfg.method
         if self.joint_enc is not None and m.research.joint_warm_start and rnd == m.warmup_rounds + 1:
             self.joint_enc.load_state_dict(self.encoder.state_dict())  # warm start from the active party's own rows

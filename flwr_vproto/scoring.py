@@ -102,8 +102,7 @@ class ActiveScoring:
     @property
     def gated(self) -> bool:
         """Whether this run gates the passives' pseudo-labels (``method.research.pseudo_gate`` not ``off``; the gates
-        need
-        second prototypes, which exist only when they are shared with the passives)."""
+        need second prototypes, which exist only when they are shared with the passives)."""
         m = self.party.cfg.method
         return self.party.vproto and self.party.joint and m.research.pseudo_gate != "off" and m.shares_prototypes
 

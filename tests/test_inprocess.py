@@ -195,8 +195,7 @@ def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
 
 def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of_steps(monkeypatch):
     """method.research.passive_pretrain_min_steps=null: 500 optimiser steps when no gradient row will reach the passive
-    (its
-    pre-training is all it learns), none added when rows come; an explicit value wins."""
+    (its pre-training is all it learns), none added when rows come; an explicit value wins."""
     from flwr_vproto.data import load_vertical_dataset
     from flwr_vproto.parties import PRETRAIN_STEPS_WITHOUT_ROWS, PassiveParty
 
@@ -218,8 +217,7 @@ def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of
 
 def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monkeypatch):
     """method.research.residual_base=best_val: the joint model's residual builds on a frozen copy of the shared encoder
-    and
-    head, taken (at the next round's start) whenever their validation loss reaches a new low."""
+    and head, taken (at the next round's start) whenever their validation loss reaches a new low."""
     seen: list[tuple[float, float, dict]] = []
     track = ActiveScoring._track_base
 

@@ -1,6 +1,6 @@
 """Passive pre-training (flwr_vproto/method/pretrain.py, ``method.research.passive_pretrain``): each kind learns,
-repeats
-bit for bit from its generator, and the denoising autoencoder is the one parties.py ran before it moved there."""
+repeats bit for bit from its generator, and the denoising autoencoder is the one parties.py ran before it moved
+there."""
 
 from __future__ import annotations
 

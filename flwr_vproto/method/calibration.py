@@ -1,11 +1,10 @@
 """Calibration on the validation rows: what the active party fits after training, before it scores or sends.
 
 Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.research.pseudo_gate``,
-``method.confidence_threshold``
-(the gates' floor) and ``method.research.residual_base``. Validation rows are how every method picks its round already;
-fitting these few numbers on them too keeps the test rows untouched. ``ActiveScoring.calibrate``
-(:mod:`flwr_vproto.scoring`) runs all three fits (it picks the rows and reads the party's modules; these functions
-compute); ``ActiveScoring.evaluate`` then only scores (:mod:`~flwr_vproto.method.evaluation`).
+``method.confidence_threshold`` (the gates' floor) and ``method.research.residual_base``. Validation rows are how every
+method picks its round already; fitting these few numbers on them too keeps the test rows untouched.
+``ActiveScoring.calibrate`` (:mod:`flwr_vproto.scoring`) runs all three fits (it picks the rows and reads the party's
+modules; these functions compute); ``ActiveScoring.evaluate`` then only scores (:mod:`~flwr_vproto.method.evaluation`).
 """
 
 from __future__ import annotations
@@ -112,8 +111,8 @@ def fit_pseudo_gates(
     geometry: PrototypeGeometry, target: float, floor: float,
 ) -> list[float]:
     """``method.research.pseudo_gate``: per passive, the lowest confidence threshold at which its
-    nearest-second-prototype
-    pseudo-labels reach precision ``target`` on these labelled (validation) rows; 1.0 (keep nothing) if none.
+    nearest-second-prototype pseudo-labels reach precision ``target`` on these labelled (validation) rows; 1.0 (keep
+    nothing) if none.
 
     Scored on validation rows, not the aligned training rows whose gradients shaped the passive encoder, so the
     estimate is not inflated by that fit. ``floor`` (``confidence_threshold``) stays the lowest threshold sent.
@@ -135,8 +134,7 @@ def validation_loss(local_probs: np.ndarray, y: np.ndarray, num_classes: int) ->
 @dataclass
 class BestValidation:
     """``method.research.residual_base=best_val``: the lowest validation loss of the active-only model so far, whether
-    the
-    frozen base holds a copy yet (``ready``), and whether the last validation set a new best (``pending``: copied at
+    the frozen base holds a copy yet (``ready``), and whether the last validation set a new best (``pending``: copied at
     the next round's start, so every score of this round, val and test alike, comes from the model that trained).
     """
 

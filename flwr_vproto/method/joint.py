@@ -1,9 +1,8 @@
 """The joint model's logits: top model, residual on the active-only head, and the passives' prototype classifiers.
 
 Keys read (:class:`JointLogits`): ``method.research.joint_residual``, ``method.research.prototype_logits``,
-``method.research.joint_trains_active_encoder``, plus the :class:`~flwr_vproto.method.losses.PrototypeGeometry` keys
-for the
-prototype classifiers. The modules (top model, heads, learned weights) stay with the active party and come in as
+``method.research.joint_trains_active_encoder``, plus the :class:`~flwr_vproto.method.losses.PrototypeGeometry` keys for
+the prototype classifiers. The modules (top model, heads, learned weights) stay with the active party and come in as
 arguments, so this module holds no parameters.
 """
 
@@ -71,11 +70,10 @@ def joint_logits(
     """Logits of the joint model for a batch.
 
     ``h``: the shared active encoder's output; ``joint_features``: the joint encoder's
-    (``method.research.joint_encoder``),
-    which then feeds the top model in place of ``h``; ``zs``: the passives' embeddings. ``residual_logits`` maps
-    ``h`` to the active-only logits the residual builds on (the live head, or the frozen best-validation base); its
-    logits are detached, so the head learns only from its own loss. ``second``: per passive, its second prototypes
-    and mask; ``prototype_weights``: one learned weight per passive for its classifier.
+    (``method.research.joint_encoder``), which then feeds the top model in place of ``h``; ``zs``: the passives'
+    embeddings. ``residual_logits`` maps ``h`` to the active-only logits the residual builds on (the live head, or the
+    frozen best-validation base); its logits are detached, so the head learns only from its own loss. ``second``: per
+    passive, its second prototypes and mask; ``prototype_weights``: one learned weight per passive for its classifier.
     """
     if part.detach_active:
         h = h.detach()
