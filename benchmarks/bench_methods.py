@@ -55,17 +55,21 @@ def run_one(job: dict) -> dict:
     import torch
 
     torch.set_num_threads(1)
-    from flwr_vproto.config import config_from_dict
+    from flwr_vproto.config import config_from_dict, nest_moved
     from flwr_vproto.inprocess import run_inprocess
 
-    method = {**ALL_METHODS[job["method"]], **job.get("method_overrides", {})}
+    # nest_moved: the --variant JSON of BENCHMARKS.md's commands (and the records) predate method.research.*
+    method = _merge(ALL_METHODS[job["method"]], nest_moved(job.get("method_overrides", {})))
     base = {
         "engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
         "dataset": {**dataset_config(job["dataset"], job["fraction"], job["seed"], job["method"],
                                      job.get("tables_dir")), **job.get("dataset_overrides", {})},
         "method": method,
     }
-    cfg = config_from_dict(_merge(base, job.get("config_overrides", {})))
+    over = job.get("config_overrides", {})
+    if "method" in over:
+        over = {**over, "method": nest_moved(over["method"])}
+    cfg = config_from_dict(_merge(base, over))
     t0, load = time.perf_counter(), os.getloadavg()[0]
     res = run_inprocess(cfg)
     out = {**job, "final": res["final"], "seconds": round(time.perf_counter() - t0, 1),

@@ -1,4 +1,4 @@
-"""Passive pre-training (``method.passive_pretrain``) when the passives get few or no embedding gradients.
+"""Passive pre-training (``method.research.passive_pretrain``) when the passives get few or no embedding gradients.
 
 Label protection may send a passive party gradient rows only in the first rounds, or never; then its encoder is
 (mostly) what it learned on its own rows before round 1. This sweep measures test accuracy (at the best validation
@@ -72,7 +72,8 @@ def run_one(job: dict) -> dict:
     defaults = list(pretrain.contrastive.__defaults__)  # (input_shape, temperature, corruption)
     defaults[1], defaults[2] = job["temperature"], job["corruption"]
     pretrain.contrastive.__defaults__ = tuple(defaults)
-    method = {"name": "vproto", "passive_pretrain": job["pretrain"], "passive_pretrain_epochs": job["epochs"]}
+    method = {"name": "vproto", "passive_pretrain_epochs": job["epochs"],
+              "research": {"passive_pretrain": job["pretrain"]}}
     cfg = config_from_dict({"engine": "inprocess", "seed": job["seed"], "num_rounds": job["rounds"],
                             "dataset": {"name": job["dataset"], "aligned_fraction": job["fraction"]},
                             "method": method})

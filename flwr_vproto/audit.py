@@ -709,7 +709,7 @@ def audit_folder(folder: str | Path, num_classes: int, seed: int | None = None, 
                  ) -> dict[str, Any]:
     """Score a recorded folder: ``{"rounds", "multiround", "known_label", "replay", "prototypes", "channels",
     "strongest", "summary"}``. ``seed`` (the run's) enables the replay check; ``None`` skips it. ``normalize``
-    (``method.normalize``): the prototypes are means of unit embeddings."""
+    (``method.research.normalize``): the prototypes are means of unit embeddings."""
     labels, views, active_channels = read_folder(folder)
     rows, multi, known, replay, protos = [], [], [], [], []
     channels: dict[str, Any] = {"active": {name: _values({r: c[name] for r, c in active_channels.items()
@@ -873,7 +873,9 @@ def main(argv: list[str] | None = None) -> int:
     folder = Path(args.audit_dir) if args.audit_dir else run / "audit"
     num_classes = args.classes or _num_classes(results, results_path)
     seed = results.get("config", {}).get("seed")
-    normalize = bool((results.get("config", {}).get("method") or {}).get("normalize", True))
+    method = results.get("config", {}).get("method") or {}
+    # method.research.normalize; a run written before it moved has it at method.normalize
+    normalize = bool((method.get("research") or method).get("normalize", True))
     try:
         report = audit_folder(folder, num_classes, seed=None if seed is None else int(seed), normalize=normalize)
     except FileNotFoundError as err:

@@ -211,7 +211,7 @@ def server_checkpoint(cfg: Config, rnd: int, history: list[dict[str, float]], tr
     """The server's checkpoint (same format for both engines): history and what the next round relays.
 
     ``transit`` is :meth:`flwr_vproto.protocol.InTransit.state`: gradients and second prototypes by passive name,
-    the prototype mask and, with ``method.pseudo_gate``, the thresholds.
+    the prototype mask and, with ``method.research.pseudo_gate``, the thresholds.
     """
     mask = transit["prototype-mask"]
     return {"round": rnd, "history": history, "config": resume_fingerprint(cfg),

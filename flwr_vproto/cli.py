@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
-from flwr_vproto.config import INPROCESS_ONLY, REPLY_TIMEOUT, Config, ConfigError, config_from_dict
+from flwr_vproto.config import INPROCESS_ONLY, MOVED, REPLY_TIMEOUT, Config, ConfigError, config_from_dict, moved_line
 from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
@@ -347,7 +347,7 @@ def _main(dcfg: DictConfig, out: Path) -> float:
         from flwr_vproto.data import dataset_classes
 
         summary = audit_folder(cfg.audit.dir, dataset_classes(cfg)[0], seed=cfg.seed,
-                               normalize=cfg.method.normalize)["summary"]
+                               normalize=cfg.method.research.normalize)["summary"]
         results["audit"] = summary
         audit_line = format_audit(summary)
     path = write_results(out / "results.json", results, exclusive=True)  # never overwrites: results-2.json beside
@@ -389,6 +389,8 @@ def unknown_option_line(args: list[str]) -> str | None:
                 or key.split(".")[0] == "hydra" or key in options or key in sections or key in groups
                 or key.startswith(tuple(f"{d}." for d in _DICT_OPTIONS))):
             continue
+        if key in MOVED:
+            return f"config error: {moved_line(key)}"
         section, _, leaf = key.rpartition(".")
         siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}
         close = [siblings[m] for m in difflib.get_close_matches(leaf, list(siblings), n=3, cutoff=0.5)]

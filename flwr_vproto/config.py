@@ -23,7 +23,7 @@ INPROCESS_ONLY = ("centralized", "gbdt_local", "gbdt_aligned", "gbdt_centralized
 ENGINES = ("flower", "inprocess")
 DISTANCES = ("sqeuclidean", "cosine")
 LOSS_FORMS = ("pull", "contrastive")
-PRETRAIN_OPTIONS = ("dae", "contrastive", "dae+contrastive", "none")  # method.passive_pretrain
+PRETRAIN_OPTIONS = ("dae", "contrastive", "dae+contrastive", "none")  # method.research.passive_pretrain
 ENCODERS = ("mlp", "cnn")
 HEADS = ("nn", "gbdt")  # method.head: the active-only head's kind
 DEVICES = ("auto", "cpu", "cuda")
@@ -141,66 +141,34 @@ class ModelConfig:
 # none of vproto's parts. The presets take it from here: config_store.register stores it as the config
 # flwr_vproto_baseline, which conf/method/<baseline>.yaml lists first, so each preset file holds only its name.
 PLAIN_JOINT_MODEL: dict[str, Any] = {
-    "lambda_passive": 1.0, "joint_encoder": False, "residual_weight": "fixed", "residual_base": "live",
-    "joint_warm_start": False, "passive_pretrain_epochs": 0, "local_head": False, "combine_weight": 1.0,
-    "joint_residual": False, "prototype_logits": False, "joint_trains_active_encoder": True,
+    "lambda_passive": 1.0, "passive_pretrain_epochs": 0, "local_head": False, "combine_weight": 1.0,
+    "research": {"joint_encoder": False, "residual_weight": "fixed", "residual_base": "live",
+                 "joint_warm_start": False, "joint_residual": False, "prototype_logits": False,
+                 "joint_trains_active_encoder": True},
 }
 BASELINES = ("vanilla", "local", "centralized")
 
 
 @dataclass
-class MethodConfig:
-    """The training method and every knob of the prototype losses (design §3).
+class ResearchConfig:
+    """``method.research.*``: the ablation knobs of the method, each measured in BENCHMARKS.md §2 (and the sections
+    it points to). The defaults are the measured best; a user of the method sets ``method.*`` and leaves these.
 
-    Keys stay flat (``method.lambda_passive``, ...); each named part of the method (:mod:`flwr_vproto.method`)
-    reads only its own block, through its settings class's ``from_method``:
+    Which part of the method reads which knob (through its settings class's ``from_method``):
 
-    * training loop (``parties.py``): ``name``, ``lr``, ``weight_decay``, ``batch_size``, ``warmup_rounds``,
-      ``ema_momentum`` (prototype EMA), ``aligned_passes``, ``joint_encoder``, ``joint_warm_start``;
-    * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize``, ``tau``;
-    * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
-    * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
-      ``pseudo_label_once``, ``warmup_rounds``; the passive's pre-training: ``passive_pretrain``,
-      ``passive_pretrain_epochs``, ``passive_pretrain_min_steps``;
-    * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``;
-      with ``residual_weight``, ``local_head`` (the active-only head, ``local_head_loss``);
-    * calibration on validation rows (``Calibration``): ``combine_weight``, ``pseudo_gate``,
-      ``confidence_threshold`` (the gates' floor), ``residual_base``;
-    * custom loss terms (``method.extra``): ``extra_losses``.
-
-    Presets: ``conf/method/vproto.yaml`` (the measured default) and ``vproto_seed.yaml`` (design §3 as written:
-    the third loss on, second prototypes sent each round).
+    * training loop (``parties.py``): ``ema_momentum`` (prototype EMA), ``aligned_passes``, ``joint_encoder``,
+      ``joint_warm_start``; the passive's pre-training: ``passive_pretrain``, ``passive_pretrain_min_steps``;
+    * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize`` (with ``method.tau``);
+    * third loss (``ThirdLoss``): ``pseudo_label_once``;
+    * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``,
+      ``residual_weight``;
+    * calibration on validation rows (``Calibration``): ``pseudo_gate``, ``residual_base``.
     """
 
-    name: str = opt(
-        "vproto",
-        "vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its "
-        "labelled rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess "
-        "only) | gbdt_local, gbdt_aligned, gbdt_centralized (LightGBM baselines: the active party's columns and "
-        "rows; all columns on the aligned users, i.e. lossless SecureBoost; all columns and rows; engine=inprocess "
-        "only)"
-    )
-    lr: float = opt(1e-3, "learning rate of every party's optimiser")
-    weight_decay: float = opt(0.0, "weight decay of every party's optimiser")
-    batch_size: int = opt(256, "rows per training batch")
-    # -- prototype geometry (method/losses.py PrototypeGeometry): first and third losses, pseudo-labels, logits
     distance: str = opt("sqeuclidean", "sqeuclidean | cosine: distance of an embedding to a class prototype")
     loss_form: str = opt("contrastive", "contrastive (softmax over all prototypes) | pull (to its own class only)")
     normalize: bool = opt(True, "L2-normalise embeddings before prototype math")
-    lambda_active: float = opt(1.0, "weight of the first loss (active party, non-aligned rows)")
-    lambda_passive: float = opt(
-        0.0,
-        "Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers "
-        "accuracy on every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor "
-        "to learn from."
-    )
-    tau: float = opt(0.1, "temperature of the softmax over negative distances")
-    confidence_threshold: float = opt(
-        0.5,
-        "keep a pseudo-label only above this confidence (1st, 3rd loss; gates' floor)"
-    )
     ema_momentum: float = opt(0.0, "EMA of the prototypes (first and second): 0 = this round's class means only")
-    warmup_rounds: int = opt(1, "rounds of plain split learning before prototype losses start")
     pseudo_gate: float | str = opt(
         "off",
         "Active-party gating of the passives' pseudo-labels: \"off\", or a precision target (\"majority\" = the share"
@@ -245,11 +213,6 @@ class MethodConfig:
         "encoder, which has by then learned from all the active party's labelled rows (a warm start on its own "
         "rows)."
     )
-    passive_pretrain_epochs: int = opt(
-        5,
-        "Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows "
-        "(aligned and non-aligned; no labels needed) before its first round; 0 = none."
-    )
     passive_pretrain: str = opt(
         "dae",
         "What that pre-training is (flwr_vproto/method/pretrain.py): \"dae\" (denoising autoencoder), \"contrastive\""
@@ -263,23 +226,6 @@ class MethodConfig:
         "the passive (defence.release_rounds=0, the default: pre-training is all it learns) or when exchanges "
         "train several rounds each (few gradient messages: exchange.*), else 0. Measured in BENCHMARKS.md §9 and "
         "§10."
-    )
-    local_head: bool = opt(
-        True,
-        "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
-        "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
-    )
-    head: str = opt(
-        "nn",
-        "What the active-only head is: \"nn\" (a small network on the shared active encoder) or \"gbdt\" (tables "
-        "only: LightGBM on the active party's own columns and every labelled row it holds, early-stopped on its "
-        "validation rows, fitted once in round 1; the residual joint model then corrects the trees' margin, "
-        "i.e. boosting with a base margin; needs lightgbm, the `trees` extra). Either way it learns from the active "
-        "party's own rows and labels only, and nothing of it leaves that party."
-    )
-    combine_weight: float | str = opt(
-        "auto",
-        "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss)."
     )
     joint_residual: bool = opt(
         True,
@@ -299,17 +245,110 @@ class MethodConfig:
         "only from all the active party's labelled rows (active-only head, first loss) and the top model learns "
         "on top of it, so over-fitting the aligned rows cannot degrade the active party's own representation."
     )
+
+
+@dataclass
+class MethodConfig:
+    """The training method: what a user of it sets (design §3); the ablation knobs are ``method.research.*``
+    (:class:`ResearchConfig`).
+
+    Each named part of the method (:mod:`flwr_vproto.method`) reads only its own block, through its settings
+    class's ``from_method``:
+
+    * training loop (``parties.py``): ``name``, ``lr``, ``weight_decay``, ``batch_size``, ``warmup_rounds``;
+    * prototype geometry (``PrototypeGeometry``): ``tau``;
+    * first loss (``FirstLoss``): ``lambda_active``, ``confidence_threshold``;
+    * third loss and its pseudo-labels (``ThirdLoss``): ``lambda_passive``, ``confidence_threshold``,
+      ``warmup_rounds``; the passive's pre-training: ``passive_pretrain_epochs``;
+    * the active-only head: ``local_head`` (``local_head_loss``), ``head``;
+    * calibration on validation rows (``Calibration``): ``combine_weight``, ``confidence_threshold`` (the gates'
+      floor);
+    * custom loss terms (``method.extra``): ``extra_losses``.
+
+    Presets: ``conf/method/vproto.yaml`` (the measured default) and ``vproto_seed.yaml`` (design §3 as written:
+    the third loss on, second prototypes sent each round).
+    """
+
+    name: str = opt(
+        "vproto",
+        "vproto | vanilla (split learning on the aligned rows only) | local (the active party alone, all its "
+        "labelled rows) | centralized (upper bound: all features, rows and labels in one place; engine=inprocess "
+        "only) | gbdt_local, gbdt_aligned, gbdt_centralized (LightGBM baselines: the active party's columns and "
+        "rows; all columns on the aligned users, i.e. lossless SecureBoost; all columns and rows; engine=inprocess "
+        "only)"
+    )
+    lr: float = opt(1e-3, "learning rate of every party's optimiser")
+    weight_decay: float = opt(0.0, "weight decay of every party's optimiser")
+    batch_size: int = opt(256, "rows per training batch")
+    lambda_active: float = opt(1.0, "weight of the first loss (active party, non-aligned rows)")
+    lambda_passive: float = opt(
+        0.0,
+        "Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers "
+        "accuracy on every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor "
+        "to learn from."
+    )
+    tau: float = opt(0.1, "temperature of the softmax over negative distances")
+    confidence_threshold: float = opt(
+        0.5,
+        "keep a pseudo-label only above this confidence (1st, 3rd loss; gates' floor)"
+    )
+    warmup_rounds: int = opt(1, "rounds of plain split learning before prototype losses start")
+    passive_pretrain_epochs: int = opt(
+        5,
+        "Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows "
+        "(aligned and non-aligned; no labels needed) before its first round; 0 = none."
+    )
+    local_head: bool = opt(
+        True,
+        "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
+        "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
+    )
+    head: str = opt(
+        "nn",
+        "What the active-only head is: \"nn\" (a small network on the shared active encoder) or \"gbdt\" (tables "
+        "only: LightGBM on the active party's own columns and every labelled row it holds, early-stopped on its "
+        "validation rows, fitted once in round 1; the residual joint model then corrects the trees' margin, "
+        "i.e. boosting with a base margin; needs lightgbm, the `trees` extra). Either way it learns from the active "
+        "party's own rows and labels only, and nothing of it leaves that party."
+    )
+    combine_weight: float | str = opt(
+        "auto",
+        "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss)."
+    )
     extra_losses: list[dict[str, Any]] = opt(
         factory=list,
         help="Custom loss terms added to the active party's loss at every supervised step: a list of {_target_: "
         "dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; docs/extending.md). [] = none."
     )
+    research: ResearchConfig = field(default_factory=ResearchConfig)
 
     @property
     def shares_prototypes(self) -> bool:
         """Whether the active party sends the passives their second prototypes: only their third loss (and its
         pseudo-label gate) uses them, so with ``lambda_passive=0`` (or for ``vanilla``) they never leave it."""
         return self.name == "vproto" and self.lambda_passive > 0
+
+
+RESEARCH_KNOBS = tuple(f.name for f in dataclasses.fields(ResearchConfig))
+MOVED: dict[str, str] = {f"method.{k}": f"method.research.{k}" for k in RESEARCH_KNOBS}
+"""Options that moved (old dotted path -> new): a config, override or run-config key with an old path gets one line
+saying where it went (:func:`moved_line`), never a silent default."""
+
+
+def nest_moved(method: Mapping[str, Any]) -> dict[str, Any]:
+    """A ``method`` block written before the move (flat ``aligned_passes``, ...) with its moved keys nested under
+    ``research``, for the benchmark records and commands that predate it (``benchmarks/*.jsonl``'s
+    ``method_overrides``, ``--variant`` JSON); a user's config gets :func:`moved_line` instead."""
+    out = {k: v for k, v in method.items() if f"method.{k}" not in MOVED}
+    moved = {k: v for k, v in method.items() if f"method.{k}" in MOVED}
+    if moved:
+        out["research"] = {**(out.get("research") or {}), **moved}
+    return out
+
+
+def moved_line(key: str) -> str | None:
+    """``method.tau moved to method.research.tau`` for an old path (:data:`MOVED`), else ``None``."""
+    return f"{key} moved to {MOVED[key]}" if key in MOVED else None
 
 
 @dataclass
@@ -340,7 +379,7 @@ class PrivacyConfig:
     """
 
     noise_multiplier: float = opt(0.0, "0 = off (prototypes exact, nothing clipped)")
-    clip_norm: float = opt(1.0, "L2 bound per embedding (after method.normalize; 1 = no-op on unit-norm rows)")
+    clip_norm: float = opt(1.0, "L2 bound per embedding (after method.research.normalize; 1 = no-op on unit-norm rows)")
     delta: float = opt(1e-5, "of the prototypes' (epsilon, delta)")
     target_epsilon: float | None = opt(None, "set (e.g. 4) to calibrate sigma so the run spends at most this epsilon")
     clear_prototypes: bool = opt(False, "send the second prototypes without noise, acknowledged (privacy=none): they "
@@ -546,11 +585,15 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{path}." if path else ""
+        for u in unknown:
+            if where + u in MOVED:
+                raise ConfigError(f"config option {moved_line(where + u)}")
         raise ConfigError(f"unknown config option(s) {', '.join(where + u for u in unknown)}: "
                           f"{unknown_option_hint(where + unknown[0], [where + f for f in fields])}")
     kwargs = {}
     for name, value in data.items():
         sub = {"dataset": DatasetConfig, "model": ModelConfig, "method": MethodConfig, "csv": CsvConfig,
+               "research": ResearchConfig,
                "checkpoint": CheckpointConfig, "privacy": PrivacyConfig, "defence": DefenceConfig,
                "audit": AuditConfig, "exchange": ExchangeConfig}.get(name)
         if sub is not None and dataclasses.is_dataclass(field_default(fields[name])):
@@ -753,60 +796,67 @@ def _validate_method(cfg: Config) -> None:
     losses, pseudo-labels."""
     ck = cfg.checkpoint
     t = cfg.method
+    r = t.research
     _check(t.name in METHODS, "method.name", t.name, f"one of {METHODS}")
     _check(t.name not in INPROCESS_ONLY or (ck.every == 0 and not cfg.resume), "checkpoint.every", ck.every,
            f"0 and resume=false for method {t.name} (the baselines are not checkpointed)")
     _check(_is_num(t.lr) and t.lr > 0, "method.lr", t.lr, "a number > 0")
     _check(_is_num(t.weight_decay) and t.weight_decay >= 0, "method.weight_decay", t.weight_decay, "a number >= 0")
     _check(_is_int(t.batch_size) and t.batch_size >= 1, "method.batch_size", t.batch_size, "an integer >= 1")
-    _check(t.distance in DISTANCES, "method.distance", t.distance, f"one of {DISTANCES}")
-    _check(t.loss_form in LOSS_FORMS, "method.loss_form", t.loss_form, f"one of {LOSS_FORMS}")
-    _check(isinstance(t.normalize, bool), "method.normalize", t.normalize, "true or false")
+    _check(r.distance in DISTANCES, "method.research.distance", r.distance, f"one of {DISTANCES}")
+    _check(r.loss_form in LOSS_FORMS, "method.research.loss_form", r.loss_form, f"one of {LOSS_FORMS}")
+    _check(isinstance(r.normalize, bool), "method.research.normalize", r.normalize, "true or false")
     for name in ("lambda_active", "lambda_passive"):
         v = getattr(t, name)
         _check(_is_num(v) and v >= 0, f"method.{name}", v, "a number >= 0")
     _check(_is_num(t.tau) and t.tau > 0, "method.tau", t.tau, "a number > 0")
     _check(_is_num(t.confidence_threshold) and 0 <= t.confidence_threshold < 1, "method.confidence_threshold",
            t.confidence_threshold, "a number in [0, 1)")
-    _check(_is_num(t.ema_momentum) and 0 <= t.ema_momentum < 1, "method.ema_momentum", t.ema_momentum,
+    _check(_is_num(r.ema_momentum) and 0 <= r.ema_momentum < 1, "method.research.ema_momentum", r.ema_momentum,
            "a number in [0, 1)")
     _check(_is_int(t.warmup_rounds) and t.warmup_rounds >= 0, "method.warmup_rounds", t.warmup_rounds,
            "an integer >= 0")
-    _check(t.pseudo_gate in ("off", "majority") or (_is_num(t.pseudo_gate) and 0 < t.pseudo_gate <= 1),
-           "method.pseudo_gate", t.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
-    _check(isinstance(t.pseudo_label_once, bool), "method.pseudo_label_once", t.pseudo_label_once, "true or false")
-    if t.name == "vproto" and t.pseudo_gate != "off":
-        _check(_is_num(t.lambda_passive) and t.lambda_passive > 0, "method.pseudo_gate", t.pseudo_gate,
+    _check(r.pseudo_gate in ("off", "majority") or (_is_num(r.pseudo_gate) and 0 < r.pseudo_gate <= 1),
+           "method.research.pseudo_gate", r.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
+    _check(isinstance(r.pseudo_label_once, bool), "method.research.pseudo_label_once", r.pseudo_label_once,
+           "true or false")
+    if t.name == "vproto" and r.pseudo_gate != "off":
+        _check(_is_num(t.lambda_passive) and t.lambda_passive > 0, "method.research.pseudo_gate", r.pseudo_gate,
                "'off' when method.lambda_passive is 0 (the gate filters the passives' third loss)")
 
 
 def _validate_method_parts(t: MethodConfig) -> None:
     """``method.*`` of the joint model, the active-only head and their calibration."""
-    _check(t.aligned_passes is None or (_is_int(t.aligned_passes) and t.aligned_passes >= 1), "method.aligned_passes",
-           t.aligned_passes, "null or an integer >= 1")
-    _check(isinstance(t.joint_encoder, bool), "method.joint_encoder", t.joint_encoder, "true or false")
-    _check(t.residual_weight in ("fixed", "learned"), "method.residual_weight", t.residual_weight,
+    r = t.research
+    _check(r.aligned_passes is None or (_is_int(r.aligned_passes) and r.aligned_passes >= 1),
+           "method.research.aligned_passes",
+           r.aligned_passes, "null or an integer >= 1")
+    _check(isinstance(r.joint_encoder, bool), "method.research.joint_encoder", r.joint_encoder, "true or false")
+    _check(r.residual_weight in ("fixed", "learned"), "method.research.residual_weight", r.residual_weight,
            "'fixed' or 'learned'")
-    _check(t.residual_base in ("live", "best_val"), "method.residual_base", t.residual_base, "'live' or 'best_val'")
-    _check(isinstance(t.joint_warm_start, bool), "method.joint_warm_start", t.joint_warm_start, "true or false")
+    _check(r.residual_base in ("live", "best_val"), "method.research.residual_base", r.residual_base,
+           "'live' or 'best_val'")
+    _check(isinstance(r.joint_warm_start, bool), "method.research.joint_warm_start", r.joint_warm_start,
+           "true or false")
     _check(_is_int(t.passive_pretrain_epochs) and t.passive_pretrain_epochs >= 0, "method.passive_pretrain_epochs",
            t.passive_pretrain_epochs, "an integer >= 0")
-    _check(t.passive_pretrain_min_steps is None or (_is_int(t.passive_pretrain_min_steps)
-                                                     and t.passive_pretrain_min_steps >= 0),
-           "method.passive_pretrain_min_steps", t.passive_pretrain_min_steps, "null (auto) or an integer >= 0")
-    _check(t.passive_pretrain in PRETRAIN_OPTIONS, "method.passive_pretrain", t.passive_pretrain,
+    _check(r.passive_pretrain_min_steps is None or (_is_int(r.passive_pretrain_min_steps)
+                                                     and r.passive_pretrain_min_steps >= 0),
+           "method.research.passive_pretrain_min_steps", r.passive_pretrain_min_steps, "null (auto) or an integer >= 0")
+    _check(r.passive_pretrain in PRETRAIN_OPTIONS, "method.research.passive_pretrain", r.passive_pretrain,
            f"one of {PRETRAIN_OPTIONS}")
     _check(isinstance(t.local_head, bool), "method.local_head", t.local_head, "true or false")
     _check(t.combine_weight == "auto" or (_is_num(t.combine_weight) and 0 <= t.combine_weight <= 1),
            "method.combine_weight", t.combine_weight, "'auto' or a number in [0, 1]")
-    _check(isinstance(t.joint_residual, bool), "method.joint_residual", t.joint_residual, "true or false")
+    _check(isinstance(r.joint_residual, bool), "method.research.joint_residual", r.joint_residual, "true or false")
     _check(t.head in HEADS, "method.head", t.head, f"one of {HEADS}")
-    if t.joint_residual and t.name == "vproto":
-        _check(t.local_head, "method.joint_residual", t.joint_residual,
+    if r.joint_residual and t.name == "vproto":
+        _check(t.local_head, "method.research.joint_residual", r.joint_residual,
                "false when method.local_head is false (the residual is taken on the active-only head)")
-    _check(isinstance(t.joint_trains_active_encoder, bool), "method.joint_trains_active_encoder",
-           t.joint_trains_active_encoder, "true or false")
-    _check(isinstance(t.prototype_logits, bool), "method.prototype_logits", t.prototype_logits, "true or false")
+    _check(isinstance(r.joint_trains_active_encoder, bool), "method.research.joint_trains_active_encoder",
+           r.joint_trains_active_encoder, "true or false")
+    _check(isinstance(r.prototype_logits, bool), "method.research.prototype_logits", r.prototype_logits,
+           "true or false")
     if t.combine_weight != 1 and t.name == "vproto":
         _check(t.local_head or t.name in ("local", "centralized"), "method.combine_weight", t.combine_weight,
                "1.0 when method.local_head is false (there is no active-only head to combine with)")
@@ -868,13 +918,14 @@ def _validate_gaussian(section: str, g: PrivacyConfig | DefenceConfig, off: str,
 
 def _validate_privacy(p: PrivacyConfig, t: MethodConfig) -> None:
     """``privacy.*``: noise, clipping, accounting; only where prototypes are sent at all."""
+    r = t.research
     _validate_gaussian("privacy", p, "0 = no noise", "well below 1 / number of aligned users (e.g. 1e-5)")
     _check(_is_num(p.clip_norm) and p.clip_norm > 0, "privacy.clip_norm", p.clip_norm, "a number > 0")
     _check(isinstance(p.clear_prototypes, bool), "privacy.clear_prototypes", p.clear_prototypes, "true or false")
     if p.gaussian:
         _check(not p.clear_prototypes, "privacy.clear_prototypes", p.clear_prototypes,
                "false with privacy.noise_multiplier/target_epsilon (the prototypes are noised, not clear)")
-        _check(t.pseudo_gate == "off", "method.pseudo_gate", t.pseudo_gate,
+        _check(r.pseudo_gate == "off", "method.research.pseudo_gate", r.pseudo_gate,
                "'off' with DP prototypes (privacy.*): the gates are fitted on true validation labels, outside the "
                "prototypes' accounting, and would travel to the passives")
     if not t.shares_prototypes:  # noise on prototypes that never leave the active party would only cost accuracy

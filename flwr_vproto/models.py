@@ -85,7 +85,8 @@ def make_top_model(in_features: int, num_classes: int, cfg: ModelConfig, party: 
 
     Contract of ``top_target``: called as ``target(in_features=in_features, num_classes=num_classes, **kwargs)``,
     returns an ``nn.Module`` mapping ``(n, in_features)`` to logits ``(n, num_classes)``. With
-    ``method.joint_residual`` its last ``nn.Linear`` starts at zero (the joint model starts at the active-only head).
+    ``method.research.joint_residual`` its last ``nn.Linear`` starts at zero (the joint model starts at the active-only
+    head).
     """
     if cfg.top_target is not None:
         module = call_target(cfg.top_target, "model.top_target", party, in_features=in_features,
@@ -122,8 +123,9 @@ def zero_output_layer(module: nn.Module, party: str = "active") -> None:
     """Zero the last ``nn.Linear`` of ``module`` (weights and bias): a residual top model starts as no correction."""
     last = [m for m in module.modules() if isinstance(m, nn.Linear)]
     if not last:
-        raise ConfigError(f"{party}: method.joint_residual needs a top model whose output layer is a torch.nn.Linear "
-                          f"(to start it at zero); set method.joint_residual=false or add one to model.top_target")
+        raise ConfigError(f"{party}: method.research.joint_residual needs a top model whose output layer is a "
+                          f"torch.nn.Linear (to start it at zero); set method.research.joint_residual=false or add one "
+                          f"to model.top_target")
     nn.init.zeros_(last[-1].weight)
     if last[-1].bias is not None:
         nn.init.zeros_(last[-1].bias)

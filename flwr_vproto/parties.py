@@ -54,7 +54,8 @@ from flwr_vproto.method.losses import (
 from flwr_vproto.models import make_encoder, make_top_model, resolve_device, zero_output_layer
 from flwr_vproto.scoring import ActiveScoring
 
-PRETRAIN_STEPS_WITHOUT_ROWS = 500  # method.passive_pretrain_min_steps=null with few or no gradient rows (§9, §10)
+# method.research.passive_pretrain_min_steps=null with few or no gradient rows (§9, §10)
+PRETRAIN_STEPS_WITHOUT_ROWS = 500
 
 
 @dataclass
@@ -192,7 +193,7 @@ class PassiveParty(_Party):
         ``gradients`` are the active party's dLoss/dz for the embeddings this party sent last round (``None`` in the
         first round). ``prototypes`` are the second prototypes in this party's space; the third loss uses them from
         round ``warmup_rounds + 1`` on. ``pseudo_threshold`` is the confidence threshold the active party's gate
-        sent (``method.pseudo_gate``); ``None`` means ``method.confidence_threshold``.
+        sent (``method.research.pseudo_gate``); ``None`` means ``method.confidence_threshold``.
         """
         m = self.cfg.method
         n_aligned = len(self.aligned["train"])
@@ -202,7 +203,7 @@ class PassiveParty(_Party):
         if gradients is not None and gradients.shape != (n_aligned, self.cfg.model.embedding_dim):
             raise ValueError(f"party {self.data.name}, round {rnd}: gradients of shape {gradients.shape}, expected "
                              f"{(n_aligned, self.cfg.model.embedding_dim)}")
-        if rnd == 1 and m.name == "vproto" and m.passive_pretrain != "none" and m.passive_pretrain_epochs > 0:
+        if rnd == 1 and m.name == "vproto" and m.research.passive_pretrain != "none" and m.passive_pretrain_epochs > 0:
             metrics["pretrain_loss"] = self._pretrain(self._pretrain_epochs())
         non = self.nonaligned_train_rows() if use_third else np.zeros(0, dtype=np.int64)
         passes = self.cfg.exchange.passive_passes
@@ -221,7 +222,7 @@ class PassiveParty(_Party):
         gets fewer gradient messages than rounds (``exchange.count < num_rounds``: a few messages cannot make up for
         a short pre-training, BENCHMARKS §10); else 0, the method as designed, one gradient message per round)."""
         m = self.cfg.method
-        floor = m.passive_pretrain_min_steps
+        floor = m.research.passive_pretrain_min_steps
         if floor is None:
             few = defences.planned_releases(self.cfg) == 0 or exchanges.blockwise(self.cfg)
             floor = PRETRAIN_STEPS_WITHOUT_ROWS if few else 0
@@ -229,8 +230,8 @@ class PassiveParty(_Party):
         return max(m.passive_pretrain_epochs, math.ceil(floor / per_epoch))
 
     def _pretrain(self, epochs: int) -> float:
-        """``method.passive_pretrain`` for ``method.passive_pretrain_epochs`` epochs on all this party's training
-        rows (they need no labels), so the few aligned rows fine-tune features instead of learning them
+        """``method.research.passive_pretrain`` for ``method.passive_pretrain_epochs`` epochs on all this party's
+        training rows (they need no labels), so the few aligned rows fine-tune features instead of learning them
         (:mod:`flwr_vproto.method.pretrain`). ``dae+contrastive`` runs the autoencoder, then the contrastive epochs.
 
         The helper modules and their optimisers live only there; returns the last epoch's mean loss (of the last
@@ -244,9 +245,9 @@ class PassiveParty(_Party):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             args = (self.encoder, x, mc.embedding_dim, list(mc.hidden), epochs, m.batch_size, m.lr, gen, self.device)
-            if m.passive_pretrain in ("dae", "dae+contrastive"):
+            if m.research.passive_pretrain in ("dae", "dae+contrastive"):
                 last = pretrain.denoising_autoencoder(*args)
-            if m.passive_pretrain in ("contrastive", "dae+contrastive"):
+            if m.research.passive_pretrain in ("contrastive", "dae+contrastive"):
                 last = pretrain.contrastive(*args, input_shape=tuple(self.data.input_shape))
         return last
 
@@ -313,7 +314,8 @@ class _RoundPlan:
     """Which rows the active party trains on this round, and in which batches.
 
     ``main``: the rows of the supervised step (aligned rows; every labelled row for ``local``), cycled in
-    ``main_batches``, used by the supervised loss for the first ``sup_steps`` steps only (``method.aligned_passes``);
+    ``main_batches``, used by the supervised loss for the first ``sup_steps`` steps only
+    (``method.research.aligned_passes``);
     ``extra``: the non-aligned rows of the first loss and the active-only head, in ``extra_batches``.
     """
 
@@ -384,7 +386,8 @@ class ActiveParty(_Party):
         # The Gaussian gradient channel's accountant (defence.noise_multiplier / target_epsilon).
         self.gradient_accountant = (privacy.Accountant(privacy.gradient_noise_multiplier(cfg), cfg.defence.delta)
                                     if defences.gradient_dp(cfg) else None)
-        # method.residual_base=best_val: which validation loss the frozen base is from (calibration.BestValidation).
+        # method.research.residual_base=best_val: which validation loss the frozen base is from
+        # (calibration.BestValidation).
         self.best_val = BestValidation()
         # The active-only model that predicts the users only this party holds: frozen copies of the shared encoder and
         # the head from the evaluation that scored best on all this party's labelled validation users
@@ -414,7 +417,7 @@ class ActiveParty(_Party):
 
     @property
     def residual(self) -> bool:
-        return self.uses_local_head and self.joint and self.cfg.method.joint_residual
+        return self.uses_local_head and self.joint and self.cfg.method.research.joint_residual
 
     @property
     def tree_head(self) -> bool:
@@ -429,17 +432,17 @@ class ActiveParty(_Party):
         self.head = make_top_model(d, self.num_classes, self.cfg.model, name).to(self.device)
         # One weight per passive for its prototype classifier's log-probabilities (prototype_logits).
         self.proto_weight = _ParamHolder(torch.nn.Parameter(torch.ones(len(self.passive_dims), device=self.device)))
-        # method.joint_encoder: the joint model's own active encoder (trained end-to-end on the aligned rows).
+        # method.research.joint_encoder: the joint model's own active encoder (trained end-to-end on the aligned rows).
         self.joint_enc = (make_encoder(self.data.input_shape, self.cfg.model, name).to(self.device)
-                          if self.vproto and self.joint and self.cfg.method.joint_encoder else None)
-        # method.residual_weight=learned: the joint model learns how much of the active-only head's logits to keep
-        # (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
+                          if self.vproto and self.joint and self.cfg.method.research.joint_encoder else None)
+        # method.research.residual_weight=learned: the joint model learns how much of the active-only head's logits to
+        # keep (all of them at first), so with many aligned rows it can lean on its own active encoder instead.
         self.residual_weight = (_ParamHolder(torch.nn.Parameter(torch.ones(1, device=self.device)))
-                                if self.residual and self.cfg.method.residual_weight == "learned" else None)
-        # method.residual_base=best_val: frozen copies of the shared encoder and the head, taken when the head's
-        # validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
+                                if self.residual and self.cfg.method.research.residual_weight == "learned" else None)
+        # method.research.residual_base=best_val: frozen copies of the shared encoder and the head, taken when the
+        # head's validation loss is the lowest so far; never trained (not in _modules, hence not in the optimizer).
         self.base = (copy.deepcopy(torch.nn.ModuleList([self.encoder, self.head])).eval().requires_grad_(False)
-                     if self.residual and self.cfg.method.residual_base == "best_val" and not self.tree_head
+                     if self.residual and self.cfg.method.research.residual_base == "best_val" and not self.tree_head
                      else None)
         if self.residual:
             zero_output_layer(self.top, name)
@@ -480,10 +483,10 @@ class ActiveParty(_Party):
     ) -> torch.Tensor:
         """Joint logits with this party's modules (:func:`flwr_vproto.method.joint.joint_logits`).
 
-        ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.joint_encoder``); ``hb`` the
-        frozen base encoder's (``method.residual_base=best_val``), whose head then gives the residual's logits in
-        place of the live head's; ``tm`` the tree head's logits of the same rows (``method.head=gbdt``), which
-        then are the residual's base; ``protos`` the second prototypes and masks."""
+        ``h`` is the shared active encoder's output; ``hj`` the joint encoder's (``method.research.joint_encoder``);
+        ``hb`` the frozen base encoder's (``method.research.residual_base=best_val``), whose head then gives the
+        residual's logits in place of the live head's; ``tm`` the tree head's logits of the same rows
+        (``method.head=gbdt``), which then are the residual's base; ``protos`` the second prototypes and masks."""
         def residual(hd: torch.Tensor) -> torch.Tensor:
             if tm is not None:
                 return tm
@@ -521,7 +524,7 @@ class ActiveParty(_Party):
         return self._tree_bytes
 
     def _base_features(self, x: torch.Tensor) -> torch.Tensor | None:
-        """The frozen base encoder's output on ``x`` (``method.residual_base=best_val``), or ``None`` while the
+        """The frozen base encoder's output on ``x`` (``method.research.residual_base=best_val``), or ``None`` while the
         residual uses the live head (that option off, or no calibration yet)."""
         if self.base is None or not self.best_val.ready:
             return None
@@ -658,10 +661,10 @@ class ActiveParty(_Party):
         return zs
 
     def _start_round(self, rnd: int) -> None:
-        """Module swaps due at a round's start: the joint encoder's warm start (``method.joint_warm_start``) and
-        the copy of the model the last calibration scored best into the residual's frozen base."""
+        """Module swaps due at a round's start: the joint encoder's warm start (``method.research.joint_warm_start``)
+        and the copy of the model the last calibration scored best into the residual's frozen base."""
         m = self.cfg.method
-        if self.joint_enc is not None and m.joint_warm_start and rnd == m.warmup_rounds + 1:
+        if self.joint_enc is not None and m.research.joint_warm_start and rnd == m.warmup_rounds + 1:
             self.joint_enc.load_state_dict(self.encoder.state_dict())  # warm start from the active party's own rows
         if self.base is not None and self.best_val.pending:  # the best-scored model, unchanged since
             self.base[0].load_state_dict(self.encoder.state_dict())
@@ -687,9 +690,9 @@ class ActiveParty(_Party):
             extra = main[:0]
         steps = max(num_batches(len(main), m.batch_size), num_batches(len(extra), m.batch_size))
         main_b = index_batches(len(main), m.batch_size, steps, gen)
-        # method.aligned_passes: the supervised loss sees the aligned rows only this many times per round.
-        sup_steps = steps if (m.aligned_passes is None or not self.joint) else min(
-            steps, m.aligned_passes * num_batches(len(main), m.batch_size))
+        # method.research.aligned_passes: the supervised loss sees the aligned rows only this many times per round.
+        sup_steps = steps if (m.research.aligned_passes is None or not self.joint) else min(
+            steps, m.research.aligned_passes * num_batches(len(main), m.batch_size))
         extra_b = index_batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
         return _RoundPlan(main, main_b, extra, extra_b, steps, sup_steps, use_first)
 
@@ -777,7 +780,7 @@ class ActiveParty(_Party):
         h = self.geometry.normalized(self._embed(self._x["train"][al]))
         new, mask = prototypes.class_means(h, self._y["train"][al], self.num_classes)
         self.protos, self.proto_mask = prototypes.ema_update(self.protos, self.proto_mask, new, mask,
-                                                             self.cfg.method.ema_momentum)
+                                                             self.cfg.method.research.ema_momentum)
 
     def _second_prototypes(
         self, zs: list[torch.Tensor], y_al: torch.Tensor, rnd: int, release: bool
@@ -806,7 +809,7 @@ class ActiveParty(_Party):
             else:
                 new, mask = prototypes.class_means(zn, y_al, self.num_classes)
             second, second_mask = prototypes.ema_update(self.second[k], self.second_mask[k], new, mask,
-                                                        m.ema_momentum)
+                                                        m.research.ema_momentum)
             self.second[k], self.second_mask[k] = second, second_mask
             out.append(second.cpu().numpy().astype(np.float32))
             masks.append(second_mask.cpu().numpy())

@@ -7,7 +7,8 @@ embeddings over the rounds, they give every shared label away. This module bound
 differential privacy: the neighbouring relation is **changing one aligned training user's label** (what a passive
 wants to learn), not adding or removing a user.
 
-* **clip**: each embedding is scaled to L2 norm at most ``C`` (``privacy.clip_norm``, after ``method.normalize``);
+* **clip**: each embedding is scaled to L2 norm at most ``C`` (``privacy.clip_norm``, after
+  ``method.research.normalize``);
 * **sums**: one user's row lands in exactly one class sum, so changing its label takes ``<= C`` out of one row of
   the ``(classes, d)`` matrix of class sums and puts it into another: an L2 move of at most ``sqrt(2) C``
   (:data:`LABEL_CHANGE`). Each released matrix gets ``N(0, (sigma sqrt(2) C)^2)`` on every entry;

@@ -153,7 +153,7 @@ class ToPassive:
     gradients: np.ndarray | None = None  # dLoss/dz of last round's embeddings (none in round 1)
     prototypes: np.ndarray | None = None  # second prototypes in this passive's space (third loss only)
     prototype_mask: np.ndarray | None = None
-    pseudo_threshold: float | None = None  # method.pseudo_gate: the active party's threshold for this passive
+    pseudo_threshold: float | None = None  # method.research.pseudo_gate: the active party's threshold for this passive
     setup: PassiveSetup | None = None  # first round of a fresh run only
     test_previous: bool = False  # embed the test rows with last round's encoder first (eval_test=best)
 

@@ -16,6 +16,7 @@ from flwr.app import ConfigRecord
 from flwr.common.config import flatten_dict, unflatten_dict
 
 from flwr_vproto.config import (
+    MOVED,
     REPLY_TIMEOUT,
     WAIT_FOR_NODES,
     Config,
@@ -23,6 +24,7 @@ from flwr_vproto.config import (
     config_from_dict,
     declared_defaults,
     field_default,
+    moved_line,
     unknown_option_hint,
 )
 
@@ -117,6 +119,8 @@ def config_from_run_config(
         if key.startswith(APP_PREFIX):
             app[key] = value
             continue
+        if key in MOVED:
+            raise ConfigError(f"run-config key {moved_line(key)}")
         if key not in CONFIG_FIELDS:
             raise ConfigError(f"unknown run-config key {key!r}: {unknown_option_hint(key, CONFIG_FIELDS)} (every "
                               f"key: [tool.flwr.app.config] in the app's pyproject.toml)")

@@ -52,7 +52,7 @@ class ScoredParty(Protocol):
     passive_dims: list[int]
     device: torch.device
     geometry: PrototypeGeometry  # how the gates measure distance to a second prototype
-    base: torch.nn.ModuleList | None  # the residual's frozen base (``method.residual_base=best_val``), if any
+    base: torch.nn.ModuleList | None  # the residual's frozen base (``method.research.residual_base=best_val``), if any
     best_val: BestValidation  # when that base is next copied; calibration marks it
     chosen_only_score: tuple[float, float]  # validation accuracy and loss of the kept active-only model
 
@@ -92,7 +92,8 @@ class ActiveScoring:
         self.party = party
         self.calibration = Calibration.from_method(party.cfg.method)
         self.auto_weight = 0.5  # combine_weight=auto before the first validation
-        # method.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing until then.
+        # method.research.pseudo_gate: each passive's confidence threshold, set at every calibration; keep nothing
+        # until then.
         self.gates: list[float] = [1.0] * len(party.passive_dims)
         # defences.flagless: the passives' latest test embeddings, scored on every evaluation round (the test rows
         # travel only when a passive's encoder may have changed, on a schedule fixed by the config; protocol.py).
@@ -100,10 +101,10 @@ class ActiveScoring:
 
     @property
     def gated(self) -> bool:
-        """Whether this run gates the passives' pseudo-labels (``method.pseudo_gate`` not ``off``; the gates need
-        second prototypes, which exist only when they are shared with the passives)."""
+        """Whether this run gates the passives' pseudo-labels (``method.research.pseudo_gate`` not ``off``; the gates
+        need second prototypes, which exist only when they are shared with the passives)."""
         m = self.party.cfg.method
-        return self.party.vproto and self.party.joint and m.pseudo_gate != "off" and m.shares_prototypes
+        return self.party.vproto and self.party.joint and m.research.pseudo_gate != "off" and m.shares_prototypes
 
     @property
     def combine_weight(self) -> float:
@@ -191,12 +192,12 @@ class ActiveScoring:
                 "active_only_kept": 1.0 if kept else 0.0}
 
     def _track_base(self, local_probs: np.ndarray, y: np.ndarray) -> float:
-        """``method.residual_base=best_val``: mark the active-only model for copying into the base if its
+        """``method.research.residual_base=best_val``: mark the active-only model for copying into the base if its
         validation loss is the lowest so far; returns 1.0 if so, else 0.0 (the ``residual_base_update`` metric)."""
         return 1.0 if self.party.best_val.observe(validation_loss(local_probs, y, self.party.num_classes)) else 0.0
 
     def _fit_gates(self, passive_embeddings: list[np.ndarray], y: np.ndarray) -> None:
-        """``method.pseudo_gate``: per passive, the threshold from
+        """``method.research.pseudo_gate``: per passive, the threshold from
         :func:`~flwr_vproto.method.calibration.fit_pseudo_gates` on these validation rows (none before the second
         prototypes exist)."""
         p = self.party

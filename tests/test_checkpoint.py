@@ -141,14 +141,15 @@ def test_a_failed_flower_run_names_its_checkpoint_and_resumes_on_fresh_nodes_to_
 
 
 def test_resume_keeps_the_pseudo_gates_in_both_engines(tmp_path):
-    """method.pseudo_gate: the thresholds in transit are part of the server's checkpoint, like the prototypes."""
+    """method.research.pseudo_gate: the thresholds in transit are part of the server's checkpoint, like the
+    prototypes."""
     from conftest import InlineGrid, sim_nodes
 
     from flwr_vproto.client_app import make_client_app
     from flwr_vproto.strategy import VerticalProtoStrategy
 
     def cfg(folder: str = "inprocess", **extra):
-        return _cfg(method={"batch_size": 64, "pseudo_gate": 0.8, "lambda_passive": 1.0},
+        return _cfg(method={"batch_size": 64, "lambda_passive": 1.0, "research": {"pseudo_gate": 0.8}},
                     privacy={"clear_prototypes": True}, checkpoint={"dir": str(tmp_path / folder), "every": 2}, **extra)
 
     def flower(c):

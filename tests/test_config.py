@@ -16,25 +16,27 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"dataset": {"nonaligned_shares": [0.5, 0.6]}}, "dataset.nonaligned_shares"),
         ({"dataset": {"name": "csv", "csv": {"paths": ["a.csv"]}}}, "dataset.csv.paths"),
         ({"method": {"tau": 0}}, "method.tau"),
-        ({"method": {"distance": "l1"}}, "method.distance"),
-        ({"method": {"loss_form": "triplet"}}, "method.loss_form"),
+        ({"method": {"research": {"distance": "l1"}}}, "method.research.distance"),
+        ({"method": {"research": {"loss_form": "triplet"}}}, "method.research.loss_form"),
         ({"method": {"confidence_threshold": 1.0}}, "method.confidence_threshold"),
-        ({"method": {"ema_momentum": 1.0}}, "method.ema_momentum"),
-        ({"method": {"local_head": False, "joint_residual": False, "combine_weight": 0.5}}, "method.combine_weight"),
+        ({"method": {"research": {"ema_momentum": 1.0}}}, "method.research.ema_momentum"),
+        ({"method": {"local_head": False, "combine_weight": 0.5, "research": {"joint_residual": False}}},
+         "method.combine_weight"),
         ({"method": {"combine_weight": "best"}}, "method.combine_weight"),
-        ({"method": {"pseudo_gate": "on"}}, "method.pseudo_gate"),
-        ({"method": {"pseudo_gate": 0.0}}, "method.pseudo_gate"),
-        ({"method": {"pseudo_gate": 1.5}}, "method.pseudo_gate"),
-        ({"method": {"pseudo_label_once": "yes"}}, "method.pseudo_label_once"),
-        ({"method": {"aligned_passes": 0}}, "method.aligned_passes"),
-        ({"method": {"pseudo_gate": 0.9, "lambda_passive": 0.0}}, "method.pseudo_gate"),
-        ({"method": {"residual_weight": "free"}}, "method.residual_weight"),
-        ({"method": {"residual_base": "best"}}, "method.residual_base"),
-        ({"method": {"joint_encoder": "yes"}}, "method.joint_encoder"),
-        ({"method": {"joint_warm_start": 1}}, "method.joint_warm_start"),
+        ({"method": {"research": {"pseudo_gate": "on"}}}, "method.research.pseudo_gate"),
+        ({"method": {"research": {"pseudo_gate": 0.0}}}, "method.research.pseudo_gate"),
+        ({"method": {"research": {"pseudo_gate": 1.5}}}, "method.research.pseudo_gate"),
+        ({"method": {"research": {"pseudo_label_once": "yes"}}}, "method.research.pseudo_label_once"),
+        ({"method": {"research": {"aligned_passes": 0}}}, "method.research.aligned_passes"),
+        ({"method": {"lambda_passive": 0.0, "research": {"pseudo_gate": 0.9}}}, "method.research.pseudo_gate"),
+        ({"method": {"research": {"residual_weight": "free"}}}, "method.research.residual_weight"),
+        ({"method": {"research": {"residual_base": "best"}}}, "method.research.residual_base"),
+        ({"method": {"research": {"joint_encoder": "yes"}}}, "method.research.joint_encoder"),
+        ({"method": {"research": {"joint_warm_start": 1}}}, "method.research.joint_warm_start"),
         ({"method": {"passive_pretrain_epochs": -1}}, "method.passive_pretrain_epochs"),
-        ({"method": {"aligned_passes": 1.5}}, "method.aligned_passes"),
-        ({"method": {"local_head": False, "joint_residual": True, "combine_weight": 1.0}}, "method.joint_residual"),
+        ({"method": {"research": {"aligned_passes": 1.5}}}, "method.research.aligned_passes"),
+        ({"method": {"local_head": False, "combine_weight": 1.0, "research": {"joint_residual": True}}},
+         "method.research.joint_residual"),
         ({"model": {"embedding_dim": 0}}, "model.embedding_dim"),
         ({"model": {"encoder": "cnn"}, "dataset": {"name": "adult"}}, "model.encoder"),
         ({"num_rounds": 0}, "num_rounds"),
@@ -105,6 +107,30 @@ def test_a_misspelt_key_is_answered_in_one_line_with_the_closest_valid_keys(buil
     message = str(err.value)
     assert "\n" not in message and len(message) < 200, message
     assert "dataset.csv.label_colum" in message and "did you mean dataset.csv.label_column" in message
+
+
+@pytest.mark.parametrize("build", ["dict", "run-config", "command line"])
+def test_an_option_that_moved_says_where_it_went_in_one_line(build):
+    """Issue #29 item 7: the ablation knobs moved to method.research.* (MOVED); an old path gets one line naming the
+    new one, whether it comes from config_from_dict, Flower's run-config or a Hydra override."""
+    from flwr_vproto.cli import unknown_option_line
+    from flwr_vproto.config import MOVED
+    from flwr_vproto.run_config import config_from_run_config, run_config_from_config
+
+    assert MOVED["method.pseudo_gate"] == "method.research.pseudo_gate" and "method.tau" not in MOVED
+    if build == "command line":
+        message = unknown_option_line(["dataset=adult", "method.pseudo_gate=0.9"])
+        assert unknown_option_line(["method.research.pseudo_gate=0.9"]) is None
+    else:
+        with pytest.raises(ConfigError) as err:
+            if build == "dict":
+                config_from_dict({"method": {"lr": 0.01, "pseudo_gate": 0.9}})
+            else:
+                flat = run_config_from_config()
+                config_from_run_config({**{k: v for k, v in flat.items() if k not in MOVED.values()},
+                                        "method.pseudo_gate": 0.9})
+        message = str(err.value)
+    assert "\n" not in message and message.endswith("method.pseudo_gate moved to method.research.pseudo_gate"), message
 
 
 def test_round_trip_through_dict():

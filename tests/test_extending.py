@@ -112,7 +112,7 @@ def test_built_modules_are_checked_against_the_contract():
     no_linear = config_from_dict({"model": {"top_target": {"_target_": f"{__name__}.no_linear_top"}}}).model
     cfg = small_cfg("vproto", rounds=1)
     cfg.model = no_linear
-    with pytest.raises(ConfigError, match="method.joint_residual needs a top model whose output layer"):
+    with pytest.raises(ConfigError, match="method.research.joint_residual needs a top model whose output layer"):
         run_inprocess(cfg)
 
 

@@ -210,12 +210,12 @@ def test_an_embedding_dimension_other_than_the_config_is_refused_naming_the_part
 
 @pytest.mark.parametrize("once", [False, True])
 def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(once):
-    """method.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it
+    """method.research.pseudo_gate: the active party fits a threshold on validation rows; the passive trains with it
     (``pseudo_label_once``: labelling its non-aligned rows once per round, with the round-start encoder)."""
     cfg = config_from_dict({"num_rounds": 4, "eval_every": 2, "dataset": {"name": "digits", "aligned_fraction": 0.2,
                                                                           "max_train_users": 500},
-                            "method": {"batch_size": 64, "pseudo_gate": 0.8, "pseudo_label_once": once,
-                                       "lambda_passive": 1.0, "passive_pretrain_epochs": 0},
+                            "method": {"batch_size": 64, "lambda_passive": 1.0, "passive_pretrain_epochs": 0,
+                                       "research": {"pseudo_gate": 0.8, "pseudo_label_once": once}},
                             "defence": {"release_rounds": None},
                             "privacy": {"clear_prototypes": True}})  # gates fitted on true labels: clear, acknowledged
     strategy, _, grid = run_inline(cfg)
@@ -230,8 +230,9 @@ def test_pseudo_gate_sends_each_passive_one_threshold_and_both_engines_agree(onc
     sent = {r.round: r.pseudo_threshold for _, r in to_passives(grid, cfg) if r.pseudo_threshold is not None}
     assert sent == {2: 1.0, 3: gate, 4: gate}  # a single float per round: the labels stay with the active party
     if once:  # labels fixed at the round start: coverage and accuracy differ from relabelling every batch
+        research = dataclasses.replace(cfg.method.research, pseudo_label_once=False)
         per_batch = run_inprocess(dataclasses.replace(cfg, method=dataclasses.replace(
-            cfg.method, pseudo_label_once=False)))["rounds"]
+            cfg.method, research=research)))["rounds"]
         assert reference[2]["passive1/pseudo_coverage"] != per_batch[2]["passive1/pseudo_coverage"]
 
 

@@ -140,14 +140,17 @@ def test_joint_encoder_and_learned_residual_weight():
     assert on.joint_enc is not None and on.residual_weight is not None
     assert float(on.residual_weight.param.detach()) != 1.0  # trained, from its start at 1
     assert any(not torch.equal(p, q) for p, q in zip(on.joint_enc.parameters(), on.encoder.parameters(), strict=True))
-    off = run_inprocess(cfg_for({"name": "vproto", "joint_encoder": False, "residual_weight": "fixed"}, rounds=2))
+    off = run_inprocess(cfg_for({"name": "vproto", "research": {"joint_encoder": False, "residual_weight": "fixed"}},
+                                rounds=2))
     assert off["state"]["active"].joint_enc is None and off["state"]["active"].residual_weight is None
 
 
 @pytest.mark.parametrize("passes", [None, 1, 2])
 def test_aligned_passes_bounds_the_supervised_steps(passes):
-    """method.aligned_passes: the joint loss sees the aligned rows k times a round; null cycles them all round."""
-    res = run_inprocess(cfg_for({"name": "vproto", "aligned_passes": passes}, rounds=2, aligned_fraction=0.05))
+    """method.research.aligned_passes: the joint loss sees the aligned rows k times a round; null cycles them all
+    round."""
+    res = run_inprocess(cfg_for({"name": "vproto", "research": {"aligned_passes": passes}}, rounds=2,
+                                aligned_fraction=0.05))
     active = res["state"]["active"]
     n_batches = math.ceil(len(active.aligned["train"]) / 64)
     last = res["rounds"][-1]
@@ -157,10 +160,12 @@ def test_aligned_passes_bounds_the_supervised_steps(passes):
 
 
 def test_joint_warm_start_copies_the_shared_encoder_after_the_warm_up():
-    """method.joint_warm_start: at the start of round warmup_rounds + 1 the joint encoder becomes the shared one."""
-    cfg = cfg_for({"name": "vproto", "joint_warm_start": True, "warmup_rounds": 1}, rounds=2)
+    """method.research.joint_warm_start: at the start of round warmup_rounds + 1 the joint encoder becomes the shared
+    one."""
+    cfg = cfg_for({"name": "vproto", "warmup_rounds": 1, "research": {"joint_warm_start": True}}, rounds=2)
     with_copy = run_inprocess(cfg)
-    without = run_inprocess(cfg_for({"name": "vproto", "joint_warm_start": False, "warmup_rounds": 1}, rounds=2))
+    without = run_inprocess(cfg_for({"name": "vproto", "warmup_rounds": 1, "research": {"joint_warm_start": False}},
+                                    rounds=2))
     strip = [{k: v for k, v in r.items() if k != "seconds"} for r in per_round(with_copy)]
     assert strip[0] == {k: v for k, v in per_round(without)[0].items() if k != "seconds"}  # round 1: no copy yet
     assert strip[1]["active/sup_loss"] != per_round(without)[1]["active/sup_loss"]
@@ -175,9 +180,11 @@ def test_joint_warm_start_copies_the_shared_encoder_after_the_warm_up():
 
 def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
     """method.passive_pretrain_epochs: a denoising autoencoder on the passive's own rows before round 1."""
-    short = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 1, "passive_pretrain_min_steps": 0},
+    short = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 1,
+                                   "research": {"passive_pretrain_min_steps": 0}},
                                   rounds=1))
-    longer = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 4, "passive_pretrain_min_steps": 0},
+    longer = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 4,
+                                    "research": {"passive_pretrain_min_steps": 0}},
                                    rounds=1))
     assert longer["rounds"][0]["passive1/pretrain_loss"] < short["rounds"][0]["passive1/pretrain_loss"]
     plain = run_inprocess(cfg_for({"name": "vproto", "passive_pretrain_epochs": 0}, rounds=1))
@@ -187,8 +194,8 @@ def test_passive_pretraining_learns_to_reconstruct_and_changes_the_embeddings():
 
 
 def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of_steps(monkeypatch):
-    """method.passive_pretrain_min_steps=null: 500 optimiser steps when no gradient row will reach the passive (its
-    pre-training is all it learns), none added when rows come; an explicit value wins."""
+    """method.research.passive_pretrain_min_steps=null: 500 optimiser steps when no gradient row will reach the passive
+    (its pre-training is all it learns), none added when rows come; an explicit value wins."""
     from flwr_vproto.data import load_vertical_dataset
     from flwr_vproto.parties import PRETRAIN_STEPS_WITHOUT_ROWS, PassiveParty
 
@@ -196,10 +203,10 @@ def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of
     real = PassiveParty._pretrain
     monkeypatch.setattr(PassiveParty, "_pretrain", lambda self, epochs: seen.append(epochs) or real(self, 0))
 
-    def cfg(release_rounds, **method):
+    def cfg(release_rounds, **research):
         return config_from_dict({"engine": "inprocess", "num_rounds": 2, "defence": {"release_rounds": release_rounds},
                                  "dataset": {"name": "digits", "aligned_fraction": 0.2},
-                                 "method": {"batch_size": 64, **method}})
+                                 "method": {"batch_size": 64, "research": research}})
 
     for c in (cfg(0), cfg(None), cfg(0, passive_pretrain_min_steps=64)):
         run_inprocess(c)
@@ -209,8 +216,8 @@ def test_without_gradient_rows_the_passive_pretrains_at_least_the_auto_number_of
 
 
 def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monkeypatch):
-    """method.residual_base=best_val: the joint model's residual builds on a frozen copy of the shared encoder and
-    head, taken (at the next round's start) whenever their validation loss reaches a new low."""
+    """method.research.residual_base=best_val: the joint model's residual builds on a frozen copy of the shared encoder
+    and head, taken (at the next round's start) whenever their validation loss reaches a new low."""
     seen: list[tuple[float, float, dict]] = []
     track = ActiveScoring._track_base
 
@@ -221,7 +228,7 @@ def test_residual_base_is_the_active_only_model_at_its_best_validation_loss(monk
         return updated
 
     monkeypatch.setattr(ActiveScoring, "_track_base", recording)
-    res = run_inprocess(cfg_for({"name": "vproto", "residual_base": "best_val"}, rounds=6))
+    res = run_inprocess(cfg_for({"name": "vproto", "research": {"residual_base": "best_val"}}, rounds=6))
     assert [r["val/residual_base_update"] for r in per_round(res)] == [u for _, u, _ in seen]
     best = np.inf
     for loss, updated, _ in seen:  # an update exactly at each new lowest validation loss
@@ -241,7 +248,7 @@ def test_residual_base_is_the_live_head_until_the_first_validation():
         return [{k: v for k, v in r.items() if k != "seconds" and "residual_base" not in k} for r in per_round(res)]
 
     def run(base, rounds=3, eval_every=1):
-        cfg = cfg_for({"name": "vproto", "residual_base": base}, rounds=rounds)
+        cfg = cfg_for({"name": "vproto", "research": {"residual_base": base}}, rounds=rounds)
         return run_inprocess(config_from_dict({**cfg.to_dict(), "eval_every": eval_every}))
 
     assert strip(run("live", eval_every=3)) == strip(run("best_val", eval_every=3))  # validated after round 3 only

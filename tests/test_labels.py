@@ -323,7 +323,7 @@ def test_with_the_noised_labels_held_fixed_no_true_label_changes_a_byte_a_passiv
     cfg = config_from_dict({"engine": "inprocess", "num_rounds": 5, "eval_every": 1,
                             "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 400},
                             "method": {"name": "vproto", "lambda_passive": 1.0, "batch_size": 64,
-                                       "pseudo_gate": 0.8},
+                                       "research": {"pseudo_gate": 0.8}},
                             "defence": {"label_epsilon": 1.0, "release_rounds": None}})
     ds = load_vertical_dataset(cfg)
     aligned = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)[0]

@@ -24,8 +24,9 @@ def test_clear_second_prototypes_are_refused_in_one_line_unless_protected_or_ack
     assert config_from_dict({"method": SEED, "privacy": {"target_epsilon": 1.0}}).privacy.gaussian
     config_from_dict({"method": SEED, "defence": {"label_epsilon": 1.0}})  # computed from randomised labels
     config_from_dict({"method": SEED, "exchange": {"count": 1}})  # one exchange: the last prototypes never leave
-    with pytest.raises(ConfigError, match=r"method.pseudo_gate='majority': expected 'off' with DP prototypes"):
-        config_from_dict({"method": {**SEED, "pseudo_gate": "majority"}, "privacy": {"target_epsilon": 1.0}})
+    with pytest.raises(ConfigError, match=r"method.research.pseudo_gate='majority': expected 'off' with DP prototypes"):
+        config_from_dict({"method": {**SEED, "research": {"pseudo_gate": "majority"}},
+                          "privacy": {"target_epsilon": 1.0}})
 
 
 def test_the_noise_is_scaled_for_one_changed_label():
@@ -116,7 +117,7 @@ def test_gaussian_rows_move_only_the_flipped_users_row_given_the_model_round_by_
     monkeypatch.setattr(ActiveParty, "train_round", train_round)
     cfg = config_from_dict({"engine": "inprocess", "num_rounds": 3, "eval_every": 3,
                             "dataset": {"name": "digits", "aligned_fraction": 0.2, "max_train_users": 300},
-                            "method": {"batch_size": 64, "passive_pretrain_min_steps": 0},
+                            "method": {"batch_size": 64, "research": {"passive_pretrain_min_steps": 0}},
                             "defence": {"target_epsilon": 1.0, "release_rounds": None}})
     res = run_inprocess(cfg)
     assert checked == [1, 2, 3]

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from flwr_vproto.config import MethodConfig, config_from_dict
+from flwr_vproto.config import MethodConfig, ResearchConfig, config_from_dict
 from flwr_vproto.method.batching import index_batches, num_batches, round_seed
 from flwr_vproto.method.calibration import (
     BestValidation,
@@ -73,16 +73,18 @@ def test_supervised_joint_loss_ignores_rows_of_unknown_label():
 
 
 def test_each_part_reads_its_own_keys():
-    m = MethodConfig(lambda_active=0.3, lambda_passive=0.7, confidence_threshold=0.4, pseudo_label_once=True,
-                     warmup_rounds=2, distance="cosine", loss_form="pull", normalize=False, tau=0.5)
+    m = MethodConfig(lambda_active=0.3, lambda_passive=0.7, confidence_threshold=0.4, warmup_rounds=2, tau=0.5,
+                     research=ResearchConfig(pseudo_label_once=True, distance="cosine", loss_form="pull",
+                                             normalize=False))
     geo = PrototypeGeometry("cosine", "pull", False, 0.5)
     assert PrototypeGeometry.from_method(m) == geo
     assert FirstLoss.from_method(m) == FirstLoss(0.3, 0.4, geo)
     assert ThirdLoss.from_method(m) == ThirdLoss(0.7, 0.4, True, 2, geo)
-    cal = Calibration.from_method(MethodConfig(combine_weight=0.2, pseudo_gate="majority", lambda_passive=1.0))
+    cal = Calibration.from_method(MethodConfig(combine_weight=0.2, lambda_passive=1.0,
+                                               research=ResearchConfig(pseudo_gate="majority")))
     assert cal == Calibration(0.2, "majority", 0.5, "best_val")
     assert JointLogits.from_method(m, has_local_head=True, joint=True) == JointLogits(True, True, True, geo)
-    vanilla = MethodConfig(name="vanilla", joint_trains_active_encoder=True)
+    vanilla = MethodConfig(name="vanilla", research=ResearchConfig(joint_trains_active_encoder=True))
     assert JointLogits.from_method(vanilla, has_local_head=False, joint=True) == JointLogits(
         False, False, False, PrototypeGeometry.from_method(vanilla))
 
@@ -222,7 +224,7 @@ def _val_test_embeddings(res):
 
 
 def test_evaluate_has_no_side_effects_and_calibrate_fits_what_val_reports():
-    res = _trained_active({"name": "vproto", "lambda_passive": 1.0, "pseudo_gate": "majority"})
+    res = _trained_active({"name": "vproto", "lambda_passive": 1.0, "research": {"pseudo_gate": "majority"}})
     active = res["state"]["active"]
     val, test = _val_test_embeddings(res)
     scoring = active.scoring
@@ -246,7 +248,8 @@ def test_evaluate_has_no_side_effects_and_calibrate_fits_what_val_reports():
 
 
 def test_calibrate_without_anything_to_fit_returns_nothing():
-    res = _trained_active({"name": "vanilla", "local_head": False, "joint_residual": False, "combine_weight": 1.0},
+    res = _trained_active({"name": "vanilla", "local_head": False, "combine_weight": 1.0,
+                           "research": {"joint_residual": False}},
                           rounds=2)
     active = res["state"]["active"]
     val, _ = _val_test_embeddings(res)

@@ -1,5 +1,6 @@
-"""Passive pre-training (flwr_vproto/method/pretrain.py, ``method.passive_pretrain``): each kind learns, repeats
-bit for bit from its generator, and the denoising autoencoder is the one parties.py ran before it moved there."""
+"""Passive pre-training (flwr_vproto/method/pretrain.py, ``method.research.passive_pretrain``): each kind learns,
+repeats bit for bit from its generator, and the denoising autoencoder is the one parties.py ran before it moved
+there."""
 
 from __future__ import annotations
 
@@ -108,11 +109,12 @@ def test_dae_is_unchanged_by_the_move():
     assert l1 == l2 and _same(a, b)
 
 
-def _cfg(**method):
+def _cfg(passive_pretrain="dae", **method):
     return config_from_dict({"engine": "inprocess", "num_rounds": 1,
                              "dataset": {"name": "digits", "aligned_fraction": 0.2},
-                             "method": {"name": "vproto", "batch_size": 64, "passive_pretrain_min_steps": 0,
-                                        **method}})
+                             "method": {"name": "vproto", "batch_size": 64, **method,
+                                        "research": {"passive_pretrain_min_steps": 0,
+                                                     "passive_pretrain": passive_pretrain}}})
 
 
 def test_the_option_picks_the_pretraining_and_none_is_no_pretraining():
@@ -129,6 +131,6 @@ def test_the_option_picks_the_pretraining_and_none_is_no_pretraining():
 
 
 def test_bad_option_is_a_one_line_config_error():
-    with pytest.raises(ConfigError, match=r"method.passive_pretrain='simclr'") as err:
-        config_from_dict({"method": {"passive_pretrain": "simclr"}})
+    with pytest.raises(ConfigError, match=r"method.research.passive_pretrain='simclr'") as err:
+        config_from_dict({"method": {"research": {"passive_pretrain": "simclr"}}})
     assert "\n" not in str(err.value)

@@ -38,7 +38,7 @@ def tables(tmp_path):
 def cfg(data, head="gbdt", rounds=2, **extra):
     return config_from_dict({"engine": "inprocess", "seed": 0, "num_rounds": rounds, "eval_every": 1,
                              "dataset": data, "method": {"name": "vproto", "head": head, "batch_size": 64,
-                                                         "passive_pretrain": "none"}, **extra})
+                                                         "research": {"passive_pretrain": "none"}}, **extra})
 
 
 def _payloads(monkeypatch, c, ds) -> list:

@@ -41,7 +41,7 @@ class ResidualMLPEncoder(nn.Module):
 
 def small_top(in_features: int, num_classes: int, width: int = 32) -> nn.Module:
     """A top model factory: called as ``small_top(in_features=..., num_classes=..., **kwargs)``. Its last layer is
-    an ``nn.Linear``, which ``method.joint_residual`` starts at zero."""
+    an ``nn.Linear``, which ``method.research.joint_residual`` starts at zero."""
     return nn.Sequential(nn.Linear(in_features, width), nn.Tanh(), nn.Linear(width, num_classes))
 
 

@@ -1,10 +1,10 @@
 """Calibration on the validation rows: what the active party fits after training, before it scores or sends.
 
-Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.pseudo_gate``, ``method.confidence_threshold``
-(the gates' floor) and ``method.residual_base``. Validation rows are how every method picks its round already;
-fitting these few numbers on them too keeps the test rows untouched. ``ActiveScoring.calibrate``
-(:mod:`flwr_vproto.scoring`) runs all three fits (it picks the rows and reads the party's modules; these functions
-compute); ``ActiveScoring.evaluate`` then only scores (:mod:`~flwr_vproto.method.evaluation`).
+Keys read (:class:`Calibration`): ``method.combine_weight``, ``method.research.pseudo_gate``,
+``method.confidence_threshold`` (the gates' floor) and ``method.research.residual_base``. Validation rows are how every
+method picks its round already; fitting these few numbers on them too keeps the test rows untouched.
+``ActiveScoring.calibrate`` (:mod:`flwr_vproto.scoring`) runs all three fits (it picks the rows and reads the party's
+modules; these functions compute); ``ActiveScoring.evaluate`` then only scores (:mod:`~flwr_vproto.method.evaluation`).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ class Calibration:
 
     @classmethod
     def from_method(cls, m: Any) -> Calibration:
-        return cls(combine_weight=m.combine_weight, pseudo_gate=m.pseudo_gate, gate_floor=m.confidence_threshold,
-                   residual_base=m.residual_base)
+        r = m.research
+        return cls(combine_weight=m.combine_weight, pseudo_gate=r.pseudo_gate, gate_floor=m.confidence_threshold,
+                   residual_base=r.residual_base)
 
     def gate_target(self, y_aligned: torch.Tensor, num_classes: int) -> float:
         """The precision the pseudo-gates aim for: ``majority`` = the most frequent class's share among the labelled
@@ -109,8 +110,9 @@ def fit_pseudo_gates(
     passive_embeddings: Sequence[torch.Tensor], y: torch.Tensor, second: Sequence[torch.Tensor], mask: torch.Tensor,
     geometry: PrototypeGeometry, target: float, floor: float,
 ) -> list[float]:
-    """``method.pseudo_gate``: per passive, the lowest confidence threshold at which its nearest-second-prototype
-    pseudo-labels reach precision ``target`` on these labelled (validation) rows; 1.0 (keep nothing) if none.
+    """``method.research.pseudo_gate``: per passive, the lowest confidence threshold at which its
+    nearest-second-prototype pseudo-labels reach precision ``target`` on these labelled (validation) rows; 1.0 (keep
+    nothing) if none.
 
     Scored on validation rows, not the aligned training rows whose gradients shaped the passive encoder, so the
     estimate is not inflated by that fit. ``floor`` (``confidence_threshold``) stays the lowest threshold sent.
@@ -131,8 +133,8 @@ def validation_loss(local_probs: np.ndarray, y: np.ndarray, num_classes: int) ->
 
 @dataclass
 class BestValidation:
-    """``method.residual_base=best_val``: the lowest validation loss of the active-only model so far, whether the
-    frozen base holds a copy yet (``ready``), and whether the last validation set a new best (``pending``: copied at
+    """``method.research.residual_base=best_val``: the lowest validation loss of the active-only model so far, whether
+    the frozen base holds a copy yet (``ready``), and whether the last validation set a new best (``pending``: copied at
     the next round's start, so every score of this round, val and test alike, comes from the model that trained).
     """
 

@@ -1,8 +1,8 @@
 """The joint model's logits: top model, residual on the active-only head, and the passives' prototype classifiers.
 
-Keys read (:class:`JointLogits`): ``method.joint_residual``, ``method.prototype_logits``,
-``method.joint_trains_active_encoder``, plus the :class:`~flwr_vproto.method.losses.PrototypeGeometry` keys for the
-prototype classifiers. The modules (top model, heads, learned weights) stay with the active party and come in as
+Keys read (:class:`JointLogits`): ``method.research.joint_residual``, ``method.research.prototype_logits``,
+``method.research.joint_trains_active_encoder``, plus the :class:`~flwr_vproto.method.losses.PrototypeGeometry` keys for
+the prototype classifiers. The modules (top model, heads, learned weights) stay with the active party and come in as
 arguments, so this module holds no parameters.
 """
 
@@ -35,9 +35,9 @@ class JointLogits:
 
     @classmethod
     def from_method(cls, m: Any, *, has_local_head: bool, joint: bool) -> JointLogits:
-        return cls(residual=has_local_head and joint and m.joint_residual,
-                   prototype_logits=m.name == "vproto" and m.prototype_logits,
-                   detach_active=has_local_head and not m.joint_trains_active_encoder,
+        return cls(residual=has_local_head and joint and m.research.joint_residual,
+                   prototype_logits=m.name == "vproto" and m.research.prototype_logits,
+                   detach_active=has_local_head and not m.research.joint_trains_active_encoder,
                    geometry=PrototypeGeometry.from_method(m))
 
 
@@ -69,11 +69,11 @@ def joint_logits(
 ) -> torch.Tensor:
     """Logits of the joint model for a batch.
 
-    ``h``: the shared active encoder's output; ``joint_features``: the joint encoder's (``method.joint_encoder``),
-    which then feeds the top model in place of ``h``; ``zs``: the passives' embeddings. ``residual_logits`` maps
-    ``h`` to the active-only logits the residual builds on (the live head, or the frozen best-validation base); its
-    logits are detached, so the head learns only from its own loss. ``second``: per passive, its second prototypes
-    and mask; ``prototype_weights``: one learned weight per passive for its classifier.
+    ``h``: the shared active encoder's output; ``joint_features``: the joint encoder's
+    (``method.research.joint_encoder``), which then feeds the top model in place of ``h``; ``zs``: the passives'
+    embeddings. ``residual_logits`` maps ``h`` to the active-only logits the residual builds on (the live head, or the
+    frozen best-validation base); its logits are detached, so the head learns only from its own loss. ``second``: per
+    passive, its second prototypes and mask; ``prototype_weights``: one learned weight per passive for its classifier.
     """
     if part.detach_active:
         h = h.detach()

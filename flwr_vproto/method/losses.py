@@ -26,8 +26,8 @@ from flwr_vproto import prototypes
 
 @dataclass(frozen=True)
 class PrototypeGeometry:
-    """How embeddings are compared with prototypes. Keys: ``method.distance``, ``method.loss_form``,
-    ``method.normalize``, ``method.tau``.
+    """How embeddings are compared with prototypes. Keys: ``method.research.distance``, ``method.research.loss_form``,
+    ``method.research.normalize``, ``method.tau``.
 
     Shared by the first and third losses, the pseudo-labels and the prototype logits, so the active party and every
     passive measure "near a prototype" the same way.
@@ -40,7 +40,8 @@ class PrototypeGeometry:
 
     @classmethod
     def from_method(cls, m: Any) -> PrototypeGeometry:
-        return cls(distance=m.distance, loss_form=m.loss_form, normalize=m.normalize, tau=m.tau)
+        r = m.research
+        return cls(distance=r.distance, loss_form=r.loss_form, normalize=r.normalize, tau=m.tau)
 
     def normalized(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` as prototype math sees it (L2-normalised rows unless ``normalize`` is off)."""
@@ -140,7 +141,7 @@ def local_head_loss(
 class ThirdLoss:
     """The third loss: a passive encoder pulled to the second prototypes on its non-aligned rows, by pseudo-label.
     Keys: ``method.lambda_passive`` (``weight``), ``method.confidence_threshold`` (the threshold when the active
-    party sends no gate), ``method.pseudo_label_once`` (``label_once``), ``method.warmup_rounds``, and the
+    party sends no gate), ``method.research.pseudo_label_once`` (``label_once``), ``method.warmup_rounds``, and the
     :class:`PrototypeGeometry` keys."""
 
     weight: float
@@ -151,7 +152,7 @@ class ThirdLoss:
 
     @classmethod
     def from_method(cls, m: Any) -> ThirdLoss:
-        return cls(weight=m.lambda_passive, threshold=m.confidence_threshold, label_once=m.pseudo_label_once,
+        return cls(weight=m.lambda_passive, threshold=m.confidence_threshold, label_once=m.research.pseudo_label_once,
                    warmup_rounds=m.warmup_rounds, geometry=PrototypeGeometry.from_method(m))
 
     def active(self, rnd: int, prototype_mask: Any) -> bool:

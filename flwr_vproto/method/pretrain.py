@@ -1,8 +1,8 @@
 """Self-supervised pre-training of a passive encoder on all its own training rows, before round 1 (no labels).
 
-A passive party holds many more rows than PSI aligns, and none of them carry labels. Pre-training its encoder on
-all of them lets the few aligned rows fine-tune features instead of learning them, and it is the only learning a
-passive does when it receives few or no embedding gradients (label protection). ``method.passive_pretrain`` picks:
+A passive party holds many more rows than PSI aligns, and none of them carry labels. Pre-training its encoder on all of
+them lets the few aligned rows fine-tune features instead of learning them, and it is the only learning a passive does
+when it receives few or no embedding gradients (label protection). ``method.research.passive_pretrain`` picks:
 
 * :func:`denoising_autoencoder` (``dae``): reconstruct each row from a copy with 20 % of its features zeroed;
 * :func:`contrastive` (``contrastive``): InfoNCE / NT-Xent between two random views of each row (SCARF feature
