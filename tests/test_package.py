@@ -255,7 +255,7 @@ def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json
     serving = subprocess.Popen([str(installed.venv / "bin" / "flwr-vproto"), "deploy", "local", "--serve",
                                 "--workdir", "local", str(work / "parties" / "own.active.csv"),
                                 str(work / "parties" / "own.passive1.csv")], cwd=work, env=installed.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
     try:
         said = [serving.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
         assert said[-1].startswith("Ctrl-C stops them all"), "".join(said)
@@ -291,7 +291,11 @@ def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json
         assert plain.returncode == 0 and "data error: active" in _last_line(plain.stdout), plain.stdout[-3000:]
     finally:
         serving.send_signal(signal.SIGINT)
-        out = serving.communicate(timeout=60)[0]
+        try:
+            out = serving.communicate(timeout=60)[0]
+        except subprocess.TimeoutExpired:  # it did not stop its processes: stop them all (its own session) and fail
+            os.killpg(serving.pid, signal.SIGKILL)
+            out = serving.communicate()[0] + "\n(Ctrl-C did not stop deploy local --serve within 60 s)"
     assert serving.returncode == 0, out[-3000:]
     with socket.socket() as s:  # the SuperLink is gone: nobody listens on its port
         assert s.connect_ex(("127.0.0.1", port)) != 0
