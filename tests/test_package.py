@@ -230,6 +230,12 @@ def _last_line(text: str) -> str:
     return [ln.strip() for ln in lines if re.sub(r"^\s*[A-Z]+\s*:", "", ln).strip()][-1]
 
 
+def _ctrl_c_as_in_a_terminal() -> None:
+    """SIGINT back to its default in the child, as a shell started in a terminal gives it: a suite run as a
+    background job (``.ci/run &``) ignores SIGINT, and a child inherits that, so Ctrl-C would reach nothing."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 @pytest.mark.slow
 def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json(installed, tmp_path):
     """Outside any checkout, with only the wheel: ``split_table`` cuts a table into two party files and prints the
@@ -255,7 +261,8 @@ def test_from_the_wheel_a_loopback_deployment_of_split_csvs_runs_to_results_json
     serving = subprocess.Popen([str(installed.venv / "bin" / "flwr-vproto"), "deploy", "local", "--serve",
                                 "--workdir", "local", str(work / "parties" / "own.active.csv"),
                                 str(work / "parties" / "own.passive1.csv")], cwd=work, env=installed.env,
-                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
+                               preexec_fn=_ctrl_c_as_in_a_terminal)
     try:
         said = [serving.stdout.readline() for _ in range(4)]  # type: ignore[union-attr]
         assert said[-1].startswith("Ctrl-C stops them all"), "".join(said)
