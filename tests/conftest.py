@@ -272,3 +272,29 @@ def write_table(path: Path, n: int = 500, seed: int = 0) -> pd.DataFrame:
                           "defaulted": np.array(["no", "yes"])[y]})
     frame.to_csv(path, index=False)
     return frame
+
+
+def passive_payloads(monkeypatch, cfg, ds, secret: bytes) -> tuple[list, dict]:
+    """Everything each passive receives in an in-process run, in order: every field of its ToPassive messages
+    (gradients, prototypes, mask, pseudo-label threshold, the test_previous flag, the splits, setup positions as
+    bytes), and the run's results."""
+    import dataclasses
+
+    from flwr_vproto import protocol
+    from flwr_vproto.inprocess import run_inprocess
+
+    seen: list = []
+    step = protocol.passive_step
+
+    def spy(party, msg, *args):
+        for f in dataclasses.fields(msg):
+            value = getattr(msg, f.name)
+            if f.name == "setup" and value is not None:
+                value = [np.ascontiguousarray(v).tobytes() for v in value.positions.values()]
+            seen.append(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray) else value)
+        return step(party, msg, *args)
+
+    monkeypatch.setattr(protocol, "passive_step", spy)
+    res = run_inprocess(cfg, dataset=ds, active_secret=secret)
+    monkeypatch.setattr(protocol, "passive_step", step)
+    return seen, res

@@ -7,6 +7,7 @@ import math
 
 import numpy as np
 import pytest
+from conftest import passive_payloads
 
 from flwr_vproto import audit, defences
 from flwr_vproto.config import ConfigError, config_from_dict
@@ -278,27 +279,8 @@ def test_a_release_schedule_freezes_the_passive_and_sends_no_selection_flag(tmp_
 
 # ------------------------------------------------------------------------------------------------ label DP in runs
 def _payloads(monkeypatch, cfg, ds) -> list:
-    """Everything each passive receives in an in-process run: every field of its ToPassive messages, in order
-    (gradients, prototypes, mask, pseudo-label threshold, the test_previous flag, the splits, setup positions)."""
-    import dataclasses
-
-    from flwr_vproto import protocol
-
-    seen: list = []
-    step = protocol.passive_step
-
-    def spy(party, msg, *args):
-        for f in dataclasses.fields(msg):
-            value = getattr(msg, f.name)
-            if f.name == "setup" and value is not None:
-                value = [np.ascontiguousarray(v).tobytes() for v in value.positions.values()]
-            seen.append(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray) else value)
-        return step(party, msg, *args)
-
-    monkeypatch.setattr(protocol, "passive_step", spy)
-    run_inprocess(cfg, dataset=ds, active_secret=SECRET)
-    monkeypatch.setattr(protocol, "passive_step", step)
-    return seen
+    """Everything each passive receives in an in-process run (:func:`conftest.passive_payloads`)."""
+    return passive_payloads(monkeypatch, cfg, ds, SECRET)[0]
 
 
 def _with_labels_changed(ds, rows: dict[str, np.ndarray]):

@@ -4,14 +4,13 @@ it reaches a passive, both engines give the same numbers, and it is refused in o
 
 from __future__ import annotations
 
-import dataclasses
 import sys
 
 import numpy as np
 import pytest
-from conftest import assert_same_history, run_inline, write_csvs
+from conftest import assert_same_history, passive_payloads, run_inline, write_csvs
 
-from flwr_vproto import optional, protocol, trees
+from flwr_vproto import optional, trees
 from flwr_vproto.alignment import align_dataset
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.data import load_vertical_dataset
@@ -41,23 +40,9 @@ def cfg(data, head="gbdt", rounds=2, **extra):
                                                          "research": {"passive_pretrain": "none"}}, **extra})
 
 
-def _payloads(monkeypatch, c, ds) -> list:
-    """Every field of every message a passive receives in an in-process run, in order (as in test_labels.py)."""
-    seen: list = []
-    step = protocol.passive_step
-
-    def spy(party, msg, *args):
-        for f in dataclasses.fields(msg):
-            value = getattr(msg, f.name)
-            if f.name == "setup" and value is not None:
-                value = [np.ascontiguousarray(v).tobytes() for v in value.positions.values()]
-            seen.append(np.ascontiguousarray(value).tobytes() if isinstance(value, np.ndarray) else value)
-        return step(party, msg, *args)
-
-    monkeypatch.setattr(protocol, "passive_step", spy)
-    res = run_inprocess(c, dataset=ds, active_secret=SECRET)
-    monkeypatch.setattr(protocol, "passive_step", step)
-    return [seen, res]
+def _payloads(monkeypatch, c, ds) -> tuple:
+    """Every field of every message a passive receives in an in-process run, in order, and the run's results."""
+    return passive_payloads(monkeypatch, c, ds, SECRET)
 
 
 def test_the_tree_head_learns_from_the_active_partys_rows_only_and_is_the_active_only_model(monkeypatch, tables):
