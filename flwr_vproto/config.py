@@ -137,9 +137,18 @@ class ModelConfig:
     )
 
 
-# What every baseline (method=vanilla, local, centralized) changes from the method.* defaults: the plain joint model,
-# none of vproto's parts. The presets take it from here: config_store.register stores it as the config
-# flwr_vproto_baseline, which conf/method/<baseline>.yaml lists first, so each preset file holds only its name.
+# The method.* options whose default follows from method.name. They are declared null (Hydra's schema, the
+# run-config and --help show null, or the value it stands for) and MethodConfig.__post_init__ fills in what the
+# named method trains: every baseline (vanilla, local, centralized) the plain joint model, none of vproto's parts;
+# every other method (vproto and its presets; the trees, which read none of them) vproto's measured defaults
+# (BENCHMARKS.md §1). So a preset file holds only its name, and `method.name=vanilla` (a run-config, a sweep) trains
+# exactly what `method=vanilla` does. A value the user gives is kept.
+VPROTO_JOINT_MODEL: dict[str, Any] = {
+    "lambda_passive": 0.0, "passive_pretrain_epochs": 5, "local_head": True, "combine_weight": "auto",
+    "research": {"joint_encoder": True, "residual_weight": "learned", "residual_base": "best_val",
+                 "joint_warm_start": True, "joint_residual": True, "prototype_logits": True,
+                 "joint_trains_active_encoder": False},
+}
 PLAIN_JOINT_MODEL: dict[str, Any] = {
     "lambda_passive": 1.0, "passive_pretrain_epochs": 0, "local_head": False, "combine_weight": 1.0,
     "research": {"joint_encoder": False, "residual_weight": "fixed", "residual_base": "live",
@@ -147,6 +156,14 @@ PLAIN_JOINT_MODEL: dict[str, Any] = {
                  "joint_trains_active_encoder": True},
 }
 BASELINES = ("vanilla", "local", "centralized")
+BY_METHOD_NAME = tuple(f"method.{k}" for k in PLAIN_JOINT_MODEL if k != "research") + tuple(
+    f"method.research.{k}" for k in PLAIN_JOINT_MODEL["research"])
+"""The dotted options declared null whose value follows from ``method.name`` (:func:`joint_model_defaults`)."""
+
+
+def joint_model_defaults(name: str | None) -> dict[str, Any]:
+    """What the options of :data:`BY_METHOD_NAME` default to for method ``name`` (nested as ``method.*``)."""
+    return PLAIN_JOINT_MODEL if name in BASELINES else VPROTO_JOINT_MODEL
 
 
 @dataclass
@@ -190,25 +207,25 @@ class ResearchConfig:
         "over-fits); an integer k: k passes, the remaining steps of the round train only on non-aligned rows."
     )
     joint_encoder: bool = opt(
-        True,
+        None,
         "The joint model gets its own active encoder, trained end-to-end by the supervised loss on the aligned "
         "rows (as in vanilla split learning), while the shared encoder keeps serving the active-only head and the"
         " prototypes."
     )
     residual_weight: str = opt(
-        "learned",
+        None,
         "Weight of the active-only head's logits in the residual joint model: \"fixed\" (1) or \"learned\" (a scalar "
         "trained with the top model, starting at 1)."
     )
     residual_base: str = opt(
-        "best_val",
+        None,
         "Which active-only model the residual joint model builds on: \"live\" (the head as it trains, every round) "
         "or \"best_val\" (a frozen copy of the shared encoder and head from the evaluation with the lowest "
         "validation loss so far; the live head until the first evaluation). A base that keeps moving, or keeps "
         "over-fitting, shifts the joint logits under the correction the top model learned for it."
     )
     joint_warm_start: bool = opt(
-        True,
+        None,
         "At the start of round warmup_rounds + 1 the joint encoder takes the weights of the shared active "
         "encoder, which has by then learned from all the active party's labelled rows (a warm start on its own "
         "rows)."
@@ -228,19 +245,19 @@ class ResearchConfig:
         "§10."
     )
     joint_residual: bool = opt(
-        True,
+        None,
         "The top model learns a correction on top of the active-only head's logits (``g(...) + h(f_A)``, with "
         "``h`` not trained through this path and ``g`` starting at zero), so the joint model starts where the "
         "active party alone is and only moves away from it where the passive embeddings help."
     )
     prototype_logits: bool = opt(
-        True,
+        None,
         "Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second"
         " prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no "
         "training rows beyond those that made the prototypes."
     )
     joint_trains_active_encoder: bool = opt(
-        False,
+        None,
         "Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns "
         "only from all the active party's labelled rows (active-only head, first loss) and the top model learns "
         "on top of it, so over-fitting the aligned rows cannot degrade the active party's own representation."
@@ -266,7 +283,8 @@ class MethodConfig:
     * custom loss terms (``method.extra``): ``extra_losses``.
 
     Presets: ``conf/method/vproto.yaml`` (the measured default) and ``vproto_seed.yaml`` (design §3 as written:
-    the third loss on, second prototypes sent each round).
+    the third loss on, second prototypes sent each round); the baselines' presets give only their name, and the
+    options of :data:`BY_METHOD_NAME` (declared null) follow from it (:meth:`__post_init__`).
     """
 
     name: str = opt(
@@ -282,7 +300,7 @@ class MethodConfig:
     batch_size: int = opt(256, "rows per training batch")
     lambda_active: float = opt(1.0, "weight of the first loss (active party, non-aligned rows)")
     lambda_passive: float = opt(
-        0.0,
+        None,
         "Weight of the third loss (passive parties, non-aligned rows). Off by default: measured, it lowers "
         "accuracy on every dataset (BENCHMARKS.md §2): the passive's pseudo-labels of its own rows are too poor "
         "to learn from."
@@ -294,12 +312,12 @@ class MethodConfig:
     )
     warmup_rounds: int = opt(1, "rounds of plain split learning before prototype losses start")
     passive_pretrain_epochs: int = opt(
-        5,
+        None,
         "Epochs of denoising-autoencoder pre-training of each passive encoder on all its own training rows "
         "(aligned and non-aligned; no labels needed) before its first round; 0 = none."
     )
     local_head: bool = opt(
-        True,
+        None,
         "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
         "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
     )
@@ -312,7 +330,7 @@ class MethodConfig:
         "party's own rows and labels only, and nothing of it leaves that party."
     )
     combine_weight: float | str = opt(
-        "auto",
+        None,
         "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss)."
     )
     extra_losses: list[dict[str, Any]] = opt(
@@ -321,6 +339,14 @@ class MethodConfig:
         "dotted.path, weight: w, **kwargs} (flwr_vproto.method.extra; docs/extending.md). [] = none."
     )
     research: ResearchConfig = field(default_factory=ResearchConfig)
+
+    def __post_init__(self) -> None:
+        """Fill the options left null (:data:`BY_METHOD_NAME`) with what method ``name`` trains."""
+        fill = joint_model_defaults(self.name)
+        for section, values in ((self, fill), (self.research, fill["research"])):
+            for key, value in values.items():
+                if key != "research" and getattr(section, key) is None:
+                    setattr(section, key, value)
 
     @property
     def shares_prototypes(self) -> bool:
@@ -525,11 +551,31 @@ def dataset_rounds(dataset: str | None) -> int:
 
 
 def declared_defaults() -> dict[str, Any]:
-    """Every option's default as declared, per-dataset ones still null: what an entry point hands on when the user
-    sets nothing (``[tool.flwr.app.config]`` in pyproject.toml; Hydra's schema reads the same field defaults)."""
+    """Every option's default as declared, the per-dataset ones and those that follow from ``method.name`` still
+    null: what an entry point hands on when the user sets nothing (``[tool.flwr.app.config]`` in pyproject.toml;
+    Hydra's schema reads the same field defaults)."""
     data = Config().to_dict()
     data["num_rounds"] = None
+    for key in BY_METHOD_NAME:
+        *sections, leaf = key.split(".")
+        node = data
+        for part in sections:
+            node = node[part]
+        node[leaf] = None
     return data
+
+
+def null_default(key: str, values: Mapping[str, Any]) -> Any:
+    """What option ``key`` left null stands for in the nested config ``values`` (``num_rounds``: the dataset's
+    default; :data:`BY_METHOD_NAME`: what ``method.name`` trains); ``None`` for any other option."""
+    if key == "num_rounds":
+        return dataset_rounds((values.get("dataset") or {}).get("name"))
+    if key in BY_METHOD_NAME:
+        node: Any = joint_model_defaults((values.get("method") or {}).get("name"))
+        for part in key.split(".")[1:]:
+            node = node[part]
+        return node
+    return None
 
 
 @dataclass

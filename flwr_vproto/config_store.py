@@ -16,24 +16,24 @@ import os
 import re
 import sys
 import textwrap
+import typing
 from dataclasses import dataclass, field
 from typing import Any
 
 from flwr_vproto.config import (
-    PLAIN_JOINT_MODEL,
+    BY_METHOD_NAME,
     Config,
+    MethodConfig,
     ModelConfig,
+    ResearchConfig,
     RunnerConfig,
-    dataset_rounds,
     field_default,
+    null_default,
     option_help,
 )
 
 SCHEMA = "flwr_vproto"
 """The ConfigStore name of :class:`CliConfig` (``conf/config.yaml``'s first default)."""
-BASELINE = "flwr_vproto_baseline"
-"""The ConfigStore name (no group: ``--help`` lists no preset for it) of what the baselines change from the
-``method.*`` defaults (:data:`~flwr_vproto.config.PLAIN_JOINT_MODEL`)."""
 HELP_RESOLVER = "flwr_vproto_help"
 """``hydra.help.template: ${flwr_vproto_help:}`` in ``conf/config.yaml``: the option list of ``--help``."""
 
@@ -49,6 +49,23 @@ class _ModelSchema(ModelConfig):
     top_target: Any = field(default=None, metadata={"help": option_help(ModelConfig, "top_target")})
 
 
+def _nullable(cls: type, prefix: str, **nested: type) -> type:
+    """``cls`` for Hydra's schema, with its options of :data:`~flwr_vproto.config.BY_METHOD_NAME` typed optional
+    (declared null, as in ``cls``; OmegaConf refuses a null in a field typed ``bool``) and left null when OmegaConf
+    builds the section's default (no ``__post_init__``): ``config_from_dict`` fills them from ``method.name``."""
+    hints = typing.get_type_hints(cls)
+    fields: list[Any] = [(name, typing.Optional[hints[name]],  # noqa: UP045 (a runtime type, for OmegaConf)
+                          field(default=None, metadata={"help": option_help(cls, name)}))
+                         for name in (k.removeprefix(prefix) for k in BY_METHOD_NAME if k.startswith(prefix))
+                         if "." not in name]
+    fields += [(name, hints[name], field(default_factory=schema)) for name, schema in nested.items()]
+    return dataclasses.make_dataclass(f"_{cls.__name__}Schema", fields, bases=(cls,),
+                                      namespace={"__post_init__": lambda self: None})
+
+
+_MethodSchema = _nullable(MethodConfig, "method.", research=_nullable(ResearchConfig, "method.research."))
+
+
 @dataclass
 class CliConfig(Config):
     """What the command line composes: the run's :class:`~flwr_vproto.config.Config` and the ``runner`` block."""
@@ -57,6 +74,7 @@ class CliConfig(Config):
     num_rounds: int | None = field(  # type: ignore[assignment]
         default=None, metadata={"help": option_help(Config, "num_rounds")})
     model: ModelConfig = field(default_factory=_ModelSchema)
+    method: MethodConfig = field(default_factory=_MethodSchema)
     runner: RunnerConfig = field(default_factory=RunnerConfig)
 
 
@@ -66,8 +84,6 @@ def register() -> None:
     from omegaconf import OmegaConf
 
     ConfigStore.instance().store(name=SCHEMA, node=CliConfig)
-    # what the baseline presets share (conf/method/{vanilla,local,centralized}.yaml list it first)
-    ConfigStore.instance().store(name=BASELINE, node=dict(PLAIN_JOINT_MODEL))
     if not OmegaConf.has_resolver(HELP_RESOLVER):
         OmegaConf.register_new_resolver(HELP_RESOLVER, _help_resolver)
 
@@ -103,14 +119,14 @@ def _value(value: Any) -> str:
 
 def help_text(values: dict[str, Any], width: int = 118) -> str:
     """``option=value  description`` for every option (``values``: the composed config, nested), in field order; a
-    per-dataset default left null shows the value the run will use (``num_rounds``)."""
+    default left null shows the value the run will use (:func:`~flwr_vproto.config.null_default`)."""
     rows = []
     for name, doc in option_docs().items():
         node: Any = values
         for part in name.split("."):
             node = node.get(part) if isinstance(node, dict) else None
-        if name == "num_rounds" and node is None:
-            node = dataset_rounds((values.get("dataset") or {}).get("name"))
+        if node is None:
+            node = null_default(name, values)
         rows.append((f"{name}={_value(node)}", first_sentence(doc)))
     col = min(38, max(len(r[0]) for r in rows))
     lines = []

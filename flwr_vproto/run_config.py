@@ -39,7 +39,8 @@ APP_DEFAULTS: dict[str, Any] = {
 
 
 def _field_kind(annotation: str) -> str:
-    """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json``."""
+    """How a run-config string maps onto a dataclass field: ``plain``, ``optional_str`` or ``json`` (and
+    ``nullable``, a plain field declared null: ``"null"`` until the dataset or ``method.name`` fills it)."""
     a = annotation.replace(" ", "")
     if a in ("str", "int", "float", "bool", "float|str"):  # TOML carries these natively
         return "plain"
@@ -58,8 +59,8 @@ def _fields(cls: type, prefix: str = "") -> dict[str, tuple[str, type | None]]:
             out.update(_fields(type(default), f"{name}."))
         else:
             kind = _field_kind(str(f.type))
-            # a per-dataset default (num_rounds) is declared null: "null" in the run-config, as any optional number
-            out[name] = ("json" if kind == "plain" and f.default is None else kind, None)
+            # a default that follows from the dataset or method.name is declared null: "null" in the run-config
+            out[name] = ("nullable" if kind == "plain" and f.default is None else kind, None)
     return out
 
 
@@ -88,7 +89,8 @@ def run_config_from_config(cfg: Config | None = None) -> dict[str, bool | int | 
                 continue
             kind = CONFIG_FIELDS[key][0]
             out[f.name] = (("" if value is None else value) if kind == "optional_str"
-                           else json.dumps(value) if kind == "json" else value)
+                           else json.dumps(value) if kind == "json"
+                           else "null" if value is None and kind == "nullable" else value)
         return out
 
     return flatten_dict(encode(cfg.to_dict() if cfg is not None else declared_defaults(), Config, ""))
@@ -131,6 +133,8 @@ def config_from_run_config(
             except json.JSONDecodeError as err:
                 raise ConfigError(f"run-config {key}={value!r}: expected JSON (e.g. [256] or null): {err}") from None
         elif kind == "optional_str" and value == "":
+            value = None
+        elif kind == "nullable" and isinstance(value, str) and value.strip() in ("null", ""):
             value = None
         flat[key] = value
     nested = unflatten_dict(flat)  # Flower's own inverse of its flatten_dict

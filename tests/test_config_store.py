@@ -18,8 +18,19 @@ import pytest
 import yaml
 from conftest import import_script
 
-from flwr_vproto.config import BASELINES, PLAIN_JOINT_MODEL, Config, MethodConfig, RunnerConfig, declared_defaults
+from flwr_vproto.config import (
+    BASELINES,
+    BY_METHOD_NAME,
+    PLAIN_JOINT_MODEL,
+    VPROTO_JOINT_MODEL,
+    Config,
+    MethodConfig,
+    RunnerConfig,
+    config_from_dict,
+    declared_defaults,
+)
 from flwr_vproto.config_store import CliConfig, option_docs
+from flwr_vproto.run_config import config_from_run_config, run_config_from_config
 
 REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "flwr_vproto" / "conf"
@@ -71,7 +82,8 @@ def test_the_snapshot_covers_every_preset_and_the_defaults_are_still_the_datacla
     # The snapshot's base is digits' options with the generic 20 rounds; digits' own 40 rounds (once set by
     # conf/dataset/digits.yaml) are now a per-dataset default in code (flwr_vproto/config.py DATASET_ROUNDS).
     assert {**SNAPSHOT["defaults"], "num_rounds": 40} == _flat(Config().to_dict())
-    assert {**SNAPSHOT["defaults"], "num_rounds": None} == _flat(declared_defaults())
+    # ... and the options that follow from method.name are declared null (vproto's values filled in)
+    assert {**SNAPSHOT["defaults"], "num_rounds": None, **dict.fromkeys(BY_METHOD_NAME)} == _flat(declared_defaults())
     assert SNAPSHOT["runner"] == dataclasses.asdict(RunnerConfig())
     for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES),
                          ("privacy", ["dp", "none"])):
@@ -113,12 +125,27 @@ def test_group_files_hold_only_what_differs_from_the_dataclass_defaults():
     assert set(top) == {"defaults", "hydra"} and top["defaults"][:2] == ["flwr_vproto", "_self_"]
 
 
-def test_the_baseline_presets_say_only_their_name_and_take_the_plain_joint_model_from_code():
+def test_the_baseline_presets_say_only_their_name_and_method_name_alone_trains_the_same():
+    """The plain joint model follows from method.name, so `method.name=vanilla` (what a run-config or a sweep
+    sets) is `method=vanilla`, and a value the user gives is kept."""
     for name in BASELINES:
         data = yaml.safe_load((CONF / "method" / f"{name}.yaml").read_text())
-        assert data == {"defaults": ["/flwr_vproto_baseline@_here_", "_self_"], "name": name}
-    defaults = _flat(dataclasses.asdict(MethodConfig()))
-    assert all(defaults[k] != v for k, v in _flat(PLAIN_JOINT_MODEL).items())  # only what differs
+        assert data == {"name": name}
+    by_name = _compose_all([f"method.name={name}" for name in BASELINES])
+    assert by_name == {f"method.name={name}": SNAPSHOT["configs"][_key(name, "digits", "mlp", "no_gradients")]
+                       for name in BASELINES}
+    assert {k for k in _flat(PLAIN_JOINT_MODEL)} == {k.removeprefix("method.") for k in BY_METHOD_NAME}
+    assert all(_flat(VPROTO_JOINT_MODEL)[k] != v for k, v in _flat(PLAIN_JOINT_MODEL).items())  # only what differs
+    for name, want in (("vanilla", PLAIN_JOINT_MODEL), ("vproto", VPROTO_JOINT_MODEL),
+                       ("gbdt_local", VPROTO_JOINT_MODEL)):
+        method = _flat(dataclasses.asdict(MethodConfig(name=name)))
+        assert {k: method[k] for k in _flat(want)} == _flat(want), name
+    for name in BASELINES:  # flwr run --run-config "method.name='vanilla'": the same, from pyproject's "null"s
+        flat = {**run_config_from_config(), "method.name": name}
+        assert config_from_run_config(flat)[0].method == config_from_dict({"method": {"name": name}}).method
+    given = {"name": "vanilla", "lambda_passive": 0.0, "research": {"joint_encoder": True}}
+    kept = config_from_dict({"method": given}).method
+    assert (kept.lambda_passive, kept.research.joint_encoder, kept.local_head) == (0.0, True, False)
 
 
 def test_the_schema_types_options_and_rejects_unknown_keys():
