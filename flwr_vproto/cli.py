@@ -43,7 +43,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from flwr_vproto import optional
 from flwr_vproto.checks import check_inputs, full_errors, party_error_line, user_error_kind
-from flwr_vproto.config import INPROCESS_ONLY, MOVED, REPLY_TIMEOUT, Config, ConfigError, config_from_dict, moved_line
+from flwr_vproto.config import INPROCESS_ONLY, REPLY_TIMEOUT, Config, ConfigError, config_from_dict, moved_line
 from flwr_vproto.config_store import register as register_configs
 from flwr_vproto.exchanges import count as exchange_count
 from flwr_vproto.results import format_elapsed, format_round, format_summary, per_round, write_results
@@ -389,7 +389,7 @@ def unknown_option_line(args: list[str]) -> str | None:
                 or key.split(".")[0] == "hydra" or key in options or key in sections or key in groups
                 or key.startswith(tuple(f"{d}." for d in _DICT_OPTIONS))):
             continue
-        if key in MOVED:
+        if moved_line(key):
             return f"config error: {moved_line(key)}"
         section, _, leaf = key.rpartition(".")
         siblings = {o.rpartition(".")[2]: o for o in options if o.rpartition(".")[0] == section}

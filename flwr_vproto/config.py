@@ -22,7 +22,6 @@ METHODS = ("vproto", "vanilla", "local", "centralized", "gbdt_local", "gbdt_alig
 INPROCESS_ONLY = ("centralized", "gbdt_local", "gbdt_aligned", "gbdt_centralized")
 ENGINES = ("flower", "inprocess")
 DISTANCES = ("sqeuclidean", "cosine")
-LOSS_FORMS = ("pull", "contrastive")
 PRETRAIN_OPTIONS = ("dae", "contrastive", "dae+contrastive", "none")  # method.research.passive_pretrain
 ENCODERS = ("mlp", "cnn")
 HEADS = ("nn", "gbdt")  # method.head: the active-only head's kind
@@ -175,7 +174,7 @@ class ResearchConfig:
 
     * training loop (``parties.py``): ``ema_momentum`` (prototype EMA), ``aligned_passes``, ``joint_encoder``,
       ``joint_warm_start``; the passive's pre-training: ``passive_pretrain``, ``passive_pretrain_min_steps``;
-    * prototype geometry (``PrototypeGeometry``): ``distance``, ``loss_form``, ``normalize`` (with ``method.tau``);
+    * prototype geometry (``PrototypeGeometry``): ``distance``, ``normalize`` (with ``method.tau``);
     * third loss (``ThirdLoss``): ``pseudo_label_once``;
     * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``,
       ``residual_weight``;
@@ -183,7 +182,6 @@ class ResearchConfig:
     """
 
     distance: str = opt("sqeuclidean", "sqeuclidean | cosine: distance of an embedding to a class prototype")
-    loss_form: str = opt("contrastive", "contrastive (softmax over all prototypes) | pull (to its own class only)")
     normalize: bool = opt(True, "L2-normalise embeddings before prototype math")
     ema_momentum: float = opt(0.0, "EMA of the prototypes (first and second): 0 = this round's class means only")
     pseudo_gate: float | str = opt(
@@ -200,11 +198,11 @@ class ResearchConfig:
         "gate scored) instead of afresh in every batch, so the third loss cannot inflate its own labels' "
         "confidence mid-round."
     )
-    aligned_passes: int | None = opt(
+    aligned_passes: int = opt(
         1,
-        "Passes over the aligned rows per round for the supervised (joint) loss. null: cycle the aligned batches "
-        "alongside every batch of non-aligned rows (many passes when few users are aligned: the top model "
-        "over-fits); an integer k: k passes, the remaining steps of the round train only on non-aligned rows."
+        "Passes over the aligned rows per round for the supervised (joint) loss: k passes, the remaining steps of "
+        "the round train only on non-aligned rows. (null, which cycled the aligned batches alongside every batch of "
+        "non-aligned rows, was removed: measured, the top model over-fits the few aligned rows; BENCHMARKS.md §2.)"
     )
     joint_encoder: bool = opt(
         None,
@@ -355,7 +353,14 @@ class MethodConfig:
         return self.name == "vproto" and self.lambda_passive > 0
 
 
-RESEARCH_KNOBS = tuple(f.name for f in dataclasses.fields(ResearchConfig))
+REMOVED: dict[str, str] = {
+    "method.research.loss_form": "the prototype loss is contrastive; the literal pull loss measured worse on adult "
+                                "and Fashion-MNIST (BENCHMARKS.md §2)",
+}
+"""Options removed (dotted path -> why): measured harmful and used by no preset. A config, override or run-config
+key naming one gets one line saying so (:func:`moved_line`), never a silent default."""
+RESEARCH_KNOBS = tuple(f.name for f in dataclasses.fields(ResearchConfig)) + tuple(
+    k.rpartition(".")[2] for k in REMOVED)
 MOVED: dict[str, str] = {f"method.{k}": f"method.research.{k}" for k in RESEARCH_KNOBS}
 """Options that moved (old dotted path -> new): a config, override or run-config key with an old path gets one line
 saying where it went (:func:`moved_line`), never a silent default."""
@@ -373,8 +378,12 @@ def nest_moved(method: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def moved_line(key: str) -> str | None:
-    """``method.tau moved to method.research.tau`` for an old path (:data:`MOVED`), else ``None``."""
-    return f"{key} moved to {MOVED[key]}" if key in MOVED else None
+    """``method.pseudo_gate moved to method.research.pseudo_gate`` for an old path (:data:`MOVED`), ``... was
+    removed: why`` for a removed one (:data:`REMOVED`), else ``None``."""
+    if key in MOVED and MOVED[key] not in REMOVED:
+        return f"{key} moved to {MOVED[key]}"
+    key = MOVED.get(key, key)
+    return f"{key} was removed: {REMOVED[key]}" if key in REMOVED else None
 
 
 @dataclass
@@ -632,7 +641,7 @@ def _build(cls: type, data: Mapping[str, Any] | None, path: str) -> Any:
     if unknown:
         where = f"{path}." if path else ""
         for u in unknown:
-            if where + u in MOVED:
+            if moved_line(where + u):
                 raise ConfigError(f"config option {moved_line(where + u)}")
         raise ConfigError(f"unknown config option(s) {', '.join(where + u for u in unknown)}: "
                           f"{unknown_option_hint(where + unknown[0], [where + f for f in fields])}")
@@ -850,7 +859,6 @@ def _validate_method(cfg: Config) -> None:
     _check(_is_num(t.weight_decay) and t.weight_decay >= 0, "method.weight_decay", t.weight_decay, "a number >= 0")
     _check(_is_int(t.batch_size) and t.batch_size >= 1, "method.batch_size", t.batch_size, "an integer >= 1")
     _check(r.distance in DISTANCES, "method.research.distance", r.distance, f"one of {DISTANCES}")
-    _check(r.loss_form in LOSS_FORMS, "method.research.loss_form", r.loss_form, f"one of {LOSS_FORMS}")
     _check(isinstance(r.normalize, bool), "method.research.normalize", r.normalize, "true or false")
     for name in ("lambda_active", "lambda_passive"):
         v = getattr(t, name)
@@ -874,9 +882,8 @@ def _validate_method(cfg: Config) -> None:
 def _validate_method_parts(t: MethodConfig) -> None:
     """``method.*`` of the joint model, the active-only head and their calibration."""
     r = t.research
-    _check(r.aligned_passes is None or (_is_int(r.aligned_passes) and r.aligned_passes >= 1),
-           "method.research.aligned_passes",
-           r.aligned_passes, "null or an integer >= 1")
+    _check(_is_int(r.aligned_passes) and r.aligned_passes >= 1, "method.research.aligned_passes", r.aligned_passes,
+           "an integer >= 1 (null, the aligned rows cycled all round, was removed: it over-fits; BENCHMARKS.md §2)")
     _check(isinstance(r.joint_encoder, bool), "method.research.joint_encoder", r.joint_encoder, "true or false")
     _check(r.residual_weight in ("fixed", "learned"), "method.research.residual_weight", r.residual_weight,
            "'fixed' or 'learned'")

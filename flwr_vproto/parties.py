@@ -691,7 +691,7 @@ class ActiveParty(_Party):
         steps = max(num_batches(len(main), m.batch_size), num_batches(len(extra), m.batch_size))
         main_b = index_batches(len(main), m.batch_size, steps, gen)
         # method.research.aligned_passes: the supervised loss sees the aligned rows only this many times per round.
-        sup_steps = steps if (m.research.aligned_passes is None or not self.joint) else min(
+        sup_steps = steps if not self.joint else min(
             steps, m.research.aligned_passes * num_batches(len(main), m.batch_size))
         extra_b = index_batches(len(extra), m.batch_size, steps, gen) if len(extra) else []
         return _RoundPlan(main, main_b, extra, extra_b, steps, sup_steps, use_first)

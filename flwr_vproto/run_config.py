@@ -16,7 +16,6 @@ from flwr.app import ConfigRecord
 from flwr.common.config import flatten_dict, unflatten_dict
 
 from flwr_vproto.config import (
-    MOVED,
     REPLY_TIMEOUT,
     WAIT_FOR_NODES,
     Config,
@@ -121,7 +120,7 @@ def config_from_run_config(
         if key.startswith(APP_PREFIX):
             app[key] = value
             continue
-        if key in MOVED:
+        if moved_line(key):
             raise ConfigError(f"run-config key {moved_line(key)}")
         if key not in CONFIG_FIELDS:
             raise ConfigError(f"unknown run-config key {key!r}: {unknown_option_hint(key, CONFIG_FIELDS)} (every "

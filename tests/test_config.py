@@ -17,7 +17,8 @@ from flwr_vproto.config import ConfigError, config_from_dict
         ({"dataset": {"name": "csv", "csv": {"paths": ["a.csv"]}}}, "dataset.csv.paths"),
         ({"method": {"tau": 0}}, "method.tau"),
         ({"method": {"research": {"distance": "l1"}}}, "method.research.distance"),
-        ({"method": {"research": {"loss_form": "triplet"}}}, "method.research.loss_form"),
+        ({"method": {"research": {"loss_form": "pull"}}}, "method.research.loss_form was removed"),
+        ({"method": {"research": {"aligned_passes": None}}}, "aligned_passes=None: expected an integer >= 1 \\(null"),
         ({"method": {"confidence_threshold": 1.0}}, "method.confidence_threshold"),
         ({"method": {"research": {"ema_momentum": 1.0}}}, "method.research.ema_momentum"),
         ({"method": {"local_head": False, "combine_weight": 0.5, "research": {"joint_residual": False}}},
@@ -131,6 +132,29 @@ def test_an_option_that_moved_says_where_it_went_in_one_line(build):
                                         "method.pseudo_gate": 0.9})
         message = str(err.value)
     assert "\n" not in message and message.endswith("method.pseudo_gate moved to method.research.pseudo_gate"), message
+
+
+@pytest.mark.parametrize("key", ["method.research.loss_form", "method.loss_form"])
+@pytest.mark.parametrize("build", ["dict", "run-config", "command line"])
+def test_a_removed_option_says_so_and_why_in_one_line(build, key):
+    """Issue #29 item 7: knobs measured harmful and used by no preset are gone (REMOVED); naming one, by its old or
+    new path, fails in one line that says why rather than being ignored."""
+    from flwr_vproto.cli import unknown_option_line
+    from flwr_vproto.run_config import config_from_run_config, run_config_from_config
+
+    if build == "command line":
+        message = unknown_option_line([f"{key}=pull"])
+    else:
+        with pytest.raises(ConfigError) as err:
+            if build == "dict":
+                section = {"loss_form": "pull"}
+                config_from_dict({"method": {"research": section} if "research" in key else section})
+            else:
+                config_from_run_config({**run_config_from_config(), key: "pull"})
+        message = str(err.value)
+    assert message is not None and "\n" not in message
+    assert message.endswith("method.research.loss_form was removed: the prototype loss is contrastive; the literal "
+                            "pull loss measured worse on adult and Fashion-MNIST (BENCHMARKS.md §2)"), message
 
 
 def test_round_trip_through_dict():

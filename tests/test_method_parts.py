@@ -37,7 +37,7 @@ from flwr_vproto.method.scores import classification_scores
 # Two classes with prototypes at (1, 0) and (0, 1); rows near one of them.
 PROTOS = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
 BOTH = torch.tensor([True, True])
-GEO = PrototypeGeometry(distance="sqeuclidean", loss_form="contrastive", normalize=True, tau=0.1)
+GEO = PrototypeGeometry(distance="sqeuclidean", normalize=True, tau=0.1)
 
 
 # ------------------------------------------------------------------------------------------------ batching, scores
@@ -74,9 +74,8 @@ def test_supervised_joint_loss_ignores_rows_of_unknown_label():
 
 def test_each_part_reads_its_own_keys():
     m = MethodConfig(lambda_active=0.3, lambda_passive=0.7, confidence_threshold=0.4, warmup_rounds=2, tau=0.5,
-                     research=ResearchConfig(pseudo_label_once=True, distance="cosine", loss_form="pull",
-                                             normalize=False))
-    geo = PrototypeGeometry("cosine", "pull", False, 0.5)
+                     research=ResearchConfig(pseudo_label_once=True, distance="cosine", normalize=False))
+    geo = PrototypeGeometry("cosine", False, 0.5)
     assert PrototypeGeometry.from_method(m) == geo
     assert FirstLoss.from_method(m) == FirstLoss(0.3, 0.4, geo)
     assert ThirdLoss.from_method(m) == ThirdLoss(0.7, 0.4, True, 2, geo)

@@ -96,28 +96,25 @@ def test_gate_threshold_never_cuts_between_rows_of_equal_confidence():
                             min_kept=1) == pytest.approx(0.6, abs=1e-5)
 
 
-@pytest.mark.parametrize("form", ["pull", "contrastive"])
 @pytest.mark.parametrize("kind", ["sqeuclidean", "cosine"])
-def test_losses_skip_absent_classes_and_never_nan(form, kind):
+def test_losses_skip_absent_classes_and_never_nan(kind):
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]])
     mask = torch.tensor([True, True, False])
     z = torch.tensor([[0.5, 0.2], [0.1, 0.7]], requires_grad=True)
-    only_absent = prototypes.prototype_loss(z, torch.tensor([2, -1]), p, mask, kind=kind, form=form, tau=0.5)
+    only_absent = prototypes.prototype_loss(z, torch.tensor([2, -1]), p, mask, kind=kind, tau=0.5)
     only_absent.backward()
     assert only_absent.item() == 0.0 and torch.isfinite(z.grad).all()
-    near = prototypes.prototype_loss(torch.tensor([[0.99, 0.01]]), torch.tensor([0]), p, mask, kind=kind, form=form,
+    near = prototypes.prototype_loss(torch.tensor([[0.99, 0.01]]), torch.tensor([0]), p, mask, kind=kind,
                                      tau=0.5)
-    far = prototypes.prototype_loss(torch.tensor([[0.01, 0.99]]), torch.tensor([0]), p, mask, kind=kind, form=form,
+    far = prototypes.prototype_loss(torch.tensor([[0.01, 0.99]]), torch.tensor([0]), p, mask, kind=kind,
                                     tau=0.5)
     assert near < far  # closer to its own class prototype -> lower loss
 
 
-def test_pull_moves_rows_toward_their_prototype_and_contrastive_away_from_others():
+def test_the_loss_moves_rows_toward_their_prototype_and_away_from_the_others():
     p = torch.tensor([[1.0, 0.0], [0.0, 1.0]])
     mask = torch.tensor([True, True])
     z = torch.tensor([[0.5, 0.5]], requires_grad=True)
-    prototypes.prototype_loss(z, torch.tensor([0]), p, mask, kind="sqeuclidean", form="pull", tau=1.0).backward()
+    prototypes.prototype_loss(z, torch.tensor([0]), p, mask, kind="sqeuclidean", tau=1.0).backward()
     step = -z.grad[0]
-    assert step[0] > 0 and step[1] < 0  # toward (1, 0)
-    with pytest.raises(ValueError, match="unknown loss form"):
-        prototypes.prototype_loss(z, torch.tensor([0]), p, mask, kind="sqeuclidean", form="hinge", tau=1.0)
+    assert step[0] > 0 and step[1] < 0  # toward (1, 0), away from (0, 1)

@@ -26,7 +26,7 @@ from flwr_vproto import prototypes
 
 @dataclass(frozen=True)
 class PrototypeGeometry:
-    """How embeddings are compared with prototypes. Keys: ``method.research.distance``, ``method.research.loss_form``,
+    """How embeddings are compared with prototypes. Keys: ``method.research.distance``,
     ``method.research.normalize``, ``method.tau``.
 
     Shared by the first and third losses, the pseudo-labels and the prototype logits, so the active party and every
@@ -34,22 +34,21 @@ class PrototypeGeometry:
     """
 
     distance: str = "sqeuclidean"
-    loss_form: str = "contrastive"
     normalize: bool = True
     tau: float = 0.1
 
     @classmethod
     def from_method(cls, m: Any) -> PrototypeGeometry:
         r = m.research
-        return cls(distance=r.distance, loss_form=r.loss_form, normalize=r.normalize, tau=m.tau)
+        return cls(distance=r.distance, normalize=r.normalize, tau=m.tau)
 
     def normalized(self, z: torch.Tensor) -> torch.Tensor:
         """``z`` as prototype math sees it (L2-normalised rows unless ``normalize`` is off)."""
         return prototypes.maybe_normalize(z, self.normalize)
 
     def loss(self, z: torch.Tensor, labels: torch.Tensor, protos: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-        """The prototype loss of ``loss_form`` on already-normalised ``z`` (rows labelled ``-1`` skipped)."""
-        return prototypes.prototype_loss(z, labels, protos, mask, kind=self.distance, form=self.loss_form, tau=self.tau)
+        """The prototype loss on already-normalised ``z`` (rows labelled ``-1`` skipped)."""
+        return prototypes.prototype_loss(z, labels, protos, mask, kind=self.distance, tau=self.tau)
 
     def pseudo_labels(
         self, z: torch.Tensor, protos: torch.Tensor, mask: torch.Tensor, threshold: float
