@@ -11,6 +11,14 @@ with the in-process engine with a tolerance for different thread counts). It is 
 :func:`pytest_configure`, not at import, so a benchmark that imports these helpers (``benchmarks/bench_wire.py``)
 keeps its own threads.
 
+**Two workers.** README's test command runs the suite on two pytest-xdist workers, one test file each at a time
+(``--dist loadfile``: a module's fixtures, such as the three loopback deployments or the wheel's venv, stay on one
+worker). Ray starts its workers at nice 15 (its ``worker_niceness``): next to the other worker's processes (a
+deployment's ClientApps, a CPU-bound in-process run, all at nice 0) a Flower simulation's ClientApps then got almost
+no CPU and never answered discovery within the reply timeout (6 failures in a first two-worker run; Ray's logs show
+the actors created and idle). So :func:`pytest_configure` sets ``RAY_worker_niceness=0`` unless the user set it: the
+simulations compete as equals. It changes scheduling only, never a number.
+
 **Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
 :func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
 tests (:func:`write_csvs`), the one table of the split tests (:func:`write_table`), and :func:`import_script` for
@@ -52,6 +60,7 @@ def pytest_configure(config: pytest.Config) -> None:
     "Threads"): unless the user set ``OMP_NUM_THREADS``, torch, the BLAS/OpenMP pools already loaded and, through
     ``OMP_NUM_THREADS``/``MKL_NUM_THREADS``/``OPENBLAS_NUM_THREADS``, every process a test starts get one thread."""
     threads.apply_default_threads()
+    os.environ.setdefault("RAY_worker_niceness", "0")  # see "Two workers" above
 
 
 @pytest.fixture(autouse=True)

@@ -96,7 +96,7 @@ def test_readme_is_a_front_door():
         assert steps[:2] == ["python3 -m venv .venv", ". .venv/bin/activate"], line
         assert [s for s in steps if s.startswith("pip ")][0] == "pip install torch==2.13.0", line
     assert first[0].endswith("python run_simulation.py")
-    assert first[1].endswith("python -m pytest -q")
+    assert first[1].endswith("python -m pytest -q -n 2 --dist loadfile")  # two workers (tests/conftest.py)
     for heading in ("## Quick start", "## Threat model and label protection", "## Results", "## Glossary"):
         assert heading in lines, heading
 
