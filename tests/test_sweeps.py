@@ -113,8 +113,9 @@ def test_shipped_search_space_names_real_options_around_the_default():
     sweeper = hpo.hydra.sweeper
     assert str(sweeper.direction).endswith("maximize") and sweeper.sampler.seed == 0 and len(sweeper.params) >= 8
     assert _config(OmegaConf.masked_copy(hpo, [k for k in hpo if k != "hydra"]))[0] == _config(default)[0]
+    built = _config(default)[0].to_dict()  # the run's values (an option left null filled in, as the run does)
     for override in OverridesParser.create().parse_overrides([f"{k}={v}" for k, v in sweeper.params.items()]):
-        value = OmegaConf.select(default, override.key_or_group, throw_on_missing=True)
+        value = OmegaConf.select(OmegaConf.create(built), override.key_or_group, throw_on_missing=True)
         assert value is not None, override.key_or_group
         sweep = override.value()
         if override.is_interval_sweep():
