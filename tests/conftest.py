@@ -63,6 +63,19 @@ def pytest_configure(config: pytest.Config) -> None:
     os.environ.setdefault("RAY_worker_niceness", "0")  # see "Two workers" above
 
 
+# The slowest test files (BENCHMARKS.md "Threads on a shared machine, and the test suite's wall time"), slowest
+# first. On two workers each takes whole files in collection order, so the loopback deployments (minutes) start at
+# once, beside everything else, instead of running alone at the end.
+SLOWEST_FIRST = ("test_deployment.py", "test_package.py", "test_config_store.py", "test_sweeps.py",
+                 "test_report_csv.py", "test_authority.py")
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Collect :data:`SLOWEST_FIRST` first (a stable sort: every file keeps its tests' order)."""
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))
+
+
 @pytest.fixture(autouse=True)
 def _threads_restored() -> Iterator[None]:
     """A test that changes the threads (``runner.threads=2``, a sweep job's share) leaves the next test torch's count
