@@ -15,9 +15,10 @@ keeps its own threads.
 (``--dist loadfile``: a module's fixtures, such as the three loopback deployments or the wheel's venv, stay on one
 worker). Ray starts its workers at nice 15 (its ``worker_niceness``): next to the other worker's processes (a
 deployment's ClientApps, a CPU-bound in-process run, all at nice 0) a Flower simulation's ClientApps then got almost
-no CPU and never answered discovery within the reply timeout (6 failures in a first two-worker run; Ray's logs show
-the actors created and idle). So :func:`pytest_configure` sets ``RAY_worker_niceness=0`` unless the user set it: the
-simulations compete as equals. It changes scheduling only, never a number.
+no CPU and never answered discovery within the reply timeout (2 of the 6 failures of the first two-worker run, and
+both simulations run beside the deployments in a check; Ray's logs show the actors created and idle). So
+:func:`pytest_configure` sets ``RAY_worker_niceness=0`` unless the user set it: the simulations compete as equals.
+It changes scheduling only, never a number.
 
 **Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
 :func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
