@@ -169,7 +169,7 @@ def main() -> None:
     ap.add_argument("--fractions", nargs="+", type=float, default=[0.01, 0.02, 0.05, 0.1, 0.2])
     ap.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     ap.add_argument("--methods", nargs="*", default=list(METHODS),
-                    help=f"of {', '.join(ALL_METHODS)} (gbdt_*: LightGBM, the trees extra)")
+                    help=f"of {', '.join(ALL_METHODS)} (gbdt_*: LightGBM)")
     ap.add_argument("--rounds", type=int, default=30)
     ap.add_argument("--max-train-users", type=int, default=None)
     ap.add_argument("--variant", action="append", default=[],

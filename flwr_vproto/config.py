@@ -165,6 +165,24 @@ def joint_model_defaults(name: str | None) -> dict[str, Any]:
     return PLAIN_JOINT_MODEL if name in BASELINES else VPROTO_JOINT_MODEL
 
 
+# method.head is declared null too, and Config.__post_init__ fills it from the dataset and the method: the tree head
+# on a table (adult, csv) for a vproto run that has an active-only head, the network head everywhere else (images;
+# the baselines, which have none or train the network one alone). Measured on adult, adult_weak, credit_data and
+# benefits, 1-20 % aligned, seeds 0-4 (BENCHMARKS.md §1 "The tree head by default on tables").
+BY_DATASET = ("method.head",)
+"""The dotted options declared null whose value follows from ``dataset.name`` and ``method.name``
+(:func:`default_head`)."""
+
+
+def default_head(dataset: str | None, name: str | None, local_head: bool | None = None) -> str:
+    """``method.head`` left null: ``"gbdt"`` for vproto with its active-only head on a table, else ``"nn"``.
+    ``local_head`` None = what ``name`` trains (:func:`joint_model_defaults`)."""
+    if local_head is None:
+        local_head = joint_model_defaults(name)["local_head"]
+    table = dataset is not None and dataset not in IMAGE_WIDTHS
+    return "gbdt" if table and name == "vproto" and local_head else "nn"
+
+
 @dataclass
 class ResearchConfig:
     """``method.research.*``: the ablation knobs of the method, each measured in BENCHMARKS.md §2 (and the sections
@@ -319,13 +337,15 @@ class MethodConfig:
         "Active-only head trained on all the active party's labelled rows; at prediction the joint and the "
         "active-only probabilities are averaged with weight `combine_weight` on the joint model (1 = joint only)."
     )
+    # Declared null; Config.__post_init__ fills it from dataset.name and method.name (default_head).
     head: str = opt(
-        "nn",
+        None,
         "What the active-only head is: \"nn\" (a small network on the shared active encoder) or \"gbdt\" (tables "
         "only: LightGBM on the active party's own columns and every labelled row it holds, early-stopped on its "
         "validation rows, fitted once in round 1; the residual joint model then corrects the trees' margin, "
-        "i.e. boosting with a base margin; needs lightgbm, the `trees` extra). Either way it learns from the active "
-        "party's own rows and labels only, and nothing of it leaves that party."
+        "i.e. boosting with a base margin). null = \"gbdt\" for vproto on a table (adult, csv), \"nn\" on images "
+        "and for the baselines. Either way it learns from the active party's own rows and labels only, and nothing "
+        "of it leaves that party."
     )
     combine_weight: float | str = opt(
         None,
@@ -545,9 +565,13 @@ class Config:
     exchange: ExchangeConfig = field(default_factory=ExchangeConfig)
 
     def __post_init__(self) -> None:
-        """Fill the per-dataset defaults (:data:`DATASET_ROUNDS`) that the user left null."""
+        """Fill the per-dataset defaults that the user left null: :data:`DATASET_ROUNDS` and the active-only head's
+        kind (:func:`default_head`)."""
         if self.num_rounds is None:
             self.num_rounds = dataset_rounds(getattr(self.dataset, "name", None))
+        if getattr(self.method, "head", "nn") is None:
+            self.method.head = default_head(getattr(self.dataset, "name", None), self.method.name,
+                                            self.method.local_head)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain nested dict (JSON-able), the inverse of :func:`config_from_dict`."""
@@ -565,7 +589,7 @@ def declared_defaults() -> dict[str, Any]:
     Hydra's schema reads the same field defaults)."""
     data = Config().to_dict()
     data["num_rounds"] = None
-    for key in BY_METHOD_NAME:
+    for key in BY_METHOD_NAME + BY_DATASET:
         *sections, leaf = key.split(".")
         node = data
         for part in sections:
@@ -576,9 +600,13 @@ def declared_defaults() -> dict[str, Any]:
 
 def null_default(key: str, values: Mapping[str, Any]) -> Any:
     """What option ``key`` left null stands for in the nested config ``values`` (``num_rounds``: the dataset's
-    default; :data:`BY_METHOD_NAME`: what ``method.name`` trains); ``None`` for any other option."""
+    default; :data:`BY_METHOD_NAME`: what ``method.name`` trains; :data:`BY_DATASET`: what the dataset and the method
+    take); ``None`` for any other option."""
     if key == "num_rounds":
         return dataset_rounds((values.get("dataset") or {}).get("name"))
+    if key in BY_DATASET:
+        method = values.get("method") or {}
+        return default_head((values.get("dataset") or {}).get("name"), method.get("name"), method.get("local_head"))
     if key in BY_METHOD_NAME:
         node: Any = joint_model_defaults((values.get("method") or {}).get("name"))
         for part in key.split(".")[1:]:

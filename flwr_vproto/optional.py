@@ -2,8 +2,7 @@
 gets when it asks for what a missing one does.
 
 ``opacus`` (extra ``dp``) accounts every Gaussian release (``privacy.*``, ``defence=gradient_noise``);
-``matplotlib`` (extra ``plots``) draws the report's PNGs; ``lightgbm`` (extra ``trees``) trains the tree
-baselines (``method=gbdt_*``). All are imported only where used, so a plain
+``matplotlib`` (extra ``plots``) draws the report's PNGs. Both are imported only where used, so a plain
 ``pip install flwr-vproto`` runs everything else; these checks run before any data is loaded, so a missing one
 is one line naming the option and the install command, never an ``ImportError`` from deep inside a round.
 """
@@ -15,7 +14,7 @@ import sys
 
 from flwr_vproto.config import Config, ConfigError
 
-EXTRAS = {"opacus": "dp", "matplotlib": "plots", "lightgbm": "trees"}  # module -> the pyproject extra that installs it
+EXTRAS = {"opacus": "dp", "matplotlib": "plots"}  # module -> the pyproject extra that installs it
 
 
 def installed(module: str) -> bool:
@@ -45,10 +44,6 @@ def check_accounting(cfg: Config) -> None:
     if cfg.privacy.gaussian:
         require("opacus", f"privacy.noise_multiplier={cfg.privacy.noise_multiplier:g} / privacy.target_epsilon="
                           f"{cfg.privacy.target_epsilon} (DP prototypes)")
-    if cfg.method.name.startswith("gbdt_"):
-        require("lightgbm", f"method={cfg.method.name} (the LightGBM baselines)")
-    if cfg.method.head == "gbdt":
-        require("lightgbm", "method.head=gbdt (the active party's tree head)")
     if cfg.defence.gaussian:
         require("opacus", f"defence.noise_multiplier={cfg.defence.noise_multiplier:g} / defence.target_epsilon="
                           f"{cfg.defence.target_epsilon} (the Gaussian gradient channel, defence=gradient_noise)")

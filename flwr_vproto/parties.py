@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flwr_vproto import defences, exchanges, optional, privacy, prototypes, trees
+from flwr_vproto import defences, exchanges, privacy, prototypes, trees
 from flwr_vproto.config import Config
 from flwr_vproto.data.types import SPLITS, PartySplits
 from flwr_vproto.method import pretrain
@@ -513,7 +513,6 @@ class ActiveParty(_Party):
         labels it trains on (randomised ones under ``defence.label_epsilon``). Deterministic, so a party rebuilt
         elsewhere would fit the same trees; it loads them from its state instead."""
         if self._tree_bytes is None:
-            optional.require("lightgbm", "method.head=gbdt (the active party's tree head)")
             view = {}
             for split in ("train", "val"):
                 y = self._y[split].cpu().numpy()

@@ -13,7 +13,7 @@ validation users' log-loss, with a small hyper-parameter grid chosen on the vali
 they exist only in simulation (``engine=inprocess``); so does ``gbdt_local`` (a harness baseline, not a protocol).
 Validation users and test users are those every party holds, as for every method (the test score is on the users
 every party holds). Features are each party's encoded columns (one-hot categories, scaled numbers; image strips
-flattened to pixels). LightGBM is an optional dependency (the ``trees`` extra): a missing one fails in one line.
+flattened to pixels). LightGBM is a dependency (the default active-only head on tables, ``method.head``).
 """
 
 from __future__ import annotations
@@ -130,9 +130,6 @@ def fit_setting(cfg: Config, view: dict[str, Split], num_classes: int, setting: 
 def run_trees(cfg: Config, ds: VerticalDataset, on_round: RoundCallback | None = None) -> dict[str, Any]:
     """Train every grid setting; return ``results.json`` content. History record k is setting k; ``final`` is the
     setting with the best validation accuracy (ties: the lower validation loss), as for every method's rounds."""
-    from flwr_vproto import optional
-
-    optional.require("lightgbm", f"method={cfg.method.name} (the tree baselines)")
     view = tree_view(cfg, ds)
     history = []
     for k, setting in enumerate(grid(), start=1):

@@ -20,6 +20,7 @@ from conftest import import_script
 
 from flwr_vproto.config import (
     BASELINES,
+    BY_DATASET,
     BY_METHOD_NAME,
     PLAIN_JOINT_MODEL,
     VPROTO_JOINT_MODEL,
@@ -83,7 +84,8 @@ def test_the_snapshot_covers_every_preset_and_the_defaults_are_still_the_datacla
     # conf/dataset/digits.yaml) are now a per-dataset default in code (flwr_vproto/config.py DATASET_ROUNDS).
     assert {**SNAPSHOT["defaults"], "num_rounds": 40} == _flat(Config().to_dict())
     # ... and the options that follow from method.name are declared null (vproto's values filled in)
-    assert {**SNAPSHOT["defaults"], "num_rounds": None, **dict.fromkeys(BY_METHOD_NAME)} == _flat(declared_defaults())
+    following = dict.fromkeys(BY_METHOD_NAME + BY_DATASET)
+    assert {**SNAPSHOT["defaults"], "num_rounds": None, **following} == _flat(declared_defaults())
     assert SNAPSHOT["runner"] == dataclasses.asdict(RunnerConfig())
     for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES),
                          ("privacy", ["dp", "none"])):

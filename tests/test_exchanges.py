@@ -182,7 +182,8 @@ def test_the_exchange_presets_compose_with_any_dataset_and_defence(preset, count
         for extra in (["dataset=adult", "defence=none"], ["dataset=digits", "defence=gradient_noise"]):
             cfg, _ = _config(compose("config", [f"method={preset}", *extra]))
             assert (cfg.method.name, cfg.exchange.count, cfg.exchange.passive_passes) == ("vproto", count, passes)
-            assert cfg.method == config_from_dict({}).method  # vproto's knobs, untouched
+            # vproto's knobs, untouched (the active-only head's kind follows from the dataset)
+            assert cfg.method == config_from_dict({"dataset": {"name": extra[0].split("=")[1]}}).method
         cfg, _ = _config(compose("config", [f"method={preset}", "exchange.count=2", "method.lr=0.01"]))
         assert cfg.exchange.count == 2 and cfg.method.lr == 0.01
 

@@ -98,10 +98,10 @@ def test_the_report_without_matplotlib_writes_every_table_and_says_it_drew_no_pl
 def test_the_extras_are_declared_and_dev_installs_them():
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     required = " ".join(project["dependencies"])
-    assert "opacus" not in required and "matplotlib" not in required and "lightgbm" not in required
+    assert "opacus" not in required and "matplotlib" not in required
+    assert "lightgbm" in required  # the default active-only head on tables (method.head) is LightGBM
     extras = project["optional-dependencies"]
     assert extras["dp"][0].startswith("opacus") and extras["plots"][0].startswith("matplotlib")
-    assert extras["trees"][0].startswith("lightgbm")
-    assert optional.EXTRAS == {"opacus": "dp", "matplotlib": "plots", "lightgbm": "trees"}
-    assert "flwr-vproto[dp,plots,sweeps,trees]" in extras["all"]
+    assert optional.EXTRAS == {"opacus": "dp", "matplotlib": "plots"}
+    assert "flwr-vproto[dp,plots,sweeps]" in extras["all"]
     assert any(e.startswith("flwr-vproto[all") for e in extras["dev"])

@@ -4,13 +4,11 @@ it reaches a passive, both engines give the same numbers, and it is refused in o
 
 from __future__ import annotations
 
-import sys
-
 import numpy as np
 import pytest
 from conftest import assert_same_history, passive_payloads, run_inline, write_csvs
 
-from flwr_vproto import optional, trees
+from flwr_vproto import trees
 from flwr_vproto.alignment import align_dataset
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.data import load_vertical_dataset
@@ -106,6 +104,30 @@ def test_nothing_label_dependent_reaches_a_passive_and_the_tree_is_not_refit_per
     assert_same_history(strategy.history, run_inprocess(cfg(tables, rounds=3), active_secret=SECRET)["rounds"])
 
 
+def test_the_tree_head_is_the_default_for_vproto_on_tables_and_the_network_head_elsewhere():
+    """``method.head`` left null follows from the dataset and the method, in every entry point (the Hydra presets:
+    tests/test_config_store.py's snapshot; the run-config of ``flwr run`` here); a value the user gives is kept."""
+    from flwr_vproto.config import default_head, null_default
+    from flwr_vproto.run_config import config_from_run_config, run_config_from_config
+
+    def head(**raw):
+        return config_from_dict(raw).method.head
+
+    assert head(dataset=ADULT) == "gbdt"
+    assert head(dataset={"name": "digits"}) == head() == "nn"  # images keep the network head
+    for name in ("vanilla", "local", "centralized"):  # no active-only head, or the network one alone
+        assert head(dataset=ADULT, method={"name": name}) == "nn"
+    assert head(dataset=ADULT, method={"local_head": False, "combine_weight": 1.0,
+                                       "research": {"joint_residual": False}}) == "nn"
+    assert head(dataset=ADULT, method={"head": "nn"}) == "nn"  # the user's value is kept
+    assert default_head("csv", "vproto") == "gbdt" and default_head("fashion_mnist", "vproto") == "nn"
+    flat = run_config_from_config()
+    assert flat["method.head"] == "null"
+    assert config_from_run_config({**flat, "dataset.name": "adult"})[0].method.head == "gbdt"
+    assert config_from_run_config(flat)[0].method.head == "nn"
+    assert null_default("method.head", {"dataset": {"name": "adult"}, "method": {"name": "vproto"}}) == "gbdt"
+
+
 @pytest.mark.parametrize(("override", "words"), [
     ({"dataset": {"name": "digits"}}, "invalid method.head='gbdt': expected 'nn' on digits"),
     ({"method": {"name": "vanilla", "head": "gbdt", "local_head": False, "combine_weight": 1.0}},
@@ -117,13 +139,6 @@ def test_the_option_is_refused_in_one_line_where_it_cannot_run(override, words):
     with pytest.raises(ConfigError) as err:
         config_from_dict(raw)
     assert words in str(err.value) and "\n" not in str(err.value)
-
-
-def test_without_lightgbm_the_option_fails_in_one_line(monkeypatch):
-    monkeypatch.setitem(sys.modules, "lightgbm", None)
-    with pytest.raises(ConfigError, match=r"^method.head=gbdt .* needs lightgbm.*pip install 'flwr-vproto\[trees\]'"):
-        optional.check_accounting(config_from_dict({"dataset": ADULT, "method": {"head": "gbdt"}}))
-    optional.check_accounting(config_from_dict({"dataset": ADULT}))  # the network head needs nothing more
 
 
 def test_saved_models_predict_new_users_with_the_same_trees(tmp_path, monkeypatch):
