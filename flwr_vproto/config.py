@@ -183,6 +183,10 @@ def default_head(dataset: str | None, name: str | None, local_head: bool | None 
     return "gbdt" if table and name == "vproto" and local_head else "nn"
 
 
+DECLARED_NULL = BY_METHOD_NAME + BY_DATASET
+"""Every ``method.*`` option declared null and filled in by the config (Hydra's schema types them optional)."""
+
+
 @dataclass
 class ResearchConfig:
     """``method.research.*``: the ablation knobs of the method, each measured in BENCHMARKS.md §2 (and the sections
@@ -589,7 +593,7 @@ def declared_defaults() -> dict[str, Any]:
     Hydra's schema reads the same field defaults)."""
     data = Config().to_dict()
     data["num_rounds"] = None
-    for key in BY_METHOD_NAME + BY_DATASET:
+    for key in DECLARED_NULL:
         *sections, leaf = key.split(".")
         node = data
         for part in sections:

@@ -21,8 +21,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from flwr_vproto.config import (
-    BY_DATASET,
-    BY_METHOD_NAME,
+    DECLARED_NULL,
     Config,
     MethodConfig,
     ModelConfig,
@@ -50,18 +49,15 @@ class _ModelSchema(ModelConfig):
     top_target: Any = field(default=None, metadata={"help": option_help(ModelConfig, "top_target")})
 
 
-FOLLOWING = BY_METHOD_NAME + BY_DATASET
-
-
 def _nullable(cls: type, prefix: str, **nested: type) -> type:
-    """``cls`` for Hydra's schema, with its options of :data:`~flwr_vproto.config.BY_METHOD_NAME` (and
-    :data:`~flwr_vproto.config.BY_DATASET`) typed optional
+    """``cls`` for Hydra's schema, with its options of :data:`~flwr_vproto.config.DECLARED_NULL` typed optional
     (declared null, as in ``cls``; OmegaConf refuses a null in a field typed ``bool``) and left null when OmegaConf
-    builds the section's default (no ``__post_init__``): ``config_from_dict`` fills them from ``method.name``."""
+    builds the section's default (no ``__post_init__``): ``config_from_dict`` fills them from ``method.name`` and
+    the dataset."""
     hints = typing.get_type_hints(cls)
     fields: list[Any] = [(name, typing.Optional[hints[name]],  # noqa: UP045 (a runtime type, for OmegaConf)
                           field(default=None, metadata={"help": option_help(cls, name)}))
-                         for name in (k.removeprefix(prefix) for k in FOLLOWING if k.startswith(prefix))
+                         for name in (k.removeprefix(prefix) for k in DECLARED_NULL if k.startswith(prefix))
                          if "." not in name]
     fields += [(name, hints[name], field(default_factory=schema)) for name, schema in nested.items()]
     return dataclasses.make_dataclass(f"_{cls.__name__}Schema", fields, bases=(cls,),

@@ -20,8 +20,8 @@ from conftest import import_script
 
 from flwr_vproto.config import (
     BASELINES,
-    BY_DATASET,
     BY_METHOD_NAME,
+    DECLARED_NULL,
     PLAIN_JOINT_MODEL,
     VPROTO_JOINT_MODEL,
     Config,
@@ -83,9 +83,8 @@ def test_the_snapshot_covers_every_preset_and_the_defaults_are_still_the_datacla
     # The snapshot's base is digits' options with the generic 20 rounds; digits' own 40 rounds (once set by
     # conf/dataset/digits.yaml) are now a per-dataset default in code (flwr_vproto/config.py DATASET_ROUNDS).
     assert {**SNAPSHOT["defaults"], "num_rounds": 40} == _flat(Config().to_dict())
-    # ... and the options that follow from method.name are declared null (vproto's values filled in)
-    following = dict.fromkeys(BY_METHOD_NAME + BY_DATASET)
-    assert {**SNAPSHOT["defaults"], "num_rounds": None, **following} == _flat(declared_defaults())
+    # ... and the options that follow from method.name and the dataset are declared null (filled in by Config)
+    assert {**SNAPSHOT["defaults"], "num_rounds": None, **dict.fromkeys(DECLARED_NULL)} == _flat(declared_defaults())
     assert SNAPSHOT["runner"] == dataclasses.asdict(RunnerConfig())
     for group, names in (("method", METHODS), ("dataset", DATASETS), ("model", MODELS), ("defence", DEFENCES),
                          ("privacy", ["dp", "none"])):
