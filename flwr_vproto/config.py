@@ -199,7 +199,7 @@ class ResearchConfig:
     * prototype geometry (``PrototypeGeometry``): ``distance``, ``normalize`` (with ``method.tau``);
     * third loss (``ThirdLoss``): ``pseudo_label_once``;
     * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``,
-      ``residual_weight``;
+      ``residual_weight``; the joint trees beside the network (``parties.py``, ``trees.fit_joint``): ``joint_trees``;
     * calibration on validation rows (``Calibration``): ``pseudo_gate``, ``residual_base``.
     """
 
@@ -275,6 +275,14 @@ class ResearchConfig:
         "Add each passive party's nearest-prototype classifier (log-softmax over negative distances to its second"
         " prototypes, weighted by a learned scalar) to the joint logits: a product of experts that needs no "
         "training rows beyond those that made the prototypes."
+    )
+    joint_trees: bool = opt(
+        True,
+        "With the tree head (method.head=gbdt): the joint model's probabilities are the average of the network's "
+        "and those of LightGBM on the aligned users' [active columns, passives' embeddings], boosted from the tree "
+        "head's margin and early-stopped on the aligned validation rows (fitted at the first calibration, again "
+        "whenever the passives' training embeddings change). Two learners that err differently; nothing of it "
+        "leaves the active party. Ignored with the network head."
     )
     joint_trains_active_encoder: bool = opt(
         None,

@@ -22,6 +22,7 @@ same result whether it runs in this process or in a fresh Flower ClientApp proce
 from __future__ import annotations
 
 import copy
+import hashlib
 import io
 import math
 from dataclasses import dataclass, field
@@ -37,7 +38,7 @@ from flwr_vproto.method import pretrain
 from flwr_vproto.method.batching import index_batches, num_batches, round_seed
 from flwr_vproto.method.calibration import BestValidation
 from flwr_vproto.method.extra import LossBatch, extra_loss_total, load_extra_losses
-from flwr_vproto.method.joint import JointLogits, joint_logits
+from flwr_vproto.method.joint import JointLogits, average_of, joint_logits
 from flwr_vproto.method.losses import (
     FirstLoss,
     PrototypeGeometry,
@@ -397,6 +398,13 @@ class ActiveParty(_Party):
         # method.head=gbdt: the tree head's model (LightGBM's text) and its logits per split (_tree_logits).
         self._tree_bytes: bytes | None = None
         self._tree_cache: dict[str, torch.Tensor] = {}
+        # method.research.joint_trees: the joint trees (LightGBM's text), the digest of the training embeddings they
+        # were fitted on, the loaded booster, and this process's latest training embeddings (fit_joint_trees).
+        self._joint_tree_bytes: bytes | None = None
+        self._joint_tree_key: bytes | None = None
+        self._joint_tree_setting: dict[str, int] | None = None
+        self._joint_booster: Any = None
+        self._train_embeddings: list[np.ndarray] | None = None
         # Calibration, evaluation and prediction (scoring.py): what the trained modules do on val, test and new rows.
         self.scoring = ActiveScoring(self)
 
@@ -425,6 +433,12 @@ class ActiveParty(_Party):
         (:meth:`_tree_logits`); the network head still trains the shared encoder (first prototypes, the joint
         encoder's warm start) but no longer predicts."""
         return self.uses_local_head and self.joint and self.cfg.method.head == "gbdt"
+
+    @property
+    def joint_trees(self) -> bool:
+        """``method.research.joint_trees``: with the tree head, the joint model is the average of the network and
+        the joint trees (:meth:`fit_joint_trees`)."""
+        return self.tree_head and self.cfg.method.research.joint_trees
 
     def _build_extra(self) -> None:
         d, name = self.cfg.model.embedding_dim, self.data.name
@@ -554,7 +568,55 @@ class ActiveParty(_Party):
                 return head, None
             zs = [torch.as_tensor(e, dtype=torch.float32, device=self.device) for e in passive_embeddings]
             hj = self._embed(x, self.joint_enc) if self.joint_enc is not None else None
-            return head, self._joint_logits(h, zs, self.second_pairs(), hj, self._base_features(x), tm)
+            joint = self._joint_logits(h, zs, self.second_pairs(), hj, self._base_features(x), tm)
+            trees_joint = self._joint_tree_logits(split, rows, passive_embeddings, tm)
+            return head, joint if trees_joint is None else average_of(joint, trees_joint)
+
+    # ---------------------------------------------------------------- the joint trees (method.research.joint_trees)
+    def fit_joint_trees(self, val_embeddings: list[np.ndarray]) -> bool:
+        """Fit the joint trees (:func:`flwr_vproto.trees.fit_joint`) on the aligned training users' [own columns,
+        the passives' embeddings of this process's latest round], from the tree head's margin, early-stopped on the
+        aligned validation users (``val_embeddings``, the calibration's), unless they were fitted on these very
+        training embeddings: by default the passives never change after pre-training, so that is once a run; with
+        gradient rows released, at every calibration after the embeddings moved, with the setting the first fit chose.
+        Labels as this party trains on them. Returns whether it fitted."""
+        if not self.joint_trees or self._train_embeddings is None:
+            return False
+        key = _digest(self._train_embeddings)
+        if key == self._joint_tree_key:
+            return False
+        views = []
+        for split, embeddings in (("train", self._train_embeddings), ("val", val_embeddings)):
+            rows = self.aligned[split]
+            y = self.labels(split)
+            keep = np.flatnonzero(y >= 0)
+            x = self._joint_tree_features(split, rows, embeddings)[keep]
+            base = self._tree_logits(split, rows).cpu().numpy()[keep]  # type: ignore[union-attr]
+            views.append(((x, y[keep]), base))
+        fitted = trees.fit_joint(views[0][0], views[1][0], (views[0][1], views[1][1]), self.num_classes,
+                                 self.cfg.seed, self._joint_tree_setting)
+        if fitted is not None:
+            self._joint_tree_bytes, self._joint_tree_setting = trees.head_to_bytes(fitted[0]), fitted[1]
+        self._joint_booster, self._joint_tree_key = None, key
+        return True
+
+    def _joint_tree_features(self, split: str, rows: np.ndarray, embeddings: list[np.ndarray]) -> np.ndarray:
+        """The joint trees' inputs of rows ``rows`` of ``split``: this party's columns, then each passive's
+        embedding of the same rows."""
+        x = np.asarray(self.data.split(split).x[rows], dtype=np.float32).reshape(len(rows), -1)
+        return np.hstack([x, *(np.asarray(e, dtype=np.float32) for e in embeddings)])
+
+    def _joint_tree_logits(self, split: str, rows: np.ndarray, embeddings: list[np.ndarray],
+                           base: torch.Tensor | None) -> torch.Tensor | None:
+        """The joint trees' logits of rows ``rows`` of ``split`` given the passives' embeddings of them (``None``
+        before they are fitted, or without them)."""
+        if self._joint_tree_bytes is None or base is None:
+            return None
+        if self._joint_booster is None:
+            self._joint_booster = trees.head_from_bytes(self._joint_tree_bytes)
+        margin = trees.joint_margin(self._joint_booster, self._joint_tree_features(split, rows, embeddings),
+                                    base.cpu().numpy(), self.num_classes)
+        return torch.as_tensor(margin, device=self.device)
 
     # ---------------------------------------------------------------- what leaves this party (defence.*)
     def release_gradients(self, rnd: int, gradients: list[np.ndarray]) -> list[np.ndarray]:
@@ -617,6 +679,8 @@ class ActiveParty(_Party):
         release = release and self.cfg.method.shares_prototypes
         al = torch.as_tensor(self.aligned["train"], device=self.device)
         zs = self._received_embeddings(rnd, passive_embeddings)
+        if self.joint_trees:  # what the joint trees are fitted on at the next calibration
+            self._train_embeddings = [np.asarray(e, dtype=np.float32) for e in passive_embeddings]
         self._start_round(rnd)
         gen = torch.Generator().manual_seed(round_seed(self.cfg.seed, 0, rnd))
         if self.joint:
@@ -861,8 +925,10 @@ class ActiveParty(_Party):
                 "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
                 "gradient_privacy": (None if self.gradient_accountant is None
                                      else self.gradient_accountant.state_dict()),
-                "tree_head": (None if self._tree_bytes is None
-                              else torch.as_tensor(np.frombuffer(self._tree_bytes, dtype=np.uint8).copy()))}
+                "tree_head": _bytes_state(self._tree_bytes),
+                "joint_trees": _bytes_state(self._joint_tree_bytes),
+                "joint_trees_key": _bytes_state(self._joint_tree_key),
+                "joint_trees_setting": self._joint_tree_setting}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("secret") is not None:
@@ -882,8 +948,30 @@ class ActiveParty(_Party):
             self.keep_active_only(*state["chosen_only_score"])  # builds the module, then takes the saved weights
             self.chosen_only.load_state_dict(state["chosen_only"])  # type: ignore[union-attr]
         if state.get("tree_head") is not None:
-            self._tree_bytes = bytes(state["tree_head"].cpu().numpy().astype(np.uint8).tobytes())
+            self._tree_bytes = _state_bytes(state["tree_head"])
             self._tree_cache = {}
+        self._joint_tree_bytes = _state_bytes(state.get("joint_trees"))
+        self._joint_tree_key = _state_bytes(state.get("joint_trees_key"))
+        self._joint_tree_setting = state.get("joint_trees_setting")
+        self._joint_booster = None
+
+
+def _bytes_state(data: bytes | None) -> torch.Tensor | None:
+    """Bytes as party state (a uint8 tensor), ``None`` kept."""
+    return None if data is None else torch.as_tensor(np.frombuffer(data, dtype=np.uint8).copy())
+
+
+def _state_bytes(value: torch.Tensor | None) -> bytes | None:
+    return None if value is None else bytes(value.cpu().numpy().astype(np.uint8).tobytes())
+
+
+def _digest(arrays: list[np.ndarray]) -> bytes:
+    """A digest of ``arrays`` (shapes and values): whether the joint trees saw these embeddings."""
+    h = hashlib.sha256()
+    for a in arrays:
+        h.update(str(a.shape).encode())
+        h.update(np.ascontiguousarray(a, dtype=np.float32).tobytes())
+    return h.digest()
 
 
 class _ParamHolder(torch.nn.Module):

@@ -78,6 +78,8 @@ class ScoredParty(Protocol):
 
     def second_pairs(self) -> list[tuple[torch.Tensor, torch.Tensor]] | None: ...
 
+    def fit_joint_trees(self, val_embeddings: list[np.ndarray]) -> bool: ...
+
 
 class ActiveScoring:
     """The active party's calibration, evaluation and prediction, and what calibration fitted.
@@ -141,6 +143,7 @@ class ActiveScoring:
         """Fit on the validation rows what this method fits there, before scoring or sending anything.
 
         ``passive_embeddings``: each passive's embeddings of the aligned validation rows. Fits, when configured,
+        the joint trees first (``joint_trees``: early-stopped on these rows, and part of every joint logit after),
         the combine weight (``combine_weight=auto``), each passive's pseudo-label gate (``pseudo_gate``) and marks
         the residual's base (``residual_base=best_val``) and keeps the active-only model (:meth:`select_active_only`);
         returns the metrics of these fits (``residual_base_update``, ``pseudo_gate{k}``, ``own_*``,
@@ -148,6 +151,7 @@ class ActiveScoring:
         reported with the validation scores. Calibration sees the
         labels the party trains on (noised under ``defence.label_epsilon``), never the true ones.
         """
+        self.party.fit_joint_trees(passive_embeddings)
         y = self.party.labels("val")
         probs = self.predict_proba("val", passive_embeddings)
         if self.calibration.combine_weight == "auto" and "joint" in probs and "local" in probs:

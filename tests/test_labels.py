@@ -273,7 +273,7 @@ def test_a_release_schedule_freezes_the_passive_and_sends_no_selection_flag(tmp_
     assert np.array_equal(seen[3][1].embeddings, seen[5][1].embeddings)  # frozen after round 3
     assert not np.array_equal(seen[1][1].embeddings, seen[2][1].embeddings)
     assert all("test/accuracy" in r for r in res["rounds"])  # scored on the kept test rows every round
-    best = max(res["rounds"], key=lambda r: (r["val/accuracy"], -r["round"]))
+    best = max(res["rounds"], key=lambda r: (r["val/accuracy"], -r["val/loss"], -r["round"]))  # ties: the loss
     assert res["final"]["accuracy"] == best["test/accuracy"]
 
 

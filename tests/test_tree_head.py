@@ -1,11 +1,13 @@
 """``method.head=gbdt`` (issue 28 item 2): the active-only head as LightGBM on the active party's own columns and
 labelled rows, the residual joint model correcting its margin. It learns from that party's rows only, nothing of
-it reaches a passive, both engines give the same numbers, and it is refused in one line where it cannot run."""
+it reaches a passive, both engines give the same numbers, and it is refused in one line where it cannot run. With it,
+the joint trees (``method.research.joint_trees``) average LightGBM on the aligned users into the joint model."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from conftest import assert_same_history, passive_payloads, run_inline, write_csvs
 
 from flwr_vproto import trees
@@ -33,9 +35,9 @@ def tables(tmp_path):
 
 
 def cfg(data, head="gbdt", rounds=2, **extra):
+    method = {"name": "vproto", "head": head, "batch_size": 64, "research": {"passive_pretrain": "none"}}
     return config_from_dict({"engine": "inprocess", "seed": 0, "num_rounds": rounds, "eval_every": 1,
-                             "dataset": data, "method": {"name": "vproto", "head": head, "batch_size": 64,
-                                                         "research": {"passive_pretrain": "none"}}, **extra})
+                             "dataset": data, "method": method, **extra})
 
 
 def _payloads(monkeypatch, c, ds) -> tuple:
@@ -104,6 +106,99 @@ def test_nothing_label_dependent_reaches_a_passive_and_the_tree_is_not_refit_per
     assert_same_history(strategy.history, run_inprocess(cfg(tables, rounds=3), active_secret=SECRET)["rounds"])
 
 
+def _spy_joint_fits(monkeypatch) -> list:
+    fits = []
+    fit = trees.fit_joint
+    monkeypatch.setattr(trees, "fit_joint", lambda *a: fits.append(a) or fit(*a))
+    return fits
+
+
+def test_the_joint_model_is_the_average_of_the_network_and_the_joint_trees(monkeypatch, tables):
+    """``method.research.joint_trees`` (on by default with the tree head): LightGBM on the aligned training users'
+    [own columns, passives' embeddings], boosted from the tree head's margin of those rows and early-stopped on the
+    aligned validation users, fitted once when the passives never change; the joint probabilities every score and
+    prediction read are the mean of the network's and the trees'."""
+    c = cfg(tables, rounds=3)
+    ds = load_vertical_dataset(c)
+    fits = _spy_joint_fits(monkeypatch)
+    res = run_inprocess(c, dataset=ds)
+    assert len(fits) == 1  # the passives are frozen (no gradient row leaves): one fit for the run
+    (xt, yt), (xv, yv), (bt, bv), _, _, setting = fits[0]
+    assert setting is None  # the first fit searches the grid
+    active, passive = res["state"]["active"], res["state"]["passives"][0]
+    al = active.aligned
+    assert np.array_equal(yt, ds.active.train.y[al["train"]]) and np.array_equal(yv, ds.active.val.y[al["val"]])
+    width = ds.active.train.x.shape[1]
+    assert xt.shape == (len(al["train"]), width + c.model.embedding_dim)
+    assert np.array_equal(xt[:, :width], ds.active.train.x[al["train"]])
+    assert np.allclose(xt[:, width:], passive.embed("train"))  # the embedding the passive sent, never its columns
+    assert np.array_equal(bt, active._tree_logits("train", al["train"]).numpy())  # from the tree head's margin
+    rows, emb = al["val"], [passive.embed("val")]
+    _, both = active.logits("val", rows, emb)
+    trees_only = active._joint_tree_logits("val", rows, emb, active._tree_logits("val", rows))
+    fitted, active._joint_tree_bytes = active._joint_tree_bytes, None
+    _, network = active.logits("val", rows, emb)
+    active._joint_tree_bytes = fitted
+    mean = (torch.softmax(network, 1) + torch.softmax(trees_only, 1)) / 2
+    assert torch.allclose(torch.softmax(both, 1), mean, atol=1e-6)
+    assert not torch.allclose(torch.softmax(network, 1), mean, atol=1e-3)  # the trees do move it
+
+    fits.clear()
+    off = run_inprocess(cfg(tables, rounds=3, method={"name": "vproto", "head": "gbdt", "batch_size": 64,
+                                                      "research": {"passive_pretrain": "none",
+                                                                   "joint_trees": False}}), dataset=ds)
+    assert not fits and off["rounds"][-1]["test/loss"] != res["rounds"][-1]["test/loss"]
+
+
+def test_the_joint_trees_refit_only_when_the_embeddings_move_and_travel_in_the_partys_state(monkeypatch, tables):
+    """With gradient rows released every round the passives' embeddings move, so the trees are refitted at every
+    calibration, with the setting the first fit chose; with several exchanges over frozen passives the Flower
+    ClientApp, which rebuilds the active party from its state for every message, loads them instead and gives the
+    in-process numbers."""
+    fits = _spy_joint_fits(monkeypatch)
+    run_inprocess(cfg(tables, rounds=3, defence={"release_rounds": None}), active_secret=SECRET)
+    assert len(fits) == 3 and fits[0][-1] is None
+    assert fits[1][-1] == fits[2][-1] == trees.grid()[0]  # refits keep the first fit's setting
+    fits.clear()
+    c = cfg(tables, rounds=3, exchange={"count": 3})
+    strategy, _, _ = run_inline(c, secret=SECRET)
+    assert len(fits) == 1
+    fits.clear()
+    assert_same_history(strategy.history, run_inprocess(c, active_secret=SECRET)["rounds"])
+    assert len(fits) == 1
+
+
+def test_the_joint_trees_change_no_gradient_row_a_passive_receives(monkeypatch, tables):
+    """They move scores and the selected round, never training: with gradient rows released every round
+    (``defence=none``), each passive receives the same rows, byte for byte, with the joint trees as without."""
+    from flwr_vproto import protocol
+
+    def received(joint_trees: bool) -> tuple[list[bytes], float]:
+        seen: list[bytes] = []
+        step = protocol.passive_step
+        monkeypatch.setattr(protocol, "passive_step", lambda party, msg, *a: (
+            seen.append(b"" if msg.gradients is None else np.ascontiguousarray(msg.gradients).tobytes())
+            or step(party, msg, *a)))
+        method = {"name": "vproto", "head": "gbdt", "batch_size": 64,
+                  "research": {"passive_pretrain": "none", "joint_trees": joint_trees}}
+        res = run_inprocess(cfg(tables, rounds=3, method=method, defence={"release_rounds": None}),
+                            active_secret=SECRET)
+        monkeypatch.setattr(protocol, "passive_step", step)
+        return seen, res["rounds"][-1]["test/loss"]
+
+    (on, loss_on), (off, loss_off) = received(True), received(False)
+    assert len(on) == 3 and any(on) and on == off
+    assert loss_on != loss_off  # while the scores do move
+
+
+def test_averaged_logits_are_the_mean_of_the_probabilities():
+    from flwr_vproto.method.joint import average_of
+
+    a, b = torch.randn(5, 3), torch.randn(5, 3) * 4
+    assert torch.allclose(torch.softmax(average_of(a, b), 1), (torch.softmax(a, 1) + torch.softmax(b, 1)) / 2,
+                          atol=1e-6)
+
+
 def test_the_tree_head_is_the_default_for_vproto_on_tables_and_the_network_head_elsewhere():
     """``method.head`` left null follows from the dataset and the method, in every entry point (the Hydra presets:
     tests/test_config_store.py's snapshot; the run-config of ``flwr run`` here); a value the user gives is kept."""
@@ -142,8 +237,9 @@ def test_the_option_is_refused_in_one_line_where_it_cannot_run(override, words):
 
 
 def test_saved_models_predict_new_users_with_the_same_trees(tmp_path, monkeypatch):
-    """The trees travel in the active party's model file: prediction on new raw rows (the held-out test users, in
-    new files) gives the accuracy the run reported, joint and active-only, without refitting."""
+    """The trees (the head and the joint trees) travel in the active party's model file: prediction on new raw rows
+    (the held-out test users, in new files) gives the accuracy the run reported, joint and active-only, without
+    refitting."""
     import pandas as pd
     from conftest import import_script
 
@@ -161,8 +257,9 @@ def test_saved_models_predict_new_users_with_the_same_trees(tmp_path, monkeypatc
     fits = []
     fit = trees.fit_head
     monkeypatch.setattr(trees, "fit_head", lambda *a: fits.append(1) or fit(*a))
+    joint_fits = _spy_joint_fits(monkeypatch)
     pred = predict(tmp_path / "run" / "models", new, tmp_path / "pred.csv")
     last = results["rounds"][-1]
-    assert not fits
+    assert not fits and not joint_fits  # the head and the joint trees both load from the model file
     assert pred.metrics["accuracy"] == pytest.approx(last["test/accuracy"], abs=1e-12)
     assert pred.metrics["active_only_accuracy"] == pytest.approx(last["test/active_only_accuracy"], abs=1e-12)

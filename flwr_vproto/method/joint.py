@@ -8,6 +8,7 @@ arguments, so this module holds no parameters.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -90,3 +91,11 @@ def joint_logits(
                 continue
             logits = logits + prototype_weights[k] * prototype_log_probs(z, pk, mask, part.geometry)
     return logits
+
+
+def average_of(first: torch.Tensor, second: torch.Tensor) -> torch.Tensor:
+    """Logits whose softmax is the mean of ``softmax(first)`` and ``softmax(second)``: two joint models (the network
+    and the joint trees, ``method.research.joint_trees``) averaged as probabilities, so calibration, scores and
+    prediction, which read logits, see the average without knowing it is one."""
+    both = torch.stack([torch.log_softmax(first, dim=1), torch.log_softmax(second, dim=1)])
+    return torch.logsumexp(both, dim=0) - math.log(2.0)
