@@ -34,7 +34,7 @@ import torch
 
 from flwr_vproto import exchanges
 from flwr_vproto.config import Config
-from flwr_vproto.parties import state_from_bytes, state_to_bytes
+from flwr_vproto.parties import bytes_tensor, state_from_bytes, state_to_bytes, tensor_bytes
 
 SERVER = "server"
 # Every file's layout and its config fingerprint's keys (resume_fingerprint): bump it when either changes (a new
@@ -180,7 +180,7 @@ def save_party(folder: Path, rnd: int, checkpoint: dict[str, Any]) -> Path:
     if secret is not None:
         from flwr_vproto.defences import write_secret_file
 
-        raw, path = bytes(secret.cpu().numpy().astype(np.uint8).tobytes()), folder / SECRET_FILE
+        raw, path = tensor_bytes(secret), folder / SECRET_FILE
         if not path.exists() or path.read_text(encoding="ascii").strip() != raw.hex():  # once per run, not per round
             write_secret_file(path, raw)
     return save(folder, rnd, {**checkpoint, "party": state})
@@ -203,7 +203,7 @@ def _restore_secret(saved: dict[str, Any], folder: Path, who: str) -> None:
     except ConfigError as err:
         raise CheckpointError(str(err)) from None
     assert secret is not None
-    saved["party"][SECRET_KEY] = torch.as_tensor(np.frombuffer(secret, dtype=np.uint8).copy())
+    saved["party"][SECRET_KEY] = bytes_tensor(secret)
 
 
 def server_checkpoint(cfg: Config, rnd: int, history: list[dict[str, float]], transit: dict[str, Any],

@@ -26,7 +26,7 @@ import hashlib
 import io
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, overload
 
 import numpy as np
 import torch
@@ -89,6 +89,25 @@ def state_to_bytes(state: dict[str, Any]) -> bytes:
 def state_from_bytes(data: bytes) -> dict[str, Any]:
     """Inverse of :func:`state_to_bytes`; refuses pickled code (``weights_only``)."""
     return torch.load(io.BytesIO(data), weights_only=True)
+
+
+@overload
+def bytes_tensor(data: bytes) -> torch.Tensor: ...
+@overload
+def bytes_tensor(data: None) -> None: ...
+def bytes_tensor(data: bytes | None) -> torch.Tensor | None:
+    """Bytes (a secret, LightGBM's model text, a digest) as a uint8 tensor, the form party state keeps them in
+    (``weights_only`` loads tensors, not ``bytes``); ``None`` kept."""
+    return None if data is None else torch.as_tensor(np.frombuffer(data, dtype=np.uint8).copy())
+
+
+@overload
+def tensor_bytes(value: torch.Tensor) -> bytes: ...
+@overload
+def tensor_bytes(value: None) -> None: ...
+def tensor_bytes(value: torch.Tensor | None) -> bytes | None:
+    """Inverse of :func:`bytes_tensor`."""
+    return None if value is None else bytes(value.cpu().numpy().astype(np.uint8).tobytes())
 class _Party:
     """What both roles share: data, encoder, optimizer, alignment, round seeding and state."""
 
@@ -922,17 +941,17 @@ class ActiveParty(_Party):
                 "chosen_only": None if self.chosen_only is None else self.chosen_only.state_dict(),
                 "chosen_only_score": list(self.chosen_only_score),
                 "privacy": None if self.accountant is None else self.accountant.state_dict(),
-                "secret": torch.as_tensor(np.frombuffer(self.secret, dtype=np.uint8).copy()),
+                "secret": bytes_tensor(self.secret),
                 "gradient_privacy": (None if self.gradient_accountant is None
                                      else self.gradient_accountant.state_dict()),
-                "tree_head": _bytes_state(self._tree_bytes),
-                "joint_trees": _bytes_state(self._joint_tree_bytes),
-                "joint_trees_key": _bytes_state(self._joint_tree_key),
+                "tree_head": bytes_tensor(self._tree_bytes),
+                "joint_trees": bytes_tensor(self._joint_tree_bytes),
+                "joint_trees_key": bytes_tensor(self._joint_tree_key),
                 "joint_trees_setting": self._joint_tree_setting}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("secret") is not None:
-            self.secret = bytes(state["secret"].cpu().numpy().astype(np.uint8).tobytes())
+            self.secret = tensor_bytes(state["secret"])
         self._use_private_labels()  # the secret draws the noised labels
         if self.gradient_accountant is not None and state.get("gradient_privacy") is not None:
             self.gradient_accountant.load_state_dict(state["gradient_privacy"])
@@ -948,21 +967,12 @@ class ActiveParty(_Party):
             self.keep_active_only(*state["chosen_only_score"])  # builds the module, then takes the saved weights
             self.chosen_only.load_state_dict(state["chosen_only"])  # type: ignore[union-attr]
         if state.get("tree_head") is not None:
-            self._tree_bytes = _state_bytes(state["tree_head"])
+            self._tree_bytes = tensor_bytes(state["tree_head"])
             self._tree_cache = {}
-        self._joint_tree_bytes = _state_bytes(state.get("joint_trees"))
-        self._joint_tree_key = _state_bytes(state.get("joint_trees_key"))
+        self._joint_tree_bytes = tensor_bytes(state.get("joint_trees"))
+        self._joint_tree_key = tensor_bytes(state.get("joint_trees_key"))
         self._joint_tree_setting = state.get("joint_trees_setting")
         self._joint_booster = None
-
-
-def _bytes_state(data: bytes | None) -> torch.Tensor | None:
-    """Bytes as party state (a uint8 tensor), ``None`` kept."""
-    return None if data is None else torch.as_tensor(np.frombuffer(data, dtype=np.uint8).copy())
-
-
-def _state_bytes(value: torch.Tensor | None) -> bytes | None:
-    return None if value is None else bytes(value.cpu().numpy().astype(np.uint8).tobytes())
 
 
 def _digest(arrays: list[np.ndarray]) -> bytes:

@@ -245,7 +245,7 @@ def head_margin(booster: Any, x: np.ndarray, num_classes: int) -> np.ndarray:
 def joint_margin(booster: Any, x: np.ndarray, base: np.ndarray, num_classes: int) -> np.ndarray:
     """The joint trees' logits of rows ``x``: ``base`` (the tree head's logits of the same rows) plus the booster's
     margin, ``(n, num_classes)`` float32 (:func:`fit_joint`)."""
-    return (np.asarray(base, dtype=np.float32) + head_margin(booster, x, num_classes)).astype(np.float32)
+    return np.asarray(base, dtype=np.float32) + head_margin(booster, x, num_classes)
 
 
 def head_to_bytes(booster: Any) -> bytes:
