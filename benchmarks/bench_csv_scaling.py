@@ -9,6 +9,8 @@ absolute standardised value over every party's test rows is reported too.
     python benchmarks/bench_csv_scaling.py --work /tmp/csv_scaling --seeds 0 1 2 --rounds 20 \
         --out benchmarks/csv_scaling.jsonl
 
+``--method-overrides JSON`` sets method options for every run (recorded), e.g. ``'{"head": "nn"}'``.
+
 ``--source fashion_mnist --rows 5000`` writes a seeded subsample of the Fashion-MNIST training images (Debian package
 ``dataset-fashion-mnist``) instead, 784 pixel columns of 0..255, and gives the active party the left half of each
 image (columns 0-13 of every pixel row), as the built-in ``fashion_mnist`` dataset does.
@@ -63,6 +65,10 @@ def main() -> None:
     ap.add_argument("--methods", nargs="+", default=["vproto", "local"])
     ap.add_argument("--source", choices=["digits", "fashion_mnist"], default="digits")
     ap.add_argument("--rows", type=int, default=5000, help="fashion_mnist: users drawn from the training images")
+    ap.add_argument("--variants", nargs="+", choices=list(VARIANTS), default=list(VARIANTS))
+    ap.add_argument("--method-overrides", type=json.loads, default={},
+                    help='JSON merged into every run\'s method section, kept in each record (e.g. \'{"research": '
+                         '{"joint_trees": false}}\')')
     ap.add_argument("--out", default="benchmarks/csv_scaling.jsonl")
     args = ap.parse_args()
     work = Path(args.work)
@@ -74,7 +80,8 @@ def main() -> None:
     print(res.counts, flush=True)
     paths = [str(p) for p in res.paths]
     rows = []
-    for tag, options in VARIANTS.items():
+    for tag in args.variants:
+        options = VARIANTS[tag]
         base = {"engine": "inprocess", "num_rounds": args.rounds,
                 "dataset": {"name": "csv", "csv": {"paths": paths, "id_column": "user_id", "split_seed": 0,
                                                     **options}}}
@@ -82,11 +89,12 @@ def main() -> None:
         max_abs = float(max(np.abs(p.test.x).max() for p in ds.parties))
         for method in args.methods:
             for seed in args.seeds:
-                cfg = config_from_dict({**base, "seed": seed, "method": {"name": method}})
+                cfg = config_from_dict({**base, "seed": seed, "method": {**args.method_overrides, "name": method}})
                 t0 = time.perf_counter()
                 out = run_inprocess(cfg)
                 row = {"source": args.source, "variant": tag, "method": method, "seed": seed, "rounds": args.rounds,
                        "accuracy": out["final"]["accuracy"], "max_abs_test_value": max_abs,
+                       **({"method_overrides": args.method_overrides} if args.method_overrides else {}),
                        "seconds": round(time.perf_counter() - t0, 1)}
                 rows.append(row)
                 print(json.dumps(row), flush=True)
