@@ -9,10 +9,12 @@ protection) and scores the trees alone on the aligned test users, for each input
 * ``emb``: what the package uses;
 * ``emb+proto``: plus each embedding's squared distance to each class mean of the normalised training embeddings (the
   second prototypes' geometry) and their differences to class 0: a label-aligned summary axis-aligned trees can split;
+* ``emb+lr``: plus a logistic regression's logit on the normalised embedding (out of fold on the training rows,
+  5 folds; fitted on all of them for validation and test): a learned label-aligned direction;
 * ``raw``: [active columns, the passive's raw columns], a reference no federation sees (what the embedding loses).
 
 ``X`` (environment, JSON) overrides config sections for the passive (e.g. ``{"model": {"embedding_dim": 128}}``),
-``KINDS`` picks the kinds (default all three). One process, one thread.
+``KINDS`` picks the kinds (default ``emb``, ``emb+proto``, ``raw``). One process, one thread.
 
     python benchmarks/bench_joint_tree_inputs.py F S [weak]   # appends a line to benchmarks/joint_tree_inputs.jsonl
 """
@@ -70,12 +72,26 @@ def main() -> None:
     z, y = _normalised(view["train"]["z"][labelled]), view["train"]["y"][labelled]
     means = np.stack([z[y == c].mean(0) for c in range(ds.num_classes)])
 
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.model_selection import StratifiedKFold, cross_val_predict
+
+    lr = LogisticRegression(max_iter=2000)
+    zt_all = _normalised(view["train"]["z"])
+    lr_logit = {"train": np.zeros(len(zt_all))}
+    lr_logit["train"][labelled] = cross_val_predict(lr, z, y, cv=StratifiedKFold(5, shuffle=True, random_state=seed),
+                                                    method="decision_function")
+    lr.fit(z, y)
+    for sp in ("val", "test"):
+        lr_logit[sp] = lr.decision_function(_normalised(view[sp]["z"]))
+
     def features(kind: str, sp: str) -> np.ndarray:
         v = view[sp]
         if kind == "raw":
             return np.hstack([v["xa"], v["xp"]])
         if kind == "emb":
             return np.hstack([v["xa"], v["z"]])
+        if kind == "emb+lr":
+            return np.hstack([v["xa"], v["z"], lr_logit[sp][:, None]]).astype(np.float32)
         dist = ((_normalised(v["z"])[:, None, :] - means[None]) ** 2).sum(-1)
         return np.hstack([v["xa"], v["z"], dist, dist[:, 1:] - dist[:, :1]]).astype(np.float32)
 
