@@ -23,9 +23,10 @@ It changes scheduling only, never a number.
 **Ray's start.** Ray waits a fixed 30 s (``raylet_start_wait_time_s`` in ``ray/_private/node.py``, no setting) for
 its raylet to register when a simulation starts; with both workers busy it once did not, and
 ``test_wire_privacy.py`` failed with "The current node timed out during startup" before any message was sent (one
-of nine full runs, 2026-12-07). pyproject.toml's ``[tool.pytest.ini_options]`` has pytest-rerunfailures run such a
-test once more, its fixtures set up afresh; the rule matches that message anywhere in the failure's chain of
-exceptions (Flower re-raises it as "Simulation Runtime crashed"), so no other failure is ever retried.
+of the eight full runs logged on the project's 2-core machine, 2026-12-07). pyproject.toml's
+``[tool.pytest.ini_options]`` has pytest-rerunfailures run such a test once more, its fixtures set up afresh; the
+rule matches that message anywhere in the failure's chain of exceptions (Flower re-raises it as "Simulation Runtime
+crashed"), so no other failure is ever retried.
 
 **Helpers.** The in-process Flower grid and the small configs of the protocol tests (:class:`InlineGrid`,
 :func:`small_cfg`, :func:`sim_nodes`, :func:`run_inline`, :func:`assert_same_history`), the CSV pair of the data
