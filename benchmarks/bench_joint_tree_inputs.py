@@ -11,10 +11,19 @@ protection) and scores the trees alone on the aligned test users, for each input
   second prototypes' geometry) and their differences to class 0: a label-aligned summary axis-aligned trees can split;
 * ``emb+lr``: plus a logistic regression's logit on the normalised embedding (out of fold on the training rows,
   5 folds; fitted on all of them for validation and test): a learned label-aligned direction;
-* ``raw``: [active columns, the passive's raw columns], a reference no federation sees (what the embedding loses).
+* ``emb+ica``: plus 16 independent components of the embedding (scikit-learn's FastICA fitted on the aligned
+  training users' embeddings, no label): axes a heavy-tailed source such as capital-gain may load on alone;
+* ``raw``: [active columns, the passive's raw columns], a reference no federation sees (what the embedding loses);
+* ``emb+raw:COLUMN``: the embedding plus one raw encoded passive column (a name of the passive's ``feature_names``,
+  e.g. ``capital-gain``), a diagnostic of which column the embedding loses; also no federation sees it.
 
 ``X`` (environment, JSON) overrides config sections for the passive (e.g. ``{"model": {"embedding_dim": 128}}``),
-``KINDS`` picks the kinds (default ``emb``, ``emb+proto``, ``raw``). One process, one thread.
+``KINDS`` picks the kinds (default ``emb``, ``emb+proto``, ``raw``), ``PARAMS`` (JSON) adds LightGBM parameters to
+every joint-tree fit (e.g. ``{"feature_fraction": 0.5}``), ``TRANSFORM`` re-encodes the passive's numeric columns
+before it pre-trains (``log``: log1p of the encoded (standardised) value above its training minimum, standardised
+again; ``ple``: the standardised value plus a piecewise-linear encoding over 16 quantile bins of the values other
+than the column's most common one, the "numeric embeddings" of Gorishniy et al. 2022; label-free, the passive's own
+rows only). Each line records them. One process, one thread.
 
     python benchmarks/bench_joint_tree_inputs.py F S [weak]   # appends a line to benchmarks/joint_tree_inputs.jsonl
 """
@@ -30,7 +39,7 @@ import numpy as np
 import torch
 
 from flwr_vproto import trees
-from flwr_vproto.adult_columns import COLUMNS
+from flwr_vproto.adult_columns import COLUMNS, NUMERIC
 from flwr_vproto.alignment import align_dataset
 from flwr_vproto.config import config_from_dict
 from flwr_vproto.data import SPLITS, load_vertical_dataset
@@ -38,6 +47,37 @@ from flwr_vproto.method.scores import classification_scores
 from flwr_vproto.parties import ActiveParty, PassiveParty
 
 WEAK_ACTIVE = ["age", "race", "sex", "native-country", "fnlwgt"]  # as bench_methods.py's adult_weak
+PLE_BINS = 16
+ICA_COMPONENTS = 16
+PARAMS = json.loads(os.environ.get("PARAMS", "{}"))
+_seeded = trees._params_seeded
+trees._params_seeded = lambda *a: {**_seeded(*a), **PARAMS}  # PARAMS: every fit here is a joint-tree fit
+
+
+def _transformed(column: np.ndarray, train: np.ndarray, kind: str) -> np.ndarray:
+    """``TRANSFORM``: one numeric column re-encoded from its training values (no label): ``(n, k)``."""
+    if kind == "log":
+        shifted = np.log1p(train - train.min())
+        return ((np.log1p(np.maximum(column - train.min(), 0.0)) - shifted.mean()) / shifted.std())[:, None]
+    values, counts = np.unique(train, return_counts=True)
+    mode = values[counts.argmax()]
+    edges = np.unique(np.concatenate([[train.min(), mode],
+                                      np.quantile(train[train != mode], np.linspace(0, 1, PLE_BINS + 1))]))
+    return np.hstack([column[:, None], np.clip((column[:, None] - edges[:-1]) / np.diff(edges), 0.0, 1.0)])
+
+
+def transform_passive(party, numeric: list[str], kind: str) -> None:
+    """Re-encode the passive's numeric columns in place (``TRANSFORM``), before it pre-trains."""
+    if kind == "none":
+        return
+    cols = [party.feature_names.index(c) for c in numeric if c in party.feature_names]
+    train = np.asarray(party.train.x, dtype=np.float64)
+    for sp in SPLITS:
+        x = np.asarray(party.split(sp).x, dtype=np.float64)
+        blocks = [_transformed(x[:, j], train[:, j], kind) for j in cols]
+        rest = np.delete(x, cols, axis=1)
+        party.split(sp).x = np.hstack([*blocks, rest]).astype(np.float32)
+    party.input_shape = (party.train.x.shape[1],)
 
 
 def _normalised(z: np.ndarray) -> np.ndarray:
@@ -55,6 +95,10 @@ def main() -> None:
     cfg = config_from_dict({"engine": "inprocess", "seed": seed, "dataset": data, **overrides,
                             "method": {"name": "vproto", "head": "gbdt", **overrides.get("method", {})}})
     ds = load_vertical_dataset(cfg)
+    transform = os.environ.get("TRANSFORM", "none")
+    raw_passive = {sp: np.asarray(ds.passives[0].split(sp).x) for sp in SPLITS}  # before TRANSFORM
+    passive_names = list(ds.passives[0].feature_names)
+    transform_passive(ds.passives[0], NUMERIC, transform)
     al = align_dataset(ds, cfg.seed, cfg.dataset.min_aligned)
     passive = PassiveParty(ds.passives[0], cfg, 1, ds.num_classes)
     passive.set_alignment(al[1])
@@ -66,7 +110,7 @@ def main() -> None:
         rows = al[0][sp]
         view[sp] = {"xa": np.asarray(ds.active.split(sp).x[rows], dtype=np.float32).reshape(len(rows), -1),
                     "z": passive.embed(sp),
-                    "xp": np.asarray(ds.passives[0].split(sp).x[al[1][sp]], dtype=np.float32).reshape(len(rows), -1),
+                    "xp": np.asarray(raw_passive[sp][al[1][sp]], dtype=np.float32).reshape(len(rows), -1),
                     "y": np.asarray(ds.active.split(sp).y[rows]), "margin": active._tree_logits(sp, rows).numpy()}
     labelled = view["train"]["y"] >= 0
     z, y = _normalised(view["train"]["z"][labelled]), view["train"]["y"][labelled]
@@ -84,10 +128,22 @@ def main() -> None:
     for sp in ("val", "test"):
         lr_logit[sp] = lr.decision_function(_normalised(view[sp]["z"]))
 
+    ica = None
+    if "emb+ica" in kinds:
+        from sklearn.decomposition import FastICA
+
+        ica = FastICA(ICA_COMPONENTS, whiten="unit-variance", max_iter=1000, random_state=seed).fit(view["train"]["z"])
+
     def features(kind: str, sp: str) -> np.ndarray:
         v = view[sp]
         if kind == "raw":
             return np.hstack([v["xa"], v["xp"]])
+        if kind.startswith("emb+raw:"):
+            j = passive_names.index(kind.split(":", 1)[1])
+            return np.hstack([v["xa"], v["z"], v["xp"][:, j:j + 1]])
+        if kind == "emb+ica":
+            assert ica is not None
+            return np.hstack([v["xa"], v["z"], ica.transform(v["z"])]).astype(np.float32)
         if kind == "emb":
             return np.hstack([v["xa"], v["z"]])
         if kind == "emb+lr":
@@ -95,7 +151,8 @@ def main() -> None:
         dist = ((_normalised(v["z"])[:, None, :] - means[None]) ** 2).sum(-1)
         return np.hstack([v["xa"], v["z"], dist, dist[:, 1:] - dist[:, :1]]).astype(np.float32)
 
-    out: dict = {"fraction": fraction, "seed": seed, "weak": weak, "overrides": overrides}
+    out: dict = {"fraction": fraction, "seed": seed, "weak": weak, "overrides": overrides,
+                 **({"params": PARAMS} if PARAMS else {}), **({"transform": transform} if transform != "none" else {})}
     for kind in kinds:
         tr, va, te = view["train"], view["val"], view["test"]
         booster, setting = trees.fit_joint((features(kind, "train")[labelled], tr["y"][labelled]),
