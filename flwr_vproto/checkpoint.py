@@ -39,7 +39,7 @@ from flwr_vproto.parties import bytes_tensor, state_from_bytes, state_to_bytes, 
 SERVER = "server"
 # Every file's layout and its config fingerprint's keys (resume_fingerprint): bump it when either changes (a new
 # option included). A file of another format is refused (load), never translated: files without a number are 1.
-FORMAT = 3  # 3: method.research.loss_form removed from the config (issue 29)
+FORMAT = 4  # 4: the joint trees' unmixing in the active party's state (issue 28); 3: method.research.loss_form removed
 FORMAT_KEY = "format"
 SECRET_FILE = "secret.hex"  # in the active party's checkpoint folder: its secret, mode 0600
 SECRET_KEY = "secret"  # the key of the secret in the active party's state dict (parties.py)

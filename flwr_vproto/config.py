@@ -279,10 +279,10 @@ class ResearchConfig:
     joint_trees: bool = opt(
         True,
         "With the tree head (method.head=gbdt): the joint model's probabilities are the average of the network's "
-        "and those of LightGBM on the aligned users' [active columns, passives' embeddings], boosted from the tree "
-        "head's margin and early-stopped on the aligned validation rows (fitted at the first calibration, again "
-        "whenever the passives' training embeddings change). Two learners that err differently; nothing of it "
-        "leaves the active party. Ignored with the network head."
+        "and those of LightGBM on the aligned users' [active columns, passives' embeddings and their independent "
+        "components], boosted from the tree head's margin and early-stopped on the aligned validation rows (fitted "
+        "at the first calibration, again whenever the passives' training embeddings change). Two learners that err "
+        "differently; nothing of it leaves the active party. Ignored with the network head."
     )
     joint_trains_active_encoder: bool = opt(
         None,

@@ -418,8 +418,10 @@ class ActiveParty(_Party):
         self._tree_bytes: bytes | None = None
         self._tree_cache: dict[str, torch.Tensor] = {}
         # method.research.joint_trees: the joint trees (LightGBM's text), the digest of the training embeddings they
-        # were fitted on, the loaded booster, and this process's latest training embeddings (fit_joint_trees).
+        # were fitted on, each passive's unmixing (independent components, trees.fit_unmixing), the loaded booster,
+        # and this process's latest training embeddings (fit_joint_trees).
         self._joint_tree_bytes: bytes | None = None
+        self._joint_unmixing: list[trees.Unmixing | None] = []
         self._joint_tree_key: bytes | None = None
         self._joint_tree_setting: dict[str, int] | None = None
         self._joint_booster: Any = None
@@ -604,6 +606,7 @@ class ActiveParty(_Party):
         key = _digest(self._train_embeddings)
         if key == self._joint_tree_key:
             return False
+        self._joint_unmixing = [trees.fit_unmixing(e, self.cfg.seed) for e in self._train_embeddings]
         views = []
         for split, embeddings in (("train", self._train_embeddings), ("val", val_embeddings)):
             rows = self.aligned[split]
@@ -620,10 +623,12 @@ class ActiveParty(_Party):
         return True
 
     def _joint_tree_features(self, split: str, rows: np.ndarray, embeddings: list[np.ndarray]) -> np.ndarray:
-        """The joint trees' inputs of rows ``rows`` of ``split``: this party's columns, then each passive's
-        embedding of the same rows."""
+        """The joint trees' inputs of rows ``rows`` of ``split``: this party's columns, each passive's embedding of
+        the same rows, then each passive's independent components of it (those fitted, :func:`trees.fit_unmixing`)."""
         x = np.asarray(self.data.split(split).x[rows], dtype=np.float32).reshape(len(rows), -1)
-        return np.hstack([x, *(np.asarray(e, dtype=np.float32) for e in embeddings)])
+        components = [trees.unmixed(e, u) for e, u in zip(embeddings, self._joint_unmixing, strict=True)
+                      if u is not None]
+        return np.hstack([x, *(np.asarray(e, dtype=np.float32) for e in embeddings), *components])
 
     def _joint_tree_logits(self, split: str, rows: np.ndarray, embeddings: list[np.ndarray],
                            base: torch.Tensor | None) -> torch.Tensor | None:
@@ -947,7 +952,9 @@ class ActiveParty(_Party):
                 "tree_head": bytes_tensor(self._tree_bytes),
                 "joint_trees": bytes_tensor(self._joint_tree_bytes),
                 "joint_trees_key": bytes_tensor(self._joint_tree_key),
-                "joint_trees_setting": self._joint_tree_setting}
+                "joint_trees_setting": self._joint_tree_setting,
+                "joint_trees_unmixing": [None if u is None else [torch.from_numpy(u[0]), torch.from_numpy(u[1])]
+                                         for u in self._joint_unmixing]}
 
     def _load_extra_state(self, state: dict[str, Any]) -> None:
         if state.get("secret") is not None:
@@ -972,6 +979,8 @@ class ActiveParty(_Party):
         self._joint_tree_bytes = tensor_bytes(state.get("joint_trees"))
         self._joint_tree_key = tensor_bytes(state.get("joint_trees_key"))
         self._joint_tree_setting = state.get("joint_trees_setting")
+        self._joint_unmixing = [None if u is None else (u[0].numpy(), u[1].numpy())
+                                for u in state.get("joint_trees_unmixing") or []]
         self._joint_booster = None
 
 

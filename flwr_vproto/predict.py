@@ -46,7 +46,7 @@ from flwr_vproto.parties import ActiveParty, PassiveParty, state_from_bytes, sta
 from flwr_vproto.psi import PSIError
 from flwr_vproto.results import format_prediction, write_new
 
-MODEL_FORMAT = 2  # 2: the saved config lost method.research.loss_form (issue 29); another format is refused
+MODEL_FORMAT = 3  # 3: the joint trees' unmixing in the state (issue 28); 2: config lost loss_form; another is refused
 SPLIT = "test"  # the new rows sit in this split of the predicting party (train and val are empty)
 OUTPUT_NAMES = {"held-out": "predictions-held-out.csv", "file": "predictions.csv"}
 """The default predictions file per source of the new rows (the built-in dataset's held-out test users, or the

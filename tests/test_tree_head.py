@@ -128,10 +128,14 @@ def test_the_joint_model_is_the_average_of_the_network_and_the_joint_trees(monke
     active, passive = res["state"]["active"], res["state"]["passives"][0]
     al = active.aligned
     assert np.array_equal(yt, ds.active.train.y[al["train"]]) and np.array_equal(yv, ds.active.val.y[al["val"]])
-    width = ds.active.train.x.shape[1]
-    assert xt.shape == (len(al["train"]), width + c.model.embedding_dim)
+    width, dim = ds.active.train.x.shape[1], c.model.embedding_dim
+    unmixing = active._joint_unmixing[0]  # fitted on the training embeddings the trees are fitted on
+    assert unmixing is not None and unmixing[1].shape == (trees.UNMIXED_COMPONENTS, dim)
+    assert xt.shape == (len(al["train"]), width + dim + trees.UNMIXED_COMPONENTS)
     assert np.array_equal(xt[:, :width], ds.active.train.x[al["train"]])
-    assert np.allclose(xt[:, width:], passive.embed("train"))  # the embedding the passive sent, never its columns
+    z = passive.embed("train")
+    assert np.allclose(xt[:, width:width + dim], z)  # the embedding the passive sent, never its columns
+    assert np.allclose(xt[:, width + dim:], trees.unmixed(z, unmixing), atol=1e-5)  # and its independent components
     assert np.array_equal(bt, active._tree_logits("train", al["train"]).numpy())  # from the tree head's margin
     rows, emb = al["val"], [passive.embed("val")]
     _, both = active.logits("val", rows, emb)
@@ -148,6 +152,33 @@ def test_the_joint_model_is_the_average_of_the_network_and_the_joint_trees(monke
                                                       "research": {"passive_pretrain": "none",
                                                                    "joint_trees": False}}), dataset=ds)
     assert not fits and off["rounds"][-1]["test/loss"] != res["rounds"][-1]["test/loss"]
+
+
+def test_the_unmixing_puts_a_heavy_tailed_source_back_on_an_axis_of_its_own():
+    """``trees.fit_unmixing`` (the joint trees' independent components): a sparse, heavy-tailed source (like adult's
+    capital-gain: mostly zero, a few large values) that a rotation spreads over every dimension of an embedding comes
+    back as one component; the matrix depends on the embeddings and the seed only; a rank-deficient embedding gets as
+    many components as its rank, and one row or no spread gets none (the trees then see the embedding alone)."""
+    rng = np.random.default_rng(0)
+    n, d = 3000, 24
+    sparse = np.where(rng.random(n) < 0.08, rng.exponential(5.0, n), 0.0)
+    q, _ = np.linalg.qr(rng.normal(size=(d, d)))
+    z = np.column_stack([sparse, rng.normal(size=(n, d - 1))]) @ q.T
+
+    def best_match(columns: np.ndarray) -> float:
+        return max(abs(np.corrcoef(columns[:, j], sparse)[0, 1]) for j in range(columns.shape[1]))
+
+    assert best_match(z) < 0.8  # no axis of the embedding carries it alone
+    unmixing = trees.fit_unmixing(z, seed=0)
+    assert unmixing is not None
+    components = trees.unmixed(z, unmixing)
+    assert components.shape == (n, trees.UNMIXED_COMPONENTS) and components.dtype == np.float32
+    assert best_match(components) > 0.99
+    again = trees.fit_unmixing(z.copy(), seed=0)
+    assert again is not None and all(np.array_equal(a, b) for a, b in zip(unmixing, again, strict=True))
+    low = trees.fit_unmixing(z[:, :3] @ rng.normal(size=(3, 8)), seed=0)
+    assert low is not None and low[1].shape == (3, 8)
+    assert trees.fit_unmixing(z[:1], seed=0) is None and trees.fit_unmixing(np.ones((50, 8)), seed=0) is None
 
 
 def test_the_joint_trees_refit_only_when_the_embeddings_move_and_travel_in_the_partys_state(monkeypatch, tables):
