@@ -280,7 +280,7 @@ def _benchmarks_cells(heading: str) -> dict[tuple[str, str, str], tuple[str, str
     return cells
 
 
-JOINT_TREES = "### The joint trees beside the network"  # vproto's adult rows since the joint trees became the default
+JOINT_TREES = "### Independent components for the joint trees"  # vproto's adult rows of the current default
 
 
 def test_readmes_results_table_is_benchmarks_section_1():
@@ -298,9 +298,10 @@ def test_readmes_results_table_is_benchmarks_section_1():
 
 
 def test_readmes_label_protection_figures_are_benchmarks_section_9():
-    """The attacks: §9's adult 5 % table of the current default (the joint trees); the cost: §1's adult 5 % cells."""
+    """The attacks: §9's adult 5 % table of the current default (independent components for the joint trees);
+    the cost: §1's adult 5 % cells."""
     section = BENCHMARKS[BENCHMARKS.index("## 9. "):BENCHMARKS.index("## 10. ")]
-    rows = {(r[0], r[1]): r for r in table_rows(section, "**adult, 5% aligned, joint trees**")}
+    rows = {(r[0], r[1]): r for r in table_rows(section, "**adult, 5% aligned, independent components**")}
     none, gauss = rows[("none", "vproto")], rows[("gauss_e1_first3", "vproto")]
     paragraph = " ".join(README.read_text().split("## Threat model and label protection")[1].split("## ")[0].split())
     mean = lambda cell: cell.split(" ± ")[0]  # noqa: E731
