@@ -176,15 +176,14 @@ def fit_head(train: Split, val: Split, num_classes: int, seed: int) -> Any:
 
 def fit_joint(train: Split, val: Split, base: tuple[np.ndarray, np.ndarray], num_classes: int, seed: int,
               setting: dict[str, int] | None = None) -> tuple[Any, dict[str, int]] | None:
-    """``method.research.joint_trees``: LightGBM on the aligned users' [active columns, passives' embeddings and
-    their independent components (:func:`fit_unmixing`)], boosting from the tree head's margin of the same rows
-    (``base``: the training and validation rows' ``(n, C)`` logits, :func:`head_margin`), early-stopped and chosen on
-    the aligned validation rows as :func:`fit_head` is. The
-    trees a lossless SecureBoost would grow on these users, except that they start from what the active party's own
-    rows already say and see each passive through the embedding it sent, never its columns. ``setting``: fit that
-    one setting instead of searching :func:`grid` (a refit on moved embeddings keeps the first fit's choice, at a
-    ninth of the cost). Returns the booster (its margin is added to the base: :func:`joint_margin`) and its setting;
-    ``None`` without a labelled row in either split."""
+    """``method.research.joint_trees``: LightGBM on the aligned users' [active columns, passives' embeddings and their
+    independent components (:func:`fit_unmixing`)], boosting from the tree head's margin of the same rows (``base``:
+    the training and validation rows' ``(n, C)`` logits, :func:`head_margin`), early-stopped and chosen on the
+    aligned validation rows as :func:`fit_head` is. The trees a lossless SecureBoost would grow on these users,
+    except that they start from what the active party's own rows already say and see each passive through the
+    embedding it sent, never its columns. ``setting``: fit that one setting instead of searching :func:`grid` (a
+    refit on moved embeddings keeps the first fit's choice, at a ninth of the cost). Returns the booster (its margin
+    is added to the base: :func:`joint_margin`) and its setting; ``None`` without a labelled row in either split."""
     if len(train[1]) == 0 or len(val[1]) == 0:
         return None
     return _fit_on_validation(train, val, num_classes, seed, base, None if setting is None else [setting])
@@ -251,14 +250,14 @@ Unmixing = tuple[np.ndarray, np.ndarray]  # (mean ``(d,)``, components ``(k, d)`
 
 
 def fit_unmixing(z: np.ndarray, seed: int) -> Unmixing | None:
-    """Independent components of a passive's embedding for the joint trees: FastICA (scikit-learn) fitted on the
-    aligned training users' embeddings ``z``, no label. The trees split one axis at a time, and the embedding spreads
-    what a single column says (adult's capital-gain, a heavy-tailed source) over many of its dimensions; the
-    independent components of a non-Gaussian mixture put such a source back on an axis of its own. On adult they win
-    back a small, steady part of what the embedding loses against raw columns (BENCHMARKS §1, "Independent
-    components"). At most :data:`UNMIXED_COMPONENTS` components, fewer than the rows and the embedding's rank;
-    ``None`` where that leaves none or the fit is not finite (the trees then see the embedding alone). One BLAS thread
-    and ``seed``, so the same embeddings give the same matrix in every process."""
+    """Independent components of a passive's embedding for the joint trees: FastICA (scikit-learn) fitted on the aligned
+    training users' embeddings ``z``, no label. The trees split one axis at a time, and the embedding spreads what a
+    single column says (adult's capital-gain, a heavy-tailed source) over many of its dimensions; the independent
+    components of a non-Gaussian mixture put such a source back on an axis of its own. On adult they win back a
+    small, steady part of what the embedding loses against raw columns (BENCHMARKS §1, "Independent components for
+    the joint trees"). At most :data:`UNMIXED_COMPONENTS` components, fewer than the rows and no more than the
+    embedding's rank; ``None`` where that leaves none or the fit is not finite (the trees then see the embedding
+    alone). One BLAS thread and ``seed``, so the same embeddings give the same matrix in every process."""
     from sklearn.decomposition import FastICA
     from sklearn.exceptions import ConvergenceWarning
     from threadpoolctl import threadpool_limits
