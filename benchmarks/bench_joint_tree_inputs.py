@@ -11,8 +11,8 @@ protection) and scores the trees alone on the aligned test users, for each input
   second prototypes' geometry) and their differences to class 0: a label-aligned summary axis-aligned trees can split;
 * ``emb+lr``: plus a logistic regression's logit on the normalised embedding (out of fold on the training rows,
   5 folds; fitted on all of them for validation and test): a learned label-aligned direction;
-* ``emb+ica``: plus 16 independent components of the embedding (scikit-learn's FastICA fitted on the aligned
-  training users' embeddings, no label): axes a heavy-tailed source such as capital-gain may load on alone;
+* ``emb+ica``: plus the independent components of the embedding, as the package computes them
+  (``trees.fit_unmixing``: FastICA on the aligned training users' embeddings, no label);
 * ``raw``: [active columns, the passive's raw columns], a reference no federation sees (what the embedding loses);
 * ``emb+raw:COLUMN``: the embedding plus one raw encoded passive column (a name of the passive's ``feature_names``,
   e.g. ``capital-gain``), a diagnostic of which column the embedding loses; also no federation sees it.
@@ -48,7 +48,6 @@ from flwr_vproto.parties import ActiveParty, PassiveParty
 
 WEAK_ACTIVE = ["age", "race", "sex", "native-country", "fnlwgt"]  # as bench_methods.py's adult_weak
 PLE_BINS = 16
-ICA_COMPONENTS = 16
 PARAMS = json.loads(os.environ.get("PARAMS", "{}"))
 _seeded = trees._params_seeded
 trees._params_seeded = lambda *a: {**_seeded(*a), **PARAMS}  # PARAMS: every fit here is a joint-tree fit
@@ -128,11 +127,7 @@ def main() -> None:
     for sp in ("val", "test"):
         lr_logit[sp] = lr.decision_function(_normalised(view[sp]["z"]))
 
-    ica = None
-    if "emb+ica" in kinds:
-        from sklearn.decomposition import FastICA
-
-        ica = FastICA(ICA_COMPONENTS, whiten="unit-variance", max_iter=1000, random_state=seed).fit(view["train"]["z"])
+    unmixing = trees.fit_unmixing(view["train"]["z"], seed) if "emb+ica" in kinds else None
 
     def features(kind: str, sp: str) -> np.ndarray:
         v = view[sp]
@@ -142,8 +137,8 @@ def main() -> None:
             j = passive_names.index(kind.split(":", 1)[1])
             return np.hstack([v["xa"], v["z"], v["xp"][:, j:j + 1]])
         if kind == "emb+ica":
-            assert ica is not None
-            return np.hstack([v["xa"], v["z"], ica.transform(v["z"])]).astype(np.float32)
+            assert unmixing is not None
+            return np.hstack([v["xa"], v["z"], trees.unmixed(v["z"], unmixing)])
         if kind == "emb":
             return np.hstack([v["xa"], v["z"]])
         if kind == "emb+lr":
