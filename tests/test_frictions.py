@@ -130,6 +130,31 @@ def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
     assert str(err).splitlines()[0] == f"run 7 ended (finished:failed) without results: {err.line}"
 
 
+
+def test_waiting_for_a_run_reads_its_end_off_the_superlink_log_and_asks_flwr_ls_rarely(tmp_path, monkeypatch):
+    """Each ``flwr ls`` starts the flwr CLI (seconds of CPU): while the SuperLink's log shows no end of the run it
+    is asked once at the start and then every ``status_every`` s; the log's ``Finished task … of run <id>`` line,
+    written once the SuperLink has recorded the end, gets the status at once (another run's line does not)."""
+    dep = deploy.LocalDeployment(tmp_path, [])
+    log = tmp_path / "superlink.log"
+    log.write_text("INFO :      Finished task 3 of run 71\n")  # run 7's prefix, another run
+    asked: list[float] = []
+    state = {"status": "running"}
+    monkeypatch.setattr(dep, "run_status", lambda run_id: asked.append(run_id) or state["status"])
+    clock = {"now": 0.0}
+    monkeypatch.setattr(deploy.time, "monotonic", lambda: clock["now"])
+
+    def sleep(seconds: float) -> None:
+        clock["now"] += seconds
+        if clock["now"] >= 40.0 and state["status"] == "running":  # the run ends at 40 s
+            state["status"] = "finished:completed"
+            with log.open("a") as f:
+                f.write("\x1b[92mINFO \x1b[0m:      Finished task 9 of run 7\n")
+
+    monkeypatch.setattr(deploy.time, "sleep", sleep)
+    assert dep.wait(7, timeout=600.0, status_every=30.0) == "finished:completed"
+    assert len(asked) == 3 and clock["now"] == 40.0  # at 0 s, at 30 s, and when the log says so
+
 def test_deploy_local_refuses_a_missing_file_or_a_lone_party_in_one_line_before_starting_anything(tmp_path, capsys):
     from flwr_vproto.deploy.cli import main as deploy_main
 

@@ -48,7 +48,10 @@ def _split_and_sweep(table: Path, aligned: float, sweeps: Path) -> tuple[int, Pa
     assert command[:3] == ["python", "-m", "flwr_vproto"], command  # run_simulation.py does the same
     command = [sys.executable, str(REPO / "run_simulation.py"), "-m", *command[3:], "engine=inprocess",
                f"method={','.join(METHODS)}", "seed=0,1", "num_rounds=2", "runner.save_models=false",
-               "method.lr=0.03", f"hydra.sweep.dir={sweeps / out.name}"]
+               "method.lr=0.03", f"hydra.sweep.dir={sweeps / out.name}",
+               # the network head: this test is about the split, the sweep and the report; the tree head's grid on
+               # this linear table was three quarters of its time (tests/test_tree_head.py tests the trees)
+               "method.head=nn"]
     proc = subprocess.run(command, cwd=table.parent, env=ENV, capture_output=True, text=True, check=False,
                           timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]

@@ -49,7 +49,7 @@ QUIET_ENV = {
     "RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO": "0",
     "PYTHONWARNINGS": "ignore",
 }
-STATUS_EVERY = 5.0  # seconds between two `flwr ls` calls while waiting for a run (see LocalDeployment.wait)
+STATUS_EVERY = 30.0  # seconds between two `flwr ls` calls while the SuperLink's log shows no end (LocalDeployment.wait)
 
 
 def free_port() -> int:
@@ -273,25 +273,39 @@ class LocalDeployment:
     def wait(self, run_id: int, timeout: float, until: Any = None, status_every: float = STATUS_EVERY) -> str:
         """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...).
 
-        ``until`` (a cheap check, e.g. a file's existence) is polled every 0.5 s; the run's status only every
-        ``status_every`` seconds, since each ``flwr ls`` starts the ``flwr`` CLI, over a second of CPU: polled
-        every 0.5 s by several deployments at once, that alone kept two cores busy and slowed the runs it waited for.
+        Cheap checks every 0.5 s: ``until`` (e.g. a file's existence) and the SuperLink's log, where Flower writes
+        ``Finished task … of run <id>`` once it has recorded the run's end; then ``flwr ls`` gives the status. Without
+        that line ``flwr ls`` is asked only every ``status_every`` seconds (a run whose ServerApp died unheard, or
+        other log wording), since each call starts the ``flwr`` CLI, over two seconds of CPU: asked every 5 s, the
+        three deployments the tests run side by side made 57 calls, about an eighth of two cores' time, and 32 now
+        (BENCHMARKS, "Threads on a shared machine, and the test suite's wall time").
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
+        status, ended = "", False
         while True:
             self._check_alive()
             if until is not None and until():
                 return self.run_status(run_id)
+            if not ended and self._ended_in_log(run_id):
+                ended, next_status = True, time.monotonic()
             if time.monotonic() >= next_status:
                 status = self.run_status(run_id)
                 if status.startswith("finished"):
                     return status
-                next_status = time.monotonic() + status_every
+                next_status = time.monotonic() + (2.0 if ended else status_every)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status}); logs in "
                                    f"{self.workdir}; ServerApp log:\n{self.log(run_id)[-3000:]}")
             time.sleep(0.5)
+
+    def _ended_in_log(self, run_id: int) -> bool:
+        """Whether the SuperLink's log says it finished run ``run_id``'s task (a file read, no process)."""
+        try:
+            text = (self.workdir / "superlink.log").read_text(errors="replace")
+        except OSError:
+            return False
+        return re.search(rf"Finished task \d+ of run {run_id}\b", text) is not None
 
     def log(self, run_id: int) -> str:
         """The run's logs (ServerApp output, errors included)."""
