@@ -130,7 +130,6 @@ def test_local_deployment_reports_a_failed_run_by_its_last_log_line():
     assert str(err).splitlines()[0] == f"run 7 ended (finished:failed) without results: {err.line}"
 
 
-
 def test_waiting_for_a_run_reads_its_end_off_the_superlink_log_and_asks_flwr_ls_rarely(tmp_path, monkeypatch):
     """Each ``flwr ls`` starts the flwr CLI (seconds of CPU): while the SuperLink's log shows no end of the run it
     is asked once at the start and then every ``status_every`` s; the log's ``Finished task … of run <id>`` line,
@@ -154,6 +153,7 @@ def test_waiting_for_a_run_reads_its_end_off_the_superlink_log_and_asks_flwr_ls_
     monkeypatch.setattr(deploy.time, "sleep", sleep)
     assert dep.wait(7, timeout=600.0, status_every=30.0) == "finished:completed"
     assert len(asked) == 3 and clock["now"] == 40.0  # at 0 s, at 30 s, and when the log says so
+
 
 def test_deploy_local_refuses_a_missing_file_or_a_lone_party_in_one_line_before_starting_anything(tmp_path, capsys):
     from flwr_vproto.deploy.cli import main as deploy_main

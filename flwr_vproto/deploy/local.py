@@ -282,13 +282,15 @@ class LocalDeployment:
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
-        status, ended = "", False
+        status, ended, read = "", False, 0
         while True:
             self._check_alive()
             if until is not None and until():
                 return self.run_status(run_id)
-            if not ended and self._ended_in_log(run_id):
-                ended, next_status = True, time.monotonic()
+            if not ended:
+                ended, read = self._ended_in_log(run_id, read)
+                if ended:
+                    next_status = time.monotonic()
             if time.monotonic() >= next_status:
                 status = self.run_status(run_id)
                 if status.startswith("finished"):
@@ -299,13 +301,17 @@ class LocalDeployment:
                                    f"{self.workdir}; ServerApp log:\n{self.log(run_id)[-3000:]}")
             time.sleep(0.5)
 
-    def _ended_in_log(self, run_id: int) -> bool:
-        """Whether the SuperLink's log says it finished run ``run_id``'s task (a file read, no process)."""
+    def _ended_in_log(self, run_id: int, read: int) -> tuple[bool, int]:
+        """Whether the SuperLink's log, past byte ``read``, says it finished run ``run_id``'s task, and the byte its
+        next unread line starts at: each poll reads only the lines written since the last (a file read, no process)."""
         try:
-            text = (self.workdir / "superlink.log").read_text(errors="replace")
+            with open(self.workdir / "superlink.log", "rb") as log:
+                log.seek(read)
+                added = log.read()
         except OSError:
-            return False
-        return re.search(rf"Finished task \d+ of run {run_id}\b", text) is not None
+            return False, read
+        lines = added[:added.rfind(b"\n") + 1]  # whole lines only: a line half written is read next time
+        return re.search(rb"Finished task \d+ of run %d\b" % run_id, lines) is not None, read + len(lines)
 
     def log(self, run_id: int) -> str:
         """The run's logs (ServerApp output, errors included)."""
