@@ -7,9 +7,10 @@ processes and times each part, for the passive's and the active party's message 
 
     python benchmarks/bench_clientapp.py --repeats 3
 
-The parent trains two rounds on an in-process Flower grid and stores each party's ``context.state`` and its round-3
-message; each child is a fresh ``python`` that times its imports and then the handler's parts. The SuperNode's poll
-(~3 s in Flower 1.42) and the gRPC hops come on top and are Flower's.
+The parent trains three rounds in three exchanges (``exchange.count=3``: the default's one exchange would have no
+round-3 message) on an in-process Flower grid and stores each party's ``context.state`` and its round-3 message;
+each child is a fresh ``python`` that times its imports and then the handler's parts. The SuperNode's poll (~3 s in
+Flower 1.42) and the gRPC hops come on top and are Flower's.
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _content(saved: dict):
 
 
 def prepare(folder: Path) -> None:
-    """Two rounds on an in-process grid; keep each party's state and its round-3 message."""
+    """Three rounds, one exchange each, on an in-process grid; keep each party's state and its round-3 message."""
     from test_flower_sim import InlineGrid
 
     from flwr_vproto import messages
@@ -66,9 +67,9 @@ def prepare(folder: Path) -> None:
     from flwr_vproto.strategy import VerticalProtoStrategy
 
     paths = deploy.write_party_csvs(folder / "data", 1)
-    run_config = {**run_config_from_config(), "dataset.name": "csv", "num_rounds": 3}
+    run_config = {**run_config_from_config(), "dataset.name": "csv", "num_rounds": 3, "exchange.count": 3}
     cfg, _ = config_from_run_config(run_config)
-    nodes = [{"role": "active", "party-index": 0, "data-path": str(paths[0])},
+    nodes = [{"role": "active", "party-index": 0, "data-path": str(paths[0]), "results-dir": str(folder / "results")},
              {"role": "passive", "party-index": 1, "data-path": str(paths[1])}]
     grid = InlineGrid(make_client_app(), nodes, run_config=run_config)
     captured = {}
