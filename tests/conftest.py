@@ -12,7 +12,7 @@ with the in-process engine with a tolerance for different thread counts). It is 
 keeps its own threads.
 
 **Two workers.** README's test command runs the suite on two pytest-xdist workers, one test file each at a time
-(``--dist loadfile``: a module's fixtures, such as the three loopback deployments or the wheel's venv, stay on one
+(``--dist loadfile``: a module's fixtures, such as the loopback deployments or the wheel's venv, stay on one
 worker). Ray starts its workers at nice 15 (its ``worker_niceness``): next to the other worker's processes (a
 deployment's ClientApps, a CPU-bound in-process run, all at nice 0) a Flower simulation's ClientApps then got almost
 no CPU and never answered discovery within the reply timeout (2 of the 6 failures of the first two-worker run, and
@@ -75,7 +75,7 @@ def pytest_configure(config: pytest.Config) -> None:
 # The slowest test files (BENCHMARKS.md "Threads on a shared machine, and the test suite's wall time"), slowest
 # first. On two workers each takes whole files in collection order, so the loopback deployments (minutes) start at
 # once, beside everything else, instead of running alone at the end.
-SLOWEST_FIRST = ("test_deployment.py", "test_package.py", "test_config_store.py", "test_sweeps.py",
+SLOWEST_FIRST = ("test_deployment.py", "test_package.py", "test_sweeps.py",
                  "test_report_csv.py", "test_authority.py")
 
 

@@ -30,12 +30,12 @@ pytestmark = [pytest.mark.slow,  # minutes of loopback deployments: run by CI, n
                                  (Path(sys.executable).parent / "flower-superlink").exists(),
                                  reason="Flower's deployment executables are not installed")]
 
-# The most any one run may take: a guard against a hang, not a speed test. The three deployments below run side by
-# side, CPU-bound: about 10 min in all on this 2-core machine with nothing else running (594 s on 2026-12-07; 570 s
-# with a one-setting tree grid, so not the trees), most of it Flower's processes (a ClientApp per message, each
-# importing torch and Flower) and their SuperLinks and SuperNodes.
+# The most any one run may take: a guard against a hang, not a speed test. The two deployments below run side by
+# side, CPU-bound: 244 s in all on a quiet 2-core machine (2026-12-07, 403 s of CPU; the three of before, a TLS one
+# apart, 265 s and 480 s), most of it Flower's processes (a ClientApp per message, each importing torch and Flower)
+# and their SuperLinks and SuperNodes. BENCHMARKS.md "Threads on a shared machine, and the test suite's wall time".
 RUN_TIMEOUT = 600.0
-# Three deployments share the cores, each running several ClientApp processes at once: one torch thread each.
+# Two deployments share the cores, each running several ClientApp processes at once: one torch thread each.
 ENV = {"OMP_NUM_THREADS": "1"}
 
 

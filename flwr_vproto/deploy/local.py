@@ -277,8 +277,8 @@ class LocalDeployment:
         ``Finished task … of run <id>`` once it has recorded the run's end; then ``flwr ls`` gives the status. Without
         that line ``flwr ls`` is asked only every ``status_every`` seconds (a run whose ServerApp died unheard, or
         other log wording), since each call starts the ``flwr`` CLI, over two seconds of CPU: asked every 5 s, the
-        three deployments the tests run side by side made 57 calls, about an eighth of two cores' time, and 32 now
-        (BENCHMARKS, "Threads on a shared machine, and the test suite's wall time").
+        three deployments the tests then ran side by side made 57 calls, about an eighth of two cores' time, and 32
+        with this loop (BENCHMARKS, "Threads on a shared machine, and the test suite's wall time").
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
