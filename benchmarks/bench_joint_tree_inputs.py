@@ -19,7 +19,10 @@ protection) and scores the trees alone on the aligned test users, for each input
 
 ``X`` (environment, JSON) overrides config sections for the passive (e.g. ``{"model": {"embedding_dim": 128}}``),
 ``KINDS`` picks the kinds (default ``emb``, ``emb+proto``, ``raw``), ``PARAMS`` (JSON) adds LightGBM parameters to
-every joint-tree fit (e.g. ``{"feature_fraction": 0.5}``), ``TRANSFORM`` re-encodes the passive's numeric columns
+every joint-tree fit (e.g. ``{"feature_fraction": 0.5}``; before 2026-12-07 late they reached the tree head's fit
+too), ``JOINT_GRID`` (JSON, ``{"num_leaves": [...], "min_child_samples": [...]}``) replaces the joint trees' grid,
+``BAG`` (an integer >= 2) makes them the average of that many refits of the chosen setting, each on a bag of 80 % of
+the rows and columns with its own seed, ``TRANSFORM`` re-encodes the passive's numeric columns
 before it pre-trains (``log``: log1p of the encoded (standardised) value above its training minimum, standardised
 again; ``ple``: the standardised value plus a piecewise-linear encoding over 16 quantile bins of the values other
 than the column's most common one, the "numeric embeddings" of Gorishniy et al. 2022; label-free, the passive's own
@@ -34,6 +37,8 @@ import json
 import os
 import sys
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -49,8 +54,47 @@ from flwr_vproto.parties import ActiveParty, PassiveParty
 WEAK_ACTIVE = ["age", "race", "sex", "native-country", "fnlwgt"]  # as bench_methods.py's adult_weak
 PLE_BINS = 16
 PARAMS = json.loads(os.environ.get("PARAMS", "{}"))
-_seeded = trees._params_seeded
-trees._params_seeded = lambda *a: {**_seeded(*a), **PARAMS}  # PARAMS: every fit here is a joint-tree fit
+JOINT_GRID = json.loads(os.environ.get("JOINT_GRID", "null"))
+BAG = int(os.environ.get("BAG", "1"))
+BAG_PARAMS = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}
+
+
+@contextmanager
+def _joint_fit_options(extra: dict, grid: dict | None) -> Iterator[None]:
+    """LightGBM parameters ``extra`` and the grid ``grid`` for the joint trees' fit only (the tree head, fitted
+    when the script first reads its margin, keeps the package's)."""
+    seeded, leaves, mcs = trees._params_seeded, trees.NUM_LEAVES, trees.MIN_CHILD_SAMPLES
+    trees._params_seeded = lambda *a: {**seeded(*a), **extra}
+    if grid:
+        trees.NUM_LEAVES, trees.MIN_CHILD_SAMPLES = tuple(grid["num_leaves"]), tuple(grid["min_child_samples"])
+    try:
+        yield
+    finally:
+        trees._params_seeded, trees.NUM_LEAVES, trees.MIN_CHILD_SAMPLES = seeded, leaves, mcs
+
+
+class _Bag:
+    """``BAG`` boosters' mean margin, read through ``predict`` as :func:`trees.head_margin` reads a booster's."""
+
+    def __init__(self, boosters: list) -> None:
+        self.boosters = boosters
+
+    def predict(self, x: np.ndarray, raw_score: bool = True) -> np.ndarray:
+        return np.mean([b.predict(x, raw_score=True) for b in self.boosters], axis=0)
+
+
+def fit_joint(train: tuple, val: tuple, base: tuple, num_classes: int, seed: int) -> tuple:
+    """``trees.fit_joint`` under ``PARAMS`` and ``JOINT_GRID``; with ``BAG`` >= 2, then ``BAG`` refits of the setting
+    it chose, each on a bag of the rows and columns (``BAG_PARAMS``) with its own seed, averaged."""
+    with _joint_fit_options(PARAMS, JOINT_GRID):
+        booster, setting = trees.fit_joint(train, val, base, num_classes, seed)
+    if BAG < 2:
+        return booster, setting
+    boosters = []
+    for k in range(BAG):
+        with _joint_fit_options({**PARAMS, **BAG_PARAMS}, None):
+            boosters.append(trees.fit_joint(train, val, base, num_classes, seed * 1000 + k + 1, setting)[0])
+    return _Bag(boosters), {**setting, "bag": BAG}
 
 
 def _transformed(column: np.ndarray, train: np.ndarray, kind: str) -> np.ndarray:
@@ -147,12 +191,13 @@ def main() -> None:
         return np.hstack([v["xa"], v["z"], dist, dist[:, 1:] - dist[:, :1]]).astype(np.float32)
 
     out: dict = {"fraction": fraction, "seed": seed, "weak": weak, "overrides": overrides,
-                 **({"params": PARAMS} if PARAMS else {}), **({"transform": transform} if transform != "none" else {})}
+                 **({"params": PARAMS} if PARAMS else {}), **({"transform": transform} if transform != "none" else {}),
+                 **({"joint_grid": JOINT_GRID} if JOINT_GRID else {}), **({"bag": BAG} if BAG >= 2 else {})}
     for kind in kinds:
         tr, va, te = view["train"], view["val"], view["test"]
-        booster, setting = trees.fit_joint((features(kind, "train")[labelled], tr["y"][labelled]),
-                                           (features(kind, "val"), va["y"]), (tr["margin"][labelled], va["margin"]),
-                                           ds.num_classes, seed)
+        booster, setting = fit_joint((features(kind, "train")[labelled], tr["y"][labelled]),
+                                     (features(kind, "val"), va["y"]), (tr["margin"][labelled], va["margin"]),
+                                     ds.num_classes, seed)
         logits = trees.joint_margin(booster, features(kind, "test"), te["margin"], ds.num_classes)
         scores = classification_scores(torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy(),
                                        te["y"], ds.num_classes)
