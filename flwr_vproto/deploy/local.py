@@ -50,6 +50,7 @@ QUIET_ENV = {
     "PYTHONWARNINGS": "ignore",
 }
 STATUS_EVERY = 30.0  # seconds between two `flwr ls` calls while the SuperLink's log shows no end (LocalDeployment.wait)
+ENDED_EVERY = 2.0  # ... and once it shows the end but `flwr ls` does not report it yet
 
 
 def free_port() -> int:
@@ -274,11 +275,12 @@ class LocalDeployment:
         """Poll until run ``run_id`` finishes (or ``until()`` is true); its status (``finished:completed`` ...).
 
         Cheap checks every 0.5 s: ``until`` (e.g. a file's existence) and the SuperLink's log, where Flower writes
-        ``Finished task … of run <id>`` once it has recorded the run's end; then ``flwr ls`` gives the status. Without
-        that line ``flwr ls`` is asked only every ``status_every`` seconds (a run whose ServerApp died unheard, or
-        other log wording), since each call starts the ``flwr`` CLI, over two seconds of CPU: asked every 5 s, the
-        three deployments the tests then ran side by side made 57 calls, about an eighth of two cores' time, and 32
-        with this loop (BENCHMARKS, "Threads on a shared machine, and the test suite's wall time").
+        ``Finished task … of run <id>`` once it has recorded the run's end; then ``flwr ls`` gives the status (asked
+        again every :data:`ENDED_EVERY` s should it not say finished yet). Without that line ``flwr ls`` is asked only
+        every ``status_every`` seconds (a run whose ServerApp died unheard, or other log wording), since each call
+        starts the ``flwr`` CLI, over two seconds of CPU: asked every 5 s, the three deployments the tests then ran side
+        by side made 57 calls, about an eighth of two cores' time, and 32 with this loop (BENCHMARKS, "Threads on a
+        shared machine, and the test suite's wall time").
         """
         deadline = time.monotonic() + timeout
         next_status = time.monotonic()
@@ -295,7 +297,7 @@ class LocalDeployment:
                 status = self.run_status(run_id)
                 if status.startswith("finished"):
                     return status
-                next_status = time.monotonic() + (2.0 if ended else status_every)
+                next_status = time.monotonic() + (ENDED_EVERY if ended else status_every)
             if time.monotonic() > deadline:
                 raise RuntimeError(f"run {run_id} did not finish within {timeout:g} s (status {status}); logs in "
                                    f"{self.workdir}; ServerApp log:\n{self.log(run_id)[-3000:]}")
