@@ -13,6 +13,8 @@ from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
 
+SECRET = bytes(range(32))  # the active party's key of its noise draws, fixed where a test needs one draw
+
 
 def cfg_for(rounds=3, method="vproto", **priv):
     if method == "vproto" and not priv.get("noise_multiplier") and priv.get("target_epsilon") is None:
@@ -187,8 +189,11 @@ def test_noise_multiplier_zero_is_the_non_private_run_exactly():
 
 
 def test_noise_changes_the_prototypes_and_the_training():
+    """At sigma 1 each class's noisy count (about 11 rows, noise s.d. 1.4) clears the release threshold
+    (``s sqrt(64)`` = 11.3) only about half the time, so under a fresh secret about one run in a hundred releases no
+    class in round 1 and round 2 trains no third loss (CI drew one). The secret is the test's, so the draw is fixed."""
     plain = run_inprocess(cfg_for(rounds=3))
-    noisy = run_inprocess(cfg_for(rounds=3, noise_multiplier=1.0))
+    noisy = run_inprocess(cfg_for(rounds=3, noise_multiplier=1.0), active_secret=SECRET)
     a = plain["state"]["active"].second[0]
     b = noisy["state"]["active"].second[0]
     assert a is not None and b is not None and not torch.allclose(a, b)
