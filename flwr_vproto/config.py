@@ -200,7 +200,7 @@ class ResearchConfig:
     * third loss (``ThirdLoss``): ``pseudo_label_once``;
     * joint logits (``JointLogits``): ``joint_residual``, ``prototype_logits``, ``joint_trains_active_encoder``,
       ``residual_weight``; the joint trees beside the network (``parties.py``, ``trees.fit_joint``): ``joint_trees``;
-    * calibration on validation rows (``Calibration``): ``pseudo_gate``, ``residual_base``.
+    * calibration on validation rows (``Calibration``): ``combine_gate``, ``pseudo_gate``, ``residual_base``.
     """
 
     distance: str = opt("sqeuclidean", "sqeuclidean | cosine: distance of an embedding to a class prototype")
@@ -284,6 +284,15 @@ class ResearchConfig:
         "at the first calibration, again whenever the passives' training embeddings change). Two learners that err "
         "differently; nothing of it leaves the active party. Ignored with the network head."
     )
+    combine_gate: float | None = opt(
+        2.0,
+        "With combine_weight=auto: keep the fitted weight only if the combination's log-loss on the aligned "
+        "validation users beats the active-only head's by more than this many standard errors (paired per user), "
+        "else ship the active-only head alone (weight 0). null = off. Not applied under 100 labelled validation "
+        "users, where the weight is shrunk toward 0.5 instead. Choosing the weight and the round on the same "
+        "validation users the joint trees early-stop on otherwise picks a lucky joint model where the passives "
+        "add nothing (BENCHMARKS.md §1)."
+    )
     joint_trains_active_encoder: bool = opt(
         None,
         "Let the supervised loss on the few aligned rows train the active encoder too. Off, the encoder learns "
@@ -361,7 +370,8 @@ class MethodConfig:
     )
     combine_weight: float | str = opt(
         None,
-        "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, lowest log-loss)."
+        "\"auto\" fits it on the validation rows at every evaluation (grid of 0.1, best accuracy, ties to the lower "
+        "log-loss; shrunk toward 0.5 under 100 of them; research.combine_gate may set it to 0)."
     )
     extra_losses: list[dict[str, Any]] = opt(
         factory=list,
@@ -912,6 +922,8 @@ def _validate_method(cfg: Config) -> None:
            "an integer >= 0")
     _check(r.pseudo_gate in ("off", "majority") or (_is_num(r.pseudo_gate) and 0 < r.pseudo_gate <= 1),
            "method.research.pseudo_gate", r.pseudo_gate, "'off', 'majority' or a precision target in (0, 1]")
+    _check(r.combine_gate is None or (_is_num(r.combine_gate) and r.combine_gate >= 0), "method.research.combine_gate",
+           r.combine_gate, "null or a number of standard errors >= 0")
     _check(isinstance(r.pseudo_label_once, bool), "method.research.pseudo_label_once", r.pseudo_label_once,
            "true or false")
     if t.name == "vproto" and r.pseudo_gate != "off":

@@ -25,8 +25,10 @@ from flwr_vproto.data.types import PartySplits
 from flwr_vproto.method.calibration import (
     BestValidation,
     Calibration,
+    combination_gain,
     fit_combine_weight,
     fit_pseudo_gates,
+    gated_combine_weight,
     shared_prototype_mask,
     trusted_combine_weight,
     validation_loss,
@@ -154,13 +156,11 @@ class ActiveScoring:
         self.party.fit_joint_trees(passive_embeddings)
         y = self.party.labels("val")
         probs = self.predict_proba("val", passive_embeddings)
+        metrics: dict[str, float] = {"aligned_users": float(int((y >= 0).sum()))}
         if self.calibration.combine_weight == "auto" and "joint" in probs and "local" in probs:
-            w = fit_combine_weight(probs["joint"], probs["local"], y)
-            if w is not None:  # shrunk toward 0.5 on a few dozen validation rows (calibration.py says why)
-                self.auto_weight = trusted_combine_weight(w, int((y >= 0).sum()))
+            metrics.update(self._fit_combine_weight(probs["joint"], probs["local"], y))
         if self.gated:
             self._fit_gates(passive_embeddings, y)
-        metrics: dict[str, float] = {"aligned_users": float(int((y >= 0).sum()))}
         if self.party.uses_local_head:
             metrics.update(self.select_active_only())
         if self.party.base is not None:
@@ -168,6 +168,23 @@ class ActiveScoring:
         if self.gated:
             metrics.update({f"pseudo_gate{k + 1}": g for k, g in enumerate(self.gates)})
         return metrics
+
+    def _fit_combine_weight(self, joint: np.ndarray, local: np.ndarray, y: np.ndarray) -> dict[str, float]:
+        """``combine_weight=auto``: fit the weight on these rows, shrink it on a few dozen of them
+        (:func:`~flwr_vproto.method.calibration.trusted_combine_weight`), then keep it only if the combination beats
+        the active-only head by more than their noise (``method.research.combine_gate``,
+        :func:`~flwr_vproto.method.calibration.gated_combine_weight`). Returns ``combine_gain_z`` (the combination's
+        log-loss gain over the head in standard errors) and ``combine_gated`` (1.0 when the gate set the weight to
+        0); nothing without a labelled row."""
+        w = fit_combine_weight(joint, local, y)
+        if w is None:
+            return {}
+        rows = int((y >= 0).sum())
+        w = trusted_combine_weight(w, rows)
+        gain = combination_gain(joint, local, y, w)
+        self.auto_weight = gated_combine_weight(w, gain, rows, self.calibration.combine_gate)
+        z = gain[0] / gain[1] if 0 < gain[1] < float("inf") else 0.0
+        return {"combine_gain_z": z, "combine_gated": float(self.auto_weight != w)}
 
     def select_active_only(self) -> dict[str, float]:
         """Keep the active-only model if it is the best so far on **all** the active party's labelled validation

@@ -81,7 +81,7 @@ def test_each_part_reads_its_own_keys():
     assert ThirdLoss.from_method(m) == ThirdLoss(0.7, 0.4, True, 2, geo)
     cal = Calibration.from_method(MethodConfig(combine_weight=0.2, lambda_passive=1.0,
                                                research=ResearchConfig(pseudo_gate="majority")))
-    assert cal == Calibration(0.2, "majority", 0.5, "best_val")
+    assert cal == Calibration(0.2, 2.0, "majority", 0.5, "best_val")
     assert JointLogits.from_method(m, has_local_head=True, joint=True) == JointLogits(True, True, True, geo)
     vanilla = MethodConfig(name="vanilla", research=ResearchConfig(joint_trains_active_encoder=True))
     assert JointLogits.from_method(vanilla, has_local_head=False, joint=True) == JointLogits(
@@ -237,7 +237,8 @@ def test_evaluate_has_no_side_effects_and_calibrate_fits_what_val_reports():
     assert not any(k.startswith(("pseudo_gate", "residual_base")) for k in first)
     cal = scoring.calibrate(val)
     assert set(cal) == {"residual_base_update", "pseudo_gate1", "aligned_users", "own_users", "own_accuracy",
-                        "own_loss", "active_only_kept"} and cal["pseudo_gate1"] == scoring.gates[0]
+                        "own_loss", "active_only_kept", "combine_gain_z", "combine_gated"}
+    assert cal["pseudo_gate1"] == scoring.gates[0]
     assert cal["aligned_users"] == int((active.labels("val") >= 0).sum())
     assert scoring.pseudo_gates() == scoring.gates
     last = res["rounds"][-1]
