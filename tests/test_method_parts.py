@@ -81,7 +81,7 @@ def test_each_part_reads_its_own_keys():
     assert ThirdLoss.from_method(m) == ThirdLoss(0.7, 0.4, True, 2, geo)
     cal = Calibration.from_method(MethodConfig(combine_weight=0.2, lambda_passive=1.0,
                                                research=ResearchConfig(pseudo_gate="majority")))
-    assert cal == Calibration(0.2, 2.0, "majority", 0.5, "best_val")
+    assert cal == Calibration(0.2, "majority", 0.5, "best_val", 2.0)
     assert JointLogits.from_method(m, has_local_head=True, joint=True) == JointLogits(True, True, True, geo)
     vanilla = MethodConfig(name="vanilla", research=ResearchConfig(joint_trains_active_encoder=True))
     assert JointLogits.from_method(vanilla, has_local_head=False, joint=True) == JointLogits(

@@ -90,8 +90,8 @@ def test_shared_prototype_mask_keeps_classes_every_passive_has_and_leaves_the_ma
 
 def test_gate_target_is_the_majority_share_or_the_number():
     y = torch.tensor([0, 0, 0, 1, -1, 2])  # 3 of 5 labelled rows in class 0
-    assert Calibration(1.0, "majority", 0.5, "live").gate_target(y, 3) == pytest.approx(0.6)
-    assert Calibration(1.0, 0.9, 0.5, "live").gate_target(y, 3) == 0.9
+    assert Calibration(1.0, "majority", 0.5, "live", None).gate_target(y, 3) == pytest.approx(0.6)
+    assert Calibration(1.0, 0.9, 0.5, "live", None).gate_target(y, 3) == 0.9
 
 
 def test_validation_loss_is_the_log_loss_or_inf_without_labels():

@@ -28,16 +28,16 @@ class Calibration:
     """What is fitted on validation rows in this run."""
 
     combine_weight: float | str  # "auto" = fitted by :func:`fit_combine_weight`, else fixed
-    combine_gate: float | None  # an auto weight is kept only this many standard errors ahead (gated_combine_weight)
     pseudo_gate: float | str  # "off", "majority" or a precision target
     gate_floor: float  # method.confidence_threshold: no gate goes below it
     residual_base: str  # "best_val" = track the best validation loss (:class:`BestValidation`)
+    combine_gate: float | None  # an auto weight is kept only this many standard errors ahead (gated_combine_weight)
 
     @classmethod
     def from_method(cls, m: Any) -> Calibration:
         r = m.research
-        return cls(combine_weight=m.combine_weight, combine_gate=r.combine_gate, pseudo_gate=r.pseudo_gate,
-                   gate_floor=m.confidence_threshold, residual_base=r.residual_base)
+        return cls(combine_weight=m.combine_weight, pseudo_gate=r.pseudo_gate, gate_floor=m.confidence_threshold,
+                   residual_base=r.residual_base, combine_gate=r.combine_gate)
 
     def gate_target(self, y_aligned: torch.Tensor, num_classes: int) -> float:
         """The precision the pseudo-gates aim for: ``majority`` = the most frequent class's share among the labelled
