@@ -190,6 +190,11 @@ class InlineGrid(Grid):
         raise NotImplementedError
 
 
+SECRET = bytes(range(32))
+"""The active party's key of its defences' random draws, fixed where a test needs one draw (both engines, a replay):
+a run given no secret draws a fresh one."""
+
+
 def small_cfg(method: str = "vproto", rounds: int = 3, num_passive: int = 1, method_extra: dict | None = None,
               **extra):
     methods = {"vproto": {"name": "vproto"}, "vanilla": {"name": "vanilla", "local_head": False,

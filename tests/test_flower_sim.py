@@ -16,6 +16,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from conftest import (
+    SECRET,
     InlineGrid,
     assert_same_history,
     import_script,
@@ -36,7 +37,6 @@ from flwr_vproto.messages import ProtocolError
 from flwr_vproto.results import select_final
 from flwr_vproto.strategy import VerticalProtoStrategy
 
-SECRET = bytes(range(32))  # the active party's key of its noise draws: the same in both engines
 REPO = Path(__file__).resolve().parents[1]
 # ------------------------------------------------------------------------------------------------ config plumbing
 def test_pyproject_run_config_lists_every_config_field_with_its_default():

@@ -7,7 +7,7 @@ import math
 
 import numpy as np
 import pytest
-from conftest import passive_payloads
+from conftest import SECRET, passive_payloads
 
 from flwr_vproto import audit, defences
 from flwr_vproto.config import ConfigError, config_from_dict
@@ -133,8 +133,6 @@ def test_defences_are_refused_where_nothing_is_sent_or_where_they_would_not_cove
 
 
 # ------------------------------------------------------------------------------------------------ engines and wire
-SECRET = bytes(range(32))
-
 
 @pytest.mark.parametrize("method", ["vanilla", "vproto"])
 def test_the_gaussian_channel_gives_the_same_numbers_in_both_engines_and_only_its_rows_leave(tmp_path, method,

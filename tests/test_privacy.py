@@ -5,6 +5,7 @@ import math
 import numpy as np
 import pytest
 import torch
+from conftest import SECRET
 from opacus.accountants import RDPAccountant
 from opacus.accountants.analysis import rdp as rdp_analysis
 
@@ -12,8 +13,6 @@ from flwr_vproto import privacy, prototypes
 from flwr_vproto.config import ConfigError, config_from_dict
 from flwr_vproto.inprocess import run_inprocess
 from flwr_vproto.parties import state_from_bytes, state_to_bytes
-
-SECRET = bytes(range(32))  # the active party's key of its noise draws, fixed where a test needs one draw
 
 
 def cfg_for(rounds=3, method="vproto", **priv):

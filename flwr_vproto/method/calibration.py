@@ -46,6 +46,11 @@ class Calibration:
         return majority_share(y_aligned, num_classes) if self.pseudo_gate == "majority" else float(self.pseudo_gate)
 
 
+def _row_log_loss(probs: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """Each row's log-loss, ``-log probs[i, y[i]]`` (clipped at 1e-12); ``y`` all labelled."""
+    return -np.log(np.clip(probs[np.arange(y.size), y], 1e-12, None))
+
+
 def fit_combine_weight(joint: np.ndarray, local: np.ndarray, y: np.ndarray) -> float | None:
     """``combine_weight=auto``: the weight on the joint model, on a 0.1 grid, with the best validation accuracy
     (ties: lowest log-loss, then lowest weight). ``None`` when no validation row is labelled.
@@ -60,7 +65,7 @@ def fit_combine_weight(joint: np.ndarray, local: np.ndarray, y: np.ndarray) -> f
     best = (np.inf, np.inf, 1.0)
     for w in np.linspace(0.0, 1.0, 11):
         p = w * joint[keep] + (1 - w) * local[keep]
-        nll = float(-np.log(np.clip(p[np.arange(yk.size), yk], 1e-12, None)).mean())
+        nll = float(_row_log_loss(p, yk).mean())
         err = float((p.argmax(1) != yk).mean())
         best = min(best, (err, nll, float(w)))
     return best[2]
@@ -95,12 +100,10 @@ def combination_gain(joint: np.ndarray, local: np.ndarray, y: np.ndarray, weight
     active-only head alone, per labelled row of ``y``: the mean and its standard error (``(0, inf)`` under two rows).
     Paired row by row, so what the two models get right or wrong together cancels out."""
     keep = y >= 0
-    if int(keep.sum()) < 2:
+    yk = y[keep]
+    if yk.size < 2:
         return 0.0, math.inf
-    yk, rows = y[keep], np.arange(int(keep.sum()))
-    combined = weight * joint[keep] + (1 - weight) * local[keep]
-    saved = (-np.log(np.clip(local[keep][rows, yk], 1e-12, None))
-             + np.log(np.clip(combined[rows, yk], 1e-12, None)))
+    saved = _row_log_loss(local[keep], yk) - _row_log_loss(weight * joint[keep] + (1 - weight) * local[keep], yk)
     return float(saved.mean()), float(saved.std(ddof=1) / math.sqrt(saved.size))
 
 
