@@ -13,6 +13,11 @@ protection) and scores the trees alone on the aligned test users, for each input
   5 folds; fitted on all of them for validation and test): a learned label-aligned direction;
 * ``emb+ica``: plus the independent components of the embedding, as the package computes them
   (``trees.fit_unmixing``: FastICA on the aligned training users' embeddings, no label);
+* ``emb+icaK`` / ``icaK``: the same with ``K`` components instead of ``trees.UNMIXED_COMPONENTS``, with the
+  embedding beside them / instead of it;
+* ``emb+ica+lr``: ``emb+ica`` plus ``emb+lr``'s out-of-fold logit;
+* ``emb+ica+kmK``: ``emb+ica`` plus the embedding's k-means cluster (``K`` clusters of the normalised aligned training
+  embeddings, no label) as one categorical column;
 * ``raw``: [active columns, the passive's raw columns], a reference no federation sees (what the embedding loses);
 * ``emb+raw:COLUMN``: the embedding plus one raw encoded passive column (a name of the passive's ``feature_names``,
   e.g. ``capital-gain``), a diagnostic of which column the embedding loses; also no federation sees it.
@@ -26,7 +31,7 @@ the rows and columns with its own seed, ``TRANSFORM`` re-encodes the passive's n
 before it pre-trains (``log``: log1p of the encoded (standardised) value above its training minimum, standardised
 again; ``ple``: the standardised value plus a piecewise-linear encoding over 16 quantile bins of the values other
 than the column's most common one, the "numeric embeddings" of Gorishniy et al. 2022; label-free, the passive's own
-rows only). Each line records them. One process, one thread.
+rows only). Each line records them. ``OUT`` names the file the line is appended to. One process, one thread.
 
     python benchmarks/bench_joint_tree_inputs.py F S [weak]   # appends a line to benchmarks/joint_tree_inputs.jsonl
 """
@@ -35,6 +40,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import sys
 import time
 from collections.abc import Iterator
@@ -57,6 +63,21 @@ PARAMS = json.loads(os.environ.get("PARAMS", "{}"))
 JOINT_GRID = json.loads(os.environ.get("JOINT_GRID", "null"))
 BAG = int(os.environ.get("BAG", "1"))
 BAG_PARAMS = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}
+
+
+@contextmanager
+def _categorical_last(on: bool) -> Iterator[None]:
+    """The joint trees' last input read as a categorical column (the cluster id of ``emb+ica+km``)."""
+    import lightgbm as lgb
+
+    dataset = lgb.Dataset
+    if on:
+        lgb.Dataset = lambda data, label=None, **kw: dataset(  # type: ignore[misc]
+            data, label, **({} if "reference" in kw else {"categorical_feature": [data.shape[1] - 1]}), **kw)
+    try:
+        yield
+    finally:
+        lgb.Dataset = dataset
 
 
 @contextmanager
@@ -171,7 +192,22 @@ def main() -> None:
     for sp in ("val", "test"):
         lr_logit[sp] = lr.decision_function(_normalised(view[sp]["z"]))
 
-    unmixing = trees.fit_unmixing(view["train"]["z"], seed) if "emb+ica" in kinds else None
+    unmixing = trees.fit_unmixing(view["train"]["z"], seed) if any(k.startswith("emb+ica") for k in kinds) else None
+    unmixings = {}
+    for kind in kinds:
+        m = re.fullmatch(r"(emb\+)?ica(\d+)", kind)
+        if m:
+            k = int(m.group(2))
+            if k not in unmixings:
+                default, trees.UNMIXED_COMPONENTS = trees.UNMIXED_COMPONENTS, k
+                unmixings[k] = trees.fit_unmixing(view["train"]["z"], seed)
+                trees.UNMIXED_COMPONENTS = default
+    from sklearn.cluster import KMeans
+
+    clusters = {}
+    for k in sorted({int(kind.split("km", 1)[1]) for kind in kinds if kind.startswith("emb+ica+km")}):
+        km = KMeans(k, n_init=4, random_state=seed).fit(_normalised(view["train"]["z"]))
+        clusters[k] = {sp: km.predict(_normalised(view[sp]["z"])).astype(np.float32) for sp in SPLITS}
 
     def features(kind: str, sp: str) -> np.ndarray:
         v = view[sp]
@@ -183,6 +219,18 @@ def main() -> None:
         if kind == "emb+ica":
             assert unmixing is not None
             return np.hstack([v["xa"], v["z"], trees.unmixed(v["z"], unmixing)])
+        m = re.fullmatch(r"(emb\+)?ica(\d+)", kind)
+        if m:
+            ics = trees.unmixed(v["z"], unmixings[int(m.group(2))])
+            return np.hstack([v["xa"], *([v["z"]] if m.group(1) else []), ics])
+        if kind == "emb+ica+lr":
+            assert unmixing is not None
+            ics = trees.unmixed(v["z"], unmixing)
+            return np.hstack([v["xa"], v["z"], ics, lr_logit[sp][:, None]]).astype(np.float32)
+        if kind.startswith("emb+ica+km"):
+            assert unmixing is not None
+            k = int(kind.split("km", 1)[1])
+            return np.hstack([v["xa"], v["z"], trees.unmixed(v["z"], unmixing), clusters[k][sp][:, None]])
         if kind == "emb":
             return np.hstack([v["xa"], v["z"]])
         if kind == "emb+lr":
@@ -195,9 +243,10 @@ def main() -> None:
                  **({"joint_grid": JOINT_GRID} if JOINT_GRID else {}), **({"bag": BAG} if BAG >= 2 else {})}
     for kind in kinds:
         tr, va, te = view["train"], view["val"], view["test"]
-        booster, setting = fit_joint((features(kind, "train")[labelled], tr["y"][labelled]),
-                                     (features(kind, "val"), va["y"]), (tr["margin"][labelled], va["margin"]),
-                                     ds.num_classes, seed)
+        with _categorical_last("+km" in kind):
+            booster, setting = fit_joint((features(kind, "train")[labelled], tr["y"][labelled]),
+                                         (features(kind, "val"), va["y"]), (tr["margin"][labelled], va["margin"]),
+                                         ds.num_classes, seed)
         logits = trees.joint_margin(booster, features(kind, "test"), te["margin"], ds.num_classes)
         scores = classification_scores(torch.softmax(torch.as_tensor(logits, dtype=torch.float64), 1).numpy(),
                                        te["y"], ds.num_classes)
@@ -205,7 +254,7 @@ def main() -> None:
     out["seconds"] = round(time.time() - t0, 1)
     out["load"] = [round(x, 2) for x in os.getloadavg()[:1]]
     print(json.dumps(out), flush=True)
-    with open("benchmarks/joint_tree_inputs.jsonl", "a") as fh:
+    with open(os.environ.get("OUT", "benchmarks/joint_tree_inputs.jsonl"), "a") as fh:
         fh.write(json.dumps(out) + "\n")
 
 
