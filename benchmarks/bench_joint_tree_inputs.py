@@ -63,6 +63,7 @@ PARAMS = json.loads(os.environ.get("PARAMS", "{}"))
 JOINT_GRID = json.loads(os.environ.get("JOINT_GRID", "null"))
 BAG = int(os.environ.get("BAG", "1"))
 BAG_PARAMS = {"bagging_fraction": 0.8, "bagging_freq": 1, "feature_fraction": 0.8}
+ICA_KIND = re.compile(r"(emb\+)?ica(\d*)(\+lr|\+km\d+)?")  # the kinds built on independent components
 
 
 @contextmanager
@@ -192,16 +193,14 @@ def main() -> None:
     for sp in ("val", "test"):
         lr_logit[sp] = lr.decision_function(_normalised(view[sp]["z"]))
 
-    unmixing = trees.fit_unmixing(view["train"]["z"], seed) if any(k.startswith("emb+ica") for k in kinds) else None
-    unmixings = {}
-    for kind in kinds:
-        m = re.fullmatch(r"(emb\+)?ica(\d+)", kind)
-        if m:
-            k = int(m.group(2))
-            if k not in unmixings:
-                default, trees.UNMIXED_COMPONENTS = trees.UNMIXED_COMPONENTS, k
-                unmixings[k] = trees.fit_unmixing(view["train"]["z"], seed)
-                trees.UNMIXED_COMPONENTS = default
+    unmixings: dict[int, trees.Unmixing | None] = {}
+
+    def unmixing(k: int) -> trees.Unmixing | None:
+        """The package's unmixing with ``k`` components, fitted once."""
+        if k not in unmixings:
+            unmixings[k] = trees.fit_unmixing(view["train"]["z"], seed, k)
+        return unmixings[k]
+
     from sklearn.cluster import KMeans
 
     clusters = {}
@@ -216,21 +215,15 @@ def main() -> None:
         if kind.startswith("emb+raw:"):
             j = passive_names.index(kind.split(":", 1)[1])
             return np.hstack([v["xa"], v["z"], v["xp"][:, j:j + 1]])
-        if kind == "emb+ica":
-            assert unmixing is not None
-            return np.hstack([v["xa"], v["z"], trees.unmixed(v["z"], unmixing)])
-        m = re.fullmatch(r"(emb\+)?ica(\d+)", kind)
-        if m:
-            ics = trees.unmixed(v["z"], unmixings[int(m.group(2))])
-            return np.hstack([v["xa"], *([v["z"]] if m.group(1) else []), ics])
-        if kind == "emb+ica+lr":
-            assert unmixing is not None
-            ics = trees.unmixed(v["z"], unmixing)
-            return np.hstack([v["xa"], v["z"], ics, lr_logit[sp][:, None]]).astype(np.float32)
-        if kind.startswith("emb+ica+km"):
-            assert unmixing is not None
-            k = int(kind.split("km", 1)[1])
-            return np.hstack([v["xa"], v["z"], trees.unmixed(v["z"], unmixing), clusters[k][sp][:, None]])
+        m = ICA_KIND.fullmatch(kind)
+        if m:  # emb+ica, emb+icaK, icaK, emb+ica+lr, emb+ica+kmK
+            u = unmixing(int(m.group(2) or trees.UNMIXED_COMPONENTS))
+            assert u is not None
+            extra = m.group(3) or ""
+            last = ([lr_logit[sp][:, None]] if extra == "+lr"
+                    else [clusters[int(extra[3:])][sp][:, None]] if extra else [])
+            parts = [v["xa"], *([v["z"]] if m.group(1) else []), trees.unmixed(v["z"], u), *last]
+            return np.hstack(parts).astype(np.float32)
         if kind == "emb":
             return np.hstack([v["xa"], v["z"]])
         if kind == "emb+lr":

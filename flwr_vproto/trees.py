@@ -249,13 +249,13 @@ UNMIXED_COMPONENTS = 16
 Unmixing = tuple[np.ndarray, np.ndarray]  # (mean ``(d,)``, components ``(k, d)``), float64: z -> (z - mean) @ comps.T
 
 
-def fit_unmixing(z: np.ndarray, seed: int) -> Unmixing | None:
+def fit_unmixing(z: np.ndarray, seed: int, components: int = UNMIXED_COMPONENTS) -> Unmixing | None:
     """Independent components of a passive's embedding for the joint trees: FastICA (scikit-learn) fitted on the aligned
     training users' embeddings ``z``, no label. The trees split one axis at a time, and the embedding spreads what a
     single column says (adult's capital-gain, a heavy-tailed source) over many of its dimensions; the independent
     components of a non-Gaussian mixture put such a source back on an axis of its own. On adult they win back a
     small, steady part of what the embedding loses against raw columns (BENCHMARKS §1, "Independent components for
-    the joint trees"). At most :data:`UNMIXED_COMPONENTS` components, fewer than the rows and no more than the
+    the joint trees"). At most ``components`` (:data:`UNMIXED_COMPONENTS`), fewer than the rows and no more than the
     embedding's rank; ``None`` where that leaves none or the fit is not finite (the trees then see the embedding
     alone). One BLAS thread and ``seed``, so the same embeddings give the same matrix in every process."""
     from sklearn.decomposition import FastICA
@@ -265,14 +265,14 @@ def fit_unmixing(z: np.ndarray, seed: int) -> Unmixing | None:
     z = np.asarray(z, dtype=np.float64)
     with threadpool_limits(limits=HEAD_THREADS):
         rank = int(np.linalg.matrix_rank(z - z.mean(axis=0))) if len(z) > 1 else 0
-        k = min(UNMIXED_COMPONENTS, rank, len(z) - 1)
+        k = min(components, rank, len(z) - 1)
         if k < 1:
             return None
         with warnings.catch_warnings():  # not converged in max_iter: still a linear map the trees may use or not
             warnings.simplefilter("ignore", ConvergenceWarning)
             ica = FastICA(n_components=k, whiten="unit-variance", max_iter=1000, random_state=seed).fit(z)
-    mean, components = np.asarray(ica.mean_, dtype=np.float64), np.asarray(ica.components_, dtype=np.float64)
-    return (mean, components) if np.isfinite(mean).all() and np.isfinite(components).all() else None
+    mean, unmix = np.asarray(ica.mean_, dtype=np.float64), np.asarray(ica.components_, dtype=np.float64)
+    return (mean, unmix) if np.isfinite(mean).all() and np.isfinite(unmix).all() else None
 
 
 def unmixed(z: np.ndarray, unmixing: Unmixing) -> np.ndarray:
